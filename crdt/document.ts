@@ -1,0 +1,335 @@
+/**
+ * A signed Automerge document: the only way in is `accept` (verified batches from elsewhere) or
+ * `change` (a local change, signed as it is made). Both persist before they resolve.
+ *
+ * Validity of a batch is decided in one place, `verifyBatch` below, as a pure function of the
+ * batch and the trust statement in force: every change covered by a verified signature of the
+ * key its actor names (`signed-change.ts`), that key allowed to write this document. A valid
+ * batch whose dependencies are missing waits in a bounded pending set and is applied once they
+ * arrive.
+ */
+import * as Automerge from '@automerge/automerge'
+import { logger } from '@libp2p/logger'
+import { ByteReader, ByteWriter, fromHex, toHex } from './bytes.ts'
+import { MalformedInputError, PendingSetFullError, WrongDocumentError } from './errors.ts'
+import { actorKeyHex, decodeBatch, encodeBatch, readChanges, signChange, verifyCoverage, type ChangeMeta, type ChangeSignature, type SignedBatch } from './signed-change.ts'
+import type { Ed25519 } from './ed25519.ts'
+import type { KeyPair } from './keys.ts'
+import type { Store } from './store.ts'
+import type { KeyInfo, TrustChain } from './trust.ts'
+
+const log = logger('rhizome:crdt:document')
+
+/** Pending batches waiting for dependencies: at most this many, and this many bytes. */
+export const MAX_PENDING_BATCHES = 256
+export const MAX_PENDING_BYTES = 64 * 1024 * 1024
+/** A snapshot is written after this many batches since the last one. */
+export const SNAPSHOT_EVERY_BATCHES = 200
+
+export interface DocumentContext {
+  readonly fleetId: string
+  readonly trust: TrustChain
+  readonly ed: Ed25519
+  readonly store: Store
+  /** Called after every applied change, local or remote. */
+  onChange?: (docId: string, heads: string[], source: 'local' | 'remote') => void
+}
+
+/** A key plus the actor id (key + session) it writes as. */
+export interface Signer {
+  readonly pair: KeyPair
+  readonly actor: string
+}
+
+export type AcceptStatus = 'applied' | 'duplicate' | 'pending'
+
+export interface AcceptResult {
+  status: AcceptStatus
+  /** Changes newly applied, including pending ones this batch released. */
+  applied: number
+  heads: string[]
+}
+
+export interface HistoryEntry {
+  hash: string
+  actor: string
+  seq: number
+  deps: string[]
+  /** Signer's public key, hex. */
+  signer: string
+  /** Who the trust statement says the signer is, if anyone. */
+  signerInfo: KeyInfo | undefined
+  /** Author's clock, seconds since the epoch: informational, never used to decide anything. */
+  time: number
+  message: string | null
+}
+
+interface PendingBatch { batch: SignedBatch, metas: ChangeMeta[], size: number }
+interface IndexEntry { actor: string, seq: number, children: string[] }
+
+function encodeTips (tips: Map<string, { seq: number, sig: ChangeSignature }>): Uint8Array {
+  const w = new ByteWriter().varint(tips.size)
+  for (const [actor, { seq, sig }] of tips) w.raw(fromHex(actor)).varint(seq).raw(sig.key).raw(fromHex(sig.hash)).raw(sig.signature)
+  return w.finish()
+}
+
+function decodeTips (bytes: Uint8Array): Array<{ actor: string, seq: number, sig: ChangeSignature }> {
+  const r = new ByteReader(bytes, 'stored signatures')
+  const n = r.varint(1 << 20)
+  const out = []
+  for (let i = 0; i < n; i++) out.push({ actor: toHex(r.raw(40)), seq: r.varint(), sig: { key: r.raw(32).slice(), hash: toHex(r.raw(32)), signature: r.raw(64).slice() } })
+  r.end()
+  return out
+}
+
+export class SignedDocument<T = Record<string, unknown>> {
+  readonly id: string
+  private doc: Automerge.Doc<T>
+  private readonly ctx: DocumentContext
+  /** Per actor, the signature on its highest-sequence change: it covers all the actor's others. */
+  private readonly tips = new Map<string, { seq: number, sig: ChangeSignature }>()
+  private pending: PendingBatch[] = []
+  private pendingBytes = 0
+  private lastStoredSeq = 0
+  private batchesSinceSnapshot = 0
+  private index: Map<string, IndexEntry> | undefined
+  /** Accepts and changes run one at a time, in arrival order. */
+  private queue: Promise<unknown> = Promise.resolve()
+
+  private constructor (ctx: DocumentContext, id: string, doc: Automerge.Doc<T>) {
+    this.ctx = ctx
+    this.id = id
+    this.doc = doc
+  }
+
+  /** Open a document from the store: its snapshot, then the batches stored after it. */
+  static async load<T> (ctx: DocumentContext, id: string): Promise<SignedDocument<T>> {
+    const snap = await ctx.store.getSnapshot(id)
+    const d = new SignedDocument<T>(ctx, id, snap === undefined ? Automerge.init<T>() : Automerge.load<T>(snap.doc))
+    if (snap !== undefined) {
+      for (const { actor, seq, sig } of decodeTips(snap.signatures)) d.tips.set(actor, { seq, sig })
+      d.lastStoredSeq = snap.upTo
+    }
+    for (const { seq, bytes } of await ctx.store.batchesAfter(id, d.lastStoredSeq)) {
+      try {
+        const batch = decodeBatch(bytes)
+        for (const chunk of batch.chunks) d.doc = Automerge.loadIncremental(d.doc, chunk)
+        d.recordTips(batch, readChanges(batch.chunks))
+      } catch (err) {
+        log.error('document %s: stored batch %d does not load, skipped: %e', id, seq, err)
+      }
+      d.lastStoredSeq = seq
+      d.batchesSinceSnapshot++
+    }
+    return d
+  }
+
+  /** The current value. Treat as read-only; write through `change`. */
+  get value (): Automerge.Doc<T> { return this.doc }
+
+  /** The revision: the hashes of the document's heads, sorted. */
+  get heads (): string[] { return Automerge.getHeads(this.doc).sort() }
+
+  get pendingCount (): number { return this.pending.length }
+
+  /** The Automerge document, for the sync protocol and for reading history. */
+  get automerge (): Automerge.Doc<T> { return this.doc }
+
+  /** Does this document hold all of these changes? */
+  has (hashes: string[]): boolean {
+    try { return Automerge.hasHeads(this.doc, hashes) } catch { return false }
+  }
+
+  /**
+   * Make a change as `signer` and return its signed batch (to publish to peers).
+   * Returns undefined when `fn` changed nothing.
+   */
+  change (signer: Signer, fn: Automerge.ChangeFn<T>, message?: string): Promise<SignedBatch | undefined> {
+    return this.serial(async () => {
+      this.ctx.trust.authorize(toHex(signer.pair.publicKey), this.id)
+      let base = this.doc
+      if (Automerge.getActorId(base) !== signer.actor) base = Automerge.clone(base, { actor: signer.actor })
+      const before = Automerge.getHeads(base)
+      const next = Automerge.change(base, message === undefined ? {} : { message }, fn)
+      const after = Automerge.getHeads(next)
+      if (after.length === before.length && after.every(h => before.includes(h))) return undefined
+      const change = Automerge.getLastLocalChange(next) as Uint8Array
+      const meta = readChanges([change])
+      const hash = (meta[0] as ChangeMeta).hash
+      const batch: SignedBatch = { docId: this.id, chunks: [change], signatures: [await signChange(signer.pair, this.ctx.fleetId, this.id, hash, this.ctx.ed)] }
+      this.doc = next
+      await this.persist(batch, meta)
+      this.ctx.onChange?.(this.id, this.heads, 'local')
+      return batch
+    })
+  }
+
+  /** Verify, apply and persist a batch from elsewhere. Throws a named error if it is invalid. */
+  accept (batch: SignedBatch): Promise<AcceptResult> {
+    return this.serial(async () => {
+      const metas = await this.verifyBatch(batch)
+      if (metas.length === 0 || this.has(metas.map(m => m.hash))) return { status: 'duplicate', applied: 0, heads: this.heads }
+      if (!this.depsPresent(metas)) {
+        this.addPending(batch, metas)
+        return { status: 'pending', applied: 0, heads: this.heads }
+      }
+      let applied = await this.apply(batch, metas)
+      applied += await this.releasePending()
+      this.ctx.onChange?.(this.id, this.heads, 'remote')
+      return { status: 'applied', applied, heads: this.heads }
+    })
+  }
+
+  /** Decode, check coverage and signatures, check the signers may write this document. */
+  async verifyBatch (batch: SignedBatch): Promise<ChangeMeta[]> {
+    if (batch.docId !== this.id) throw new WrongDocumentError(`batch for document "${batch.docId}" offered to document "${this.id}"`)
+    const metas = readChanges(batch.chunks)
+    const signers = await verifyCoverage(this.ctx.fleetId, this.id, metas, batch.signatures, this.ctx.ed)
+    for (const key of new Set(signers.values())) this.ctx.trust.authorize(key, this.id)
+    return metas
+  }
+
+  /**
+   * A self-covering batch holding `hashes` and every change of this document that descends
+   * from them (a peer that lacks a change lacks its descendants too), with the signatures that
+   * cover them: one per actor in the usual case.
+   */
+  batchFor (hashes: string[]): SignedBatch {
+    const index = this.changeIndex()
+    const closure = new Set<string>()
+    const stack = hashes.filter(h => index.has(h))
+    while (stack.length > 0) {
+      const h = stack.pop() as string
+      if (closure.has(h)) continue
+      closure.add(h)
+      for (const c of (index.get(h) as IndexEntry).children) stack.push(c)
+    }
+    const actors = new Set<string>()
+    for (const h of closure) actors.add((index.get(h) as IndexEntry).actor)
+    const signatures: ChangeSignature[] = []
+    for (const actor of actors) {
+      const tip = this.tips.get(actor)
+      if (tip !== undefined && closure.has(tip.sig.hash)) signatures.push(tip.sig)
+      else log.error('document %s: no covering signature held for actor %s; peers will reject this batch', this.id, actor.slice(0, 16))
+    }
+    const list = [...closure]
+    return { docId: this.id, chunks: list.length === 0 ? [] : [Automerge.saveBundle(this.doc, list)], signatures }
+  }
+
+  /** Every change, oldest first (topologically), with who signed it. */
+  history (): HistoryEntry[] {
+    return Automerge.getChangesMetaSince(this.doc, []).map(m => {
+      const signer = actorKeyHex(m.actor)
+      return { hash: m.hash, actor: m.actor, seq: m.seq, deps: m.deps, signer, signerInfo: this.ctx.trust.lookup(signer), time: m.time, message: m.message }
+    })
+  }
+
+  /** The patches one change made, against its dependencies. */
+  diffOf (hash: string): Automerge.Patch[] {
+    const meta = Automerge.inspectChange(this.doc, hash)
+    if (meta === null) throw new MalformedInputError(`document "${this.id}" has no change ${hash.slice(0, 12)}…`)
+    return Automerge.diff(this.doc, meta.deps, [hash])
+  }
+
+  /** The document's value at a past revision. */
+  valueAt (heads: string[]): T {
+    return Automerge.toJS(Automerge.view(this.doc, heads)) as T
+  }
+
+  /** Write a snapshot and compact the batches it includes. */
+  snapshot (): Promise<void> {
+    return this.serial(async () => {
+      if (this.batchesSinceSnapshot === 0) return
+      await this.ctx.store.putSnapshot(this.id, { upTo: this.lastStoredSeq, doc: Automerge.save(this.doc), signatures: encodeTips(this.tips) })
+      this.batchesSinceSnapshot = 0
+    })
+  }
+
+  private serial<R> (fn: () => Promise<R>): Promise<R> {
+    const run = this.queue.then(fn, fn)
+    this.queue = run.catch(() => {})
+    return run
+  }
+
+  private depsPresent (metas: ChangeMeta[]): boolean {
+    const inBatch = new Set(metas.map(m => m.hash))
+    const outside = new Set<string>()
+    for (const m of metas) for (const d of m.deps) if (!inBatch.has(d)) outside.add(d)
+    return outside.size === 0 || this.has([...outside])
+  }
+
+  private async apply (batch: SignedBatch, metas: ChangeMeta[]): Promise<number> {
+    const before = this.index === undefined ? undefined : new Set(metas.filter(m => !this.index!.has(m.hash)).map(m => m.hash))
+    for (const chunk of batch.chunks) this.doc = Automerge.loadIncremental(this.doc, chunk)
+    await this.persist(batch, metas)
+    return before?.size ?? metas.length
+  }
+
+  private async persist (batch: SignedBatch, metas: ChangeMeta[]): Promise<void> {
+    this.lastStoredSeq = await this.ctx.store.appendBatch(this.id, encodeBatch(batch))
+    this.recordTips(batch, metas)
+    if (this.index !== undefined) for (const m of metas) this.indexAdd(m)
+    if (++this.batchesSinceSnapshot >= SNAPSHOT_EVERY_BATCHES) {
+      await this.ctx.store.putSnapshot(this.id, { upTo: this.lastStoredSeq, doc: Automerge.save(this.doc), signatures: encodeTips(this.tips) })
+      this.batchesSinceSnapshot = 0
+    }
+  }
+
+  private recordTips (batch: SignedBatch, metas: ChangeMeta[]): void {
+    const byHash = new Map(metas.map(m => [m.hash, m]))
+    for (const sig of batch.signatures) {
+      const m = byHash.get(sig.hash)
+      if (m === undefined) continue
+      const held = this.tips.get(m.actor)
+      if (held === undefined || held.seq < m.seq) this.tips.set(m.actor, { seq: m.seq, sig })
+    }
+  }
+
+  private addPending (batch: SignedBatch, metas: ChangeMeta[]): void {
+    const size = batch.chunks.reduce((s, c) => s + c.length, 0)
+    if (this.pending.length >= MAX_PENDING_BATCHES || this.pendingBytes + size > MAX_PENDING_BYTES) {
+      throw new PendingSetFullError(`document "${this.id}": ${this.pending.length} batches (${this.pendingBytes} bytes) already wait for missing dependencies (bounds: ${MAX_PENDING_BATCHES} batches, ${MAX_PENDING_BYTES} bytes); this one is dropped and will be fetched again by sync`)
+    }
+    this.pending.push({ batch, metas, size })
+    this.pendingBytes += size
+  }
+
+  private async releasePending (): Promise<number> {
+    let applied = 0
+    let progress = true
+    while (progress && this.pending.length > 0) {
+      progress = false
+      for (const p of [...this.pending]) {
+        if (this.has(p.metas.map(m => m.hash))) {
+          this.dropPending(p)
+          progress = true
+        } else if (this.depsPresent(p.metas)) {
+          this.dropPending(p)
+          applied += await this.apply(p.batch, p.metas)
+          progress = true
+        }
+      }
+    }
+    return applied
+  }
+
+  private dropPending (p: PendingBatch): void {
+    this.pending = this.pending.filter(x => x !== p)
+    this.pendingBytes -= p.size
+  }
+
+  private changeIndex (): Map<string, IndexEntry> {
+    if (this.index === undefined) {
+      this.index = new Map()
+      for (const m of Automerge.getChangesMetaSince(this.doc, [])) this.indexAdd(m)
+    }
+    return this.index
+  }
+
+  private indexAdd (m: { hash: string, actor: string, seq: number, deps: string[] }): void {
+    const index = this.index as Map<string, IndexEntry>
+    if (index.has(m.hash)) return
+    index.set(m.hash, { actor: m.actor, seq: m.seq, children: [] })
+    for (const d of m.deps) index.get(d)?.children.push(m.hash)
+  }
+}

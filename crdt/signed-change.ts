@@ -1,0 +1,193 @@
+/**
+ * Signed change batches: the only form in which Automerge changes enter or leave a replica.
+ *
+ * Wire format (version 1), all integers unsigned LEB128:
+ *
+ *   u8      version = 1
+ *   bytes   docId            (UTF-8, at most 128 bytes)
+ *   varint  chunk count      (at most 64)
+ *   bytes   chunk × count    (an Automerge change chunk, type 1 or 2, or a bundle chunk, type 3)
+ *   varint  signature count  (at most 4,096)
+ *   per signature:
+ *     32 B  signer public key
+ *     32 B  signed change hash (the Automerge change hash)
+ *     64 B  Ed25519 signature over the digest below
+ *
+ * A batch is at most 32 MiB in all.
+ *
+ * Digest: sha-256( "rhizome/change/v1" 0x00 ‖ fleet id (32 B) ‖ len ‖ docId ‖ change hash (32 B) ).
+ *
+ * Why signatures name change hashes: an Automerge change hash is a sha-256 over the change's
+ * canonical bytes, and those bytes include the hashes of its dependencies. A signature on a
+ * change therefore commits to that change and its whole ancestry. Each signature *covers* the
+ * signed change and every ancestor written by the same actor; a batch is valid only if every
+ * change in it is covered by a signature in the same batch, by the key its actor id names, and
+ * that key may write the document. So catching up on 10,000 changes by three admins carries
+ * three signatures and needs three verifications, not 10,000.
+ *
+ * Actor ids are the signer's 32-byte public key followed by 8 random session bytes: the key is
+ * read off the actor, so a change cannot be re-attributed, and two sessions of one key (a
+ * laptop and a browser tab) never collide on a sequence number.
+ */
+import * as Automerge from '@automerge/automerge'
+import { sha256 } from '@noble/hashes/sha2.js'
+import { ByteReader, ByteWriter, concatBytes, fromHex, toHex, utf8 } from './bytes.ts'
+import { ActorMismatchError, InvalidSignatureError, MalformedInputError, OversizedInputError, UnsignedChangeError, UnsupportedVersionError } from './errors.ts'
+import type { Ed25519 } from './ed25519.ts'
+import type { KeyPair } from './keys.ts'
+
+export const BATCH_VERSION = 1
+export const MAX_BATCH_BYTES = 32 * 1024 * 1024
+export const MAX_DOC_ID_BYTES = 128
+export const MAX_CHUNKS_PER_BATCH = 64
+export const MAX_SIGNATURES_PER_BATCH = 4096
+export const MAX_CHANGES_PER_BATCH = 200_000
+
+const DOMAIN = utf8('rhizome/change/v1\0')
+const ACTOR_BYTES = 40
+
+export interface ChangeSignature {
+  /** 32-byte signer public key. */
+  key: Uint8Array
+  /** Hex Automerge hash of the signed change. */
+  hash: string
+  /** 64-byte Ed25519 signature over `changeDigest(fleetId, docId, hash)`. */
+  signature: Uint8Array
+}
+
+export interface SignedBatch {
+  docId: string
+  /** Automerge change chunks and/or bundles. */
+  chunks: Uint8Array[]
+  signatures: ChangeSignature[]
+}
+
+/** What validation needs to know of a change. */
+export interface ChangeMeta {
+  hash: string
+  actor: string
+  seq: number
+  deps: string[]
+  time: number
+  message: string | null
+}
+
+export function newActorId (publicKey: Uint8Array, session: Uint8Array = globalThis.crypto.getRandomValues(new Uint8Array(8))): string {
+  return toHex(concatBytes(publicKey, session))
+}
+
+/** The signer key named by an actor id, as hex; throws `ActorMismatchError` for foreign actor ids. */
+export function actorKeyHex (actor: string): string {
+  if (actor.length !== ACTOR_BYTES * 2) throw new ActorMismatchError(`actor ${actor.slice(0, 16)}… is not a Rhizome actor id (32-byte key + 8-byte session)`)
+  return actor.slice(0, 64)
+}
+
+export function changeDigest (fleetId: string, docId: string, hash: string): Uint8Array {
+  const doc = utf8(docId)
+  return sha256(concatBytes(DOMAIN, fromHex(fleetId), Uint8Array.of(doc.length), doc, fromHex(hash)))
+}
+
+export async function signChange (pair: KeyPair, fleetId: string, docId: string, hash: string, ed: Ed25519): Promise<ChangeSignature> {
+  return { key: pair.publicKey, hash, signature: await ed.sign(pair.seed, changeDigest(fleetId, docId, hash)) }
+}
+
+export function encodeBatch (batch: SignedBatch): Uint8Array {
+  const w = new ByteWriter().u8(BATCH_VERSION).string(batch.docId).varint(batch.chunks.length)
+  for (const c of batch.chunks) w.bytes(c)
+  w.varint(batch.signatures.length)
+  for (const s of batch.signatures) w.raw(s.key).raw(fromHex(s.hash)).raw(s.signature)
+  const out = w.finish()
+  if (out.length > MAX_BATCH_BYTES) throw new OversizedInputError(`a signed batch is at most ${MAX_BATCH_BYTES} bytes; this one would be ${out.length}`)
+  return out
+}
+
+export function decodeBatch (bytes: Uint8Array): SignedBatch {
+  if (bytes.length > MAX_BATCH_BYTES) throw new OversizedInputError(`a signed batch is at most ${MAX_BATCH_BYTES} bytes; got ${bytes.length}`)
+  const r = new ByteReader(bytes, 'signed batch')
+  const version = r.u8()
+  if (version !== BATCH_VERSION) throw new UnsupportedVersionError(`signed batch version ${version} is not supported (this build reads version ${BATCH_VERSION}); upgrade this node`)
+  const docId = r.string(MAX_DOC_ID_BYTES)
+  const chunks: Uint8Array[] = []
+  const nChunks = r.varint(MAX_CHUNKS_PER_BATCH)
+  for (let i = 0; i < nChunks; i++) chunks.push(r.bytes(MAX_BATCH_BYTES))
+  const signatures: ChangeSignature[] = []
+  const nSigs = r.varint(MAX_SIGNATURES_PER_BATCH)
+  for (let i = 0; i < nSigs; i++) signatures.push({ key: r.raw(32), hash: toHex(r.raw(32)), signature: r.raw(64) })
+  r.end()
+  return { docId, chunks, signatures }
+}
+
+const CHUNK_CHANGE = 1
+const CHUNK_COMPRESSED_CHANGE = 2
+const CHUNK_BUNDLE = 3
+
+function toMeta (c: { hash: string, actor: string, seq: number, deps: string[], time: number, message: string | null }): ChangeMeta {
+  return { hash: c.hash, actor: c.actor, seq: c.seq, deps: c.deps, time: c.time, message: c.message }
+}
+
+/**
+ * Parse the changes in a batch's chunks without applying them anywhere. Automerge computes each
+ * change's hash from its bytes while parsing, which is what makes the hash chain trustworthy.
+ */
+export function readChanges (chunks: Uint8Array[]): ChangeMeta[] {
+  const out: ChangeMeta[] = []
+  for (const chunk of chunks) {
+    const type = chunk.length > 8 ? chunk[8] : -1
+    try {
+      if (type === CHUNK_CHANGE || type === CHUNK_COMPRESSED_CHANGE) {
+        out.push(toMeta(Automerge.decodeChange(chunk)))
+      } else if (type === CHUNK_BUNDLE) {
+        for (const c of Automerge.readBundle(chunk).changes) out.push(toMeta(c))
+      } else {
+        throw new MalformedInputError(`chunk of type ${type} is not a change or a bundle`)
+      }
+    } catch (err) {
+      if (err instanceof MalformedInputError) throw err
+      throw new MalformedInputError(`a chunk does not parse as Automerge changes: ${(err as Error).message}`)
+    }
+    if (out.length > MAX_CHANGES_PER_BATCH) throw new OversizedInputError(`a batch holds at most ${MAX_CHANGES_PER_BATCH} changes`)
+  }
+  return out
+}
+
+/**
+ * Check that every change in `changes` is covered by a signature in `signatures` (see the header),
+ * and that each covering signature verifies. Returns the signer key (hex) of each actor.
+ * Pure in its inputs: every peer holding the same batch decides the same.
+ */
+export async function verifyCoverage (fleetId: string, docId: string, changes: ChangeMeta[], signatures: ChangeSignature[], ed: Ed25519): Promise<Map<string, string>> {
+  const byHash = new Map<string, ChangeMeta>()
+  for (const c of changes) byHash.set(c.hash, c)
+  const covered = new Set<string>()
+  const signerOfActor = new Map<string, string>()
+  // Highest sequence number first, so one walk per actor usually covers everything.
+  const sigs = signatures
+    .map(s => ({ s, c: byHash.get(s.hash) }))
+    .sort((a, b) => (b.c?.seq ?? 0) - (a.c?.seq ?? 0))
+  for (const { s, c } of sigs) {
+    if (c === undefined) throw new MalformedInputError(`signature for change ${s.hash.slice(0, 12)}… which is not in the batch`)
+    if (covered.has(c.hash)) continue
+    const keyHex = toHex(s.key)
+    if (actorKeyHex(c.actor) !== keyHex) throw new ActorMismatchError(`change ${c.hash.slice(0, 12)}… has actor ${c.actor.slice(0, 16)}… but is signed by key ${keyHex.slice(0, 16)}…`)
+    if (!await ed.verify(s.key, changeDigest(fleetId, docId, c.hash), s.signature)) {
+      throw new InvalidSignatureError(`signature on change ${c.hash.slice(0, 12)}… of document "${docId}" does not verify`)
+    }
+    signerOfActor.set(c.actor, keyHex)
+    // Walk the ancestry inside the batch; mark every change by the same actor as covered.
+    const stack = [c.hash]
+    const seen = new Set<string>()
+    while (stack.length > 0) {
+      const h = stack.pop() as string
+      if (seen.has(h)) continue
+      seen.add(h)
+      const m = byHash.get(h)
+      if (m === undefined) continue
+      if (m.actor === c.actor) covered.add(h)
+      for (const d of m.deps) stack.push(d)
+    }
+  }
+  for (const c of changes) {
+    if (!covered.has(c.hash)) throw new UnsignedChangeError(`change ${c.hash.slice(0, 12)}… (actor ${c.actor.slice(0, 16)}…, seq ${c.seq}) of document "${docId}" is not covered by any signature in its batch`)
+  }
+  return signerOfActor
+}
