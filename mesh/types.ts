@@ -1,0 +1,103 @@
+/**
+ * The mesh's public surface, as the daemon (node/) and the dashboard (web/) use it.
+ * Implementations live beside this file; see index.ts for the factory.
+ */
+import type { Replica } from '../crdt/replica.ts'
+import type { KeyPair } from '../crdt/keys.ts'
+
+/** A status body is JSON written by the daemon; at most MAX_STATUS_BYTES encoded. */
+export type StatusBody = Record<string, unknown>
+
+export const MAX_STATUS_BYTES = 64 * 1024
+
+/** The newest signed status record of one node, as this peer holds it. */
+export interface StatusRecord {
+  /** The node's ed25519 public key, hex (its device identity). */
+  node: string
+  /** Its libp2p PeerId (derived from the same key). */
+  peerId: string
+  /** Last-writer-wins sequence number (the node's clock in ms at publication, strictly increasing). */
+  seq: number
+  body: StatusBody
+  /** Local clock (ms since epoch) when this peer first received this record: for staleness only. */
+  receivedAt: number
+  /** No newer record within `staleAfterMs`. Stale records are kept, not deleted. */
+  stale: boolean
+}
+
+export interface MeshLimits {
+  /** Open connections at most. */
+  maxConnections: number
+  /** Concurrent inbound streams per protocol per connection. */
+  maxInboundStreams: number
+  /** Largest frame accepted on any Rhizome protocol, bytes. */
+  maxFrameBytes: number
+  /** Time allowed for one protocol exchange, ms. */
+  exchangeTimeoutMs: number
+  /** Inbound connection attempts per second per remote host. */
+  inboundConnectionsPerSecond: number
+  /** How long a peer that sent invalid data is refused, ms. */
+  banMs: number
+}
+
+export type Admission = 'node' | 'admin-session' | 'viewer' | 'none'
+
+export interface PeerSummary {
+  peerId: string
+  addresses: string[]
+  admission: Admission
+  /** Name from enrolment, if enrolled. */
+  name?: string
+}
+
+export interface MeshMetrics {
+  peers: number
+  changesAccepted: number
+  changesRejected: number
+  batchesRejected: number
+  syncBytesIn: number
+  syncBytesOut: number
+  statusRecords: number
+  peersBanned: number
+}
+
+export interface MeshOptions {
+  replica: Replica
+  /** The device's ed25519 key: its PeerId is its identity. Browsers pass a fresh one. */
+  identity: KeyPair
+  /** Multiaddrs to listen on (daemons): e.g. /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/tcp/4002/ws. */
+  listen?: string[]
+  /** Multiaddrs with /p2p/<PeerId> to dial and keep dialling. */
+  bootstrap?: string[]
+  /** mDNS discovery on the LAN (default on for daemons; tests turn it off). */
+  mdns?: boolean
+  /** Contents of a libp2p private-network swarm key (pnet); peers without it cannot connect. */
+  psk?: Uint8Array
+  /** Period of the anti-entropy round with a random peer, ms (default 10 s). */
+  antiEntropyMs?: number
+  /** A status record with no newer one for this long is stale, ms (default 30 s). */
+  staleAfterMs?: number
+  limits?: Partial<MeshLimits>
+}
+
+/**
+ * Events (all `CustomEvent`):
+ * - `peer:connect` / `peer:disconnect`, detail `{ peerId }`
+ * - `status`, detail `StatusRecord` (a newer record arrived or was published)
+ * - `rejected`, detail `{ peerId, reason: string, error: string }` (a peer sent invalid data and was disconnected)
+ */
+export interface Mesh extends EventTarget {
+  readonly peerId: string
+  start (): Promise<void>
+  stop (): Promise<void>
+  /** Addresses others can dial, with /p2p/<PeerId>. */
+  addresses (): string[]
+  peers (): PeerSummary[]
+  /** Sign and gossip this node's status. */
+  publishStatus (body: StatusBody): Promise<StatusRecord>
+  /** The newest record per node, stale ones included. */
+  statuses (): StatusRecord[]
+  /** A one-time token a browser presents to be admitted as a read-only viewer of this daemon. */
+  issueViewerToken (): string
+  metrics (): MeshMetrics
+}
