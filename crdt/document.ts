@@ -82,6 +82,18 @@ function decodeTips (bytes: Uint8Array): Array<{ actor: string, seq: number, sig
   return out
 }
 
+/**
+ * The one place that decides whether `batch` may enter document `docId`: decode, check coverage
+ * and signatures, check the signers may write the document. Throws a named error if not.
+ */
+export async function verifyBatch (ctx: Pick<DocumentContext, 'fleetId' | 'trust' | 'ed'>, docId: string, batch: SignedBatch): Promise<ChangeMeta[]> {
+  if (batch.docId !== docId) throw new WrongDocumentError(`batch for document "${batch.docId}" offered to document "${docId}"`)
+  const metas = readChanges(batch.chunks)
+  const signers = await verifyCoverage(ctx.fleetId, docId, metas, batch.signatures, ctx.ed)
+  for (const key of new Set(signers.values())) ctx.trust.authorize(key, docId)
+  return metas
+}
+
 export class SignedDocument<T = Record<string, unknown>> {
   readonly id: string
   private doc: Automerge.Doc<T>
@@ -181,12 +193,8 @@ export class SignedDocument<T = Record<string, unknown>> {
   }
 
   /** Decode, check coverage and signatures, check the signers may write this document. */
-  async verifyBatch (batch: SignedBatch): Promise<ChangeMeta[]> {
-    if (batch.docId !== this.id) throw new WrongDocumentError(`batch for document "${batch.docId}" offered to document "${this.id}"`)
-    const metas = readChanges(batch.chunks)
-    const signers = await verifyCoverage(this.ctx.fleetId, this.id, metas, batch.signatures, this.ctx.ed)
-    for (const key of new Set(signers.values())) this.ctx.trust.authorize(key, this.id)
-    return metas
+  verifyBatch (batch: SignedBatch): Promise<ChangeMeta[]> {
+    return verifyBatch(this.ctx, this.id, batch)
   }
 
   /**

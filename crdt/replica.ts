@@ -12,7 +12,7 @@
  */
 import { logger } from '@libp2p/logger'
 import { newActorId, type SignedBatch } from './signed-change.ts'
-import { SignedDocument, type AcceptResult, type Signer } from './document.ts'
+import { SignedDocument, verifyBatch, type AcceptResult, type Signer } from './document.ts'
 import { decodeTrustStatement, encodeTrustStatement, TrustChain, type SignedTrustStatement } from './trust.ts'
 import { ClosedError, InvalidTrustStatementError, MalformedInputError } from './errors.ts'
 import type { Ed25519 } from './ed25519.ts'
@@ -93,6 +93,14 @@ export class Replica extends EventTarget {
 
   /** Verify and apply a batch (for any document of this fleet). */
   async accept (batch: SignedBatch): Promise<AcceptResult> {
+    if (this.closed) throw new ClosedError('the replica is closed')
+    if (!this.docs.has(batch.docId)) {
+      // Verify before creating a document: otherwise invalid batches with made-up document ids
+      // would leave empty documents behind until MAX_DOCUMENTS refuses real ones.
+      checkDocId(batch.docId)
+      const metas = await verifyBatch(this.context(), batch.docId, batch)
+      if (metas.length === 0) return { status: 'duplicate', applied: 0, heads: [] }
+    }
     return (await this.open(batch.docId)).accept(batch)
   }
 

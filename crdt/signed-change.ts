@@ -126,6 +126,18 @@ function toMeta (c: { hash: string, actor: string, seq: number, deps: string[], 
 }
 
 /**
+ * `decodeChange` and `readBundle` do not check a chunk's checksum but `loadIncremental` does,
+ * and skips or refuses a chunk whose checksum is wrong; a verified batch could then fail to
+ * apply. The checksum is outside what signatures cover (they name hashes of the content), so
+ * it is checked here, before anything is verified, stored or applied.
+ */
+function checkChecksum (chunk: Uint8Array, expected: Uint8Array): void {
+  for (let i = 0; i < 4; i++) {
+    if (chunk[4 + i] !== expected[i]) throw new MalformedInputError('a chunk\'s checksum does not match its contents')
+  }
+}
+
+/**
  * Parse the changes in a batch's chunks without applying them anywhere. Automerge computes each
  * change's hash from its bytes while parsing, which is what makes the hash chain trustworthy.
  */
@@ -135,8 +147,12 @@ export function readChanges (chunks: Uint8Array[]): ChangeMeta[] {
     const type = chunk.length > 8 ? chunk[8] : -1
     try {
       if (type === CHUNK_CHANGE || type === CHUNK_COMPRESSED_CHANGE) {
-        out.push(toMeta(Automerge.decodeChange(chunk)))
+        const meta = toMeta(Automerge.decodeChange(chunk))
+        // A change's checksum is the first 4 bytes of its hash (over the uncompressed change).
+        checkChecksum(chunk, fromHex(meta.hash.slice(0, 8)))
+        out.push(meta)
       } else if (type === CHUNK_BUNDLE) {
+        checkChecksum(chunk, sha256(chunk.subarray(8)).subarray(0, 4))
         for (const c of Automerge.readBundle(chunk).changes) out.push(toMeta(c))
       } else {
         throw new MalformedInputError(`chunk of type ${type} is not a change or a bundle`)
