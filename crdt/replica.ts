@@ -13,7 +13,7 @@
 import { logger } from '@libp2p/logger'
 import { newActorId, type SignedBatch } from './signed-change.ts'
 import { SignedDocument, verifyBatch, type AcceptResult, type Signer } from './document.ts'
-import { decodeTrustStatement, encodeTrustStatement, TrustChain, type SignedTrustStatement } from './trust.ts'
+import { decodeTrustStatement, encodeTrustStatement, statementHash, TrustChain, type SignedTrustStatement } from './trust.ts'
 import { ClosedError, InvalidTrustStatementError, MalformedInputError } from './errors.ts'
 import type { Ed25519 } from './ed25519.ts'
 import type { KeyPair } from './keys.ts'
@@ -62,8 +62,9 @@ export class Replica extends EventTarget {
     } else {
       chain = await TrustChain.fromGenesis(decodeTrustStatement(stored[0] as Uint8Array), opts.ed)
       for (const bytes of stored.slice(1)) await chain.add(decodeTrustStatement(bytes))
+      // Compare by hash: the stored copy is canonical JSON, a trust.json file may order keys differently.
       if (opts.genesis !== undefined && chain.all[0] !== undefined &&
-        JSON.stringify(chain.all[0].statement) !== JSON.stringify(opts.genesis.statement)) {
+        statementHash(chain.all[0].statement) !== statementHash(opts.genesis.statement)) {
         throw new InvalidTrustStatementError(`this store belongs to fleet "${chain.latest.fleet}" (${chain.fleetId.slice(0, 12)}…), not to the genesis statement given; use another data directory`)
       }
     }
