@@ -1,0 +1,279 @@
+/**
+ * Supervised workloads. Each workload is a command the daemon starts and keeps running:
+ * restarted when its spec changes (command, env, cwd, version, health), restarted with bounded
+ * exponential back-off after it exits, probed for health (HTTP, TCP or a command), and its
+ * recent output kept in a bounded ring buffer. Every process the daemon started is stopped by
+ * its pid when the workload is dropped or the daemon shuts down (SIGTERM, then SIGKILL).
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { connect } from 'node:net'
+import { logger } from '@libp2p/logger'
+import { canonicalJson } from '../../crdt/canonical-json.ts'
+import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from '../backoff.ts'
+import { LineSplitter, RingBuffer } from '../ring-buffer.ts'
+
+const log = logger('rhizome:node:processes')
+
+export const MAX_WORKLOADS = 64
+export const STOP_GRACE_MS = 5000
+export const PROBE_TIMEOUT_MS = 2000
+export const DEFAULT_PROBE_INTERVAL_MS = 5000
+export const STATUS_LOG_LINES = 20
+
+export type WorkloadState = 'running' | 'starting' | 'crashed' | 'stopped'
+
+export interface HealthSpec { http?: string, tcp?: string, command?: string[], intervalMs?: number }
+export interface WorkloadSpec { command: string[], env?: Record<string, string>, cwd?: string, version?: string, health?: HealthSpec }
+
+export interface WorkloadStatus {
+  state: WorkloadState
+  healthy: boolean | null
+  restarts: number
+  version?: string
+  pid?: number
+  log: string[]
+}
+
+function toSpec (name: string, raw: unknown): WorkloadSpec {
+  const r = raw as Record<string, unknown>
+  if (typeof r !== 'object' || r === null) throw new Error(`workload "${name}": expected { command, env?, cwd?, version?, health? }`)
+  if (!Array.isArray(r.command) || r.command.length === 0) throw new Error(`workload "${name}": command must be a non-empty list`)
+  const env: Record<string, string> = {}
+  if (typeof r.env === 'object' && r.env !== null) for (const [k, v] of Object.entries(r.env)) if (v !== null) env[k] = String(v)
+  const spec: WorkloadSpec = { command: r.command.map(String), env }
+  if (typeof r.cwd === 'string') spec.cwd = r.cwd
+  if (r.version !== undefined && r.version !== null) spec.version = String(r.version)
+  if (typeof r.health === 'object' && r.health !== null) {
+    const h = r.health as Record<string, unknown>
+    spec.health = {}
+    if (typeof h.http === 'string') spec.health.http = h.http
+    if (typeof h.tcp === 'string') spec.health.tcp = h.tcp
+    if (Array.isArray(h.command)) spec.health.command = h.command.map(String)
+    if (typeof h.intervalMs === 'number') spec.health.intervalMs = Math.max(100, h.intervalMs)
+  }
+  return spec
+}
+
+/** One probe; resolves true if healthy. */
+export async function probe (h: HealthSpec, signal: AbortSignal): Promise<boolean> {
+  if (h.http !== undefined) {
+    try {
+      const res = await fetch(h.http, { signal: AbortSignal.any([signal, AbortSignal.timeout(PROBE_TIMEOUT_MS)]) })
+      await res.body?.cancel()
+      return res.ok
+    } catch { return false }
+  }
+  if (h.tcp !== undefined) {
+    const i = h.tcp.lastIndexOf(':')
+    const host = h.tcp.slice(0, i) || '127.0.0.1'
+    const port = Number(h.tcp.slice(i + 1))
+    return new Promise(resolve => {
+      const s = connect({ host, port, timeout: PROBE_TIMEOUT_MS })
+      const done = (ok: boolean): void => { s.destroy(); resolve(ok) }
+      s.once('connect', () => done(true))
+      s.once('error', () => done(false))
+      s.once('timeout', () => done(false))
+    })
+  }
+  if (h.command !== undefined && h.command.length > 0) {
+    return new Promise(resolve => {
+      const c = spawn(h.command![0] as string, h.command!.slice(1), { stdio: 'ignore', timeout: PROBE_TIMEOUT_MS, signal })
+      c.once('error', () => resolve(false))
+      c.once('exit', code => resolve(code === 0))
+    })
+  }
+  return true
+}
+
+class Workload {
+  readonly name: string
+  readonly spec: WorkloadSpec
+  readonly key: string
+  readonly logs = new RingBuffer()
+  state: WorkloadState = 'stopped'
+  healthy: boolean | null = null
+  restarts = 0
+  private child: ChildProcess | undefined
+  private startedAt = 0
+  private attempt = 0
+  private restartTimer: NodeJS.Timeout | undefined
+  private probeTimer: NodeJS.Timeout | undefined
+  private readonly abort = new AbortController()
+  private stopping = false
+  private readonly onState: () => void
+  private readonly backoff: BackoffOptions
+  private readonly baseEnv: Record<string, string>
+
+  constructor (name: string, spec: WorkloadSpec, onState: () => void, backoff: BackoffOptions, baseEnv: Record<string, string>) {
+    this.name = name
+    this.spec = spec
+    this.key = canonicalJson(spec)
+    this.onState = onState
+    this.backoff = backoff
+    this.baseEnv = baseEnv
+  }
+
+  get pid (): number | undefined { return this.child?.pid }
+
+  start (): void {
+    if (this.stopping) return
+    const [cmd, ...args] = this.spec.command as [string, ...string[]]
+    this.state = 'starting'
+    this.healthy = this.spec.health === undefined ? null : false
+    this.startedAt = Date.now()
+    let child: ChildProcess
+    try {
+      child = spawn(cmd, args, {
+        cwd: this.spec.cwd,
+        env: { ...process.env, ...this.baseEnv, RHIZOME_WORKLOAD: this.name, RHIZOME_WORKLOAD_VERSION: this.spec.version ?? '', ...this.spec.env },
+        stdio: ['ignore', 'pipe', 'pipe']
+      })
+    } catch (err) {
+      this.logs.push(`[rhizome] cannot start ${cmd}: ${(err as Error).message}`)
+      this.crashed()
+      return
+    }
+    this.child = child
+    const out = new LineSplitter(l => this.logs.push(l))
+    const err = new LineSplitter(l => this.logs.push(l))
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => out.write(d))
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => err.write(d))
+    child.once('error', e => {
+      this.logs.push(`[rhizome] ${cmd}: ${e.message}`)
+      if (child.pid === undefined) { this.child = undefined; this.crashed() }
+    })
+    child.once('spawn', () => {
+      this.logs.push(`[rhizome] started ${this.name}${this.spec.version === undefined ? '' : ` version ${this.spec.version}`} (pid ${child.pid})`)
+      if (this.spec.health === undefined) this.state = 'running'
+      this.onState()
+      this.scheduleProbe(0)
+    })
+    child.once('exit', (code, signal) => {
+      out.flush(); err.flush()
+      if (this.child === child) this.child = undefined
+      this.logs.push(`[rhizome] ${this.name} exited (${signal ?? `code ${code}`})`)
+      if (!this.stopping) this.crashed()
+    })
+  }
+
+  private crashed (): void {
+    clearTimeout(this.probeTimer)
+    this.state = 'crashed'
+    this.healthy = this.spec.health === undefined ? null : false
+    if (Date.now() - this.startedAt > this.backoff.resetAfterMs) this.attempt = 0
+    this.attempt++
+    this.restarts++
+    const delay = backoffDelay(this.attempt, this.backoff)
+    this.logs.push(`[rhizome] restarting ${this.name} in ${delay} ms (restart ${this.restarts})`)
+    this.onState()
+    this.restartTimer = setTimeout(() => { this.start() }, delay)
+  }
+
+  private scheduleProbe (delay: number): void {
+    const h = this.spec.health
+    if (h === undefined || this.stopping) return
+    clearTimeout(this.probeTimer)
+    this.probeTimer = setTimeout(() => {
+      void probe(h, this.abort.signal).then(ok => {
+        if (this.stopping || this.child === undefined) return
+        const changed = ok !== this.healthy || (ok && this.state === 'starting')
+        this.healthy = ok
+        if (ok) this.state = 'running'
+        if (changed) this.onState()
+        // Probe quickly while starting so "up" is reported promptly, then at the set interval.
+        this.scheduleProbe(this.state === 'starting' ? Math.min(250, h.intervalMs ?? DEFAULT_PROBE_INTERVAL_MS) : h.intervalMs ?? DEFAULT_PROBE_INTERVAL_MS)
+      })
+    }, delay)
+  }
+
+  async stop (): Promise<void> {
+    this.stopping = true
+    this.abort.abort()
+    clearTimeout(this.restartTimer)
+    clearTimeout(this.probeTimer)
+    const child = this.child
+    if (child !== undefined && child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise<void>(resolve => child.once('exit', () => resolve()))
+      child.kill('SIGTERM')
+      const t = setTimeout(() => { child.kill('SIGKILL') }, STOP_GRACE_MS)
+      await exited
+      clearTimeout(t)
+    }
+    this.child = undefined
+    this.state = 'stopped'
+    this.healthy = null
+  }
+
+  status (): WorkloadStatus {
+    const s: WorkloadStatus = { state: this.state, healthy: this.healthy, restarts: this.restarts, log: this.logs.last(STATUS_LOG_LINES) }
+    if (this.spec.version !== undefined) s.version = this.spec.version
+    if (this.pid !== undefined) s.pid = this.pid
+    return s
+  }
+}
+
+export class ProcessesApplier {
+  private readonly workloads = new Map<string, Workload>()
+  /** Logs of workloads that were removed, kept so `logs` still answers after a stop. */
+  private readonly onState: () => void
+  private readonly backoff: BackoffOptions
+  private readonly baseEnv: Record<string, string>
+  private errors: string[] = []
+
+  constructor (opts: { onState?: () => void, backoff?: BackoffOptions, env?: Record<string, string> } = {}) {
+    this.onState = opts.onState ?? (() => {})
+    this.backoff = opts.backoff ?? DEFAULT_BACKOFF
+    this.baseEnv = opts.env ?? {}
+  }
+
+  /** Make the running workloads equal `desired` (name → spec). */
+  async apply (desired: Record<string, unknown>): Promise<{ started: string[], stopped: string[], errors: string[] }> {
+    const specs = new Map<string, WorkloadSpec>()
+    const errors: string[] = []
+    for (const [name, raw] of Object.entries(desired).slice(0, MAX_WORKLOADS)) {
+      try { specs.set(name, toSpec(name, raw)) } catch (err) { errors.push((err as Error).message) }
+    }
+    if (Object.keys(desired).length > MAX_WORKLOADS) errors.push(`more than ${MAX_WORKLOADS} workloads configured; the rest are ignored`)
+    const started: string[] = []
+    const stopped: string[] = []
+    for (const [name, w] of [...this.workloads]) {
+      const spec = specs.get(name)
+      if (spec === undefined || canonicalJson(spec) !== w.key) {
+        await w.stop()
+        this.workloads.delete(name)
+        stopped.push(name)
+      }
+    }
+    for (const [name, spec] of specs) {
+      if (this.workloads.has(name)) continue
+      const w = new Workload(name, spec, this.onState, this.backoff, this.baseEnv)
+      this.workloads.set(name, w)
+      w.start()
+      started.push(name)
+    }
+    this.errors = errors
+    if (started.length + stopped.length > 0) log('started %o stopped %o', started, stopped)
+    return { started, stopped, errors }
+  }
+
+  status (): Record<string, WorkloadStatus> {
+    const out: Record<string, WorkloadStatus> = {}
+    for (const [name, w] of this.workloads) out[name] = w.status()
+    return out
+  }
+
+  logs (name: string): string[] | undefined {
+    return this.workloads.get(name)?.logs.last()
+  }
+
+  pids (): number[] {
+    return [...this.workloads.values()].map(w => w.pid).filter((p): p is number => p !== undefined)
+  }
+
+  get configErrors (): string[] { return [...this.errors] }
+
+  async stopAll (): Promise<void> {
+    await Promise.all([...this.workloads.values()].map(w => w.stop()))
+    this.workloads.clear()
+  }
+}

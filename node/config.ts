@@ -1,0 +1,186 @@
+/**
+ * The daemon's configuration: one YAML file plus RHIZOME_* environment variables (which win),
+ * checked in one place. Unknown keys are errors that name the valid ones.
+ *
+ * ```yaml
+ * name: till-7                       # used until the node is enrolled (enrolment name wins)
+ * labels: { site: berlin-3, role: pos }
+ * dataDir: /var/lib/rhizome          # LevelStore (store/), identity.key, trust.json
+ * trustFile: /etc/rhizome/trust.json # fleet genesis (rhizome init); copied into dataDir
+ * listen: [/ip4/0.0.0.0/tcp/4001, /ip4/0.0.0.0/tcp/4002/ws]
+ * bootstrap: [/ip4/10.0.0.2/tcp/4001/p2p/12D3Koo...]
+ * mdns: true
+ * http: { host: 127.0.0.1, port: 8080 }
+ * filesRoot: /                       # managed files are written under this directory
+ * allowedRoots: [/etc/rhizome, /opt/rhizome, /srv/rhizome]   # ... and only below these paths
+ * manifestDir: /var/lib/rancher/k3s/server/manifests
+ * reconcileIntervalMs: 30000
+ * driftCheckMs: 2000
+ * statusIntervalMs: 10000
+ * ```
+ * Environment: RHIZOME_NAME, RHIZOME_LABELS (k=v,k=v), RHIZOME_DATA_DIR, RHIZOME_TRUST_FILE,
+ * RHIZOME_LISTEN and RHIZOME_BOOTSTRAP (comma-separated), RHIZOME_MDNS (true/false),
+ * RHIZOME_HTTP_HOST, RHIZOME_HTTP_PORT, RHIZOME_FILES_ROOT, RHIZOME_ALLOWED_ROOTS,
+ * RHIZOME_MANIFEST_DIR, RHIZOME_RECONCILE_INTERVAL_MS, RHIZOME_DRIFT_CHECK_MS, RHIZOME_STATUS_INTERVAL_MS.
+ */
+import { readFileSync } from 'node:fs'
+import { hostname } from 'node:os'
+import { dirname, isAbsolute, resolve } from 'node:path'
+import { parseDocument } from 'yaml'
+import { InvalidConfigError } from './errors.ts'
+
+export interface DaemonConfig {
+  name: string
+  labels: Record<string, string>
+  dataDir: string
+  trustFile: string | undefined
+  listen: string[]
+  bootstrap: string[]
+  mdns: boolean
+  http: { host: string, port: number }
+  filesRoot: string
+  allowedRoots: string[]
+  manifestDir: string | undefined
+  reconcileIntervalMs: number
+  driftCheckMs: number
+  statusIntervalMs: number
+}
+
+export const CONFIG_FILE_KEYS = ['name', 'labels', 'dataDir', 'trustFile', 'listen', 'bootstrap', 'mdns', 'http', 'filesRoot', 'allowedRoots', 'manifestDir', 'reconcileIntervalMs', 'driftCheckMs', 'statusIntervalMs'] as const
+const HTTP_KEYS = ['host', 'port']
+
+const ENV: Record<string, (typeof CONFIG_FILE_KEYS)[number] | 'http.host' | 'http.port'> = {
+  RHIZOME_NAME: 'name',
+  RHIZOME_LABELS: 'labels',
+  RHIZOME_DATA_DIR: 'dataDir',
+  RHIZOME_TRUST_FILE: 'trustFile',
+  RHIZOME_LISTEN: 'listen',
+  RHIZOME_BOOTSTRAP: 'bootstrap',
+  RHIZOME_MDNS: 'mdns',
+  RHIZOME_HTTP_HOST: 'http.host',
+  RHIZOME_HTTP_PORT: 'http.port',
+  RHIZOME_FILES_ROOT: 'filesRoot',
+  RHIZOME_ALLOWED_ROOTS: 'allowedRoots',
+  RHIZOME_MANIFEST_DIR: 'manifestDir',
+  RHIZOME_RECONCILE_INTERVAL_MS: 'reconcileIntervalMs',
+  RHIZOME_DRIFT_CHECK_MS: 'driftCheckMs',
+  RHIZOME_STATUS_INTERVAL_MS: 'statusIntervalMs'
+}
+
+export const MAX_CONFIG_FILE_BYTES = 1024 * 1024
+
+function isMap (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+function fail (where: string, msg: string): never {
+  throw new InvalidConfigError(`${where}: ${msg}`)
+}
+
+function str (v: unknown, where: string): string {
+  if (typeof v === 'string' && v !== '') return v
+  if (typeof v === 'number') return String(v)
+  return fail(where, `expected a non-empty string, got ${JSON.stringify(v)}`)
+}
+
+function list (v: unknown, where: string): string[] {
+  if (typeof v === 'string') return v.split(',').map(s => s.trim()).filter(s => s !== '')
+  if (Array.isArray(v)) return v.map((x, i) => str(x, `${where}[${i}]`))
+  return fail(where, 'expected a list of strings')
+}
+
+function bool (v: unknown, where: string): boolean {
+  if (typeof v === 'boolean') return v
+  if (v === 'true' || v === '1' || v === 'on') return true
+  if (v === 'false' || v === '0' || v === 'off') return false
+  return fail(where, `expected true or false, got ${JSON.stringify(v)}`)
+}
+
+function int (v: unknown, where: string, min: number, max: number): number {
+  const n = typeof v === 'string' ? Number(v) : v
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) return fail(where, `expected an integer from ${min} to ${max}, got ${JSON.stringify(v)}`)
+  return n
+}
+
+function labels (v: unknown, where: string): Record<string, string> {
+  if (typeof v === 'string') {
+    const out: Record<string, string> = {}
+    for (const part of v.split(',').map(s => s.trim()).filter(s => s !== '')) {
+      const i = part.indexOf('=')
+      if (i < 1) fail(where, `"${part}" is not key=value`)
+      out[part.slice(0, i)] = part.slice(i + 1)
+    }
+    return out
+  }
+  if (!isMap(v)) return fail(where, 'expected a map of label names to values')
+  return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, str(x, `${where}.${k}`)]))
+}
+
+/** Parse `k=v` label arguments (CLI `--label`). */
+export function parseLabelArgs (args: string[]): Record<string, string> {
+  return labels(args.join(','), '--label')
+}
+
+/**
+ * Load the config: file (optional) then environment. Relative paths in the file are resolved
+ * against the file's directory.
+ */
+export function loadDaemonConfig (file: string | undefined, env: Record<string, string | undefined> = process.env): DaemonConfig {
+  let raw: Record<string, unknown> = {}
+  const base = file === undefined ? process.cwd() : dirname(resolve(file))
+  const where = file ?? 'configuration'
+  if (file !== undefined) {
+    let text: string
+    try { text = readFileSync(file, 'utf8') } catch (err) {
+      throw new InvalidConfigError(`cannot read config file ${file}: ${(err as Error).message}; pass an existing file with --config`)
+    }
+    if (text.length > MAX_CONFIG_FILE_BYTES) fail(file, `is larger than ${MAX_CONFIG_FILE_BYTES} bytes`)
+    const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true })
+    if (doc.errors.length > 0) fail(file, `is not valid YAML: ${doc.errors[0]?.message ?? 'parse error'}`)
+    const v: unknown = doc.toJS({ maxAliasCount: 100 })
+    if (v !== null && v !== undefined && !isMap(v)) fail(file, 'expected a map of settings')
+    raw = (v ?? {}) as Record<string, unknown>
+    for (const k of Object.keys(raw)) {
+      if (!(CONFIG_FILE_KEYS as readonly string[]).includes(k)) fail(file, `unknown key "${k}"; valid keys are ${CONFIG_FILE_KEYS.join(', ')}`)
+    }
+    if (raw.http !== undefined) {
+      if (!isMap(raw.http)) fail(file, 'http: expected { host, port }')
+      for (const k of Object.keys(raw.http)) if (!HTTP_KEYS.includes(k)) fail(file, `unknown key "http.${k}"; valid keys are http.host, http.port`)
+    }
+  }
+  const path = (p: string): string => isAbsolute(p) ? p : resolve(base, p)
+  const http = { ...(isMap(raw.http) ? raw.http : {}) }
+  for (const [name, key] of Object.entries(ENV)) {
+    const v = env[name]
+    if (v === undefined || v === '') continue
+    if (key === 'http.host') http.host = v
+    else if (key === 'http.port') http.port = v
+    else raw[key] = v
+  }
+  const envWhere = (k: string): string => {
+    const e = Object.entries(ENV).find(([, key]) => key === k)?.[0]
+    return e !== undefined && env[e] !== undefined && env[e] !== '' ? e : `${where}: ${k}`
+  }
+  if (raw.dataDir === undefined) fail(where, 'dataDir is required (the directory holding the store and identity.key; `rhizome node init --data DIR` makes one); set it in the file or RHIZOME_DATA_DIR')
+  const config: DaemonConfig = {
+    name: raw.name === undefined ? hostname() : str(raw.name, envWhere('name')),
+    labels: raw.labels === undefined ? {} : labels(raw.labels, envWhere('labels')),
+    dataDir: path(str(raw.dataDir, envWhere('dataDir'))),
+    trustFile: raw.trustFile === undefined ? undefined : path(str(raw.trustFile, envWhere('trustFile'))),
+    listen: raw.listen === undefined ? ['/ip4/0.0.0.0/tcp/4001', '/ip4/0.0.0.0/tcp/4002/ws'] : list(raw.listen, envWhere('listen')),
+    bootstrap: raw.bootstrap === undefined ? [] : list(raw.bootstrap, envWhere('bootstrap')),
+    mdns: raw.mdns === undefined ? true : bool(raw.mdns, envWhere('mdns')),
+    http: {
+      host: http.host === undefined ? '127.0.0.1' : str(http.host, envWhere('http.host')),
+      port: http.port === undefined ? 8080 : int(http.port, envWhere('http.port'), 0, 65535)
+    },
+    filesRoot: raw.filesRoot === undefined ? '/' : path(str(raw.filesRoot, envWhere('filesRoot'))),
+    allowedRoots: raw.allowedRoots === undefined ? ['/etc/rhizome', '/opt/rhizome', '/srv/rhizome'] : list(raw.allowedRoots, envWhere('allowedRoots')),
+    manifestDir: raw.manifestDir === undefined ? undefined : path(str(raw.manifestDir, envWhere('manifestDir'))),
+    reconcileIntervalMs: raw.reconcileIntervalMs === undefined ? 30_000 : int(raw.reconcileIntervalMs, envWhere('reconcileIntervalMs'), 100, 86_400_000),
+    driftCheckMs: raw.driftCheckMs === undefined ? 2000 : int(raw.driftCheckMs, envWhere('driftCheckMs'), 50, 3_600_000),
+    statusIntervalMs: raw.statusIntervalMs === undefined ? 10_000 : int(raw.statusIntervalMs, envWhere('statusIntervalMs'), 100, 3_600_000)
+  }
+  for (const r of config.allowedRoots) if (!r.startsWith('/')) fail(envWhere('allowedRoots'), `"${r}" is not an absolute path`)
+  return config
+}

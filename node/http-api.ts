@@ -1,0 +1,121 @@
+/**
+ * The daemon's HTTP API (node:http). Bound to 127.0.0.1 by default. Writes need no session:
+ * POST /api/batches takes signed batches, verified exactly as if a peer had sent them, so
+ * nothing unsigned or unauthorised can be applied through it.
+ *
+ *   GET  /api/health                 {ok, peerId, name, uptimeMs}
+ *   GET  /metrics                    Prometheus text
+ *   GET  /api/status                 the fleet: enrolled nodes, their status records, online/stale
+ *   GET  /api/trust                  the trust chain, JSON array of signed statements (genesis first)
+ *   POST /api/trust                  add the next signed trust statement (JSON)
+ *   GET  /api/docs                   [{id, heads}]
+ *   GET  /api/docs/:id               {id, heads, value}          (:id URL-encoded, may contain /)
+ *   GET  /api/docs/:id/batch         application/octet-stream: encoded SignedBatch of all its changes
+ *   POST /api/batches                application/octet-stream encoded SignedBatch → {status, heads}
+ *                                    400/403 {error, message} when rejected
+ *   GET  /api/history?doc=ID&limit=N [{doc, hash, signer, signerName, role, time, message, deps, diff}]
+ *   GET  /api/workloads/:name/logs   {name, lines}
+ *   GET  /                           the dashboard (web/dist) if built
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { readFile } from 'node:fs/promises'
+import { extname, join, normalize } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { logger } from '@libp2p/logger'
+
+const log = logger('rhizome:node:http')
+
+export const MAX_BODY_BYTES = 32 * 1024 * 1024
+const WEB_DIST = fileURLToPath(new URL('../web/dist/', import.meta.url))
+
+/** Errors whose cause is the content sent (403: not allowed; 400: malformed). */
+const FORBIDDEN = new Set(['InvalidSignatureError', 'UnsignedChangeError', 'UnknownKeyError', 'OutOfScopeError', 'ActorMismatchError', 'InvalidTrustStatementError', 'TrustForkError'])
+const BAD_REQUEST = new Set(['MalformedInputError', 'OversizedInputError', 'UnsupportedVersionError', 'WrongDocumentError', 'PendingSetFullError', 'InvalidConfigError'])
+
+export class HttpError extends Error {
+  static override name = 'HttpError'
+  override name = 'HttpError'
+  readonly status: number
+  readonly code: string
+  constructor (status: number, code: string, message: string) {
+    super(message)
+    this.status = status
+    this.code = code
+  }
+}
+
+export type Handler = (req: IncomingMessage, url: URL, body: () => Promise<Uint8Array>) => Promise<HttpReply>
+export type HttpReply = { json: unknown, status?: number } | { bytes: Uint8Array, type: string, status?: number } | { text: string, type: string, status?: number }
+
+export interface Route { method: string, pattern: RegExp, handler: (m: RegExpMatchArray, req: IncomingMessage, url: URL, body: () => Promise<Uint8Array>) => Promise<HttpReply> }
+
+function readBody (req: IncomingMessage, max: number): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length'] ?? 0)
+    if (declared > max) { reject(new HttpError(413, 'PayloadTooLarge', `the request body is ${declared} bytes; at most ${max} are accepted (split the change or use a bundle)`)); return }
+    const chunks: Buffer[] = []
+    let n = 0
+    req.on('data', (c: Buffer) => {
+      n += c.length
+      if (n > max) { reject(new HttpError(413, 'PayloadTooLarge', `the request body exceeds ${max} bytes (split the change or use a bundle)`)); req.destroy(); return }
+      chunks.push(c)
+    })
+    req.on('end', () => resolve(new Uint8Array(Buffer.concat(chunks))))
+    req.on('error', reject)
+  })
+}
+
+const TYPES: Record<string, string> = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.svg': 'image/svg+xml', '.png': 'image/png', '.ico': 'image/x-icon', '.wasm': 'application/wasm', '.map': 'application/json' }
+
+async function staticFile (path: string): Promise<HttpReply> {
+  const rel = normalize(decodeURIComponent(path === '/' ? '/index.html' : path)).replace(/^(\.\.[/\\])+/, '')
+  const file = join(WEB_DIST, rel)
+  if (!file.startsWith(WEB_DIST)) throw new HttpError(404, 'NotFound', 'no such file')
+  try {
+    return { bytes: new Uint8Array(await readFile(file)), type: TYPES[extname(file)] ?? 'application/octet-stream' }
+  } catch {
+    if (path === '/' || path === '/index.html') {
+      return { text: '<!doctype html><meta charset="utf-8"><title>Rhizome</title><h1>Rhizome daemon</h1><p>The dashboard is not built. Build it with <code>npm run build:web</code> (it is served from <code>web/dist</code>). The JSON API is at <a href="/api/status">/api/status</a>, metrics at <a href="/metrics">/metrics</a>.</p>', type: 'text/html; charset=utf-8' }
+    }
+    throw new HttpError(404, 'NotFound', `no such file: ${path}`)
+  }
+}
+
+function send (res: ServerResponse, r: HttpReply): void {
+  const status = r.status ?? 200
+  if ('json' in r) {
+    const body = JSON.stringify(r.json)
+    res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' })
+    res.end(body)
+  } else if ('bytes' in r) {
+    res.writeHead(status, { 'content-type': r.type, 'content-length': r.bytes.length })
+    res.end(r.bytes)
+  } else {
+    res.writeHead(status, { 'content-type': r.type })
+    res.end(r.text)
+  }
+}
+
+export function createApiServer (routes: Route[]): Server {
+  return createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://localhost')
+    const body = (): Promise<Uint8Array> => readBody(req, MAX_BODY_BYTES)
+    void (async () => {
+      try {
+        for (const route of routes) {
+          if (route.method !== req.method) continue
+          const m = url.pathname.match(route.pattern)
+          if (m !== null) { send(res, await route.handler(m, req, url, body)); return }
+        }
+        if (req.method === 'GET' && !url.pathname.startsWith('/api/')) { send(res, await staticFile(url.pathname)); return }
+        throw new HttpError(404, 'NotFound', `no route ${req.method} ${url.pathname}; see GET /api/health, /api/status, /api/docs`)
+      } catch (err) {
+        const e = err as Error
+        const status = e instanceof HttpError ? e.status : FORBIDDEN.has(e.name) ? 403 : BAD_REQUEST.has(e.name) ? 400 : 500
+        if (status === 500) log.error('%s %s failed: %e', req.method, url.pathname, e)
+        if (res.headersSent) { res.destroy(); return }
+        send(res, { status, json: { error: e instanceof HttpError ? e.code : e.name, message: e.message } })
+      }
+    })()
+  })
+}
