@@ -78,6 +78,12 @@ export interface MeshOptions {
   /** A status record with no newer one for this long is stale, ms (default 30 s). */
   staleAfterMs?: number
   limits?: Partial<MeshLimits>
+  /**
+   * Browsers: the credential presented to each bootstrap daemon (session protocol) before
+   * syncing: a one-time viewer token from that daemon, or a session voucher signed by an admin
+   * or operator key (`signSessionVoucher` in session.ts).
+   */
+  session?: { viewerToken: string, voucher?: undefined } | { voucher: Uint8Array, viewerToken?: undefined }
 }
 
 /**
@@ -85,6 +91,7 @@ export interface MeshOptions {
  * - `peer:connect` / `peer:disconnect`, detail `{ peerId }`
  * - `status`, detail `StatusRecord` (a newer record arrived or was published)
  * - `rejected`, detail `{ peerId, reason: string, error: string }` (a peer sent invalid data and was disconnected)
+ * - `session` (browsers), detail `{ peerId, ok: boolean, admission?: Admission, reason?: string }`: a daemon's answer to our credential
  */
 export interface Mesh extends EventTarget {
   readonly peerId: string

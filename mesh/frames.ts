@@ -1,0 +1,71 @@
+/**
+ * Framing shared by every Rhizome protocol.
+ *
+ * Wire format: a stream is a sequence of frames, each
+ *
+ *   varint  length   (unsigned LEB128, at most `maxFrameBytes`)
+ *   bytes   payload  (length bytes)
+ *
+ * The length is checked before any of the payload is buffered, so a peer cannot make us hold
+ * more than one frame of `maxFrameBytes` per stream.
+ */
+import { LengthPrefixedDecoder } from '@libp2p/utils'
+import { ByteWriter } from '../crdt/bytes.ts'
+import { ExchangeTimeoutError, FrameTooLargeError, MalformedMessageError } from './errors.ts'
+import type { Stream } from '@libp2p/interface'
+
+export function encodeFrame (payload: Uint8Array): Uint8Array {
+  return new ByteWriter().bytes(payload).finish()
+}
+
+/** Split a stream's bytes into frames; throws FrameTooLargeError for one over the cap. */
+/** A chunk as streams yield it: bytes, or a list of byte arrays (uint8arraylist). */
+export type Chunk = Uint8Array | { subarray (): Uint8Array }
+
+export async function * decodeFrames (source: AsyncIterable<Chunk>, maxFrameBytes: number): AsyncGenerator<Uint8Array> {
+  const decoder = new LengthPrefixedDecoder({ maxDataLength: maxFrameBytes, maxBufferSize: maxFrameBytes + 1024 * 1024 })
+  for await (const chunk of source) {
+    try {
+      for (const frame of decoder.decode(chunk instanceof Uint8Array ? chunk : chunk.subarray())) yield frame.subarray()
+    } catch (err) {
+      const name = (err as Error).name
+      if (name === 'InvalidDataLengthError' || name === 'InvalidDataLengthLengthError' || name === 'InvalidMessageLengthError' || name === 'InvalidParametersError') {
+        throw new FrameTooLargeError(`a peer sent a frame over the ${maxFrameBytes}-byte limit (${(err as Error).message})`)
+      }
+      if (err instanceof FrameTooLargeError) throw err
+      throw new MalformedMessageError(`a peer sent a malformed frame: ${(err as Error).message}`)
+    }
+  }
+}
+
+/** Write one frame, waiting (at most `timeoutMs`) for the stream to drain if its buffer is full. */
+export async function sendFrame (stream: Stream, payload: Uint8Array, timeoutMs: number): Promise<number> {
+  const frame = encodeFrame(payload)
+  if (!stream.send(frame)) {
+    try {
+      await stream.onDrain({ signal: AbortSignal.timeout(timeoutMs) })
+    } catch (err) {
+      if ((err as Error).name === 'TimeoutError' || (err as Error).name === 'AbortError') {
+        throw new ExchangeTimeoutError(`peer did not read our data within ${timeoutMs} ms`)
+      }
+      throw err
+    }
+  }
+  return frame.length
+}
+
+/** Read exactly one frame from a stream, within `timeoutMs`. Used by request/response protocols. */
+export async function readOneFrame (stream: Stream, maxFrameBytes: number, timeoutMs: number): Promise<Uint8Array> {
+  const it = decodeFrames(stream, maxFrameBytes)[Symbol.asyncIterator]()
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new ExchangeTimeoutError(`no reply within ${timeoutMs} ms`)), timeoutMs)
+  })
+  try {
+    const r = await Promise.race([it.next(), timeout])
+    if (r.done === true) throw new MalformedMessageError('the stream ended before a frame arrived')
+    return r.value
+  } finally {
+    clearTimeout(timer)
+  }
+}

@@ -1,0 +1,289 @@
+/**
+ * One sync session with one peer: the long-lived `/rhizome/sync/1.0.0` stream (wire format in
+ * `sync-messages.ts`) and the per-document Automerge sync states.
+ *
+ * Verify before apply: Automerge's sync protocol only negotiates (heads, needs, Bloom filters).
+ * The changes a sync message would carry are taken out by the sender and travel instead as a
+ * signed batch (`SignedDocument.batchFor`); the receiver first `accept`s the batch (verifies,
+ * applies, persists, or throws) and only then hands the change-free sync message to
+ * `receiveSyncMessage` to update its sync state. A sync message that still carries changes is a
+ * protocol violation: unverified changes never reach Automerge.
+ *
+ * Reading never waits for writing: outgoing frames go straight into the stream's write buffer
+ * (bounded by the muxer's `maxWriteBufferLength`), so two peers sending each other large batches
+ * at once cannot deadlock.
+ */
+import * as Automerge from '@automerge/automerge'
+import { logger } from '@libp2p/logger'
+import { pipe } from 'it-pipe'
+import { decodeBatch, encodeBatch } from '../crdt/signed-change.ts'
+import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
+import type { Replica } from '../crdt/replica.ts'
+import type { Stream } from '@libp2p/interface'
+import { ExchangeTimeoutError, FrameTooLargeError, MalformedMessageError, ProtocolViolationError } from './errors.ts'
+import { decodeFrames, encodeFrame } from './frames.ts'
+import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from './sync-messages.ts'
+import type { MeshLimits } from './types.ts'
+
+const log = logger('rhizome:mesh:sync')
+const EMPTY = new Uint8Array(0)
+
+/** What a session needs from the mesh around it. */
+export interface SessionHost {
+  readonly replica: Replica
+  readonly limits: MeshLimits
+  /** May we send fleet data (documents, trust, status) to this peer? */
+  mayServe (peerId: string): boolean
+  /** May we apply (verified) data from this peer? */
+  mayAccept (peerId: string): boolean
+  syncView (docId: string, doc: Automerge.Doc<unknown>): Automerge.Doc<unknown>
+  keepSyncView (docId: string, view: Automerge.Doc<unknown>): void
+  loadSyncState (peerId: string, docId: string): Automerge.SyncState | undefined
+  saveSyncState (peerId: string, docId: string, state: Automerge.SyncState): void
+  statusRecords (): Uint8Array[]
+  receiveStatus (record: Uint8Array, from: PeerSession): Promise<void>
+  /** The peer sent invalid data: ban it. */
+  invalid (session: PeerSession, err: Error): void
+  closed (session: PeerSession): void
+  count (what: 'in' | 'out' | 'accepted', n: number): void
+}
+
+/** Errors that mean the peer sent something invalid (as opposed to the network failing). */
+const INVALID = new Set([
+  FrameTooLargeError.name, MalformedMessageError.name, ProtocolViolationError.name, 'InvalidStatusError',
+  'InvalidSignatureError', 'UnsignedChangeError', 'UnknownKeyError', 'OutOfScopeError', 'MalformedInputError',
+  'OversizedInputError', 'ActorMismatchError', 'WrongDocumentError', 'InvalidTrustStatementError', 'UnsupportedVersionError'
+])
+
+export function isPeerFault (err: unknown): boolean {
+  return err instanceof Error && INVALID.has(err.name)
+}
+
+function withTimeout<T> (p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  return Promise.race([
+    p,
+    new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new ExchangeTimeoutError(`${what} took longer than ${ms} ms`)), ms) })
+  ]).finally(() => clearTimeout(timer))
+}
+
+export class PeerSession {
+  readonly peerId: string
+  readonly stream: Stream
+  /** PeerId of the side that opened the stream (duplicate sessions: the lower opener's wins). */
+  readonly opener: string
+  private readonly host: SessionHost
+  private readonly states = new Map<string, Automerge.SyncState>()
+  private queue: Promise<unknown> = Promise.resolve()
+  private readonly dirty = new Set<string>()
+  private flushScheduled = false
+  private ended = false
+  helloReceived = false
+
+  constructor (host: SessionHost, peerId: string, stream: Stream, opener: string) {
+    this.host = host
+    this.peerId = peerId
+    this.stream = stream
+    this.opener = opener
+  }
+
+  get isOpen (): boolean { return !this.ended }
+
+  /** Say hello, then read until the stream ends. Resolves when the session is over. */
+  async run (): Promise<void> {
+    try {
+      this.sendHello()
+      await pipe(
+        this.stream,
+        (source) => decodeFrames(source, this.host.limits.maxFrameBytes),
+        async (frames) => {
+          for await (const frame of frames) {
+            this.host.count('in', frame.length)
+            const msg = decodeSyncWire(frame)
+            await this.serial(() => this.handle(msg))
+            if (this.ended) return
+          }
+        }
+      )
+    } catch (err) {
+      if (!this.ended) {
+        if (isPeerFault(err)) this.host.invalid(this, err as Error)
+        else log('session with %s ended: %s', this.peerId, (err as Error).message)
+      }
+    } finally {
+      this.close()
+    }
+  }
+
+  /** End the session; its sync states are kept by the host for a reconnect. */
+  close (err?: Error): void {
+    if (this.ended) return
+    this.ended = true
+    for (const [docId, state] of this.states) this.host.saveSyncState(this.peerId, docId, state)
+    if (err !== undefined) this.stream.abort(err)
+    else this.stream.close({ signal: AbortSignal.timeout(1000) }).catch(() => this.stream.abort(new Error('close timed out')))
+    this.host.closed(this)
+  }
+
+  /** A document has new heads here: tell the peer (coalesced per tick). */
+  announce (docId: string): void {
+    if (this.ended) return
+    this.dirty.add(docId)
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    setTimeout(() => {
+      this.flushScheduled = false
+      const ids = [...this.dirty]
+      this.dirty.clear()
+      this.serial(async () => { for (const id of ids) await this.syncDoc(id) }).catch(err => this.fail(err))
+    }, 0)
+  }
+
+  /** Anti-entropy: resend hello and restart negotiation of every document (in-flight parts reset). */
+  resync (): void {
+    this.serial(async () => {
+      this.sendHello()
+      this.sendStatuses()
+      for (const id of this.host.replica.documentIds()) {
+        const s = this.states.get(id)
+        if (s !== undefined) this.states.set(id, Automerge.decodeSyncState(Automerge.encodeSyncState(s)))
+        await this.syncDoc(id)
+      }
+    }).catch(err => this.fail(err))
+  }
+
+  send (msg: SyncWireMessage): void {
+    if (this.ended) return
+    const frame = encodeFrame(encodeSyncWire(msg))
+    if (frame.length > this.host.limits.maxFrameBytes) {
+      log.error('message for %s about %s is %d bytes, over the frame limit of %d; not sent (raise limits.maxFrameBytes on every node)', this.peerId, msg.type === 'sync' ? msg.docId : msg.type, frame.length, this.host.limits.maxFrameBytes)
+      return
+    }
+    try {
+      this.stream.send(frame)
+      this.host.count('out', frame.length)
+    } catch (err) {
+      this.fail(err)
+    }
+  }
+
+  sendStatus (record: Uint8Array): void {
+    if (this.host.mayServe(this.peerId)) this.send({ type: 'status', record })
+  }
+
+  private sendHello (): void {
+    if (!this.host.mayServe(this.peerId)) return
+    const r = this.host.replica
+    this.send({ type: 'hello', fleetId: r.fleetId, trustVersion: r.trust.version, docIds: r.documentIds() })
+  }
+
+  private sendStatuses (): void {
+    for (const rec of this.host.statusRecords()) this.sendStatus(rec)
+  }
+
+  private fail (err: unknown): void {
+    if (this.ended) return
+    if (isPeerFault(err)) this.host.invalid(this, err as Error)
+    else { log('session with %s failed: %s', this.peerId, (err as Error).message); this.close() }
+  }
+
+  private serial<R> (fn: () => Promise<R>): Promise<R> {
+    const run = this.queue.then(fn, fn)
+    this.queue = run.catch(() => {})
+    return run
+  }
+
+  private async handle (msg: SyncWireMessage): Promise<void> {
+    if (this.ended) return
+    const replica = this.host.replica
+    switch (msg.type) {
+      case 'hello': {
+        if (msg.fleetId !== replica.fleetId) throw new ProtocolViolationError(`peer belongs to fleet ${msg.fleetId.slice(0, 12)}…, not ${replica.fleetId.slice(0, 12)}…`)
+        const first = !this.helloReceived
+        this.helloReceived = true
+        if (this.host.mayServe(this.peerId)) {
+          for (const s of replica.trust.all.slice(msg.trustVersion)) this.send({ type: 'trust', statement: encodeTrustStatement(s) })
+          if (first) this.sendStatuses()
+        }
+        const ids = new Set(replica.documentIds())
+        if (this.host.mayAccept(this.peerId)) for (const id of msg.docIds) ids.add(id)
+        for (const id of ids) await this.syncDoc(id)
+        return
+      }
+      case 'trust': {
+        if (!this.host.mayAccept(this.peerId)) return
+        const statement = decodeTrustStatement(msg.statement)
+        if (statement.statement.version <= replica.trust.version) return
+        try {
+          await withTimeout(replica.addTrustStatement(statement), this.host.limits.exchangeTimeoutMs, 'adding a trust statement')
+        } catch (err) {
+          // A fork is validly signed by roots: the messenger is not at fault. Halted trust is reported by crdt.
+          if ((err as Error).name === 'TrustForkError') { log.error('trust fork reported by %s: %s', this.peerId, (err as Error).message); return }
+          throw err
+        }
+        return
+      }
+      case 'sync': {
+        const accept = this.host.mayAccept(this.peerId)
+        const doc = await replica.open(msg.docId)
+        if (msg.batch.length > 0 && accept) {
+          const batch = decodeBatch(msg.batch)
+          if (batch.docId !== msg.docId) throw new ProtocolViolationError(`peer sent a batch for "${batch.docId}" inside a sync message for "${msg.docId}"`)
+          try {
+            const res = await withTimeout(doc.accept(batch), this.host.limits.exchangeTimeoutMs, `verifying a batch of "${msg.docId}"`)
+            this.host.count('accepted', res.applied)
+          } catch (err) {
+            if ((err as Error).name !== 'PendingSetFullError') throw err
+            log('%s: %s', msg.docId, (err as Error).message)
+          }
+        }
+        let decoded: Automerge.DecodedSyncMessage
+        try { decoded = Automerge.decodeSyncMessage(msg.message) } catch (err) { throw new MalformedMessageError(`peer sent an undecodable sync message for "${msg.docId}": ${(err as Error).message}`) }
+        if (decoded.changes.length > 0) throw new ProtocolViolationError(`peer put ${decoded.changes.length} unsigned change(s) inside a sync message for "${msg.docId}"`)
+        const state = this.stateOf(msg.docId)
+        try {
+          // The message carries no changes, so it only updates the sync state. receiveSyncMessage
+          // outdates the document it is given, so it gets a clone, never the SignedDocument's own.
+          const [view, next] = Automerge.receiveSyncMessage(this.host.syncView(msg.docId, doc.automerge), state, msg.message)
+          this.host.keepSyncView(msg.docId, view)
+          this.states.set(msg.docId, next)
+        } catch (err) {
+          throw new MalformedMessageError(`peer sent a sync message for "${msg.docId}" that Automerge refused: ${(err as Error).message}`)
+        }
+        await this.syncDoc(msg.docId)
+        return
+      }
+      case 'status':
+        if (!this.host.mayAccept(this.peerId)) return
+        await this.host.receiveStatus(msg.record, this)
+    }
+  }
+
+  private stateOf (docId: string): Automerge.SyncState {
+    let s = this.states.get(docId)
+    if (s === undefined) {
+      s = this.host.loadSyncState(this.peerId, docId) ?? Automerge.initSyncState()
+      this.states.set(docId, s)
+    }
+    return s
+  }
+
+  /** Generate the next sync message for one document; send it with its changes as a signed batch. */
+  private async syncDoc (docId: string): Promise<void> {
+    if (this.ended || !this.host.mayServe(this.peerId)) return
+    const doc = await this.host.replica.open(docId)
+    const state = this.stateOf(docId)
+    const before = new Set(Object.keys(state.sentHashes))
+    const [next, message] = Automerge.generateSyncMessage(doc.automerge, state)
+    this.states.set(docId, next)
+    if (message === null) return
+    const decoded = Automerge.decodeSyncMessage(message)
+    if (decoded.changes.length === 0) {
+      this.send({ type: 'sync', docId, message, batch: EMPTY })
+      return
+    }
+    const hashes = Object.keys(next.sentHashes).filter(h => !before.has(h))
+    const batch = doc.batchFor(hashes)
+    this.send({ type: 'sync', docId, message: Automerge.encodeSyncMessage({ ...decoded, changes: [] }), batch: encodeBatch(batch) })
+  }
+}

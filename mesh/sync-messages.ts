@@ -1,0 +1,82 @@
+/**
+ * Messages of the sync protocol `/rhizome/sync/1.0.0`. One long-lived stream per peer carries
+ * every document's sync, the trust chain and status gossip; each message is one frame
+ * (`frames.ts`). All integers unsigned LEB128; `string` and `bytes` are length-prefixed.
+ *
+ *   u8 type, then by type:
+ *   1 HELLO   varint protocol version (1) ‖ string fleet id ‖ varint trust version ‖
+ *             varint n ‖ n × string document id
+ *   2 TRUST   bytes trust statement (crdt/trust.ts encodeTrustStatement: canonical JSON)
+ *   3 SYNC    string document id ‖ bytes Automerge sync message with its changes removed ‖
+ *             bytes signed batch (crdt/signed-change.ts encodeBatch) or empty
+ *   4 STATUS  bytes status record (status-record.ts)
+ *
+ * Why one stream per peer and not one per document: a fleet has a handful to hundreds of
+ * documents, and a stream per document would multiply yamux streams, handshakes and per-stream
+ * limits by that number; message order on one stream also gives a useful guarantee, that a trust
+ * statement reaches the peer before changes signed by keys it introduces.
+ */
+import { ByteReader, ByteWriter } from '../crdt/bytes.ts'
+import { MAX_BATCH_BYTES } from '../crdt/signed-change.ts'
+import { MAX_TRUST_STATEMENT_BYTES } from '../crdt/trust.ts'
+import { MalformedMessageError } from './errors.ts'
+import { MAX_DOCS_PER_HELLO } from './limits.ts'
+import { MAX_STATUS_BYTES } from './types.ts'
+
+export const SYNC_PROTOCOL = '/rhizome/sync/1.0.0'
+export const SYNC_WIRE_VERSION = 1
+/** An Automerge sync message without changes holds heads, needs and Bloom filters: small. */
+export const MAX_SYNC_MESSAGE_BYTES = 4 * 1024 * 1024
+const MAX_ID = 256
+
+export type SyncWireMessage =
+  | { type: 'hello', fleetId: string, trustVersion: number, docIds: string[] }
+  | { type: 'trust', statement: Uint8Array }
+  | { type: 'sync', docId: string, message: Uint8Array, batch: Uint8Array }
+  | { type: 'status', record: Uint8Array }
+
+const TYPE = { hello: 1, trust: 2, sync: 3, status: 4 } as const
+
+export function encodeSyncWire (m: SyncWireMessage): Uint8Array {
+  const w = new ByteWriter().u8(TYPE[m.type])
+  switch (m.type) {
+    case 'hello':
+      w.varint(SYNC_WIRE_VERSION).string(m.fleetId).varint(m.trustVersion).varint(m.docIds.length)
+      for (const id of m.docIds) w.string(id)
+      break
+    case 'trust': w.bytes(m.statement); break
+    case 'sync': w.string(m.docId).bytes(m.message).bytes(m.batch); break
+    case 'status': w.bytes(m.record); break
+  }
+  return w.finish()
+}
+
+export function decodeSyncWire (bytes: Uint8Array): SyncWireMessage {
+  try {
+    const r = new ByteReader(bytes, 'sync protocol message')
+    const type = r.u8()
+    let out: SyncWireMessage
+    switch (type) {
+      case TYPE.hello: {
+        const version = r.varint()
+        if (version !== SYNC_WIRE_VERSION) throw new MalformedMessageError(`sync protocol version ${version} is not supported (this node speaks ${SYNC_WIRE_VERSION})`)
+        const fleetId = r.string(MAX_ID)
+        const trustVersion = r.varint(1 << 30)
+        const n = r.varint(MAX_DOCS_PER_HELLO)
+        const docIds: string[] = []
+        for (let i = 0; i < n; i++) docIds.push(r.string(MAX_ID))
+        out = { type: 'hello', fleetId, trustVersion, docIds }
+        break
+      }
+      case TYPE.trust: out = { type: 'trust', statement: r.bytes(MAX_TRUST_STATEMENT_BYTES) }; break
+      case TYPE.sync: out = { type: 'sync', docId: r.string(MAX_ID), message: r.bytes(MAX_SYNC_MESSAGE_BYTES), batch: r.bytes(MAX_BATCH_BYTES) }; break
+      case TYPE.status: out = { type: 'status', record: r.bytes(MAX_STATUS_BYTES + 1024) }; break
+      default: throw new MalformedMessageError(`unknown sync protocol message type ${type}`)
+    }
+    r.end()
+    return out
+  } catch (err) {
+    if (err instanceof MalformedMessageError) throw err
+    throw new MalformedMessageError(`a peer sent a malformed sync protocol message: ${(err as Error).message}`)
+  }
+}

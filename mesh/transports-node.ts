@@ -1,0 +1,16 @@
+/**
+ * Node-only wiring for daemons: TCP and WebSockets listeners (browsers dial ws://), mDNS on the LAN.
+ * Kept apart so the protocol code stays browser-safe.
+ */
+import { mdns } from '@libp2p/mdns'
+import { tcp } from '@libp2p/tcp'
+import { webSockets } from '@libp2p/websockets'
+import type { MeshPlatform } from './mesh.ts'
+
+export const MDNS_SERVICE_TAG = 'rhizome.local'
+
+export const nodePlatform: MeshPlatform = {
+  transports: () => [tcp(), webSockets()],
+  discovery: ({ mdns: on }) => on ? [mdns({ serviceTag: MDNS_SERVICE_TAG, interval: 10_000 })] : [],
+  defaultListen: ['/ip4/0.0.0.0/tcp/4001', '/ip4/0.0.0.0/tcp/4002/ws']
+}
