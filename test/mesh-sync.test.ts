@@ -1,0 +1,84 @@
+/**
+ * Document sync between daemons over real TCP on loopback: two nodes, ten nodes in a line, and a
+ * partition (a TCP proxy the test cuts) with concurrent changes on both sides, healed.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { Replica } from '../crdt/replica.ts'
+import { makeFleet, startNode, waitFor, headsOf, type TestNode } from './fixtures/mesh-fleet.ts'
+import { startProxy, tcpPort, peerIdOf } from './fixtures/mesh-proxy.ts'
+
+async function stopAll (nodes: TestNode[]): Promise<void> {
+  await Promise.all(nodes.map(n => n.mesh.stop()))
+}
+
+async function allSame (nodes: TestNode[], docId: string): Promise<boolean> {
+  const heads = await Promise.all(nodes.map(async n => n.replica.documentIds().includes(docId) ? headsOf(n.replica, docId) : ''))
+  return heads[0] !== '' && heads.every(h => h === heads[0])
+}
+
+test('two nodes: a change on either reaches the other; status records are gossiped', async () => {
+  const fleet = await makeFleet(2)
+  const a = await startNode(fleet, fleet.nodes[0]!)
+  const b = await startNode(fleet, fleet.nodes[1]!, { bootstrap: a.mesh.addresses() })
+  try {
+    const admin = Replica.signer(fleet.admin)
+    await (await a.replica.open('fleet')).change(admin, d => { d.ntp = 'pool.ntp.org' })
+    await waitFor('b to receive the change', () => allSame([a, b], 'fleet'))
+    await (await b.replica.open('site/berlin')).change(admin, d => { d.x = 1 })
+    await waitFor('a to learn of site/berlin', () => allSame([a, b], 'site/berlin'))
+    assert.equal((await a.replica.open('site/berlin')).value.x, 1)
+    await b.mesh.publishStatus({ revision: 'r1' })
+    await waitFor('a to hold b\'s status', () => a.mesh.statuses().some(s => s.body.revision === 'r1'))
+    assert.equal(a.mesh.metrics().batchesRejected, 0)
+  } finally { await stopAll([a, b]) }
+})
+
+test('ten nodes in a line: an admin change on one end reaches all; concurrent changes across a healed partition converge', async () => {
+  const N = 10
+  const fleet = await makeFleet(N, 20)
+  const nodes: TestNode[] = []
+  const proxy = { current: undefined as Awaited<ReturnType<typeof startProxy>> | undefined }
+  try {
+    for (let i = 0; i < N; i++) {
+      let bootstrap: string[] = []
+      if (i > 0) {
+        const prev = nodes[i - 1]!.mesh.addresses()[0]!
+        if (i === N / 2) {
+          // The link between the halves runs through a proxy the test controls.
+          proxy.current = await startProxy(tcpPort(prev))
+          bootstrap = [`/ip4/127.0.0.1/tcp/${proxy.current.port}/p2p/${peerIdOf(prev)}`]
+        } else bootstrap = [prev]
+      }
+      nodes.push(await startNode(fleet, fleet.nodes[i]!, { bootstrap }))
+    }
+    const admin = Replica.signer(fleet.admin)
+    const t0 = Date.now()
+    await (await nodes[0]!.replica.open('fleet')).change(admin, d => { d.version = 1 })
+    await waitFor('the change to reach all ten', () => allSame(nodes, 'fleet'))
+    const spread = Date.now() - t0
+    assert.ok(spread < 10_000, `spread took ${spread} ms`)
+
+    // Partition between nodes 4 and 5; both sides change the same document concurrently.
+    proxy.current!.cut()
+    await waitFor('the halves to lose each other', () => !nodes[4]!.mesh.peers().some(p => p.peerId === nodes[5]!.mesh.peerId))
+    const left = Replica.signer(fleet.admin)
+    const right = Replica.signer(fleet.admin)
+    for (let i = 0; i < 20; i++) {
+      await (await nodes[0]!.replica.open('fleet')).change(left, d => { d[`left${i}`] = i })
+      await (await nodes[9]!.replica.open('fleet')).change(right, d => { d[`right${i}`] = i })
+    }
+    await waitFor('each half to converge on its own', async () => await allSame(nodes.slice(0, 5), 'fleet') && await allSame(nodes.slice(5), 'fleet'))
+    assert.notEqual(await headsOf(nodes[0]!.replica, 'fleet'), await headsOf(nodes[9]!.replica, 'fleet'))
+
+    proxy.current!.heal()
+    await waitFor('all ten to hold identical heads after healing', () => allSame(nodes, 'fleet'), 40_000)
+    const value = (await nodes[4]!.replica.open('fleet')).value as Record<string, unknown>
+    assert.equal(value.left19, 19)
+    assert.equal(value.right19, 19)
+    for (const n of nodes) assert.equal(n.mesh.metrics().batchesRejected, 0)
+  } finally {
+    await stopAll(nodes)
+    await proxy.current?.close()
+  }
+})
