@@ -1,0 +1,107 @@
+/**
+ * A hostile peer (enrolled, so its stream is admitted) sends forged changes, garbage and an
+ * oversized frame: each time it is disconnected and banned, honest sync continues, and the
+ * daemon's memory stays bounded over repeated attacks.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import * as Automerge from '@automerge/automerge'
+import { multiaddr } from '@multiformats/multiaddr'
+import { Replica } from '../crdt/replica.ts'
+import { MemoryStore } from '../crdt/store.ts'
+import { encodeBatch } from '../crdt/signed-change.ts'
+import { ByteWriter } from '../crdt/bytes.ts'
+import { encodeFrame } from '../mesh/frames.ts'
+import { encodeSyncWire, SYNC_PROTOCOL } from '../mesh/sync-messages.ts'
+import { makeFleet, startNode, waitFor, headsOf, ed, TEST_LIMITS } from './fixtures/mesh-fleet.ts'
+import { rawPeer, openStream } from './fixtures/mesh-raw-peer.ts'
+
+const MAX_FRAME = 1024 * 1024
+
+function nextRejection (target: EventTarget, ms = 10_000): Promise<{ peerId: string, error: string }> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no rejection within ' + ms + ' ms')), ms)
+    target.addEventListener('rejected', (e) => { clearTimeout(timer); resolve((e as CustomEvent).detail) }, { once: true })
+  })
+}
+
+test('hostile peers are disconnected and banned; honest sync continues; memory stays bounded', async () => {
+  const fleet = await makeFleet(32, 40)
+  const d = await startNode(fleet, fleet.nodes[0]!, { limits: { ...TEST_LIMITS, maxFrameBytes: MAX_FRAME } })
+  const h = await startNode(fleet, fleet.nodes[1]!, { bootstrap: d.mesh.addresses() })
+  const addr = d.mesh.addresses()[0]!
+  const admin = Replica.signer(fleet.admin)
+  try {
+    await (await d.replica.open('fleet')).change(admin, x => { x.a = 1 })
+    await waitFor('honest peer in sync', async () => h.replica.documentIds().includes('fleet') && await headsOf(h.replica, 'fleet') === await headsOf(d.replica, 'fleet'))
+
+    // 1. Forged change: a real admin change whose signature is tampered with.
+    const scratch = await Replica.open({ store: new MemoryStore(), ed, genesis: fleet.genesis })
+    const sdoc = await scratch.open('fleet')
+    const batch = (await sdoc.change(admin, x => { x.forged = true }))!
+    const sig = batch.signatures[0]!
+    sig.signature = sig.signature.slice(); sig.signature[0] = sig.signature[0]! ^ 0xff
+    const [, syncMsg] = Automerge.generateSyncMessage(sdoc.automerge, Automerge.initSyncState())
+    const decoded = Automerge.decodeSyncMessage(syncMsg!)
+    const stripped = Automerge.encodeSyncMessage({ ...decoded, changes: [] })
+    const forger = await rawPeer(fleet.nodes[2]!)
+    let rejected = nextRejection(d.mesh)
+    const s1 = await openStream(forger, addr, SYNC_PROTOCOL)
+    s1.send(encodeFrame(encodeSyncWire({ type: 'sync', docId: 'fleet', message: stripped, batch: encodeBatch(batch) })))
+    let r = await rejected
+    assert.equal(r.peerId, forger.peerId.toString())
+    assert.equal(r.error, 'InvalidSignatureError')
+    assert.equal((await d.replica.open('fleet')).value.forged, undefined, 'the forged change was not applied')
+    await waitFor('forger disconnected', () => forger.getConnections().length === 0)
+    // Banned: a new connection is refused.
+    await assert.rejects(async () => {
+      const c = await forger.dial(multiaddr(addr), { signal: AbortSignal.timeout(3000) })
+      await waitFor('refused connection to close', () => c.status !== 'open', 3000)
+      throw new Error('refused')
+    })
+    await forger.stop()
+
+    // 2. Garbage frame.
+    const garbler = await rawPeer(fleet.nodes[3]!)
+    rejected = nextRejection(d.mesh)
+    const s2 = await openStream(garbler, addr, SYNC_PROTOCOL)
+    s2.send(encodeFrame(Uint8Array.from([99, 1, 2, 3, 4, 5])))
+    r = await rejected
+    assert.equal(r.error, 'MalformedMessageError')
+    await garbler.stop()
+
+    // 3. Oversized frame: a length prefix over the limit, then bytes.
+    const bloater = await rawPeer(fleet.nodes[4]!)
+    rejected = nextRejection(d.mesh)
+    const s3 = await openStream(bloater, addr, SYNC_PROTOCOL)
+    s3.send(new ByteWriter().varint(MAX_FRAME + 1).raw(new Uint8Array(64 * 1024)).finish())
+    r = await rejected
+    assert.equal(r.error, 'FrameTooLargeError')
+    await bloater.stop()
+
+    // Honest sync continues.
+    await (await d.replica.open('fleet')).change(admin, x => { x.b = 2 })
+    await waitFor('honest peer receives the next change', async () => await headsOf(h.replica, 'fleet') === await headsOf(d.replica, 'fleet'))
+    assert.equal((await h.replica.open('fleet')).value.b, 2)
+
+    // Memory: 24 more attackers each send a near-limit garbage frame.
+    const before = process.memoryUsage().heapUsed
+    for (let i = 5; i < 29; i++) {
+      const p = await rawPeer(fleet.nodes[i]!)
+      rejected = nextRejection(d.mesh)
+      const s = await openStream(p, addr, SYNC_PROTOCOL)
+      const junk = new Uint8Array(MAX_FRAME - 16).fill(7)
+      s.send(encodeFrame(junk))
+      await rejected
+      await p.stop()
+    }
+    const grown = process.memoryUsage().heapUsed - before
+    assert.ok(grown < 96 * 1024 * 1024, `heap grew by ${(grown / 1048576).toFixed(1)} MiB over 24 attacks`)
+    const m = d.mesh.metrics()
+    assert.equal(m.peersBanned, 27)
+    assert.ok(m.batchesRejected >= 27)
+    assert.ok(d.mesh.peers().some(p => p.peerId === h.mesh.peerId), 'the honest peer is still connected')
+  } finally {
+    await h.mesh.stop(); await d.mesh.stop()
+  }
+})
