@@ -28,9 +28,10 @@ export function parseMode (v: unknown): number {
   if (v === undefined || v === null) return 0o644
   if (typeof v === 'string' && /^0?[0-7]{3,4}$/.test(v)) return parseInt(v, 8)
   if (typeof v === 'number' && Number.isInteger(v)) {
-    // 644 written without a leading 0 means octal to a person; 420 (= 0o644) already is the number.
+    // YAML 1.2 reads `0644` as the decimal 644, and people write modes in octal digits, so
+    // three or four octal digits are read as octal. Other numbers are taken as the mode itself.
     const s = String(v)
-    if (/^[0-7]{3,4}$/.test(s) && v > 0o777) return parseInt(s, 8)
+    if (/^[0-7]{3,4}$/.test(s)) return parseInt(s, 8)
     if (v >= 0 && v <= 0o7777) return v
   }
   throw new Error(`mode ${JSON.stringify(v)} is not a file mode (write it as "0644")`)

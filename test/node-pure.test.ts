@@ -1,0 +1,139 @@
+/**
+ * The daemon's pure parts: the apply diff, the fleet file and daemon config checks, the log
+ * ring buffer, restart back-off and the bundle container.
+ */
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import * as Automerge from '@automerge/automerge'
+import { applyOps, diffMaps, formatOps, plainValue } from '../node/config-diff.ts'
+import { parseFleetYaml } from '../node/fleet-yaml.ts'
+import { loadDaemonConfig } from '../node/config.ts'
+import { LineSplitter, RingBuffer } from '../node/ring-buffer.ts'
+import { backoffDelay, DEFAULT_BACKOFF } from '../node/backoff.ts'
+import { decodeBundle, encodeBundle } from '../node/bundle.ts'
+import { parseMode } from '../node/appliers/files.ts'
+
+describe('apply diff', () => {
+  it('sets changed leaves, deletes removed keys, leaves equal values alone', () => {
+    const current = { defaults: { a: 1, b: { c: 'x', d: [1, 2] }, gone: true }, same: { k: 'v' } }
+    const desired = { defaults: { a: 2, b: { c: 'x', d: [1, 2, 3] }, added: { n: null } }, same: { k: 'v' } }
+    const ops = diffMaps(current, desired)
+    assert.deepEqual(ops.map(o => `${o.op} ${o.path.join('.')}`), ['set defaults.a', 'set defaults.added', 'set defaults.b.d', 'delete defaults.gone'])
+    const copy = structuredClone(current) as Record<string, unknown>
+    applyOps(copy, ops)
+    assert.deepEqual(copy, desired)
+    assert.deepEqual(formatOps(ops, 'fleet'), ['- fleet:defaults.a = 1', '+ fleet:defaults.a = 2', '+ fleet:defaults.added = {"n":null}', '- fleet:defaults.b.d = [1,2]', '+ fleet:defaults.b.d = [1,2,3]', '- fleet:defaults.gone = true'])
+  })
+
+  it('is empty for equal maps and replaces a leaf that changes type', () => {
+    assert.deepEqual(diffMaps({ a: { b: 1 } }, { a: { b: 1 } }), [])
+    const ops = diffMaps({ a: { b: 1 } }, { a: 'flat' })
+    assert.deepEqual(ops, [{ op: 'set', path: ['a'], value: 'flat', old: { b: 1 }, had: true }])
+  })
+
+  it('applies to an Automerge document as one small change that merges with a concurrent one', () => {
+    let doc = Automerge.from<Record<string, unknown>>({ defaults: { x: 1, y: 2 } })
+    let other = Automerge.clone(doc)
+    const ops = diffMaps(plainValue(doc) as Record<string, unknown>, { defaults: { x: 10, y: 2 } })
+    doc = Automerge.change(doc, d => { applyOps(d, ops) })
+    other = Automerge.change(other, d => { (d.defaults as Record<string, unknown>).y = 20 })
+    const merged = Automerge.merge(doc, other)
+    assert.deepEqual(plainValue(merged), { defaults: { x: 10, y: 20 } })
+  })
+})
+
+describe('fleet file', () => {
+  it('accepts documents by id and names an unknown key with the valid ones', () => {
+    const docs = parseFleetYaml('fleet:\n  defaults:\n    files:\n      /etc/motd: { content: hi }\nsite/berlin-3:\n  selector: { site: berlin-3 }\n')
+    assert.deepEqual(Object.keys(docs), ['fleet', 'site/berlin-3'])
+    assert.throws(() => parseFleetYaml('fleet:\n  default: {}\n'), { name: 'InvalidConfigError', message: /unknown key "default"; valid keys are selector, defaults, groups, nodes/ })
+    assert.throws(() => parseFleetYaml('fleet:\n  nodes:\n    a: { workloads: { w: { command: [x], port: 1 } } }\n'), { name: 'InvalidConfigError', message: /fleet\.nodes\.a\.workloads\.w: unknown key "port"/ })
+  })
+
+  it('rejects broken YAML, bad document ids, relative paths and the devices document', () => {
+    assert.throws(() => parseFleetYaml('fleet: [unclosed'), { name: 'InvalidConfigError', message: /not valid YAML/ })
+    assert.throws(() => parseFleetYaml('Fleet: {}'), { name: 'InvalidConfigError', message: /not a document id/ })
+    assert.throws(() => parseFleetYaml('fleet:\n  defaults: { files: { etc/motd: { content: x } } }'), { message: /not an absolute path/ })
+    assert.throws(() => parseFleetYaml('devices: {}'), { message: /rhizome enrol/ })
+    assert.throws(() => parseFleetYaml('a: 1\na: 2\n'), { name: 'InvalidConfigError' })
+  })
+})
+
+describe('daemon config', () => {
+  it('reads the file, resolves relative paths, lets RHIZOME_* override', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'rhizome-cfg-'))
+    const f = join(dir, 'd.yaml')
+    await writeFile(f, 'name: a\ndataDir: data\nlabels: { site: x }\nhttp: { port: 9000 }\nmdns: false\n')
+    const c = loadDaemonConfig(f, { RHIZOME_HTTP_PORT: '9100', RHIZOME_LABELS: 'site=y,role=pos', RHIZOME_BOOTSTRAP: '/ip4/1.2.3.4/tcp/1/p2p/x, /ip4/1.2.3.5/tcp/1/p2p/y' })
+    assert.equal(c.dataDir, join(dir, 'data'))
+    assert.equal(c.http.port, 9100)
+    assert.equal(c.http.host, '127.0.0.1')
+    assert.deepEqual(c.labels, { site: 'y', role: 'pos' })
+    assert.equal(c.bootstrap.length, 2)
+    assert.equal(c.mdns, false)
+  })
+
+  it('names an unknown key, a bad value and a missing data dir', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'rhizome-cfg-'))
+    const f = join(dir, 'd.yaml')
+    await writeFile(f, 'dataDir: d\nlisten_addrs: []\n')
+    assert.throws(() => loadDaemonConfig(f, {}), { name: 'InvalidConfigError', message: /unknown key "listen_addrs"; valid keys are name, labels, dataDir/ })
+    await writeFile(f, 'dataDir: d\nhttp: { port: 99999 }\n')
+    assert.throws(() => loadDaemonConfig(f, {}), { message: /http\.port: expected an integer from 0 to 65535/ })
+    assert.throws(() => loadDaemonConfig(undefined, { RHIZOME_DATA_DIR: 'd', RHIZOME_MDNS: 'maybe' }), { message: /RHIZOME_MDNS: expected true or false/ })
+    assert.throws(() => loadDaemonConfig(undefined, {}), { message: /dataDir is required/ })
+    await writeFile(f, 'dataDir: [oops\n')
+    assert.throws(() => loadDaemonConfig(f, {}), { message: /not valid YAML/ })
+  })
+})
+
+describe('log ring buffer', () => {
+  it('keeps the last N lines, oldest first, each capped', () => {
+    const r = new RingBuffer(3, 10)
+    for (const l of ['a', 'b', 'c', 'd', 'e'.repeat(50)]) r.push(l)
+    assert.deepEqual(r.last(), ['c', 'd', 'eeeeeeeee…'])
+    assert.deepEqual(r.last(2), ['d', 'eeeeeeeee…'])
+    assert.equal(r.size, 3)
+  })
+
+  it('splits chunks into lines and bounds a line that never ends', () => {
+    const lines: string[] = []
+    const s = new LineSplitter(l => lines.push(l), 8)
+    s.write('one\ntw'); s.write('o\r\nthr'); s.write('ee-and-more-and-more'); s.flush()
+    assert.deepEqual(lines, ['one', 'two', 'three-and-more-and-more'])
+  })
+})
+
+describe('restart back-off', () => {
+  it('doubles from the base and stops at the cap', () => {
+    const d = (n: number): number => backoffDelay(n, { ...DEFAULT_BACKOFF, jitter: 0 })
+    assert.deepEqual([1, 2, 3, 4].map(d), [500, 1000, 2000, 4000])
+    assert.equal(d(30), DEFAULT_BACKOFF.maxMs)
+    assert.equal(d(10_000), DEFAULT_BACKOFF.maxMs)
+    assert.ok(backoffDelay(2, DEFAULT_BACKOFF, () => 1) <= 1000 * 1.2)
+  })
+})
+
+describe('bundle container', () => {
+  it('round-trips and rejects what is not a bundle', () => {
+    const b = { trust: [new Uint8Array([1, 2])], batches: [new Uint8Array([3]), new Uint8Array(0)] }
+    assert.deepEqual(decodeBundle(encodeBundle(b)), b)
+    assert.throws(() => decodeBundle(new TextEncoder().encode('hello world')), { name: 'InvalidBundleError' })
+    const bytes = encodeBundle(b)
+    assert.throws(() => decodeBundle(bytes.slice(0, bytes.length - 1)), { name: 'InvalidBundleError', message: /damaged/ })
+  })
+})
+
+describe('file modes', () => {
+  it('reads modes as people write them', () => {
+    assert.equal(parseMode('0644'), 0o644)
+    assert.equal(parseMode(644), 0o644)
+    assert.equal(parseMode(444), 0o444)
+    assert.equal(parseMode(0o4755 + 8), 0o4755 + 8)
+    assert.equal(parseMode(undefined), 0o644)
+    assert.throws(() => parseMode('rw-r--r--'))
+  })
+})
