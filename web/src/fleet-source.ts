@@ -1,0 +1,117 @@
+/**
+ * What the dashboard's views read and do, behind one interface. Two implementations:
+ * `worker-source.ts` (the real one: a libp2p peer and a replica running in a Web Worker) and
+ * `fake-fleet.ts` (fabricated fleets for screenshots and the load-time benchmark).
+ *
+ * Everything here is plain, structured-cloneable data: it crosses the worker boundary as is.
+ */
+import type { Admission } from '../../mesh/types.ts'
+
+export type ConnectionState = 'disconnected' | 'connecting' | 'connected' | 'error'
+
+export interface ConnectionInfo {
+  state: ConnectionState
+  /** The daemon's WebSocket multiaddr this page dialled. */
+  address?: string
+  admission?: Admission
+  /** Set when state is 'error': what happened and what to do. */
+  error?: string
+  fleet?: string
+  fleetId?: string
+  /** This browser's own PeerId (a fresh key per page load). */
+  selfPeerId?: string
+  /** Daemons this browser holds a connection to. */
+  connectedTo: string[]
+}
+
+export interface WorkloadView {
+  state: string
+  healthy: boolean | null
+  restarts: number
+  version?: string
+  pid?: number
+  log: string[]
+}
+
+/** A node's status body, with every field checked (daemons send JSON; nothing is trusted to be well-shaped). */
+export interface NodeStatus {
+  node: string
+  peerId: string
+  name: string
+  labels: Record<string, string>
+  revision: Record<string, string[]>
+  applied: Record<string, string[]>
+  workloads: Record<string, WorkloadView>
+  files: { ok: boolean, drifted: string[] }
+  peers: string[]
+  errors: string[]
+  startedAt: number
+  at: number
+  receivedAt: number
+  stale: boolean
+}
+
+export interface DocView {
+  id: string
+  /** Plain JSON copy of the document's value. */
+  value: Record<string, unknown>
+  heads: string[]
+}
+
+export interface SignerInfo {
+  label: string
+  publicKey: string
+  fingerprint: string
+  /** What the fleet's trust statement says this key is, if anything. */
+  role?: string
+  name?: string
+  /** Document patterns an operator key may write ('*' for admins). */
+  scope: string[]
+}
+
+export interface FleetSnapshot {
+  connection: ConnectionInfo
+  nodes: NodeStatus[]
+  docs: DocView[]
+  signer?: SignerInfo
+  /** Trust-chain names of keys (public key hex → name and role), for history. */
+  keys: Record<string, { name: string, role: string }>
+}
+
+export interface HistoryItem {
+  hash: string
+  docId: string
+  signer: string
+  signerName?: string
+  signerRole?: string
+  /** Author's clock, ms since the epoch: informational. */
+  time: number
+  message: string | null
+  /** `+ path = value` / `- path = old` lines. */
+  diff: string[]
+}
+
+export interface ConnectRequest {
+  /** A daemon's WebSocket multiaddr with /p2p/<PeerId>, e.g. /ip4/127.0.0.1/tcp/4002/ws/p2p/12D3Koo… */
+  address: string
+  /** One-time viewer token printed by that daemon; omitted when an unlocked key signs a session. */
+  token?: string
+  /** A status record with no newer one for this long turns stale, ms. */
+  staleAfterMs?: number
+}
+
+export interface FleetSource {
+  /** Current state; `subscribe` calls back on every change. */
+  snapshot (): FleetSnapshot
+  subscribe (fn: (s: FleetSnapshot) => void): () => void
+  connect (req: ConnectRequest): Promise<void>
+  disconnect (): Promise<void>
+  /** Decrypt a key file with its passphrase; the key stays in this tab. */
+  unlockKey (keyFileText: string, passphrase: string): Promise<SignerInfo>
+  forgetKey (): Promise<void>
+  /** Sign (with the unlocked key) the change that makes `docId` equal `value`, and publish it. */
+  publish (docId: string, value: Record<string, unknown>, message: string): Promise<{ heads: string[] }>
+  history (docId: string): Promise<HistoryItem[]>
+  /** Check a document's content the way daemons will (unknown keys, bad paths); throws with what to fix. */
+  validate (docId: string, value: Record<string, unknown>): Promise<void>
+}

@@ -1,0 +1,273 @@
+/**
+ * The dashboard's libp2p peer and replica, in a Web Worker so Automerge, signature checks and
+ * scrypt never block the page. It dials one daemon over WebSockets (mesh/browser.ts), presents
+ * a one-time viewer token or a session voucher signed in this tab by an admin or operator key,
+ * then syncs the fleet's signed documents and status records like any peer. Changes made here
+ * are signed here (the key never leaves this tab) and reach every daemon through the mesh.
+ */
+/// <reference lib="webworker" />
+import { logger } from '@libp2p/logger'
+import { createBrowserMesh, signSessionVoucher } from '../../mesh/browser.ts'
+import type { Mesh, StatusRecord } from '../../mesh/types.ts'
+import { Replica } from '../../crdt/replica.ts'
+import { MemoryStore } from '../../crdt/store.ts'
+import { platformEd25519, type Ed25519 } from '../../crdt/ed25519.ts'
+import { decodeTrustStatement, statementHash } from '../../crdt/trust.ts'
+import { decryptKeyFile, fingerprint, generateKeyPair, parseKeyFile, type KeyPair } from '../../crdt/keys.ts'
+import { toHex, utf8 } from '../../crdt/bytes.ts'
+import { checkDocument } from '../../node/fleet-yaml.ts'
+import { diffMaps, applyOps, formatOps, plainValue } from '../../node/config-diff.ts'
+import type { ConnectionInfo, DocView, FleetSnapshot, HistoryItem, SignerInfo } from './fleet-source.ts'
+import { nodeStatus } from './node-status.ts'
+import type { WorkerMessage, WorkerRequest, WorkerResult } from './worker-protocol.ts'
+
+const log = logger('rhizome:web:worker')
+const scope = self as unknown as DedicatedWorkerGlobalScope
+const ADMISSION_TIMEOUT_MS = 20_000
+const SNAPSHOT_MIN_INTERVAL_MS = 200
+const TICK_MS = 2000
+const MAX_HISTORY = 500
+const SESSION_VOUCHER_MS = 12 * 60 * 60_000
+
+class DashboardError extends Error {
+  static override name = 'DashboardError'
+  override name = 'DashboardError'
+}
+
+let ed: Ed25519 | undefined
+let replica: Replica | undefined
+let mesh: Mesh | undefined
+let identity: KeyPair | undefined
+let signer: { pair: KeyPair, info: SignerInfo } | undefined
+let connection: ConnectionInfo = { state: 'disconnected', connectedTo: [] }
+let staleAfterMs = 30_000
+const connected = new Set<string>()
+const docCache = new Map<string, DocView>()
+
+function post (m: WorkerMessage): void { scope.postMessage(m) }
+
+// ---- snapshots, throttled: a burst of status records produces one snapshot, not hundreds ----
+let snapshotTimer: ReturnType<typeof setTimeout> | undefined
+let lastSnapshot = 0
+function scheduleSnapshot (): void {
+  if (snapshotTimer !== undefined) return
+  const wait = Math.max(0, lastSnapshot + SNAPSHOT_MIN_INTERVAL_MS - Date.now())
+  snapshotTimer = setTimeout(() => { snapshotTimer = undefined; lastSnapshot = Date.now(); void sendSnapshot() }, wait)
+}
+setInterval(scheduleSnapshot, TICK_MS)
+
+async function docViews (): Promise<DocView[]> {
+  if (replica === undefined) return []
+  const out: DocView[] = []
+  for (const id of replica.documentIds()) {
+    const doc = await replica.open(id)
+    const heads = doc.heads
+    let v = docCache.get(id)
+    // converting an Automerge document to plain JSON costs; do it once per revision
+    if (v === undefined || v.heads.join() !== heads.join()) {
+      v = { id, heads, value: (plainValue(doc.value) ?? {}) as Record<string, unknown> }
+      docCache.set(id, v)
+    }
+    out.push(v)
+  }
+  return out
+}
+
+function trustKeys (): FleetSnapshot['keys'] {
+  const keys: FleetSnapshot['keys'] = {}
+  if (replica === undefined) return keys
+  const s = replica.trust.latest
+  for (const r of s.roots) keys[r] = { name: 'root', role: 'root' }
+  for (const a of s.admins) keys[a.key] = { name: a.name, role: 'admin' }
+  for (const o of s.operators) keys[o.key] = { name: o.name, role: 'operator' }
+  return keys
+}
+
+async function sendSnapshot (): Promise<void> {
+  const now = Date.now()
+  const statuses: StatusRecord[] = mesh?.statuses() ?? []
+  const snapshot: FleetSnapshot = {
+    connection: { ...connection, connectedTo: [...connected] },
+    nodes: statuses.map(r => nodeStatus(r, now, staleAfterMs)),
+    docs: await docViews(),
+    signer: signer?.info,
+    keys: trustKeys()
+  }
+  post({ type: 'snapshot', snapshot })
+}
+
+function setConnection (c: Partial<ConnectionInfo>): void {
+  connection = { ...connection, ...c }
+  scheduleSnapshot()
+}
+
+// ---- connecting ----
+
+async function startMesh (address: string, session: { viewerToken: string } | { voucher: Uint8Array }): Promise<string> {
+  if (replica === undefined || identity === undefined) throw new DashboardError('no fleet loaded; connect first')
+  const m = await createBrowserMesh({ replica, identity, bootstrap: [address], session, staleAfterMs, antiEntropyMs: 5000 })
+  mesh = m
+  const admitted = new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new DashboardError(`the daemon at ${address} did not admit this browser within ${ADMISSION_TIMEOUT_MS / 1000} s; check that the address is the daemon's WebSocket address (…/ws/p2p/12D3Koo…) and that it is running`)), ADMISSION_TIMEOUT_MS)
+    m.addEventListener('session', (e) => {
+      const d = (e as CustomEvent<{ ok: boolean, admission?: string, reason?: string }>).detail
+      clearTimeout(timer)
+      if (d.ok) resolve(d.admission ?? 'viewer')
+      else reject(new DashboardError(`the daemon refused this browser: ${d.reason ?? 'no reason given'}`))
+    })
+  })
+  m.addEventListener('status', scheduleSnapshot)
+  m.addEventListener('peer:connect', (e) => { connected.add((e as CustomEvent<{ peerId: string }>).detail.peerId); scheduleSnapshot() })
+  m.addEventListener('peer:disconnect', (e) => { connected.delete((e as CustomEvent<{ peerId: string }>).detail.peerId); scheduleSnapshot() })
+  m.addEventListener('rejected', (e) => { log.error('peer rejected: %o', (e as CustomEvent).detail) })
+  await m.start()
+  try {
+    return await admitted
+  } catch (err) {
+    await m.stop().catch(() => {})
+    if (mesh === m) mesh = undefined
+    throw err
+  }
+}
+
+async function stopMesh (): Promise<void> {
+  const m = mesh
+  mesh = undefined
+  connected.clear()
+  if (m !== undefined) await m.stop().catch(err => log.error('stopping the mesh failed: %e', err))
+}
+
+async function connect (req: Extract<WorkerRequest, { type: 'connect' }>): Promise<void> {
+  await stopMesh()
+  staleAfterMs = req.staleAfterMs ?? 30_000
+  if (!/\/(ws|wss|tls\/ws)\/p2p\/\w+/.test(req.address)) throw new DashboardError(`"${req.address}" is not a daemon WebSocket address; it looks like /ip4/192.168.1.20/tcp/4002/ws/p2p/12D3KooW… (the daemon prints it at start as mesh.listening)`)
+  if (req.trust === undefined || req.trust.length === 0) throw new DashboardError('this page does not know the fleet yet: choose the fleet\'s trust.json (written by `rhizome init`) in the connect form, or open the dashboard from the daemon\'s own address')
+  setConnection({ state: 'connecting', address: req.address, error: undefined })
+  try {
+    ed ??= await platformEd25519()
+    const statements = req.trust.map(s => decodeTrustStatement(utf8(JSON.stringify(s))))
+    const [genesis, ...rest] = statements
+    if (genesis === undefined) throw new DashboardError('the trust file is empty')
+    if (replica === undefined || replica.fleetId !== statementHash(genesis.statement)) {
+      replica = await Replica.open({ store: new MemoryStore(), ed, genesis })
+      replica.addEventListener('change', scheduleSnapshot)
+      replica.addEventListener('trust', scheduleSnapshot)
+      docCache.clear()
+    }
+    for (const s of rest) await replica.addTrustStatement(s)
+    identity ??= generateKeyPair()
+    let session: { viewerToken: string } | { voucher: Uint8Array }
+    if (req.token !== undefined && req.token !== '') session = { viewerToken: req.token }
+    else if (signer !== undefined) session = { voucher: await voucherFor(signer.pair) }
+    else throw new DashboardError('give the viewer token the daemon printed (its dashboard URL ends in #token=…), or unlock an admin or operator key first to open a session with it')
+    const admission = await startMesh(req.address, session)
+    setConnection({ state: 'connected', admission: admission as ConnectionInfo['admission'], fleet: replica.trust.latest.fleet, fleetId: replica.fleetId, selfPeerId: mesh?.peerId })
+    // A viewer token admits read-only. With an admin or operator key unlocked, upgrade at once.
+    if (admission === 'viewer' && signer !== undefined && mayWrite(signer.info)) await upgradeSession()
+  } catch (err) {
+    setConnection({ state: 'error', error: (err as Error).message })
+    throw err
+  }
+}
+
+function mayWrite (info: SignerInfo): boolean { return info.role === 'admin' || info.role === 'operator' }
+
+async function voucherFor (pair: KeyPair): Promise<Uint8Array> {
+  if (replica === undefined || identity === undefined || ed === undefined) throw new DashboardError('connect to a daemon first')
+  return await signSessionVoucher({ peerPublicKey: identity.publicKey, role: 'admin-session', expires: Date.now() + SESSION_VOUCHER_MS, signer: pair, fleetId: replica.fleetId }, ed)
+}
+
+/** Replace the viewer session with one vouched for by the unlocked key: daemons accept changes only from such sessions. */
+async function upgradeSession (): Promise<void> {
+  if (signer === undefined || connection.address === undefined) return
+  const voucher = await voucherFor(signer.pair)
+  await stopMesh()
+  setConnection({ state: 'connecting' })
+  try {
+    const admission = await startMesh(connection.address, { voucher })
+    setConnection({ state: 'connected', admission: admission as ConnectionInfo['admission'], selfPeerId: mesh?.peerId })
+  } catch (err) {
+    setConnection({ state: 'error', error: (err as Error).message })
+    throw err
+  }
+}
+
+// ---- keys and changes ----
+
+async function unlock (text: string, passphrase: string): Promise<SignerInfo> {
+  const file = parseKeyFile(text)
+  const pair = await decryptKeyFile(file, passphrase)
+  const hex = toHex(pair.publicKey)
+  const known = replica?.trust.lookup(hex)
+  const op = replica?.trust.latest.operators.find(o => o.key === hex)
+  const info: SignerInfo = {
+    label: file.label,
+    publicKey: hex,
+    fingerprint: fingerprint(pair.publicKey),
+    role: known?.role,
+    name: known?.name,
+    scope: known?.role === 'admin' ? ['*'] : op?.docs ?? []
+  }
+  if (replica !== undefined && !mayWrite(info)) {
+    throw new DashboardError(`key "${file.label}" (${info.fingerprint}) is ${known === undefined ? 'not in this fleet\'s trust statement' : `a ${known.role} key`}; only admin and operator keys can sign changes. Use another key file or ask an admin to add this key`)
+  }
+  signer = { pair, info }
+  scheduleSnapshot()
+  if (connection.state === 'connected' && connection.admission === 'viewer') await upgradeSession()
+  return info
+}
+
+async function publish (docId: string, value: Record<string, unknown>, message: string): Promise<{ heads: string[] }> {
+  if (replica === undefined || connection.state !== 'connected') throw new DashboardError('not connected to a daemon; connect first, then publish')
+  if (signer === undefined) throw new DashboardError('unlock a key file first: changes are signed in this page before they are published')
+  if (connection.admission !== 'admin-session') await upgradeSession()
+  checkDocument(docId, value)
+  replica.trust.authorize(signer.info.publicKey, docId)
+  const doc = await replica.open(docId)
+  const ops = diffMaps((plainValue(doc.value) ?? {}) as Record<string, unknown>, value)
+  if (ops.length === 0) throw new DashboardError(`nothing to publish: "${docId}" already has this content`)
+  await doc.change(Replica.signer(signer.pair), d => { applyOps(d as Record<string, unknown>, ops) }, message)
+  scheduleSnapshot()
+  return { heads: doc.heads }
+}
+
+async function history (docId: string): Promise<HistoryItem[]> {
+  if (replica === undefined) return []
+  if (!replica.documentIds().includes(docId)) return []
+  const doc = await replica.open(docId)
+  const entries = doc.history().slice(-MAX_HISTORY).reverse()
+  return entries.map(h => {
+    const before = (plainValue(h.deps.length === 0 ? {} : doc.valueAt(h.deps)) ?? {}) as Record<string, unknown>
+    const after = (plainValue(doc.valueAt([h.hash])) ?? {}) as Record<string, unknown>
+    return {
+      hash: h.hash,
+      docId,
+      signer: h.signer,
+      signerName: h.signerInfo?.name,
+      signerRole: h.signerInfo?.role,
+      time: h.time * 1000,
+      message: h.message,
+      diff: formatOps(diffMaps(before, after)).slice(0, 200)
+    }
+  })
+}
+
+async function handle (req: WorkerRequest): Promise<WorkerResult> {
+  switch (req.type) {
+    case 'connect': await connect(req); return undefined
+    case 'disconnect': await stopMesh(); setConnection({ state: 'disconnected' }); return undefined
+    case 'unlock': return await unlock(req.keyFile, req.passphrase)
+    case 'forget': signer = undefined; scheduleSnapshot(); return undefined
+    case 'publish': return await publish(req.docId, req.value, req.message)
+    case 'history': return await history(req.docId)
+    case 'validate': checkDocument(req.docId, req.value); return undefined
+  }
+}
+
+scope.addEventListener('message', (e: MessageEvent<WorkerRequest & { id: number }>) => {
+  const { id } = e.data
+  handle(e.data).then(
+    result => post({ type: 'reply', id, ok: true, result }),
+    (err: Error) => post({ type: 'reply', id, ok: false, error: err.message, name: err.name })
+  )
+})
