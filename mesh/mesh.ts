@@ -66,7 +66,7 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   private timers: Array<ReturnType<typeof setInterval>> = []
   private running = false
   private ownSeq = 0
-  private readonly counters = { changesAccepted: 0, changesRejected: 0, batchesRejected: 0, syncBytesIn: 0, syncBytesOut: 0, peersBanned: 0 }
+  private readonly counters = { changesAccepted: 0, changesRejected: 0, batchesRejected: 0, syncBytesIn: 0, syncBytesOut: 0, syncMessagesIn: 0, syncMessagesOut: 0, peersBanned: 0 }
   private readonly onChange = (e: Event): void => { this.handleChange((e as CustomEvent<ChangeEventDetail>).detail) }
   private readonly onTrust = (): void => { this.handleTrust() }
 
@@ -255,8 +255,7 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   }
 
   count (what: 'in' | 'out' | 'accepted', n: number): void {
-    if (what === 'in') this.counters.syncBytesIn += n
-    else if (what === 'out') this.counters.syncBytesOut += n
+    if (what === 'in') { this.counters.syncBytesIn += n; this.counters.syncMessagesIn++ } else if (what === 'out') { this.counters.syncBytesOut += n; this.counters.syncMessagesOut++ }
     else this.counters.changesAccepted += n
   }
 

@@ -57,6 +57,9 @@ export interface MeshMetrics {
   batchesRejected: number
   syncBytesIn: number
   syncBytesOut: number
+  /** Sync protocol messages (frames) received and sent. */
+  syncMessagesIn: number
+  syncMessagesOut: number
   statusRecords: number
   peersBanned: number
 }
