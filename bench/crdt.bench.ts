@@ -13,7 +13,7 @@
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { availableParallelism, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { createWebCryptoEd25519, tweetnaclEd25519, type Ed25519 } from '../crdt/ed25519.ts'
@@ -52,7 +52,9 @@ function line (what: string, figure: string, note = ''): void {
 }
 
 // --- Make the changes: three admins, in runs, editing a config-shaped document.
-process.stdout.write(`crdt: ${N.toLocaleString('en-US')} signed changes by ${SIGNERS} admins (node ${process.version})\n`)
+// Other work on the machine skews every figure here: say how busy it was.
+const load = (): string => `load average ${loadavg().map(l => l.toFixed(2)).join(' ')} on ${availableParallelism()} cores`
+process.stdout.write(`crdt: ${N.toLocaleString('en-US')} signed changes by ${SIGNERS} admins (node ${process.version}; ${load()})\n`)
 const author = await Replica.open({ store: new MemoryStore(), ed: nodeCryptoEd25519, genesis })
 const doc = await author.open<Record<string, any>>('fleet')
 const signers = admins.map(k => Replica.signer(k))
@@ -160,6 +162,7 @@ try {
   line('fast path, node:crypto', `${Math.round(best.fast).toLocaleString('en-US')} changes/s`, `target ≥ ${TARGET.changesPerSecond.toLocaleString('en-US')}: ${best.fast >= TARGET.changesPerSecond ? 'met' : 'NOT met'}`)
   line('open + ready (median of 3)', fmtMs(median('openMs')), `target ≤ ${TARGET.openMs} ms: ${median('openMs') <= TARGET.openMs ? 'met' : 'NOT met'}`)
   line('RSS after opening (median of 3)', `${median('rssMB').toFixed(1)} MB`, `target ≤ ${TARGET.rssMB} MB: ${median('rssMB') <= TARGET.rssMB ? 'met' : 'NOT met'}`)
+  process.stdout.write(`  (at the end: ${load()})\n`)
 } finally {
   await rm(dir, { recursive: true, force: true })
 }
