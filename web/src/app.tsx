@@ -66,6 +66,9 @@ export function App ({ source }: { source: FleetSource }) {
   const now = useNow()
   const [keyOpen, setKeyOpen] = useState(false)
   const c = snap.connection
+  // once a key is unlocked the drawer has done its job
+  const signerKey = snap.signer?.publicKey
+  useEffect(() => { if (signerKey !== undefined) setKeyOpen(false) }, [signerKey])
   const connected = c.state === 'connected'
   const counts = useMemo(() => ({ nodes: snap.nodes.length, stale: snap.nodes.filter(n => n.stale).length }), [snap.nodes])
 
@@ -88,7 +91,7 @@ export function App ({ source }: { source: FleetSource }) {
             {c.state === 'connected' ? `connected · ${c.admission ?? 'peer'} · ${c.connectedTo.length} daemon${c.connectedTo.length === 1 ? '' : 's'}` : c.state}
           </span>
           <button class={snap.signer !== undefined ? 'btn small signer-on' : 'btn small'} data-testid='key-button' onClick={() => setKeyOpen(!keyOpen)}>
-            {snap.signer !== undefined ? `🔑 ${snap.signer.name ?? snap.signer.label}` : 'Unlock signing key'}
+            {snap.signer !== undefined ? `Signing as ${snap.signer.name ?? snap.signer.label}` : 'Unlock signing key'}
           </button>
         </div>
       </header>

@@ -16,6 +16,7 @@ export function fakeFleet (count: number, seed = 7): FleetSnapshot {
   const now = Date.now()
   const latest = [hex(64)]
   const previous = [hex(64)]
+  const devicesHeads = [hex(64)]
   const sites = ['berlin-3', 'lisbon-1', 'oslo-2', 'austin-7']
   const roles = ['pos', 'kiosk', 'gateway']
   const nodes: NodeStatus[] = []
@@ -39,8 +40,8 @@ export function fakeFleet (count: number, seed = 7): FleetSnapshot {
       peerId: peerIds[i] as string,
       name: `${role === 'pos' ? 'till' : role}-${String(i + 1).padStart(3, '0')}`,
       labels: { site, role, arch: i % 5 === 0 ? 'amd64' : 'arm64' },
-      revision: { fleet: latest },
-      applied: { fleet: behind ? previous : latest },
+      revision: { fleet: latest, devices: devicesHeads },
+      applied: { fleet: behind ? previous : latest, devices: devicesHeads },
       workloads: {
         agent: { state: 'running', healthy: true, restarts: 0, version: '1.4.2', pid: 1000 + i, log: ['agent: started', 'agent: heartbeat ok'] },
         ...(role === 'pos'
@@ -69,7 +70,7 @@ export function fakeFleet (count: number, seed = 7): FleetSnapshot {
   return {
     connection: { state: 'connected', address: '/ip4/10.0.4.12/tcp/4002/ws/p2p/' + (peerIds[0] ?? ''), admission: 'viewer', fleet: 'acme-retail', fleetId: hex(64), selfPeerId: '12D3KooW' + hex(44), connectedTo: peerIds.slice(0, 1) },
     nodes,
-    docs: [{ id: 'fleet', value: fleet, heads: latest }, { id: 'devices', value: { devices: {} }, heads: [hex(64)] }],
+    docs: [{ id: 'fleet', value: fleet, heads: latest }, { id: 'devices', value: { devices: {} }, heads: devicesHeads }],
     keys: {}
   }
 }

@@ -49,6 +49,8 @@ export interface NodeStatus {
   at: number
   receivedAt: number
   stale: boolean
+  /** Documents whose applied heads this page does not hold yet (the node is ahead of the page). */
+  newer?: string[]
 }
 
 export interface DocView {

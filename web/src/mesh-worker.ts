@@ -17,7 +17,7 @@ import { decryptKeyFile, fingerprint, generateKeyPair, parseKeyFile, type KeyPai
 import { toHex, utf8 } from '../../crdt/bytes.ts'
 import { checkDocument } from '../../node/fleet-yaml.ts'
 import { diffMaps, applyOps, formatOps, plainValue } from '../../node/config-diff.ts'
-import type { ConnectionInfo, DocView, FleetSnapshot, HistoryItem, SignerInfo } from './fleet-source.ts'
+import type { ConnectionInfo, DocView, FleetSnapshot, HistoryItem, NodeStatus, SignerInfo } from './fleet-source.ts'
 import { nodeStatus } from './node-status.ts'
 import type { WorkerMessage, WorkerRequest, WorkerResult } from './worker-protocol.ts'
 
@@ -88,12 +88,23 @@ async function sendSnapshot (): Promise<void> {
   const statuses: StatusRecord[] = mesh?.statuses() ?? []
   const snapshot: FleetSnapshot = {
     connection: { ...connection, connectedTo: [...connected] },
-    nodes: statuses.map(r => nodeStatus(r, now, staleAfterMs)),
+    nodes: await Promise.all(statuses.map(async r => withNewer(nodeStatus(r, now, staleAfterMs)))),
     docs: await docViews(),
     signer: signer?.info,
     keys: trustKeys()
   }
   post({ type: 'snapshot', snapshot })
+}
+
+/** Mark documents where the node applied changes this page does not hold yet: it is ahead, not behind. */
+async function withNewer (n: NodeStatus): Promise<NodeStatus> {
+  if (replica === undefined) return n
+  const newer: string[] = []
+  for (const [id, heads] of Object.entries(n.applied)) {
+    if (heads.length === 0 || !replica.documentIds().includes(id)) continue
+    if (!(await replica.open(id)).has(heads)) newer.push(id)
+  }
+  return newer.length === 0 ? n : { ...n, newer }
 }
 
 function setConnection (c: Partial<ConnectionInfo>): void {

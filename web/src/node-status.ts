@@ -68,22 +68,25 @@ const sameHeads = (a: string[] | undefined, b: string[]): boolean =>
   a !== undefined && a.length === b.length && a.every((h, i) => h === b[i])
 
 /**
- * Whether a node applied the latest revision of every document this page holds. `behind` when
- * an applied revision differs from ours (the usual case: a change not yet applied there).
+ * Whether a node applied the latest revision of every document this page holds. A document the
+ * node neither holds nor applied (a scoped document not meant for it) is not judged.
+ * `n.newer` lists documents where the node applied heads this page does not hold yet.
  */
 export function syncState (n: NodeStatus, docs: DocView[]): SyncState {
   if (docs.length === 0) return 'unknown'
-  let diverged = false
+  let newer = false
+  let judged = 0
   for (const d of docs) {
     if (d.heads.length === 0) continue
     const applied = n.applied[d.id]
+    if (applied === undefined && n.revision[d.id] === undefined) continue
+    judged++
     if (sameHeads(applied, d.heads)) continue
-    if (applied === undefined || applied.length === 0) return 'behind'
-    // heads we do not hold: the node has something newer than this page (it will arrive)
-    if (applied.some(h => !d.heads.includes(h))) diverged = true
-    else return 'behind'
+    if (n.newer?.includes(d.id) === true) { newer = true; continue }
+    return 'behind'
   }
-  return diverged ? 'ahead-or-diverged' : 'in-sync'
+  if (judged === 0) return 'unknown'
+  return newer ? 'ahead-or-diverged' : 'in-sync'
 }
 
 export type Health = 'healthy' | 'degraded' | 'failing' | 'idle'
