@@ -11,7 +11,7 @@
 import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
 import { ByteReader, ByteWriter, fromHex, toHex } from './bytes.ts'
-import { MalformedInputError, PendingSetFullError, WrongDocumentError } from './errors.ts'
+import { MalformedInputError, PendingSetFullError, UnsignedChangeError, WrongDocumentError } from './errors.ts'
 import { actorKeyHex, decodeBatch, encodeBatch, readChanges, signChange, verifyCoverage, type ChangeMeta, type ChangeSignature, type SignedBatch } from './signed-change.ts'
 import type { Ed25519 } from './ed25519.ts'
 import type { KeyPair } from './keys.ts'
@@ -222,6 +222,20 @@ export class SignedDocument<T = Record<string, unknown>> {
     }
     const list = [...closure]
     return { docId: this.id, chunks: list.length === 0 ? [] : [Automerge.saveBundle(this.doc, list)], signatures }
+  }
+
+  /**
+   * Update a peer's sync state from its Automerge sync message. Changes enter a document only
+   * through `accept`, so a message that still carries changes is refused (`UnsignedChangeError`).
+   * Automerge outdates the document it is given, so the document it returns replaces ours.
+   */
+  receiveSyncMessage (state: Automerge.SyncState, message: Uint8Array): Automerge.SyncState {
+    let decoded: Automerge.DecodedSyncMessage
+    try { decoded = Automerge.decodeSyncMessage(message) } catch (err) { throw new MalformedInputError(`an undecodable sync message for document "${this.id}": ${(err as Error).message}`) }
+    if (decoded.changes.length > 0) throw new UnsignedChangeError(`a sync message for document "${this.id}" carries ${decoded.changes.length} change chunk(s) outside a signed batch`)
+    const [doc, next] = Automerge.receiveSyncMessage(this.doc, state, message)
+    this.doc = doc
+    return next
   }
 
   /** Every change, oldest first (topologically), with who signed it. */

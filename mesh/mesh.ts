@@ -59,7 +59,6 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   private readonly opening = new Set<string>()
   private readonly syncStates = new Map<string, Map<string, Uint8Array>>()
   private readonly statusHeld = new Map<string, HeldStatus>()
-  private readonly views = new Map<string, Automerge.Doc<unknown>>()
   private readonly bootstrap: Array<{ addr: Multiaddr, peerId: string, next: number, backoff: number, dialing: boolean }>
   private readonly bootstrapIds: Set<string>
   private readonly graceTimers = new Map<string, ReturnType<typeof setTimeout>>()
@@ -213,22 +212,6 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
       this.syncStates.set(peerId, m)
     }
     m.set(docId, Automerge.encodeSyncState(state))
-  }
-
-  /**
-   * A writable clone of a document for `receiveSyncMessage`, which marks the document it is given
-   * as outdated (and the SignedDocument owns its document). Re-cloned only when the heads moved.
-   */
-  syncView (docId: string, doc: Automerge.Doc<unknown>): Automerge.Doc<unknown> {
-    const held = this.views.get(docId)
-    if (held !== undefined && sameHeads(Automerge.getHeads(held), Automerge.getHeads(doc))) return held
-    const view = Automerge.clone(doc)
-    this.views.set(docId, view)
-    return view
-  }
-
-  keepSyncView (docId: string, view: Automerge.Doc<unknown>): void {
-    this.views.set(docId, view)
   }
 
   statusRecords (): Uint8Array[] {
@@ -475,10 +458,6 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     const s = list[Math.floor(Math.random() * list.length)] as PeerSession
     s.resync()
   }
-}
-
-function sameHeads (a: string[], b: string[]): boolean {
-  return a.length === b.length && a.every(h => b.includes(h))
 }
 
 function peerIdFromStringSafe (s: string): PeerId | undefined {

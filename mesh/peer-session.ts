@@ -36,8 +36,6 @@ export interface SessionHost {
   mayServe (peerId: string): boolean
   /** May we apply (verified) data from this peer? */
   mayAccept (peerId: string): boolean
-  syncView (docId: string, doc: Automerge.Doc<unknown>): Automerge.Doc<unknown>
-  keepSyncView (docId: string, view: Automerge.Doc<unknown>): void
   loadSyncState (peerId: string, docId: string): Automerge.SyncState | undefined
   saveSyncState (peerId: string, docId: string, state: Automerge.SyncState): void
   statusRecords (): Uint8Array[]
@@ -240,13 +238,8 @@ export class PeerSession {
         let decoded: Automerge.DecodedSyncMessage
         try { decoded = Automerge.decodeSyncMessage(msg.message) } catch (err) { throw new MalformedMessageError(`peer sent an undecodable sync message for "${msg.docId}": ${(err as Error).message}`) }
         if (decoded.changes.length > 0) throw new ProtocolViolationError(`peer put ${decoded.changes.length} unsigned change(s) inside a sync message for "${msg.docId}"`)
-        const state = this.stateOf(msg.docId)
         try {
-          // The message carries no changes, so it only updates the sync state. receiveSyncMessage
-          // outdates the document it is given, so it gets a clone, never the SignedDocument's own.
-          const [view, next] = Automerge.receiveSyncMessage(this.host.syncView(msg.docId, doc.automerge), state, msg.message)
-          this.host.keepSyncView(msg.docId, view)
-          this.states.set(msg.docId, next)
+          this.states.set(msg.docId, doc.receiveSyncMessage(this.stateOf(msg.docId), msg.message))
         } catch (err) {
           throw new MalformedMessageError(`peer sent a sync message for "${msg.docId}" that Automerge refused: ${(err as Error).message}`)
         }
