@@ -164,6 +164,24 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
     await fileIs('n3', 'v3\n')
   })
 
+  it('rolls back to an earlier revision and carries the history in a bundle', async () => {
+    const history = await rhizome(['history', '--doc', 'fleet', '--daemon', daemons.n1!.url])
+    assert.equal(history.code, 0, history.stderr)
+    assert.match(history.stdout, /\+ defaults\.workloads\.web\.version = "3"/)
+    const first = /\S+\s+fleet\s+([0-9a-f]{12})/.exec(history.stdout)![1]!
+    const r = await rhizome(['rollback', '--to', first, '--doc', 'fleet', '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons.n1!.url], env)
+    assert.equal(r.code, 0, r.stderr)
+    for (const n of NAMES) await servesVersion(n, '1')
+    await apply(fleet('3', 'v3\n'))
+    for (const n of NAMES) await servesVersion(n, '3')
+
+    const bundle = join(dir, 'fleet.rhzb')
+    assert.equal((await rhizome(['bundle', 'export', '--out', bundle, '--daemon', daemons.n1!.url])).code, 0)
+    const imported = await rhizome(['bundle', 'import', bundle, '--data', join(dir, 'data-offline')])
+    assert.equal(imported.code, 0, imported.stderr)
+    assert.match(imported.stdout, /fleet: applied/)
+  })
+
   it('rejects a broken YAML, an unknown key and a wrong passphrase, changing nothing', async () => {
     const before = await getJson<Array<{ id: string, heads: string[] }>>(`${daemons.n1!.url}/api/docs`)
     const f = join(dir, 'bad.yaml')
