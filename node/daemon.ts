@@ -94,7 +94,7 @@ export class Daemon {
     this.mesh = init.mesh
     this.events = init.events
     this.files = new FilesApplier({ root: this.config.filesRoot, allowedRoots: this.config.allowedRoots, onDrift: p => { this.events('warn', 'files.drift', { path: p, action: 'put back' }) } })
-    this.processes = new ProcessesApplier({ onState: () => { this.scheduleStatus() }, env: { RHIZOME_NODE_NAME: this.config.name } })
+    this.processes = new ProcessesApplier({ onState: () => { this.scheduleStatus() }, env: { RHIZOME_NODE_NAME: this.config.name }, pidFile: join(this.config.dataDir, 'workloads.pids') })
     this.reconciler = new Reconciler({
       replica: this.replica,
       files: this.files,
@@ -170,6 +170,8 @@ export class Daemon {
       }
       this.scheduleStatus()
     })
+    const orphans = await this.processes.reapOrphans()
+    if (orphans.length > 0) e('warn', 'workloads.orphans-stopped', { pids: orphans, note: 'left running by a daemon that did not shut down cleanly' })
     for (const [id, heads] of Object.entries(await this.reconciler.revision())) this.heads.set(id, heads)
     await this.listenHttp()
     await this.reconciler.trigger('start')

@@ -6,6 +6,7 @@
  * its pid when the workload is dropped or the daemon shuts down (SIGTERM, then SIGKILL).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { logger } from '@libp2p/logger'
 import { canonicalJson } from '../../crdt/canonical-json.ts'
@@ -220,8 +221,16 @@ export class ProcessesApplier {
   private readonly baseEnv: Record<string, string>
   private errors: string[] = []
 
-  constructor (opts: { onState?: () => void, backoff?: BackoffOptions, env?: Record<string, string> } = {}) {
-    this.onState = opts.onState ?? (() => {})
+  private readonly pidFile: string | undefined
+
+  /**
+   * `pidFile`: where the pids of running workloads are recorded, so a daemon that was killed
+   * (no graceful shutdown) stops its orphaned workloads when it starts again (`reapOrphans`).
+   */
+  constructor (opts: { onState?: () => void, backoff?: BackoffOptions, env?: Record<string, string>, pidFile?: string } = {}) {
+    this.pidFile = opts.pidFile
+    const onState = opts.onState ?? (() => {})
+    this.onState = () => { this.recordPids(); onState() }
     this.backoff = opts.backoff ?? DEFAULT_BACKOFF
     this.baseEnv = opts.env ?? {}
   }
@@ -272,8 +281,43 @@ export class ProcessesApplier {
 
   get configErrors (): string[] { return [...this.errors] }
 
+  private recorded = ''
+  private recordPids (): void {
+    if (this.pidFile === undefined) return
+    const list = [...this.workloads.values()].filter(w => w.pid !== undefined).map(w => ({ pid: w.pid, cmd: w.spec.command[0] }))
+    const text = JSON.stringify(list)
+    if (text === this.recorded) return
+    try { writeFileSync(this.pidFile, text, { mode: 0o600 }); this.recorded = text } catch (err) { log.error('cannot record workload pids: %e', err) }
+  }
+
+  /**
+   * Stop workloads left running by a previous daemon process that did not shut down cleanly:
+   * each recorded pid is signalled only if /proc shows it still runs the recorded command, so
+   * a pid reused by an unrelated process is left alone. Returns the pids stopped.
+   */
+  async reapOrphans (): Promise<number[]> {
+    if (this.pidFile === undefined) return []
+    let list: Array<{ pid: number, cmd: string }> = []
+    try { list = JSON.parse(readFileSync(this.pidFile, 'utf8')) as typeof list } catch { return [] }
+    const stopped: number[] = []
+    for (const { pid, cmd } of Array.isArray(list) ? list.slice(0, MAX_WORKLOADS) : []) {
+      if (!Number.isInteger(pid) || pid <= 1 || typeof cmd !== 'string') continue
+      let argv0 = ''
+      try { argv0 = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] ?? '' } catch { continue }
+      if (argv0 !== cmd) continue
+      try { process.kill(pid, 'SIGTERM'); stopped.push(pid) } catch {}
+    }
+    try { writeFileSync(this.pidFile, '[]') } catch {}
+    // Wait (bounded) for them to exit, so their replacements can bind the same ports.
+    const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true } catch { return false } }
+    for (let i = 0; i < 50 && stopped.some(alive); i++) await new Promise(resolve => setTimeout(resolve, 100))
+    for (const pid of stopped.filter(alive)) try { process.kill(pid, 'SIGKILL') } catch {}
+    return stopped
+  }
+
   async stopAll (): Promise<void> {
     await Promise.all([...this.workloads.values()].map(w => w.stop()))
     this.workloads.clear()
+    this.recordPids()
   }
 }
