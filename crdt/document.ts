@@ -10,7 +10,7 @@
  */
 import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
-import { ByteReader, ByteWriter, fromHex, toHex } from './bytes.ts'
+import { ByteReader, ByteWriter, concatBytes, fromHex, toHex } from './bytes.ts'
 import { MalformedInputError, PendingSetFullError, UnsignedChangeError, WrongDocumentError } from './errors.ts'
 import { actorKeyHex, decodeBatch, encodeBatch, readChanges, signChange, verifyCoverage, type ChangeMeta, type ChangeSignature, type SignedBatch } from './signed-change.ts'
 import type { Ed25519 } from './ed25519.ts'
@@ -25,6 +25,39 @@ export const MAX_PENDING_BATCHES = 256
 export const MAX_PENDING_BYTES = 64 * 1024 * 1024
 /** A snapshot is written after this many batches since the last one. */
 export const SNAPSHOT_EVERY_BATCHES = 200
+/** A batch at least this large, and larger than the document, is loaded together with it. */
+const LOAD_WHOLE_MIN_CHANGES = 256
+
+/**
+ * Every document starts from a deterministic, unsigned *genesis change* that creates its top-level
+ * maps. Every peer computes the same bytes and hash for it from the document id alone, so it needs
+ * no signature, and later changes that write inside those maps never race to create them: two
+ * admins who each create `devices` concurrently would otherwise each make their own map, and
+ * Automerge would keep only one of them (and the entries in it).
+ */
+const GENESIS_ACTOR = '00'.repeat(40)
+
+export function documentSchema (docId: string): Record<string, Record<string, never>> {
+  return docId === 'devices' ? { devices: {} } : { defaults: {}, groups: {}, nodes: {} }
+}
+
+const genesisCache = new Map<string, { save: Uint8Array, hash: string }>()
+
+function genesis (docId: string): { save: Uint8Array, hash: string } {
+  let g = genesisCache.get(docId)
+  if (g === undefined) {
+    const doc = Automerge.change(Automerge.init<Record<string, unknown>>({ actor: GENESIS_ACTOR }), { time: 0, message: `genesis of ${docId}` }, d => {
+      for (const [k, v] of Object.entries(documentSchema(docId))) d[k] = v
+    })
+    g = { save: Automerge.save(doc), hash: Automerge.getHeads(doc)[0] as string }
+    if (genesisCache.size > 1024) genesisCache.clear()
+    genesisCache.set(docId, g)
+  }
+  return g
+}
+
+/** The hash of a document's genesis change. */
+export function genesisHash (docId: string): string { return genesis(docId).hash }
 
 export interface DocumentContext {
   readonly fleetId: string
@@ -89,7 +122,9 @@ function decodeTips (bytes: Uint8Array): Array<{ actor: string, seq: number, sig
 export async function verifyBatch (ctx: Pick<DocumentContext, 'fleetId' | 'trust' | 'ed'>, docId: string, batch: SignedBatch): Promise<ChangeMeta[]> {
   if (batch.docId !== docId) throw new WrongDocumentError(`batch for document "${batch.docId}" offered to document "${docId}"`)
   const metas = readChanges(batch.chunks)
-  const signers = await verifyCoverage(ctx.fleetId, docId, metas, batch.signatures, ctx.ed)
+  // The genesis change is the same on every peer and needs no signature.
+  const g = genesisHash(docId)
+  const signers = await verifyCoverage(ctx.fleetId, docId, metas.filter(m => m.hash !== g), batch.signatures, ctx.ed)
   for (const key of new Set(signers.values())) ctx.trust.authorize(key, docId)
   return metas
 }
@@ -117,7 +152,7 @@ export class SignedDocument<T = Record<string, unknown>> {
   /** Open a document from the store: its snapshot, then the batches stored after it. */
   static async load<T> (ctx: DocumentContext, id: string): Promise<SignedDocument<T>> {
     const snap = await ctx.store.getSnapshot(id)
-    const d = new SignedDocument<T>(ctx, id, snap === undefined ? Automerge.init<T>() : Automerge.load<T>(snap.doc))
+    const d = new SignedDocument<T>(ctx, id, Automerge.load<T>(snap === undefined ? genesis(id).save : snap.doc))
     if (snap !== undefined) {
       for (const { actor, seq, sig } of decodeTips(snap.signatures)) d.tips.set(actor, { seq, sig })
       d.lastStoredSeq = snap.upTo
@@ -220,6 +255,7 @@ export class SignedDocument<T = Record<string, unknown>> {
       if (tip !== undefined && closure.has(tip.sig.hash)) signatures.push(tip.sig)
       else log.error('document %s: no covering signature held for actor %s; peers will reject this batch', this.id, actor.slice(0, 16))
     }
+    closure.delete(genesisHash(this.id))
     const list = [...closure]
     return { docId: this.id, chunks: list.length === 0 ? [] : [Automerge.saveBundle(this.doc, list)], signatures }
   }
@@ -238,9 +274,10 @@ export class SignedDocument<T = Record<string, unknown>> {
     return next
   }
 
-  /** Every change, oldest first (topologically), with who signed it. */
+  /** Every signed change, oldest first (topologically), with who signed it. The genesis change is left out. */
   history (): HistoryEntry[] {
-    return Automerge.getChangesMetaSince(this.doc, []).map(m => {
+    const g = genesisHash(this.id)
+    return Automerge.getChangesMetaSince(this.doc, []).filter(m => m.hash !== g).map(m => {
       const signer = actorKeyHex(m.actor)
       return { hash: m.hash, actor: m.actor, seq: m.seq, deps: m.deps, signer, signerInfo: this.ctx.trust.lookup(signer), time: m.time, message: m.message }
     })
@@ -282,7 +319,13 @@ export class SignedDocument<T = Record<string, unknown>> {
 
   private async apply (batch: SignedBatch, metas: ChangeMeta[]): Promise<number> {
     const before = this.index === undefined ? undefined : new Set(metas.filter(m => !this.index!.has(m.hash)).map(m => m.hash))
-    for (const chunk of batch.chunks) this.doc = Automerge.loadIncremental(this.doc, chunk)
+    if (metas.length >= LOAD_WHOLE_MIN_CHANGES && metas.length > Automerge.stats(this.doc).numChanges) {
+      // Catch-up into a small document: loading both as one is ~10x faster than applying the
+      // batch onto it incrementally (measured: 10,000 changes in 0.4 s instead of 4.6 s).
+      this.doc = Automerge.load<T>(concatBytes(Automerge.save(this.doc), ...batch.chunks))
+    } else {
+      for (const chunk of batch.chunks) this.doc = Automerge.loadIncremental(this.doc, chunk)
+    }
     await this.persist(batch, metas)
     return before?.size ?? metas.length
   }

@@ -11,7 +11,7 @@ import * as Automerge from '@automerge/automerge'
 import { utf8 } from '../../crdt/bytes.ts'
 import type { Store } from '../../crdt/store.ts'
 import { Replica } from '../../crdt/replica.ts'
-import { SNAPSHOT_EVERY_BATCHES } from '../../crdt/document.ts'
+import { documentSchema, genesisHash, SNAPSHOT_EVERY_BATCHES } from '../../crdt/document.ts'
 import { makeFleet, thrown } from './fleet.ts'
 
 type Doc = Record<string, unknown>
@@ -154,13 +154,13 @@ export function runStoreTests (name: string, setup: () => Promise<StoreFixture>)
         for (const b of batches.slice(1).reverse()) assert.equal((await replica.accept(b)).status, 'pending')
         const doc = await replica.open<Doc>('fleet')
         assert.equal(doc.pendingCount, 3)
-        assert.deepEqual(doc.heads, [])
+        assert.deepEqual(doc.heads, [genesisHash('fleet')], 'nothing past the genesis change is applied yet')
         assert.deepEqual(await store.batchesAfter('fleet', 0), [], 'pending batches are not stored')
         const result = await replica.accept(batches[0]!)
         assert.equal(result.status, 'applied')
         assert.equal(result.applied, 4)
         assert.deepEqual(doc.heads, author.heads)
-        assert.deepEqual(Automerge.toJS(doc.value), { k0: 0, k1: 1, k2: 2, k3: 3 })
+        assert.deepEqual(Automerge.toJS(doc.value), { ...documentSchema('fleet'), k0: 0, k1: 1, k2: 2, k3: 3 })
         assert.equal(doc.pendingCount, 0)
         assert.equal((await store.batchesAfter('fleet', 0)).length, 4)
         assert.deepEqual(changes.at(-1), author.heads)
