@@ -185,7 +185,7 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   }
 
   metrics (): MeshMetrics {
-    return { peers: this.node?.getPeers().length ?? 0, statusRecords: this.statusHeld.size, ...this.counters, peersBanned: this.admission.bannedCount }
+    return { peers: this.node?.getPeers().length ?? 0, syncSessions: [...this.sessions.values()].filter(s => s.isOpen).length, statusRecords: this.statusHeld.size, ...this.counters, peersBanned: this.admission.bannedCount }
   }
 
   // ---- SessionHost ----

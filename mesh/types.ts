@@ -52,6 +52,8 @@ export interface PeerSummary {
 
 export interface MeshMetrics {
   peers: number
+  /** Peers with a running sync session (normally every admitted connected peer). */
+  syncSessions: number
   changesAccepted: number
   changesRejected: number
   batchesRejected: number

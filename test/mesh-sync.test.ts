@@ -1,10 +1,12 @@
 /**
  * Document sync between daemons over real TCP on loopback: two nodes, ten nodes in a line, and a
- * partition (a TCP proxy the test cuts) with concurrent changes on both sides, healed.
+ * partition (a TCP proxy the test cuts) with concurrent changes on both sides, healed; a sender
+ * whose store is slow is not taken for a forger.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Replica } from '../crdt/replica.ts'
+import { MemoryStore } from '../crdt/store.ts'
 import { makeFleet, startNode, waitFor, headsOf, type TestNode } from './fixtures/mesh-fleet.ts'
 import { startProxy, tcpPort, peerIdOf } from './fixtures/mesh-proxy.ts'
 
@@ -81,4 +83,34 @@ test('ten nodes in a line: an admin change on one end reaches all; concurrent ch
     await stopAll(nodes)
     await proxy.current?.close()
   }
+})
+
+/** A store whose every batch append takes `ms`, as a busy disk does. */
+class SlowStore extends MemoryStore {
+  readonly ms: number
+  constructor (ms: number) { super(); this.ms = ms }
+  override async appendBatch (docId: string, bytes: Uint8Array): Promise<number> {
+    await new Promise(resolve => setTimeout(resolve, this.ms))
+    return super.appendBatch(docId, bytes)
+  }
+}
+
+test('a sender whose store is slow is not banned: sync waits for its write to finish, then delivers', async () => {
+  const fleet = await makeFleet(2, 40)
+  // Anti-entropy every 40 ms on the sender, so sync messages are generated while a change is
+  // applied in memory but not yet stored and signed-for.
+  const a = await startNode(fleet, fleet.nodes[0]!, { antiEntropyMs: 40 }, new SlowStore(300))
+  const b = await startNode(fleet, fleet.nodes[1]!, { bootstrap: a.mesh.addresses() })
+  const rejected: string[] = []
+  b.mesh.addEventListener('rejected', (e) => { rejected.push((e as CustomEvent<{ reason: string }>).detail.reason) })
+  try {
+    await waitFor('a sync session between a and b', () => a.mesh.metrics().syncSessions === 1 && b.mesh.metrics().syncSessions === 1)
+    const admin = Replica.signer(fleet.admin)
+    for (let i = 0; i < 3; i++) {
+      await (await a.replica.open('fleet')).change(admin, d => { d[`k${i}`] = i })
+      await waitFor(`b to receive change ${i}`, () => allSame([a, b], 'fleet'))
+    }
+    assert.deepEqual(rejected, [])
+    assert.equal(b.mesh.metrics().batchesRejected, 0)
+  } finally { await stopAll([a, b]) }
 })
