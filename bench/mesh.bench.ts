@@ -14,47 +14,112 @@
  * Usage: node bench/mesh.bench.ts [propagation|catchup|all] (default all)
  */
 import * as Automerge from '@automerge/automerge'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { cpus, tmpdir } from 'node:os'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { cpus, loadavg, tmpdir } from 'node:os'
 import path from 'node:path'
 import { Replica } from '../crdt/replica.ts'
 import { MemoryStore } from '../crdt/store.ts'
 import { createMesh } from '../mesh/index.ts'
+import { DEFAULT_ANTI_ENTROPY_MS } from '../mesh/limits.ts'
 import { makeFleet, ed } from '../test/fixtures/mesh-fleet.ts'
 import { spawnDaemon, type DaemonProcess } from '../test/fixtures/mesh-process.ts'
 
 const which = process.argv[2] ?? 'all'
 const pct = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.ceil(p / 100 * s.length) - 1)] as number }
 
-async function propagation (n: number, changes: number): Promise<void> {
+/** Hop distances from `from` over the undirected topology. */
+function hops (adj: number[][], from: number): number[] {
+  const d = adj.map(() => Infinity)
+  d[from] = 0
+  const q = [from]
+  while (q.length > 0) { const x = q.shift() as number; for (const y of adj[x] as number[]) if (d[y] === Infinity) { d[y] = (d[x] as number) + 1; q.push(y) } }
+  return d
+}
+
+async function propagation (n: number, changes: number, antiEntropyMs: number): Promise<void> {
   const fleet = await makeFleet(n, 200)
   const root = await mkdtemp(path.join(tmpdir(), 'rhizome-mesh-bench-'))
   const procs: DaemonProcess[] = []
+  const adj: number[][] = []
   let edges = 0
   try {
     for (let i = 0; i < n; i++) {
-      const earlier = procs.map(p => p.addresses[0] as string)
-      const boot: string[] = []
+      const boot: number[] = []
       while (boot.length < Math.min(i, 2)) {
-        const pick = earlier[Math.floor(Math.random() * earlier.length)] as string
+        const pick = Math.floor(Math.random() * i)
         if (!boot.includes(pick)) boot.push(pick)
       }
       edges += boot.length
-      procs.push(await spawnDaemon(fleet, { dir: path.join(root, `n${i}`), identity: fleet.nodes[i]!, listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: boot }))
+      adj.push([...boot])
+      for (const j of boot) (adj[j] as number[]).push(i)
+      procs.push(await spawnDaemon(fleet, { dir: path.join(root, `n${i}`), identity: fleet.nodes[i]!, listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: boot.map(j => procs[j]!.addresses[0] as string), antiEntropyMs }))
     }
+    // Measure only once the mesh has formed: every node runs a sync session with each of its neighbours.
+    const formStart = performance.now()
+    let missing: string[] = []
+    for (let round = 0; round < 300; round++) {
+      const states = await Promise.all(procs.map(p => p.request({ cmd: 'state' })))
+      missing = states.flatMap((st, i) => {
+        const have = (st.metrics as { syncSessions: number }).syncSessions
+        return have === (adj[i] as number[]).length ? [] : [`n${i} ${have}/${(adj[i] as number[]).length}`]
+      })
+      if (missing.length === 0) break
+      await new Promise(resolve => setTimeout(resolve, 100))
+    }
+    const formMs = performance.now() - formStart
+    if (missing.length > 0) console.log(`  mesh NOT formed after ${(formMs / 1000).toFixed(1)} s; sessions missing: ${missing.join(', ')}`)
+    else console.log(`  mesh formed (every node has a sync session per neighbour) ${formMs.toFixed(0)} ms after the last spawn`)
+    // CPU the daemons burn while idle (anti-entropy, keep-alives), from /proc (Linux only).
+    const cpuMs = async (): Promise<number> => {
+      let ticks = 0
+      for (const p of procs) {
+        try { const f = (await readFile(`/proc/${p.proc.pid}/stat`, 'utf8')).split(') ')[1]?.split(' ') ?? []; ticks += Number(f[11]) + Number(f[12]) } catch { return NaN }
+      }
+      return ticks * 10
+    }
+    const idle0 = await cpuMs(); const w0 = performance.now()
+    await new Promise(resolve => setTimeout(resolve, 3000))
+    const idleShare = (await cpuMs() - idle0) / (performance.now() - w0)
+    console.log(`  idle: the ${n} daemons use ${(idleShare * 100).toFixed(0)}% of one core together (of ${cpus().length * 100}% available)`)
+    const msgs = async (): Promise<number> => (await Promise.all(procs.map(p => p.request({ cmd: 'state' })))).reduce((a, st) => a + (st.metrics as { syncMessagesOut: number }).syncMessagesOut, 0)
+    const msgs0 = await msgs()
+    const busy0 = await cpuMs(); const b0 = performance.now()
     const times: number[] = []
     for (let k = -1; k < changes; k++) {
-      const origin = procs[Math.floor(Math.random() * n)] as DaemonProcess
+      const o = Math.floor(Math.random() * n)
+      const origin = procs[o] as DaemonProcess
       const marks = procs.map(p => p.events.length)
       const done = await origin.request({ cmd: 'change', docId: 'fleet', key: `k${k + 1}`, value: k })
       const hash = (done.heads as string[])[0] as string
       const arrivals = await Promise.all(procs.map((p, i) => p === origin
         ? Promise.resolve(done.t as number)
-        : p.next(e => e.event === 'heads' && (e.heads as string[]).includes(hash), 30_000, marks[i]).then(e => e.t as number)))
-      if (k >= 0) times.push(Math.max(...arrivals) - (done.t as number))
+        : p.next(e => e.event === 'heads' && (e.heads as string[]).includes(hash), 30_000, marks[i]).then(e => e.t as number, () => Infinity)))
+      const lost = arrivals.flatMap((t, i) => t === Infinity ? [i] : [])
+      for (const i of lost) {
+        const st = await procs[i]!.request({ cmd: 'state' })
+        const peerEvents = procs[i]!.events.filter(e => e.event.startsWith('peer:')).map(e => `${e.event.slice(5)} n${procs.findIndex(p => p.peerId === e.peerId)} at ${((e.t as number) - (done.t as number)).toFixed(0)} ms`)
+        console.log(`  change ${k + 1}: n${i} did not get it within 30 s; now ${JSON.stringify(st.metrics)}; its peer events relative to the change: ${peerEvents.join('; ')}`)
+      }
+      const lat = arrivals.map(t => t - (done.t as number))
+      const worst = Math.max(...lat)
+      if (k >= 0) times.push(worst)
+      if (process.env.BENCH_VERBOSE !== undefined || worst > 250) {
+        const d = hops(adj, o)
+        const byHop = new Map<number, number[]>()
+        lat.forEach((l, i) => { const h = d[i] as number; byHop.set(h, [...(byHop.get(h) ?? []), l]) })
+        const last = lat.indexOf(worst)
+        console.log(`  change ${k + 1} from n${o}: ${worst.toFixed(0)} ms, last n${last} (${d[last]} hops, degree ${(adj[last] as number[]).length}); slowest per hop count: ${[...byHop.entries()].sort((a, b) => a[0] - b[0]).map(([h, ls]) => `${h}:${Math.max(...ls).toFixed(0)}`).join(' ')}`)
+      }
     }
-    console.log(`propagation, ${n} processes, ${edges} links (mean degree ${(2 * edges / n).toFixed(1)}), ${changes} changes: p50 ${pct(times, 50).toFixed(1)} ms, p99 ${pct(times, 99).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms  (target at 30: p50 ≤100, p99 ≤250)`)
+    const busyShare = (await cpuMs() - busy0) / (performance.now() - b0)
+    const bans = (await Promise.all(procs.map(p => p.request({ cmd: 'state' })))).reduce((a, st) => a + (st.metrics as { peersBanned: number }).peersBanned, 0)
+    if (bans > 0) console.log(`  ${bans} peer bans (an honest mesh should have none)`)
+    console.log(`  during the changes: ${((await msgs() - msgs0) / (changes + 1)).toFixed(0)} sync messages per change over ${edges} links (incl. anti-entropy), daemons at ${(busyShare * 100).toFixed(0)}% of one core`)
+    const diameter = Math.max(...procs.map((_, i) => Math.max(...hops(adj, i))))
+    console.log(`propagation, ${n} processes, ${edges} links (mean degree ${(2 * edges / n).toFixed(1)}, diameter ${diameter}), anti-entropy every ${antiEntropyMs} ms, ${changes} changes, load average ${loadavg()[0]!.toFixed(1)}: p50 ${pct(times, 50).toFixed(1)} ms, p99 ${pct(times, 99).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms  (target at 30: p50 ≤100, p99 ≤250)`)
   } finally {
+    // A clean stop first (lets --cpu-prof in NODE_OPTIONS write its profile), then SIGKILL.
+    await Promise.all(procs.map(p => p.request({ cmd: 'stop' }, 5000).catch(() => {})))
     await Promise.all(procs.map(p => p.kill()))
     await rm(root, { recursive: true, force: true })
   }
@@ -120,6 +185,8 @@ async function catchUp (k: number): Promise<void> {
 console.log(`machine: ${cpus().length}× ${cpus()[0]?.model ?? '?'}, Node ${process.version}, ${new Date().toISOString()}`)
 if (which === 'all' || which === 'catchup') await catchUp(Number(process.env.CATCHUP_CHANGES ?? 5000))
 if (which === 'all' || which === 'propagation') {
-  await propagation(10, 20)
-  await propagation(30, 20)
+  const changes = Number(process.env.PROPAGATION_CHANGES ?? 20)
+    // The daemons' default anti-entropy period (PROPAGATION_ANTI_ENTROPY_MS overrides: the tests' fixture uses 1000).
+  const antiEntropyMs = Number(process.env.PROPAGATION_ANTI_ENTROPY_MS ?? DEFAULT_ANTI_ENTROPY_MS)
+  for (const n of (process.env.PROPAGATION_SIZES ?? '10,30').split(',').map(Number)) await propagation(n, changes, antiEntropyMs)
 }
