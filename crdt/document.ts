@@ -331,9 +331,11 @@ export class SignedDocument<T = Record<string, unknown>> {
   }
 
   private async persist (batch: SignedBatch, metas: ChangeMeta[]): Promise<void> {
-    this.lastStoredSeq = await this.ctx.store.appendBatch(this.id, encodeBatch(batch))
+    // Signatures and index in the same tick as the document changed: a sync message generated
+    // while the append is in flight names the new changes, and `batchFor` must cover them.
     this.recordTips(batch, metas)
     if (this.index !== undefined) for (const m of metas) this.indexAdd(m)
+    this.lastStoredSeq = await this.ctx.store.appendBatch(this.id, encodeBatch(batch))
     if (++this.batchesSinceSnapshot >= SNAPSHOT_EVERY_BATCHES) {
       await this.ctx.store.putSnapshot(this.id, { upTo: this.lastStoredSeq, doc: Automerge.save(this.doc), signatures: encodeTips(this.tips) })
       this.batchesSinceSnapshot = 0

@@ -17,6 +17,7 @@ import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
 import { pipe } from 'it-pipe'
 import { decodeBatch, encodeBatch, readChanges, type ChangeMeta, type SignedBatch } from '../crdt/signed-change.ts'
+import { genesisHash } from '../crdt/document.ts'
 import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { Stream } from '@libp2p/interface'
@@ -66,7 +67,8 @@ const INVALID = new Set([
 export function batchCovers (batch: SignedBatch, wanted: string[]): boolean {
   const metas = readChanges(batch.chunks)
   const hashes = new Set(metas.map(m => m.hash))
-  if (!wanted.every(h => hashes.has(h))) return false
+  const genesis = genesisHash(batch.docId)
+  if (!wanted.every(h => hashes.has(h) || h === genesis)) return false
   const top = new Map<string, ChangeMeta>()
   for (const m of metas) { const t = top.get(m.actor); if (t === undefined || t.seq < m.seq) top.set(m.actor, m) }
   const signed = new Set(batch.signatures.map(s => s.hash))

@@ -32,7 +32,7 @@ import { loadCreateMesh } from './mesh-loader.ts'
 import { loadOrCreateIdentity, peerIdOfPublicKey, type DeviceIdentity } from './identity.ts'
 import { eventLogger, type EventLog } from './logger.ts'
 import { fitStatus, type NodeStatusBody } from './status-body.ts'
-import { diffMaps, plainValue } from './config-diff.ts'
+import { diffMaps, plainValue } from '../crdt/config-diff.ts'
 import type { DaemonConfig } from './config.ts'
 import { InvalidConfigError } from './errors.ts'
 
@@ -183,7 +183,12 @@ export class Daemon {
     for (const t of this.timers) t.unref()
     if (this.mesh !== undefined) {
       const token = this.mesh.issueViewerToken()
-      e('info', 'dashboard', { url: `${this.httpUrl}/#token=${encodeURIComponent(token)}`, note: 'one-time viewer token' })
+      // The page needs a WebSocket address to join the mesh through; prefer a loopback one, as the
+      // dashboard is opened from this machine's HTTP address.
+      const ws = this.mesh.addresses().filter(a => a.includes('/ws/'))
+      const addr = ws.find(a => a.startsWith('/ip4/127.')) ?? ws[0]
+      const hash = `token=${encodeURIComponent(token)}${addr === undefined ? '' : `&addr=${encodeURIComponent(addr)}`}`
+      e('info', 'dashboard', { url: `${this.httpUrl}/#${hash}`, note: 'one-time viewer token' })
     } else {
       e('info', 'dashboard', { url: `${this.httpUrl}/`, note: 'no mesh: the dashboard cannot join as a peer' })
     }

@@ -6,7 +6,7 @@
  */
 import { useEffect, useMemo, useState } from 'preact/hooks'
 import { parseDocument, stringify } from 'yaml'
-import { diffMaps, formatOps, type DiffOp } from '../../../node/config-diff.ts'
+import { diffMaps, formatOps, type DiffOp } from '../../../crdt/config-diff.ts'
 import { DEVICES_DOC } from '../../../crdt/devices.ts'
 import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
 import { shortHeads } from '../node-status.ts'

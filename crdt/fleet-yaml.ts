@@ -18,8 +18,8 @@
  * `devices` is the enrolment document; it is written by `rhizome enrol`, not by apply.
  */
 import { parse, parseDocument, stringify } from 'yaml'
-import { checkDocId } from '../crdt/replica.ts'
-import { DEVICES_DOC } from '../crdt/devices.ts'
+import { checkDocId } from './replica.ts'
+import { DEVICES_DOC } from './devices.ts'
 import { InvalidConfigError } from './errors.ts'
 
 export const DOCUMENT_KEYS = ['selector', 'defaults', 'groups', 'nodes'] as const
