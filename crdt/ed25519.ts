@@ -7,7 +7,7 @@
  * - `nodeCryptoEd25519` (in `ed25519-node.ts`, Node only): OpenSSL through node:crypto, the fastest.
  *
  * All produce byte-identical signatures (Ed25519 is deterministic) and accept each other's;
- * `test/ed25519.test.ts` checks it. Secret keys are 32-byte seeds everywhere in Rhizome.
+ * `test/crdt-ed25519.test.ts` checks it. Secret keys are 32-byte seeds everywhere in Rhizome.
  */
 import nacl from 'tweetnacl'
 import { concatBytes } from './bytes.ts'

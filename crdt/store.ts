@@ -1,6 +1,6 @@
 /**
  * The storage interface a replica persists through, and an in-memory implementation for tests
- * and browsers. `level-store.ts` has the durable implementation; `test/store.test.ts` runs one
+ * and browsers. `level-store.ts` has the durable implementation; `test/crdt-store.test.ts` runs one
  * suite against both.
  *
  * What is kept, per document:
