@@ -16,8 +16,7 @@
 import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
 import { pipe } from 'it-pipe'
-import { decodeBatch, encodeBatch, readChanges, type ChangeMeta, type SignedBatch } from '../crdt/signed-change.ts'
-import { genesisHash } from '../crdt/document.ts'
+import { decodeBatch, encodeBatch } from '../crdt/signed-change.ts'
 import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { Stream } from '@libp2p/interface'
@@ -28,8 +27,6 @@ import type { MeshLimits } from './types.ts'
 
 const log = logger('rhizome:mesh:sync')
 const EMPTY = new Uint8Array(0)
-/** A write in progress lasts one store append; this many hold-backs in a row means something else is wrong. */
-const DEFERRALS_BEFORE_ERROR = 50
 
 /** What a session needs from the mesh around it. */
 export interface SessionHost {
@@ -56,26 +53,6 @@ const INVALID = new Set([
   'OversizedInputError', 'ActorMismatchError', 'WrongDocumentError', 'InvalidTrustStatementError', 'UnsupportedVersionError'
 ])
 
-/**
- * Would a peer accept this batch as carrying `wanted`? Every wanted change is in it, and each
- * actor's highest change in it has a signature (which covers the actor's others through the hash
- * chain). False while the document is in the middle of a write: `SignedDocument` shows a change
- * (local or received) to Automerge before it has stored it and recorded its signature, so a sync
- * message generated in that window names a change whose batch would lack it or its signature,
- * and the peer would rightly refuse the batch as unsigned and ban us.
- */
-export function batchCovers (batch: SignedBatch, wanted: string[]): boolean {
-  const metas = readChanges(batch.chunks)
-  const hashes = new Set(metas.map(m => m.hash))
-  const genesis = genesisHash(batch.docId)
-  if (!wanted.every(h => hashes.has(h) || h === genesis)) return false
-  const top = new Map<string, ChangeMeta>()
-  for (const m of metas) { const t = top.get(m.actor); if (t === undefined || t.seq < m.seq) top.set(m.actor, m) }
-  const signed = new Set(batch.signatures.map(s => s.hash))
-  for (const m of top.values()) if (!signed.has(m.hash)) return false
-  return true
-}
-
 export function isPeerFault (err: unknown): boolean {
   return err instanceof Error && INVALID.has(err.name)
 }
@@ -97,8 +74,6 @@ export class PeerSession {
   private readonly states = new Map<string, Automerge.SyncState>()
   private queue: Promise<unknown> = Promise.resolve()
   private readonly dirty = new Set<string>()
-  /** Per document: sync messages held back in a row because the batch was not self-covering yet. */
-  private readonly deferred = new Map<string, number>()
   private flushScheduled = false
   private ended = false
   helloReceived = false
@@ -302,16 +277,6 @@ export class PeerSession {
     }
     const hashes = Object.keys(next.sentHashes).filter(h => !before.has(h))
     const batch = doc.batchFor(hashes)
-    if (!batchCovers(batch, hashes)) {
-      // The document is mid-write: send nothing and keep the old sync state. The write ends with a
-      // replica 'change' event, which announces the document to every session again.
-      const n = (this.deferred.get(docId) ?? 0) + 1
-      this.deferred.set(docId, n)
-      if (n === DEFERRALS_BEFORE_ERROR) log.error('document %s: %d sync messages to %s in a row named changes without a covering signature; not sent (is the store damaged?)', docId, n, this.peerId)
-      else log('document %s: held back a sync message to %s until a write in progress ends', docId, this.peerId)
-      return
-    }
-    this.deferred.delete(docId)
     this.states.set(docId, next)
     this.send({ type: 'sync', docId, message: Automerge.encodeSyncMessage({ ...decoded, changes: [] }), batch: encodeBatch(batch) })
   }
