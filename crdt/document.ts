@@ -247,6 +247,8 @@ export class SignedDocument<T = Record<string, unknown>> {
       closure.add(h)
       for (const c of (index.get(h) as IndexEntry).children) stack.push(c)
     }
+    // The genesis change is the same on every peer: it is never sent and needs no signature.
+    closure.delete(genesisHash(this.id))
     const actors = new Set<string>()
     for (const h of closure) actors.add((index.get(h) as IndexEntry).actor)
     const signatures: ChangeSignature[] = []
@@ -255,7 +257,6 @@ export class SignedDocument<T = Record<string, unknown>> {
       if (tip !== undefined && closure.has(tip.sig.hash)) signatures.push(tip.sig)
       else log.error('document %s: no covering signature held for actor %s; peers will reject this batch', this.id, actor.slice(0, 16))
     }
-    closure.delete(genesisHash(this.id))
     const list = [...closure]
     return { docId: this.id, chunks: list.length === 0 ? [] : [Automerge.saveBundle(this.doc, list)], signatures }
   }

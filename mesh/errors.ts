@@ -41,3 +41,9 @@ export class MeshNotRunningError extends Error {
   static override name = 'MeshNotRunningError'
   override name = 'MeshNotRunningError'
 }
+
+/** The peer has no open connection any more (it went away while a stream was being opened). */
+export class PeerGoneError extends Error {
+  static override name = 'PeerGoneError'
+  override name = 'PeerGoneError'
+}

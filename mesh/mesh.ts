@@ -20,7 +20,7 @@ import { DEVICES_DOC } from '../crdt/devices.ts'
 import type { Replica, ChangeEventDetail } from '../crdt/replica.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 import { AdmissionControl, peerKeyHex } from './admission.ts'
-import { MeshNotRunningError, SessionRefusedError } from './errors.ts'
+import { MeshNotRunningError, PeerGoneError, SessionRefusedError } from './errors.ts'
 import { readOneFrame, sendFrame } from './frames.ts'
 import { DEFAULT_ANTI_ENTROPY_MS, DEFAULT_STALE_AFTER_MS, MAX_REMEMBERED_PEERS, REDIAL_MAX_MS, REDIAL_MIN_MS, resolveLimits, UNADMITTED_GRACE_MS } from './limits.ts'
 import { PeerSession, type SessionHost } from './peer-session.ts'
@@ -351,9 +351,7 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     const delay = me < peerId ? 0 : 100
     setTimeout(() => {
       if (this.sessions.has(peerId) || !this.running) { this.opening.delete(peerId); return }
-      const target = peerIdFromStringSafe(peerId)
-      if (target === undefined) { this.opening.delete(peerId); return }
-      node.dialProtocol(target, SYNC_PROTOCOL, { signal: AbortSignal.timeout(this.limits.exchangeTimeoutMs) })
+      this.streamOnConnection(peerId, SYNC_PROTOCOL)
         .then(stream => {
           this.opening.delete(peerId)
           if (stream.status !== 'open') return
@@ -415,11 +413,9 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
 
   /** Browser side: present our viewer token or voucher to a daemon, then sync. */
   private async presentSession (peerId: string): Promise<Admission> {
-    const node = this.node
     const cred = this.opts.session
-    const target = peerIdFromStringSafe(peerId)
-    if (node === undefined || cred === undefined || target === undefined) return 'none'
-    const stream = await node.dialProtocol(target, SESSION_PROTOCOL, { signal: AbortSignal.timeout(this.limits.exchangeTimeoutMs) })
+    if (cred === undefined) return 'none'
+    const stream = await this.streamOnConnection(peerId, SESSION_PROTOCOL)
     const req = cred.viewerToken !== undefined ? { kind: 'token' as const, token: cred.viewerToken } : { kind: 'voucher' as const, voucher: cred.voucher as Uint8Array }
     await sendFrame(stream, encodeSessionRequest(req), this.limits.exchangeTimeoutMs)
     const reply = decodeSessionReply(await readOneFrame(stream, 4096, this.limits.exchangeTimeoutMs))
@@ -431,6 +427,19 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     this.dispatchEvent(new CustomEvent('session', { detail: { peerId, ok: true, admission: reply.admission } }))
     this.openSync(peerId)
     return reply.admission
+  }
+
+  /**
+   * A protocol stream on a connection we already hold to `peerId`. Never `dialProtocol(peerId)`:
+   * that dials a new connection when the old one has just gone, at whatever address identify
+   * taught us, which routes around a link the operator (or a test) deliberately cut. Only
+   * bootstrap redials and discovery make connections.
+   */
+  private async streamOnConnection (peerId: string, protocol: string): Promise<Stream> {
+    const target = peerIdFromStringSafe(peerId)
+    const conn = target === undefined ? undefined : this.node?.getConnections(target).find(c => c.status === 'open')
+    if (conn === undefined) throw new PeerGoneError(`no open connection to ${peerId}`)
+    return conn.newStream(protocol, { signal: AbortSignal.timeout(this.limits.exchangeTimeoutMs) })
   }
 
   /** @libp2p/bootstrap dials once; this keeps dialling configured peers, with capped exponential back-off. */
