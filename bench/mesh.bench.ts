@@ -11,7 +11,9 @@
  *   messages; beside plain Automerge sync of the same two documents, messages passed in memory.
  *   Targets: ≤1.25× plain bytes, ≤2× plain time, ≤3 round trips.
  *
- * Usage: node bench/mesh.bench.ts [propagation|catchup|all] (default all)
+ * Usage: node bench/mesh.bench.ts [propagation|catchup|all] (default all). Env: PROPAGATION_SIZES (10,30),
+ *   PROPAGATION_CHANGES (20), PROPAGATION_SEED (topology and origins; random unless set),
+ *   PROPAGATION_ANTI_ENTROPY_MS, CATCHUP_CHANGES (5000), BENCH_VERBOSE=1.
  */
 import * as Automerge from '@automerge/automerge'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
@@ -25,6 +27,18 @@ import { makeFleet, ed } from '../test/fixtures/mesh-fleet.ts'
 import { spawnDaemon, type DaemonProcess } from '../test/fixtures/mesh-process.ts'
 
 const which = process.argv[2] ?? 'all'
+
+/** mulberry32: a seeded PRNG, so a topology (PROPAGATION_SEED) can be rebuilt to compare two builds. */
+function seeded (seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6D2B79F5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
 const pct = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.ceil(p / 100 * s.length) - 1)] as number }
 
 /** Hop distances from `from` over the undirected topology. */
@@ -36,7 +50,8 @@ function hops (adj: number[][], from: number): number[] {
   return d
 }
 
-async function propagation (n: number, changes: number, antiEntropyMs: number): Promise<void> {
+async function propagation (n: number, changes: number, antiEntropyMs: number, seed: number): Promise<void> {
+  const random = seeded(seed + n)
   const fleet = await makeFleet(n, 200)
   const root = await mkdtemp(path.join(tmpdir(), 'rhizome-mesh-bench-'))
   const procs: DaemonProcess[] = []
@@ -46,7 +61,7 @@ async function propagation (n: number, changes: number, antiEntropyMs: number): 
     for (let i = 0; i < n; i++) {
       const boot: number[] = []
       while (boot.length < Math.min(i, 2)) {
-        const pick = Math.floor(Math.random() * i)
+        const pick = Math.floor(random() * i)
         if (!boot.includes(pick)) boot.push(pick)
       }
       edges += boot.length
@@ -81,12 +96,16 @@ async function propagation (n: number, changes: number, antiEntropyMs: number): 
     await new Promise(resolve => setTimeout(resolve, 3000))
     const idleShare = (await cpuMs() - idle0) / (performance.now() - w0)
     console.log(`  idle: the ${n} daemons use ${(idleShare * 100).toFixed(0)}% of one core together (of ${cpus().length * 100}% available)`)
-    const msgs = async (): Promise<number> => (await Promise.all(procs.map(p => p.request({ cmd: 'state' })))).reduce((a, st) => a + (st.metrics as { syncMessagesOut: number }).syncMessagesOut, 0)
-    const msgs0 = await msgs()
+    type Counts = { syncMessagesOut: number, batchesAccepted: number, batchesDuplicate: number }
+    const counts = async (): Promise<Counts> => (await Promise.all(procs.map(p => p.request({ cmd: 'state' })))).reduce<Counts>((a, st) => {
+      const m = st.metrics as Counts
+      return { syncMessagesOut: a.syncMessagesOut + m.syncMessagesOut, batchesAccepted: a.batchesAccepted + m.batchesAccepted, batchesDuplicate: a.batchesDuplicate + m.batchesDuplicate }
+    }, { syncMessagesOut: 0, batchesAccepted: 0, batchesDuplicate: 0 })
+    const counts0 = await counts()
     const busy0 = await cpuMs(); const b0 = performance.now()
     const times: number[] = []
     for (let k = -1; k < changes; k++) {
-      const o = Math.floor(Math.random() * n)
+      const o = Math.floor(random() * n)
       const origin = procs[o] as DaemonProcess
       const marks = procs.map(p => p.events.length)
       const done = await origin.request({ cmd: 'change', docId: 'fleet', key: `k${k + 1}`, value: k })
@@ -111,15 +130,18 @@ async function propagation (n: number, changes: number, antiEntropyMs: number): 
         console.log(`  change ${k + 1} from n${o}: ${worst.toFixed(0)} ms, last n${last} (${d[last]} hops, degree ${(adj[last] as number[]).length}); slowest per hop count: ${[...byHop.entries()].sort((a, b) => a[0] - b[0]).map(([h, ls]) => `${h}:${Math.max(...ls).toFixed(0)}`).join(' ')}`)
       }
     }
-    const busyShare = (await cpuMs() - busy0) / (performance.now() - b0)
+    const busyMs = await cpuMs() - busy0
+    const busyShare = busyMs / (performance.now() - b0)
     const bans = (await Promise.all(procs.map(p => p.request({ cmd: 'state' })))).reduce((a, st) => a + (st.metrics as { peersBanned: number }).peersBanned, 0)
     if (bans > 0) console.log(`  ${bans} peer bans (an honest mesh should have none)`)
-    console.log(`  during the changes: ${((await msgs() - msgs0) / (changes + 1)).toFixed(0)} sync messages per change over ${edges} links (incl. anti-entropy), daemons at ${(busyShare * 100).toFixed(0)}% of one core`)
+    const counts1 = await counts()
+    const perChange = (k: keyof Counts): string => ((counts1[k] - counts0[k]) / (changes + 1)).toFixed(0)
+    console.log(`  during the changes: per change ${perChange('syncMessagesOut')} sync messages over ${edges} links (incl. anti-entropy), ${perChange('batchesAccepted')} batches with news and ${perChange('batchesDuplicate')} redundant ones; daemons at ${(busyShare * 100).toFixed(0)}% of one core, ${(busyMs / (changes + 1)).toFixed(0)} ms of daemon CPU per change (${(busyMs / (changes + 1) / n).toFixed(1)} per daemon)`)
     const diameter = Math.max(...procs.map((_, i) => Math.max(...hops(adj, i))))
-    console.log(`propagation, ${n} processes, ${edges} links (mean degree ${(2 * edges / n).toFixed(1)}, diameter ${diameter}), anti-entropy every ${antiEntropyMs} ms, ${changes} changes, load average ${loadavg()[0]!.toFixed(1)}: p50 ${pct(times, 50).toFixed(1)} ms, p99 ${pct(times, 99).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms  (target at 30: p50 ≤100, p99 ≤250)`)
+    console.log(`propagation, ${n} processes, ${edges} links (mean degree ${(2 * edges / n).toFixed(1)}, diameter ${diameter}), anti-entropy every ${antiEntropyMs} ms, seed ${seed}, ${changes} changes, load average ${loadavg()[0]!.toFixed(1)}: p50 ${pct(times, 50).toFixed(1)} ms, p99 ${pct(times, 99).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms  (target at 30: p50 ≤100, p99 ≤250)`)
   } finally {
     // A clean stop first (lets --cpu-prof in NODE_OPTIONS write its profile), then SIGKILL.
-    await Promise.all(procs.map(p => p.request({ cmd: 'stop' }, 5000).catch(() => {})))
+    await Promise.all(procs.map(p => p.request({ cmd: 'stop' }, 60_000).catch(() => {})))
     await Promise.all(procs.map(p => p.kill()))
     await rm(root, { recursive: true, force: true })
   }
@@ -188,5 +210,6 @@ if (which === 'all' || which === 'propagation') {
   const changes = Number(process.env.PROPAGATION_CHANGES ?? 20)
     // The daemons' default anti-entropy period (PROPAGATION_ANTI_ENTROPY_MS overrides: the tests' fixture uses 1000).
   const antiEntropyMs = Number(process.env.PROPAGATION_ANTI_ENTROPY_MS ?? DEFAULT_ANTI_ENTROPY_MS)
-  for (const n of (process.env.PROPAGATION_SIZES ?? '10,30').split(',').map(Number)) await propagation(n, changes, antiEntropyMs)
+  const seed = Number(process.env.PROPAGATION_SEED ?? Math.floor(Math.random() * 1e6))
+  for (const n of (process.env.PROPAGATION_SIZES ?? '10,30').split(',').map(Number)) await propagation(n, changes, antiEntropyMs, seed)
 }

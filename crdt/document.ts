@@ -140,6 +140,7 @@ export class SignedDocument<T = Record<string, unknown>> {
   private lastStoredSeq = 0
   private batchesSinceSnapshot = 0
   private index: Map<string, IndexEntry> | undefined
+  private batchMemo: { doc: Automerge.Doc<T>, key: string, bytes: Uint8Array } | undefined
   /** Accepts and changes run one at a time, in arrival order. */
   private queue: Promise<unknown> = Promise.resolve()
 
@@ -214,6 +215,12 @@ export class SignedDocument<T = Record<string, unknown>> {
   /** Verify, apply and persist a batch from elsewhere. Throws a named error if it is invalid. */
   accept (batch: SignedBatch): Promise<AcceptResult> {
     return this.serial(async () => {
+      // Every change a valid batch carries is an ancestor of (or is) a change one of its
+      // signatures names, so when we hold every named change the batch has nothing for us: skip
+      // parsing and verifying it. In a mesh most batches a node receives are such duplicates (its
+      // neighbours push a new change at once). A batch that is invalid as well as redundant is
+      // dropped here without a verdict on its sender; it could not have changed anything.
+      if (batch.signatures.length > 0 && this.has(batch.signatures.map(s => s.hash))) return { status: 'duplicate', applied: 0, heads: this.heads }
       const metas = await this.verifyBatch(batch)
       if (metas.length === 0 || this.has(metas.map(m => m.hash))) return { status: 'duplicate', applied: 0, heads: this.heads }
       if (!this.depsPresent(metas)) {
@@ -259,6 +266,19 @@ export class SignedDocument<T = Record<string, unknown>> {
     }
     const list = [...closure]
     return { docId: this.id, chunks: list.length === 0 ? [] : [Automerge.saveBundle(this.doc, list)], signatures }
+  }
+
+  /**
+   * `encodeBatch(batchFor(hashes))`, remembered while the document is unchanged: a change relayed
+   * to several peers at once is bundled and encoded once.
+   */
+  encodedBatchFor (hashes: string[]): Uint8Array {
+    const key = [...hashes].sort().join()
+    const memo = this.batchMemo
+    if (memo !== undefined && memo.doc === this.doc && memo.key === key) return memo.bytes
+    const bytes = encodeBatch(this.batchFor(hashes))
+    this.batchMemo = { doc: this.doc, key, bytes }
+    return bytes
   }
 
   /**

@@ -16,7 +16,7 @@
 import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
 import { pipe } from 'it-pipe'
-import { decodeBatch, encodeBatch } from '../crdt/signed-change.ts'
+import { decodeBatch } from '../crdt/signed-change.ts'
 import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { Stream } from '@libp2p/interface'
@@ -43,7 +43,8 @@ export interface SessionHost {
   /** The peer sent invalid data: ban it. */
   invalid (session: PeerSession, err: Error): void
   closed (session: PeerSession): void
-  count (what: 'in' | 'out' | 'accepted', n: number): void
+  /** Frames in and out (n = bytes); changes accepted (n = changes); a batch that held nothing new. */
+  count (what: 'in' | 'out' | 'accepted' | 'duplicate', n: number): void
 }
 
 /** Errors that mean the peer sent something invalid (as opposed to the network failing). */
@@ -229,18 +230,17 @@ export class PeerSession {
           if (batch.docId !== msg.docId) throw new ProtocolViolationError(`peer sent a batch for "${batch.docId}" inside a sync message for "${msg.docId}"`)
           try {
             const res = await withTimeout(doc.accept(batch), this.host.limits.exchangeTimeoutMs, `verifying a batch of "${msg.docId}"`)
-            this.host.count('accepted', res.applied)
+            this.host.count(res.status === 'duplicate' ? 'duplicate' : 'accepted', res.applied)
           } catch (err) {
             if ((err as Error).name !== 'PendingSetFullError') throw err
             log('%s: %s', msg.docId, (err as Error).message)
           }
         }
-        let decoded: Automerge.DecodedSyncMessage
-        try { decoded = Automerge.decodeSyncMessage(msg.message) } catch (err) { throw new MalformedMessageError(`peer sent an undecodable sync message for "${msg.docId}": ${(err as Error).message}`) }
-        if (decoded.changes.length > 0) throw new ProtocolViolationError(`peer put ${decoded.changes.length} unsigned change(s) inside a sync message for "${msg.docId}"`)
         try {
+          // Refuses (UnsignedChangeError) a message that carries changes outside a signed batch.
           this.states.set(msg.docId, doc.receiveSyncMessage(this.stateOf(msg.docId), msg.message))
         } catch (err) {
+          if (isPeerFault(err)) throw err
           throw new MalformedMessageError(`peer sent a sync message for "${msg.docId}" that Automerge refused: ${(err as Error).message}`)
         }
         await this.syncDoc(msg.docId)
@@ -276,8 +276,7 @@ export class PeerSession {
       return
     }
     const hashes = Object.keys(next.sentHashes).filter(h => !before.has(h))
-    const batch = doc.batchFor(hashes)
     this.states.set(docId, next)
-    this.send({ type: 'sync', docId, message: Automerge.encodeSyncMessage({ ...decoded, changes: [] }), batch: encodeBatch(batch) })
+    this.send({ type: 'sync', docId, message: Automerge.encodeSyncMessage({ ...decoded, changes: [] }), batch: doc.encodedBatchFor(hashes) })
   }
 }

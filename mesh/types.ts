@@ -55,6 +55,10 @@ export interface MeshMetrics {
   /** Peers with a running sync session (normally every admitted connected peer). */
   syncSessions: number
   changesAccepted: number
+  /** Batches received that held at least one new change (or waited for missing ones). */
+  batchesAccepted: number
+  /** Batches received that held nothing new (a neighbour pushed what another had already sent). */
+  batchesDuplicate: number
   changesRejected: number
   batchesRejected: number
   syncBytesIn: number
