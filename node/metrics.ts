@@ -27,6 +27,8 @@ export class DaemonMetrics {
     meshGauge('rhizome_mesh_changes_accepted_total', 'Changes accepted from peers', m => m.changesAccepted)
     meshGauge('rhizome_mesh_changes_rejected_total', 'Changes rejected from peers', m => m.changesRejected)
     meshGauge('rhizome_mesh_batches_rejected_total', 'Batches rejected from peers', m => m.batchesRejected)
+    meshGauge('rhizome_mesh_batches_accepted_total', 'Batches from peers that held new changes', m => m.batchesAccepted)
+    meshGauge('rhizome_mesh_batches_duplicate_total', 'Batches from peers that held nothing new (redundant pushes)', m => m.batchesDuplicate)
     meshGauge('rhizome_sync_bytes_in_total', 'Sync bytes received', m => m.syncBytesIn)
     meshGauge('rhizome_sync_bytes_out_total', 'Sync bytes sent', m => m.syncBytesOut)
     meshGauge('rhizome_status_records', 'Status records held', m => m.statusRecords)
