@@ -144,7 +144,7 @@ async function propagation (n: number, changes: number, antiEntropyMs: number, s
     console.log(`propagation, ${n} processes, ${edges} links (mean degree ${(2 * edges / n).toFixed(1)}, diameter ${diameter}), anti-entropy every ${antiEntropyMs} ms, seed ${seed}, ${changes} changes, load average ${loadavg()[0]!.toFixed(1)}: p50 ${pct(times, 50).toFixed(1)} ms, p99 ${pct(times, 99).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms  (target at 30: p50 ≤100, p99 ≤250)`)
   } finally {
     // A clean stop first (lets --cpu-prof in NODE_OPTIONS write its profile), then SIGKILL.
-    await Promise.all(procs.map(p => p.request({ cmd: 'stop' }, 60_000).catch(() => {})))
+    await Promise.all(procs.map(p => p.request({ cmd: 'stop' }, 5000).catch(() => {})))
     await Promise.all(procs.map(p => p.kill()))
     await rm(root, { recursive: true, force: true })
   }

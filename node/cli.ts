@@ -276,6 +276,15 @@ function daemonOption (): Option {
   return new Option('--daemon <url>', 'the daemon\'s HTTP API').default(defaultDaemon(), '$RHIZOME_DAEMON or http://127.0.0.1:8080')
 }
 
+/** The signing key of the commands that write (enrol, apply, rollback). */
+function keyOption (): Option {
+  return new Option('--key <file>', 'admin or operator key file (else $RHIZOME_KEY)')
+}
+
+function passphraseOption (): Option {
+  return new Option('--passphrase-file <file>', 'read the passphrase from this file')
+}
+
 const collect = (v: string, prev: string[]): string[] => [...prev, v]
 
 export function program (): Command {
@@ -302,8 +311,8 @@ export function program (): Command {
     .argument('<public-key>', 'the device\'s public key (hex), printed by `rhizome node init`')
     .requiredOption('--name <name>', 'device name (node overrides in the config use it)')
     .option('--label <k=v>', 'a label (repeatable)', collect, [])
-    .option('--key <file>', 'admin or operator key file (else $RHIZOME_KEY)')
-    .option('--passphrase-file <file>', 'read the passphrase from this file')
+    .addOption(keyOption())
+    .addOption(passphraseOption())
     .addOption(daemonOption())
     .addHelpText('after', EXIT_HELP)
     .action(cmdEnrol)
@@ -316,8 +325,8 @@ export function program (): Command {
   p.command('apply').description('make the desired config equal a fleet YAML file: show the diff, sign it, publish it')
     .requiredOption('-f, --file <fleet.yaml>', 'top-level keys are document ids (fleet:, site/<name>:), each holding selector/defaults/groups/nodes')
     .option('--dry-run', 'show the diff, change nothing')
-    .option('--key <file>', 'admin or operator key file (else $RHIZOME_KEY)')
-    .option('--passphrase-file <file>', 'read the passphrase from this file')
+    .addOption(keyOption())
+    .addOption(passphraseOption())
     .addOption(daemonOption())
     .addHelpText('after', '\nDocuments not named in the file are left alone; keys removed from a named document are deleted.' + EXIT_HELP)
     .action(cmdApply)
@@ -345,8 +354,8 @@ export function program (): Command {
     .requiredOption('--to <hash>', 'a change hash (at least 6 characters) from `rhizome history`')
     .option('--doc <id>', 'the document', 'fleet')
     .option('--dry-run', 'show the diff, change nothing')
-    .option('--key <file>', 'admin or operator key file (else $RHIZOME_KEY)')
-    .option('--passphrase-file <file>', 'read the passphrase from this file')
+    .addOption(keyOption())
+    .addOption(passphraseOption())
     .addOption(daemonOption())
     .addHelpText('after', EXIT_HELP)
     .action(cmdRollback)
