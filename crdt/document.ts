@@ -12,7 +12,7 @@ import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
 import { ByteReader, ByteWriter, concatBytes, fromHex, toHex } from './bytes.ts'
 import { MalformedInputError, PendingSetFullError, UnsignedChangeError, WrongDocumentError } from './errors.ts'
-import { actorKeyHex, decodeBatch, encodeBatch, readChanges, signChange, verifyCoverage, type ChangeMeta, type ChangeSignature, type SignedBatch } from './signed-change.ts'
+import { actorKeyHex, decodeBatch, encodeBatch, isChangeChunk, readChanges, signChange, verifyCoverage, type ChangeMeta, type ChangeSignature, type SignedBatch } from './signed-change.ts'
 import type { Ed25519 } from './ed25519.ts'
 import type { KeyPair } from './keys.ts'
 import type { Store } from './store.ts'
@@ -64,8 +64,11 @@ export interface DocumentContext {
   readonly trust: TrustChain
   readonly ed: Ed25519
   readonly store: Store
-  /** Called after every applied change, local or remote. */
-  onChange?: (docId: string, heads: string[], source: 'local' | 'remote') => void
+  /**
+   * Called after every applied change, local or remote, with the batches that made it in the
+   * order they were applied (each one verified and self-covering: fit to relay as it is).
+   */
+  onChange?: (docId: string, heads: string[], source: 'local' | 'remote', batches: SignedBatch[]) => void
 }
 
 /** A key plus the actor id (key + session) it writes as. */
@@ -129,6 +132,17 @@ export async function verifyBatch (ctx: Pick<DocumentContext, 'fleetId' | 'trust
   return metas
 }
 
+/**
+ * Apply a batch's chunks (already verified). Single changes, the usual pushed batch, go through
+ * `applyChanges`, measured 13-20% cheaper than `loadIncremental` (201 against 232 µs per change
+ * into a 300-key map, Automerge 3.5); bundles need `loadIncremental`.
+ */
+function applyChunks<T> (doc: Automerge.Doc<T>, chunks: Uint8Array[]): Automerge.Doc<T> {
+  if (chunks.every(isChangeChunk)) return Automerge.applyChanges(doc, chunks)[0]
+  for (const chunk of chunks) doc = Automerge.loadIncremental(doc, chunk)
+  return doc
+}
+
 export class SignedDocument<T = Record<string, unknown>> {
   readonly id: string
   private doc: Automerge.Doc<T>
@@ -161,7 +175,7 @@ export class SignedDocument<T = Record<string, unknown>> {
     for (const { seq, bytes } of await ctx.store.batchesAfter(id, d.lastStoredSeq)) {
       try {
         const batch = decodeBatch(bytes)
-        for (const chunk of batch.chunks) d.doc = Automerge.loadIncremental(d.doc, chunk)
+        d.doc = applyChunks(d.doc, batch.chunks)
         d.recordTips(batch, readChanges(batch.chunks))
       } catch (err) {
         log.error('document %s: stored batch %d does not load, skipped: %e', id, seq, err)
@@ -183,9 +197,14 @@ export class SignedDocument<T = Record<string, unknown>> {
   /** The Automerge document, for the sync protocol and for reading history. */
   get automerge (): Automerge.Doc<T> { return this.doc }
 
-  /** Does this document hold all of these changes? */
+  /**
+   * Does this document hold all of these changes? Answered from the change index: Automerge's
+   * `hasHeads` looks each one up with `getChangeByHash`, which builds the change, and was 4.6%
+   * of the daemons' CPU in a bench/mesh.bench.ts profile, since every batch received asks this.
+   */
   has (hashes: string[]): boolean {
-    try { return Automerge.hasHeads(this.doc, hashes) } catch { return false }
+    const index = this.changeIndex()
+    return hashes.every(h => index.has(h))
   }
 
   /**
@@ -207,7 +226,7 @@ export class SignedDocument<T = Record<string, unknown>> {
       const batch: SignedBatch = { docId: this.id, chunks: [change], signatures: [await signChange(signer.pair, this.ctx.fleetId, this.id, hash, this.ctx.ed)] }
       this.doc = next
       await this.persist(batch, meta)
-      this.ctx.onChange?.(this.id, this.heads, 'local')
+      this.ctx.onChange?.(this.id, this.heads, 'local', [batch])
       return batch
     })
   }
@@ -228,8 +247,9 @@ export class SignedDocument<T = Record<string, unknown>> {
         return { status: 'pending', applied: 0, heads: this.heads }
       }
       let applied = await this.apply(batch, metas)
-      applied += await this.releasePending()
-      this.ctx.onChange?.(this.id, this.heads, 'remote')
+      const batches = [batch]
+      applied += await this.releasePending(batches)
+      this.ctx.onChange?.(this.id, this.heads, 'remote', batches)
       return { status: 'applied', applied, heads: this.heads }
     })
   }
@@ -345,7 +365,7 @@ export class SignedDocument<T = Record<string, unknown>> {
       // batch onto it incrementally (measured: 10,000 changes in 0.4 s instead of 4.6 s).
       this.doc = Automerge.load<T>(concatBytes(Automerge.save(this.doc), ...batch.chunks))
     } else {
-      for (const chunk of batch.chunks) this.doc = Automerge.loadIncremental(this.doc, chunk)
+      this.doc = applyChunks(this.doc, batch.chunks)
     }
     await this.persist(batch, metas)
     return before?.size ?? metas.length
@@ -382,7 +402,8 @@ export class SignedDocument<T = Record<string, unknown>> {
     this.pendingBytes += size
   }
 
-  private async releasePending (): Promise<number> {
+  /** Apply every pending batch whose dependencies are now present; `applied` receives them in order. */
+  private async releasePending (appliedBatches: SignedBatch[]): Promise<number> {
     let applied = 0
     let progress = true
     while (progress && this.pending.length > 0) {
@@ -394,6 +415,7 @@ export class SignedDocument<T = Record<string, unknown>> {
         } else if (this.depsPresent(p.metas)) {
           this.dropPending(p)
           applied += await this.apply(p.batch, p.metas)
+          appliedBatches.push(p.batch)
           progress = true
         }
       }

@@ -36,7 +36,13 @@ export interface ReplicaOptions {
   genesis?: SignedTrustStatement
 }
 
-export interface ChangeEventDetail { docId: string, heads: string[], source: 'local' | 'remote' }
+export interface ChangeEventDetail {
+  docId: string
+  heads: string[]
+  source: 'local' | 'remote'
+  /** The verified batches that made this change, in the order they were applied. */
+  batches: SignedBatch[]
+}
 
 export class Replica extends EventTarget {
   readonly store: Store
@@ -135,8 +141,8 @@ export class Replica extends EventTarget {
       trust: this.trust,
       ed: this.ed,
       store: this.store,
-      onChange: (docId: string, heads: string[], source: 'local' | 'remote') => {
-        this.dispatchEvent(new CustomEvent<ChangeEventDetail>('change', { detail: { docId, heads, source } }))
+      onChange: (docId: string, heads: string[], source: 'local' | 'remote', batches: SignedBatch[]) => {
+        this.dispatchEvent(new CustomEvent<ChangeEventDetail>('change', { detail: { docId, heads, source, batches } }))
       }
     }
   }

@@ -121,6 +121,11 @@ const CHUNK_CHANGE = 1
 const CHUNK_COMPRESSED_CHANGE = 2
 const CHUNK_BUNDLE = 3
 
+/** A single change (not a bundle or a document): `Automerge.applyChanges` takes these. */
+export function isChangeChunk (chunk: Uint8Array): boolean {
+  return chunk.length > 8 && (chunk[8] === CHUNK_CHANGE || chunk[8] === CHUNK_COMPRESSED_CHANGE)
+}
+
 function toMeta (c: { hash: string, actor: string, seq: number, deps: string[], time: number, message: string | null }): ChangeMeta {
   return { hash: c.hash, actor: c.actor, seq: c.seq, deps: c.deps, time: c.time, message: c.message }
 }
