@@ -18,10 +18,10 @@ export function encodeFrame (payload: Uint8Array): Uint8Array {
   return new ByteWriter().bytes(payload).finish()
 }
 
-/** Split a stream's bytes into frames; throws FrameTooLargeError for one over the cap. */
 /** A chunk as streams yield it: bytes, or a list of byte arrays (uint8arraylist). */
 export type Chunk = Uint8Array | { subarray (): Uint8Array }
 
+/** Split a stream's bytes into frames; throws FrameTooLargeError for one over the cap. */
 export async function * decodeFrames (source: AsyncIterable<Chunk>, maxFrameBytes: number): AsyncGenerator<Uint8Array> {
   const decoder = new LengthPrefixedDecoder({ maxDataLength: maxFrameBytes, maxBufferSize: maxFrameBytes + 1024 * 1024 })
   for await (const chunk of source) {

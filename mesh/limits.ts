@@ -39,6 +39,13 @@ export const MAX_BANS = 4096
 export const MAX_REMEMBERED_PEERS = 1024
 /** Documents named in one hello. */
 export const MAX_DOCS_PER_HELLO = 1024
+/**
+ * Changes up to this size (a batch's encoded bytes) are pushed to peers as they are; larger ones
+ * (a catch-up another peer sent) are announced, and each peer's sync pulls only what it lacks.
+ */
+export const MAX_PUSH_BYTES = 64 * 1024
+/** Change hashes remembered per peer as held by it, so a change is not pushed back where it came from. */
+export const MAX_HELD_HASHES_PER_PEER = 4096
 /** A peer connected but not admitted is hung up on after this long. */
 export const UNADMITTED_GRACE_MS = 15_000
 

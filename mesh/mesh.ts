@@ -17,12 +17,13 @@ import { createLibp2p, type Libp2p, type Libp2pOptions } from 'libp2p'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { fromHex, toHex } from '../crdt/bytes.ts'
 import { DEVICES_DOC } from '../crdt/devices.ts'
+import { encodeBatch } from '../crdt/signed-change.ts'
 import type { Replica, ChangeEventDetail } from '../crdt/replica.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 import { AdmissionControl, peerKeyHex } from './admission.ts'
 import { MeshNotRunningError, PeerGoneError, SessionRefusedError } from './errors.ts'
 import { readOneFrame, sendFrame } from './frames.ts'
-import { DEFAULT_ANTI_ENTROPY_MS, DEFAULT_STALE_AFTER_MS, MAX_REMEMBERED_PEERS, REDIAL_MAX_MS, REDIAL_MIN_MS, resolveLimits, UNADMITTED_GRACE_MS } from './limits.ts'
+import { DEFAULT_ANTI_ENTROPY_MS, DEFAULT_STALE_AFTER_MS, MAX_PUSH_BYTES, MAX_REMEMBERED_PEERS, REDIAL_MAX_MS, REDIAL_MIN_MS, resolveLimits, UNADMITTED_GRACE_MS } from './limits.ts'
 import { PeerSession, type SessionHost } from './peer-session.ts'
 import { decodeSessionReply, decodeSessionRequest, encodeSessionReply, encodeSessionRequest, SESSION_PROTOCOL, verifySessionVoucher, type SessionReply } from './session.ts'
 import { decodeStoredStatus, encodeStoredStatus, signStatus, verifyStatus, type SignedStatus } from './status-record.ts'
@@ -289,9 +290,14 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   private handleChange (d: ChangeEventDetail): void {
     if (d.docId === DEVICES_DOC) { this.admission.refresh().then(() => { this.reviewPeers() }).catch(err => log.error('enrolment refresh failed: %s', errMessage(err))) }
     // Relayed once durable, not as soon as applied: measured (bench/mesh.bench.ts, 30 processes),
-    // relaying before the fsync made more pushes cross on the wire (43 redundant batches per
-    // change instead of 35) and cost more CPU than the fsync it saved per hop.
-    for (const s of this.sessions.values()) s.announce(d.docId)
+    // relaying before the fsync made more pushes cross on the wire and cost more CPU than the
+    // fsync it saved per hop.
+    const push = d.batches.map(b => ({ bytes: encodeBatch(b), hashes: b.signatures.map(sig => sig.hash) }))
+    if (push.length > 0 && push.every(b => b.bytes.length <= MAX_PUSH_BYTES)) {
+      for (const s of this.sessions.values()) s.push(d.docId, push)
+    } else {
+      for (const s of this.sessions.values()) s.announce(d.docId)
+    }
   }
 
   private handleTrust (): void {

@@ -9,6 +9,13 @@
  * `receiveSyncMessage` to update its sync state. A sync message that still carries changes is a
  * protocol violation: unverified changes never reach Automerge.
  *
+ * Push: a change just made or accepted here travels to each peer as a PUSH of its signed batch,
+ * exactly as it arrived, with no sync round: the receiver verifies and applies it and relays it
+ * on in turn. Automerge's sync protocol still runs when a session starts, at anti-entropy, for
+ * batches too large to push, and when a pushed batch depends on changes the receiver lacks.
+ * Measured (bench/mesh.bench.ts), a change pushed costs a few tenths of the CPU of one carried by
+ * a sync round, which generates, strips and re-bundles it for every peer and answers it.
+ *
  * Reading never waits for writing: outgoing frames go straight into the stream's write buffer
  * (bounded by the muxer's `maxWriteBufferLength`), so two peers sending each other large batches
  * at once cannot deadlock.
@@ -16,13 +23,15 @@
 import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
 import { pipe } from 'it-pipe'
-import { decodeBatch } from '../crdt/signed-change.ts'
+import { decodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
+import type { AcceptResult } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { Stream } from '@libp2p/interface'
 import { ExchangeTimeoutError, FrameTooLargeError, MalformedMessageError, ProtocolViolationError } from './errors.ts'
 import { decodeFrames, encodeFrame } from './frames.ts'
 import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from './sync-messages.ts'
+import { MAX_HELD_HASHES_PER_PEER } from './limits.ts'
 import type { MeshLimits } from './types.ts'
 
 const log = logger('rhizome:mesh:sync')
@@ -66,6 +75,9 @@ function withTimeout<T> (p: Promise<T>, ms: number, what: string): Promise<T> {
   ]).finally(() => clearTimeout(timer))
 }
 
+/** A batch ready to push: its encoded bytes and the change hashes its signatures name. */
+export interface PushBatch { bytes: Uint8Array, hashes: string[] }
+
 export class PeerSession {
   readonly peerId: string
   readonly stream: Stream
@@ -77,6 +89,10 @@ export class PeerSession {
   private readonly dirty = new Set<string>()
   private flushScheduled = false
   private ended = false
+  /** Change hashes the peer is known to hold (it sent them, or we pushed them); cleared when full. */
+  private readonly held = new Set<string>()
+  /** The trust version the peer's last hello named: the statements after it are what it lacks. */
+  private peerTrustVersion: number | undefined
   helloReceived = false
 
   constructor (host: SessionHost, peerId: string, stream: Stream, opener: string) {
@@ -138,14 +154,33 @@ export class PeerSession {
     }, 0)
   }
 
-  /** Anti-entropy: resend hello and restart negotiation of every document (in-flight parts reset). */
+  /**
+   * Relay changes just made or accepted here to a peer that is not known to hold them. Before the
+   * peer's hello nothing is pushed: the sync round its hello starts carries them.
+   */
+  push (docId: string, batches: readonly PushBatch[]): void {
+    if (this.ended) return
+    this.serial(async () => {
+      if (!this.helloReceived || !this.host.mayServe(this.peerId)) return
+      for (const b of batches) {
+        if (b.hashes.every(h => this.held.has(h))) continue
+        this.noteHeld(b.hashes)
+        this.send({ type: 'push', docId, batch: b.bytes })
+      }
+    }).catch(err => this.fail(err))
+  }
+
+  /**
+   * Anti-entropy: resend hello and restart negotiation of every document (in-flight parts reset).
+   * Also how a new trust statement reaches the peer: it goes out before any change it authorises.
+   */
   resync (): void {
     this.serial(async () => {
       this.sendHello()
+      if (this.peerTrustVersion !== undefined) this.sendTrustAfter(this.peerTrustVersion)
       this.sendStatuses()
       for (const id of this.host.replica.documentIds()) {
-        const s = this.states.get(id)
-        if (s !== undefined) this.states.set(id, Automerge.decodeSyncState(Automerge.encodeSyncState(s)))
+        this.restartSync(id)
         await this.syncDoc(id)
       }
     }).catch(err => this.fail(err))
@@ -176,6 +211,39 @@ export class PeerSession {
     this.send({ type: 'hello', fleetId: r.fleetId, trustVersion: r.trust.version, docIds: r.documentIds() })
   }
 
+  /** Send the trust statements after version `v` (the peer's), in order. */
+  private sendTrustAfter (v: number): void {
+    if (!this.host.mayServe(this.peerId)) return
+    const all = this.host.replica.trust.all
+    for (const st of all.slice(v)) this.send({ type: 'trust', statement: encodeTrustStatement(st) })
+    this.peerTrustVersion = Math.max(v, all.length)
+  }
+
+  /** Forget the in-flight parts of a document's sync state, so the next message renegotiates. */
+  private restartSync (docId: string): void {
+    const s = this.states.get(docId)
+    if (s !== undefined) this.states.set(docId, Automerge.decodeSyncState(Automerge.encodeSyncState(s)))
+  }
+
+  private noteHeld (hashes: string[]): void {
+    if (this.held.size + hashes.length > MAX_HELD_HASHES_PER_PEER) this.held.clear()
+    for (const h of hashes) this.held.add(h)
+  }
+
+  /** Verify and apply a batch from this peer; undefined when the pending set is full (sync fetches it again). */
+  private async acceptBatch (batch: SignedBatch): Promise<AcceptResult | undefined> {
+    this.noteHeld(batch.signatures.map(sig => sig.hash))
+    try {
+      const res = await withTimeout(this.host.replica.accept(batch), this.host.limits.exchangeTimeoutMs, `verifying a batch of "${batch.docId}"`)
+      this.host.count(res.status === 'duplicate' ? 'duplicate' : 'accepted', res.applied)
+      return res
+    } catch (err) {
+      if ((err as Error).name !== 'PendingSetFullError') throw err
+      log('%s: %s', batch.docId, (err as Error).message)
+      return undefined
+    }
+  }
+
   private sendStatuses (): void {
     for (const rec of this.host.statusRecords()) this.sendStatus(rec)
   }
@@ -200,10 +268,8 @@ export class PeerSession {
         if (msg.fleetId !== replica.fleetId) throw new ProtocolViolationError(`peer belongs to fleet ${msg.fleetId.slice(0, 12)}…, not ${replica.fleetId.slice(0, 12)}…`)
         const first = !this.helloReceived
         this.helloReceived = true
-        if (this.host.mayServe(this.peerId)) {
-          for (const s of replica.trust.all.slice(msg.trustVersion)) this.send({ type: 'trust', statement: encodeTrustStatement(s) })
-          if (first) this.sendStatuses()
-        }
+        this.sendTrustAfter(msg.trustVersion)
+        if (first && this.host.mayServe(this.peerId)) this.sendStatuses()
         const ids = new Set(replica.documentIds())
         if (this.host.mayAccept(this.peerId)) for (const id of msg.docIds) ids.add(id)
         for (const id of ids) await this.syncDoc(id)
@@ -223,18 +289,11 @@ export class PeerSession {
         return
       }
       case 'sync': {
-        const accept = this.host.mayAccept(this.peerId)
         const doc = await replica.open(msg.docId)
-        if (msg.batch.length > 0 && accept) {
+        if (msg.batch.length > 0 && this.host.mayAccept(this.peerId)) {
           const batch = decodeBatch(msg.batch)
           if (batch.docId !== msg.docId) throw new ProtocolViolationError(`peer sent a batch for "${batch.docId}" inside a sync message for "${msg.docId}"`)
-          try {
-            const res = await withTimeout(doc.accept(batch), this.host.limits.exchangeTimeoutMs, `verifying a batch of "${msg.docId}"`)
-            this.host.count(res.status === 'duplicate' ? 'duplicate' : 'accepted', res.applied)
-          } catch (err) {
-            if ((err as Error).name !== 'PendingSetFullError') throw err
-            log('%s: %s', msg.docId, (err as Error).message)
-          }
+          await this.acceptBatch(batch)
         }
         try {
           // Refuses (UnsignedChangeError) a message that carries changes outside a signed batch.
@@ -244,6 +303,16 @@ export class PeerSession {
           throw new MalformedMessageError(`peer sent a sync message for "${msg.docId}" that Automerge refused: ${(err as Error).message}`)
         }
         await this.syncDoc(msg.docId)
+        return
+      }
+      case 'push': {
+        if (!this.host.mayAccept(this.peerId)) return
+        const batch = decodeBatch(msg.batch)
+        if (batch.docId !== msg.docId) throw new ProtocolViolationError(`peer pushed a batch for "${batch.docId}" labelled "${msg.docId}"`)
+        const res = await this.acceptBatch(batch)
+        // It builds on changes we lack (their push has not arrived, or never will): a sync round
+        // with this peer, which holds them, fetches them.
+        if (res?.status === 'pending') { this.restartSync(msg.docId); await this.syncDoc(msg.docId) }
         return
       }
       case 'status':

@@ -10,6 +10,8 @@
  *   3 SYNC    string document id ‖ bytes Automerge sync message with its changes removed ‖
  *             bytes signed batch (crdt/signed-change.ts encodeBatch) or empty
  *   4 STATUS  bytes status record (status-record.ts)
+ *   5 PUSH    string document id ‖ bytes signed batch: changes the sender just made or accepted,
+ *             relayed as they are, without a sync round (see peer-session.ts)
  *
  * Why one stream per peer and not one per document: a fleet has a handful to hundreds of
  * documents, and a stream per document would multiply yamux streams, handshakes and per-stream
@@ -20,7 +22,7 @@ import { ByteReader, ByteWriter } from '../crdt/bytes.ts'
 import { MAX_BATCH_BYTES } from '../crdt/signed-change.ts'
 import { MAX_TRUST_STATEMENT_BYTES } from '../crdt/trust.ts'
 import { MalformedMessageError } from './errors.ts'
-import { MAX_DOCS_PER_HELLO } from './limits.ts'
+import { MAX_DOCS_PER_HELLO, MAX_PUSH_BYTES } from './limits.ts'
 import { MAX_STATUS_BYTES } from './types.ts'
 
 export const SYNC_PROTOCOL = '/rhizome/sync/1.0.0'
@@ -34,8 +36,9 @@ export type SyncWireMessage =
   | { type: 'trust', statement: Uint8Array }
   | { type: 'sync', docId: string, message: Uint8Array, batch: Uint8Array }
   | { type: 'status', record: Uint8Array }
+  | { type: 'push', docId: string, batch: Uint8Array }
 
-const TYPE = { hello: 1, trust: 2, sync: 3, status: 4 } as const
+const TYPE = { hello: 1, trust: 2, sync: 3, status: 4, push: 5 } as const
 
 export function encodeSyncWire (m: SyncWireMessage): Uint8Array {
   const w = new ByteWriter().u8(TYPE[m.type])
@@ -47,6 +50,7 @@ export function encodeSyncWire (m: SyncWireMessage): Uint8Array {
     case 'trust': w.bytes(m.statement); break
     case 'sync': w.string(m.docId).bytes(m.message).bytes(m.batch); break
     case 'status': w.bytes(m.record); break
+    case 'push': w.string(m.docId).bytes(m.batch); break
   }
   return w.finish()
 }
@@ -71,6 +75,7 @@ export function decodeSyncWire (bytes: Uint8Array): SyncWireMessage {
       case TYPE.trust: out = { type: 'trust', statement: r.bytes(MAX_TRUST_STATEMENT_BYTES) }; break
       case TYPE.sync: out = { type: 'sync', docId: r.string(MAX_ID), message: r.bytes(MAX_SYNC_MESSAGE_BYTES), batch: r.bytes(MAX_BATCH_BYTES) }; break
       case TYPE.status: out = { type: 'status', record: r.bytes(MAX_STATUS_BYTES + 1024) }; break
+      case TYPE.push: out = { type: 'push', docId: r.string(MAX_ID), batch: r.bytes(MAX_PUSH_BYTES) }; break
       default: throw new MalformedMessageError(`unknown sync protocol message type ${type}`)
     }
     r.end()

@@ -1,6 +1,6 @@
 /**
- * A hostile peer (enrolled, so its stream is admitted) sends forged changes, garbage and an
- * oversized frame: each time it is disconnected and banned, honest sync continues, and the
+ * A hostile peer (enrolled, so its stream is admitted) sends forged changes (in a sync message
+ * and pushed), an oversized push, garbage and an oversized frame: each time it is disconnected and banned, honest sync continues, and the
  * daemon's memory stays bounded over repeated attacks.
  */
 import { test } from 'node:test'
@@ -12,6 +12,7 @@ import { MemoryStore } from '../crdt/store.ts'
 import { encodeBatch } from '../crdt/signed-change.ts'
 import { ByteWriter } from '../crdt/bytes.ts'
 import { encodeFrame } from '../mesh/frames.ts'
+import { MAX_PUSH_BYTES } from '../mesh/limits.ts'
 import { encodeSyncWire, SYNC_PROTOCOL } from '../mesh/sync-messages.ts'
 import { makeFleet, startNode, waitFor, headsOf, ed, TEST_LIMITS } from './fixtures/mesh-fleet.ts'
 import { rawPeer, openStream } from './fixtures/mesh-raw-peer.ts'
@@ -61,6 +62,25 @@ test('hostile peers are disconnected and banned; honest sync continues; memory s
     })
     await forger.stop()
 
+    // 1b. The same forged change pushed (no sync round) is refused the same way.
+    const pusher = await rawPeer(fleet.nodes[29]!)
+    rejected = nextRejection(d.mesh)
+    const s1b = await openStream(pusher, addr, SYNC_PROTOCOL)
+    s1b.send(encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(batch) })))
+    r = await rejected
+    assert.equal(r.error, 'InvalidSignatureError')
+    assert.equal((await d.replica.open('fleet')).value.forged, undefined, 'the pushed forgery was not applied')
+    await pusher.stop()
+
+    // 1c. A push over its size cap (within the frame limit) is malformed.
+    const bigPusher = await rawPeer(fleet.nodes[30]!)
+    rejected = nextRejection(d.mesh)
+    const s1c = await openStream(bigPusher, addr, SYNC_PROTOCOL)
+    s1c.send(encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: new Uint8Array(MAX_PUSH_BYTES + 1) })))
+    r = await rejected
+    assert.equal(r.error, 'MalformedMessageError')
+    await bigPusher.stop()
+
     // 2. Garbage frame.
     const garbler = await rawPeer(fleet.nodes[3]!)
     rejected = nextRejection(d.mesh)
@@ -98,8 +118,8 @@ test('hostile peers are disconnected and banned; honest sync continues; memory s
     const grown = process.memoryUsage().heapUsed - before
     assert.ok(grown < 96 * 1024 * 1024, `heap grew by ${(grown / 1048576).toFixed(1)} MiB over 24 attacks`)
     const m = d.mesh.metrics()
-    assert.equal(m.peersBanned, 27)
-    assert.ok(m.batchesRejected >= 27)
+    assert.equal(m.peersBanned, 29)
+    assert.ok(m.batchesRejected >= 29)
     assert.ok(d.mesh.peers().some(p => p.peerId === h.mesh.peerId), 'the honest peer is still connected')
   } finally {
     await h.mesh.stop(); await d.mesh.stop()

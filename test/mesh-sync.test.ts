@@ -1,13 +1,16 @@
 /**
  * Document sync between daemons over real TCP on loopback: two nodes, ten nodes in a line, and a
  * partition (a TCP proxy the test cuts) with concurrent changes on both sides, healed; a sender
- * whose store is slow is not taken for a forger.
+ * whose store is slow is not taken for a forger; a new admin key travels ahead of its changes.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { toHex } from '../crdt/bytes.ts'
+import { generateKeyPair } from '../crdt/keys.ts'
 import { Replica } from '../crdt/replica.ts'
+import { nextStatement } from '../crdt/trust.ts'
 import { MemoryStore } from '../crdt/store.ts'
-import { makeFleet, startNode, waitFor, headsOf, type TestNode } from './fixtures/mesh-fleet.ts'
+import { ed, makeFleet, startNode, waitFor, headsOf, type TestNode } from './fixtures/mesh-fleet.ts'
 import { startProxy, tcpPort, peerIdOf } from './fixtures/mesh-proxy.ts'
 
 async function stopAll (nodes: TestNode[]): Promise<void> {
@@ -116,4 +119,22 @@ test('a sender whose store is slow is not banned: sync waits for its write to fi
     assert.deepEqual(rejected, [])
     assert.equal(b.mesh.metrics().batchesRejected, 0)
   } finally { await stopAll([a, b]) }
+})
+
+test('a new admin key reaches every peer ahead of the changes it signs: nobody is banned for relaying them', async () => {
+  const fleet = await makeFleet(3, 60)
+  // Anti-entropy out of the way: the statement must travel on its own, not be repaired later.
+  const a = await startNode(fleet, fleet.nodes[0]!, { antiEntropyMs: 60_000 })
+  const b = await startNode(fleet, fleet.nodes[1]!, { antiEntropyMs: 60_000, bootstrap: a.mesh.addresses() })
+  const c = await startNode(fleet, fleet.nodes[2]!, { antiEntropyMs: 60_000, bootstrap: b.mesh.addresses() })
+  try {
+    await waitFor('sessions a-b and b-c', () => a.mesh.metrics().syncSessions === 1 && b.mesh.metrics().syncSessions === 2 && c.mesh.metrics().syncSessions === 1)
+    const second = generateKeyPair()
+    const prev = fleet.genesis.statement
+    await a.replica.addTrustStatement(await nextStatement(prev, { admins: [...prev.admins, { key: toHex(second.publicKey), name: 'second admin' }] }, [fleet.root], ed))
+    await (await a.replica.open('fleet')).change(Replica.signer(second), d => { d.ntp = 'time.example' })
+    await waitFor('c to hold the second admin\'s change', async () => await allSame([a, b, c], 'fleet') && (await c.replica.open('fleet')).value.ntp === 'time.example')
+    assert.deepEqual([a, b, c].map(n => n.replica.trust.version), [2, 2, 2])
+    assert.deepEqual([a, b, c].map(n => n.mesh.metrics().peersBanned), [0, 0, 0])
+  } finally { await stopAll([a, b, c]) }
 })
