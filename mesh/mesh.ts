@@ -289,9 +289,9 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
 
   private handleChange (d: ChangeEventDetail): void {
     if (d.docId === DEVICES_DOC) { this.admission.refresh().then(() => { this.reviewPeers() }).catch(err => log.error('enrolment refresh failed: %s', errMessage(err))) }
-    // Relayed once durable, not as soon as applied: measured (bench/mesh.bench.ts, 30 processes),
-    // relaying before the fsync made more pushes cross on the wire and cost more CPU than the
-    // fsync it saved per hop.
+    // Relayed once durable, not as soon as applied: measured with the earlier relay by sync round
+    // (docs/benchmarks.md), relaying before the fsync made more pushes cross on the wire and cost
+    // more CPU than the fsync it saved per hop.
     const push = d.batches.map(b => ({ bytes: encodeBatch(b), hashes: b.signatures.map(sig => sig.hash) }))
     if (push.length > 0 && push.every(b => b.bytes.length <= MAX_PUSH_BYTES)) {
       for (const s of this.sessions.values()) s.push(d.docId, push)

@@ -9,12 +9,12 @@
  * `receiveSyncMessage` to update its sync state. A sync message that still carries changes is a
  * protocol violation: unverified changes never reach Automerge.
  *
- * Push: a change just made or accepted here travels to each peer as a PUSH of its signed batch,
- * exactly as it arrived, with no sync round: the receiver verifies and applies it and relays it
- * on in turn. Automerge's sync protocol still runs when a session starts, at anti-entropy, for
- * batches too large to push, and when a pushed batch depends on changes the receiver lacks.
- * Measured (bench/mesh.bench.ts), a change pushed costs a few tenths of the CPU of one carried by
- * a sync round, which generates, strips and re-bundles it for every peer and answers it.
+ * Push: a change just made or accepted here travels to each peer as a PUSH of the signed batch it
+ * came in, with no sync round: the receiver verifies and applies it and pushes it on in turn.
+ * Automerge's sync protocol still runs when a session starts, at anti-entropy, for batches too
+ * large to push, and when a pushed batch depends on changes the receiver lacks. A sync round per
+ * peer per change (generate, strip, re-bundle, send, answer) cost 30 daemons 12.4 ms of CPU each
+ * per change; pushing costs 8.0 (bench/mesh.bench.ts, same seed and method, docs/benchmarks.md).
  *
  * Reading never waits for writing: outgoing frames go straight into the stream's write buffer
  * (bounded by the muxer's `maxWriteBufferLength`), so two peers sending each other large batches
