@@ -100,7 +100,7 @@ export interface HistoryEntry {
   message: string | null
 }
 
-interface PendingBatch { batch: SignedBatch, metas: ChangeMeta[], size: number }
+interface PendingBatch { batch: SignedBatch, metas: readonly ChangeMeta[], size: number }
 interface IndexEntry { actor: string, seq: number, children: string[] }
 
 function encodeTips (tips: Map<string, { seq: number, sig: ChangeSignature }>): Uint8Array {
@@ -118,18 +118,38 @@ function decodeTips (bytes: Uint8Array): Array<{ actor: string, seq: number, sig
   return out
 }
 
+const VERIFIED = Symbol('rhizome.verified-batch')
+
+/**
+ * What `verifyBatch` returns: the batch, the changes it holds, and the document and trust version
+ * it was judged under. Only this module can make one (the symbol is private to it), so
+ * `SignedDocument.accept` can take one without parsing and verifying the batch a second time.
+ */
+export interface VerifiedBatch {
+  readonly batch: SignedBatch
+  readonly docId: string
+  readonly trustVersion: number
+  readonly metas: readonly ChangeMeta[]
+  readonly [VERIFIED]: true
+}
+
+function isVerified (b: SignedBatch | VerifiedBatch): b is VerifiedBatch {
+  return (b as Partial<VerifiedBatch>)[VERIFIED] === true
+}
+
 /**
  * The one place that decides whether `batch` may enter document `docId`: decode, check coverage
  * and signatures, check the signers may write the document. Throws a named error if not.
  */
-export async function verifyBatch (ctx: Pick<DocumentContext, 'fleetId' | 'trust' | 'ed'>, docId: string, batch: SignedBatch): Promise<ChangeMeta[]> {
+export async function verifyBatch (ctx: Pick<DocumentContext, 'fleetId' | 'trust' | 'ed'>, docId: string, batch: SignedBatch): Promise<VerifiedBatch> {
   if (batch.docId !== docId) throw new WrongDocumentError(`batch for document "${batch.docId}" offered to document "${docId}"`)
+  const trustVersion = ctx.trust.version
   const metas = readChanges(batch.chunks)
   // The genesis change is the same on every peer and needs no signature.
   const g = genesisHash(docId)
   const signers = await verifyCoverage(ctx.fleetId, docId, metas.filter(m => m.hash !== g), batch.signatures, ctx.ed)
   for (const key of new Set(signers.values())) ctx.trust.authorize(key, docId)
-  return metas
+  return Object.freeze({ batch, docId, trustVersion, metas: Object.freeze(metas), [VERIFIED]: true as const })
 }
 
 /**
@@ -231,8 +251,13 @@ export class SignedDocument<T = Record<string, unknown>> {
     })
   }
 
-  /** Verify, apply and persist a batch from elsewhere. Throws a named error if it is invalid. */
-  accept (batch: SignedBatch): Promise<AcceptResult> {
+  /**
+   * Verify, apply and persist a batch from elsewhere. Throws a named error if it is invalid.
+   * A `VerifiedBatch` for this document under the trust version in force is not verified again
+   * (a replica verifies a batch for a new document before creating it).
+   */
+  accept (input: SignedBatch | VerifiedBatch): Promise<AcceptResult> {
+    const batch = isVerified(input) ? input.batch : input
     return this.serial(async () => {
       // Every change a valid batch carries is an ancestor of (or is) a change one of its
       // signatures names, so when we hold every named change the batch has nothing for us: skip
@@ -240,7 +265,8 @@ export class SignedDocument<T = Record<string, unknown>> {
       // neighbours push a new change at once). A batch that is invalid as well as redundant is
       // dropped here without a verdict on its sender; it could not have changed anything.
       if (batch.signatures.length > 0 && this.has(batch.signatures.map(s => s.hash))) return { status: 'duplicate', applied: 0, heads: this.heads }
-      const metas = await this.verifyBatch(batch)
+      const verified = isVerified(input) && input.docId === this.id && input.trustVersion === this.ctx.trust.version ? input : await this.verifyBatch(batch)
+      const metas = verified.metas
       if (metas.length === 0 || this.has(metas.map(m => m.hash))) return { status: 'duplicate', applied: 0, heads: this.heads }
       if (!this.depsPresent(metas)) {
         this.addPending(batch, metas)
@@ -255,7 +281,7 @@ export class SignedDocument<T = Record<string, unknown>> {
   }
 
   /** Decode, check coverage and signatures, check the signers may write this document. */
-  verifyBatch (batch: SignedBatch): Promise<ChangeMeta[]> {
+  verifyBatch (batch: SignedBatch): Promise<VerifiedBatch> {
     return verifyBatch(this.ctx, this.id, batch)
   }
 
@@ -351,14 +377,14 @@ export class SignedDocument<T = Record<string, unknown>> {
     return run
   }
 
-  private depsPresent (metas: ChangeMeta[]): boolean {
+  private depsPresent (metas: readonly ChangeMeta[]): boolean {
     const inBatch = new Set(metas.map(m => m.hash))
     const outside = new Set<string>()
     for (const m of metas) for (const d of m.deps) if (!inBatch.has(d)) outside.add(d)
     return outside.size === 0 || this.has([...outside])
   }
 
-  private async apply (batch: SignedBatch, metas: ChangeMeta[]): Promise<number> {
+  private async apply (batch: SignedBatch, metas: readonly ChangeMeta[]): Promise<number> {
     const before = this.index === undefined ? undefined : new Set(metas.filter(m => !this.index!.has(m.hash)).map(m => m.hash))
     if (metas.length >= LOAD_WHOLE_MIN_CHANGES && metas.length > Automerge.stats(this.doc).numChanges) {
       // Catch-up into a small document: loading both as one is ~10x faster than applying the
@@ -371,7 +397,7 @@ export class SignedDocument<T = Record<string, unknown>> {
     return before?.size ?? metas.length
   }
 
-  private async persist (batch: SignedBatch, metas: ChangeMeta[]): Promise<void> {
+  private async persist (batch: SignedBatch, metas: readonly ChangeMeta[]): Promise<void> {
     // Signatures and index in the same tick as the document changed: a sync message generated
     // while the append is in flight names the new changes, and `batchFor` must cover them.
     this.recordTips(batch, metas)
@@ -383,7 +409,7 @@ export class SignedDocument<T = Record<string, unknown>> {
     }
   }
 
-  private recordTips (batch: SignedBatch, metas: ChangeMeta[]): void {
+  private recordTips (batch: SignedBatch, metas: readonly ChangeMeta[]): void {
     const byHash = new Map(metas.map(m => [m.hash, m]))
     for (const sig of batch.signatures) {
       const m = byHash.get(sig.hash)
@@ -393,7 +419,7 @@ export class SignedDocument<T = Record<string, unknown>> {
     }
   }
 
-  private addPending (batch: SignedBatch, metas: ChangeMeta[]): void {
+  private addPending (batch: SignedBatch, metas: readonly ChangeMeta[]): void {
     const size = batch.chunks.reduce((s, c) => s + c.length, 0)
     if (this.pending.length >= MAX_PENDING_BATCHES || this.pendingBytes + size > MAX_PENDING_BYTES) {
       throw new PendingSetFullError(`document "${this.id}": ${this.pending.length} batches (${this.pendingBytes} bytes) already wait for missing dependencies (bounds: ${MAX_PENDING_BATCHES} batches, ${MAX_PENDING_BYTES} bytes); this one is dropped and will be fetched again by sync`)

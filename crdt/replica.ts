@@ -105,8 +105,9 @@ export class Replica extends EventTarget {
       // Verify before creating a document: otherwise invalid batches with made-up document ids
       // would leave empty documents behind until MAX_DOCUMENTS refuses real ones.
       checkDocId(batch.docId)
-      const metas = await verifyBatch(this.context(), batch.docId, batch)
-      if (metas.length === 0) return { status: 'duplicate', applied: 0, heads: [] }
+      const verified = await verifyBatch(this.context(), batch.docId, batch)
+      if (verified.metas.length === 0) return { status: 'duplicate', applied: 0, heads: [] }
+      return (await this.open(batch.docId)).accept(verified)
     }
     return (await this.open(batch.docId)).accept(batch)
   }

@@ -11,6 +11,7 @@ import { ByteWriter, toHex } from '../crdt/bytes.ts'
 import { decryptKeyFile, encryptKeyFile, parseKeyFile } from '../crdt/keys.ts'
 import { decodeBatch, encodeBatch, MAX_BATCH_BYTES, MAX_CHUNKS_PER_BATCH, MAX_SIGNATURES_PER_BATCH, type SignedBatch } from '../crdt/signed-change.ts'
 import { createGenesis, nextStatement, TrustChain } from '../crdt/trust.ts'
+import { verifyBatch } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { MemoryStore } from '../crdt/store.ts'
 import { forgeBatch, makeFleet, repair, testKey, thrown, type TestFleet } from './helpers/fleet.ts'
@@ -242,6 +243,18 @@ describe('trust chain', () => {
     assert.equal((await f.stores[0]!.listTrust()).length, 2)
     const batch = await forgeBatch(doc, r.fleetId, f.admins[1]!, d => { d.after = true }, f.ed)
     assert.equal((await thrown(() => r.accept(batch))).name, 'UnknownKeyError')
+  })
+
+  test('a batch verified under an older trust statement is verified again before it is applied', async () => {
+    const f = await makeFleet({ replicas: 2, admins: 2, label: 'trust-verified' })
+    const r = f.replicas[0]!
+    const batch = (await (await f.replicas[1]!.open<Doc>('site/y')).change(f.signer(1, f.admins[1]!), d => { d.late = true }))!
+    const verified = await verifyBatch({ fleetId: r.fleetId, trust: r.trust, ed: f.ed }, 'site/y', batch)
+    // admin-1 is dropped after the batch was judged, before it is applied.
+    await r.addTrustStatement(await nextStatement(r.trust.latest, { admins: r.trust.latest.admins.slice(0, 1) }, [f.root], f.ed))
+    const doc = await r.open<Doc>('site/y')
+    assert.equal((await thrown(() => doc.accept(verified))).name, 'UnknownKeyError')
+    assert.equal(doc.value.late, undefined)
   })
 
   test('a key file opens with its passphrase and refuses a wrong one', async () => {
