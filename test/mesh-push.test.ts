@@ -1,0 +1,136 @@
+/**
+ * Push, one sync session at a time (`mesh/peer-session.ts`) over an in-memory stream pair, so the
+ * order of what each side sends is fixed by the test: a pushed change whose dependency the
+ * receiver lacks makes it start a sync round with the pusher, which fetches the dependency (no
+ * anti-entropy runs here); a change is not pushed back to the peer it came from.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import * as Automerge from '@automerge/automerge'
+import { encodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
+import type { Replica } from '../crdt/replica.ts'
+import { DEFAULT_LIMITS } from '../mesh/limits.ts'
+import { PeerSession, type SessionHost } from '../mesh/peer-session.ts'
+import { decodeFrames } from '../mesh/frames.ts'
+import { decodeSyncWire } from '../mesh/sync-messages.ts'
+import type { Stream } from '@libp2p/interface'
+import { makeFleet } from './helpers/fleet.ts'
+import { waitFor } from './fixtures/mesh-fleet.ts'
+
+/** One direction of a duplex: frames written on one side are read, in order, on the other. */
+class Pipe implements AsyncIterable<Uint8Array> {
+  private readonly chunks: Uint8Array[] = []
+  private wake: (() => void) | undefined
+  private ended = false
+  /** Every chunk written, for the test to read back. */
+  readonly written: Uint8Array[] = []
+
+  write (chunk: Uint8Array): void { this.chunks.push(chunk); this.written.push(chunk); this.wake?.() }
+  end (): void { this.ended = true; this.wake?.() }
+
+  async * [Symbol.asyncIterator] (): AsyncGenerator<Uint8Array> {
+    while (true) {
+      const next = this.chunks.shift()
+      if (next !== undefined) { yield next; continue }
+      if (this.ended) return
+      await new Promise<void>(resolve => { this.wake = resolve })
+      this.wake = undefined
+    }
+  }
+}
+
+/** A stream reading `inbound` and writing `outbound`: just what PeerSession uses of a libp2p Stream. */
+function streamOf (inbound: Pipe, outbound: Pipe): Stream {
+  return {
+    [Symbol.asyncIterator]: () => inbound[Symbol.asyncIterator](),
+    send: (chunk: Uint8Array) => { outbound.write(chunk); return true },
+    close: async () => { outbound.end() },
+    abort: () => { outbound.end(); inbound.end() }
+  } as unknown as Stream
+}
+
+function hostFor (replica: Replica, faults: Error[]): SessionHost {
+  const states = new Map<string, Uint8Array>()
+  return {
+    replica,
+    limits: DEFAULT_LIMITS,
+    mayServe: () => true,
+    mayAccept: () => true,
+    loadSyncState: (peer, doc) => { const b = states.get(`${peer}/${doc}`); return b === undefined ? undefined : Automerge.decodeSyncState(b) },
+    saveSyncState: (peer, doc, s) => { states.set(`${peer}/${doc}`, Automerge.encodeSyncState(s)) },
+    statusRecords: () => [],
+    receiveStatus: async () => {},
+    invalid: (_session, err) => { faults.push(err) },
+    closed: () => {},
+    count: () => {}
+  }
+}
+
+/** The message types a side wrote, in order. */
+async function typesWritten (pipe: Pipe): Promise<string[]> {
+  const out: string[] = []
+  async function * all (): AsyncGenerator<Uint8Array> { yield * pipe.written }
+  for await (const frame of decodeFrames(all(), DEFAULT_LIMITS.maxFrameBytes)) out.push(decodeSyncWire(frame).type)
+  return out
+}
+
+const push = (b: SignedBatch): { bytes: Uint8Array, hashes: string[] } => ({ bytes: encodeBatch(b), hashes: b.signatures.map(s => s.hash) })
+
+/** Two replicas of one fleet, P and D, with a running session each way and hellos exchanged. */
+async function sessionPair (label: string) {
+  const fleet = await makeFleet({ replicas: 2, label })
+  const [p, d] = fleet.replicas as [Replica, Replica]
+  const faults: Error[] = []
+  const pToD = new Pipe()
+  const dToP = new Pipe()
+  const sp = new PeerSession(hostFor(p, faults), 'D', streamOf(dToP, pToD), 'P')
+  const sd = new PeerSession(hostFor(d, faults), 'P', streamOf(pToD, dToP), 'P')
+  const running = [sp.run(), sd.run()]
+  const stop = async (): Promise<void> => { sp.close(); sd.close(); await Promise.all(running) }
+  try {
+    await waitFor('hellos exchanged', () => sp.helloReceived && sd.helloReceived, 5000)
+  } catch (err) { await stop(); throw err }
+  return { fleet, p, d, faults, pToD, dToP, sp, sd, stop }
+}
+
+test('a pushed change whose dependency is missing starts a sync round with the pusher, which fills the gap', async () => {
+  const { fleet, p, d, faults, pToD, dToP, sp, stop } = await sessionPair('mesh-push')
+  try {
+    const admin = fleet.signer(0, fleet.admins[0]!)
+    const doc = await p.open('fleet')
+    await doc.change(admin, x => { x.first = 1 })
+    const second = (await doc.change(admin, x => { x.second = 2 }))!
+    const pSent = pToD.written.length
+    const dSyncs = (await typesWritten(dToP)).filter(t => t === 'sync').length
+    // Only the second is pushed; the first never is.
+    sp.push('fleet', [push(second)])
+    await waitFor('d to hold both changes', async () => {
+      const v = (await d.open('fleet')).value
+      return v.first === 1 && v.second === 2
+    }, 5000)
+    assert.deepEqual((await d.open('fleet')).heads, doc.heads)
+    assert.deepEqual(faults, [], 'nobody was taken for a forger')
+    const fromP = (await typesWritten(pToD)).slice(pSent)
+    assert.equal(fromP[0], 'push')
+    assert.ok((await typesWritten(dToP)).filter(t => t === 'sync').length > dSyncs, 'd started a sync round after the push')
+    assert.ok(fromP.slice(1).includes('sync'), `p answered with a sync message: ${fromP.join(', ')}`)
+  } finally { await stop() }
+})
+
+test('a change is not pushed back to the peer it came from', async () => {
+  const { fleet, p, d, faults, dToP, sp, sd, stop } = await sessionPair('mesh-push-back')
+  try {
+    const change = (await (await p.open('fleet')).change(fleet.signer(0, fleet.admins[0]!), x => { x.a = 1 }))!
+    sp.push('fleet', [push(change)])
+    await waitFor('d to apply it', async () => (await d.open('fleet')).value.a === 1, 5000)
+    // d relays what it accepted to every session; the one to p must stay quiet about it.
+    const sentBefore = (await typesWritten(dToP)).filter(t => t === 'push').length
+    sd.push('fleet', [push(change)])
+    // A marker through the same ordered queue: once p has it, any push before it has arrived too.
+    const marker = (await (await d.open('fleet')).change(fleet.signer(1, fleet.admins[0]!), x => { x.b = 2 }))!
+    sd.push('fleet', [push(marker)])
+    await waitFor('p to apply the marker', async () => (await p.open('fleet')).value.b === 2, 5000)
+    assert.equal((await typesWritten(dToP)).filter(t => t === 'push').length, sentBefore + 1, 'only the marker was pushed to p')
+    assert.deepEqual(faults, [])
+  } finally { await stop() }
+})
