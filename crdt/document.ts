@@ -214,6 +214,16 @@ export class SignedDocument<T = Record<string, unknown>> {
 
   get pendingCount (): number { return this.pending.length }
 
+  /** Changes the pending batches build on that this document lacks and no pending batch holds. */
+  missingDeps (): string[] {
+    if (this.pending.length === 0) return []
+    const index = this.changeIndex()
+    const inPending = new Set(this.pending.flatMap(p => p.metas.map(m => m.hash)))
+    const out = new Set<string>()
+    for (const p of this.pending) for (const m of p.metas) for (const d of m.deps) if (!index.has(d) && !inPending.has(d)) out.add(d)
+    return [...out]
+  }
+
   /** The Automerge document, for the sync protocol and for reading history. */
   get automerge (): Automerge.Doc<T> { return this.doc }
 

@@ -46,6 +46,12 @@ export const MAX_DOCS_PER_HELLO = 1024
 export const MAX_PUSH_BYTES = 64 * 1024
 /** Change hashes remembered per peer as held by it, so a change is not pushed back where it came from. */
 export const MAX_HELD_HASHES_PER_PEER = 4096
+/**
+ * A peer's sync message for a document answered at most this many times running when it is the
+ * same each time: the negotiation is stuck (the peer dropped a change ours counts as sent), and
+ * the anti-entropy round, which restarts it, is the way out, not the same two messages for ever.
+ */
+export const MAX_SYNC_REPEATS = 3
 /** A peer connected but not admitted is hung up on after this long. */
 export const UNADMITTED_GRACE_MS = 15_000
 

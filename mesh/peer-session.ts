@@ -22,7 +22,9 @@
  */
 import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
+import { sha256 } from '@noble/hashes/sha2.js'
 import { pipe } from 'it-pipe'
+import { toHex } from '../crdt/bytes.ts'
 import { decodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
 import type { AcceptResult } from '../crdt/document.ts'
@@ -31,7 +33,7 @@ import type { Stream } from '@libp2p/interface'
 import { ExchangeTimeoutError, FrameTooLargeError, MalformedMessageError, ProtocolViolationError } from './errors.ts'
 import { decodeFrames, encodeFrame } from './frames.ts'
 import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from './sync-messages.ts'
-import { MAX_HELD_HASHES_PER_PEER } from './limits.ts'
+import { MAX_HELD_HASHES_PER_PEER, MAX_SYNC_REPEATS } from './limits.ts'
 import type { MeshLimits } from './types.ts'
 
 const log = logger('rhizome:mesh:sync')
@@ -91,6 +93,8 @@ export class PeerSession {
   private ended = false
   /** Change hashes the peer is known to hold (it sent them, or we pushed them); cleared when full. */
   private readonly held = new Set<string>()
+  /** Per document, the digest of the peer's last sync message and how many times running it came. */
+  private readonly lastIn = new Map<string, { digest: string, count: number }>()
   /** The trust version the peer's last hello named: the statements after it are what it lacks. */
   private peerTrustVersion: number | undefined
   helloReceived = false
@@ -221,8 +225,19 @@ export class PeerSession {
 
   /** Forget the in-flight parts of a document's sync state, so the next message renegotiates. */
   private restartSync (docId: string): void {
+    this.lastIn.delete(docId)
     const s = this.states.get(docId)
     if (s !== undefined) this.states.set(docId, Automerge.decodeSyncState(Automerge.encodeSyncState(s)))
+  }
+
+  /** How many times running the peer has sent this same sync message for `docId` (0: it is new). */
+  private repeats (docId: string, message: Uint8Array): number {
+    const digest = toHex(sha256(message))
+    const last = this.lastIn.get(docId)
+    const count = last?.digest === digest ? last.count + 1 : 0
+    this.lastIn.set(docId, { digest, count })
+    if (count === MAX_SYNC_REPEATS + 1) log.error('sync of "%s" with %s is stuck (the same message %d times running); not answering until the next anti-entropy round', docId, this.peerId, count + 1)
+    return count
   }
 
   private noteHeld (hashes: string[]): void {
@@ -302,6 +317,7 @@ export class PeerSession {
           if (isPeerFault(err)) throw err
           throw new MalformedMessageError(`peer sent a sync message for "${msg.docId}" that Automerge refused: ${(err as Error).message}`)
         }
+        if (this.repeats(msg.docId, msg.message) > MAX_SYNC_REPEATS) return
         await this.syncDoc(msg.docId)
         return
       }
@@ -330,22 +346,29 @@ export class PeerSession {
     return s
   }
 
-  /** Generate the next sync message for one document; send it with its changes as a signed batch. */
+  /**
+   * Generate the next sync message for one document; send it with its changes as a signed batch.
+   * Changes held pending here (verified, waiting for dependencies) are outside Automerge, which
+   * therefore asks the peer for the pending change itself, not for what it waits on; the peer has
+   * marked that change sent and will not send it again, and the two would exchange the same
+   * messages for ever. So the dependencies pending changes lack are added to the message's `need`.
+   */
   private async syncDoc (docId: string): Promise<void> {
     if (this.ended || !this.host.mayServe(this.peerId)) return
     const doc = await this.host.replica.open(docId)
     const state = this.stateOf(docId)
     const before = new Set(Object.keys(state.sentHashes))
     const [next, message] = Automerge.generateSyncMessage(doc.automerge, state)
-    if (message === null) { this.states.set(docId, next); return }
+    this.states.set(docId, next)
+    if (message === null) return
     const decoded = Automerge.decodeSyncMessage(message)
-    if (decoded.changes.length === 0) {
-      this.states.set(docId, next)
+    const need = doc.missingDeps().filter(h => !decoded.need.includes(h))
+    if (decoded.changes.length === 0 && need.length === 0) {
       this.send({ type: 'sync', docId, message, batch: EMPTY })
       return
     }
     const hashes = Object.keys(next.sentHashes).filter(h => !before.has(h))
-    this.states.set(docId, next)
-    this.send({ type: 'sync', docId, message: Automerge.encodeSyncMessage({ ...decoded, changes: [] }), batch: doc.encodedBatchFor(hashes) })
+    const stripped = Automerge.encodeSyncMessage({ ...decoded, need: [...decoded.need, ...need], changes: [] })
+    this.send({ type: 'sync', docId, message: stripped, batch: hashes.length === 0 ? EMPTY : doc.encodedBatchFor(hashes) })
   }
 }

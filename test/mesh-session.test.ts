@@ -1,18 +1,19 @@
 /**
  * Push, one sync session at a time (`mesh/peer-session.ts`) over an in-memory stream pair, so the
  * order of what each side sends is fixed by the test: a pushed change whose dependency the
- * receiver lacks makes it start a sync round with the pusher, which fetches the dependency (no
- * anti-entropy runs here); a change is not pushed back to the peer it came from.
+ * receiver lacks makes it start a sync round with the pusher, naming the dependency it lacks,
+ * which fetches it (no anti-entropy runs here); a change is not pushed back to the peer it came
+ * from; a peer stuck sending the same sync message is answered a few times, not for ever.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as Automerge from '@automerge/automerge'
 import { encodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import type { Replica } from '../crdt/replica.ts'
-import { DEFAULT_LIMITS } from '../mesh/limits.ts'
+import { DEFAULT_LIMITS, MAX_SYNC_REPEATS } from '../mesh/limits.ts'
 import { PeerSession, type SessionHost } from '../mesh/peer-session.ts'
-import { decodeFrames } from '../mesh/frames.ts'
-import { decodeSyncWire } from '../mesh/sync-messages.ts'
+import { decodeFrames, encodeFrame } from '../mesh/frames.ts'
+import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from '../mesh/sync-messages.ts'
 import type { Stream } from '@libp2p/interface'
 import { makeFleet } from './helpers/fleet.ts'
 import { waitFor } from './fixtures/mesh-fleet.ts'
@@ -25,8 +26,10 @@ class Pipe implements AsyncIterable<Uint8Array> {
   /** Every chunk written, for the test to read back. */
   readonly written: Uint8Array[] = []
 
-  write (chunk: Uint8Array): void { this.chunks.push(chunk); this.written.push(chunk); this.wake?.() }
-  end (): void { this.ended = true; this.wake?.() }
+  // Delivered on a later turn of the event loop, as a socket would: a session pair that talked
+  // for ever would otherwise starve the timers that bound the test.
+  write (chunk: Uint8Array): void { this.chunks.push(chunk); this.written.push(chunk); setImmediate(() => this.wake?.()) }
+  end (): void { this.ended = true; setImmediate(() => this.wake?.()) }
 
   async * [Symbol.asyncIterator] (): AsyncGenerator<Uint8Array> {
     while (true) {
@@ -66,13 +69,15 @@ function hostFor (replica: Replica, faults: Error[]): SessionHost {
   }
 }
 
-/** The message types a side wrote, in order. */
-async function typesWritten (pipe: Pipe): Promise<string[]> {
-  const out: string[] = []
+/** The messages a side wrote, in order. */
+async function messagesWritten (pipe: Pick<Pipe, 'written'>): Promise<SyncWireMessage[]> {
+  const out: SyncWireMessage[] = []
   async function * all (): AsyncGenerator<Uint8Array> { yield * pipe.written }
-  for await (const frame of decodeFrames(all(), DEFAULT_LIMITS.maxFrameBytes)) out.push(decodeSyncWire(frame).type)
+  for await (const frame of decodeFrames(all(), DEFAULT_LIMITS.maxFrameBytes)) out.push(decodeSyncWire(frame))
   return out
 }
+
+const typesWritten = async (pipe: Pipe): Promise<string[]> => (await messagesWritten(pipe)).map(m => m.type)
 
 const push = (b: SignedBatch): { bytes: Uint8Array, hashes: string[] } => ({ bytes: encodeBatch(b), hashes: b.signatures.map(s => s.hash) })
 
@@ -98,10 +103,10 @@ test('a pushed change whose dependency is missing starts a sync round with the p
   try {
     const admin = fleet.signer(0, fleet.admins[0]!)
     const doc = await p.open('fleet')
-    await doc.change(admin, x => { x.first = 1 })
+    const first = (await doc.change(admin, x => { x.first = 1 }))!
     const second = (await doc.change(admin, x => { x.second = 2 }))!
     const pSent = pToD.written.length
-    const dSyncs = (await typesWritten(dToP)).filter(t => t === 'sync').length
+    const dSent = dToP.written.length
     // Only the second is pushed; the first never is.
     sp.push('fleet', [push(second)])
     await waitFor('d to hold both changes', async () => {
@@ -112,8 +117,13 @@ test('a pushed change whose dependency is missing starts a sync round with the p
     assert.deepEqual(faults, [], 'nobody was taken for a forger')
     const fromP = (await typesWritten(pToD)).slice(pSent)
     assert.equal(fromP[0], 'push')
-    assert.ok((await typesWritten(dToP)).filter(t => t === 'sync').length > dSyncs, 'd started a sync round after the push')
     assert.ok(fromP.slice(1).includes('sync'), `p answered with a sync message: ${fromP.join(', ')}`)
+    // d asked for what the pending change waits on, by hash: Automerge alone would name the
+    // pending change itself, which p has marked sent (the two then looped for ever, 1 run in 10).
+    const dSyncs = (await messagesWritten({ written: dToP.written.slice(dSent) })).filter(m => m.type === 'sync')
+    assert.ok(dSyncs.length > 0, 'd started a sync round after the push')
+    const needs = dSyncs.flatMap(m => m.type === 'sync' ? Automerge.decodeSyncMessage(m.message).need : [])
+    assert.ok(needs.includes(first.signatures[0]!.hash), `d needs the first change: ${needs.join(', ')}`)
   } finally { await stop() }
 })
 
@@ -131,6 +141,35 @@ test('a change is not pushed back to the peer it came from', async () => {
     sd.push('fleet', [push(marker)])
     await waitFor('p to apply the marker', async () => (await p.open('fleet')).value.b === 2, 5000)
     assert.equal((await typesWritten(dToP)).filter(t => t === 'push').length, sentBefore + 1, 'only the marker was pushed to p')
+    assert.deepEqual(faults, [])
+  } finally { await stop() }
+})
+
+test('a peer that sends the same sync message again and again is answered a few times, then not until anti-entropy', async () => {
+  const { fleet, p, d, faults, pToD, dToP, sd, stop } = await sessionPair('mesh-session-stuck')
+  try {
+    // A message naming heads d does not have and never will get: d answers with a need each time.
+    let elsewhere = Automerge.init<Record<string, number>>()
+    elsewhere = Automerge.change(elsewhere, x => { x.n = 1 })
+    const [, message] = Automerge.generateSyncMessage(elsewhere, Automerge.initSyncState())
+    const frame = encodeFrame(encodeSyncWire({ type: 'sync', docId: 'fleet', message: message!, batch: new Uint8Array(0) }))
+    const fleetSyncs = async (): Promise<number> => (await messagesWritten(dToP)).filter(m => m.type === 'sync' && m.docId === 'fleet').length
+    const before = await fleetSyncs()
+    // Written straight into d's side of the stream, as p's session would, ten times running;
+    // then a pushed change, which d handles after all ten.
+    for (let i = 0; i < 10; i++) pToD.write(frame)
+    const marker = (await (await p.open('fleet')).change(fleet.signer(0, fleet.admins[0]!), x => { x.marker = 1 }))!
+    pToD.write(encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(marker) })))
+    await waitFor('d to apply the marker', async () => (await d.open('fleet')).value.marker === 1, 5000)
+    assert.equal(await fleetSyncs() - before, MAX_SYNC_REPEATS + 1, 'answered the first time and the repeats allowed, no more')
+    // Anti-entropy restarts the negotiation: the same message is answered again.
+    sd.resync()
+    const marker2 = (await (await p.open('fleet')).change(fleet.signer(0, fleet.admins[0]!), x => { x.marker = 2 }))!
+    pToD.write(encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(marker2) })))
+    await waitFor('d to apply the second marker (after its resync)', async () => (await d.open('fleet')).value.marker === 2, 5000)
+    const afterResync = await fleetSyncs()
+    pToD.write(frame)
+    await waitFor('d to answer again', async () => await fleetSyncs() > afterResync, 5000)
     assert.deepEqual(faults, [])
   } finally { await stop() }
 })
