@@ -317,7 +317,9 @@ export class PeerSession {
           if (isPeerFault(err)) throw err
           throw new MalformedMessageError(`peer sent a sync message for "${msg.docId}" that Automerge refused: ${(err as Error).message}`)
         }
-        if (this.repeats(msg.docId, msg.message) > MAX_SYNC_REPEATS) return
+        // A stuck negotiation sends nothing but the same message; one that carries changes moves on.
+        if (msg.batch.length > 0) this.lastIn.delete(msg.docId)
+        else if (this.repeats(msg.docId, msg.message) > MAX_SYNC_REPEATS) return
         await this.syncDoc(msg.docId)
         return
       }
