@@ -341,6 +341,10 @@ export class SignedDocument<T = Record<string, unknown>> {
    * Update a peer's sync state from its Automerge sync message. Changes enter a document only
    * through `accept`, so a message that still carries changes is refused (`UnsignedChangeError`).
    * Automerge outdates the document it is given, so the document it returns replaces ours.
+   *
+   * A change the peer still needs after we sent it never reached its document: it waits there for
+   * a dependency, or its pending set was full and it was dropped. Automerge would not send it
+   * again (it is in `sentHashes`), so it is forgotten there and the next message sends it.
    */
   receiveSyncMessage (state: Automerge.SyncState, message: Uint8Array): Automerge.SyncState {
     let decoded: Automerge.DecodedSyncMessage
@@ -348,6 +352,9 @@ export class SignedDocument<T = Record<string, unknown>> {
     if (decoded.changes.length > 0) throw new UnsignedChangeError(`a sync message for document "${this.id}" carries ${decoded.changes.length} change chunk(s) outside a signed batch`)
     const [doc, next] = Automerge.receiveSyncMessage(this.doc, state, message)
     this.doc = doc
+    // At run time `sentHashes` is a record of hash → true (its declared type says string[]).
+    const sent = next.sentHashes as unknown as Record<string, boolean>
+    for (const h of decoded.need) delete sent[h]
     return next
   }
 

@@ -3,7 +3,8 @@
  * order of what each side sends is fixed by the test: a pushed change whose dependency the
  * receiver lacks makes it start a sync round with the pusher, naming the dependency it lacks,
  * which fetches it (no anti-entropy runs here); a change is not pushed back to the peer it came
- * from; a peer stuck sending the same sync message is answered a few times, not for ever.
+ * from; a peer stuck sending the same sync message is answered a few times, not for ever; a change
+ * the peer still needs after it was sent (it dropped it) is sent again.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
@@ -172,4 +173,28 @@ test('a peer that sends the same sync message again and again is answered a few 
     await waitFor('d to answer again', async () => await fleetSyncs() > afterResync, 5000)
     assert.deepEqual(faults, [])
   } finally { await stop() }
+})
+
+test('a change the peer still needs after it was sent is sent again', async () => {
+  const fleet = await makeFleet({ replicas: 2, label: 'mesh-session-resend' })
+  const [a, b] = fleet.replicas as [Replica, Replica]
+  const da = await a.open('fleet')
+  const db = await b.open('fleet')
+  const change = (await da.change(fleet.signer(0, fleet.admins[0]!), x => { x.k = 1 }))!
+  const hash = change.signatures[0]!.hash
+  // Automerge may send changes as a whole-document chunk: count chunks, not parsed changes.
+  const carries = (m: Uint8Array | null): number => m === null ? 0 : Automerge.decodeSyncMessage(m).changes.length
+  // b opens; a answers with the change, and Automerge counts it as sent.
+  let [sb, mb] = Automerge.generateSyncMessage(db.automerge, Automerge.initSyncState())
+  let sa = da.receiveSyncMessage(Automerge.initSyncState(), mb!)
+  let ma: Uint8Array | null
+  ;[sa, ma] = Automerge.generateSyncMessage(da.automerge, sa)
+  assert.ok(carries(ma) > 0, 'a sends the change')
+  // b never applies it (as when its pending set is full) and, having seen a's heads, needs it.
+  sb = db.receiveSyncMessage(sb, Automerge.encodeSyncMessage({ ...Automerge.decodeSyncMessage(ma!), changes: [] }))
+  ;[sb, mb] = Automerge.generateSyncMessage(db.automerge, sb)
+  assert.deepEqual(Automerge.decodeSyncMessage(mb!).need, [hash])
+  sa = da.receiveSyncMessage(sa, mb!)
+  ;[, ma] = Automerge.generateSyncMessage(da.automerge, sa)
+  assert.ok(carries(ma) > 0, 'a sends it again')
 })
