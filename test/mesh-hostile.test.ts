@@ -7,6 +7,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as Automerge from '@automerge/automerge'
 import { multiaddr } from '@multiformats/multiaddr'
+import type { KeyPair } from '../crdt/keys.ts'
 import { Replica } from '../crdt/replica.ts'
 import { MemoryStore } from '../crdt/store.ts'
 import { encodeBatch } from '../crdt/signed-change.ts'
@@ -46,7 +47,7 @@ test('hostile peers are disconnected and banned; honest sync continues; memory s
     const decoded = Automerge.decodeSyncMessage(syncMsg!)
     const stripped = Automerge.encodeSyncMessage({ ...decoded, changes: [] })
     const forger = await rawPeer(fleet.nodes[2]!)
-    let rejected = nextRejection(d.mesh)
+    const rejected = nextRejection(d.mesh)
     const s1 = await openStream(forger, addr, SYNC_PROTOCOL)
     s1.send(encodeFrame(encodeSyncWire({ type: 'sync', docId: 'fleet', message: stripped, batch: encodeBatch(batch) })))
     let r = await rejected
@@ -62,42 +63,30 @@ test('hostile peers are disconnected and banned; honest sync continues; memory s
     })
     await forger.stop()
 
+    /** A new enrolled raw peer sends `bytes` on a sync stream; resolves with the rejection it earns. */
+    const attack = async (key: KeyPair, bytes: Uint8Array): Promise<{ peerId: string, error: string }> => {
+      const peer = await rawPeer(key)
+      const rejection = nextRejection(d.mesh)
+      ;(await openStream(peer, addr, SYNC_PROTOCOL)).send(bytes)
+      try { return await rejection } finally { await peer.stop() }
+    }
+
     // 1b. The same forged change pushed (no sync round) is refused the same way.
-    const pusher = await rawPeer(fleet.nodes[29]!)
-    rejected = nextRejection(d.mesh)
-    const s1b = await openStream(pusher, addr, SYNC_PROTOCOL)
-    s1b.send(encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(batch) })))
-    r = await rejected
+    r = await attack(fleet.nodes[29]!, encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(batch) })))
     assert.equal(r.error, 'InvalidSignatureError')
     assert.equal((await d.replica.open('fleet')).value.forged, undefined, 'the pushed forgery was not applied')
-    await pusher.stop()
 
     // 1c. A push over its size cap (within the frame limit) is malformed.
-    const bigPusher = await rawPeer(fleet.nodes[30]!)
-    rejected = nextRejection(d.mesh)
-    const s1c = await openStream(bigPusher, addr, SYNC_PROTOCOL)
-    s1c.send(encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: new Uint8Array(MAX_PUSH_BYTES + 1) })))
-    r = await rejected
+    r = await attack(fleet.nodes[30]!, encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: new Uint8Array(MAX_PUSH_BYTES + 1) })))
     assert.equal(r.error, 'MalformedMessageError')
-    await bigPusher.stop()
 
     // 2. Garbage frame.
-    const garbler = await rawPeer(fleet.nodes[3]!)
-    rejected = nextRejection(d.mesh)
-    const s2 = await openStream(garbler, addr, SYNC_PROTOCOL)
-    s2.send(encodeFrame(Uint8Array.from([99, 1, 2, 3, 4, 5])))
-    r = await rejected
+    r = await attack(fleet.nodes[3]!, encodeFrame(Uint8Array.from([99, 1, 2, 3, 4, 5])))
     assert.equal(r.error, 'MalformedMessageError')
-    await garbler.stop()
 
     // 3. Oversized frame: a length prefix over the limit, then bytes.
-    const bloater = await rawPeer(fleet.nodes[4]!)
-    rejected = nextRejection(d.mesh)
-    const s3 = await openStream(bloater, addr, SYNC_PROTOCOL)
-    s3.send(new ByteWriter().varint(MAX_FRAME + 1).raw(new Uint8Array(64 * 1024)).finish())
-    r = await rejected
+    r = await attack(fleet.nodes[4]!, new ByteWriter().varint(MAX_FRAME + 1).raw(new Uint8Array(64 * 1024)).finish())
     assert.equal(r.error, 'FrameTooLargeError')
-    await bloater.stop()
 
     // Honest sync continues.
     await (await d.replica.open('fleet')).change(admin, x => { x.b = 2 })
@@ -106,15 +95,7 @@ test('hostile peers are disconnected and banned; honest sync continues; memory s
 
     // Memory: 24 more attackers each send a near-limit garbage frame.
     const before = process.memoryUsage().heapUsed
-    for (let i = 5; i < 29; i++) {
-      const p = await rawPeer(fleet.nodes[i]!)
-      rejected = nextRejection(d.mesh)
-      const s = await openStream(p, addr, SYNC_PROTOCOL)
-      const junk = new Uint8Array(MAX_FRAME - 16).fill(7)
-      s.send(encodeFrame(junk))
-      await rejected
-      await p.stop()
-    }
+    for (let i = 5; i < 29; i++) await attack(fleet.nodes[i]!, encodeFrame(new Uint8Array(MAX_FRAME - 16).fill(7)))
     const grown = process.memoryUsage().heapUsed - before
     assert.ok(grown < 96 * 1024 * 1024, `heap grew by ${(grown / 1048576).toFixed(1)} MiB over 24 attacks`)
     const m = d.mesh.metrics()
