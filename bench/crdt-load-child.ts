@@ -16,5 +16,14 @@ const doc = await replica.open('fleet')
 const openMs = performance.now() - t0
 const sinceStartMs = process.uptime() * 1000
 const rssMB = process.memoryUsage().rss / 2 ** 20
-process.stdout.write(JSON.stringify({ openMs, sinceStartMs, rssMB, rssBeforeMB, changes: doc.history().length, heads: doc.heads.length }) + '\n')
+process.stdout.write(
+  JSON.stringify({
+    openMs,
+    sinceStartMs,
+    rssMB,
+    rssBeforeMB,
+    changes: doc.history().length,
+    heads: doc.heads.length
+  }) + '\n'
+)
 await store.close()

@@ -32,28 +32,45 @@ import { spawnDaemon, type DaemonProcess } from '../test/fixtures/mesh-process.t
 const which = process.argv[2] ?? 'all'
 
 /** mulberry32: a seeded PRNG, so a topology (PROPAGATION_SEED) can be rebuilt to compare two builds. */
-function seeded (seed: number): () => number {
+function seeded(seed: number): () => number {
   let a = seed >>> 0
   return () => {
-    a = (a + 0x6D2B79F5) >>> 0
+    a = (a + 0x6d2b79f5) >>> 0
     let t = a
     t = Math.imul(t ^ (t >>> 15), t | 1)
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296
   }
 }
-const pct = (xs: number[], p: number): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.ceil(p / 100 * s.length) - 1)] as number }
+const pct = (xs: number[], p: number): number => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] as number
+}
 
 /** Hop distances from `from` over the undirected topology. */
-function hops (adj: number[][], from: number): number[] {
+function hops(adj: number[][], from: number): number[] {
   const d = adj.map(() => Infinity)
   d[from] = 0
   const q = [from]
-  while (q.length > 0) { const x = q.shift() as number; for (const y of adj[x] as number[]) if (d[y] === Infinity) { d[y] = (d[x] as number) + 1; q.push(y) } }
+  while (q.length > 0) {
+    const x = q.shift() as number
+    for (const y of adj[x] as number[])
+      if (d[y] === Infinity) {
+        d[y] = (d[x] as number) + 1
+        q.push(y)
+      }
+  }
   return d
 }
 
-async function propagation (n: number, changes: number, warmup: number, antiEntropyMs: number, seed: number, backToBack: boolean): Promise<void> {
+async function propagation(
+  n: number,
+  changes: number,
+  warmup: number,
+  antiEntropyMs: number,
+  seed: number,
+  backToBack: boolean
+): Promise<void> {
   const random = seeded(seed + n)
   const fleet = await makeFleet(n, 200)
   const root = await mkdtemp(path.join(tmpdir(), 'rhizome-mesh-bench-'))
@@ -70,7 +87,15 @@ async function propagation (n: number, changes: number, warmup: number, antiEntr
       edges += boot.length
       adj.push([...boot])
       for (const j of boot) (adj[j] as number[]).push(i)
-      procs.push(await spawnDaemon(fleet, { dir: path.join(root, `n${i}`), identity: fleet.nodes[i]!, listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: boot.map(j => procs[j]!.addresses[0] as string), antiEntropyMs }))
+      procs.push(
+        await spawnDaemon(fleet, {
+          dir: path.join(root, `n${i}`),
+          identity: fleet.nodes[i]!,
+          listen: ['/ip4/127.0.0.1/tcp/0'],
+          bootstrap: boot.map(j => procs[j]!.addresses[0] as string),
+          antiEntropyMs
+        })
+      )
     }
     // Measure only once the mesh has formed: every node runs a sync session with each of its neighbours.
     const formStart = performance.now()
@@ -79,31 +104,56 @@ async function propagation (n: number, changes: number, warmup: number, antiEntr
       const states = await Promise.all(procs.map(p => p.request({ cmd: 'state' })))
       missing = states.flatMap((st, i) => {
         const have = (st.metrics as { syncSessions: number }).syncSessions
-        return have === (adj[i] as number[]).length ? [] : [`n${i} ${have}/${(adj[i] as number[]).length}`]
+        return have === (adj[i] as number[]).length
+          ? []
+          : [`n${i} ${have}/${(adj[i] as number[]).length}`]
       })
       if (missing.length === 0) break
       await new Promise(resolve => setTimeout(resolve, 100))
     }
     const formMs = performance.now() - formStart
-    if (missing.length > 0) console.log(`  mesh NOT formed after ${(formMs / 1000).toFixed(1)} s; sessions missing: ${missing.join(', ')}`)
-    else console.log(`  mesh formed (every node has a sync session per neighbour) ${formMs.toFixed(0)} ms after the last spawn`)
+    if (missing.length > 0)
+      console.log(
+        `  mesh NOT formed after ${(formMs / 1000).toFixed(1)} s; sessions missing: ${missing.join(', ')}`
+      )
+    else
+      console.log(
+        `  mesh formed (every node has a sync session per neighbour) ${formMs.toFixed(0)} ms after the last spawn`
+      )
     // CPU the daemons burn while idle (anti-entropy, keep-alives), from /proc (Linux only).
     const cpuMs = async (): Promise<number> => {
       let ticks = 0
       for (const p of procs) {
-        try { const f = (await readFile(`/proc/${p.proc.pid}/stat`, 'utf8')).split(') ')[1]?.split(' ') ?? []; ticks += Number(f[11]) + Number(f[12]) } catch { return NaN }
+        try {
+          const f =
+            (await readFile(`/proc/${p.proc.pid}/stat`, 'utf8')).split(') ')[1]?.split(' ') ?? []
+          ticks += Number(f[11]) + Number(f[12])
+        } catch {
+          return NaN
+        }
       }
       return ticks * 10
     }
-    const idle0 = await cpuMs(); const w0 = performance.now()
+    const idle0 = await cpuMs()
+    const w0 = performance.now()
     await new Promise(resolve => setTimeout(resolve, 3000))
-    const idleShare = (await cpuMs() - idle0) / (performance.now() - w0)
-    console.log(`  idle: the ${n} daemons use ${(idleShare * 100).toFixed(0)}% of one core together (of ${cpus().length * 100}% available)`)
-    type Counts = { syncMessagesOut: number, batchesAccepted: number, batchesDuplicate: number }
-    const counts = async (): Promise<Counts> => (await Promise.all(procs.map(p => p.request({ cmd: 'metrics' })))).reduce<Counts>((a, st) => {
-      const m = st.metrics as Counts
-      return { syncMessagesOut: a.syncMessagesOut + m.syncMessagesOut, batchesAccepted: a.batchesAccepted + m.batchesAccepted, batchesDuplicate: a.batchesDuplicate + m.batchesDuplicate }
-    }, { syncMessagesOut: 0, batchesAccepted: 0, batchesDuplicate: 0 })
+    const idleShare = ((await cpuMs()) - idle0) / (performance.now() - w0)
+    console.log(
+      `  idle: the ${n} daemons use ${(idleShare * 100).toFixed(0)}% of one core together (of ${cpus().length * 100}% available)`
+    )
+    type Counts = { syncMessagesOut: number; batchesAccepted: number; batchesDuplicate: number }
+    const counts = async (): Promise<Counts> =>
+      (await Promise.all(procs.map(p => p.request({ cmd: 'metrics' })))).reduce<Counts>(
+        (a, st) => {
+          const m = st.metrics as Counts
+          return {
+            syncMessagesOut: a.syncMessagesOut + m.syncMessagesOut,
+            batchesAccepted: a.batchesAccepted + m.batchesAccepted,
+            batchesDuplicate: a.batchesDuplicate + m.batchesDuplicate
+          }
+        },
+        { syncMessagesOut: 0, batchesAccepted: 0, batchesDuplicate: 0 }
+      )
     // Unless back to back, each change starts once the mesh is quiet (no sync message sent in
     // 25 ms): the target is about one change, not a change queued behind the last one's echoes.
     const quiet = async (): Promise<void> => {
@@ -125,23 +175,51 @@ async function propagation (n: number, changes: number, warmup: number, antiEntr
       const marks = procs.map(p => p.events.length)
       const done = await origin.request({ cmd: 'change', docId: 'fleet', key: `k${c}`, value: c })
       const hash = (done.heads as string[])[0] as string
-      const arrivals = await Promise.all(procs.map((p, i) => p === origin
-        ? Promise.resolve(done.t as number)
-        : p.next(e => e.event === 'heads' && (e.heads as string[]).includes(hash), 30_000, marks[i]).then(e => e.t as number, () => Infinity)))
-      const lost = arrivals.flatMap((t, i) => t === Infinity ? [i] : [])
+      const arrivals = await Promise.all(
+        procs.map((p, i) =>
+          p === origin
+            ? Promise.resolve(done.t as number)
+            : p
+                .next(
+                  e => e.event === 'heads' && (e.heads as string[]).includes(hash),
+                  30_000,
+                  marks[i]
+                )
+                .then(
+                  e => e.t as number,
+                  () => Infinity
+                )
+        )
+      )
+      const lost = arrivals.flatMap((t, i) => (t === Infinity ? [i] : []))
       for (const i of lost) {
         const st = await procs[i]!.request({ cmd: 'state' })
-        const peerEvents = procs[i]!.events.filter(e => e.event.startsWith('peer:')).map(e => `${e.event.slice(5)} n${procs.findIndex(p => p.peerId === e.peerId)} at ${((e.t as number) - (done.t as number)).toFixed(0)} ms`)
-        console.log(`  change ${c}: n${i} did not get it within 30 s; now ${JSON.stringify(st.metrics)}; its peer events relative to the change: ${peerEvents.join('; ')}`)
+        const peerEvents = procs[i]!.events.filter(e => e.event.startsWith('peer:')).map(
+          e =>
+            `${e.event.slice(5)} n${procs.findIndex(p => p.peerId === e.peerId)} at ${((e.t as number) - (done.t as number)).toFixed(0)} ms`
+        )
+        console.log(
+          `  change ${c}: n${i} did not get it within 30 s; now ${JSON.stringify(st.metrics)}; its peer events relative to the change: ${peerEvents.join('; ')}`
+        )
       }
       const lat = arrivals.map(t => t - (done.t as number))
       const worst = Math.max(...lat)
       if (process.env.BENCH_VERBOSE !== undefined || worst > 250) {
         const d = hops(adj, o)
         const byHop = new Map<number, number[]>()
-        lat.forEach((l, i) => { const h = d[i] as number; byHop.set(h, [...(byHop.get(h) ?? []), l]) })
+        lat.forEach((l, i) => {
+          const h = d[i] as number
+          byHop.set(h, [...(byHop.get(h) ?? []), l])
+        })
         const last = lat.indexOf(worst)
-        console.log(`  change ${c} from n${o}: ${worst.toFixed(0)} ms, last n${last} (${d[last]} hops, degree ${(adj[last] as number[]).length}); slowest per hop count: ${[...byHop.entries()].sort((a, b) => a[0] - b[0]).map(([h, ls]) => `${h}:${Math.max(...ls).toFixed(0)}`).join(' ')}`)
+        console.log(
+          `  change ${c} from n${o}: ${worst.toFixed(0)} ms, last n${last} (${d[last]} hops, degree ${(adj[last] as number[]).length}); slowest per hop count: ${[
+            ...byHop.entries()
+          ]
+            .sort((a, b) => a[0] - b[0])
+            .map(([h, ls]) => `${h}:${Math.max(...ls).toFixed(0)}`)
+            .join(' ')}`
+        )
       }
       return worst
     }
@@ -153,23 +231,34 @@ async function propagation (n: number, changes: number, warmup: number, antiEntr
     for (let i = 0; i < warmup; i++) warm.push(await oneChange())
     if (warmup > 1) {
       const later = Math.max(...warm.slice(1))
-      console.log(`  warm-up, not counted below: ${warmup} changes, p50 ${pct(warm, 50).toFixed(0)} ms; the first (cold code) ${(warm[0] as number).toFixed(0)} ms; slowest after it ${later.toFixed(0)} ms (change ${warm.indexOf(later)})`)
+      console.log(
+        `  warm-up, not counted below: ${warmup} changes, p50 ${pct(warm, 50).toFixed(0)} ms; the first (cold code) ${(warm[0] as number).toFixed(0)} ms; slowest after it ${later.toFixed(0)} ms (change ${warm.indexOf(later)})`
+      )
     }
     const counts0 = await counts()
-    const busy0 = await cpuMs(); const b0 = performance.now(); const self0 = process.cpuUsage()
+    const busy0 = await cpuMs()
+    const b0 = performance.now()
+    const self0 = process.cpuUsage()
     const times: number[] = []
     for (let i = 0; i < changes; i++) times.push(await oneChange())
-    const busyMs = await cpuMs() - busy0
+    const busyMs = (await cpuMs()) - busy0
     const self = process.cpuUsage(self0)
     const selfShare = (self.user + self.system) / 1000 / (performance.now() - b0)
     const busyShare = busyMs / (performance.now() - b0)
-    const bans = (await Promise.all(procs.map(p => p.request({ cmd: 'state' })))).reduce((a, st) => a + (st.metrics as { peersBanned: number }).peersBanned, 0)
+    const bans = (await Promise.all(procs.map(p => p.request({ cmd: 'state' })))).reduce(
+      (a, st) => a + (st.metrics as { peersBanned: number }).peersBanned,
+      0
+    )
     if (bans > 0) console.log(`  ${bans} peer bans (an honest mesh should have none)`)
     const counts1 = await counts()
     const perChange = (k: keyof Counts): string => ((counts1[k] - counts0[k]) / changes).toFixed(0)
-    console.log(`  during the changes: per change ${perChange('syncMessagesOut')} sync messages over ${edges} links (incl. anti-entropy), ${perChange('batchesAccepted')} batches with news and ${perChange('batchesDuplicate')} redundant ones; daemons at ${(busyShare * 100).toFixed(0)}% of one core, ${(busyMs / changes).toFixed(0)} ms of daemon CPU per change (${(busyMs / changes / n).toFixed(1)} per daemon); this bench process ${(selfShare * 100).toFixed(0)}%`)
+    console.log(
+      `  during the changes: per change ${perChange('syncMessagesOut')} sync messages over ${edges} links (incl. anti-entropy), ${perChange('batchesAccepted')} batches with news and ${perChange('batchesDuplicate')} redundant ones; daemons at ${(busyShare * 100).toFixed(0)}% of one core, ${(busyMs / changes).toFixed(0)} ms of daemon CPU per change (${(busyMs / changes / n).toFixed(1)} per daemon); this bench process ${(selfShare * 100).toFixed(0)}%`
+    )
     const diameter = Math.max(...procs.map((_, i) => Math.max(...hops(adj, i))))
-    console.log(`propagation, ${n} processes, ${edges} links (mean degree ${(2 * edges / n).toFixed(1)}, diameter ${diameter}), anti-entropy every ${antiEntropyMs} ms, seed ${seed}, ${changes} changes after ${warmup} to warm up, ${backToBack ? 'back to back' : 'each once the mesh is quiet'}, load average ${loadavg()[0]!.toFixed(1)}: p50 ${pct(times, 50).toFixed(1)} ms, p90 ${pct(times, 90).toFixed(1)} ms, p99 ${pct(times, 99).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms  (target at 30: p50 ≤100, p99 ≤250)`)
+    console.log(
+      `propagation, ${n} processes, ${edges} links (mean degree ${((2 * edges) / n).toFixed(1)}, diameter ${diameter}), anti-entropy every ${antiEntropyMs} ms, seed ${seed}, ${changes} changes after ${warmup} to warm up, ${backToBack ? 'back to back' : 'each once the mesh is quiet'}, load average ${loadavg()[0]!.toFixed(1)}: p50 ${pct(times, 50).toFixed(1)} ms, p90 ${pct(times, 90).toFixed(1)} ms, p99 ${pct(times, 99).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms  (target at 30: p50 ≤100, p99 ≤250)`
+    )
   } finally {
     // A clean stop first (lets --cpu-prof in NODE_OPTIONS write its profile), then SIGKILL.
     await Promise.all(procs.map(p => p.request({ cmd: 'stop' }, 5000).catch(() => {})))
@@ -178,11 +267,15 @@ async function propagation (n: number, changes: number, warmup: number, antiEntr
   }
 }
 
-async function catchUp (k: number): Promise<void> {
+async function catchUp(k: number): Promise<void> {
   const fleet = await makeFleet(2, 250)
   const a = await Replica.open({ store: new MemoryStore(), ed, genesis: fleet.genesis })
   const b = await Replica.open({ store: new MemoryStore(), ed, genesis: fleet.genesis })
-  const base = (await (await a.open('fleet')).change(Replica.signer(fleet.admin), d => { d.items = {} }))!
+  const base = (await (
+    await a.open('fleet')
+  ).change(Replica.signer(fleet.admin), d => {
+    d.items = {}
+  }))!
   await b.accept(base)
   const sa = Replica.signer(fleet.admin)
   const sb = Replica.signer(fleet.admin)
@@ -190,10 +283,16 @@ async function catchUp (k: number): Promise<void> {
   const db = await b.open('fleet')
   const t0 = performance.now()
   for (let i = 0; i < k; i++) {
-    await da.change(sa, d => { (d.items as Record<string, number>)[`a${i}`] = i })
-    await db.change(sb, d => { (d.items as Record<string, number>)[`b${i}`] = i })
+    await da.change(sa, d => {
+      ;(d.items as Record<string, number>)[`a${i}`] = i
+    })
+    await db.change(sb, d => {
+      ;(d.items as Record<string, number>)[`b${i}`] = i
+    })
   }
-  console.log(`catch-up setup: ${k} + ${k} signed changes made in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+  console.log(
+    `catch-up setup: ${k} + ${k} signed changes made in ${((performance.now() - t0) / 1000).toFixed(1)} s`
+  )
 
   // Plain Automerge: the same two documents (no signatures), messages passed in memory.
   let pa = Automerge.clone(da.automerge)
@@ -204,10 +303,20 @@ async function catchUp (k: number): Promise<void> {
   let plainMsgs = 0
   const p0 = performance.now()
   for (let round = 0; round < 50; round++) {
-    const [nA, mA] = Automerge.generateSyncMessage(pa, stA); stA = nA
-    if (mA !== null) { plainBytes += mA.length; plainMsgs++; [pb, stB] = Automerge.receiveSyncMessage(pb, stB, mA) }
-    const [nB, mB] = Automerge.generateSyncMessage(pb, stB); stB = nB
-    if (mB !== null) { plainBytes += mB.length; plainMsgs++; [pa, stA] = Automerge.receiveSyncMessage(pa, stA, mB) }
+    const [nA, mA] = Automerge.generateSyncMessage(pa, stA)
+    stA = nA
+    if (mA !== null) {
+      plainBytes += mA.length
+      plainMsgs++
+      ;[pb, stB] = Automerge.receiveSyncMessage(pb, stB, mA)
+    }
+    const [nB, mB] = Automerge.generateSyncMessage(pb, stB)
+    stB = nB
+    if (mB !== null) {
+      plainBytes += mB.length
+      plainMsgs++
+      ;[pa, stA] = Automerge.receiveSyncMessage(pa, stA, mB)
+    }
     if (mA === null && mB === null) break
   }
   const plainMs = performance.now() - p0
@@ -215,17 +324,35 @@ async function catchUp (k: number): Promise<void> {
 
   // Rhizome: two meshes over loopback TCP.
   const limits = { inboundConnectionsPerSecond: 1000 }
-  const ma = await createMesh({ replica: a, identity: fleet.nodes[0]!, listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, limits, antiEntropyMs: 60_000 })
+  const ma = await createMesh({
+    replica: a,
+    identity: fleet.nodes[0]!,
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+    mdns: false,
+    limits,
+    antiEntropyMs: 60_000
+  })
   await ma.start()
-  const mb = await createMesh({ replica: b, identity: fleet.nodes[1]!, listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, limits, antiEntropyMs: 60_000, bootstrap: ma.addresses() })
+  const mb = await createMesh({
+    replica: b,
+    identity: fleet.nodes[1]!,
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+    mdns: false,
+    limits,
+    antiEntropyMs: 60_000,
+    bootstrap: ma.addresses()
+  })
   // Timed from the moment the connection is up (TCP, Noise, Yamux done), as plain Automerge's
   // figure has no connection in it; the connect itself is reported beside it.
   let connectedAt = NaN
-  mb.addEventListener('peer:connect', () => { if (Number.isNaN(connectedAt)) connectedAt = performance.now() })
+  mb.addEventListener('peer:connect', () => {
+    if (Number.isNaN(connectedAt)) connectedAt = performance.now()
+  })
   const r0 = performance.now()
   await mb.start()
   const deadline = Date.now() + 120_000
-  while (da.heads.join() !== db.heads.join() && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 5))
+  while (da.heads.join() !== db.heads.join() && Date.now() < deadline)
+    await new Promise(resolve => setTimeout(resolve, 5))
   const totalMs = performance.now() - r0
   const meshMs = performance.now() - connectedAt
   const ok = da.heads.join() === db.heads.join()
@@ -233,15 +360,25 @@ async function catchUp (k: number): Promise<void> {
   const m2 = mb.metrics()
   const bytes = m1.syncBytesOut + m2.syncBytesOut
   const msgs = m1.syncMessagesOut + m2.syncMessagesOut
-  await mb.stop(); await ma.stop()
+  await mb.stop()
+  await ma.stop()
   console.log(`catch-up ${k} + ${k} changes:`)
-  console.log(`  plain Automerge (in memory): ${plainMs.toFixed(0)} ms, ${plainBytes} bytes, ${plainMsgs} messages (${Math.ceil(plainMsgs / 2)} round trips), converged ${plainOk}`)
-  console.log(`  rhizome mesh (TCP, signed):  ${meshMs.toFixed(0)} ms from connected to identical heads (${totalMs.toFixed(0)} ms from starting the second node: ${(totalMs - meshMs).toFixed(0)} ms to start and connect), ${bytes} bytes, ${msgs} messages incl. 2 hellos (${Math.ceil((msgs - 2) / 2)} round trips), converged ${ok}`)
-  console.log(`  ratios: bytes ${(bytes / plainBytes).toFixed(2)}× (target ≤1.25), time ${(meshMs / plainMs).toFixed(2)}× (target ≤2)`)
+  console.log(
+    `  plain Automerge (in memory): ${plainMs.toFixed(0)} ms, ${plainBytes} bytes, ${plainMsgs} messages (${Math.ceil(plainMsgs / 2)} round trips), converged ${plainOk}`
+  )
+  console.log(
+    `  rhizome mesh (TCP, signed):  ${meshMs.toFixed(0)} ms from connected to identical heads (${totalMs.toFixed(0)} ms from starting the second node: ${(totalMs - meshMs).toFixed(0)} ms to start and connect), ${bytes} bytes, ${msgs} messages incl. 2 hellos (${Math.ceil((msgs - 2) / 2)} round trips), converged ${ok}`
+  )
+  console.log(
+    `  ratios: bytes ${(bytes / plainBytes).toFixed(2)}× (target ≤1.25), time ${(meshMs / plainMs).toFixed(2)}× (target ≤2)`
+  )
 }
 
-console.log(`machine: ${cpus().length}× ${cpus()[0]?.model ?? '?'}, Node ${process.version}, ${new Date().toISOString()}`)
-if (which === 'all' || which === 'catchup') await catchUp(Number(process.env.CATCHUP_CHANGES ?? 5000))
+console.log(
+  `machine: ${cpus().length}× ${cpus()[0]?.model ?? '?'}, Node ${process.version}, ${new Date().toISOString()}`
+)
+if (which === 'all' || which === 'catchup')
+  await catchUp(Number(process.env.CATCHUP_CHANGES ?? 5000))
 if (which === 'all' || which === 'propagation') {
   const changes = Number(process.env.PROPAGATION_CHANGES ?? 100)
   const warmup = Number(process.env.PROPAGATION_WARMUP ?? 40)
@@ -249,5 +386,6 @@ if (which === 'all' || which === 'propagation') {
   const antiEntropyMs = Number(process.env.PROPAGATION_ANTI_ENTROPY_MS ?? DEFAULT_ANTI_ENTROPY_MS)
   const seed = Number(process.env.PROPAGATION_SEED ?? Math.floor(Math.random() * 1e6))
   const backToBack = process.env.PROPAGATION_BACK_TO_BACK === '1'
-  for (const n of (process.env.PROPAGATION_SIZES ?? '10,30').split(',').map(Number)) await propagation(n, changes, warmup, antiEntropyMs, seed, backToBack)
+  for (const n of (process.env.PROPAGATION_SIZES ?? '10,30').split(',').map(Number))
+    await propagation(n, changes, warmup, antiEntropyMs, seed, backToBack)
 }

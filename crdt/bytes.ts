@@ -8,31 +8,36 @@ import { MalformedInputError, OversizedInputError } from './errors.ts'
 
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'))
 
-export function toHex (bytes: Uint8Array): string {
+export function toHex(bytes: Uint8Array): string {
   let out = ''
   for (let i = 0; i < bytes.length; i++) out += HEX[bytes[i] as number]
   return out
 }
 
-export function fromHex (hex: string): Uint8Array {
+export function fromHex(hex: string): Uint8Array {
   if (hex.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(hex)) {
-    throw new MalformedInputError(`not a hex string: ${hex.slice(0, 20)}${hex.length > 20 ? '…' : ''}`)
+    throw new MalformedInputError(
+      `not a hex string: ${hex.slice(0, 20)}${hex.length > 20 ? '…' : ''}`
+    )
   }
   const out = new Uint8Array(hex.length / 2)
   for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16)
   return out
 }
 
-export function concatBytes (...parts: Uint8Array[]): Uint8Array {
+export function concatBytes(...parts: Uint8Array[]): Uint8Array {
   let len = 0
   for (const p of parts) len += p.length
   const out = new Uint8Array(len)
   let off = 0
-  for (const p of parts) { out.set(p, off); off += p.length }
+  for (const p of parts) {
+    out.set(p, off)
+    off += p.length
+  }
   return out
 }
 
-export function bytesEqual (a: Uint8Array, b: Uint8Array): boolean {
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
   return true
@@ -41,35 +46,53 @@ export function bytesEqual (a: Uint8Array, b: Uint8Array): boolean {
 const utf8Encoder = new TextEncoder()
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true })
 
-export function utf8 (s: string): Uint8Array { return utf8Encoder.encode(s) }
+export function utf8(s: string): Uint8Array {
+  return utf8Encoder.encode(s)
+}
 
 export class ByteWriter {
   private chunks: Uint8Array[] = []
   private scratch: number[] = []
 
-  u8 (n: number): this { this.scratch.push(n & 0xff); return this }
+  u8(n: number): this {
+    this.scratch.push(n & 0xff)
+    return this
+  }
 
-  varint (n: number): this {
+  varint(n: number): this {
     if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`varint out of range: ${n}`)
-    while (n >= 0x80) { this.scratch.push((n % 0x80) | 0x80); n = Math.floor(n / 0x80) }
+    while (n >= 0x80) {
+      this.scratch.push((n % 0x80) | 0x80)
+      n = Math.floor(n / 0x80)
+    }
     this.scratch.push(n)
     return this
   }
 
-  raw (bytes: Uint8Array): this {
+  raw(bytes: Uint8Array): this {
     this.flush()
     this.chunks.push(bytes)
     return this
   }
 
-  bytes (bytes: Uint8Array): this { return this.varint(bytes.length).raw(bytes) }
+  bytes(bytes: Uint8Array): this {
+    return this.varint(bytes.length).raw(bytes)
+  }
 
-  string (s: string): this { return this.bytes(utf8(s)) }
+  string(s: string): this {
+    return this.bytes(utf8(s))
+  }
 
-  finish (): Uint8Array { this.flush(); return concatBytes(...this.chunks) }
+  finish(): Uint8Array {
+    this.flush()
+    return concatBytes(...this.chunks)
+  }
 
-  private flush (): void {
-    if (this.scratch.length > 0) { this.chunks.push(Uint8Array.from(this.scratch)); this.scratch = [] }
+  private flush(): void {
+    if (this.scratch.length > 0) {
+      this.chunks.push(Uint8Array.from(this.scratch))
+      this.scratch = []
+    }
   }
 }
 
@@ -78,27 +101,30 @@ export class ByteReader {
   private readonly what: string
   private readonly buf: Uint8Array
 
-  constructor (buf: Uint8Array, what: string) {
+  constructor(buf: Uint8Array, what: string) {
     this.buf = buf
     this.what = what
   }
 
-  get remaining (): number { return this.buf.length - this.offset }
+  get remaining(): number {
+    return this.buf.length - this.offset
+  }
 
-  u8 (): number {
+  u8(): number {
     if (this.remaining < 1) throw this.truncated()
     return this.buf[this.offset++] as number
   }
 
   /** Unsigned LEB128, at most `max` (and never beyond 2^53). */
-  varint (max = Number.MAX_SAFE_INTEGER): number {
+  varint(max = Number.MAX_SAFE_INTEGER): number {
     let result = 0
     let scale = 1
     for (let i = 0; i < 8; i++) {
       const b = this.u8()
       result += (b & 0x7f) * scale
       if ((b & 0x80) === 0) {
-        if (result > max) throw new OversizedInputError(`${this.what}: value ${result} is over its bound of ${max}`)
+        if (result > max)
+          throw new OversizedInputError(`${this.what}: value ${result} is over its bound of ${max}`)
         return result
       }
       scale *= 0x80
@@ -106,7 +132,7 @@ export class ByteReader {
     throw new MalformedInputError(`${this.what}: varint longer than 8 bytes`)
   }
 
-  raw (n: number): Uint8Array {
+  raw(n: number): Uint8Array {
     if (this.remaining < n) throw this.truncated()
     const out = this.buf.subarray(this.offset, this.offset + n)
     this.offset += n
@@ -114,9 +140,11 @@ export class ByteReader {
   }
 
   /** A length-prefixed byte field of at most `max` bytes. */
-  bytes (max: number): Uint8Array { return this.raw(this.varint(max)) }
+  bytes(max: number): Uint8Array {
+    return this.raw(this.varint(max))
+  }
 
-  string (max: number): string {
+  string(max: number): string {
     try {
       return utf8Decoder.decode(this.bytes(max))
     } catch (err) {
@@ -125,11 +153,12 @@ export class ByteReader {
     }
   }
 
-  end (): void {
-    if (this.remaining !== 0) throw new MalformedInputError(`${this.what}: ${this.remaining} unexpected trailing bytes`)
+  end(): void {
+    if (this.remaining !== 0)
+      throw new MalformedInputError(`${this.what}: ${this.remaining} unexpected trailing bytes`)
   }
 
-  private truncated (): MalformedInputError {
+  private truncated(): MalformedInputError {
     return new MalformedInputError(`${this.what}: truncated input (${this.buf.length} bytes)`)
   }
 }

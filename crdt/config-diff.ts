@@ -8,22 +8,23 @@ import { stringify } from 'yaml'
 
 export type Path = string[]
 export type DiffOp =
-  | { op: 'set', path: Path, value: unknown, old?: unknown, had: boolean }
-  | { op: 'delete', path: Path, old: unknown }
+  | { op: 'set'; path: Path; value: unknown; old?: unknown; had: boolean }
+  | { op: 'delete'; path: Path; old: unknown }
 
-function isMap (v: unknown): v is Record<string, unknown> {
+function isMap(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array)
 }
 
 /** A plain JSON-like copy (Automerge proxies, text and counters become plain values). */
-export function plainValue (v: unknown): unknown {
+export function plainValue(v: unknown): unknown {
   if (v === undefined) return null
   return JSON.parse(JSON.stringify(v) ?? 'null')
 }
 
-function deepEqual (a: unknown, b: unknown): boolean {
+function deepEqual(a: unknown, b: unknown): boolean {
   if (a === b) return true
-  if (Array.isArray(a) && Array.isArray(b)) return a.length === b.length && a.every((x, i) => deepEqual(x, b[i]))
+  if (Array.isArray(a) && Array.isArray(b))
+    return a.length === b.length && a.every((x, i) => deepEqual(x, b[i]))
   if (isMap(a) && isMap(b)) {
     const ka = Object.keys(a)
     if (ka.length !== Object.keys(b).length) return false
@@ -33,29 +34,44 @@ function deepEqual (a: unknown, b: unknown): boolean {
 }
 
 /** Operations turning `current` (a map) into `desired` (a map), keys in sorted order. */
-export function diffMaps (current: Record<string, unknown>, desired: Record<string, unknown>, path: Path = []): DiffOp[] {
+export function diffMaps(
+  current: Record<string, unknown>,
+  desired: Record<string, unknown>,
+  path: Path = []
+): DiffOp[] {
   const ops: DiffOp[] = []
   const keys = [...new Set([...Object.keys(current), ...Object.keys(desired)])].sort()
   for (const k of keys) {
     const p = [...path, k]
     const has = Object.hasOwn(current, k)
     const want = Object.hasOwn(desired, k)
-    if (!want) { ops.push({ op: 'delete', path: p, old: current[k] }); continue }
+    if (!want) {
+      ops.push({ op: 'delete', path: p, old: current[k] })
+      continue
+    }
     const a = current[k]
     const b = desired[k]
     if (has && isMap(a) && isMap(b)) ops.push(...diffMaps(a, b, p))
-    else if (!has || !deepEqual(a, b)) ops.push(has ? { op: 'set', path: p, value: b, old: a, had: true } : { op: 'set', path: p, value: b, had: false })
+    else if (!has || !deepEqual(a, b))
+      ops.push(
+        has
+          ? { op: 'set', path: p, value: b, old: a, had: true }
+          : { op: 'set', path: p, value: b, had: false }
+      )
   }
   return ops
 }
 
 /** Apply operations to a mutable map (an Automerge change proxy or a plain object). */
-export function applyOps (target: Record<string, unknown>, ops: DiffOp[]): void {
+export function applyOps(target: Record<string, unknown>, ops: DiffOp[]): void {
   for (const o of ops) {
     let node = target
     for (const seg of o.path.slice(0, -1)) {
       let next = node[seg]
-      if (!isMap(next)) { node[seg] = {}; next = node[seg] }
+      if (!isMap(next)) {
+        node[seg] = {}
+        next = node[seg]
+      }
       node = next as Record<string, unknown>
     }
     const last = o.path.at(-1) as string
@@ -64,17 +80,17 @@ export function applyOps (target: Record<string, unknown>, ops: DiffOp[]): void 
   }
 }
 
-function show (v: unknown): string {
+function show(v: unknown): string {
   if (isMap(v) || Array.isArray(v)) return JSON.stringify(v)
   return stringify(v, { lineWidth: 0 }).trimEnd()
 }
 
-function showPath (path: Path): string {
-  return path.map(s => /^[A-Za-z0-9_-]+$/.test(s) ? s : JSON.stringify(s)).join('.')
+function showPath(path: Path): string {
+  return path.map(s => (/^[A-Za-z0-9_-]+$/.test(s) ? s : JSON.stringify(s))).join('.')
 }
 
 /** `+ path = value` / `- path = old` lines, as people read them in `apply` and `history`. */
-export function formatOps (ops: DiffOp[], prefix = ''): string[] {
+export function formatOps(ops: DiffOp[], prefix = ''): string[] {
   const out: string[] = []
   for (const o of ops) {
     const p = prefix === '' ? showPath(o.path) : `${prefix}:${showPath(o.path)}`

@@ -26,25 +26,48 @@ export interface DeviceEntry {
   revoked?: boolean
 }
 
-export interface EnrolledDevice extends DeviceEntry { key: string, source: 'trust' | 'devices' }
+export interface EnrolledDevice extends DeviceEntry {
+  key: string
+  source: 'trust' | 'devices'
+}
 
-function isEntry (v: unknown): v is DeviceEntry {
+function isEntry(v: unknown): v is DeviceEntry {
   const e = v as Partial<DeviceEntry>
-  return typeof e === 'object' && e !== null && typeof e.name === 'string' && typeof e.labels === 'object' && e.labels !== null
+  return (
+    typeof e === 'object' &&
+    e !== null &&
+    typeof e.name === 'string' &&
+    typeof e.labels === 'object' &&
+    e.labels !== null
+  )
 }
 
 /** Every enrolled, unrevoked device, by public key hex. The `devices` document wins over the trust statement for a key in both. */
-export function enrolledDevices (trust: TrustChain, devicesDoc: unknown): Map<string, EnrolledDevice> {
+export function enrolledDevices(
+  trust: TrustChain,
+  devicesDoc: unknown
+): Map<string, EnrolledDevice> {
   const out = new Map<string, EnrolledDevice>()
-  for (const n of trust.latest.nodes) out.set(n.key, { key: n.key, name: n.name, labels: { ...n.labels }, source: 'trust' })
+  for (const n of trust.latest.nodes)
+    out.set(n.key, { key: n.key, name: n.name, labels: { ...n.labels }, source: 'trust' })
   const devices = (devicesDoc as { devices?: Record<string, unknown> } | undefined)?.devices
   if (typeof devices === 'object' && devices !== null) {
     for (const [key, v] of Object.entries(devices)) {
       if (!/^[0-9a-f]{64}$/.test(key) || !isEntry(v)) continue
-      if (v.revoked === true) { out.delete(key); continue }
+      if (v.revoked === true) {
+        out.delete(key)
+        continue
+      }
       const labels: Record<string, string> = {}
       for (const [k, l] of Object.entries(v.labels)) labels[k] = String(l)
-      out.set(key, { key, name: v.name, labels, enrolledBy: v.enrolledBy, enrolledAt: v.enrolledAt, source: 'devices' })
+      out.set(key, {
+        key,
+        name: v.name,
+        labels,
+        enrolledBy: v.enrolledBy,
+        enrolledAt: v.enrolledAt,
+        source: 'devices'
+      })
     }
   }
   return out

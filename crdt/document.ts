@@ -11,8 +11,24 @@
 import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
 import { ByteReader, ByteWriter, concatBytes, fromHex, toHex } from './bytes.ts'
-import { MalformedInputError, PendingSetFullError, UnsignedChangeError, WrongDocumentError } from './errors.ts'
-import { actorKeyHex, decodeBatch, encodeBatch, isChangeChunk, readChanges, signChange, verifyCoverage, type ChangeMeta, type ChangeSignature, type SignedBatch } from './signed-change.ts'
+import {
+  MalformedInputError,
+  PendingSetFullError,
+  UnsignedChangeError,
+  WrongDocumentError
+} from './errors.ts'
+import {
+  actorKeyHex,
+  decodeBatch,
+  encodeBatch,
+  isChangeChunk,
+  readChanges,
+  signChange,
+  verifyCoverage,
+  type ChangeMeta,
+  type ChangeSignature,
+  type SignedBatch
+} from './signed-change.ts'
 import type { Ed25519 } from './ed25519.ts'
 import type { KeyPair } from './keys.ts'
 import type { Store } from './store.ts'
@@ -37,18 +53,22 @@ const LOAD_WHOLE_MIN_CHANGES = 256
  */
 const GENESIS_ACTOR = '00'.repeat(40)
 
-export function documentSchema (docId: string): Record<string, Record<string, never>> {
+export function documentSchema(docId: string): Record<string, Record<string, never>> {
   return docId === 'devices' ? { devices: {} } : { defaults: {}, groups: {}, nodes: {} }
 }
 
-const genesisCache = new Map<string, { save: Uint8Array, hash: string }>()
+const genesisCache = new Map<string, { save: Uint8Array; hash: string }>()
 
-function genesis (docId: string): { save: Uint8Array, hash: string } {
+function genesis(docId: string): { save: Uint8Array; hash: string } {
   let g = genesisCache.get(docId)
   if (g === undefined) {
-    const doc = Automerge.change(Automerge.init<Record<string, unknown>>({ actor: GENESIS_ACTOR }), { time: 0, message: `genesis of ${docId}` }, d => {
-      for (const [k, v] of Object.entries(documentSchema(docId))) d[k] = v
-    })
+    const doc = Automerge.change(
+      Automerge.init<Record<string, unknown>>({ actor: GENESIS_ACTOR }),
+      { time: 0, message: `genesis of ${docId}` },
+      d => {
+        for (const [k, v] of Object.entries(documentSchema(docId))) d[k] = v
+      }
+    )
     g = { save: Automerge.save(doc), hash: Automerge.getHeads(doc)[0] as string }
     if (genesisCache.size > 1024) genesisCache.clear()
     genesisCache.set(docId, g)
@@ -57,7 +77,9 @@ function genesis (docId: string): { save: Uint8Array, hash: string } {
 }
 
 /** The hash of a document's genesis change. */
-export function genesisHash (docId: string): string { return genesis(docId).hash }
+export function genesisHash(docId: string): string {
+  return genesis(docId).hash
+}
 
 export interface DocumentContext {
   readonly fleetId: string
@@ -68,7 +90,12 @@ export interface DocumentContext {
    * Called after every applied change, local or remote, with the batches that made it in the
    * order they were applied (each one verified and self-covering: fit to relay as it is).
    */
-  onChange?: (docId: string, heads: string[], source: 'local' | 'remote', batches: SignedBatch[]) => void
+  onChange?: (
+    docId: string,
+    heads: string[],
+    source: 'local' | 'remote',
+    batches: SignedBatch[]
+  ) => void
 }
 
 /** A key plus the actor id (key + session) it writes as. */
@@ -100,20 +127,36 @@ export interface HistoryEntry {
   message: string | null
 }
 
-interface PendingBatch { batch: SignedBatch, metas: readonly ChangeMeta[], size: number }
-interface IndexEntry { actor: string, seq: number, children: string[] }
+interface PendingBatch {
+  batch: SignedBatch
+  metas: readonly ChangeMeta[]
+  size: number
+}
+interface IndexEntry {
+  actor: string
+  seq: number
+  children: string[]
+}
 
-function encodeTips (tips: Map<string, { seq: number, sig: ChangeSignature }>): Uint8Array {
+function encodeTips(tips: Map<string, { seq: number; sig: ChangeSignature }>): Uint8Array {
   const w = new ByteWriter().varint(tips.size)
-  for (const [actor, { seq, sig }] of tips) w.raw(fromHex(actor)).varint(seq).raw(sig.key).raw(fromHex(sig.hash)).raw(sig.signature)
+  for (const [actor, { seq, sig }] of tips)
+    w.raw(fromHex(actor)).varint(seq).raw(sig.key).raw(fromHex(sig.hash)).raw(sig.signature)
   return w.finish()
 }
 
-function decodeTips (bytes: Uint8Array): Array<{ actor: string, seq: number, sig: ChangeSignature }> {
+function decodeTips(
+  bytes: Uint8Array
+): Array<{ actor: string; seq: number; sig: ChangeSignature }> {
   const r = new ByteReader(bytes, 'stored signatures')
   const n = r.varint(1 << 20)
   const out = []
-  for (let i = 0; i < n; i++) out.push({ actor: toHex(r.raw(40)), seq: r.varint(), sig: { key: r.raw(32).slice(), hash: toHex(r.raw(32)), signature: r.raw(64).slice() } })
+  for (let i = 0; i < n; i++)
+    out.push({
+      actor: toHex(r.raw(40)),
+      seq: r.varint(),
+      sig: { key: r.raw(32).slice(), hash: toHex(r.raw(32)), signature: r.raw(64).slice() }
+    })
   r.end()
   return out
 }
@@ -133,7 +176,7 @@ export interface VerifiedBatch {
   readonly [VERIFIED]: true
 }
 
-function isVerified (b: SignedBatch | VerifiedBatch): b is VerifiedBatch {
+function isVerified(b: SignedBatch | VerifiedBatch): b is VerifiedBatch {
   return (b as Partial<VerifiedBatch>)[VERIFIED] === true
 }
 
@@ -141,15 +184,34 @@ function isVerified (b: SignedBatch | VerifiedBatch): b is VerifiedBatch {
  * The one place that decides whether `batch` may enter document `docId`: decode, check coverage
  * and signatures, check the signers may write the document. Throws a named error if not.
  */
-export async function verifyBatch (ctx: Pick<DocumentContext, 'fleetId' | 'trust' | 'ed'>, docId: string, batch: SignedBatch): Promise<VerifiedBatch> {
-  if (batch.docId !== docId) throw new WrongDocumentError(`batch for document "${batch.docId}" offered to document "${docId}"`)
+export async function verifyBatch(
+  ctx: Pick<DocumentContext, 'fleetId' | 'trust' | 'ed'>,
+  docId: string,
+  batch: SignedBatch
+): Promise<VerifiedBatch> {
+  if (batch.docId !== docId)
+    throw new WrongDocumentError(
+      `batch for document "${batch.docId}" offered to document "${docId}"`
+    )
   const trustVersion = ctx.trust.version
   const metas = readChanges(batch.chunks)
   // The genesis change is the same on every peer and needs no signature.
   const g = genesisHash(docId)
-  const signers = await verifyCoverage(ctx.fleetId, docId, metas.filter(m => m.hash !== g), batch.signatures, ctx.ed)
+  const signers = await verifyCoverage(
+    ctx.fleetId,
+    docId,
+    metas.filter(m => m.hash !== g),
+    batch.signatures,
+    ctx.ed
+  )
   for (const key of new Set(signers.values())) ctx.trust.authorize(key, docId)
-  return Object.freeze({ batch, docId, trustVersion, metas: Object.freeze(metas), [VERIFIED]: true as const })
+  return Object.freeze({
+    batch,
+    docId,
+    trustVersion,
+    metas: Object.freeze(metas),
+    [VERIFIED]: true as const
+  })
 }
 
 /**
@@ -157,7 +219,7 @@ export async function verifyBatch (ctx: Pick<DocumentContext, 'fleetId' | 'trust
  * `applyChanges`, measured 13-20% cheaper than `loadIncremental` (201 against 232 µs per change
  * into a 300-key map, Automerge 3.5); bundles need `loadIncremental`.
  */
-function applyChunks<T> (doc: Automerge.Doc<T>, chunks: Uint8Array[]): Automerge.Doc<T> {
+function applyChunks<T>(doc: Automerge.Doc<T>, chunks: Uint8Array[]): Automerge.Doc<T> {
   if (chunks.every(isChangeChunk)) return Automerge.applyChanges(doc, chunks)[0]
   for (const chunk of chunks) doc = Automerge.loadIncremental(doc, chunk)
   return doc
@@ -168,26 +230,30 @@ export class SignedDocument<T = Record<string, unknown>> {
   private doc: Automerge.Doc<T>
   private readonly ctx: DocumentContext
   /** Per actor, the signature on its highest-sequence change: it covers all the actor's others. */
-  private readonly tips = new Map<string, { seq: number, sig: ChangeSignature }>()
+  private readonly tips = new Map<string, { seq: number; sig: ChangeSignature }>()
   private pending: PendingBatch[] = []
   private pendingBytes = 0
   private lastStoredSeq = 0
   private batchesSinceSnapshot = 0
   private index: Map<string, IndexEntry> | undefined
-  private batchMemo: { doc: Automerge.Doc<T>, key: string, bytes: Uint8Array } | undefined
+  private batchMemo: { doc: Automerge.Doc<T>; key: string; bytes: Uint8Array } | undefined
   /** Accepts and changes run one at a time, in arrival order. */
   private queue: Promise<unknown> = Promise.resolve()
 
-  private constructor (ctx: DocumentContext, id: string, doc: Automerge.Doc<T>) {
+  private constructor(ctx: DocumentContext, id: string, doc: Automerge.Doc<T>) {
     this.ctx = ctx
     this.id = id
     this.doc = doc
   }
 
   /** Open a document from the store: its snapshot, then the batches stored after it. */
-  static async load<T> (ctx: DocumentContext, id: string): Promise<SignedDocument<T>> {
+  static async load<T>(ctx: DocumentContext, id: string): Promise<SignedDocument<T>> {
     const snap = await ctx.store.getSnapshot(id)
-    const d = new SignedDocument<T>(ctx, id, Automerge.load<T>(snap === undefined ? genesis(id).save : snap.doc))
+    const d = new SignedDocument<T>(
+      ctx,
+      id,
+      Automerge.load<T>(snap === undefined ? genesis(id).save : snap.doc)
+    )
     if (snap !== undefined) {
       for (const { actor, seq, sig } of decodeTips(snap.signatures)) d.tips.set(actor, { seq, sig })
       d.lastStoredSeq = snap.upTo
@@ -207,32 +273,42 @@ export class SignedDocument<T = Record<string, unknown>> {
   }
 
   /** The current value. Treat as read-only; write through `change`. */
-  get value (): Automerge.Doc<T> { return this.doc }
+  get value(): Automerge.Doc<T> {
+    return this.doc
+  }
 
   /** The revision: the hashes of the document's heads, sorted. */
-  get heads (): string[] { return Automerge.getHeads(this.doc).sort() }
+  get heads(): string[] {
+    return Automerge.getHeads(this.doc).sort()
+  }
 
-  get pendingCount (): number { return this.pending.length }
+  get pendingCount(): number {
+    return this.pending.length
+  }
 
   /** Changes the pending batches build on that this document lacks and no pending batch holds. */
-  missingDeps (): string[] {
+  missingDeps(): string[] {
     if (this.pending.length === 0) return []
     const index = this.changeIndex()
     const inPending = new Set(this.pending.flatMap(p => p.metas.map(m => m.hash)))
     const out = new Set<string>()
-    for (const p of this.pending) for (const m of p.metas) for (const d of m.deps) if (!index.has(d) && !inPending.has(d)) out.add(d)
+    for (const p of this.pending)
+      for (const m of p.metas)
+        for (const d of m.deps) if (!index.has(d) && !inPending.has(d)) out.add(d)
     return [...out]
   }
 
   /** The Automerge document, for the sync protocol and for reading history. */
-  get automerge (): Automerge.Doc<T> { return this.doc }
+  get automerge(): Automerge.Doc<T> {
+    return this.doc
+  }
 
   /**
    * Does this document hold all of these changes? Answered from the change index: Automerge's
    * `hasHeads` looks each one up with `getChangeByHash`, which builds the change, and was 4.6%
    * of the daemons' CPU in a bench/mesh.bench.ts profile, since every batch received asks this.
    */
-  has (hashes: string[]): boolean {
+  has(hashes: string[]): boolean {
     const index = this.changeIndex()
     return hashes.every(h => index.has(h))
   }
@@ -241,11 +317,16 @@ export class SignedDocument<T = Record<string, unknown>> {
    * Make a change as `signer` and return its signed batch (to publish to peers).
    * Returns undefined when `fn` changed nothing.
    */
-  change (signer: Signer, fn: Automerge.ChangeFn<T>, message?: string): Promise<SignedBatch | undefined> {
+  change(
+    signer: Signer,
+    fn: Automerge.ChangeFn<T>,
+    message?: string
+  ): Promise<SignedBatch | undefined> {
     return this.serial(async () => {
       this.ctx.trust.authorize(toHex(signer.pair.publicKey), this.id)
       let base = this.doc
-      if (Automerge.getActorId(base) !== signer.actor) base = Automerge.clone(base, { actor: signer.actor })
+      if (Automerge.getActorId(base) !== signer.actor)
+        base = Automerge.clone(base, { actor: signer.actor })
       const before = Automerge.getHeads(base)
       const next = Automerge.change(base, message === undefined ? {} : { message }, fn)
       const after = Automerge.getHeads(next)
@@ -253,7 +334,11 @@ export class SignedDocument<T = Record<string, unknown>> {
       const change = Automerge.getLastLocalChange(next) as Uint8Array
       const meta = readChanges([change])
       const hash = (meta[0] as ChangeMeta).hash
-      const batch: SignedBatch = { docId: this.id, chunks: [change], signatures: [await signChange(signer.pair, this.ctx.fleetId, this.id, hash, this.ctx.ed)] }
+      const batch: SignedBatch = {
+        docId: this.id,
+        chunks: [change],
+        signatures: [await signChange(signer.pair, this.ctx.fleetId, this.id, hash, this.ctx.ed)]
+      }
       this.doc = next
       await this.persist(batch, meta)
       this.ctx.onChange?.(this.id, this.heads, 'local', [batch])
@@ -266,7 +351,7 @@ export class SignedDocument<T = Record<string, unknown>> {
    * A `VerifiedBatch` for this document under the trust version in force is not verified again
    * (a replica verifies a batch for a new document before creating it).
    */
-  accept (input: SignedBatch | VerifiedBatch): Promise<AcceptResult> {
+  accept(input: SignedBatch | VerifiedBatch): Promise<AcceptResult> {
     const batch = isVerified(input) ? input.batch : input
     return this.serial(async () => {
       // Every change a valid batch carries is an ancestor of (or is) a change one of its
@@ -274,10 +359,17 @@ export class SignedDocument<T = Record<string, unknown>> {
       // parsing and verifying it. In a mesh most batches a node receives are such duplicates (its
       // neighbours push a new change at once). A batch that is invalid as well as redundant is
       // dropped here without a verdict on its sender; it could not have changed anything.
-      if (batch.signatures.length > 0 && this.has(batch.signatures.map(s => s.hash))) return { status: 'duplicate', applied: 0, heads: this.heads }
-      const verified = isVerified(input) && input.docId === this.id && input.trustVersion === this.ctx.trust.version ? input : await this.verifyBatch(batch)
+      if (batch.signatures.length > 0 && this.has(batch.signatures.map(s => s.hash)))
+        return { status: 'duplicate', applied: 0, heads: this.heads }
+      const verified =
+        isVerified(input) &&
+        input.docId === this.id &&
+        input.trustVersion === this.ctx.trust.version
+          ? input
+          : await this.verifyBatch(batch)
       const metas = verified.metas
-      if (metas.length === 0 || this.has(metas.map(m => m.hash))) return { status: 'duplicate', applied: 0, heads: this.heads }
+      if (metas.length === 0 || this.has(metas.map(m => m.hash)))
+        return { status: 'duplicate', applied: 0, heads: this.heads }
       if (!this.depsPresent(metas)) {
         this.addPending(batch, metas)
         return { status: 'pending', applied: 0, heads: this.heads }
@@ -291,7 +383,7 @@ export class SignedDocument<T = Record<string, unknown>> {
   }
 
   /** Decode, check coverage and signatures, check the signers may write this document. */
-  verifyBatch (batch: SignedBatch): Promise<VerifiedBatch> {
+  verifyBatch(batch: SignedBatch): Promise<VerifiedBatch> {
     return verifyBatch(this.ctx, this.id, batch)
   }
 
@@ -300,7 +392,7 @@ export class SignedDocument<T = Record<string, unknown>> {
    * from them (a peer that lacks a change lacks its descendants too), with the signatures that
    * cover them: one per actor in the usual case.
    */
-  batchFor (hashes: string[]): SignedBatch {
+  batchFor(hashes: string[]): SignedBatch {
     const index = this.changeIndex()
     const closure = new Set<string>()
     const stack = hashes.filter(h => index.has(h))
@@ -318,17 +410,26 @@ export class SignedDocument<T = Record<string, unknown>> {
     for (const actor of actors) {
       const tip = this.tips.get(actor)
       if (tip !== undefined && closure.has(tip.sig.hash)) signatures.push(tip.sig)
-      else log.error('document %s: no covering signature held for actor %s; peers will reject this batch', this.id, actor.slice(0, 16))
+      else
+        log.error(
+          'document %s: no covering signature held for actor %s; peers will reject this batch',
+          this.id,
+          actor.slice(0, 16)
+        )
     }
     const list = [...closure]
-    return { docId: this.id, chunks: list.length === 0 ? [] : [Automerge.saveBundle(this.doc, list)], signatures }
+    return {
+      docId: this.id,
+      chunks: list.length === 0 ? [] : [Automerge.saveBundle(this.doc, list)],
+      signatures
+    }
   }
 
   /**
    * `encodeBatch(batchFor(hashes))`, remembered while the document is unchanged: a change relayed
    * to several peers at once is bundled and encoded once.
    */
-  encodedBatchFor (hashes: string[]): Uint8Array {
+  encodedBatchFor(hashes: string[]): Uint8Array {
     const key = [...hashes].sort().join()
     const memo = this.batchMemo
     if (memo !== undefined && memo.doc === this.doc && memo.key === key) return memo.bytes
@@ -346,10 +447,19 @@ export class SignedDocument<T = Record<string, unknown>> {
    * a dependency, or its pending set was full and it was dropped. Automerge would not send it
    * again (it is in `sentHashes`), so it is forgotten there and the next message sends it.
    */
-  receiveSyncMessage (state: Automerge.SyncState, message: Uint8Array): Automerge.SyncState {
+  receiveSyncMessage(state: Automerge.SyncState, message: Uint8Array): Automerge.SyncState {
     let decoded: Automerge.DecodedSyncMessage
-    try { decoded = Automerge.decodeSyncMessage(message) } catch (err) { throw new MalformedInputError(`an undecodable sync message for document "${this.id}": ${(err as Error).message}`) }
-    if (decoded.changes.length > 0) throw new UnsignedChangeError(`a sync message for document "${this.id}" carries ${decoded.changes.length} change chunk(s) outside a signed batch`)
+    try {
+      decoded = Automerge.decodeSyncMessage(message)
+    } catch (err) {
+      throw new MalformedInputError(
+        `an undecodable sync message for document "${this.id}": ${(err as Error).message}`
+      )
+    }
+    if (decoded.changes.length > 0)
+      throw new UnsignedChangeError(
+        `a sync message for document "${this.id}" carries ${decoded.changes.length} change chunk(s) outside a signed batch`
+      )
     const [doc, next] = Automerge.receiveSyncMessage(this.doc, state, message)
     this.doc = doc
     // At run time `sentHashes` is a record of hash → true (its declared type says string[]).
@@ -359,51 +469,73 @@ export class SignedDocument<T = Record<string, unknown>> {
   }
 
   /** Every signed change, oldest first (topologically), with who signed it. The genesis change is left out. */
-  history (): HistoryEntry[] {
+  history(): HistoryEntry[] {
     const g = genesisHash(this.id)
-    return Automerge.getChangesMetaSince(this.doc, []).filter(m => m.hash !== g).map(m => {
-      const signer = actorKeyHex(m.actor)
-      return { hash: m.hash, actor: m.actor, seq: m.seq, deps: m.deps, signer, signerInfo: this.ctx.trust.lookup(signer), time: m.time, message: m.message }
-    })
+    return Automerge.getChangesMetaSince(this.doc, [])
+      .filter(m => m.hash !== g)
+      .map(m => {
+        const signer = actorKeyHex(m.actor)
+        return {
+          hash: m.hash,
+          actor: m.actor,
+          seq: m.seq,
+          deps: m.deps,
+          signer,
+          signerInfo: this.ctx.trust.lookup(signer),
+          time: m.time,
+          message: m.message
+        }
+      })
   }
 
   /** The patches one change made, against its dependencies. */
-  diffOf (hash: string): Automerge.Patch[] {
+  diffOf(hash: string): Automerge.Patch[] {
     const meta = Automerge.inspectChange(this.doc, hash)
-    if (meta === null) throw new MalformedInputError(`document "${this.id}" has no change ${hash.slice(0, 12)}…`)
+    if (meta === null)
+      throw new MalformedInputError(`document "${this.id}" has no change ${hash.slice(0, 12)}…`)
     return Automerge.diff(this.doc, meta.deps, [hash])
   }
 
   /** The document's value at a past revision. */
-  valueAt (heads: string[]): T {
+  valueAt(heads: string[]): T {
     return Automerge.toJS(Automerge.view(this.doc, heads)) as T
   }
 
   /** Write a snapshot and compact the batches it includes. */
-  snapshot (): Promise<void> {
+  snapshot(): Promise<void> {
     return this.serial(async () => {
       if (this.batchesSinceSnapshot === 0) return
-      await this.ctx.store.putSnapshot(this.id, { upTo: this.lastStoredSeq, doc: Automerge.save(this.doc), signatures: encodeTips(this.tips) })
+      await this.ctx.store.putSnapshot(this.id, {
+        upTo: this.lastStoredSeq,
+        doc: Automerge.save(this.doc),
+        signatures: encodeTips(this.tips)
+      })
       this.batchesSinceSnapshot = 0
     })
   }
 
-  private serial<R> (fn: () => Promise<R>): Promise<R> {
+  private serial<R>(fn: () => Promise<R>): Promise<R> {
     const run = this.queue.then(fn, fn)
     this.queue = run.catch(() => {})
     return run
   }
 
-  private depsPresent (metas: readonly ChangeMeta[]): boolean {
+  private depsPresent(metas: readonly ChangeMeta[]): boolean {
     const inBatch = new Set(metas.map(m => m.hash))
     const outside = new Set<string>()
     for (const m of metas) for (const d of m.deps) if (!inBatch.has(d)) outside.add(d)
     return outside.size === 0 || this.has([...outside])
   }
 
-  private async apply (batch: SignedBatch, metas: readonly ChangeMeta[]): Promise<number> {
-    const before = this.index === undefined ? undefined : new Set(metas.filter(m => !this.index!.has(m.hash)).map(m => m.hash))
-    if (metas.length >= LOAD_WHOLE_MIN_CHANGES && metas.length > Automerge.stats(this.doc).numChanges) {
+  private async apply(batch: SignedBatch, metas: readonly ChangeMeta[]): Promise<number> {
+    const before =
+      this.index === undefined
+        ? undefined
+        : new Set(metas.filter(m => !this.index!.has(m.hash)).map(m => m.hash))
+    if (
+      metas.length >= LOAD_WHOLE_MIN_CHANGES &&
+      metas.length > Automerge.stats(this.doc).numChanges
+    ) {
       // Catch-up into a small document: loading both as one is ~10x faster than applying the
       // batch onto it incrementally (measured: 10,000 changes in 0.4 s instead of 4.6 s).
       this.doc = Automerge.load<T>(concatBytes(Automerge.save(this.doc), ...batch.chunks))
@@ -414,19 +546,23 @@ export class SignedDocument<T = Record<string, unknown>> {
     return before?.size ?? metas.length
   }
 
-  private async persist (batch: SignedBatch, metas: readonly ChangeMeta[]): Promise<void> {
+  private async persist(batch: SignedBatch, metas: readonly ChangeMeta[]): Promise<void> {
     // Signatures and index in the same tick as the document changed: a sync message generated
     // while the append is in flight names the new changes, and `batchFor` must cover them.
     this.recordTips(batch, metas)
     if (this.index !== undefined) for (const m of metas) this.indexAdd(m)
     this.lastStoredSeq = await this.ctx.store.appendBatch(this.id, encodeBatch(batch))
     if (++this.batchesSinceSnapshot >= SNAPSHOT_EVERY_BATCHES) {
-      await this.ctx.store.putSnapshot(this.id, { upTo: this.lastStoredSeq, doc: Automerge.save(this.doc), signatures: encodeTips(this.tips) })
+      await this.ctx.store.putSnapshot(this.id, {
+        upTo: this.lastStoredSeq,
+        doc: Automerge.save(this.doc),
+        signatures: encodeTips(this.tips)
+      })
       this.batchesSinceSnapshot = 0
     }
   }
 
-  private recordTips (batch: SignedBatch, metas: readonly ChangeMeta[]): void {
+  private recordTips(batch: SignedBatch, metas: readonly ChangeMeta[]): void {
     const byHash = new Map(metas.map(m => [m.hash, m]))
     for (const sig of batch.signatures) {
       const m = byHash.get(sig.hash)
@@ -436,17 +572,22 @@ export class SignedDocument<T = Record<string, unknown>> {
     }
   }
 
-  private addPending (batch: SignedBatch, metas: readonly ChangeMeta[]): void {
+  private addPending(batch: SignedBatch, metas: readonly ChangeMeta[]): void {
     const size = batch.chunks.reduce((s, c) => s + c.length, 0)
-    if (this.pending.length >= MAX_PENDING_BATCHES || this.pendingBytes + size > MAX_PENDING_BYTES) {
-      throw new PendingSetFullError(`document "${this.id}": ${this.pending.length} batches (${this.pendingBytes} bytes) already wait for missing dependencies (bounds: ${MAX_PENDING_BATCHES} batches, ${MAX_PENDING_BYTES} bytes); this one is dropped and will be fetched again by sync`)
+    if (
+      this.pending.length >= MAX_PENDING_BATCHES ||
+      this.pendingBytes + size > MAX_PENDING_BYTES
+    ) {
+      throw new PendingSetFullError(
+        `document "${this.id}": ${this.pending.length} batches (${this.pendingBytes} bytes) already wait for missing dependencies (bounds: ${MAX_PENDING_BATCHES} batches, ${MAX_PENDING_BYTES} bytes); this one is dropped and will be fetched again by sync`
+      )
     }
     this.pending.push({ batch, metas, size })
     this.pendingBytes += size
   }
 
   /** Apply every pending batch whose dependencies are now present; `applied` receives them in order. */
-  private async releasePending (appliedBatches: SignedBatch[]): Promise<number> {
+  private async releasePending(appliedBatches: SignedBatch[]): Promise<number> {
     let applied = 0
     let progress = true
     while (progress && this.pending.length > 0) {
@@ -466,12 +607,12 @@ export class SignedDocument<T = Record<string, unknown>> {
     return applied
   }
 
-  private dropPending (p: PendingBatch): void {
+  private dropPending(p: PendingBatch): void {
     this.pending = this.pending.filter(x => x !== p)
     this.pendingBytes -= p.size
   }
 
-  private changeIndex (): Map<string, IndexEntry> {
+  private changeIndex(): Map<string, IndexEntry> {
     if (this.index === undefined) {
       this.index = new Map()
       for (const m of Automerge.getChangesMetaSince(this.doc, [])) this.indexAdd(m)
@@ -479,7 +620,7 @@ export class SignedDocument<T = Record<string, unknown>> {
     return this.index
   }
 
-  private indexAdd (m: { hash: string, actor: string, seq: number, deps: string[] }): void {
+  private indexAdd(m: { hash: string; actor: string; seq: number; deps: string[] }): void {
     const index = this.index as Map<string, IndexEntry>
     if (index.has(m.hash)) return
     index.set(m.hash, { actor: m.actor, seq: m.seq, children: [] })

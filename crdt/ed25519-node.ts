@@ -6,16 +6,22 @@ import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 
 import { concatBytes } from './bytes.ts'
 import { seedToPkcs8, type Ed25519 } from './ed25519.ts'
 
-const SPKI_PREFIX = Uint8Array.from([0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00])
+const SPKI_PREFIX = Uint8Array.from([
+  0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00
+])
 const MAX_CACHED_KEYS = 1024
 const publicKeys = new Map<string, KeyObject>()
 
-function publicKeyObject (raw: Uint8Array): KeyObject {
+function publicKeyObject(raw: Uint8Array): KeyObject {
   const id = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('latin1')
   let key = publicKeys.get(id)
   if (key === undefined) {
     if (publicKeys.size >= MAX_CACHED_KEYS) publicKeys.clear()
-    key = createPublicKey({ key: Buffer.from(concatBytes(SPKI_PREFIX, raw)), format: 'der', type: 'spki' })
+    key = createPublicKey({
+      key: Buffer.from(concatBytes(SPKI_PREFIX, raw)),
+      format: 'der',
+      type: 'spki'
+    })
     publicKeys.set(id, key)
   }
   return key
@@ -23,11 +29,15 @@ function publicKeyObject (raw: Uint8Array): KeyObject {
 
 export const nodeCryptoEd25519: Ed25519 = {
   name: 'node:crypto',
-  async sign (seed, message) {
-    const key = createPrivateKey({ key: Buffer.from(seedToPkcs8(seed)), format: 'der', type: 'pkcs8' })
+  async sign(seed, message) {
+    const key = createPrivateKey({
+      key: Buffer.from(seedToPkcs8(seed)),
+      format: 'der',
+      type: 'pkcs8'
+    })
     return new Uint8Array(sign(null, message, key))
   },
-  async verify (publicKey, message, signature) {
+  async verify(publicKey, message, signature) {
     if (publicKey.length !== 32 || signature.length !== 64) return false
     try {
       return verify(null, message, publicKeyObject(publicKey), signature)

@@ -33,22 +33,41 @@
  * ```
  */
 
-export type ConfigValue = string | number | boolean | null | ConfigValue[] | { [key: string]: ConfigValue }
+export type ConfigValue =
+  | string
+  | number
+  | boolean
+  | null
+  | ConfigValue[]
+  | { [key: string]: ConfigValue }
 export type ConfigObject = { [key: string]: ConfigValue }
 
-export interface NodeIdentity { name: string, labels: Record<string, string> }
+export interface NodeIdentity {
+  name: string
+  labels: Record<string, string>
+}
 
-export interface ConfigDocument { id: string, value: unknown }
+export interface ConfigDocument {
+  id: string
+  value: unknown
+}
 
 const FLEET_DOC = 'fleet'
 
-function isObject (v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array) && !(v instanceof Date)
+function isObject(v: unknown): v is Record<string, unknown> {
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    !Array.isArray(v) &&
+    !(v instanceof Uint8Array) &&
+    !(v instanceof Date)
+  )
 }
 
 /** Plain JSON-like copy: Automerge proxies, counters and text become plain values. */
-function plain (v: unknown): ConfigValue {
-  if (v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return v
+function plain(v: unknown): ConfigValue {
+  if (v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean')
+    return v
   if (Array.isArray(v)) return v.map(plain)
   if (isObject(v)) {
     const out: ConfigObject = {}
@@ -58,43 +77,53 @@ function plain (v: unknown): ConfigValue {
   return String(v)
 }
 
-export function mergeConfig (base: ConfigObject, over: unknown): ConfigObject {
+export function mergeConfig(base: ConfigObject, over: unknown): ConfigObject {
   if (!isObject(over)) return base
   const out: ConfigObject = { ...base }
   for (const key of Object.keys(over).sort()) {
     const v = over[key]
-    if (v === null) { delete out[key]; continue }
+    if (v === null) {
+      delete out[key]
+      continue
+    }
     const b = out[key]
     out[key] = isObject(v) && isObject(b) ? mergeConfig(b as ConfigObject, v) : plain(v)
   }
   return out
 }
 
-export function selectorMatches (selector: unknown, labels: Record<string, string>): boolean {
+export function selectorMatches(selector: unknown, labels: Record<string, string>): boolean {
   if (selector === undefined || selector === null) return true
   if (!isObject(selector)) return false
   for (const [k, want] of Object.entries(selector)) {
     const have = labels[k]
-    if (Array.isArray(want) ? !want.map(String).includes(have as string) : have !== String(want)) return false
+    if (Array.isArray(want) ? !want.map(String).includes(have as string) : have !== String(want))
+      return false
   }
   return true
 }
 
-export function effectiveConfig (docs: ConfigDocument[], node: NodeIdentity): ConfigObject {
+export function effectiveConfig(docs: ConfigDocument[], node: NodeIdentity): ConfigObject {
   const applicable = docs
     .filter(d => isObject(d.value) && selectorMatches(d.value.selector, node.labels))
-    .sort((a, b) => (a.id === FLEET_DOC ? -1 : b.id === FLEET_DOC ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    .sort((a, b) =>
+      a.id === FLEET_DOC ? -1 : b.id === FLEET_DOC ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0
+    )
   let config: ConfigObject = {}
-  for (const d of applicable) config = mergeConfig(config, (d.value as Record<string, unknown>).defaults)
-  const groups: Array<{ name: string, docId: string, config: unknown }> = []
+  for (const d of applicable)
+    config = mergeConfig(config, (d.value as Record<string, unknown>).defaults)
+  const groups: Array<{ name: string; docId: string; config: unknown }> = []
   for (const d of applicable) {
     const g = (d.value as Record<string, unknown>).groups
     if (!isObject(g)) continue
     for (const [name, group] of Object.entries(g)) {
-      if (isObject(group) && selectorMatches(group.selector, node.labels)) groups.push({ name, docId: d.id, config: group.config })
+      if (isObject(group) && selectorMatches(group.selector, node.labels))
+        groups.push({ name, docId: d.id, config: group.config })
     }
   }
-  groups.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.docId < b.docId ? -1 : a.docId > b.docId ? 1 : 0))
+  groups.sort((a, b) =>
+    a.name < b.name ? -1 : a.name > b.name ? 1 : a.docId < b.docId ? -1 : a.docId > b.docId ? 1 : 0
+  )
   for (const g of groups) config = mergeConfig(config, g.config)
   for (const d of applicable) {
     const nodes = (d.value as Record<string, unknown>).nodes

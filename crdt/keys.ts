@@ -22,22 +22,26 @@ export interface KeyPair {
   readonly seed: Uint8Array
 }
 
-export function generateKeyPair (): KeyPair {
+export function generateKeyPair(): KeyPair {
   return keyPairFromSeed(nacl.randomBytes(32))
 }
 
-export function keyPairFromSeed (seed: Uint8Array): KeyPair {
-  if (seed.length !== 32) throw new MalformedInputError(`an Ed25519 seed is 32 bytes, not ${seed.length}`)
+export function keyPairFromSeed(seed: Uint8Array): KeyPair {
+  if (seed.length !== 32)
+    throw new MalformedInputError(`an Ed25519 seed is 32 bytes, not ${seed.length}`)
   return { seed, publicKey: nacl.sign.keyPair.fromSeed(seed).publicKey }
 }
 
-export function publicKeyHex (publicKey: Uint8Array): PublicKeyHex {
+export function publicKeyHex(publicKey: Uint8Array): PublicKeyHex {
   return toHex(publicKey) as PublicKeyHex
 }
 
-export function parsePublicKey (hex: string): Uint8Array {
+export function parsePublicKey(hex: string): Uint8Array {
   const key = fromHex(hex.trim())
-  if (key.length !== 32) throw new MalformedInputError(`a public key is 64 hex characters (32 bytes), got ${hex.length} characters`)
+  if (key.length !== 32)
+    throw new MalformedInputError(
+      `a public key is 64 hex characters (32 bytes), got ${hex.length} characters`
+    )
   return key
 }
 
@@ -45,7 +49,7 @@ export function parsePublicKey (hex: string): Uint8Array {
  * A short form for people to compare over the phone: the first 10 bytes of sha-256 of the key
  * in five groups, e.g. `3f2a-91c0-7be4-0d18-a6e2`.
  */
-export function fingerprint (publicKey: Uint8Array): string {
+export function fingerprint(publicKey: Uint8Array): string {
   const h = toHex(sha256(publicKey)).slice(0, 20)
   return h.match(/.{4}/g)!.join('-')
 }
@@ -54,7 +58,7 @@ export interface KeyFile {
   rhizome: 'key/v1'
   label: string
   publicKey: string
-  kdf: { name: 'scrypt', N: number, r: number, p: number, salt: string }
+  kdf: { name: 'scrypt'; N: number; r: number; p: number; salt: string }
   nonce: string
   box: string
 }
@@ -64,7 +68,12 @@ export const DEFAULT_SCRYPT = { N: 1 << 15, r: 8, p: 1 }
 const MAX_SCRYPT_N = 1 << 20
 const MAX_KEY_FILE_BYTES = 4096
 
-export async function encryptKeyFile (pair: KeyPair, passphrase: string, label: string, cost = DEFAULT_SCRYPT): Promise<KeyFile> {
+export async function encryptKeyFile(
+  pair: KeyPair,
+  passphrase: string,
+  label: string,
+  cost = DEFAULT_SCRYPT
+): Promise<KeyFile> {
   const salt = nacl.randomBytes(16)
   const nonce = nacl.randomBytes(nacl.secretbox.nonceLength)
   const key = await scryptAsync(utf8(passphrase), salt, { ...cost, dkLen: 32 })
@@ -78,23 +87,53 @@ export async function encryptKeyFile (pair: KeyPair, passphrase: string, label: 
   }
 }
 
-export function parseKeyFile (text: string): KeyFile {
-  if (text.length > MAX_KEY_FILE_BYTES) throw new OversizedInputError(`a key file is at most ${MAX_KEY_FILE_BYTES} bytes; this one has ${text.length}`)
+export function parseKeyFile(text: string): KeyFile {
+  if (text.length > MAX_KEY_FILE_BYTES)
+    throw new OversizedInputError(
+      `a key file is at most ${MAX_KEY_FILE_BYTES} bytes; this one has ${text.length}`
+    )
   let v: unknown
-  try { v = JSON.parse(text) } catch { throw new MalformedInputError('the key file is not JSON; is this a Rhizome key file (made by `rhizome init` or `rhizome keygen`)?') }
+  try {
+    v = JSON.parse(text)
+  } catch {
+    throw new MalformedInputError(
+      'the key file is not JSON; is this a Rhizome key file (made by `rhizome init` or `rhizome keygen`)?'
+    )
+  }
   const f = v as Partial<KeyFile>
-  if (f?.rhizome !== 'key/v1' || typeof f.publicKey !== 'string' || typeof f.nonce !== 'string' || typeof f.box !== 'string' ||
-    f.kdf?.name !== 'scrypt' || typeof f.kdf.salt !== 'string' || !Number.isInteger(f.kdf.N) || f.kdf.N > MAX_SCRYPT_N) {
-    throw new MalformedInputError('not a Rhizome key file (expected "rhizome": "key/v1" with scrypt parameters)')
+  if (
+    f?.rhizome !== 'key/v1' ||
+    typeof f.publicKey !== 'string' ||
+    typeof f.nonce !== 'string' ||
+    typeof f.box !== 'string' ||
+    f.kdf?.name !== 'scrypt' ||
+    typeof f.kdf.salt !== 'string' ||
+    !Number.isInteger(f.kdf.N) ||
+    f.kdf.N > MAX_SCRYPT_N
+  ) {
+    throw new MalformedInputError(
+      'not a Rhizome key file (expected "rhizome": "key/v1" with scrypt parameters)'
+    )
   }
   return f as KeyFile
 }
 
-export async function decryptKeyFile (file: KeyFile, passphrase: string): Promise<KeyPair> {
-  const key = await scryptAsync(utf8(passphrase), fromHex(file.kdf.salt), { N: file.kdf.N, r: file.kdf.r, p: file.kdf.p, dkLen: 32 })
+export async function decryptKeyFile(file: KeyFile, passphrase: string): Promise<KeyPair> {
+  const key = await scryptAsync(utf8(passphrase), fromHex(file.kdf.salt), {
+    N: file.kdf.N,
+    r: file.kdf.r,
+    p: file.kdf.p,
+    dkLen: 32
+  })
   const seed = nacl.secretbox.open(fromHex(file.box), fromHex(file.nonce), key)
-  if (seed === null) throw new WrongPassphraseError(`wrong passphrase for key file "${file.label}" (${fingerprint(fromHex(file.publicKey))}); nothing was signed`)
+  if (seed === null)
+    throw new WrongPassphraseError(
+      `wrong passphrase for key file "${file.label}" (${fingerprint(fromHex(file.publicKey))}); nothing was signed`
+    )
   const pair = keyPairFromSeed(seed)
-  if (toHex(pair.publicKey) !== file.publicKey) throw new MalformedInputError(`key file "${file.label}" is inconsistent: its secret does not match its public key`)
+  if (toHex(pair.publicKey) !== file.publicKey)
+    throw new MalformedInputError(
+      `key file "${file.label}" is inconsistent: its secret does not match its public key`
+    )
   return pair
 }

@@ -19,13 +19,17 @@ const pad = (n: number): string => n.toString().padStart(12, '0')
 const MAX_SNAPSHOT_BYTES = 1 << 30
 const decoder = new TextDecoder()
 
-function encodeSnapshot (s: Snapshot): Uint8Array {
+function encodeSnapshot(s: Snapshot): Uint8Array {
   return new ByteWriter().varint(s.upTo).bytes(s.doc).bytes(s.signatures).finish()
 }
 
-function decodeSnapshot (bytes: Uint8Array): Snapshot {
+function decodeSnapshot(bytes: Uint8Array): Snapshot {
   const r = new ByteReader(bytes, 'stored snapshot')
-  const s = { upTo: r.varint(), doc: r.bytes(MAX_SNAPSHOT_BYTES).slice(), signatures: r.bytes(MAX_SNAPSHOT_BYTES).slice() }
+  const s = {
+    upTo: r.varint(),
+    doc: r.bytes(MAX_SNAPSHOT_BYTES).slice(),
+    signatures: r.bytes(MAX_SNAPSHOT_BYTES).slice()
+  }
   r.end()
   return s
 }
@@ -36,66 +40,81 @@ export class LevelStore implements Store {
   /** Appends to one document are serialised so sequence numbers stay dense and ordered. */
   private readonly tails = new Map<string, Promise<unknown>>()
 
-  private constructor (db: Level<string, Uint8Array>) { this.db = db }
+  private constructor(db: Level<string, Uint8Array>) {
+    this.db = db
+  }
 
-  static async open (path: string): Promise<LevelStore> {
+  static async open(path: string): Promise<LevelStore> {
     const db = new Level<string, Uint8Array>(path, { valueEncoding: 'view' })
     await db.open()
     return new LevelStore(db)
   }
 
-  private async lastSeq (docId: string): Promise<number> {
+  private async lastSeq(docId: string): Promise<number> {
     let seq = this.seqs.get(docId)
     if (seq === undefined) {
       const v = await this.db.get(`d!${docId}!n`)
       seq = v === undefined ? 0 : Number(decoder.decode(v))
-      if (!Number.isSafeInteger(seq)) throw new MalformedInputError(`store: bad sequence number for document "${docId}"`)
+      if (!Number.isSafeInteger(seq))
+        throw new MalformedInputError(`store: bad sequence number for document "${docId}"`)
       this.seqs.set(docId, seq)
     }
     return seq
   }
 
-  async appendBatch (docId: string, bytes: Uint8Array): Promise<number> {
+  async appendBatch(docId: string, bytes: Uint8Array): Promise<number> {
     this.check()
     const prev = this.tails.get(docId) ?? Promise.resolve()
-    const next = prev.catch(() => {}).then(async () => {
-      const seq = (await this.lastSeq(docId)) + 1
-      await this.db.batch([
-        { type: 'put', key: `d!${docId}!b!${pad(seq)}`, value: bytes },
-        { type: 'put', key: `d!${docId}!n`, value: utf8(String(seq)) }
-      ], { sync: true })
-      this.seqs.set(docId, seq)
-      return seq
-    })
+    const next = prev
+      .catch(() => {})
+      .then(async () => {
+        const seq = (await this.lastSeq(docId)) + 1
+        await this.db.batch(
+          [
+            { type: 'put', key: `d!${docId}!b!${pad(seq)}`, value: bytes },
+            { type: 'put', key: `d!${docId}!n`, value: utf8(String(seq)) }
+          ],
+          { sync: true }
+        )
+        this.seqs.set(docId, seq)
+        return seq
+      })
     this.tails.set(docId, next)
     return next
   }
 
-  async batchesAfter (docId: string, after: number): Promise<StoredBatch[]> {
+  async batchesAfter(docId: string, after: number): Promise<StoredBatch[]> {
     this.check()
     const out: StoredBatch[] = []
-    for await (const [key, value] of this.db.iterator({ gt: `d!${docId}!b!${pad(after)}`, lt: `d!${docId}!b!~` })) {
+    for await (const [key, value] of this.db.iterator({
+      gt: `d!${docId}!b!${pad(after)}`,
+      lt: `d!${docId}!b!~`
+    })) {
       out.push({ seq: Number(key.slice(key.lastIndexOf('!') + 1)), bytes: value })
     }
     return out
   }
 
-  async putSnapshot (docId: string, snapshot: Snapshot): Promise<void> {
+  async putSnapshot(docId: string, snapshot: Snapshot): Promise<void> {
     this.check()
-    const ops: Array<{ type: 'put', key: string, value: Uint8Array } | { type: 'del', key: string }> = [
-      { type: 'put', key: `d!${docId}!s`, value: encodeSnapshot(snapshot) }
-    ]
-    for await (const key of this.db.keys({ gt: `d!${docId}!b!`, lte: `d!${docId}!b!${pad(snapshot.upTo)}` })) ops.push({ type: 'del', key })
+    const ops: Array<
+      { type: 'put'; key: string; value: Uint8Array } | { type: 'del'; key: string }
+    > = [{ type: 'put', key: `d!${docId}!s`, value: encodeSnapshot(snapshot) }]
+    for await (const key of this.db.keys({
+      gt: `d!${docId}!b!`,
+      lte: `d!${docId}!b!${pad(snapshot.upTo)}`
+    }))
+      ops.push({ type: 'del', key })
     await this.db.batch(ops, { sync: true })
   }
 
-  async getSnapshot (docId: string): Promise<Snapshot | undefined> {
+  async getSnapshot(docId: string): Promise<Snapshot | undefined> {
     this.check()
     const v = await this.db.get(`d!${docId}!s`)
     return v === undefined ? undefined : decodeSnapshot(v)
   }
 
-  async listDocs (): Promise<string[]> {
+  async listDocs(): Promise<string[]> {
     this.check()
     const docs = new Set<string>()
     for await (const key of this.db.keys({ gt: 'd!', lt: 'd!~' })) {
@@ -104,34 +123,44 @@ export class LevelStore implements Store {
     return [...docs].sort()
   }
 
-  async putTrust (version: number, bytes: Uint8Array): Promise<void> {
+  async putTrust(version: number, bytes: Uint8Array): Promise<void> {
     this.check()
     await this.db.put(`t!${pad(version)}`, bytes, { sync: true })
   }
 
-  async listTrust (): Promise<Uint8Array[]> {
+  async listTrust(): Promise<Uint8Array[]> {
     this.check()
     return this.db.values({ gt: 't!', lt: 't!~' }).all()
   }
 
-  async getMeta (key: string): Promise<Uint8Array | undefined> { this.check(); return this.db.get(`m!${key}`) }
-  async putMeta (key: string, value: Uint8Array): Promise<void> { this.check(); await this.db.put(`m!${key}`, value, { sync: true }) }
-  async deleteMeta (key: string): Promise<void> { this.check(); await this.db.del(`m!${key}`) }
-  async listMeta (prefix: string): Promise<Array<[string, Uint8Array]>> {
+  async getMeta(key: string): Promise<Uint8Array | undefined> {
+    this.check()
+    return this.db.get(`m!${key}`)
+  }
+  async putMeta(key: string, value: Uint8Array): Promise<void> {
+    this.check()
+    await this.db.put(`m!${key}`, value, { sync: true })
+  }
+  async deleteMeta(key: string): Promise<void> {
+    this.check()
+    await this.db.del(`m!${key}`)
+  }
+  async listMeta(prefix: string): Promise<Array<[string, Uint8Array]>> {
     this.check()
     const out: Array<[string, Uint8Array]> = []
-    for await (const [k, v] of this.db.iterator({ gte: `m!${prefix}`, lt: `m!${prefix}\uffff` })) out.push([k.slice(2), v])
+    for await (const [k, v] of this.db.iterator({ gte: `m!${prefix}`, lt: `m!${prefix}\uffff` }))
+      out.push([k.slice(2), v])
     return out
   }
 
-  async close (): Promise<void> {
+  async close(): Promise<void> {
     if (this.db.status === 'open') {
       await Promise.allSettled([...this.tails.values()])
       await this.db.close()
     }
   }
 
-  private check (): void {
+  private check(): void {
     if (this.db.status !== 'open') throw new ClosedError('the level store is closed')
   }
 }

@@ -13,7 +13,13 @@
 import { logger } from '@libp2p/logger'
 import { newActorId, type SignedBatch } from './signed-change.ts'
 import { SignedDocument, verifyBatch, type AcceptResult, type Signer } from './document.ts'
-import { decodeTrustStatement, encodeTrustStatement, statementHash, TrustChain, type SignedTrustStatement } from './trust.ts'
+import {
+  decodeTrustStatement,
+  encodeTrustStatement,
+  statementHash,
+  TrustChain,
+  type SignedTrustStatement
+} from './trust.ts'
 import { ClosedError, InvalidTrustStatementError, MalformedInputError } from './errors.ts'
 import type { Ed25519 } from './ed25519.ts'
 import type { KeyPair } from './keys.ts'
@@ -25,8 +31,11 @@ const log = logger('rhizome:crdt:replica')
 export const DOC_ID_PATTERN = /^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/
 export const MAX_DOCUMENTS = 1024
 
-export function checkDocId (id: string): void {
-  if (id.length > 128 || !DOC_ID_PATTERN.test(id)) throw new MalformedInputError(`"${id.slice(0, 40)}" is not a document id (lower-case words joined by / - _ or .)`)
+export function checkDocId(id: string): void {
+  if (id.length > 128 || !DOC_ID_PATTERN.test(id))
+    throw new MalformedInputError(
+      `"${id.slice(0, 40)}" is not a document id (lower-case words joined by / - _ or .)`
+    )
 }
 
 export interface ReplicaOptions {
@@ -51,27 +60,35 @@ export class Replica extends EventTarget {
   private readonly docs = new Map<string, Promise<SignedDocument>>()
   private closed = false
 
-  private constructor (store: Store, ed: Ed25519, trust: TrustChain) {
+  private constructor(store: Store, ed: Ed25519, trust: TrustChain) {
     super()
     this.store = store
     this.ed = ed
     this.trust = trust
   }
 
-  static async open (opts: ReplicaOptions): Promise<Replica> {
+  static async open(opts: ReplicaOptions): Promise<Replica> {
     const stored = await opts.store.listTrust()
     let chain: TrustChain
     if (stored.length === 0) {
-      if (opts.genesis === undefined) throw new InvalidTrustStatementError('this store holds no fleet yet; pass the fleet\'s genesis trust statement (rhizome init writes it to trust.json)')
+      if (opts.genesis === undefined)
+        throw new InvalidTrustStatementError(
+          "this store holds no fleet yet; pass the fleet's genesis trust statement (rhizome init writes it to trust.json)"
+        )
       chain = await TrustChain.fromGenesis(opts.genesis, opts.ed)
       await opts.store.putTrust(1, encodeTrustStatement(opts.genesis))
     } else {
       chain = await TrustChain.fromGenesis(decodeTrustStatement(stored[0] as Uint8Array), opts.ed)
       for (const bytes of stored.slice(1)) await chain.add(decodeTrustStatement(bytes))
       // Compare by hash: the stored copy is canonical JSON, a trust.json file may order keys differently.
-      if (opts.genesis !== undefined && chain.all[0] !== undefined &&
-        statementHash(chain.all[0].statement) !== statementHash(opts.genesis.statement)) {
-        throw new InvalidTrustStatementError(`this store belongs to fleet "${chain.latest.fleet}" (${chain.fleetId.slice(0, 12)}…), not to the genesis statement given; use another data directory`)
+      if (
+        opts.genesis !== undefined &&
+        chain.all[0] !== undefined &&
+        statementHash(chain.all[0].statement) !== statementHash(opts.genesis.statement)
+      ) {
+        throw new InvalidTrustStatementError(
+          `this store belongs to fleet "${chain.latest.fleet}" (${chain.fleetId.slice(0, 12)}…), not to the genesis statement given; use another data directory`
+        )
       }
     }
     const replica = new Replica(opts.store, opts.ed, chain)
@@ -79,15 +96,18 @@ export class Replica extends EventTarget {
     return replica
   }
 
-  get fleetId (): string { return this.trust.fleetId }
+  get fleetId(): string {
+    return this.trust.fleetId
+  }
 
   /** Open (or create, empty) the document with this id. */
-  open<T = Record<string, unknown>> (id: string): Promise<SignedDocument<T>> {
+  open<T = Record<string, unknown>>(id: string): Promise<SignedDocument<T>> {
     if (this.closed) throw new ClosedError('the replica is closed')
     checkDocId(id)
     let doc = this.docs.get(id)
     if (doc === undefined) {
-      if (this.docs.size >= MAX_DOCUMENTS) throw new MalformedInputError(`a fleet holds at most ${MAX_DOCUMENTS} documents`)
+      if (this.docs.size >= MAX_DOCUMENTS)
+        throw new MalformedInputError(`a fleet holds at most ${MAX_DOCUMENTS} documents`)
       doc = SignedDocument.load(this.context(), id)
       this.docs.set(id, doc)
       doc.catch(() => this.docs.delete(id))
@@ -96,10 +116,12 @@ export class Replica extends EventTarget {
   }
 
   /** Ids of the documents open in this replica. */
-  documentIds (): string[] { return [...this.docs.keys()].sort() }
+  documentIds(): string[] {
+    return [...this.docs.keys()].sort()
+  }
 
   /** Verify and apply a batch (for any document of this fleet). */
-  async accept (batch: SignedBatch): Promise<AcceptResult> {
+  async accept(batch: SignedBatch): Promise<AcceptResult> {
     if (this.closed) throw new ClosedError('the replica is closed')
     if (!this.docs.has(batch.docId)) {
       // Verify before creating a document: otherwise invalid batches with made-up document ids
@@ -113,37 +135,52 @@ export class Replica extends EventTarget {
   }
 
   /** Add the next trust statement; persisted before it resolves. Returns false if already held. */
-  async addTrustStatement (signed: SignedTrustStatement): Promise<boolean> {
+  async addTrustStatement(signed: SignedTrustStatement): Promise<boolean> {
     const added = await this.trust.add(signed)
     if (added) {
       await this.store.putTrust(signed.statement.version, encodeTrustStatement(signed))
-      this.dispatchEvent(new CustomEvent('trust', { detail: { version: signed.statement.version } }))
+      this.dispatchEvent(
+        new CustomEvent('trust', { detail: { version: signed.statement.version } })
+      )
     }
     return added
   }
 
   /** A signer for this process: the key plus a fresh session, so its actor id is new. */
-  static signer (pair: KeyPair): Signer {
+  static signer(pair: KeyPair): Signer {
     return { pair, actor: newActorId(pair.publicKey) }
   }
 
   /** Snapshot every document and stop accepting work. The store stays open (its owner closes it). */
-  async close (): Promise<void> {
+  async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
     for (const doc of this.docs.values()) {
-      try { await (await doc).snapshot() } catch (err) { log.error('snapshot on close failed: %e', err) }
+      try {
+        await (await doc).snapshot()
+      } catch (err) {
+        log.error('snapshot on close failed: %e', err)
+      }
     }
   }
 
-  private context () {
+  private context() {
     return {
       fleetId: this.trust.fleetId,
       trust: this.trust,
       ed: this.ed,
       store: this.store,
-      onChange: (docId: string, heads: string[], source: 'local' | 'remote', batches: SignedBatch[]) => {
-        this.dispatchEvent(new CustomEvent<ChangeEventDetail>('change', { detail: { docId, heads, source, batches } }))
+      onChange: (
+        docId: string,
+        heads: string[],
+        source: 'local' | 'remote',
+        batches: SignedBatch[]
+      ) => {
+        this.dispatchEvent(
+          new CustomEvent<ChangeEventDetail>('change', {
+            detail: { docId, heads, source, batches }
+          })
+        )
       }
     }
   }

@@ -32,7 +32,14 @@
 import * as Automerge from '@automerge/automerge'
 import { sha256 } from '@noble/hashes/sha2.js'
 import { ByteReader, ByteWriter, concatBytes, fromHex, toHex, utf8 } from './bytes.ts'
-import { ActorMismatchError, InvalidSignatureError, MalformedInputError, OversizedInputError, UnsignedChangeError, UnsupportedVersionError } from './errors.ts'
+import {
+  ActorMismatchError,
+  InvalidSignatureError,
+  MalformedInputError,
+  OversizedInputError,
+  UnsignedChangeError,
+  UnsupportedVersionError
+} from './errors.ts'
 import type { Ed25519 } from './ed25519.ts'
 import type { KeyPair } from './keys.ts'
 
@@ -72,47 +79,75 @@ export interface ChangeMeta {
   message: string | null
 }
 
-export function newActorId (publicKey: Uint8Array, session: Uint8Array = globalThis.crypto.getRandomValues(new Uint8Array(8))): string {
+export function newActorId(
+  publicKey: Uint8Array,
+  session: Uint8Array = globalThis.crypto.getRandomValues(new Uint8Array(8))
+): string {
   return toHex(concatBytes(publicKey, session))
 }
 
 /** The signer key named by an actor id, as hex; throws `ActorMismatchError` for foreign actor ids. */
-export function actorKeyHex (actor: string): string {
-  if (actor.length !== ACTOR_BYTES * 2) throw new ActorMismatchError(`actor ${actor.slice(0, 16)}… is not a Rhizome actor id (32-byte key + 8-byte session)`)
+export function actorKeyHex(actor: string): string {
+  if (actor.length !== ACTOR_BYTES * 2)
+    throw new ActorMismatchError(
+      `actor ${actor.slice(0, 16)}… is not a Rhizome actor id (32-byte key + 8-byte session)`
+    )
   return actor.slice(0, 64)
 }
 
-export function changeDigest (fleetId: string, docId: string, hash: string): Uint8Array {
+export function changeDigest(fleetId: string, docId: string, hash: string): Uint8Array {
   const doc = utf8(docId)
-  return sha256(concatBytes(DOMAIN, fromHex(fleetId), Uint8Array.of(doc.length), doc, fromHex(hash)))
+  return sha256(
+    concatBytes(DOMAIN, fromHex(fleetId), Uint8Array.of(doc.length), doc, fromHex(hash))
+  )
 }
 
-export async function signChange (pair: KeyPair, fleetId: string, docId: string, hash: string, ed: Ed25519): Promise<ChangeSignature> {
-  return { key: pair.publicKey, hash, signature: await ed.sign(pair.seed, changeDigest(fleetId, docId, hash)) }
+export async function signChange(
+  pair: KeyPair,
+  fleetId: string,
+  docId: string,
+  hash: string,
+  ed: Ed25519
+): Promise<ChangeSignature> {
+  return {
+    key: pair.publicKey,
+    hash,
+    signature: await ed.sign(pair.seed, changeDigest(fleetId, docId, hash))
+  }
 }
 
-export function encodeBatch (batch: SignedBatch): Uint8Array {
+export function encodeBatch(batch: SignedBatch): Uint8Array {
   const w = new ByteWriter().u8(BATCH_VERSION).string(batch.docId).varint(batch.chunks.length)
   for (const c of batch.chunks) w.bytes(c)
   w.varint(batch.signatures.length)
   for (const s of batch.signatures) w.raw(s.key).raw(fromHex(s.hash)).raw(s.signature)
   const out = w.finish()
-  if (out.length > MAX_BATCH_BYTES) throw new OversizedInputError(`a signed batch is at most ${MAX_BATCH_BYTES} bytes; this one would be ${out.length}`)
+  if (out.length > MAX_BATCH_BYTES)
+    throw new OversizedInputError(
+      `a signed batch is at most ${MAX_BATCH_BYTES} bytes; this one would be ${out.length}`
+    )
   return out
 }
 
-export function decodeBatch (bytes: Uint8Array): SignedBatch {
-  if (bytes.length > MAX_BATCH_BYTES) throw new OversizedInputError(`a signed batch is at most ${MAX_BATCH_BYTES} bytes; got ${bytes.length}`)
+export function decodeBatch(bytes: Uint8Array): SignedBatch {
+  if (bytes.length > MAX_BATCH_BYTES)
+    throw new OversizedInputError(
+      `a signed batch is at most ${MAX_BATCH_BYTES} bytes; got ${bytes.length}`
+    )
   const r = new ByteReader(bytes, 'signed batch')
   const version = r.u8()
-  if (version !== BATCH_VERSION) throw new UnsupportedVersionError(`signed batch version ${version} is not supported (this build reads version ${BATCH_VERSION}); upgrade this node`)
+  if (version !== BATCH_VERSION)
+    throw new UnsupportedVersionError(
+      `signed batch version ${version} is not supported (this build reads version ${BATCH_VERSION}); upgrade this node`
+    )
   const docId = r.string(MAX_DOC_ID_BYTES)
   const chunks: Uint8Array[] = []
   const nChunks = r.varint(MAX_CHUNKS_PER_BATCH)
   for (let i = 0; i < nChunks; i++) chunks.push(r.bytes(MAX_BATCH_BYTES))
   const signatures: ChangeSignature[] = []
   const nSigs = r.varint(MAX_SIGNATURES_PER_BATCH)
-  for (let i = 0; i < nSigs; i++) signatures.push({ key: r.raw(32), hash: toHex(r.raw(32)), signature: r.raw(64) })
+  for (let i = 0; i < nSigs; i++)
+    signatures.push({ key: r.raw(32), hash: toHex(r.raw(32)), signature: r.raw(64) })
   r.end()
   return { docId, chunks, signatures }
 }
@@ -122,12 +157,26 @@ const CHUNK_COMPRESSED_CHANGE = 2
 const CHUNK_BUNDLE = 3
 
 /** A single change (not a bundle or a document): `Automerge.applyChanges` takes these. */
-export function isChangeChunk (chunk: Uint8Array): boolean {
+export function isChangeChunk(chunk: Uint8Array): boolean {
   return chunk.length > 8 && (chunk[8] === CHUNK_CHANGE || chunk[8] === CHUNK_COMPRESSED_CHANGE)
 }
 
-function toMeta (c: { hash: string, actor: string, seq: number, deps: string[], time: number, message: string | null }): ChangeMeta {
-  return { hash: c.hash, actor: c.actor, seq: c.seq, deps: c.deps, time: c.time, message: c.message }
+function toMeta(c: {
+  hash: string
+  actor: string
+  seq: number
+  deps: string[]
+  time: number
+  message: string | null
+}): ChangeMeta {
+  return {
+    hash: c.hash,
+    actor: c.actor,
+    seq: c.seq,
+    deps: c.deps,
+    time: c.time,
+    message: c.message
+  }
 }
 
 /**
@@ -136,9 +185,10 @@ function toMeta (c: { hash: string, actor: string, seq: number, deps: string[], 
  * apply. The checksum is outside what signatures cover (they name hashes of the content), so
  * it is checked here, before anything is verified, stored or applied.
  */
-function checkChecksum (chunk: Uint8Array, expected: Uint8Array): void {
+function checkChecksum(chunk: Uint8Array, expected: Uint8Array): void {
   for (let i = 0; i < 4; i++) {
-    if (chunk[4 + i] !== expected[i]) throw new MalformedInputError('a chunk\'s checksum does not match its contents')
+    if (chunk[4 + i] !== expected[i])
+      throw new MalformedInputError("a chunk's checksum does not match its contents")
   }
 }
 
@@ -146,7 +196,7 @@ function checkChecksum (chunk: Uint8Array, expected: Uint8Array): void {
  * Parse the changes in a batch's chunks without applying them anywhere. Automerge computes each
  * change's hash from its bytes while parsing, which is what makes the hash chain trustworthy.
  */
-export function readChanges (chunks: Uint8Array[]): ChangeMeta[] {
+export function readChanges(chunks: Uint8Array[]): ChangeMeta[] {
   const out: ChangeMeta[] = []
   for (const chunk of chunks) {
     const type = chunk.length > 8 ? chunk[8] : -1
@@ -164,9 +214,12 @@ export function readChanges (chunks: Uint8Array[]): ChangeMeta[] {
       }
     } catch (err) {
       if (err instanceof MalformedInputError) throw err
-      throw new MalformedInputError(`a chunk does not parse as Automerge changes: ${(err as Error).message}`)
+      throw new MalformedInputError(
+        `a chunk does not parse as Automerge changes: ${(err as Error).message}`
+      )
     }
-    if (out.length > MAX_CHANGES_PER_BATCH) throw new OversizedInputError(`a batch holds at most ${MAX_CHANGES_PER_BATCH} changes`)
+    if (out.length > MAX_CHANGES_PER_BATCH)
+      throw new OversizedInputError(`a batch holds at most ${MAX_CHANGES_PER_BATCH} changes`)
   }
   return out
 }
@@ -176,7 +229,13 @@ export function readChanges (chunks: Uint8Array[]): ChangeMeta[] {
  * and that each covering signature verifies. Returns the signer key (hex) of each actor.
  * Pure in its inputs: every peer holding the same batch decides the same.
  */
-export async function verifyCoverage (fleetId: string, docId: string, changes: ChangeMeta[], signatures: ChangeSignature[], ed: Ed25519): Promise<Map<string, string>> {
+export async function verifyCoverage(
+  fleetId: string,
+  docId: string,
+  changes: ChangeMeta[],
+  signatures: ChangeSignature[],
+  ed: Ed25519
+): Promise<Map<string, string>> {
   const byHash = new Map<string, ChangeMeta>()
   for (const c of changes) byHash.set(c.hash, c)
   const covered = new Set<string>()
@@ -186,12 +245,20 @@ export async function verifyCoverage (fleetId: string, docId: string, changes: C
     .map(s => ({ s, c: byHash.get(s.hash) }))
     .sort((a, b) => (b.c?.seq ?? 0) - (a.c?.seq ?? 0))
   for (const { s, c } of sigs) {
-    if (c === undefined) throw new MalformedInputError(`signature for change ${s.hash.slice(0, 12)}… which is not in the batch`)
+    if (c === undefined)
+      throw new MalformedInputError(
+        `signature for change ${s.hash.slice(0, 12)}… which is not in the batch`
+      )
     if (covered.has(c.hash)) continue
     const keyHex = toHex(s.key)
-    if (actorKeyHex(c.actor) !== keyHex) throw new ActorMismatchError(`change ${c.hash.slice(0, 12)}… has actor ${c.actor.slice(0, 16)}… but is signed by key ${keyHex.slice(0, 16)}…`)
-    if (!await ed.verify(s.key, changeDigest(fleetId, docId, c.hash), s.signature)) {
-      throw new InvalidSignatureError(`signature on change ${c.hash.slice(0, 12)}… of document "${docId}" does not verify`)
+    if (actorKeyHex(c.actor) !== keyHex)
+      throw new ActorMismatchError(
+        `change ${c.hash.slice(0, 12)}… has actor ${c.actor.slice(0, 16)}… but is signed by key ${keyHex.slice(0, 16)}…`
+      )
+    if (!(await ed.verify(s.key, changeDigest(fleetId, docId, c.hash), s.signature))) {
+      throw new InvalidSignatureError(
+        `signature on change ${c.hash.slice(0, 12)}… of document "${docId}" does not verify`
+      )
     }
     signerOfActor.set(c.actor, keyHex)
     // Walk the ancestry inside the batch; mark every change by the same actor as covered.
@@ -208,7 +275,10 @@ export async function verifyCoverage (fleetId: string, docId: string, changes: C
     }
   }
   for (const c of changes) {
-    if (!covered.has(c.hash)) throw new UnsignedChangeError(`change ${c.hash.slice(0, 12)}… (actor ${c.actor.slice(0, 16)}…, seq ${c.seq}) of document "${docId}" is not covered by any signature in its batch`)
+    if (!covered.has(c.hash))
+      throw new UnsignedChangeError(
+        `change ${c.hash.slice(0, 12)}… (actor ${c.actor.slice(0, 16)}…, seq ${c.seq}) of document "${docId}" is not covered by any signature in its batch`
+      )
   }
   return signerOfActor
 }

@@ -13,7 +13,10 @@
  */
 import { ClosedError } from './errors.ts'
 
-export interface StoredBatch { seq: number, bytes: Uint8Array }
+export interface StoredBatch {
+  seq: number
+  bytes: Uint8Array
+}
 
 export interface Snapshot {
   /** Highest batch sequence number whose changes the snapshot holds. */
@@ -26,25 +29,29 @@ export interface Snapshot {
 
 export interface Store {
   /** Append a batch; resolves once it is durable. Returns its sequence number. */
-  appendBatch (docId: string, bytes: Uint8Array): Promise<number>
+  appendBatch(docId: string, bytes: Uint8Array): Promise<number>
   /** Batches with a sequence number above `after`, in order. */
-  batchesAfter (docId: string, after: number): Promise<StoredBatch[]>
+  batchesAfter(docId: string, after: number): Promise<StoredBatch[]>
   /** Store a snapshot and drop the batches it includes. */
-  putSnapshot (docId: string, snapshot: Snapshot): Promise<void>
-  getSnapshot (docId: string): Promise<Snapshot | undefined>
-  listDocs (): Promise<string[]>
+  putSnapshot(docId: string, snapshot: Snapshot): Promise<void>
+  getSnapshot(docId: string): Promise<Snapshot | undefined>
+  listDocs(): Promise<string[]>
   /** Trust statements, by version (1 = genesis). */
-  putTrust (version: number, bytes: Uint8Array): Promise<void>
-  listTrust (): Promise<Uint8Array[]>
-  getMeta (key: string): Promise<Uint8Array | undefined>
-  putMeta (key: string, value: Uint8Array): Promise<void>
-  deleteMeta (key: string): Promise<void>
+  putTrust(version: number, bytes: Uint8Array): Promise<void>
+  listTrust(): Promise<Uint8Array[]>
+  getMeta(key: string): Promise<Uint8Array | undefined>
+  putMeta(key: string, value: Uint8Array): Promise<void>
+  deleteMeta(key: string): Promise<void>
   /** Metadata entries whose key starts with `prefix`. */
-  listMeta (prefix: string): Promise<Array<[string, Uint8Array]>>
-  close (): Promise<void>
+  listMeta(prefix: string): Promise<Array<[string, Uint8Array]>>
+  close(): Promise<void>
 }
 
-interface DocRecord { seq: number, batches: Map<number, Uint8Array>, snapshot?: Snapshot }
+interface DocRecord {
+  seq: number
+  batches: Map<number, Uint8Array>
+  snapshot?: Snapshot
+}
 
 export class MemoryStore implements Store {
   private docs = new Map<string, DocRecord>()
@@ -52,49 +59,79 @@ export class MemoryStore implements Store {
   private meta = new Map<string, Uint8Array>()
   private closed = false
 
-  private doc (docId: string): DocRecord {
+  private doc(docId: string): DocRecord {
     this.check()
     let d = this.docs.get(docId)
-    if (d === undefined) { d = { seq: 0, batches: new Map() }; this.docs.set(docId, d) }
+    if (d === undefined) {
+      d = { seq: 0, batches: new Map() }
+      this.docs.set(docId, d)
+    }
     return d
   }
 
-  async appendBatch (docId: string, bytes: Uint8Array): Promise<number> {
+  async appendBatch(docId: string, bytes: Uint8Array): Promise<number> {
     const d = this.doc(docId)
     d.seq++
     d.batches.set(d.seq, bytes.slice())
     return d.seq
   }
 
-  async batchesAfter (docId: string, after: number): Promise<StoredBatch[]> {
+  async batchesAfter(docId: string, after: number): Promise<StoredBatch[]> {
     const d = this.doc(docId)
-    return [...d.batches].filter(([seq]) => seq > after).sort(([a], [b]) => a - b).map(([seq, bytes]) => ({ seq, bytes }))
+    return [...d.batches]
+      .filter(([seq]) => seq > after)
+      .sort(([a], [b]) => a - b)
+      .map(([seq, bytes]) => ({ seq, bytes }))
   }
 
-  async putSnapshot (docId: string, snapshot: Snapshot): Promise<void> {
+  async putSnapshot(docId: string, snapshot: Snapshot): Promise<void> {
     const d = this.doc(docId)
     d.snapshot = snapshot
     for (const seq of [...d.batches.keys()]) if (seq <= snapshot.upTo) d.batches.delete(seq)
   }
 
-  async getSnapshot (docId: string): Promise<Snapshot | undefined> { return this.doc(docId).snapshot }
-
-  async listDocs (): Promise<string[]> {
-    this.check()
-    return [...this.docs].filter(([, d]) => d.seq > 0 || d.snapshot !== undefined).map(([id]) => id).sort()
+  async getSnapshot(docId: string): Promise<Snapshot | undefined> {
+    return this.doc(docId).snapshot
   }
 
-  async putTrust (version: number, bytes: Uint8Array): Promise<void> { this.check(); this.trust.set(version, bytes) }
-  async listTrust (): Promise<Uint8Array[]> { this.check(); return [...this.trust].sort(([a], [b]) => a - b).map(([, b]) => b) }
-  async getMeta (key: string): Promise<Uint8Array | undefined> { this.check(); return this.meta.get(key) }
-  async putMeta (key: string, value: Uint8Array): Promise<void> { this.check(); this.meta.set(key, value) }
-  async deleteMeta (key: string): Promise<void> { this.check(); this.meta.delete(key) }
-  async listMeta (prefix: string): Promise<Array<[string, Uint8Array]>> {
+  async listDocs(): Promise<string[]> {
+    this.check()
+    return [...this.docs]
+      .filter(([, d]) => d.seq > 0 || d.snapshot !== undefined)
+      .map(([id]) => id)
+      .sort()
+  }
+
+  async putTrust(version: number, bytes: Uint8Array): Promise<void> {
+    this.check()
+    this.trust.set(version, bytes)
+  }
+  async listTrust(): Promise<Uint8Array[]> {
+    this.check()
+    return [...this.trust].sort(([a], [b]) => a - b).map(([, b]) => b)
+  }
+  async getMeta(key: string): Promise<Uint8Array | undefined> {
+    this.check()
+    return this.meta.get(key)
+  }
+  async putMeta(key: string, value: Uint8Array): Promise<void> {
+    this.check()
+    this.meta.set(key, value)
+  }
+  async deleteMeta(key: string): Promise<void> {
+    this.check()
+    this.meta.delete(key)
+  }
+  async listMeta(prefix: string): Promise<Array<[string, Uint8Array]>> {
     this.check()
     return [...this.meta].filter(([k]) => k.startsWith(prefix)).sort(([a], [b]) => (a < b ? -1 : 1))
   }
 
-  async close (): Promise<void> { this.closed = true }
+  async close(): Promise<void> {
+    this.closed = true
+  }
 
-  private check (): void { if (this.closed) throw new ClosedError('the store is closed') }
+  private check(): void {
+    if (this.closed) throw new ClosedError('the store is closed')
+  }
 }

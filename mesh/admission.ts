@@ -14,11 +14,17 @@ import { toHex } from '../crdt/bytes.ts'
 import { DEVICES_DOC, enrolledDevices, type EnrolledDevice } from '../crdt/devices.ts'
 import type { Replica } from '../crdt/replica.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { MAX_BANS, MAX_SESSIONS, MAX_VIEWER_TOKENS, VIEWER_SESSION_MS, VIEWER_TOKEN_TTL_MS } from './limits.ts'
+import {
+  MAX_BANS,
+  MAX_SESSIONS,
+  MAX_VIEWER_TOKENS,
+  VIEWER_SESSION_MS,
+  VIEWER_TOKEN_TTL_MS
+} from './limits.ts'
 import type { Admission } from './types.ts'
 
 /** The ed25519 public key (hex) behind an Ed25519 PeerId, or undefined for other key types. */
-export function peerKeyHex (peerId: string): string | undefined {
+export function peerKeyHex(peerId: string): string | undefined {
   try {
     const id = peerIdFromString(peerId)
     return id.type === 'Ed25519' ? toHex(id.publicKey.raw) : undefined
@@ -30,30 +36,36 @@ export function peerKeyHex (peerId: string): string | undefined {
 export class AdmissionControl {
   private readonly replica: Replica
   private enrolled = new Map<string, EnrolledDevice>()
-  private readonly sessions = new Map<string, { admission: 'viewer' | 'admin-session', expires: number }>()
+  private readonly sessions = new Map<
+    string,
+    { admission: 'viewer' | 'admin-session'; expires: number }
+  >()
   private readonly tokens = new Map<string, number>()
   private readonly bans = new Map<string, number>()
   private readonly keyCache = new Map<string, string | undefined>()
 
-  constructor (replica: Replica) {
+  constructor(replica: Replica) {
     this.replica = replica
   }
 
   /** Re-read enrolment from the trust statement and the devices document. */
-  async refresh (): Promise<void> {
+  async refresh(): Promise<void> {
     let value: unknown
-    if (this.replica.documentIds().includes(DEVICES_DOC)) value = (await this.replica.open(DEVICES_DOC)).value
+    if (this.replica.documentIds().includes(DEVICES_DOC))
+      value = (await this.replica.open(DEVICES_DOC)).value
     this.enrolled = enrolledDevices(this.replica.trust, value)
   }
 
-  isEnrolledKey (keyHex: string): boolean { return this.enrolled.has(keyHex) }
+  isEnrolledKey(keyHex: string): boolean {
+    return this.enrolled.has(keyHex)
+  }
 
-  device (peerId: string): EnrolledDevice | undefined {
+  device(peerId: string): EnrolledDevice | undefined {
     const key = this.keyOf(peerId)
     return key === undefined ? undefined : this.enrolled.get(key)
   }
 
-  admissionOf (peerId: string, now = Date.now()): Admission {
+  admissionOf(peerId: string, now = Date.now()): Admission {
     if (this.device(peerId) !== undefined) return 'node'
     const s = this.sessions.get(peerId)
     if (s !== undefined) {
@@ -63,25 +75,27 @@ export class AdmissionControl {
     return 'none'
   }
 
-  admitSession (peerId: string, admission: 'viewer' | 'admin-session', expires: number): void {
+  admitSession(peerId: string, admission: 'viewer' | 'admin-session', expires: number): void {
     if (this.sessions.size >= MAX_SESSIONS && !this.sessions.has(peerId)) {
       const now = Date.now()
       for (const [p, s] of this.sessions) if (s.expires <= now) this.sessions.delete(p)
-      if (this.sessions.size >= MAX_SESSIONS) this.sessions.delete(this.sessions.keys().next().value as string)
+      if (this.sessions.size >= MAX_SESSIONS)
+        this.sessions.delete(this.sessions.keys().next().value as string)
     }
     this.sessions.set(peerId, { admission, expires })
   }
 
-  issueViewerToken (now = Date.now()): string {
+  issueViewerToken(now = Date.now()): string {
     for (const [t, exp] of this.tokens) if (exp <= now) this.tokens.delete(t)
-    if (this.tokens.size >= MAX_VIEWER_TOKENS) this.tokens.delete(this.tokens.keys().next().value as string)
+    if (this.tokens.size >= MAX_VIEWER_TOKENS)
+      this.tokens.delete(this.tokens.keys().next().value as string)
     const token = toHex(globalThis.crypto.getRandomValues(new Uint8Array(16)))
     this.tokens.set(token, now + VIEWER_TOKEN_TTL_MS)
     return token
   }
 
   /** Spend a viewer token for `peerId`. True if it was valid (it is then gone). */
-  redeemViewerToken (token: string, peerId: string, now = Date.now()): boolean {
+  redeemViewerToken(token: string, peerId: string, now = Date.now()): boolean {
     const exp = this.tokens.get(token)
     if (exp === undefined) return false
     this.tokens.delete(token)
@@ -90,7 +104,7 @@ export class AdmissionControl {
     return true
   }
 
-  ban (peerId: string, ms: number, now = Date.now()): void {
+  ban(peerId: string, ms: number, now = Date.now()): void {
     if (this.bans.size >= MAX_BANS && !this.bans.has(peerId)) {
       for (const [p, until] of this.bans) if (until <= now) this.bans.delete(p)
       if (this.bans.size >= MAX_BANS) this.bans.delete(this.bans.keys().next().value as string)
@@ -99,7 +113,7 @@ export class AdmissionControl {
     this.sessions.delete(peerId)
   }
 
-  isBanned (peerId: string, now = Date.now()): boolean {
+  isBanned(peerId: string, now = Date.now()): boolean {
     const until = this.bans.get(peerId)
     if (until === undefined) return false
     if (until > now) return true
@@ -107,14 +121,14 @@ export class AdmissionControl {
     return false
   }
 
-  get bannedCount (): number {
+  get bannedCount(): number {
     const now = Date.now()
     let n = 0
     for (const until of this.bans.values()) if (until > now) n++
     return n
   }
 
-  private keyOf (peerId: string): string | undefined {
+  private keyOf(peerId: string): string | undefined {
     if (!this.keyCache.has(peerId)) {
       if (this.keyCache.size >= 4096) this.keyCache.clear()
       this.keyCache.set(peerId, peerKeyHex(peerId))

@@ -23,6 +23,6 @@ const browserPlatform: MeshPlatform = {
   defaultListen: []
 }
 
-export async function createBrowserMesh (options: MeshOptions): Promise<Mesh> {
+export async function createBrowserMesh(options: MeshOptions): Promise<Mesh> {
   return createMeshOn({ mdns: false, ...options, listen: [] }, browserPlatform)
 }

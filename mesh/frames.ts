@@ -14,23 +14,37 @@ import { ByteWriter } from '../crdt/bytes.ts'
 import { ExchangeTimeoutError, FrameTooLargeError, MalformedMessageError } from './errors.ts'
 import type { Stream } from '@libp2p/interface'
 
-export function encodeFrame (payload: Uint8Array): Uint8Array {
+export function encodeFrame(payload: Uint8Array): Uint8Array {
   return new ByteWriter().bytes(payload).finish()
 }
 
 /** A chunk as streams yield it: bytes, or a list of byte arrays (uint8arraylist). */
-export type Chunk = Uint8Array | { subarray (): Uint8Array }
+export type Chunk = Uint8Array | { subarray(): Uint8Array }
 
 /** Split a stream's bytes into frames; throws FrameTooLargeError for one over the cap. */
-export async function * decodeFrames (source: AsyncIterable<Chunk>, maxFrameBytes: number): AsyncGenerator<Uint8Array> {
-  const decoder = new LengthPrefixedDecoder({ maxDataLength: maxFrameBytes, maxBufferSize: maxFrameBytes + 1024 * 1024 })
+export async function* decodeFrames(
+  source: AsyncIterable<Chunk>,
+  maxFrameBytes: number
+): AsyncGenerator<Uint8Array> {
+  const decoder = new LengthPrefixedDecoder({
+    maxDataLength: maxFrameBytes,
+    maxBufferSize: maxFrameBytes + 1024 * 1024
+  })
   for await (const chunk of source) {
     try {
-      for (const frame of decoder.decode(chunk instanceof Uint8Array ? chunk : chunk.subarray())) yield frame.subarray()
+      for (const frame of decoder.decode(chunk instanceof Uint8Array ? chunk : chunk.subarray()))
+        yield frame.subarray()
     } catch (err) {
       const name = (err as Error).name
-      if (name === 'InvalidDataLengthError' || name === 'InvalidDataLengthLengthError' || name === 'InvalidMessageLengthError' || name === 'InvalidParametersError') {
-        throw new FrameTooLargeError(`a peer sent a frame over the ${maxFrameBytes}-byte limit (${(err as Error).message})`)
+      if (
+        name === 'InvalidDataLengthError' ||
+        name === 'InvalidDataLengthLengthError' ||
+        name === 'InvalidMessageLengthError' ||
+        name === 'InvalidParametersError'
+      ) {
+        throw new FrameTooLargeError(
+          `a peer sent a frame over the ${maxFrameBytes}-byte limit (${(err as Error).message})`
+        )
       }
       if (err instanceof FrameTooLargeError) throw err
       throw new MalformedMessageError(`a peer sent a malformed frame: ${(err as Error).message}`)
@@ -39,7 +53,11 @@ export async function * decodeFrames (source: AsyncIterable<Chunk>, maxFrameByte
 }
 
 /** Write one frame, waiting (at most `timeoutMs`) for the stream to drain if its buffer is full. */
-export async function sendFrame (stream: Stream, payload: Uint8Array, timeoutMs: number): Promise<number> {
+export async function sendFrame(
+  stream: Stream,
+  payload: Uint8Array,
+  timeoutMs: number
+): Promise<number> {
   const frame = encodeFrame(payload)
   if (!stream.send(frame)) {
     try {
@@ -55,11 +73,18 @@ export async function sendFrame (stream: Stream, payload: Uint8Array, timeoutMs:
 }
 
 /** Read exactly one frame from a stream, within `timeoutMs`. Used by request/response protocols. */
-export async function readOneFrame (stream: Stream, maxFrameBytes: number, timeoutMs: number): Promise<Uint8Array> {
+export async function readOneFrame(
+  stream: Stream,
+  maxFrameBytes: number,
+  timeoutMs: number
+): Promise<Uint8Array> {
   const it = decodeFrames(stream, maxFrameBytes)[Symbol.asyncIterator]()
   let timer: ReturnType<typeof setTimeout> | undefined
   const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new ExchangeTimeoutError(`no reply within ${timeoutMs} ms`)), timeoutMs)
+    timer = setTimeout(
+      () => reject(new ExchangeTimeoutError(`no reply within ${timeoutMs} ms`)),
+      timeoutMs
+    )
   })
   try {
     const r = await Promise.race([it.next(), timeout])

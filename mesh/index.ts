@@ -20,6 +20,6 @@ export { MAX_STATUS_BYTES } from './types.ts'
 export { DEFAULT_LIMITS } from './limits.ts'
 export { signSessionVoucher } from './session.ts'
 
-export async function createMesh (options: MeshOptions): Promise<Mesh> {
+export async function createMesh(options: MeshOptions): Promise<Mesh> {
   return createMeshOn(options, nodePlatform)
 }

@@ -55,10 +55,11 @@ export const MAX_SYNC_REPEATS = 3
 /** A peer connected but not admitted is hung up on after this long. */
 export const UNADMITTED_GRACE_MS = 15_000
 
-export function resolveLimits (overrides: Partial<MeshLimits> | undefined): MeshLimits {
+export function resolveLimits(overrides: Partial<MeshLimits> | undefined): MeshLimits {
   const out = { ...DEFAULT_LIMITS, ...overrides }
   for (const [k, v] of Object.entries(out)) {
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new RangeError(`mesh limit ${k} must be a positive number, got ${String(v)}`)
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
+      throw new RangeError(`mesh limit ${k} must be a positive number, got ${String(v)}`)
   }
   return out
 }

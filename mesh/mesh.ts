@@ -23,12 +23,44 @@ import type { KeyPair } from '../crdt/keys.ts'
 import { AdmissionControl, peerKeyHex } from './admission.ts'
 import { MeshNotRunningError, PeerGoneError, SessionRefusedError } from './errors.ts'
 import { readOneFrame, sendFrame } from './frames.ts'
-import { DEFAULT_ANTI_ENTROPY_MS, DEFAULT_STALE_AFTER_MS, MAX_PUSH_BYTES, MAX_REMEMBERED_PEERS, REDIAL_MAX_MS, REDIAL_MIN_MS, resolveLimits, UNADMITTED_GRACE_MS } from './limits.ts'
+import {
+  DEFAULT_ANTI_ENTROPY_MS,
+  DEFAULT_STALE_AFTER_MS,
+  MAX_PUSH_BYTES,
+  MAX_REMEMBERED_PEERS,
+  REDIAL_MAX_MS,
+  REDIAL_MIN_MS,
+  resolveLimits,
+  UNADMITTED_GRACE_MS
+} from './limits.ts'
 import { PeerSession, type SessionHost } from './peer-session.ts'
-import { decodeSessionReply, decodeSessionRequest, encodeSessionReply, encodeSessionRequest, SESSION_PROTOCOL, verifySessionVoucher, type SessionReply } from './session.ts'
-import { decodeStoredStatus, encodeStoredStatus, signStatus, verifyStatus, type SignedStatus } from './status-record.ts'
+import {
+  decodeSessionReply,
+  decodeSessionRequest,
+  encodeSessionReply,
+  encodeSessionRequest,
+  SESSION_PROTOCOL,
+  verifySessionVoucher,
+  type SessionReply
+} from './session.ts'
+import {
+  decodeStoredStatus,
+  encodeStoredStatus,
+  signStatus,
+  verifyStatus,
+  type SignedStatus
+} from './status-record.ts'
 import { SYNC_PROTOCOL } from './sync-messages.ts'
-import type { Admission, Mesh, MeshLimits, MeshMetrics, MeshOptions, PeerSummary, StatusBody, StatusRecord } from './types.ts'
+import type {
+  Admission,
+  Mesh,
+  MeshLimits,
+  MeshMetrics,
+  MeshOptions,
+  PeerSummary,
+  StatusBody,
+  StatusRecord
+} from './types.ts'
 
 const log = logger('rhizome:mesh')
 const STATUS_META_PREFIX = 'mesh/status/'
@@ -44,9 +76,15 @@ export interface MeshPlatform {
   defaultListen?: string[]
 }
 
-interface HeldStatus { signed: SignedStatus, peerId: string, receivedAt: number }
+interface HeldStatus {
+  signed: SignedStatus
+  peerId: string
+  receivedAt: number
+}
 
-function errMessage (err: unknown): string { return err instanceof Error ? err.message : String(err) }
+function errMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
 
 export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   readonly replica: Replica
@@ -60,17 +98,38 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   private readonly opening = new Set<string>()
   private readonly syncStates = new Map<string, Map<string, Uint8Array>>()
   private readonly statusHeld = new Map<string, HeldStatus>()
-  private readonly bootstrap: Array<{ addr: Multiaddr, peerId: string, next: number, backoff: number, dialing: boolean }>
+  private readonly bootstrap: Array<{
+    addr: Multiaddr
+    peerId: string
+    next: number
+    backoff: number
+    dialing: boolean
+  }>
   private readonly bootstrapIds: Set<string>
   private readonly graceTimers = new Map<string, ReturnType<typeof setTimeout>>()
   private timers: Array<ReturnType<typeof setInterval>> = []
   private running = false
   private ownSeq = 0
-  private readonly counters = { changesAccepted: 0, batchesAccepted: 0, batchesDuplicate: 0, changesRejected: 0, batchesRejected: 0, syncBytesIn: 0, syncBytesOut: 0, syncMessagesIn: 0, syncMessagesOut: 0, peersBanned: 0 }
-  private readonly onChange = (e: Event): void => { this.handleChange((e as CustomEvent<ChangeEventDetail>).detail) }
-  private readonly onTrust = (): void => { this.handleTrust() }
+  private readonly counters = {
+    changesAccepted: 0,
+    batchesAccepted: 0,
+    batchesDuplicate: 0,
+    changesRejected: 0,
+    batchesRejected: 0,
+    syncBytesIn: 0,
+    syncBytesOut: 0,
+    syncMessagesIn: 0,
+    syncMessagesOut: 0,
+    peersBanned: 0
+  }
+  private readonly onChange = (e: Event): void => {
+    this.handleChange((e as CustomEvent<ChangeEventDetail>).detail)
+  }
+  private readonly onTrust = (): void => {
+    this.handleTrust()
+  }
 
-  constructor (opts: MeshOptions, platform: MeshPlatform) {
+  constructor(opts: MeshOptions, platform: MeshPlatform) {
     super()
     this.opts = opts
     this.platform = platform
@@ -81,18 +140,22 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     this.bootstrap = (opts.bootstrap ?? []).map(a => {
       const addr = multiaddr(a)
       const peerId = addr.getComponents().findLast(c => c.name === 'p2p')?.value
-      if (peerId === undefined) throw new RangeError(`bootstrap address ${a} has no /p2p/<PeerId>; add the peer's id so its identity can be checked`)
+      if (peerId === undefined)
+        throw new RangeError(
+          `bootstrap address ${a} has no /p2p/<PeerId>; add the peer's id so its identity can be checked`
+        )
       return { addr, peerId, next: 0, backoff: REDIAL_MIN_MS, dialing: false }
     })
     this.bootstrapIds = new Set(this.bootstrap.map(b => b.peerId))
   }
 
-  get peerId (): string {
-    if (this.node === undefined) throw new MeshNotRunningError('the mesh is not started; call start() first')
+  get peerId(): string {
+    if (this.node === undefined)
+      throw new MeshNotRunningError('the mesh is not started; call start() first')
     return this.node.peerId.toString()
   }
 
-  async start (): Promise<void> {
+  async start(): Promise<void> {
     if (this.running) return
     await this.admission.refresh()
     await this.loadStatuses()
@@ -102,43 +165,90 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
       addresses: { listen: this.opts.listen ?? this.platform.defaultListen ?? [] },
       transports: this.platform.transports(),
       connectionEncrypters: [noise()],
-      streamMuxers: [yamux({
-        streamOptions: { maxReadBufferLength: limits.maxFrameBytes + 4 * 1024 * 1024, maxWriteBufferLength: 4 * limits.maxFrameBytes }
-      })],
-      ...(this.opts.psk !== undefined ? { connectionProtector: preSharedKey({ psk: this.opts.psk }) } : {}),
+      streamMuxers: [
+        yamux({
+          streamOptions: {
+            maxReadBufferLength: limits.maxFrameBytes + 4 * 1024 * 1024,
+            maxWriteBufferLength: 4 * limits.maxFrameBytes
+          }
+        })
+      ],
+      ...(this.opts.psk !== undefined
+        ? { connectionProtector: preSharedKey({ psk: this.opts.psk }) }
+        : {}),
       connectionGater: {
         // Browsers refuse ws:// and private addresses by default; daemons on a LAN need both.
         denyDialMultiaddr: () => false,
         denyDialPeer: (peerId: PeerId) => this.admission.isBanned(peerId.toString()),
-        denyInboundEncryptedConnection: (peerId: PeerId) => this.admission.isBanned(peerId.toString()),
-        denyOutboundEncryptedConnection: (peerId: PeerId) => this.admission.isBanned(peerId.toString())
+        denyInboundEncryptedConnection: (peerId: PeerId) =>
+          this.admission.isBanned(peerId.toString()),
+        denyOutboundEncryptedConnection: (peerId: PeerId) =>
+          this.admission.isBanned(peerId.toString())
       },
-      connectionManager: { maxConnections: limits.maxConnections, inboundConnectionThreshold: limits.inboundConnectionsPerSecond },
+      connectionManager: {
+        maxConnections: limits.maxConnections,
+        inboundConnectionThreshold: limits.inboundConnectionsPerSecond
+      },
       peerDiscovery: this.platform.discovery?.({ mdns: this.opts.mdns ?? true }) ?? [],
       services: { identify: identify(), ping: ping() },
       start: false
     })
     this.node = node
-    const handlerOpts = { maxInboundStreams: limits.maxInboundStreams, maxOutboundStreams: limits.maxInboundStreams }
-    await node.handle(SYNC_PROTOCOL, (stream, connection) => { this.onSyncStream(stream, connection) }, handlerOpts)
-    await node.handle(SESSION_PROTOCOL, (stream, connection) => { this.onSessionStream(stream, connection).catch(err => log('session request from %s failed: %s', connection.remotePeer, errMessage(err))) }, handlerOpts)
-    node.addEventListener('peer:connect', (e) => { this.onPeerConnect(e.detail.toString()) })
-    node.addEventListener('peer:disconnect', (e) => { this.onPeerDisconnect(e.detail.toString()) })
-    node.addEventListener('peer:discovery', (e) => {
+    const handlerOpts = {
+      maxInboundStreams: limits.maxInboundStreams,
+      maxOutboundStreams: limits.maxInboundStreams
+    }
+    await node.handle(
+      SYNC_PROTOCOL,
+      (stream, connection) => {
+        this.onSyncStream(stream, connection)
+      },
+      handlerOpts
+    )
+    await node.handle(
+      SESSION_PROTOCOL,
+      (stream, connection) => {
+        this.onSessionStream(stream, connection).catch(err =>
+          log('session request from %s failed: %s', connection.remotePeer, errMessage(err))
+        )
+      },
+      handlerOpts
+    )
+    node.addEventListener('peer:connect', e => {
+      this.onPeerConnect(e.detail.toString())
+    })
+    node.addEventListener('peer:disconnect', e => {
+      this.onPeerDisconnect(e.detail.toString())
+    })
+    node.addEventListener('peer:discovery', e => {
       const id = e.detail.id.toString()
-      if (node.getConnections(e.detail.id).length > 0 || node.getConnections().length >= limits.maxConnections) return
-      node.dial(e.detail.id, { signal: AbortSignal.timeout(limits.exchangeTimeoutMs) }).catch(err => log('dial of discovered %s failed: %s', id, errMessage(err)))
+      if (
+        node.getConnections(e.detail.id).length > 0 ||
+        node.getConnections().length >= limits.maxConnections
+      )
+        return
+      node
+        .dial(e.detail.id, { signal: AbortSignal.timeout(limits.exchangeTimeoutMs) })
+        .catch(err => log('dial of discovered %s failed: %s', id, errMessage(err)))
     })
     this.replica.addEventListener('change', this.onChange)
     this.replica.addEventListener('trust', this.onTrust)
     await node.start()
     this.running = true
-    this.timers.push(setInterval(() => { this.redialBootstrap() }, REDIAL_MIN_MS))
-    this.timers.push(setInterval(() => { this.antiEntropy() }, this.opts.antiEntropyMs ?? DEFAULT_ANTI_ENTROPY_MS))
+    this.timers.push(
+      setInterval(() => {
+        this.redialBootstrap()
+      }, REDIAL_MIN_MS)
+    )
+    this.timers.push(
+      setInterval(() => {
+        this.antiEntropy()
+      }, this.opts.antiEntropyMs ?? DEFAULT_ANTI_ENTROPY_MS)
+    )
     this.redialBootstrap()
   }
 
-  async stop (): Promise<void> {
+  async stop(): Promise<void> {
     if (!this.running) return
     this.running = false
     for (const t of this.timers) clearInterval(t)
@@ -151,148 +261,216 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     await this.node?.stop()
   }
 
-  addresses (): string[] {
+  addresses(): string[] {
     return this.node?.getMultiaddrs().map(String) ?? []
   }
 
-  peers (): PeerSummary[] {
+  peers(): PeerSummary[] {
     const node = this.node
     if (node === undefined) return []
     return node.getPeers().map(p => {
       const id = p.toString()
-      const summary: PeerSummary = { peerId: id, addresses: node.getConnections(p).map(c => c.remoteAddr.toString()), admission: this.admission.admissionOf(id) }
+      const summary: PeerSummary = {
+        peerId: id,
+        addresses: node.getConnections(p).map(c => c.remoteAddr.toString()),
+        admission: this.admission.admissionOf(id)
+      }
       const name = this.admission.device(id)?.name
       if (name !== undefined) summary.name = name
       return summary
     })
   }
 
-  async publishStatus (body: StatusBody): Promise<StatusRecord> {
+  async publishStatus(body: StatusBody): Promise<StatusRecord> {
     const seq = Math.max(Date.now(), this.ownSeq + 1)
     this.ownSeq = seq
     const signed = await signStatus(this.identity, this.replica.fleetId, seq, body, this.replica.ed)
-    const held: HeldStatus = { signed, peerId: this.node?.peerId.toString() ?? '', receivedAt: Date.now() }
+    const held: HeldStatus = {
+      signed,
+      peerId: this.node?.peerId.toString() ?? '',
+      receivedAt: Date.now()
+    }
     await this.keepStatus(held)
     for (const s of this.sessions.values()) s.sendStatus(signed.bytes)
     return this.toRecord(held)
   }
 
-  statuses (): StatusRecord[] {
+  statuses(): StatusRecord[] {
     return [...this.statusHeld.values()].map(h => this.toRecord(h))
   }
 
-  issueViewerToken (): string {
+  issueViewerToken(): string {
     return this.admission.issueViewerToken()
   }
 
-  metrics (): MeshMetrics {
-    return { peers: this.node?.getPeers().length ?? 0, syncSessions: [...this.sessions.values()].filter(s => s.isOpen).length, statusRecords: this.statusHeld.size, ...this.counters, peersBanned: this.admission.bannedCount }
+  metrics(): MeshMetrics {
+    return {
+      peers: this.node?.getPeers().length ?? 0,
+      syncSessions: [...this.sessions.values()].filter(s => s.isOpen).length,
+      statusRecords: this.statusHeld.size,
+      ...this.counters,
+      peersBanned: this.admission.bannedCount
+    }
   }
 
   // ---- SessionHost ----
 
-  mayServe (peerId: string): boolean {
+  mayServe(peerId: string): boolean {
     return this.admission.admissionOf(peerId) !== 'none' || this.bootstrapIds.has(peerId)
   }
 
-  mayAccept (peerId: string): boolean {
+  mayAccept(peerId: string): boolean {
     const a = this.admission.admissionOf(peerId)
     return a === 'node' || a === 'admin-session' || this.bootstrapIds.has(peerId)
   }
 
-  loadSyncState (peerId: string, docId: string): Automerge.SyncState | undefined {
+  loadSyncState(peerId: string, docId: string): Automerge.SyncState | undefined {
     const bytes = this.syncStates.get(peerId)?.get(docId)
     return bytes === undefined ? undefined : Automerge.decodeSyncState(bytes)
   }
 
-  saveSyncState (peerId: string, docId: string, state: Automerge.SyncState): void {
+  saveSyncState(peerId: string, docId: string, state: Automerge.SyncState): void {
     let m = this.syncStates.get(peerId)
     if (m === undefined) {
-      if (this.syncStates.size >= MAX_REMEMBERED_PEERS) this.syncStates.delete(this.syncStates.keys().next().value as string)
+      if (this.syncStates.size >= MAX_REMEMBERED_PEERS)
+        this.syncStates.delete(this.syncStates.keys().next().value as string)
       m = new Map()
       this.syncStates.set(peerId, m)
     }
     m.set(docId, Automerge.encodeSyncState(state))
   }
 
-  statusRecords (): Uint8Array[] {
+  statusRecords(): Uint8Array[] {
     return [...this.statusHeld.values()].map(h => h.signed.bytes)
   }
 
-  async receiveStatus (record: Uint8Array, from: PeerSession): Promise<void> {
-    const signed = await verifyStatus(record, this.replica.fleetId, this.replica.ed, k => this.admission.isEnrolledKey(k))
+  async receiveStatus(record: Uint8Array, from: PeerSession): Promise<void> {
+    const signed = await verifyStatus(record, this.replica.fleetId, this.replica.ed, k =>
+      this.admission.isEnrolledKey(k)
+    )
     if (signed === undefined) return
     const held = this.statusHeld.get(signed.node)
     if (held !== undefined && held.signed.seq >= signed.seq) return
-    if (signed.node === toHex(this.identity.publicKey)) this.ownSeq = Math.max(this.ownSeq, signed.seq)
+    if (signed.node === toHex(this.identity.publicKey))
+      this.ownSeq = Math.max(this.ownSeq, signed.seq)
     const h: HeldStatus = { signed, peerId: peerIdOfKey(signed.node), receivedAt: Date.now() }
     await this.keepStatus(h)
     for (const s of this.sessions.values()) if (s !== from) s.sendStatus(signed.bytes)
   }
 
-  invalid (session: PeerSession, err: Error): void {
+  invalid(session: PeerSession, err: Error): void {
     this.reject(session.peerId, err)
   }
 
-  closed (session: PeerSession): void {
+  closed(session: PeerSession): void {
     if (this.sessions.get(session.peerId) === session) this.sessions.delete(session.peerId)
   }
 
-  count (what: 'in' | 'out' | 'accepted' | 'duplicate', n: number): void {
+  count(what: 'in' | 'out' | 'accepted' | 'duplicate', n: number): void {
     switch (what) {
-      case 'in': this.counters.syncBytesIn += n; this.counters.syncMessagesIn++; break
-      case 'out': this.counters.syncBytesOut += n; this.counters.syncMessagesOut++; break
-      case 'accepted': this.counters.changesAccepted += n; this.counters.batchesAccepted++; break
-      case 'duplicate': this.counters.batchesDuplicate++
+      case 'in':
+        this.counters.syncBytesIn += n
+        this.counters.syncMessagesIn++
+        break
+      case 'out':
+        this.counters.syncBytesOut += n
+        this.counters.syncMessagesOut++
+        break
+      case 'accepted':
+        this.counters.changesAccepted += n
+        this.counters.batchesAccepted++
+        break
+      case 'duplicate':
+        this.counters.batchesDuplicate++
     }
   }
 
   // ---- internals ----
 
   /** A peer sent invalid data: count it, tell listeners, refuse it for banMs, hang up. */
-  private reject (peerId: string, err: Error): void {
+  private reject(peerId: string, err: Error): void {
     log('rejecting %s for %d ms: %s: %s', peerId, this.limits.banMs, err.name, err.message)
     this.counters.batchesRejected++
-    if (['InvalidSignatureError', 'UnsignedChangeError', 'UnknownKeyError', 'OutOfScopeError', 'ActorMismatchError'].includes(err.name)) this.counters.changesRejected++
+    if (
+      [
+        'InvalidSignatureError',
+        'UnsignedChangeError',
+        'UnknownKeyError',
+        'OutOfScopeError',
+        'ActorMismatchError'
+      ].includes(err.name)
+    )
+      this.counters.changesRejected++
     this.counters.peersBanned++
     this.admission.ban(peerId, this.limits.banMs)
     this.sessions.get(peerId)?.close(err)
-    this.dispatchEvent(new CustomEvent('rejected', { detail: { peerId, reason: err.message, error: err.name } }))
-    this.node?.hangUp(peerIdFromStringSafe(peerId) ?? peerId as unknown as PeerId).catch(() => {})
+    this.dispatchEvent(
+      new CustomEvent('rejected', { detail: { peerId, reason: err.message, error: err.name } })
+    )
+    this.node?.hangUp(peerIdFromStringSafe(peerId) ?? (peerId as unknown as PeerId)).catch(() => {})
   }
 
-  private async keepStatus (h: HeldStatus): Promise<void> {
+  private async keepStatus(h: HeldStatus): Promise<void> {
     this.statusHeld.set(h.signed.node, h)
     try {
-      await this.replica.store.putMeta(STATUS_META_PREFIX + h.signed.node, encodeStoredStatus(h.signed.bytes, h.receivedAt))
-    } catch (err) { log.error('could not persist status of %s: %s', h.signed.node.slice(0, 16), errMessage(err)) }
+      await this.replica.store.putMeta(
+        STATUS_META_PREFIX + h.signed.node,
+        encodeStoredStatus(h.signed.bytes, h.receivedAt)
+      )
+    } catch (err) {
+      log.error('could not persist status of %s: %s', h.signed.node.slice(0, 16), errMessage(err))
+    }
     this.dispatchEvent(new CustomEvent('status', { detail: this.toRecord(h) }))
   }
 
-  private async loadStatuses (): Promise<void> {
+  private async loadStatuses(): Promise<void> {
     const own = toHex(this.identity.publicKey)
     for (const [, bytes] of await this.replica.store.listMeta(STATUS_META_PREFIX)) {
       try {
         const { record, receivedAt } = decodeStoredStatus(bytes)
-        const signed = await verifyStatus(record, this.replica.fleetId, this.replica.ed, k => this.admission.isEnrolledKey(k) || k === own)
+        const signed = await verifyStatus(
+          record,
+          this.replica.fleetId,
+          this.replica.ed,
+          k => this.admission.isEnrolledKey(k) || k === own
+        )
         if (signed === undefined) continue
         this.statusHeld.set(signed.node, { signed, peerId: peerIdOfKey(signed.node), receivedAt })
         if (signed.node === own) this.ownSeq = signed.seq
-      } catch (err) { log.error('stored status record skipped: %s', errMessage(err)) }
+      } catch (err) {
+        log.error('stored status record skipped: %s', errMessage(err))
+      }
     }
   }
 
-  private toRecord (h: HeldStatus): StatusRecord {
+  private toRecord(h: HeldStatus): StatusRecord {
     const staleAfter = this.opts.staleAfterMs ?? DEFAULT_STALE_AFTER_MS
-    return { node: h.signed.node, peerId: h.peerId, seq: h.signed.seq, body: h.signed.body, receivedAt: h.receivedAt, stale: Date.now() - h.receivedAt > staleAfter }
+    return {
+      node: h.signed.node,
+      peerId: h.peerId,
+      seq: h.signed.seq,
+      body: h.signed.body,
+      receivedAt: h.receivedAt,
+      stale: Date.now() - h.receivedAt > staleAfter
+    }
   }
 
-  private handleChange (d: ChangeEventDetail): void {
-    if (d.docId === DEVICES_DOC) { this.admission.refresh().then(() => { this.reviewPeers() }).catch(err => log.error('enrolment refresh failed: %s', errMessage(err))) }
+  private handleChange(d: ChangeEventDetail): void {
+    if (d.docId === DEVICES_DOC) {
+      this.admission
+        .refresh()
+        .then(() => {
+          this.reviewPeers()
+        })
+        .catch(err => log.error('enrolment refresh failed: %s', errMessage(err)))
+    }
     // Relayed once durable, not as soon as applied: measured with the earlier relay by sync round
     // (docs/benchmarks.md), relaying before the fsync made more pushes cross on the wire and cost
     // more CPU than the fsync it saved per hop.
-    const push = d.batches.map(b => ({ bytes: encodeBatch(b), hashes: b.signatures.map(sig => sig.hash) }))
+    const push = d.batches.map(b => ({
+      bytes: encodeBatch(b),
+      hashes: b.signatures.map(sig => sig.hash)
+    }))
     if (push.length > 0 && push.every(b => b.bytes.length <= MAX_PUSH_BYTES)) {
       for (const s of this.sessions.values()) s.push(d.docId, push)
     } else {
@@ -300,13 +478,18 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     }
   }
 
-  private handleTrust (): void {
-    this.admission.refresh().then(() => { this.reviewPeers() }).catch(err => log.error('enrolment refresh failed: %s', errMessage(err)))
+  private handleTrust(): void {
+    this.admission
+      .refresh()
+      .then(() => {
+        this.reviewPeers()
+      })
+      .catch(err => log.error('enrolment refresh failed: %s', errMessage(err)))
     for (const s of this.sessions.values()) s.resync()
   }
 
   /** After enrolment changed: drop peers no longer admitted, start sync with newly admitted ones. */
-  private reviewPeers (): void {
+  private reviewPeers(): void {
     const node = this.node
     if (node === undefined || !this.running) return
     for (const p of node.getPeers()) {
@@ -321,18 +504,20 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     }
   }
 
-  private onPeerConnect (peerId: string): void {
+  private onPeerConnect(peerId: string): void {
     this.dispatchEvent(new CustomEvent('peer:connect', { detail: { peerId } }))
     const b = this.bootstrap.find(x => x.peerId === peerId)
     if (b !== undefined && this.opts.session !== undefined) {
-      this.presentSession(peerId).catch(err => log.error('session with %s refused: %s', peerId, errMessage(err)))
+      this.presentSession(peerId).catch(err =>
+        log.error('session with %s refused: %s', peerId, errMessage(err))
+      )
       return
     }
     if (this.mayServe(peerId)) this.openSync(peerId)
     else this.startGrace(peerId)
   }
 
-  private onPeerDisconnect (peerId: string): void {
+  private onPeerDisconnect(peerId: string): void {
     this.clearGrace(peerId)
     this.sessions.get(peerId)?.close()
     const b = this.bootstrap.find(x => x.peerId === peerId)
@@ -341,21 +526,28 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   }
 
   /** A connected peer that is not admitted is hung up on after a grace period (time to present a session). */
-  private startGrace (peerId: string): void {
+  private startGrace(peerId: string): void {
     if (this.graceTimers.has(peerId)) return
-    this.graceTimers.set(peerId, setTimeout(() => {
-      this.graceTimers.delete(peerId)
-      if (!this.mayServe(peerId)) this.node?.hangUp(peerIdFromStringSafe(peerId) as PeerId).catch(() => {})
-    }, UNADMITTED_GRACE_MS))
+    this.graceTimers.set(
+      peerId,
+      setTimeout(() => {
+        this.graceTimers.delete(peerId)
+        if (!this.mayServe(peerId))
+          this.node?.hangUp(peerIdFromStringSafe(peerId) as PeerId).catch(() => {})
+      }, UNADMITTED_GRACE_MS)
+    )
   }
 
-  private clearGrace (peerId: string): void {
+  private clearGrace(peerId: string): void {
     const t = this.graceTimers.get(peerId)
-    if (t !== undefined) { clearTimeout(t); this.graceTimers.delete(peerId) }
+    if (t !== undefined) {
+      clearTimeout(t)
+      this.graceTimers.delete(peerId)
+    }
   }
 
   /** Open our sync stream to a peer. Both sides may do this; the stream opened by the lower PeerId wins. */
-  private openSync (peerId: string): void {
+  private openSync(peerId: string): void {
     const node = this.node
     if (node === undefined || this.opening.has(peerId) || this.sessions.has(peerId)) return
     const me = node.peerId.toString()
@@ -363,18 +555,24 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     // The higher PeerId waits a moment: usually the lower one's stream arrives and ours is not needed.
     const delay = me < peerId ? 0 : 100
     setTimeout(() => {
-      if (this.sessions.has(peerId) || !this.running) { this.opening.delete(peerId); return }
+      if (this.sessions.has(peerId) || !this.running) {
+        this.opening.delete(peerId)
+        return
+      }
       this.streamOnConnection(peerId, SYNC_PROTOCOL)
         .then(stream => {
           this.opening.delete(peerId)
           if (stream.status !== 'open') return
           this.startSession(peerId, stream, me)
         })
-        .catch(err => { this.opening.delete(peerId); log('opening sync with %s failed: %s', peerId, errMessage(err)) })
+        .catch(err => {
+          this.opening.delete(peerId)
+          log('opening sync with %s failed: %s', peerId, errMessage(err))
+        })
     }, delay)
   }
 
-  private onSyncStream (stream: Stream, connection: Connection): void {
+  private onSyncStream(stream: Stream, connection: Connection): void {
     const peerId = connection.remotePeer.toString()
     // Strict inbound admission: refuse before sending anything.
     if (this.admission.isBanned(peerId) || !this.mayServe(peerId)) {
@@ -384,11 +582,16 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     this.startSession(peerId, stream, peerId)
   }
 
-  private startSession (peerId: string, stream: Stream, opener: string): void {
+  private startSession(peerId: string, stream: Stream, opener: string): void {
     const held = this.sessions.get(peerId)
     if (held !== undefined && held.isOpen) {
       // Duplicate: keep the stream opened by the lower PeerId, on both sides alike.
-      if (held.opener <= opener) { stream.close({ signal: AbortSignal.timeout(1000) }).catch(() => stream.abort(new Error('duplicate'))); return }
+      if (held.opener <= opener) {
+        stream
+          .close({ signal: AbortSignal.timeout(1000) })
+          .catch(() => stream.abort(new Error('duplicate')))
+        return
+      }
       held.close()
     }
     const session = new PeerSession(this, peerId, stream, opener)
@@ -399,13 +602,18 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   }
 
   /** Daemon side of the session protocol: admit a browser on a viewer token or a voucher. */
-  private async onSessionStream (stream: Stream, connection: Connection): Promise<void> {
+  private async onSessionStream(stream: Stream, connection: Connection): Promise<void> {
     const peerId = connection.remotePeer.toString()
     let reply: SessionReply
     try {
-      const req = decodeSessionRequest(await readOneFrame(stream, 4096, this.limits.exchangeTimeoutMs))
+      const req = decodeSessionRequest(
+        await readOneFrame(stream, 4096, this.limits.exchangeTimeoutMs)
+      )
       if (req.kind === 'token') {
-        if (!this.admission.redeemViewerToken(req.token, peerId)) throw new SessionRefusedError('viewer token unknown, expired or already used; ask the daemon for a new one')
+        if (!this.admission.redeemViewerToken(req.token, peerId))
+          throw new SessionRefusedError(
+            'viewer token unknown, expired or already used; ask the daemon for a new one'
+          )
         reply = { ok: true, admission: 'viewer' }
       } else {
         const key = peerKeyHex(peerId)
@@ -420,24 +628,40 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     try {
       await sendFrame(stream, encodeSessionReply(reply), this.limits.exchangeTimeoutMs)
       await stream.close({ signal: AbortSignal.timeout(this.limits.exchangeTimeoutMs) })
-    } catch { stream.abort(new Error('session reply failed')) }
-    if (reply.ok) { this.clearGrace(peerId); this.openSync(peerId) }
+    } catch {
+      stream.abort(new Error('session reply failed'))
+    }
+    if (reply.ok) {
+      this.clearGrace(peerId)
+      this.openSync(peerId)
+    }
   }
 
   /** Browser side: present our viewer token or voucher to a daemon, then sync. */
-  private async presentSession (peerId: string): Promise<Admission> {
+  private async presentSession(peerId: string): Promise<Admission> {
     const cred = this.opts.session
     if (cred === undefined) return 'none'
     const stream = await this.streamOnConnection(peerId, SESSION_PROTOCOL)
-    const req = cred.viewerToken !== undefined ? { kind: 'token' as const, token: cred.viewerToken } : { kind: 'voucher' as const, voucher: cred.voucher as Uint8Array }
+    const req =
+      cred.viewerToken !== undefined
+        ? { kind: 'token' as const, token: cred.viewerToken }
+        : { kind: 'voucher' as const, voucher: cred.voucher as Uint8Array }
     await sendFrame(stream, encodeSessionRequest(req), this.limits.exchangeTimeoutMs)
-    const reply = decodeSessionReply(await readOneFrame(stream, 4096, this.limits.exchangeTimeoutMs))
-    await stream.close({ signal: AbortSignal.timeout(this.limits.exchangeTimeoutMs) }).catch(() => {})
+    const reply = decodeSessionReply(
+      await readOneFrame(stream, 4096, this.limits.exchangeTimeoutMs)
+    )
+    await stream
+      .close({ signal: AbortSignal.timeout(this.limits.exchangeTimeoutMs) })
+      .catch(() => {})
     if (!reply.ok) {
-      this.dispatchEvent(new CustomEvent('session', { detail: { peerId, ok: false, reason: reply.reason } }))
+      this.dispatchEvent(
+        new CustomEvent('session', { detail: { peerId, ok: false, reason: reply.reason } })
+      )
       throw new SessionRefusedError(reply.reason)
     }
-    this.dispatchEvent(new CustomEvent('session', { detail: { peerId, ok: true, admission: reply.admission } }))
+    this.dispatchEvent(
+      new CustomEvent('session', { detail: { peerId, ok: true, admission: reply.admission } })
+    )
     this.openSync(peerId)
     return reply.admission
   }
@@ -448,15 +672,18 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
    * taught us, which routes around a link the operator (or a test) deliberately cut. Only
    * bootstrap redials and discovery make connections.
    */
-  private async streamOnConnection (peerId: string, protocol: string): Promise<Stream> {
+  private async streamOnConnection(peerId: string, protocol: string): Promise<Stream> {
     const target = peerIdFromStringSafe(peerId)
-    const conn = target === undefined ? undefined : this.node?.getConnections(target).find(c => c.status === 'open')
+    const conn =
+      target === undefined
+        ? undefined
+        : this.node?.getConnections(target).find(c => c.status === 'open')
     if (conn === undefined) throw new PeerGoneError(`no open connection to ${peerId}`)
     return conn.newStream(protocol, { signal: AbortSignal.timeout(this.limits.exchangeTimeoutMs) })
   }
 
   /** @libp2p/bootstrap dials once; this keeps dialling configured peers, with capped exponential back-off. */
-  private redialBootstrap (): void {
+  private redialBootstrap(): void {
     const node = this.node
     if (node === undefined || !this.running) return
     const now = Date.now()
@@ -465,16 +692,26 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
       const target = peerIdFromStringSafe(b.peerId)
       if (target !== undefined && node.getConnections(target).length > 0) continue
       b.dialing = true
-      node.dial(b.addr, { signal: AbortSignal.timeout(Math.min(this.limits.exchangeTimeoutMs, 10_000)) })
-        .catch(err => { log('bootstrap %s unreachable, retry in %d ms: %s', b.addr, b.backoff, errMessage(err)) })
+      node
+        .dial(b.addr, {
+          signal: AbortSignal.timeout(Math.min(this.limits.exchangeTimeoutMs, 10_000))
+        })
+        .catch(err => {
+          log('bootstrap %s unreachable, retry in %d ms: %s', b.addr, b.backoff, errMessage(err))
+        })
         // The back-off grows on every attempt and is reset only once a sync session runs, so a
         // peer that accepts the connection and then drops it (a ban, a full peer) is not hammered.
-        .finally(() => { b.next = Date.now() + b.backoff; b.backoff = Math.min(b.backoff * 2, REDIAL_MAX_MS) })
-        .finally(() => { b.dialing = false })
+        .finally(() => {
+          b.next = Date.now() + b.backoff
+          b.backoff = Math.min(b.backoff * 2, REDIAL_MAX_MS)
+        })
+        .finally(() => {
+          b.dialing = false
+        })
     }
   }
 
-  private antiEntropy (): void {
+  private antiEntropy(): void {
     const list = [...this.sessions.values()].filter(s => s.isOpen)
     if (list.length === 0) return
     const s = list[Math.floor(Math.random() * list.length)] as PeerSession
@@ -482,15 +719,23 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   }
 }
 
-function peerIdFromStringSafe (s: string): PeerId | undefined {
-  try { return peerIdFromString(s) } catch { return undefined }
+function peerIdFromStringSafe(s: string): PeerId | undefined {
+  try {
+    return peerIdFromString(s)
+  } catch {
+    return undefined
+  }
 }
 
-function peerIdOfKey (keyHex: string): string {
-  try { return peerIdFromPublicKey(publicKeyFromRaw(fromHex(keyHex))).toString() } catch { return '' }
+function peerIdOfKey(keyHex: string): string {
+  try {
+    return peerIdFromPublicKey(publicKeyFromRaw(fromHex(keyHex))).toString()
+  } catch {
+    return ''
+  }
 }
 
 /** Build a mesh on a platform (daemons: `createMesh` in index.ts; browsers: `createBrowserMesh`). */
-export async function createMeshOn (opts: MeshOptions, platform: MeshPlatform): Promise<Mesh> {
+export async function createMeshOn(opts: MeshOptions, platform: MeshPlatform): Promise<Mesh> {
   return new RhizomeMesh(opts, platform)
 }

@@ -30,7 +30,12 @@ import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
 import type { AcceptResult } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { Stream } from '@libp2p/interface'
-import { ExchangeTimeoutError, FrameTooLargeError, MalformedMessageError, ProtocolViolationError } from './errors.ts'
+import {
+  ExchangeTimeoutError,
+  FrameTooLargeError,
+  MalformedMessageError,
+  ProtocolViolationError
+} from './errors.ts'
 import { decodeFrames, encodeFrame } from './frames.ts'
 import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from './sync-messages.ts'
 import { MAX_HELD_HASHES_PER_PEER, MAX_SYNC_REPEATS } from './limits.ts'
@@ -44,41 +49,60 @@ export interface SessionHost {
   readonly replica: Replica
   readonly limits: MeshLimits
   /** May we send fleet data (documents, trust, status) to this peer? */
-  mayServe (peerId: string): boolean
+  mayServe(peerId: string): boolean
   /** May we apply (verified) data from this peer? */
-  mayAccept (peerId: string): boolean
-  loadSyncState (peerId: string, docId: string): Automerge.SyncState | undefined
-  saveSyncState (peerId: string, docId: string, state: Automerge.SyncState): void
-  statusRecords (): Uint8Array[]
-  receiveStatus (record: Uint8Array, from: PeerSession): Promise<void>
+  mayAccept(peerId: string): boolean
+  loadSyncState(peerId: string, docId: string): Automerge.SyncState | undefined
+  saveSyncState(peerId: string, docId: string, state: Automerge.SyncState): void
+  statusRecords(): Uint8Array[]
+  receiveStatus(record: Uint8Array, from: PeerSession): Promise<void>
   /** The peer sent invalid data: ban it. */
-  invalid (session: PeerSession, err: Error): void
-  closed (session: PeerSession): void
+  invalid(session: PeerSession, err: Error): void
+  closed(session: PeerSession): void
   /** Frames in and out (n = bytes); changes accepted (n = changes); a batch that held nothing new. */
-  count (what: 'in' | 'out' | 'accepted' | 'duplicate', n: number): void
+  count(what: 'in' | 'out' | 'accepted' | 'duplicate', n: number): void
 }
 
 /** Errors that mean the peer sent something invalid (as opposed to the network failing). */
 const INVALID = new Set([
-  FrameTooLargeError.name, MalformedMessageError.name, ProtocolViolationError.name, 'InvalidStatusError',
-  'InvalidSignatureError', 'UnsignedChangeError', 'UnknownKeyError', 'OutOfScopeError', 'MalformedInputError',
-  'OversizedInputError', 'ActorMismatchError', 'WrongDocumentError', 'InvalidTrustStatementError', 'UnsupportedVersionError'
+  FrameTooLargeError.name,
+  MalformedMessageError.name,
+  ProtocolViolationError.name,
+  'InvalidStatusError',
+  'InvalidSignatureError',
+  'UnsignedChangeError',
+  'UnknownKeyError',
+  'OutOfScopeError',
+  'MalformedInputError',
+  'OversizedInputError',
+  'ActorMismatchError',
+  'WrongDocumentError',
+  'InvalidTrustStatementError',
+  'UnsupportedVersionError'
 ])
 
-export function isPeerFault (err: unknown): boolean {
+export function isPeerFault(err: unknown): boolean {
   return err instanceof Error && INVALID.has(err.name)
 }
 
-function withTimeout<T> (p: Promise<T>, ms: number, what: string): Promise<T> {
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined
   return Promise.race([
     p,
-    new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new ExchangeTimeoutError(`${what} took longer than ${ms} ms`)), ms) })
+    new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(
+        () => reject(new ExchangeTimeoutError(`${what} took longer than ${ms} ms`)),
+        ms
+      )
+    })
   ]).finally(() => clearTimeout(timer))
 }
 
 /** A batch ready to push: its encoded bytes and the change hashes its signatures name. */
-export interface PushBatch { bytes: Uint8Array, hashes: string[] }
+export interface PushBatch {
+  bytes: Uint8Array
+  hashes: string[]
+}
 
 export class PeerSession {
   readonly peerId: string
@@ -94,28 +118,30 @@ export class PeerSession {
   /** Change hashes the peer is known to hold (it sent them, or we pushed them); cleared when full. */
   private readonly held = new Set<string>()
   /** Per document, the digest of the peer's last sync message and how many times running it came. */
-  private readonly lastIn = new Map<string, { digest: string, count: number }>()
+  private readonly lastIn = new Map<string, { digest: string; count: number }>()
   /** The trust version the peer's last hello named: the statements after it are what it lacks. */
   private peerTrustVersion: number | undefined
   helloReceived = false
 
-  constructor (host: SessionHost, peerId: string, stream: Stream, opener: string) {
+  constructor(host: SessionHost, peerId: string, stream: Stream, opener: string) {
     this.host = host
     this.peerId = peerId
     this.stream = stream
     this.opener = opener
   }
 
-  get isOpen (): boolean { return !this.ended }
+  get isOpen(): boolean {
+    return !this.ended
+  }
 
   /** Say hello, then read until the stream ends. Resolves when the session is over. */
-  async run (): Promise<void> {
+  async run(): Promise<void> {
     try {
       this.sendHello()
       await pipe(
         this.stream,
-        (source) => decodeFrames(source, this.host.limits.maxFrameBytes),
-        async (frames) => {
+        source => decodeFrames(source, this.host.limits.maxFrameBytes),
+        async frames => {
           for await (const frame of frames) {
             this.host.count('in', frame.length)
             const msg = decodeSyncWire(frame)
@@ -135,17 +161,20 @@ export class PeerSession {
   }
 
   /** End the session; its sync states are kept by the host for a reconnect. */
-  close (err?: Error): void {
+  close(err?: Error): void {
     if (this.ended) return
     this.ended = true
     for (const [docId, state] of this.states) this.host.saveSyncState(this.peerId, docId, state)
     if (err !== undefined) this.stream.abort(err)
-    else this.stream.close({ signal: AbortSignal.timeout(1000) }).catch(() => this.stream.abort(new Error('close timed out')))
+    else
+      this.stream
+        .close({ signal: AbortSignal.timeout(1000) })
+        .catch(() => this.stream.abort(new Error('close timed out')))
     this.host.closed(this)
   }
 
   /** A document has new heads here: tell the peer (coalesced per tick). */
-  announce (docId: string): void {
+  announce(docId: string): void {
     if (this.ended) return
     this.dirty.add(docId)
     if (this.flushScheduled) return
@@ -154,7 +183,9 @@ export class PeerSession {
       this.flushScheduled = false
       const ids = [...this.dirty]
       this.dirty.clear()
-      this.serial(async () => { for (const id of ids) await this.syncDoc(id) }).catch(err => this.fail(err))
+      this.serial(async () => {
+        for (const id of ids) await this.syncDoc(id)
+      }).catch(err => this.fail(err))
     }, 0)
   }
 
@@ -162,7 +193,7 @@ export class PeerSession {
    * Relay changes just made or accepted here to a peer that is not known to hold them. Before the
    * peer's hello nothing is pushed: the sync round its hello starts carries them.
    */
-  push (docId: string, batches: readonly PushBatch[]): void {
+  push(docId: string, batches: readonly PushBatch[]): void {
     if (this.ended) return
     this.serial(async () => {
       if (!this.helloReceived || !this.host.mayServe(this.peerId)) return
@@ -178,7 +209,7 @@ export class PeerSession {
    * Anti-entropy: resend hello and restart negotiation of every document (in-flight parts reset).
    * Also how a new trust statement reaches the peer: it goes out before any change it authorises.
    */
-  resync (): void {
+  resync(): void {
     this.serial(async () => {
       this.sendHello()
       if (this.peerTrustVersion !== undefined) this.sendTrustAfter(this.peerTrustVersion)
@@ -190,11 +221,17 @@ export class PeerSession {
     }).catch(err => this.fail(err))
   }
 
-  send (msg: SyncWireMessage): void {
+  send(msg: SyncWireMessage): void {
     if (this.ended) return
     const frame = encodeFrame(encodeSyncWire(msg))
     if (frame.length > this.host.limits.maxFrameBytes) {
-      log.error('message for %s about %s is %d bytes, over the frame limit of %d; not sent (raise limits.maxFrameBytes on every node)', this.peerId, msg.type === 'sync' ? msg.docId : msg.type, frame.length, this.host.limits.maxFrameBytes)
+      log.error(
+        'message for %s about %s is %d bytes, over the frame limit of %d; not sent (raise limits.maxFrameBytes on every node)',
+        this.peerId,
+        msg.type === 'sync' ? msg.docId : msg.type,
+        frame.length,
+        this.host.limits.maxFrameBytes
+      )
       return
     }
     try {
@@ -205,18 +242,23 @@ export class PeerSession {
     }
   }
 
-  sendStatus (record: Uint8Array): void {
+  sendStatus(record: Uint8Array): void {
     if (this.host.mayServe(this.peerId)) this.send({ type: 'status', record })
   }
 
-  private sendHello (): void {
+  private sendHello(): void {
     if (!this.host.mayServe(this.peerId)) return
     const r = this.host.replica
-    this.send({ type: 'hello', fleetId: r.fleetId, trustVersion: r.trust.version, docIds: r.documentIds() })
+    this.send({
+      type: 'hello',
+      fleetId: r.fleetId,
+      trustVersion: r.trust.version,
+      docIds: r.documentIds()
+    })
   }
 
   /** Send the trust statements after version `v` (the peer's), in order. */
-  private sendTrustAfter (v: number): void {
+  private sendTrustAfter(v: number): void {
     if (!this.host.mayServe(this.peerId)) return
     const all = this.host.replica.trust.all
     for (const st of all.slice(v)) this.send({ type: 'trust', statement: encodeTrustStatement(st) })
@@ -224,32 +266,43 @@ export class PeerSession {
   }
 
   /** Forget the in-flight parts of a document's sync state, so the next message renegotiates. */
-  private restartSync (docId: string): void {
+  private restartSync(docId: string): void {
     this.lastIn.delete(docId)
     const s = this.states.get(docId)
-    if (s !== undefined) this.states.set(docId, Automerge.decodeSyncState(Automerge.encodeSyncState(s)))
+    if (s !== undefined)
+      this.states.set(docId, Automerge.decodeSyncState(Automerge.encodeSyncState(s)))
   }
 
   /** How many times running the peer has sent this same sync message for `docId` (0: it is new). */
-  private repeats (docId: string, message: Uint8Array): number {
+  private repeats(docId: string, message: Uint8Array): number {
     const digest = toHex(sha256(message))
     const last = this.lastIn.get(docId)
     const count = last?.digest === digest ? last.count + 1 : 0
     this.lastIn.set(docId, { digest, count })
-    if (count === MAX_SYNC_REPEATS + 1) log.error('sync of "%s" with %s is stuck (the same message %d times running); not answering until the next anti-entropy round', docId, this.peerId, count + 1)
+    if (count === MAX_SYNC_REPEATS + 1)
+      log.error(
+        'sync of "%s" with %s is stuck (the same message %d times running); not answering until the next anti-entropy round',
+        docId,
+        this.peerId,
+        count + 1
+      )
     return count
   }
 
-  private noteHeld (hashes: string[]): void {
+  private noteHeld(hashes: string[]): void {
     if (this.held.size + hashes.length > MAX_HELD_HASHES_PER_PEER) this.held.clear()
     for (const h of hashes) this.held.add(h)
   }
 
   /** Verify and apply a batch from this peer; undefined when the pending set is full (sync fetches it again). */
-  private async acceptBatch (batch: SignedBatch): Promise<AcceptResult | undefined> {
+  private async acceptBatch(batch: SignedBatch): Promise<AcceptResult | undefined> {
     this.noteHeld(batch.signatures.map(sig => sig.hash))
     try {
-      const res = await withTimeout(this.host.replica.accept(batch), this.host.limits.exchangeTimeoutMs, `verifying a batch of "${batch.docId}"`)
+      const res = await withTimeout(
+        this.host.replica.accept(batch),
+        this.host.limits.exchangeTimeoutMs,
+        `verifying a batch of "${batch.docId}"`
+      )
       this.host.count(res.status === 'duplicate' ? 'duplicate' : 'accepted', res.applied)
       return res
     } catch (err) {
@@ -259,28 +312,34 @@ export class PeerSession {
     }
   }
 
-  private sendStatuses (): void {
+  private sendStatuses(): void {
     for (const rec of this.host.statusRecords()) this.sendStatus(rec)
   }
 
-  private fail (err: unknown): void {
+  private fail(err: unknown): void {
     if (this.ended) return
     if (isPeerFault(err)) this.host.invalid(this, err as Error)
-    else { log('session with %s failed: %s', this.peerId, (err as Error).message); this.close() }
+    else {
+      log('session with %s failed: %s', this.peerId, (err as Error).message)
+      this.close()
+    }
   }
 
-  private serial<R> (fn: () => Promise<R>): Promise<R> {
+  private serial<R>(fn: () => Promise<R>): Promise<R> {
     const run = this.queue.then(fn, fn)
     this.queue = run.catch(() => {})
     return run
   }
 
-  private async handle (msg: SyncWireMessage): Promise<void> {
+  private async handle(msg: SyncWireMessage): Promise<void> {
     if (this.ended) return
     const replica = this.host.replica
     switch (msg.type) {
       case 'hello': {
-        if (msg.fleetId !== replica.fleetId) throw new ProtocolViolationError(`peer belongs to fleet ${msg.fleetId.slice(0, 12)}…, not ${replica.fleetId.slice(0, 12)}…`)
+        if (msg.fleetId !== replica.fleetId)
+          throw new ProtocolViolationError(
+            `peer belongs to fleet ${msg.fleetId.slice(0, 12)}…, not ${replica.fleetId.slice(0, 12)}…`
+          )
         const first = !this.helloReceived
         this.helloReceived = true
         this.sendTrustAfter(msg.trustVersion)
@@ -295,10 +354,17 @@ export class PeerSession {
         const statement = decodeTrustStatement(msg.statement)
         if (statement.statement.version <= replica.trust.version) return
         try {
-          await withTimeout(replica.addTrustStatement(statement), this.host.limits.exchangeTimeoutMs, 'adding a trust statement')
+          await withTimeout(
+            replica.addTrustStatement(statement),
+            this.host.limits.exchangeTimeoutMs,
+            'adding a trust statement'
+          )
         } catch (err) {
           // A fork is validly signed by roots: the messenger is not at fault. Halted trust is reported by crdt.
-          if ((err as Error).name === 'TrustForkError') { log.error('trust fork reported by %s: %s', this.peerId, (err as Error).message); return }
+          if ((err as Error).name === 'TrustForkError') {
+            log.error('trust fork reported by %s: %s', this.peerId, (err as Error).message)
+            return
+          }
           throw err
         }
         return
@@ -307,7 +373,10 @@ export class PeerSession {
         const doc = await replica.open(msg.docId)
         if (msg.batch.length > 0 && this.host.mayAccept(this.peerId)) {
           const batch = decodeBatch(msg.batch)
-          if (batch.docId !== msg.docId) throw new ProtocolViolationError(`peer sent a batch for "${batch.docId}" inside a sync message for "${msg.docId}"`)
+          if (batch.docId !== msg.docId)
+            throw new ProtocolViolationError(
+              `peer sent a batch for "${batch.docId}" inside a sync message for "${msg.docId}"`
+            )
           await this.acceptBatch(batch)
         }
         try {
@@ -315,7 +384,9 @@ export class PeerSession {
           this.states.set(msg.docId, doc.receiveSyncMessage(this.stateOf(msg.docId), msg.message))
         } catch (err) {
           if (isPeerFault(err)) throw err
-          throw new MalformedMessageError(`peer sent a sync message for "${msg.docId}" that Automerge refused: ${(err as Error).message}`)
+          throw new MalformedMessageError(
+            `peer sent a sync message for "${msg.docId}" that Automerge refused: ${(err as Error).message}`
+          )
         }
         // A stuck negotiation sends nothing but the same message; one that carries changes moves on.
         if (msg.batch.length > 0) this.lastIn.delete(msg.docId)
@@ -326,11 +397,17 @@ export class PeerSession {
       case 'push': {
         if (!this.host.mayAccept(this.peerId)) return
         const batch = decodeBatch(msg.batch)
-        if (batch.docId !== msg.docId) throw new ProtocolViolationError(`peer pushed a batch for "${batch.docId}" labelled "${msg.docId}"`)
+        if (batch.docId !== msg.docId)
+          throw new ProtocolViolationError(
+            `peer pushed a batch for "${batch.docId}" labelled "${msg.docId}"`
+          )
         const res = await this.acceptBatch(batch)
         // It builds on changes we lack (their push has not arrived, or never will): a sync round
         // with this peer, which holds them, fetches them.
-        if (res?.status === 'pending') { this.restartSync(msg.docId); await this.syncDoc(msg.docId) }
+        if (res?.status === 'pending') {
+          this.restartSync(msg.docId)
+          await this.syncDoc(msg.docId)
+        }
         return
       }
       case 'status':
@@ -339,7 +416,7 @@ export class PeerSession {
     }
   }
 
-  private stateOf (docId: string): Automerge.SyncState {
+  private stateOf(docId: string): Automerge.SyncState {
     let s = this.states.get(docId)
     if (s === undefined) {
       s = this.host.loadSyncState(this.peerId, docId) ?? Automerge.initSyncState()
@@ -355,7 +432,7 @@ export class PeerSession {
    * marked that change sent and will not send it again, and the two would exchange the same
    * messages for ever. So the dependencies pending changes lack are added to the message's `need`.
    */
-  private async syncDoc (docId: string): Promise<void> {
+  private async syncDoc(docId: string): Promise<void> {
     if (this.ended || !this.host.mayServe(this.peerId)) return
     const doc = await this.host.replica.open(docId)
     const state = this.stateOf(docId)
@@ -370,7 +447,16 @@ export class PeerSession {
       return
     }
     const hashes = Object.keys(next.sentHashes).filter(h => !before.has(h))
-    const stripped = Automerge.encodeSyncMessage({ ...decoded, need: [...decoded.need, ...need], changes: [] })
-    this.send({ type: 'sync', docId, message: stripped, batch: hashes.length === 0 ? EMPTY : doc.encodedBatchFor(hashes) })
+    const stripped = Automerge.encodeSyncMessage({
+      ...decoded,
+      need: [...decoded.need, ...need],
+      changes: []
+    })
+    this.send({
+      type: 'sync',
+      docId,
+      message: stripped,
+      batch: hashes.length === 0 ? EMPTY : doc.encodedBatchFor(hashes)
+    })
   }
 }

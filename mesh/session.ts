@@ -42,56 +42,108 @@ export interface SessionVoucher {
   signer: string
 }
 
-function digest (fleetId: string, peerKey: Uint8Array, role: number, expires: number): Uint8Array {
-  return sha256(new ByteWriter().raw(utf8(DOMAIN)).u8(0).raw(utf8(fleetId)).u8(0).raw(peerKey).u8(role).varint(expires).finish())
+function digest(fleetId: string, peerKey: Uint8Array, role: number, expires: number): Uint8Array {
+  return sha256(
+    new ByteWriter()
+      .raw(utf8(DOMAIN))
+      .u8(0)
+      .raw(utf8(fleetId))
+      .u8(0)
+      .raw(peerKey)
+      .u8(role)
+      .varint(expires)
+      .finish()
+  )
 }
 
 /**
  * Sign a voucher admitting the browser key `peerPublicKey` (32 bytes) to the fleet's daemons
  * until `expires` (ms since the epoch). The signer must be an admin or operator key.
  */
-export async function signSessionVoucher (opts: { peerPublicKey: Uint8Array, role?: SessionRole, expires: number, signer: KeyPair, fleetId: string }, ed: Ed25519): Promise<Uint8Array> {
+export async function signSessionVoucher(
+  opts: {
+    peerPublicKey: Uint8Array
+    role?: SessionRole
+    expires: number
+    signer: KeyPair
+    fleetId: string
+  },
+  ed: Ed25519
+): Promise<Uint8Array> {
   const role = ROLE_CODE[opts.role ?? 'admin-session']
-  const sig = await ed.sign(opts.signer.seed, digest(opts.fleetId, opts.peerPublicKey, role, opts.expires))
-  return new ByteWriter().u8(VOUCHER_VERSION).raw(opts.peerPublicKey).u8(role).varint(opts.expires).raw(opts.signer.publicKey).raw(sig).finish()
+  const sig = await ed.sign(
+    opts.signer.seed,
+    digest(opts.fleetId, opts.peerPublicKey, role, opts.expires)
+  )
+  return new ByteWriter()
+    .u8(VOUCHER_VERSION)
+    .raw(opts.peerPublicKey)
+    .u8(role)
+    .varint(opts.expires)
+    .raw(opts.signer.publicKey)
+    .raw(sig)
+    .finish()
 }
 
 /** Verify a voucher presented by the peer whose key is `peerKeyHex`. Throws SessionRefusedError. */
-export async function verifySessionVoucher (bytes: Uint8Array, peerKeyHex: string, trust: TrustChain, ed: Ed25519, now = Date.now()): Promise<SessionVoucher> {
+export async function verifySessionVoucher(
+  bytes: Uint8Array,
+  peerKeyHex: string,
+  trust: TrustChain,
+  ed: Ed25519,
+  now = Date.now()
+): Promise<SessionVoucher> {
   let peerKey: Uint8Array, role: number, expires: number, signer: Uint8Array, sig: Uint8Array
   try {
     const r = new ByteReader(bytes, 'session voucher')
     const v = r.u8()
-    if (v !== VOUCHER_VERSION) throw new SessionRefusedError(`session voucher version ${v} is not supported`)
-    peerKey = r.raw(32); role = r.u8(); expires = r.varint(); signer = r.raw(32); sig = r.raw(64)
+    if (v !== VOUCHER_VERSION)
+      throw new SessionRefusedError(`session voucher version ${v} is not supported`)
+    peerKey = r.raw(32)
+    role = r.u8()
+    expires = r.varint()
+    signer = r.raw(32)
+    sig = r.raw(64)
     r.end()
   } catch (err) {
     if (err instanceof SessionRefusedError) throw err
     throw new SessionRefusedError(`malformed session voucher: ${(err as Error).message}`)
   }
   const roleName = (Object.keys(ROLE_CODE) as SessionRole[]).find(k => ROLE_CODE[k] === role)
-  if (roleName === undefined) throw new SessionRefusedError(`session voucher names unknown role ${role}`)
-  if (toHex(peerKey) !== peerKeyHex) throw new SessionRefusedError('session voucher was issued to another browser key; sign a new one for this session')
-  if (expires <= now) throw new SessionRefusedError(`session voucher expired at ${new Date(expires).toISOString()}; sign a new one`)
+  if (roleName === undefined)
+    throw new SessionRefusedError(`session voucher names unknown role ${role}`)
+  if (toHex(peerKey) !== peerKeyHex)
+    throw new SessionRefusedError(
+      'session voucher was issued to another browser key; sign a new one for this session'
+    )
+  if (expires <= now)
+    throw new SessionRefusedError(
+      `session voucher expired at ${new Date(expires).toISOString()}; sign a new one`
+    )
   const signerHex = toHex(signer)
   const info = trust.lookup(signerHex)
   if (info === undefined || (info.role !== 'admin' && info.role !== 'operator')) {
-    throw new SessionRefusedError(`session voucher is signed by ${signerHex.slice(0, 16)}…, which is not an admin or operator key of trust statement version ${trust.version}`)
+    throw new SessionRefusedError(
+      `session voucher is signed by ${signerHex.slice(0, 16)}…, which is not an admin or operator key of trust statement version ${trust.version}`
+    )
   }
-  if (!await ed.verify(signer, digest(trust.fleetId, peerKey, role, expires), sig)) throw new SessionRefusedError('session voucher signature does not verify')
+  if (!(await ed.verify(signer, digest(trust.fleetId, peerKey, role, expires), sig)))
+    throw new SessionRefusedError('session voucher signature does not verify')
   return { peerKey: peerKeyHex, role: roleName, expires, signer: signerHex }
 }
 
-export type SessionRequest = { kind: 'token', token: string } | { kind: 'voucher', voucher: Uint8Array }
+export type SessionRequest =
+  | { kind: 'token'; token: string }
+  | { kind: 'voucher'; voucher: Uint8Array }
 
-export function encodeSessionRequest (req: SessionRequest): Uint8Array {
+export function encodeSessionRequest(req: SessionRequest): Uint8Array {
   const w = new ByteWriter()
   if (req.kind === 'token') w.u8(1).string(req.token)
   else w.u8(2).bytes(req.voucher)
   return w.finish()
 }
 
-export function decodeSessionRequest (bytes: Uint8Array): SessionRequest {
+export function decodeSessionRequest(bytes: Uint8Array): SessionRequest {
   try {
     const r = new ByteReader(bytes, 'session request')
     const kind = r.u8()
@@ -107,19 +159,22 @@ export function decodeSessionRequest (bytes: Uint8Array): SessionRequest {
   }
 }
 
-export type SessionReply = { ok: true, admission: Admission } | { ok: false, reason: string }
+export type SessionReply = { ok: true; admission: Admission } | { ok: false; reason: string }
 
-export function encodeSessionReply (reply: SessionReply): Uint8Array {
-  return reply.ok ? new ByteWriter().u8(1).string(reply.admission).finish() : new ByteWriter().u8(0).string(reply.reason.slice(0, 500)).finish()
+export function encodeSessionReply(reply: SessionReply): Uint8Array {
+  return reply.ok
+    ? new ByteWriter().u8(1).string(reply.admission).finish()
+    : new ByteWriter().u8(0).string(reply.reason.slice(0, 500)).finish()
 }
 
-export function decodeSessionReply (bytes: Uint8Array): SessionReply {
+export function decodeSessionReply(bytes: Uint8Array): SessionReply {
   const r = new ByteReader(bytes, 'session reply')
   const ok = r.u8()
   const text = r.string(1024)
   r.end()
   if (ok === 1) {
-    if (text !== 'viewer' && text !== 'admin-session' && text !== 'node') throw new SessionRefusedError(`daemon replied with unknown admission "${text.slice(0, 40)}"`)
+    if (text !== 'viewer' && text !== 'admin-session' && text !== 'node')
+      throw new SessionRefusedError(`daemon replied with unknown admission "${text.slice(0, 40)}"`)
     return { ok: true, admission: text }
   }
   return { ok: false, reason: text }

@@ -32,15 +32,40 @@ export interface SignedStatus {
   bytes: Uint8Array
 }
 
-function digest (fleetId: string, key: Uint8Array, seq: number, body: Uint8Array): Uint8Array {
-  return sha256(new ByteWriter().raw(utf8(DOMAIN)).u8(0).raw(utf8(fleetId)).u8(0).raw(key).varint(seq).raw(body).finish())
+function digest(fleetId: string, key: Uint8Array, seq: number, body: Uint8Array): Uint8Array {
+  return sha256(
+    new ByteWriter()
+      .raw(utf8(DOMAIN))
+      .u8(0)
+      .raw(utf8(fleetId))
+      .u8(0)
+      .raw(key)
+      .varint(seq)
+      .raw(body)
+      .finish()
+  )
 }
 
-export async function signStatus (pair: KeyPair, fleetId: string, seq: number, body: StatusBody, ed: Ed25519): Promise<SignedStatus> {
+export async function signStatus(
+  pair: KeyPair,
+  fleetId: string,
+  seq: number,
+  body: StatusBody,
+  ed: Ed25519
+): Promise<SignedStatus> {
   const json = utf8(JSON.stringify(body))
-  if (json.length > MAX_STATUS_BYTES) throw new InvalidStatusError(`status body is ${json.length} bytes; at most ${MAX_STATUS_BYTES} are allowed (trim logs or details before publishing)`)
+  if (json.length > MAX_STATUS_BYTES)
+    throw new InvalidStatusError(
+      `status body is ${json.length} bytes; at most ${MAX_STATUS_BYTES} are allowed (trim logs or details before publishing)`
+    )
   const signature = await ed.sign(pair.seed, digest(fleetId, pair.publicKey, seq, json))
-  const bytes = new ByteWriter().u8(VERSION).raw(pair.publicKey).varint(seq).bytes(json).raw(signature).finish()
+  const bytes = new ByteWriter()
+    .u8(VERSION)
+    .raw(pair.publicKey)
+    .varint(seq)
+    .bytes(json)
+    .raw(signature)
+    .finish()
   return { node: toHex(pair.publicKey), seq, body, bytes }
 }
 
@@ -49,7 +74,12 @@ export async function signStatus (pair: KeyPair, fleetId: string, seq: number, b
  * an enrolled device here: it may be a device enrolled in a devices document we have not
  * received yet, so the forwarding peer is not at fault; the record is dropped.
  */
-export async function verifyStatus (bytes: Uint8Array, fleetId: string, ed: Ed25519, isEnrolled: (keyHex: string) => boolean): Promise<SignedStatus | undefined> {
+export async function verifyStatus(
+  bytes: Uint8Array,
+  fleetId: string,
+  ed: Ed25519,
+  isEnrolled: (keyHex: string) => boolean
+): Promise<SignedStatus | undefined> {
   let key: Uint8Array, seq: number, json: Uint8Array, signature: Uint8Array
   try {
     const r = new ByteReader(bytes, 'status record')
@@ -66,19 +96,29 @@ export async function verifyStatus (bytes: Uint8Array, fleetId: string, ed: Ed25
   }
   const node = toHex(key)
   if (!isEnrolled(node)) return undefined
-  if (!await ed.verify(key, digest(fleetId, key, seq, json), signature)) throw new InvalidStatusError(`status record from ${node.slice(0, 16)}… has a bad signature`)
+  if (!(await ed.verify(key, digest(fleetId, key, seq, json), signature)))
+    throw new InvalidStatusError(`status record from ${node.slice(0, 16)}… has a bad signature`)
   let body: unknown
-  try { body = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(json)) } catch { throw new InvalidStatusError(`status record from ${node.slice(0, 16)}… has a body that is not JSON`) }
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidStatusError(`status record from ${node.slice(0, 16)}… has a body that is not a JSON object`)
+  try {
+    body = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(json))
+  } catch {
+    throw new InvalidStatusError(
+      `status record from ${node.slice(0, 16)}… has a body that is not JSON`
+    )
+  }
+  if (typeof body !== 'object' || body === null || Array.isArray(body))
+    throw new InvalidStatusError(
+      `status record from ${node.slice(0, 16)}… has a body that is not a JSON object`
+    )
   return { node, seq, body: body as StatusBody, bytes: bytes.slice() }
 }
 
 /** How a held record is kept in store meta: the record plus when we first received it. */
-export function encodeStoredStatus (record: Uint8Array, receivedAt: number): Uint8Array {
+export function encodeStoredStatus(record: Uint8Array, receivedAt: number): Uint8Array {
   return new ByteWriter().bytes(record).varint(receivedAt).finish()
 }
 
-export function decodeStoredStatus (bytes: Uint8Array): { record: Uint8Array, receivedAt: number } {
+export function decodeStoredStatus(bytes: Uint8Array): { record: Uint8Array; receivedAt: number } {
   const r = new ByteReader(bytes, 'stored status record')
   const record = r.bytes(MAX_STATUS_BYTES + 1024)
   const receivedAt = r.varint()

@@ -32,30 +32,38 @@ export const MAX_SYNC_MESSAGE_BYTES = 4 * 1024 * 1024
 const MAX_ID = 256
 
 export type SyncWireMessage =
-  | { type: 'hello', fleetId: string, trustVersion: number, docIds: string[] }
-  | { type: 'trust', statement: Uint8Array }
-  | { type: 'sync', docId: string, message: Uint8Array, batch: Uint8Array }
-  | { type: 'status', record: Uint8Array }
-  | { type: 'push', docId: string, batch: Uint8Array }
+  | { type: 'hello'; fleetId: string; trustVersion: number; docIds: string[] }
+  | { type: 'trust'; statement: Uint8Array }
+  | { type: 'sync'; docId: string; message: Uint8Array; batch: Uint8Array }
+  | { type: 'status'; record: Uint8Array }
+  | { type: 'push'; docId: string; batch: Uint8Array }
 
 const TYPE = { hello: 1, trust: 2, sync: 3, status: 4, push: 5 } as const
 
-export function encodeSyncWire (m: SyncWireMessage): Uint8Array {
+export function encodeSyncWire(m: SyncWireMessage): Uint8Array {
   const w = new ByteWriter().u8(TYPE[m.type])
   switch (m.type) {
     case 'hello':
       w.varint(SYNC_WIRE_VERSION).string(m.fleetId).varint(m.trustVersion).varint(m.docIds.length)
       for (const id of m.docIds) w.string(id)
       break
-    case 'trust': w.bytes(m.statement); break
-    case 'sync': w.string(m.docId).bytes(m.message).bytes(m.batch); break
-    case 'status': w.bytes(m.record); break
-    case 'push': w.string(m.docId).bytes(m.batch); break
+    case 'trust':
+      w.bytes(m.statement)
+      break
+    case 'sync':
+      w.string(m.docId).bytes(m.message).bytes(m.batch)
+      break
+    case 'status':
+      w.bytes(m.record)
+      break
+    case 'push':
+      w.string(m.docId).bytes(m.batch)
+      break
   }
   return w.finish()
 }
 
-export function decodeSyncWire (bytes: Uint8Array): SyncWireMessage {
+export function decodeSyncWire(bytes: Uint8Array): SyncWireMessage {
   try {
     const r = new ByteReader(bytes, 'sync protocol message')
     const type = r.u8()
@@ -63,7 +71,10 @@ export function decodeSyncWire (bytes: Uint8Array): SyncWireMessage {
     switch (type) {
       case TYPE.hello: {
         const version = r.varint()
-        if (version !== SYNC_WIRE_VERSION) throw new MalformedMessageError(`sync protocol version ${version} is not supported (this node speaks ${SYNC_WIRE_VERSION})`)
+        if (version !== SYNC_WIRE_VERSION)
+          throw new MalformedMessageError(
+            `sync protocol version ${version} is not supported (this node speaks ${SYNC_WIRE_VERSION})`
+          )
         const fleetId = r.string(MAX_ID)
         const trustVersion = r.varint(1 << 30)
         const n = r.varint(MAX_DOCS_PER_HELLO)
@@ -72,16 +83,32 @@ export function decodeSyncWire (bytes: Uint8Array): SyncWireMessage {
         out = { type: 'hello', fleetId, trustVersion, docIds }
         break
       }
-      case TYPE.trust: out = { type: 'trust', statement: r.bytes(MAX_TRUST_STATEMENT_BYTES) }; break
-      case TYPE.sync: out = { type: 'sync', docId: r.string(MAX_ID), message: r.bytes(MAX_SYNC_MESSAGE_BYTES), batch: r.bytes(MAX_BATCH_BYTES) }; break
-      case TYPE.status: out = { type: 'status', record: r.bytes(MAX_STATUS_BYTES + 1024) }; break
-      case TYPE.push: out = { type: 'push', docId: r.string(MAX_ID), batch: r.bytes(MAX_PUSH_BYTES) }; break
-      default: throw new MalformedMessageError(`unknown sync protocol message type ${type}`)
+      case TYPE.trust:
+        out = { type: 'trust', statement: r.bytes(MAX_TRUST_STATEMENT_BYTES) }
+        break
+      case TYPE.sync:
+        out = {
+          type: 'sync',
+          docId: r.string(MAX_ID),
+          message: r.bytes(MAX_SYNC_MESSAGE_BYTES),
+          batch: r.bytes(MAX_BATCH_BYTES)
+        }
+        break
+      case TYPE.status:
+        out = { type: 'status', record: r.bytes(MAX_STATUS_BYTES + 1024) }
+        break
+      case TYPE.push:
+        out = { type: 'push', docId: r.string(MAX_ID), batch: r.bytes(MAX_PUSH_BYTES) }
+        break
+      default:
+        throw new MalformedMessageError(`unknown sync protocol message type ${type}`)
     }
     r.end()
     return out
   } catch (err) {
     if (err instanceof MalformedMessageError) throw err
-    throw new MalformedMessageError(`a peer sent a malformed sync protocol message: ${(err as Error).message}`)
+    throw new MalformedMessageError(
+      `a peer sent a malformed sync protocol message: ${(err as Error).message}`
+    )
   }
 }

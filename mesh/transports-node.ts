@@ -11,6 +11,7 @@ export const MDNS_SERVICE_TAG = 'rhizome.local'
 
 export const nodePlatform: MeshPlatform = {
   transports: () => [tcp(), webSockets()],
-  discovery: ({ mdns: on }) => on ? [mdns({ serviceTag: MDNS_SERVICE_TAG, interval: 10_000 })] : [],
+  discovery: ({ mdns: on }) =>
+    on ? [mdns({ serviceTag: MDNS_SERVICE_TAG, interval: 10_000 })] : [],
   defaultListen: ['/ip4/0.0.0.0/tcp/4001', '/ip4/0.0.0.0/tcp/4002/ws']
 }

@@ -92,7 +92,9 @@ export interface MeshOptions {
    * syncing: a one-time viewer token from that daemon, or a session voucher signed by an admin
    * or operator key (`signSessionVoucher` in session.ts).
    */
-  session?: { viewerToken: string, voucher?: undefined } | { voucher: Uint8Array, viewerToken?: undefined }
+  session?:
+    | { viewerToken: string; voucher?: undefined }
+    | { voucher: Uint8Array; viewerToken?: undefined }
 }
 
 /**
@@ -104,16 +106,16 @@ export interface MeshOptions {
  */
 export interface Mesh extends EventTarget {
   readonly peerId: string
-  start (): Promise<void>
-  stop (): Promise<void>
+  start(): Promise<void>
+  stop(): Promise<void>
   /** Addresses others can dial, with /p2p/<PeerId>. */
-  addresses (): string[]
-  peers (): PeerSummary[]
+  addresses(): string[]
+  peers(): PeerSummary[]
   /** Sign and gossip this node's status. */
-  publishStatus (body: StatusBody): Promise<StatusRecord>
+  publishStatus(body: StatusBody): Promise<StatusRecord>
   /** The newest record per node, stale ones included. */
-  statuses (): StatusRecord[]
+  statuses(): StatusRecord[]
   /** A one-time token a browser presents to be admitted as a read-only viewer of this daemon. */
-  issueViewerToken (): string
-  metrics (): MeshMetrics
+  issueViewerToken(): string
+  metrics(): MeshMetrics
 }

@@ -11,10 +11,19 @@ export interface BackoffOptions {
   resetAfterMs: number
 }
 
-export const DEFAULT_BACKOFF: BackoffOptions = { baseMs: 500, maxMs: 60_000, jitter: 0.2, resetAfterMs: 30_000 }
+export const DEFAULT_BACKOFF: BackoffOptions = {
+  baseMs: 500,
+  maxMs: 60_000,
+  jitter: 0.2,
+  resetAfterMs: 30_000
+}
 
 /** Delay before restart number `attempt` (1 = first restart). `random` is injectable for tests. */
-export function backoffDelay (attempt: number, opts: BackoffOptions = DEFAULT_BACKOFF, random: () => number = Math.random): number {
+export function backoffDelay(
+  attempt: number,
+  opts: BackoffOptions = DEFAULT_BACKOFF,
+  random: () => number = Math.random
+): number {
   const n = Math.max(1, Math.floor(attempt))
   // 2^(n-1) overflows to Infinity for large n; the cap keeps the result finite.
   const raw = Math.min(opts.maxMs, opts.baseMs * 2 ** Math.min(n - 1, 52))

@@ -8,7 +8,15 @@ import { access, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { Command, Option } from 'commander'
 import { createGenesis, encodeTrustStatement, decodeTrustStatement } from '../crdt/trust.ts'
-import { decryptKeyFile, encryptKeyFile, fingerprint, generateKeyPair, parseKeyFile, parsePublicKey, type KeyPair } from '../crdt/keys.ts'
+import {
+  decryptKeyFile,
+  encryptKeyFile,
+  fingerprint,
+  generateKeyPair,
+  parseKeyFile,
+  parsePublicKey,
+  type KeyPair
+} from '../crdt/keys.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { Replica } from '../crdt/replica.ts'
 import { DEVICES_DOC } from '../crdt/devices.ts'
@@ -37,45 +45,96 @@ Exit codes:
 
 Environment: RHIZOME_DAEMON (daemon URL), RHIZOME_KEY (key file), RHIZOME_PASSPHRASE.`
 
-const REJECTED = new Set(['RejectedByDaemonError', 'WrongPassphraseError', 'InvalidSignatureError', 'UnsignedChangeError', 'UnknownKeyError', 'OutOfScopeError', 'ActorMismatchError', 'InvalidTrustStatementError', 'TrustForkError', 'InvalidBundleError', 'WrongDocumentError', 'MalformedInputError', 'OversizedInputError'])
+const REJECTED = new Set([
+  'RejectedByDaemonError',
+  'WrongPassphraseError',
+  'InvalidSignatureError',
+  'UnsignedChangeError',
+  'UnknownKeyError',
+  'OutOfScopeError',
+  'ActorMismatchError',
+  'InvalidTrustStatementError',
+  'TrustForkError',
+  'InvalidBundleError',
+  'WrongDocumentError',
+  'MalformedInputError',
+  'OversizedInputError'
+])
 
-export function exitCodeFor (err: Error): number {
+export function exitCodeFor(err: Error): number {
   if (err.name === 'UsageError' || err.name === 'InvalidConfigError') return EXIT.usage
   if (err.name === 'DaemonUnreachableError') return EXIT.unreachable
   if (REJECTED.has(err.name)) return EXIT.rejected
   return EXIT.internal
 }
 
-const say = (s = ''): void => { process.stdout.write(s + '\n') }
+const say = (s = ''): void => {
+  process.stdout.write(s + '\n')
+}
 const defaultDaemon = (): string => process.env.RHIZOME_DAEMON ?? 'http://127.0.0.1:8080'
 
-async function exists (p: string): Promise<boolean> {
-  try { await access(p); return true } catch { return false }
+async function exists(p: string): Promise<boolean> {
+  try {
+    await access(p)
+    return true
+  } catch {
+    return false
+  }
 }
 
-async function loadSigningKey (opts: { key?: string, passphraseFile?: string }): Promise<KeyPair> {
+async function loadSigningKey(opts: { key?: string; passphraseFile?: string }): Promise<KeyPair> {
   const file = opts.key ?? process.env.RHIZOME_KEY
-  if (file === undefined) throw new UsageError('a signing key is needed: pass --key FILE (an admin or operator key file from `rhizome init`) or set RHIZOME_KEY')
+  if (file === undefined)
+    throw new UsageError(
+      'a signing key is needed: pass --key FILE (an admin or operator key file from `rhizome init`) or set RHIZOME_KEY'
+    )
   let text: string
-  try { text = await readFile(file, 'utf8') } catch (err) { throw new UsageError(`cannot read key file ${file}: ${(err as Error).message}`) }
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new UsageError(`cannot read key file ${file}: ${(err as Error).message}`)
+  }
   const kf = parseKeyFile(text)
-  return decryptKeyFile(kf, await readPassphrase(opts, `passphrase for ${kf.label} (${fingerprint(parsePublicKey(kf.publicKey))}): `))
+  return decryptKeyFile(
+    kf,
+    await readPassphrase(
+      opts,
+      `passphrase for ${kf.label} (${fingerprint(parsePublicKey(kf.publicKey))}): `
+    )
+  )
 }
 
 // ---- commands --------------------------------------------------------------------------------
 
-async function cmdInit (opts: { dir: string, fleet: string, passphraseFile?: string }): Promise<void> {
+async function cmdInit(opts: {
+  dir: string
+  fleet: string
+  passphraseFile?: string
+}): Promise<void> {
   const dir = resolve(opts.dir)
   const files = ['root.key', 'admin.key', 'trust.json'].map(f => join(dir, f))
-  for (const f of files) if (await exists(f)) throw new UsageError(`${f} already exists; a fleet is initialised once. Choose another --dir`)
+  for (const f of files)
+    if (await exists(f))
+      throw new UsageError(`${f} already exists; a fleet is initialised once. Choose another --dir`)
   const pass = await readPassphrase(opts, 'passphrase for the new key files: ')
   if (pass.length < 8) throw new UsageError('the passphrase must be at least 8 characters')
   const root = generateKeyPair()
   const admin = generateKeyPair()
-  const genesis = await createGenesis({ fleet: opts.fleet, roots: [root], admins: [{ key: toHex(admin.publicKey), name: 'admin' }] }, nodeCryptoEd25519)
+  const genesis = await createGenesis(
+    { fleet: opts.fleet, roots: [root], admins: [{ key: toHex(admin.publicKey), name: 'admin' }] },
+    nodeCryptoEd25519
+  )
   await mkdir(dir, { recursive: true })
-  await writeFile(files[0] as string, JSON.stringify(await encryptKeyFile(root, pass, `${opts.fleet} root`), null, 2) + '\n', { mode: 0o600, flag: 'wx' })
-  await writeFile(files[1] as string, JSON.stringify(await encryptKeyFile(admin, pass, `${opts.fleet} admin`), null, 2) + '\n', { mode: 0o600, flag: 'wx' })
+  await writeFile(
+    files[0] as string,
+    JSON.stringify(await encryptKeyFile(root, pass, `${opts.fleet} root`), null, 2) + '\n',
+    { mode: 0o600, flag: 'wx' }
+  )
+  await writeFile(
+    files[1] as string,
+    JSON.stringify(await encryptKeyFile(admin, pass, `${opts.fleet} admin`), null, 2) + '\n',
+    { mode: 0o600, flag: 'wx' }
+  )
   await writeFile(files[2] as string, JSON.stringify(genesis, null, 2) + '\n', { flag: 'wx' })
   say(`fleet "${opts.fleet}" created in ${dir}`)
   say(`  root key   ${files[0]}  ${fingerprint(root.publicKey)}  (keep offline)`)
@@ -83,42 +142,71 @@ async function cmdInit (opts: { dir: string, fleet: string, passphraseFile?: str
   say(`  trust      ${files[2]}  (copy to every device; set trustFile in its daemon config)`)
 }
 
-async function cmdNodeInit (opts: { data: string }): Promise<void> {
+async function cmdNodeInit(opts: { data: string }): Promise<void> {
   const dir = resolve(opts.data)
   const held = await readIdentity(dir)
-  if (held !== undefined) throw new UsageError(`${dir} already holds a device identity (${held.peerId}); a device keeps its identity. Use another --data`)
+  if (held !== undefined)
+    throw new UsageError(
+      `${dir} already holds a device identity (${held.peerId}); a device keeps its identity. Use another --data`
+    )
   const id = await createIdentity(dir)
   say(`public key   ${id.publicKeyHex}`)
   say(`fingerprint  ${id.fingerprint}`)
   say(`peer id      ${id.peerId}`)
-  say(`enrol it with: rhizome enrol ${id.publicKeyHex} --name <name> --label site=<site> --key admin.key`)
+  say(
+    `enrol it with: rhizome enrol ${id.publicKeyHex} --name <name> --label site=<site> --key admin.key`
+  )
 }
 
-async function publish (client: DaemonClient, replica: Replica, docId: string, batch: Awaited<ReturnType<Awaited<ReturnType<Replica['open']>>['change']>>): Promise<void> {
+async function publish(
+  client: DaemonClient,
+  replica: Replica,
+  docId: string,
+  batch: Awaited<ReturnType<Awaited<ReturnType<Replica['open']>>['change']>>
+): Promise<void> {
   if (batch === undefined) return
   const r = await client.postBatch(batch)
   say(`${docId}: ${r.status}, revision ${r.heads.map(h => h.slice(0, 12)).join(',')}`)
   void replica
 }
 
-async function cmdEnrol (key: string, opts: { name: string, label: string[], key?: string, passphraseFile?: string, daemon: string }): Promise<void> {
+async function cmdEnrol(
+  key: string,
+  opts: { name: string; label: string[]; key?: string; passphraseFile?: string; daemon: string }
+): Promise<void> {
   let pub: Uint8Array
-  try { pub = parsePublicKey(key) } catch { throw new UsageError(`"${key}" is not a device public key (64 hex characters, printed by \`rhizome node init\`)`) }
+  try {
+    pub = parsePublicKey(key)
+  } catch {
+    throw new UsageError(
+      `"${key}" is not a device public key (64 hex characters, printed by \`rhizome node init\`)`
+    )
+  }
   const labels = parseLabelArgs(opts.label)
   const client = new DaemonClient(opts.daemon)
   const replica = await client.localReplica([DEVICES_DOC])
   const pair = await loadSigningKey(opts)
   const doc = await replica.open<{ devices?: Record<string, unknown> }>(DEVICES_DOC)
   const hex = toHex(pub)
-  const batch = await doc.change(Replica.signer(pair), d => {
-    d.devices ??= {}
-    d.devices[hex] = { name: opts.name, labels, enrolledBy: toHex(pair.publicKey), enrolledAt: new Date().toISOString(), revoked: false }
-  }, `enrol ${opts.name}`)
+  const batch = await doc.change(
+    Replica.signer(pair),
+    d => {
+      d.devices ??= {}
+      d.devices[hex] = {
+        name: opts.name,
+        labels,
+        enrolledBy: toHex(pair.publicKey),
+        enrolledAt: new Date().toISOString(),
+        revoked: false
+      }
+    },
+    `enrol ${opts.name}`
+  )
   say(`enrolled ${opts.name} (${fingerprint(pub)}) labels ${JSON.stringify(labels)}`)
   await publish(client, replica, DEVICES_DOC, batch)
 }
 
-async function currentDocs (replica: Replica): Promise<FleetDocuments> {
+async function currentDocs(replica: Replica): Promise<FleetDocuments> {
   const out: FleetDocuments = {}
   for (const id of replica.documentIds()) {
     if (id === DEVICES_DOC) continue
@@ -128,105 +216,222 @@ async function currentDocs (replica: Replica): Promise<FleetDocuments> {
   return out
 }
 
-async function cmdApply (opts: { file: string, dryRun?: boolean, key?: string, passphraseFile?: string, daemon: string }): Promise<void> {
+async function cmdApply(opts: {
+  file: string
+  dryRun?: boolean
+  key?: string
+  passphraseFile?: string
+  daemon: string
+}): Promise<void> {
   let text: string
-  try { text = await readFile(opts.file, 'utf8') } catch (err) { throw new UsageError(`cannot read ${opts.file}: ${(err as Error).message}`) }
+  try {
+    text = await readFile(opts.file, 'utf8')
+  } catch (err) {
+    throw new UsageError(`cannot read ${opts.file}: ${(err as Error).message}`)
+  }
   const desired = parseFleetYaml(text, opts.file)
   const client = new DaemonClient(opts.daemon)
   const replica = await client.localReplica()
   const current = await currentDocs(replica)
-  const plan: Array<{ id: string, ops: DiffOp[] }> = []
+  const plan: Array<{ id: string; ops: DiffOp[] }> = []
   for (const [id, want] of Object.entries(desired)) {
     const ops = diffMaps(current[id] ?? {}, want)
     if (ops.length > 0) plan.push({ id, ops })
   }
-  if (plan.length === 0) { say('no changes: the fleet already matches ' + opts.file); return }
+  if (plan.length === 0) {
+    say('no changes: the fleet already matches ' + opts.file)
+    return
+  }
   for (const { id, ops } of plan) for (const l of formatOps(ops, id)) say(l)
   const n = plan.reduce((s, p) => s + p.ops.length, 0)
-  if (opts.dryRun === true) { say(`dry run: ${n} change(s) in ${plan.length} document(s) not applied`); return }
+  if (opts.dryRun === true) {
+    say(`dry run: ${n} change(s) in ${plan.length} document(s) not applied`)
+    return
+  }
   const signer = Replica.signer(await loadSigningKey(opts))
   for (const { id, ops } of plan) {
     const doc = await replica.open(id)
-    const batch = await doc.change(signer, d => { applyOps(d as Record<string, unknown>, ops) }, `apply ${opts.file}`)
+    const batch = await doc.change(
+      signer,
+      d => {
+        applyOps(d as Record<string, unknown>, ops)
+      },
+      `apply ${opts.file}`
+    )
     await publish(client, replica, id, batch)
   }
 }
 
-async function cmdGet (opts: { daemon: string, doc?: string }): Promise<void> {
+async function cmdGet(opts: { daemon: string; doc?: string }): Promise<void> {
   const replica = await new DaemonClient(opts.daemon).localReplica()
   const docs = await currentDocs(replica)
   if (opts.doc !== undefined) {
-    if (docs[opts.doc] === undefined) throw new UsageError(`the daemon holds no document "${opts.doc}"`)
+    if (docs[opts.doc] === undefined)
+      throw new UsageError(`the daemon holds no document "${opts.doc}"`)
     process.stdout.write(fleetYaml({ [opts.doc]: docs[opts.doc] as Record<string, unknown> }))
   } else process.stdout.write(fleetYaml(docs))
 }
 
-function ago (ms: number | null): string {
+function ago(ms: number | null): string {
   if (ms === null) return 'never'
   const s = Math.round((Date.now() - ms) / 1000)
-  return s < 60 ? `${s}s ago` : s < 3600 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`
+  return s < 60
+    ? `${s}s ago`
+    : s < 3600
+      ? `${Math.round(s / 60)}m ago`
+      : `${Math.round(s / 3600)}h ago`
 }
 
-interface FleetStatusNode { key: string, peerId: string, name: string | null, labels: Record<string, string>, enrolled: boolean, self: boolean, online: boolean, lastSeen: number | null, upToDate: boolean | null, status: { workloads?: Record<string, { state: string, healthy: boolean | null, restarts: number, version?: string }>, files?: { ok: boolean, drifted: string[] } } | null }
+interface FleetStatusNode {
+  key: string
+  peerId: string
+  name: string | null
+  labels: Record<string, string>
+  enrolled: boolean
+  self: boolean
+  online: boolean
+  lastSeen: number | null
+  upToDate: boolean | null
+  status: {
+    workloads?: Record<
+      string,
+      { state: string; healthy: boolean | null; restarts: number; version?: string }
+    >
+    files?: { ok: boolean; drifted: string[] }
+  } | null
+}
 
-async function cmdStatus (opts: { daemon: string, json?: boolean }): Promise<void> {
-  const s = await new DaemonClient(opts.daemon).json<{ fleet: string, mesh: boolean, latest: Record<string, string[]>, nodes: FleetStatusNode[] }>('/api/status')
-  if (opts.json === true) { say(JSON.stringify(s, null, 2)); return }
-  say(`fleet ${s.fleet}${s.mesh ? '' : ' (this daemon runs without the mesh: only its own status is known)'}`)
-  say(`latest: ${Object.entries(s.latest).map(([id, h]) => `${id}@${h.map(x => x.slice(0, 8)).join(',')}`).join('  ') || '(no documents)'}`)
+async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void> {
+  const s = await new DaemonClient(opts.daemon).json<{
+    fleet: string
+    mesh: boolean
+    latest: Record<string, string[]>
+    nodes: FleetStatusNode[]
+  }>('/api/status')
+  if (opts.json === true) {
+    say(JSON.stringify(s, null, 2))
+    return
+  }
+  say(
+    `fleet ${s.fleet}${s.mesh ? '' : ' (this daemon runs without the mesh: only its own status is known)'}`
+  )
+  say(
+    `latest: ${
+      Object.entries(s.latest)
+        .map(([id, h]) => `${id}@${h.map(x => x.slice(0, 8)).join(',')}`)
+        .join('  ') || '(no documents)'
+    }`
+  )
   for (const n of s.nodes) {
     const state = n.online ? 'online' : `last seen ${ago(n.lastSeen)}`
     const applied = n.upToDate === null ? 'unknown' : n.upToDate ? 'up to date' : 'behind'
-    const wl = Object.entries(n.status?.workloads ?? {}).map(([w, x]) => `${w}:${x.state}${x.healthy === false ? '(unhealthy)' : ''}${x.version === undefined ? '' : '@' + x.version}${x.restarts > 0 ? ` restarts=${x.restarts}` : ''}`).join(' ')
-    const drift = (n.status?.files?.drifted.length ?? 0) > 0 ? ` drifted: ${n.status?.files?.drifted.join(',')}` : ''
-    say(`${(n.name ?? '?').padEnd(16)} ${n.peerId.slice(0, 16)}… ${state.padEnd(18)} ${applied.padEnd(10)} ${wl}${drift}${n.enrolled ? '' : ' (not enrolled)'}`)
+    const wl = Object.entries(n.status?.workloads ?? {})
+      .map(
+        ([w, x]) =>
+          `${w}:${x.state}${x.healthy === false ? '(unhealthy)' : ''}${x.version === undefined ? '' : '@' + x.version}${x.restarts > 0 ? ` restarts=${x.restarts}` : ''}`
+      )
+      .join(' ')
+    const drift =
+      (n.status?.files?.drifted.length ?? 0) > 0
+        ? ` drifted: ${n.status?.files?.drifted.join(',')}`
+        : ''
+    say(
+      `${(n.name ?? '?').padEnd(16)} ${n.peerId.slice(0, 16)}… ${state.padEnd(18)} ${applied.padEnd(10)} ${wl}${drift}${n.enrolled ? '' : ' (not enrolled)'}`
+    )
   }
 }
 
-async function cmdHistory (opts: { daemon: string, doc?: string, limit: string }): Promise<void> {
+async function cmdHistory(opts: { daemon: string; doc?: string; limit: string }): Promise<void> {
   const q = new URLSearchParams({ limit: opts.limit })
   if (opts.doc !== undefined) q.set('doc', opts.doc)
-  const entries = await new DaemonClient(opts.daemon).json<Array<{ doc: string, hash: string, signerName: string | null, role: string | null, signer: string, time: number, message: string | null, diff: DiffOp[] }>>(`/api/history?${q}`)
+  const entries = await new DaemonClient(opts.daemon).json<
+    Array<{
+      doc: string
+      hash: string
+      signerName: string | null
+      role: string | null
+      signer: string
+      time: number
+      message: string | null
+      diff: DiffOp[]
+    }>
+  >(`/api/history?${q}`)
   for (const e of entries) {
-    say(`${new Date(e.time * 1000).toISOString()}  ${e.doc}  ${e.hash.slice(0, 12)}  ${e.signerName ?? e.signer.slice(0, 12)} (${e.role ?? 'unknown'})  ${e.message ?? ''}`)
+    say(
+      `${new Date(e.time * 1000).toISOString()}  ${e.doc}  ${e.hash.slice(0, 12)}  ${e.signerName ?? e.signer.slice(0, 12)} (${e.role ?? 'unknown'})  ${e.message ?? ''}`
+    )
     for (const l of formatOps(e.diff.slice(0, 50))) say('    ' + l)
     if (e.diff.length > 50) say(`    … ${e.diff.length - 50} more`)
   }
   if (entries.length === 0) say('no history')
 }
 
-async function cmdRollback (opts: { to: string, doc: string, dryRun?: boolean, key?: string, passphraseFile?: string, daemon: string }): Promise<void> {
+async function cmdRollback(opts: {
+  to: string
+  doc: string
+  dryRun?: boolean
+  key?: string
+  passphraseFile?: string
+  daemon: string
+}): Promise<void> {
   const client = new DaemonClient(opts.daemon)
   const replica = await client.localReplica([opts.doc])
   const doc = await replica.open(opts.doc)
   const matches = doc.history().filter(h => h.hash.startsWith(opts.to.toLowerCase()))
-  if (opts.to.length < 6 || matches.length !== 1) throw new UsageError(`"${opts.to}" ${matches.length > 1 ? 'matches several changes' : 'is no change'} of document "${opts.doc}"; give at least 6 characters of a hash from \`rhizome history --doc ${opts.doc}\``)
-  const target = plainValue(doc.valueAt([(matches[0] as { hash: string }).hash])) as Record<string, unknown>
+  if (opts.to.length < 6 || matches.length !== 1)
+    throw new UsageError(
+      `"${opts.to}" ${matches.length > 1 ? 'matches several changes' : 'is no change'} of document "${opts.doc}"; give at least 6 characters of a hash from \`rhizome history --doc ${opts.doc}\``
+    )
+  const target = plainValue(doc.valueAt([(matches[0] as { hash: string }).hash])) as Record<
+    string,
+    unknown
+  >
   const ops = diffMaps(plainValue(doc.value) as Record<string, unknown>, target)
-  if (ops.length === 0) { say(`no changes: "${opts.doc}" already has the content of ${opts.to}`); return }
+  if (ops.length === 0) {
+    say(`no changes: "${opts.doc}" already has the content of ${opts.to}`)
+    return
+  }
   for (const l of formatOps(ops, opts.doc)) say(l)
   if (opts.dryRun === true) return
-  const batch = await doc.change(Replica.signer(await loadSigningKey(opts)), d => { applyOps(d as Record<string, unknown>, ops) }, `rollback to ${opts.to}`)
+  const batch = await doc.change(
+    Replica.signer(await loadSigningKey(opts)),
+    d => {
+      applyOps(d as Record<string, unknown>, ops)
+    },
+    `rollback to ${opts.to}`
+  )
   await publish(client, replica, opts.doc, batch)
 }
 
-async function cmdBundleExport (opts: { out: string, daemon: string }): Promise<void> {
+async function cmdBundleExport(opts: { out: string; daemon: string }): Promise<void> {
   const client = new DaemonClient(opts.daemon)
   const trust = (await client.trust()).map(encodeTrustStatement)
   const batches: Uint8Array[] = []
-  for (const id of await client.docIds()) batches.push(await client.bytes(`/api/docs/${encodeURIComponent(id)}/batch`))
+  for (const id of await client.docIds())
+    batches.push(await client.bytes(`/api/docs/${encodeURIComponent(id)}/batch`))
   await writeFile(opts.out, encodeBundle({ trust, batches }))
   say(`wrote ${opts.out}: ${trust.length} trust statement(s), ${batches.length} document(s)`)
 }
 
-async function cmdBundleImport (file: string, opts: { daemon: string, data?: string }): Promise<void> {
+async function cmdBundleImport(
+  file: string,
+  opts: { daemon: string; data?: string }
+): Promise<void> {
   let bytes: Uint8Array
-  try { bytes = new Uint8Array(await readFile(file)) } catch (err) { throw new UsageError(`cannot read ${file}: ${(err as Error).message}`) }
+  try {
+    bytes = new Uint8Array(await readFile(file))
+  } catch (err) {
+    throw new UsageError(`cannot read ${file}: ${(err as Error).message}`)
+  }
   const bundle = decodeBundle(bytes)
   if (opts.data !== undefined) {
     let store: LevelStore
-    try { store = await LevelStore.open(join(resolve(opts.data), STORE_DIR)) } catch (err) {
-      throw new UsageError(`cannot open the store in ${opts.data} (${(err as Error).message}); is the daemon still running? stop it, or import through it with --daemon`)
+    try {
+      store = await LevelStore.open(join(resolve(opts.data), STORE_DIR))
+    } catch (err) {
+      throw new UsageError(
+        `cannot open the store in ${opts.data} (${(err as Error).message}); is the daemon still running? stop it, or import through it with --daemon`
+      )
     }
     try {
       const statements = bundle.trust.map(decodeTrustStatement)
@@ -239,7 +444,9 @@ async function cmdBundleImport (file: string, opts: { daemon: string, data?: str
         say(`${batch.docId}: ${r.status}`)
       }
       await replica.close()
-    } finally { await store.close() }
+    } finally {
+      await store.close()
+    }
     return
   }
   const client = new DaemonClient(opts.daemon)
@@ -252,19 +459,30 @@ async function cmdBundleImport (file: string, opts: { daemon: string, data?: str
   }
 }
 
-async function cmdLogs (name: string, opts: { daemon: string }): Promise<void> {
-  const r = await new DaemonClient(opts.daemon).json<{ lines: string[] }>(`/api/workloads/${encodeURIComponent(name)}/logs`)
+async function cmdLogs(name: string, opts: { daemon: string }): Promise<void> {
+  const r = await new DaemonClient(opts.daemon).json<{ lines: string[] }>(
+    `/api/workloads/${encodeURIComponent(name)}/logs`
+  )
   for (const l of r.lines) say(l)
 }
 
-async function cmdStart (opts: { config?: string }): Promise<void> {
+async function cmdStart(opts: { config?: string }): Promise<void> {
   const { Daemon } = await import('./daemon.ts')
   const config = loadDaemonConfig(opts.config)
   const daemon = await Daemon.start({ config })
   let signals = 0
   const stop = (sig: string): void => {
-    if (++signals > 1) { process.stderr.write(`second ${sig}: exiting now\n`); process.exit(130) }
-    void daemon.stop().then(() => process.exit(0), err => { process.stderr.write(`shutdown failed: ${(err as Error).message}\n`); process.exit(EXIT.internal) })
+    if (++signals > 1) {
+      process.stderr.write(`second ${sig}: exiting now\n`)
+      process.exit(130)
+    }
+    void daemon.stop().then(
+      () => process.exit(0),
+      err => {
+        process.stderr.write(`shutdown failed: ${(err as Error).message}\n`)
+        process.exit(EXIT.internal)
+      }
+    )
   }
   process.on('SIGTERM', () => stop('SIGTERM'))
   process.on('SIGINT', () => stop('SIGINT'))
@@ -272,43 +490,61 @@ async function cmdStart (opts: { config?: string }): Promise<void> {
 
 // ---- wiring ----------------------------------------------------------------------------------
 
-function daemonOption (): Option {
-  return new Option('--daemon <url>', 'the daemon\'s HTTP API').default(defaultDaemon(), '$RHIZOME_DAEMON or http://127.0.0.1:8080')
+function daemonOption(): Option {
+  return new Option('--daemon <url>', "the daemon's HTTP API").default(
+    defaultDaemon(),
+    '$RHIZOME_DAEMON or http://127.0.0.1:8080'
+  )
 }
 
 /** The signing key of the commands that write (enrol, apply, rollback). */
-function keyOption (): Option {
+function keyOption(): Option {
   return new Option('--key <file>', 'admin or operator key file (else $RHIZOME_KEY)')
 }
 
-function passphraseOption (): Option {
+function passphraseOption(): Option {
   return new Option('--passphrase-file <file>', 'read the passphrase from this file')
 }
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v]
 
-export function program (): Command {
+export function program(): Command {
   const p = new Command('rhizome')
-    .description('Peer-to-peer coordination for fleets of edge devices: signed desired config, reconciled by a daemon on every device.')
+    .description(
+      'Peer-to-peer coordination for fleets of edge devices: signed desired config, reconciled by a daemon on every device.'
+    )
     .addHelpText('after', EXIT_HELP)
     .showHelpAfterError('(run with --help for usage)')
   p.configureHelp({ showGlobalOptions: true })
 
-  p.command('init').description('create a fleet: root and admin key files (encrypted) and the genesis trust statement (trust.json)')
+  p.command('init')
+    .description(
+      'create a fleet: root and admin key files (encrypted) and the genesis trust statement (trust.json)'
+    )
     .option('--dir <dir>', 'where to write root.key, admin.key and trust.json', '.')
     .option('--fleet <name>', 'fleet name', 'fleet')
-    .option('--passphrase-file <file>', 'read the key files\' passphrase from this file (else $RHIZOME_PASSPHRASE, else a prompt)')
+    .option(
+      '--passphrase-file <file>',
+      "read the key files' passphrase from this file (else $RHIZOME_PASSPHRASE, else a prompt)"
+    )
     .addHelpText('after', EXIT_HELP)
     .action(cmdInit)
 
   const node = p.command('node').description('device identity')
-  node.command('init').description('create this device\'s identity (ed25519) in its data directory and print its public key, fingerprint and PeerId')
-    .requiredOption('--data <dir>', 'the daemon\'s data directory')
+  node
+    .command('init')
+    .description(
+      "create this device's identity (ed25519) in its data directory and print its public key, fingerprint and PeerId"
+    )
+    .requiredOption('--data <dir>', "the daemon's data directory")
     .addHelpText('after', EXIT_HELP)
     .action(cmdNodeInit)
 
-  p.command('enrol').description('enrol a device: sign its entry into the "devices" document and publish it through a daemon')
-    .argument('<public-key>', 'the device\'s public key (hex), printed by `rhizome node init`')
+  p.command('enrol')
+    .description(
+      'enrol a device: sign its entry into the "devices" document and publish it through a daemon'
+    )
+    .argument('<public-key>', "the device's public key (hex), printed by `rhizome node init`")
     .requiredOption('--name <name>', 'device name (node overrides in the config use it)')
     .option('--label <k=v>', 'a label (repeatable)', collect, [])
     .addOption(keyOption())
@@ -317,40 +553,61 @@ export function program (): Command {
     .addHelpText('after', EXIT_HELP)
     .action(cmdEnrol)
 
-  p.command('start').description('run the daemon (reconciles this device; serves the HTTP API)')
+  p.command('start')
+    .description('run the daemon (reconciles this device; serves the HTTP API)')
     .option('--config <file>', 'daemon config YAML (RHIZOME_* environment variables override it)')
-    .addHelpText('after', '\nConfig keys: name, labels, dataDir, trustFile, listen, bootstrap, mdns, http {host, port}, filesRoot, allowedRoots, manifestDir, reconcileIntervalMs, driftCheckMs, statusIntervalMs.' + EXIT_HELP)
+    .addHelpText(
+      'after',
+      '\nConfig keys: name, labels, dataDir, trustFile, listen, bootstrap, mdns, http {host, port}, filesRoot, allowedRoots, manifestDir, reconcileIntervalMs, driftCheckMs, statusIntervalMs.' +
+        EXIT_HELP
+    )
     .action(cmdStart)
 
-  p.command('apply').description('make the desired config equal a fleet YAML file: show the diff, sign it, publish it')
-    .requiredOption('-f, --file <fleet.yaml>', 'top-level keys are document ids (fleet:, site/<name>:), each holding selector/defaults/groups/nodes')
+  p.command('apply')
+    .description(
+      'make the desired config equal a fleet YAML file: show the diff, sign it, publish it'
+    )
+    .requiredOption(
+      '-f, --file <fleet.yaml>',
+      'top-level keys are document ids (fleet:, site/<name>:), each holding selector/defaults/groups/nodes'
+    )
     .option('--dry-run', 'show the diff, change nothing')
     .addOption(keyOption())
     .addOption(passphraseOption())
     .addOption(daemonOption())
-    .addHelpText('after', '\nDocuments not named in the file are left alone; keys removed from a named document are deleted.' + EXIT_HELP)
+    .addHelpText(
+      'after',
+      '\nDocuments not named in the file are left alone; keys removed from a named document are deleted.' +
+        EXIT_HELP
+    )
     .action(cmdApply)
 
-  p.command('get').description('print the current desired config as fleet YAML (the layout apply reads)')
+  p.command('get')
+    .description('print the current desired config as fleet YAML (the layout apply reads)')
     .option('--doc <id>', 'only this document')
     .addOption(daemonOption())
     .addHelpText('after', EXIT_HELP)
     .action(cmdGet)
 
-  p.command('status').description('the fleet at a glance: nodes, online or last seen, applied revision, workload health')
+  p.command('status')
+    .description(
+      'the fleet at a glance: nodes, online or last seen, applied revision, workload health'
+    )
     .option('--json', 'machine-readable output (GET /api/status)')
     .addOption(daemonOption())
     .addHelpText('after', EXIT_HELP)
     .action(cmdStatus)
 
-  p.command('history').description('who signed what and when, with diffs')
+  p.command('history')
+    .description('who signed what and when, with diffs')
     .option('--doc <id>', 'only this document')
     .option('--limit <n>', 'at most this many changes', '50')
     .addOption(daemonOption())
     .addHelpText('after', EXIT_HELP)
     .action(cmdHistory)
 
-  p.command('rollback').description('sign a change that restores a document to its content at an earlier change')
+  p.command('rollback')
+    .description('sign a change that restores a document to its content at an earlier change')
     .requiredOption('--to <hash>', 'a change hash (at least 6 characters) from `rhizome history`')
     .option('--doc <id>', 'the document', 'fleet')
     .option('--dry-run', 'show the diff, change nothing')
@@ -360,19 +617,28 @@ export function program (): Command {
     .addHelpText('after', EXIT_HELP)
     .action(cmdRollback)
 
-  p.command('logs').description('the last lines a workload printed on the daemon\'s device')
+  p.command('logs')
+    .description("the last lines a workload printed on the daemon's device")
     .argument('<workload>')
     .addOption(daemonOption())
     .addHelpText('after', EXIT_HELP)
     .action(cmdLogs)
 
-  const bundle = p.command('bundle').description('carry signed changes on a file, for sites with no network')
-  bundle.command('export').description('write every document\'s signed changes and the trust chain to a file')
+  const bundle = p
+    .command('bundle')
+    .description('carry signed changes on a file, for sites with no network')
+  bundle
+    .command('export')
+    .description("write every document's signed changes and the trust chain to a file")
     .requiredOption('--out <file>', 'bundle file to write')
     .addOption(daemonOption())
     .addHelpText('after', EXIT_HELP)
     .action(cmdBundleExport)
-  bundle.command('import').description('verify and apply a bundle, through a running daemon or straight into a stopped daemon\'s data directory')
+  bundle
+    .command('import')
+    .description(
+      "verify and apply a bundle, through a running daemon or straight into a stopped daemon's data directory"
+    )
     .argument('<file>')
     .option('--data <dir>', 'import into this data directory (the daemon must be stopped)')
     .addOption(daemonOption())
@@ -381,14 +647,15 @@ export function program (): Command {
   return p
 }
 
-export async function main (argv: string[]): Promise<number> {
+export async function main(argv: string[]): Promise<number> {
   try {
     await program().parseAsync(argv)
     return EXIT.ok
   } catch (err) {
     const e = err as Error
     process.stderr.write(`rhizome: ${e.message}\n`)
-    if (exitCodeFor(e) === EXIT.internal) process.stderr.write(`${e.stack ?? ''}\n(this is a bug; please report it)\n`)
+    if (exitCodeFor(e) === EXIT.internal)
+      process.stderr.write(`${e.stack ?? ''}\n(this is a bug; please report it)\n`)
     return exitCodeFor(e)
   }
 }

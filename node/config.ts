@@ -37,7 +37,7 @@ export interface DaemonConfig {
   listen: string[]
   bootstrap: string[]
   mdns: boolean
-  http: { host: string, port: number }
+  http: { host: string; port: number }
   filesRoot: string
   allowedRoots: string[]
   manifestDir: string | undefined
@@ -46,7 +46,22 @@ export interface DaemonConfig {
   statusIntervalMs: number
 }
 
-export const CONFIG_FILE_KEYS = ['name', 'labels', 'dataDir', 'trustFile', 'listen', 'bootstrap', 'mdns', 'http', 'filesRoot', 'allowedRoots', 'manifestDir', 'reconcileIntervalMs', 'driftCheckMs', 'statusIntervalMs'] as const
+export const CONFIG_FILE_KEYS = [
+  'name',
+  'labels',
+  'dataDir',
+  'trustFile',
+  'listen',
+  'bootstrap',
+  'mdns',
+  'http',
+  'filesRoot',
+  'allowedRoots',
+  'manifestDir',
+  'reconcileIntervalMs',
+  'driftCheckMs',
+  'statusIntervalMs'
+] as const
 const HTTP_KEYS = ['host', 'port']
 
 const ENV: Record<string, (typeof CONFIG_FILE_KEYS)[number] | 'http.host' | 'http.port'> = {
@@ -69,43 +84,51 @@ const ENV: Record<string, (typeof CONFIG_FILE_KEYS)[number] | 'http.host' | 'htt
 
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024
 
-function isMap (v: unknown): v is Record<string, unknown> {
+function isMap(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
-function fail (where: string, msg: string): never {
+function fail(where: string, msg: string): never {
   throw new InvalidConfigError(`${where}: ${msg}`)
 }
 
-function str (v: unknown, where: string): string {
+function str(v: unknown, where: string): string {
   if (typeof v === 'string' && v !== '') return v
   if (typeof v === 'number') return String(v)
   return fail(where, `expected a non-empty string, got ${JSON.stringify(v)}`)
 }
 
-function list (v: unknown, where: string): string[] {
-  if (typeof v === 'string') return v.split(',').map(s => s.trim()).filter(s => s !== '')
+function list(v: unknown, where: string): string[] {
+  if (typeof v === 'string')
+    return v
+      .split(',')
+      .map(s => s.trim())
+      .filter(s => s !== '')
   if (Array.isArray(v)) return v.map((x, i) => str(x, `${where}[${i}]`))
   return fail(where, 'expected a list of strings')
 }
 
-function bool (v: unknown, where: string): boolean {
+function bool(v: unknown, where: string): boolean {
   if (typeof v === 'boolean') return v
   if (v === 'true' || v === '1' || v === 'on') return true
   if (v === 'false' || v === '0' || v === 'off') return false
   return fail(where, `expected true or false, got ${JSON.stringify(v)}`)
 }
 
-function int (v: unknown, where: string, min: number, max: number): number {
+function int(v: unknown, where: string, min: number, max: number): number {
   const n = typeof v === 'string' ? Number(v) : v
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) return fail(where, `expected an integer from ${min} to ${max}, got ${JSON.stringify(v)}`)
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max)
+    return fail(where, `expected an integer from ${min} to ${max}, got ${JSON.stringify(v)}`)
   return n
 }
 
-function labels (v: unknown, where: string): Record<string, string> {
+function labels(v: unknown, where: string): Record<string, string> {
   if (typeof v === 'string') {
     const out: Record<string, string> = {}
-    for (const part of v.split(',').map(s => s.trim()).filter(s => s !== '')) {
+    for (const part of v
+      .split(',')
+      .map(s => s.trim())
+      .filter(s => s !== '')) {
       const i = part.indexOf('=')
       if (i < 1) fail(where, `"${part}" is not key=value`)
       out[part.slice(0, i)] = part.slice(i + 1)
@@ -117,7 +140,7 @@ function labels (v: unknown, where: string): Record<string, string> {
 }
 
 /** Parse `k=v` label arguments (CLI `--label`). */
-export function parseLabelArgs (args: string[]): Record<string, string> {
+export function parseLabelArgs(args: string[]): Record<string, string> {
   return labels(args.join(','), '--label')
 }
 
@@ -125,30 +148,42 @@ export function parseLabelArgs (args: string[]): Record<string, string> {
  * Load the config: file (optional) then environment. Relative paths in the file are resolved
  * against the file's directory.
  */
-export function loadDaemonConfig (file: string | undefined, env: Record<string, string | undefined> = process.env): DaemonConfig {
+export function loadDaemonConfig(
+  file: string | undefined,
+  env: Record<string, string | undefined> = process.env
+): DaemonConfig {
   let raw: Record<string, unknown> = {}
   const base = file === undefined ? process.cwd() : dirname(resolve(file))
   const where = file ?? 'configuration'
   if (file !== undefined) {
     let text: string
-    try { text = readFileSync(file, 'utf8') } catch (err) {
-      throw new InvalidConfigError(`cannot read config file ${file}: ${(err as Error).message}; pass an existing file with --config`)
+    try {
+      text = readFileSync(file, 'utf8')
+    } catch (err) {
+      throw new InvalidConfigError(
+        `cannot read config file ${file}: ${(err as Error).message}; pass an existing file with --config`
+      )
     }
-    if (text.length > MAX_CONFIG_FILE_BYTES) fail(file, `is larger than ${MAX_CONFIG_FILE_BYTES} bytes`)
+    if (text.length > MAX_CONFIG_FILE_BYTES)
+      fail(file, `is larger than ${MAX_CONFIG_FILE_BYTES} bytes`)
     const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true })
-    if (doc.errors.length > 0) fail(file, `is not valid YAML: ${doc.errors[0]?.message ?? 'parse error'}`)
+    if (doc.errors.length > 0)
+      fail(file, `is not valid YAML: ${doc.errors[0]?.message ?? 'parse error'}`)
     const v: unknown = doc.toJS({ maxAliasCount: 100 })
     if (v !== null && v !== undefined && !isMap(v)) fail(file, 'expected a map of settings')
     raw = (v ?? {}) as Record<string, unknown>
     for (const k of Object.keys(raw)) {
-      if (!(CONFIG_FILE_KEYS as readonly string[]).includes(k)) fail(file, `unknown key "${k}"; valid keys are ${CONFIG_FILE_KEYS.join(', ')}`)
+      if (!(CONFIG_FILE_KEYS as readonly string[]).includes(k))
+        fail(file, `unknown key "${k}"; valid keys are ${CONFIG_FILE_KEYS.join(', ')}`)
     }
     if (raw.http !== undefined) {
       if (!isMap(raw.http)) fail(file, 'http: expected { host, port }')
-      for (const k of Object.keys(raw.http)) if (!HTTP_KEYS.includes(k)) fail(file, `unknown key "http.${k}"; valid keys are http.host, http.port`)
+      for (const k of Object.keys(raw.http))
+        if (!HTTP_KEYS.includes(k))
+          fail(file, `unknown key "http.${k}"; valid keys are http.host, http.port`)
     }
   }
-  const path = (p: string): string => isAbsolute(p) ? p : resolve(base, p)
+  const path = (p: string): string => (isAbsolute(p) ? p : resolve(base, p))
   const http = { ...(isMap(raw.http) ? raw.http : {}) }
   for (const [name, key] of Object.entries(ENV)) {
     const v = env[name]
@@ -161,13 +196,21 @@ export function loadDaemonConfig (file: string | undefined, env: Record<string, 
     const e = Object.entries(ENV).find(([, key]) => key === k)?.[0]
     return e !== undefined && env[e] !== undefined && env[e] !== '' ? e : `${where}: ${k}`
   }
-  if (raw.dataDir === undefined) fail(where, 'dataDir is required (the directory holding the store and identity.key; `rhizome node init --data DIR` makes one); set it in the file or RHIZOME_DATA_DIR')
+  if (raw.dataDir === undefined)
+    fail(
+      where,
+      'dataDir is required (the directory holding the store and identity.key; `rhizome node init --data DIR` makes one); set it in the file or RHIZOME_DATA_DIR'
+    )
   const config: DaemonConfig = {
     name: raw.name === undefined ? hostname() : str(raw.name, envWhere('name')),
     labels: raw.labels === undefined ? {} : labels(raw.labels, envWhere('labels')),
     dataDir: path(str(raw.dataDir, envWhere('dataDir'))),
-    trustFile: raw.trustFile === undefined ? undefined : path(str(raw.trustFile, envWhere('trustFile'))),
-    listen: raw.listen === undefined ? ['/ip4/0.0.0.0/tcp/4001', '/ip4/0.0.0.0/tcp/4002/ws'] : list(raw.listen, envWhere('listen')),
+    trustFile:
+      raw.trustFile === undefined ? undefined : path(str(raw.trustFile, envWhere('trustFile'))),
+    listen:
+      raw.listen === undefined
+        ? ['/ip4/0.0.0.0/tcp/4001', '/ip4/0.0.0.0/tcp/4002/ws']
+        : list(raw.listen, envWhere('listen')),
     bootstrap: raw.bootstrap === undefined ? [] : list(raw.bootstrap, envWhere('bootstrap')),
     mdns: raw.mdns === undefined ? true : bool(raw.mdns, envWhere('mdns')),
     http: {
@@ -175,12 +218,28 @@ export function loadDaemonConfig (file: string | undefined, env: Record<string, 
       port: http.port === undefined ? 8080 : int(http.port, envWhere('http.port'), 0, 65535)
     },
     filesRoot: raw.filesRoot === undefined ? '/' : path(str(raw.filesRoot, envWhere('filesRoot'))),
-    allowedRoots: raw.allowedRoots === undefined ? ['/etc/rhizome', '/opt/rhizome', '/srv/rhizome'] : list(raw.allowedRoots, envWhere('allowedRoots')),
-    manifestDir: raw.manifestDir === undefined ? undefined : path(str(raw.manifestDir, envWhere('manifestDir'))),
-    reconcileIntervalMs: raw.reconcileIntervalMs === undefined ? 30_000 : int(raw.reconcileIntervalMs, envWhere('reconcileIntervalMs'), 100, 86_400_000),
-    driftCheckMs: raw.driftCheckMs === undefined ? 2000 : int(raw.driftCheckMs, envWhere('driftCheckMs'), 50, 3_600_000),
-    statusIntervalMs: raw.statusIntervalMs === undefined ? 10_000 : int(raw.statusIntervalMs, envWhere('statusIntervalMs'), 100, 3_600_000)
+    allowedRoots:
+      raw.allowedRoots === undefined
+        ? ['/etc/rhizome', '/opt/rhizome', '/srv/rhizome']
+        : list(raw.allowedRoots, envWhere('allowedRoots')),
+    manifestDir:
+      raw.manifestDir === undefined
+        ? undefined
+        : path(str(raw.manifestDir, envWhere('manifestDir'))),
+    reconcileIntervalMs:
+      raw.reconcileIntervalMs === undefined
+        ? 30_000
+        : int(raw.reconcileIntervalMs, envWhere('reconcileIntervalMs'), 100, 86_400_000),
+    driftCheckMs:
+      raw.driftCheckMs === undefined
+        ? 2000
+        : int(raw.driftCheckMs, envWhere('driftCheckMs'), 50, 3_600_000),
+    statusIntervalMs:
+      raw.statusIntervalMs === undefined
+        ? 10_000
+        : int(raw.statusIntervalMs, envWhere('statusIntervalMs'), 100, 3_600_000)
   }
-  for (const r of config.allowedRoots) if (!r.startsWith('/')) fail(envWhere('allowedRoots'), `"${r}" is not an absolute path`)
+  for (const r of config.allowedRoots)
+    if (!r.startsWith('/')) fail(envWhere('allowedRoots'), `"${r}" is not an absolute path`)
   return config
 }

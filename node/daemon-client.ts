@@ -15,67 +15,91 @@ export const REQUEST_TIMEOUT_MS = 30_000
 
 export class DaemonClient {
   readonly base: string
-  constructor (url: string) { this.base = url.replace(/\/+$/, '') }
+  constructor(url: string) {
+    this.base = url.replace(/\/+$/, '')
+  }
 
-  private async request (path: string, init: RequestInit = {}): Promise<Response> {
+  private async request(path: string, init: RequestInit = {}): Promise<Response> {
     let res: Response
     try {
-      res = await fetch(this.base + path, { ...init, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) })
+      res = await fetch(this.base + path, {
+        ...init,
+        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS)
+      })
     } catch (err) {
       const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message
-      throw new DaemonUnreachableError(`cannot reach the daemon at ${this.base} (${cause}); is it running (rhizome start)? pass its address with --daemon or RHIZOME_DAEMON`)
+      throw new DaemonUnreachableError(
+        `cannot reach the daemon at ${this.base} (${cause}); is it running (rhizome start)? pass its address with --daemon or RHIZOME_DAEMON`
+      )
     }
     if (!res.ok) {
-      let body: { error?: string, message?: string } = {}
-      try { body = await res.json() as typeof body } catch {}
-      throw new RejectedByDaemonError(body.error ?? `HTTP ${res.status}`, body.message ?? `the daemon answered ${res.status} to ${init.method ?? 'GET'} ${path}`)
+      let body: { error?: string; message?: string } = {}
+      try {
+        body = (await res.json()) as typeof body
+      } catch {}
+      throw new RejectedByDaemonError(
+        body.error ?? `HTTP ${res.status}`,
+        body.message ?? `the daemon answered ${res.status} to ${init.method ?? 'GET'} ${path}`
+      )
     }
     return res
   }
 
-  async json<T> (path: string): Promise<T> {
-    return await (await this.request(path)).json() as T
+  async json<T>(path: string): Promise<T> {
+    return (await (await this.request(path)).json()) as T
   }
 
-  async bytes (path: string): Promise<Uint8Array> {
+  async bytes(path: string): Promise<Uint8Array> {
     return new Uint8Array(await (await this.request(path)).arrayBuffer())
   }
 
-  async trust (): Promise<SignedTrustStatement[]> {
+  async trust(): Promise<SignedTrustStatement[]> {
     const list = await this.json<unknown[]>('/api/trust')
     return list.map(s => decodeTrustStatement(utf8(JSON.stringify(s))))
   }
 
-  async docIds (): Promise<string[]> {
+  async docIds(): Promise<string[]> {
     return (await this.json<Array<{ id: string }>>('/api/docs')).map(d => d.id)
   }
 
-  async docBatch (id: string): Promise<SignedBatch> {
+  async docBatch(id: string): Promise<SignedBatch> {
     return decodeBatch(await this.bytes(`/api/docs/${encodeURIComponent(id)}/batch`))
   }
 
-  async postBatch (batch: SignedBatch): Promise<{ status: string, heads: string[] }> {
+  async postBatch(batch: SignedBatch): Promise<{ status: string; heads: string[] }> {
     return this.postBytes(encodeBatch(batch))
   }
 
-  async postBytes (bytes: Uint8Array): Promise<{ status: string, heads: string[] }> {
-    const res = await this.request('/api/batches', { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: bytes as Uint8Array<ArrayBuffer> })
-    return await res.json() as { status: string, heads: string[] }
+  async postBytes(bytes: Uint8Array): Promise<{ status: string; heads: string[] }> {
+    const res = await this.request('/api/batches', {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream' },
+      body: bytes as Uint8Array<ArrayBuffer>
+    })
+    return (await res.json()) as { status: string; heads: string[] }
   }
 
-  async postTrust (bytes: Uint8Array): Promise<{ added: boolean, version: number }> {
-    const res = await this.request('/api/trust', { method: 'POST', headers: { 'content-type': 'application/json' }, body: bytes as Uint8Array<ArrayBuffer> })
-    return await res.json() as { added: boolean, version: number }
+  async postTrust(bytes: Uint8Array): Promise<{ added: boolean; version: number }> {
+    const res = await this.request('/api/trust', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: bytes as Uint8Array<ArrayBuffer>
+    })
+    return (await res.json()) as { added: boolean; version: number }
   }
 
   /** An in-memory replica holding the daemon's trust chain and the given documents (all by default). */
-  async localReplica (ids?: string[]): Promise<Replica> {
+  async localReplica(ids?: string[]): Promise<Replica> {
     const chain = await this.trust()
     const genesis = chain[0]
-    if (genesis === undefined) throw new RejectedByDaemonError('NoTrust', `the daemon at ${this.base} returned no trust statements`)
+    if (genesis === undefined)
+      throw new RejectedByDaemonError(
+        'NoTrust',
+        `the daemon at ${this.base} returned no trust statements`
+      )
     const replica = await Replica.open({ store: new MemoryStore(), ed: nodeCryptoEd25519, genesis })
     for (const s of chain.slice(1)) await replica.addTrustStatement(s)
-    for (const id of ids ?? await this.docIds()) {
+    for (const id of ids ?? (await this.docIds())) {
       const doc = await replica.open(id)
       const batch = await this.docBatch(id)
       if (batch.chunks.length > 0) await doc.accept(batch)

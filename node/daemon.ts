@@ -15,7 +15,11 @@ import type { AddressInfo } from 'node:net'
 import type { Server } from 'node:http'
 import { logger } from '@libp2p/logger'
 import { decodeBatch, encodeBatch } from '../crdt/signed-change.ts'
-import { decodeTrustStatement, encodeTrustStatement, type SignedTrustStatement } from '../crdt/trust.ts'
+import {
+  decodeTrustStatement,
+  encodeTrustStatement,
+  type SignedTrustStatement
+} from '../crdt/trust.ts'
 import { LevelStore } from '../crdt/level-store.ts'
 import { Replica } from '../crdt/replica.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
@@ -50,18 +54,24 @@ export interface DaemonOptions {
 }
 
 /** Read the fleet's genesis: the configured trust file, else the copy in the data directory. */
-async function readGenesis (config: DaemonConfig): Promise<SignedTrustStatement | undefined> {
+async function readGenesis(config: DaemonConfig): Promise<SignedTrustStatement | undefined> {
   const copy = join(config.dataDir, TRUST_COPY)
   const file = config.trustFile ?? copy
   let text: string
-  try { text = await readFile(file, 'utf8') } catch (err) {
-    if (config.trustFile !== undefined) throw new InvalidConfigError(`cannot read the fleet trust file ${file}: ${(err as Error).message}; it is written by \`rhizome init\``)
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    if (config.trustFile !== undefined)
+      throw new InvalidConfigError(
+        `cannot read the fleet trust file ${file}: ${(err as Error).message}; it is written by \`rhizome init\``
+      )
     return undefined
   }
   const parsed: unknown = JSON.parse(text)
   const first = Array.isArray(parsed) ? parsed[0] : parsed
   const genesis = decodeTrustStatement(utf8(JSON.stringify(first)))
-  if (config.trustFile !== undefined && resolve(config.trustFile) !== resolve(copy)) await copyFile(config.trustFile, copy)
+  if (config.trustFile !== undefined && resolve(config.trustFile) !== resolve(copy))
+    await copyFile(config.trustFile, copy)
   return genesis
 }
 
@@ -86,15 +96,34 @@ export class Daemon {
   private stopping: Promise<void> | undefined
   httpUrl = ''
 
-  private constructor (init: { config: DaemonConfig, identity: DeviceIdentity, store: LevelStore, replica: Replica, mesh: Mesh | undefined, events: EventLog }) {
+  private constructor(init: {
+    config: DaemonConfig
+    identity: DeviceIdentity
+    store: LevelStore
+    replica: Replica
+    mesh: Mesh | undefined
+    events: EventLog
+  }) {
     this.config = init.config
     this.identity = init.identity
     this.store = init.store
     this.replica = init.replica
     this.mesh = init.mesh
     this.events = init.events
-    this.files = new FilesApplier({ root: this.config.filesRoot, allowedRoots: this.config.allowedRoots, onDrift: p => { this.events('warn', 'files.drift', { path: p, action: 'put back' }) } })
-    this.processes = new ProcessesApplier({ onState: () => { this.scheduleStatus() }, env: { RHIZOME_NODE_NAME: this.config.name }, pidFile: join(this.config.dataDir, 'workloads.pids') })
+    this.files = new FilesApplier({
+      root: this.config.filesRoot,
+      allowedRoots: this.config.allowedRoots,
+      onDrift: p => {
+        this.events('warn', 'files.drift', { path: p, action: 'put back' })
+      }
+    })
+    this.processes = new ProcessesApplier({
+      onState: () => {
+        this.scheduleStatus()
+      },
+      env: { RHIZOME_NODE_NAME: this.config.name },
+      pidFile: join(this.config.dataDir, 'workloads.pids')
+    })
     this.reconciler = new Reconciler({
       replica: this.replica,
       files: this.files,
@@ -110,12 +139,16 @@ export class Daemon {
     })
   }
 
-  static async start (opts: DaemonOptions): Promise<Daemon> {
+  static async start(opts: DaemonOptions): Promise<Daemon> {
     const config = opts.config
     const events = opts.events ?? eventLogger()
     await mkdir(config.dataDir, { recursive: true, mode: 0o700 })
     const { identity, created } = await loadOrCreateIdentity(config.dataDir)
-    if (created) events('info', 'identity.created', { publicKey: identity.publicKeyHex, fingerprint: identity.fingerprint })
+    if (created)
+      events('info', 'identity.created', {
+        publicKey: identity.publicKeyHex,
+        fingerprint: identity.fingerprint
+      })
     const genesis = await readGenesis(config)
     const store = await LevelStore.open(join(config.dataDir, STORE_DIR))
     let replica: Replica
@@ -125,15 +158,28 @@ export class Daemon {
       await store.close()
       throw err
     }
-    if (genesis === undefined) await writeFile(join(config.dataDir, TRUST_COPY), JSON.stringify(replica.trust.all[0], null, 2))
+    if (genesis === undefined)
+      await writeFile(
+        join(config.dataDir, TRUST_COPY),
+        JSON.stringify(replica.trust.all[0], null, 2)
+      )
     let mesh: Mesh | undefined
     if (opts.mesh !== false) {
       const loaded = await loadCreateMesh()
       if ('error' in loaded) {
-        events('warn', 'mesh.unavailable', { reason: loaded.error, effect: 'running without networking: no sync with peers' })
+        events('warn', 'mesh.unavailable', {
+          reason: loaded.error,
+          effect: 'running without networking: no sync with peers'
+        })
       } else {
         try {
-          mesh = await loaded.createMesh({ replica, identity: identity.pair, listen: config.listen, bootstrap: config.bootstrap, mdns: config.mdns })
+          mesh = await loaded.createMesh({
+            replica,
+            identity: identity.pair,
+            listen: config.listen,
+            bootstrap: config.bootstrap,
+            mdns: config.mdns
+          })
           await mesh.start()
         } catch (err) {
           await replica.close()
@@ -147,39 +193,86 @@ export class Daemon {
     return d
   }
 
-  private async run (): Promise<void> {
+  private async run(): Promise<void> {
     const e = this.events
-    e('info', 'daemon.identity', { peerId: this.identity.peerId, publicKey: this.identity.publicKeyHex, fingerprint: this.identity.fingerprint, fleet: this.replica.trust.latest.fleet, fleetId: this.replica.fleetId })
+    e('info', 'daemon.identity', {
+      peerId: this.identity.peerId,
+      publicKey: this.identity.publicKeyHex,
+      fingerprint: this.identity.fingerprint,
+      fleet: this.replica.trust.latest.fleet,
+      fleetId: this.replica.fleetId
+    })
     if (this.mesh !== undefined) {
       e('info', 'mesh.listening', { addresses: this.mesh.addresses() })
-      this.mesh.addEventListener('peer:connect', ev => { e('info', 'peer.connect', { peerId: (ev as CustomEvent<{ peerId: string }>).detail.peerId }) })
-      this.mesh.addEventListener('peer:disconnect', ev => { e('info', 'peer.disconnect', { peerId: (ev as CustomEvent<{ peerId: string }>).detail.peerId }) })
-      this.mesh.addEventListener('rejected', ev => { e('warn', 'peer.rejected', (ev as CustomEvent<Record<string, unknown>>).detail) })
+      this.mesh.addEventListener('peer:connect', ev => {
+        e('info', 'peer.connect', { peerId: (ev as CustomEvent<{ peerId: string }>).detail.peerId })
+      })
+      this.mesh.addEventListener('peer:disconnect', ev => {
+        e('info', 'peer.disconnect', {
+          peerId: (ev as CustomEvent<{ peerId: string }>).detail.peerId
+        })
+      })
+      this.mesh.addEventListener('rejected', ev => {
+        e('warn', 'peer.rejected', (ev as CustomEvent<Record<string, unknown>>).detail)
+      })
     }
     this.replica.addEventListener('change', ev => {
-      const d = (ev as CustomEvent<{ docId: string, heads: string[], source: string }>).detail
+      const d = (ev as CustomEvent<{ docId: string; heads: string[]; source: string }>).detail
       this.heads.set(d.docId, d.heads)
       e('info', 'revision', { doc: d.docId, heads: d.heads, source: d.source })
       void this.reconciler.trigger(`revision ${d.docId}`)
     })
     this.reconciler.addEventListener('reconciled', ev => {
-      const d = (ev as CustomEvent<{ reason: string, durationMs: number, started: string[], stopped: string[], errors: string[], identity: { name: string } }>).detail
+      const d = (
+        ev as CustomEvent<{
+          reason: string
+          durationMs: number
+          started: string[]
+          stopped: string[]
+          errors: string[]
+          identity: { name: string }
+        }>
+      ).detail
       this.metrics.reconcileSeconds.observe(d.durationMs / 1000)
       if (d.started.length + d.stopped.length > 0 || d.errors.length > 0 || d.reason === 'start') {
-        e(d.errors.length > 0 ? 'warn' : 'info', 'reconciled', { reason: d.reason, name: d.identity.name, started: d.started, stopped: d.stopped, errors: d.errors, ms: Math.round(d.durationMs) })
+        e(d.errors.length > 0 ? 'warn' : 'info', 'reconciled', {
+          reason: d.reason,
+          name: d.identity.name,
+          started: d.started,
+          stopped: d.stopped,
+          errors: d.errors,
+          ms: Math.round(d.durationMs)
+        })
       }
       this.scheduleStatus()
     })
     const orphans = await this.processes.reapOrphans()
-    if (orphans.length > 0) e('warn', 'workloads.orphans-stopped', { pids: orphans, note: 'left running by a daemon that did not shut down cleanly' })
-    for (const [id, heads] of Object.entries(await this.reconciler.revision())) this.heads.set(id, heads)
+    if (orphans.length > 0)
+      e('warn', 'workloads.orphans-stopped', {
+        pids: orphans,
+        note: 'left running by a daemon that did not shut down cleanly'
+      })
+    for (const [id, heads] of Object.entries(await this.reconciler.revision()))
+      this.heads.set(id, heads)
     await this.listenHttp()
     await this.reconciler.trigger('start')
-    this.timers.push(setInterval(() => { void this.reconciler.trigger('timer') }, this.config.reconcileIntervalMs))
-    this.timers.push(setInterval(() => {
-      void this.files.checkDrift().then(put => { if (put.length > 0) this.scheduleStatus() })
-    }, this.config.driftCheckMs))
-    this.timers.push(setInterval(() => { void this.publishStatus() }, this.config.statusIntervalMs))
+    this.timers.push(
+      setInterval(() => {
+        void this.reconciler.trigger('timer')
+      }, this.config.reconcileIntervalMs)
+    )
+    this.timers.push(
+      setInterval(() => {
+        void this.files.checkDrift().then(put => {
+          if (put.length > 0) this.scheduleStatus()
+        })
+      }, this.config.driftCheckMs)
+    )
+    this.timers.push(
+      setInterval(() => {
+        void this.publishStatus()
+      }, this.config.statusIntervalMs)
+    )
     for (const t of this.timers) t.unref()
     if (this.mesh !== undefined) {
       const token = this.mesh.issueViewerToken()
@@ -190,15 +283,24 @@ export class Daemon {
       const hash = `token=${encodeURIComponent(token)}${addr === undefined ? '' : `&addr=${encodeURIComponent(addr)}`}`
       e('info', 'dashboard', { url: `${this.httpUrl}/#${hash}`, note: 'one-time viewer token' })
     } else {
-      e('info', 'dashboard', { url: `${this.httpUrl}/`, note: 'no mesh: the dashboard cannot join as a peer' })
+      e('info', 'dashboard', {
+        url: `${this.httpUrl}/`,
+        note: 'no mesh: the dashboard cannot join as a peer'
+      })
     }
     e('info', 'daemon.ready', { http: this.httpUrl })
   }
 
-  private async listenHttp (): Promise<void> {
+  private async listenHttp(): Promise<void> {
     const server = createApiServer(this.routes())
     await new Promise<void>((resolve, reject) => {
-      server.once('error', err => reject(new InvalidConfigError(`cannot listen on http ${this.config.http.host}:${this.config.http.port}: ${err.message}; choose another http.port`)))
+      server.once('error', err =>
+        reject(
+          new InvalidConfigError(
+            `cannot listen on http ${this.config.http.host}:${this.config.http.port}: ${err.message}; choose another http.port`
+          )
+        )
+      )
       server.listen(this.config.http.port, this.config.http.host, () => resolve())
     })
     this.server = server
@@ -208,20 +310,24 @@ export class Daemon {
     this.events('info', 'http.listening', { url: this.httpUrl })
   }
 
-  private revisionLag (): number {
+  private revisionLag(): number {
     const applied = this.reconciler.last?.applied ?? {}
     let lag = 0
-    for (const [id, heads] of this.heads) if (JSON.stringify(applied[id] ?? []) !== JSON.stringify(heads)) lag++
+    for (const [id, heads] of this.heads)
+      if (JSON.stringify(applied[id] ?? []) !== JSON.stringify(heads)) lag++
     return lag
   }
 
-  private scheduleStatus (): void {
+  private scheduleStatus(): void {
     if (this.statusTimer !== undefined) return
-    this.statusTimer = setTimeout(() => { this.statusTimer = undefined; void this.publishStatus() }, 200)
+    this.statusTimer = setTimeout(() => {
+      this.statusTimer = undefined
+      void this.publishStatus()
+    }, 200)
     this.statusTimer.unref()
   }
 
-  async statusBody (): Promise<NodeStatusBody> {
+  async statusBody(): Promise<NodeStatusBody> {
     const id = await this.reconciler.identity()
     const f = this.files.status()
     const errors = [...(this.reconciler.last?.errors ?? [])].slice(0, 20)
@@ -240,63 +346,121 @@ export class Daemon {
     return fitStatus(body)
   }
 
-  async publishStatus (): Promise<void> {
+  async publishStatus(): Promise<void> {
     if (this.stopping !== undefined) return
     try {
       const body = await this.statusBody()
-      if (this.mesh !== undefined) this.ownStatus = await this.mesh.publishStatus(body as unknown as Record<string, unknown>)
-      else this.ownStatus = { node: this.identity.publicKeyHex, peerId: this.identity.peerId, seq: body.at, body: body as unknown as Record<string, unknown>, receivedAt: body.at, stale: false }
+      if (this.mesh !== undefined)
+        this.ownStatus = await this.mesh.publishStatus(body as unknown as Record<string, unknown>)
+      else
+        this.ownStatus = {
+          node: this.identity.publicKeyHex,
+          peerId: this.identity.peerId,
+          seq: body.at,
+          body: body as unknown as Record<string, unknown>,
+          receivedAt: body.at,
+          stale: false
+        }
     } catch (err) {
       log.error('publishing status failed: %e', err)
     }
   }
 
   /** Status records: the mesh's, or only our own without a mesh. */
-  statuses (): StatusRecord[] {
+  statuses(): StatusRecord[] {
     if (this.mesh !== undefined) return this.mesh.statuses()
     return this.ownStatus === undefined ? [] : [this.ownStatus]
   }
 
-  async fleetStatus (): Promise<unknown> {
-    const devicesValue = this.replica.documentIds().includes(DEVICES_DOC) ? (await this.replica.open(DEVICES_DOC)).value : undefined
+  async fleetStatus(): Promise<unknown> {
+    const devicesValue = this.replica.documentIds().includes(DEVICES_DOC)
+      ? (await this.replica.open(DEVICES_DOC)).value
+      : undefined
     const enrolled = enrolledDevices(this.replica.trust, devicesValue)
     const latest = await this.reconciler.revision()
     const records = new Map(this.statuses().map(r => [r.node, r]))
     const keys = new Set([...enrolled.keys(), this.identity.publicKeyHex])
-    const nodes = [...keys].map(key => {
-      const dev = enrolled.get(key)
-      const rec = records.get(key)
-      const body = rec?.body as Partial<NodeStatusBody> | undefined
-      const applied = body?.applied ?? {}
-      const upToDate = rec === undefined ? null : Object.entries(latest).every(([id, heads]) => id === DEVICES_DOC || JSON.stringify(applied[id] ?? []) === JSON.stringify(heads))
-      return {
-        key,
-        peerId: rec?.peerId ?? peerIdOfPublicKey(key),
-        name: dev?.name ?? body?.name ?? null,
-        labels: dev?.labels ?? body?.labels ?? {},
-        enrolled: dev !== undefined,
-        self: key === this.identity.publicKeyHex,
-        online: key === this.identity.publicKeyHex || (rec !== undefined && !rec.stale),
-        stale: rec?.stale ?? null,
-        lastSeen: rec?.receivedAt ?? null,
-        upToDate,
-        status: rec?.body ?? null
-      }
-    }).sort((a, b) => String(a.name).localeCompare(String(b.name)))
-    return { fleet: this.replica.trust.latest.fleet, fleetId: this.replica.fleetId, self: this.identity.peerId, mesh: this.mesh !== undefined, latest, nodes }
+    const nodes = [...keys]
+      .map(key => {
+        const dev = enrolled.get(key)
+        const rec = records.get(key)
+        const body = rec?.body as Partial<NodeStatusBody> | undefined
+        const applied = body?.applied ?? {}
+        const upToDate =
+          rec === undefined
+            ? null
+            : Object.entries(latest).every(
+                ([id, heads]) =>
+                  id === DEVICES_DOC || JSON.stringify(applied[id] ?? []) === JSON.stringify(heads)
+              )
+        return {
+          key,
+          peerId: rec?.peerId ?? peerIdOfPublicKey(key),
+          name: dev?.name ?? body?.name ?? null,
+          labels: dev?.labels ?? body?.labels ?? {},
+          enrolled: dev !== undefined,
+          self: key === this.identity.publicKeyHex,
+          online: key === this.identity.publicKeyHex || (rec !== undefined && !rec.stale),
+          stale: rec?.stale ?? null,
+          lastSeen: rec?.receivedAt ?? null,
+          upToDate,
+          status: rec?.body ?? null
+        }
+      })
+      .sort((a, b) => String(a.name).localeCompare(String(b.name)))
+    return {
+      fleet: this.replica.trust.latest.fleet,
+      fleetId: this.replica.fleetId,
+      self: this.identity.peerId,
+      mesh: this.mesh !== undefined,
+      latest,
+      nodes
+    }
   }
 
-  private routes (): Route[] {
+  private routes(): Route[] {
     const docId = (raw: string): string => decodeURIComponent(raw)
     const needDoc = async (id: string) => {
-      if (!this.replica.documentIds().includes(id)) throw new HttpError(404, 'NotFound', `this daemon holds no document "${id}"; GET /api/docs lists the ones it holds`)
+      if (!this.replica.documentIds().includes(id))
+        throw new HttpError(
+          404,
+          'NotFound',
+          `this daemon holds no document "${id}"; GET /api/docs lists the ones it holds`
+        )
       return this.replica.open(id)
     }
     return [
-      { method: 'GET', pattern: /^\/api\/health$/, handler: async () => ({ json: { ok: true, peerId: this.identity.peerId, name: this.reconciler.last?.identity.name ?? this.config.name, uptimeMs: Date.now() - this.startedAt, mesh: this.mesh !== undefined } }) },
-      { method: 'GET', pattern: /^\/metrics$/, handler: async () => ({ text: await this.metrics.registry.metrics(), type: this.metrics.registry.contentType }) },
-      { method: 'GET', pattern: /^\/api\/status$/, handler: async () => ({ json: await this.fleetStatus() }) },
-      { method: 'GET', pattern: /^\/api\/trust$/, handler: async () => ({ json: this.replica.trust.all }) },
+      {
+        method: 'GET',
+        pattern: /^\/api\/health$/,
+        handler: async () => ({
+          json: {
+            ok: true,
+            peerId: this.identity.peerId,
+            name: this.reconciler.last?.identity.name ?? this.config.name,
+            uptimeMs: Date.now() - this.startedAt,
+            mesh: this.mesh !== undefined
+          }
+        })
+      },
+      {
+        method: 'GET',
+        pattern: /^\/metrics$/,
+        handler: async () => ({
+          text: await this.metrics.registry.metrics(),
+          type: this.metrics.registry.contentType
+        })
+      },
+      {
+        method: 'GET',
+        pattern: /^\/api\/status$/,
+        handler: async () => ({ json: await this.fleetStatus() })
+      },
+      {
+        method: 'GET',
+        pattern: /^\/api\/trust$/,
+        handler: async () => ({ json: this.replica.trust.all })
+      },
       {
         method: 'POST',
         pattern: /^\/api\/trust$/,
@@ -305,14 +469,29 @@ export class Daemon {
           return { json: { added, version: this.replica.trust.version } }
         }
       },
-      { method: 'GET', pattern: /^\/api\/docs$/, handler: async () => ({ json: await Promise.all(this.replica.documentIds().map(async id => ({ id, heads: (await this.replica.open(id)).heads }))) }) },
+      {
+        method: 'GET',
+        pattern: /^\/api\/docs$/,
+        handler: async () => ({
+          json: await Promise.all(
+            this.replica
+              .documentIds()
+              .map(async id => ({ id, heads: (await this.replica.open(id)).heads }))
+          )
+        })
+      },
       {
         method: 'GET',
         pattern: /^\/api\/docs\/(.+)\/batch$/,
         handler: async m => {
           const id = docId(m[1] as string)
-          const doc = this.replica.documentIds().includes(id) ? await this.replica.open(id) : undefined
-          const batch = doc === undefined ? { docId: id, chunks: [], signatures: [] } : doc.batchFor(doc.history().map(h => h.hash))
+          const doc = this.replica.documentIds().includes(id)
+            ? await this.replica.open(id)
+            : undefined
+          const batch =
+            doc === undefined
+              ? { docId: id, chunks: [], signatures: [] }
+              : doc.batchFor(doc.history().map(h => h.hash))
           return { bytes: encodeBatch(batch), type: 'application/octet-stream' }
         }
       },
@@ -332,7 +511,12 @@ export class Daemon {
             const batch = decodeBatch(await body())
             const r = await this.replica.accept(batch)
             this.metrics.apiChanges.inc({ result: r.status })
-            this.events('info', 'batch.accepted', { doc: batch.docId, status: r.status, applied: r.applied, via: 'http' })
+            this.events('info', 'batch.accepted', {
+              doc: batch.docId,
+              status: r.status,
+              applied: r.applied,
+              via: 'http'
+            })
             return { json: { status: r.status, heads: r.heads, applied: r.applied } }
           } catch (err) {
             this.metrics.apiChanges.inc({ result: 'rejected' })
@@ -346,7 +530,10 @@ export class Daemon {
         pattern: /^\/api\/history$/,
         handler: async (_m, _r, url) => {
           const only = url.searchParams.get('doc')
-          const limit = Math.min(MAX_HISTORY_ENTRIES, Math.max(1, Number(url.searchParams.get('limit') ?? 100) || 100))
+          const limit = Math.min(
+            MAX_HISTORY_ENTRIES,
+            Math.max(1, Number(url.searchParams.get('limit') ?? 100) || 100)
+          )
           const ids = only === null ? this.replica.documentIds() : [only]
           const out = []
           for (const id of ids) {
@@ -355,7 +542,17 @@ export class Daemon {
               // A diff of values (set leaves, deleted keys) reads better than Automerge's patches.
               const before = plainValue(doc.valueAt(h.deps)) as Record<string, unknown>
               const after = plainValue(doc.valueAt([h.hash])) as Record<string, unknown>
-              out.push({ doc: id, hash: h.hash, signer: h.signer, signerName: h.signerInfo?.name ?? null, role: h.signerInfo?.role ?? null, time: h.time, message: h.message, deps: h.deps, diff: diffMaps(before, after) })
+              out.push({
+                doc: id,
+                hash: h.hash,
+                signer: h.signer,
+                signerName: h.signerInfo?.name ?? null,
+                role: h.signerInfo?.role ?? null,
+                time: h.time,
+                message: h.message,
+                deps: h.deps,
+                diff: diffMaps(before, after)
+              })
             }
           }
           out.sort((a, b) => a.time - b.time)
@@ -368,7 +565,8 @@ export class Daemon {
         handler: async m => {
           const name = decodeURIComponent(m[1] as string)
           const lines = this.processes.logs(name)
-          if (lines === undefined) throw new HttpError(404, 'NotFound', `no workload "${name}" runs on this node`)
+          if (lines === undefined)
+            throw new HttpError(404, 'NotFound', `no workload "${name}" runs on this node`)
           return { json: { name, lines } }
         }
       }
@@ -376,15 +574,22 @@ export class Daemon {
   }
 
   /** Stop workloads, snapshot, close the mesh, the HTTP server and the store. */
-  stop (): Promise<void> {
+  stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.events('info', 'daemon.stopping', {})
       for (const t of this.timers) clearInterval(t)
       clearTimeout(this.statusTimer)
       await this.processes.stopAll()
-      try { await this.mesh?.stop() } catch (err) { log.error('mesh stop: %e', err) }
+      try {
+        await this.mesh?.stop()
+      } catch (err) {
+        log.error('mesh stop: %e', err)
+      }
       await new Promise<void>(resolve => {
-        if (this.server === undefined) { resolve(); return }
+        if (this.server === undefined) {
+          resolve()
+          return
+        }
         this.server.close(() => resolve())
         this.server.closeAllConnections()
       })

@@ -20,9 +20,11 @@ const PASSPHRASE = 'rhizome-demo-only'
 const NAMES = ['berlin-1', 'berlin-2', 'lisbon-1']
 const t0 = Date.now()
 const children = new Set<ChildProcess>()
-const out = (s = ''): void => { process.stdout.write(s + '\n') }
+const out = (s = ''): void => {
+  process.stdout.write(s + '\n')
+}
 
-async function portFrom (preferred: number): Promise<number> {
+async function portFrom(preferred: number): Promise<number> {
   for (let p = preferred; p < preferred + 50; p++) {
     const ok = await new Promise<boolean>(resolve => {
       const s = createServer()
@@ -38,49 +40,87 @@ async function portFrom (preferred: number): Promise<number> {
   return p
 }
 
-function cli (args: string[]): Promise<string> {
+function cli(args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, RHIZOME_PASSPHRASE: PASSPHRASE }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const p = spawn(process.execPath, [CLI, ...args], {
+      env: { ...process.env, RHIZOME_PASSPHRASE: PASSPHRASE },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
     let stdout = ''
     let stderr = ''
-    p.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d })
-    p.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
-    p.once('exit', code => { code === 0 ? resolve(stdout) : reject(new Error(`rhizome ${args.slice(0, 2).join(' ')} failed (${code}): ${stderr.trim()}`)) })
+    p.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d
+    })
+    p.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d
+    })
+    p.once('exit', code => {
+      code === 0
+        ? resolve(stdout)
+        : reject(
+            new Error(`rhizome ${args.slice(0, 2).join(' ')} failed (${code}): ${stderr.trim()}`)
+          )
+    })
   })
 }
 
-interface Started { name: string, url: string, dashboard: string, mesh: boolean, proc: ChildProcess }
+interface Started {
+  name: string
+  url: string
+  dashboard: string
+  mesh: boolean
+  proc: ChildProcess
+}
 
-function startDaemon (name: string, config: string, log: string): Promise<Started> {
+function startDaemon(name: string, config: string, log: string): Promise<Started> {
   return new Promise((resolve, reject) => {
     // Own process group: a terminal's Ctrl-C reaches only the demo, which then stops each daemon once, by pid.
-    const proc = spawn(process.execPath, [CLI, 'start', '--config', config], { stdio: ['ignore', 'ignore', 'pipe'], detached: true })
+    const proc = spawn(process.execPath, [CLI, 'start', '--config', config], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      detached: true
+    })
     children.add(proc)
     const file = createWriteStream(log)
     let partial = ''
     let dashboard = ''
     let mesh = true
-    const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s; see ${log}`)), 30_000)
+    const timer = setTimeout(
+      () => reject(new Error(`${name} did not start within 30 s; see ${log}`)),
+      30_000
+    )
     proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
       file.write(d)
       const lines = (partial + d).split('\n')
       partial = lines.pop() ?? ''
       for (const l of lines) {
         let e: Record<string, unknown>
-        try { e = JSON.parse(l) as Record<string, unknown> } catch { continue }
+        try {
+          e = JSON.parse(l) as Record<string, unknown>
+        } catch {
+          continue
+        }
         if (e.event === 'mesh.unavailable') mesh = false
         if (e.event === 'dashboard') dashboard = String(e.url)
-        if (e.event === 'daemon.ready') { clearTimeout(timer); resolve({ name, url: String(e.http), dashboard, mesh, proc }) }
+        if (e.event === 'daemon.ready') {
+          clearTimeout(timer)
+          resolve({ name, url: String(e.http), dashboard, mesh, proc })
+        }
       }
     })
-    proc.once('exit', code => { children.delete(proc); clearTimeout(timer); reject(new Error(`${name} exited (${code}) while starting; see ${log}`)) })
+    proc.once('exit', code => {
+      children.delete(proc)
+      clearTimeout(timer)
+      reject(new Error(`${name} exited (${code}) while starting; see ${log}`))
+    })
   })
 }
 
-async function waitFor (what: string, ms: number, fn: () => Promise<boolean>): Promise<boolean> {
+async function waitFor(what: string, ms: number, fn: () => Promise<boolean>): Promise<boolean> {
   const end = Date.now() + ms
   for (let i = 0; Date.now() < end && i < 1000; i++) {
-    try { if (await fn()) return true } catch {}
+    try {
+      if (await fn()) return true
+    } catch {}
     await new Promise(resolve => setTimeout(resolve, 250))
   }
   out(`  (still waiting for ${what}; continuing)`)
@@ -88,29 +128,48 @@ async function waitFor (what: string, ms: number, fn: () => Promise<boolean>): P
 }
 
 let stopping = false
-async function stopAll (code: number): Promise<never> {
+async function stopAll(code: number): Promise<never> {
   if (stopping) process.exit(code)
   stopping = true
   out('\nstopping the demo fleet…')
-  await Promise.all([...children].map(p => new Promise<void>(resolve => {
-    if (p.exitCode !== null || p.signalCode !== null) { resolve(); return }
-    p.once('exit', () => resolve())
-    p.kill('SIGTERM')
-    setTimeout(() => p.kill('SIGKILL'), 10_000).unref()
-  })))
+  await Promise.all(
+    [...children].map(
+      p =>
+        new Promise<void>(resolve => {
+          if (p.exitCode !== null || p.signalCode !== null) {
+            resolve()
+            return
+          }
+          p.once('exit', () => resolve())
+          p.kill('SIGTERM')
+          setTimeout(() => p.kill('SIGKILL'), 10_000).unref()
+        })
+    )
+  )
   out('stopped.')
   process.exit(code)
 }
 
-async function main (): Promise<void> {
-  process.on('SIGINT', () => { void stopAll(0) })
-  process.on('SIGTERM', () => { void stopAll(0) })
+async function main(): Promise<void> {
+  process.on('SIGINT', () => {
+    void stopAll(0)
+  })
+  process.on('SIGTERM', () => {
+    void stopAll(0)
+  })
   await rm(ROOT, { recursive: true, force: true })
   await mkdir(ROOT, { recursive: true })
   out(`Rhizome demo: a fresh fleet in ${ROOT}`)
   await cli(['init', '--dir', join(ROOT, 'fleet'), '--fleet', 'demo'])
-  const nodes: Array<{ name: string, key: string, peerId: string, config: string, data: string, service: number }> = []
-  let prevMeshPort: { port: number, peerId: string } | undefined
+  const nodes: Array<{
+    name: string
+    key: string
+    peerId: string
+    config: string
+    data: string
+    service: number
+  }> = []
+  let prevMeshPort: { port: number; peerId: string } | undefined
   let nextPort = 8080
   let svcPort = 9001
   for (const name of NAMES) {
@@ -118,80 +177,149 @@ async function main (): Promise<void> {
     const info = await cli(['node', 'init', '--data', data])
     const key = /public key\s+([0-9a-f]{64})/.exec(info)?.[1] as string
     const peerId = /peer id\s+(\S+)/.exec(info)?.[1] as string
-    const http = await portFrom(nextPort); nextPort = http + 1
+    const http = await portFrom(nextPort)
+    nextPort = http + 1
     const tcp = await portFrom(4001 + nodes.length * 2)
     const ws = await portFrom(tcp + 1)
-    const service = await portFrom(svcPort); svcPort = service + 1
+    const service = await portFrom(svcPort)
+    svcPort = service + 1
     const config = join(ROOT, `${name}.yaml`)
-    await writeFile(config, stringify({
-      name,
-      labels: { site: name.split('-')[0] },
-      dataDir: data,
-      trustFile: join(ROOT, 'fleet/trust.json'),
-      listen: [`/ip4/127.0.0.1/tcp/${tcp}`, `/ip4/127.0.0.1/tcp/${ws}/ws`],
-      bootstrap: prevMeshPort === undefined ? [] : [`/ip4/127.0.0.1/tcp/${prevMeshPort.port}/p2p/${prevMeshPort.peerId}`],
-      mdns: false,
-      http: { host: '127.0.0.1', port: http },
-      filesRoot: join(ROOT, name, 'root'),
-      allowedRoots: ['/etc/rhizome'],
-      reconcileIntervalMs: 10_000,
-      driftCheckMs: 1000,
-      statusIntervalMs: 3000
-    }))
+    await writeFile(
+      config,
+      stringify({
+        name,
+        labels: { site: name.split('-')[0] },
+        dataDir: data,
+        trustFile: join(ROOT, 'fleet/trust.json'),
+        listen: [`/ip4/127.0.0.1/tcp/${tcp}`, `/ip4/127.0.0.1/tcp/${ws}/ws`],
+        bootstrap:
+          prevMeshPort === undefined
+            ? []
+            : [`/ip4/127.0.0.1/tcp/${prevMeshPort.port}/p2p/${prevMeshPort.peerId}`],
+        mdns: false,
+        http: { host: '127.0.0.1', port: http },
+        filesRoot: join(ROOT, name, 'root'),
+        allowedRoots: ['/etc/rhizome'],
+        reconcileIntervalMs: 10_000,
+        driftCheckMs: 1000,
+        statusIntervalMs: 3000
+      })
+    )
     nodes.push({ name, key, peerId, config, data, service })
     if (prevMeshPort === undefined) prevMeshPort = { port: tcp, peerId }
   }
   // The first daemon starts alone and every device is enrolled through it before the others
   // start, so their first dial is admitted (an unenrolled device is refused and retries later).
-  const start = (n: (typeof nodes)[number]): Promise<Started> => startDaemon(n.name, n.config, join(n.data, 'daemon.log'))
+  const start = (n: (typeof nodes)[number]): Promise<Started> =>
+    startDaemon(n.name, n.config, join(n.data, 'daemon.log'))
   const first = await start(nodes[0] as (typeof nodes)[number])
   // One after the other: concurrent first enrolments would each create the `devices` map, and
   // only one of those concurrent maps survives the merge.
   const enrol = async (targets: Started[]): Promise<void> => {
-    for (const d of targets) for (const n of nodes) await cli(['enrol', n.key, '--name', n.name, '--label', `site=${n.name.split('-')[0]}`, '--key', join(ROOT, 'fleet/admin.key'), '--daemon', d.url])
+    for (const d of targets)
+      for (const n of nodes)
+        await cli([
+          'enrol',
+          n.key,
+          '--name',
+          n.name,
+          '--label',
+          `site=${n.name.split('-')[0]}`,
+          '--key',
+          join(ROOT, 'fleet/admin.key'),
+          '--daemon',
+          d.url
+        ])
   }
   if (first.mesh) await enrol([first])
-  const daemons = [first, ...await Promise.all(nodes.slice(1).map(start))]
+  const daemons = [first, ...(await Promise.all(nodes.slice(1).map(start)))]
   const mesh = daemons.every(d => d.mesh)
   if (!mesh) {
-    out('  NOTE: mesh/ is not available, so the daemons run unconnected; the demo applies changes to each daemon itself.')
+    out(
+      '  NOTE: mesh/ is not available, so the daemons run unconnected; the demo applies changes to each daemon itself.'
+    )
     await enrol(daemons)
   }
   const targets = mesh ? [first] : daemons
   const nodesCfg: Record<string, unknown> = {}
-  for (const n of nodes) nodesCfg[n.name] = { workloads: { hello: { env: { PORT: String(n.service) }, health: { http: `http://127.0.0.1:${n.service}/`, intervalMs: 2000 } } } }
-  const fleetYaml = join(ROOT, 'fleet.yaml')
-  await writeFile(fleetYaml, stringify({
-    fleet: {
-      defaults: {
-        files: { '/etc/rhizome/demo.conf': { content: 'greeting = "Hello"\nlog_level = info\n', mode: '0644' } },
-        workloads: { hello: { command: [process.execPath, SERVICE], version: '1', env: { GREETING: 'Hello' } } }
-      },
-      groups: { lisbon: { selector: { site: 'lisbon' }, config: { workloads: { hello: { env: { GREETING: 'Olá' } } } } } },
-      nodes: nodesCfg
+  for (const n of nodes)
+    nodesCfg[n.name] = {
+      workloads: {
+        hello: {
+          env: { PORT: String(n.service) },
+          health: { http: `http://127.0.0.1:${n.service}/`, intervalMs: 2000 }
+        }
+      }
     }
-  }))
-  for (const d of targets) await cli(['apply', '-f', fleetYaml, '--key', join(ROOT, 'fleet/admin.key'), '--daemon', d.url])
+  const fleetYaml = join(ROOT, 'fleet.yaml')
+  await writeFile(
+    fleetYaml,
+    stringify({
+      fleet: {
+        defaults: {
+          files: {
+            '/etc/rhizome/demo.conf': {
+              content: 'greeting = "Hello"\nlog_level = info\n',
+              mode: '0644'
+            }
+          },
+          workloads: {
+            hello: {
+              command: [process.execPath, SERVICE],
+              version: '1',
+              env: { GREETING: 'Hello' }
+            }
+          }
+        },
+        groups: {
+          lisbon: {
+            selector: { site: 'lisbon' },
+            config: { workloads: { hello: { env: { GREETING: 'Olá' } } } }
+          }
+        },
+        nodes: nodesCfg
+      }
+    })
+  )
+  for (const d of targets)
+    await cli(['apply', '-f', fleetYaml, '--key', join(ROOT, 'fleet/admin.key'), '--daemon', d.url])
   await waitFor('the hello services', 30_000, async () => {
-    for (const n of nodes) if (!(await fetch(`http://127.0.0.1:${n.service}/`, { signal: AbortSignal.timeout(1000) })).ok) return false
+    for (const n of nodes)
+      if (
+        !(await fetch(`http://127.0.0.1:${n.service}/`, { signal: AbortSignal.timeout(1000) })).ok
+      )
+        return false
     return true
   })
-  out(`\nThe demo fleet is up in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${daemons.length} daemons${mesh ? ', meshed over libp2p' : ' (no mesh)'}.\n`)
+  out(
+    `\nThe demo fleet is up in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${daemons.length} daemons${mesh ? ', meshed over libp2p' : ' (no mesh)'}.\n`
+  )
   for (const [i, d] of daemons.entries()) {
     const n = nodes[i] as (typeof nodes)[number]
-    out(`  ${d.name.padEnd(9)} API ${d.url}   service http://127.0.0.1:${n.service}/   files under ${join(n.data, 'root')}`)
+    out(
+      `  ${d.name.padEnd(9)} API ${d.url}   service http://127.0.0.1:${n.service}/   files under ${join(n.data, 'root')}`
+    )
   }
-  out('\nDashboard (one-time viewer token; build it first with the web/ instructions if it is not built):')
+  out(
+    '\nDashboard (one-time viewer token; build it first with the web/ instructions if it is not built):'
+  )
   out(`  ${first.dashboard}`)
   out('\nTry (in another terminal, in this directory):')
-  out(`  export RHIZOME_DAEMON=${first.url} RHIZOME_KEY=${join(ROOT, 'fleet/admin.key')} RHIZOME_PASSPHRASE=${PASSPHRASE}`)
+  out(
+    `  export RHIZOME_DAEMON=${first.url} RHIZOME_KEY=${join(ROOT, 'fleet/admin.key')} RHIZOME_PASSPHRASE=${PASSPHRASE}`
+  )
   out('  npm run rhizome -- status')
   out(`  # edit ${fleetYaml} (e.g. version: "2" or the greeting), then:`)
   out(`  npm run rhizome -- apply -f ${fleetYaml}`)
   out('  npm run rhizome -- history --doc fleet')
   out(`\nLogs: ${ROOT}/<node>/daemon.log. Ctrl-C stops everything.`)
   for (const d of daemons) {
-    d.proc.once('exit', code => { if (!stopping) { out(`${d.name} exited (${code}); stopping the demo`); void stopAll(1) } })
+    d.proc.once('exit', code => {
+      if (!stopping) {
+        out(`${d.name} exited (${code}); stopping the demo`)
+        void stopAll(1)
+      }
+    })
   }
 }
 

@@ -21,7 +21,7 @@ export class RejectedByDaemonError extends Error {
   static override name = 'RejectedByDaemonError'
   override name = 'RejectedByDaemonError'
   readonly remote: string
-  constructor (remote: string, message: string) {
+  constructor(remote: string, message: string) {
     super(message)
     this.remote = remote
   }

@@ -29,35 +29,85 @@ export const MAX_BODY_BYTES = 32 * 1024 * 1024
 const WEB_DIST = fileURLToPath(new URL('../web/dist/', import.meta.url))
 
 /** Errors whose cause is the content sent (403: not allowed; 400: malformed). */
-const FORBIDDEN = new Set(['InvalidSignatureError', 'UnsignedChangeError', 'UnknownKeyError', 'OutOfScopeError', 'ActorMismatchError', 'InvalidTrustStatementError', 'TrustForkError'])
-const BAD_REQUEST = new Set(['MalformedInputError', 'OversizedInputError', 'UnsupportedVersionError', 'WrongDocumentError', 'PendingSetFullError', 'InvalidConfigError'])
+const FORBIDDEN = new Set([
+  'InvalidSignatureError',
+  'UnsignedChangeError',
+  'UnknownKeyError',
+  'OutOfScopeError',
+  'ActorMismatchError',
+  'InvalidTrustStatementError',
+  'TrustForkError'
+])
+const BAD_REQUEST = new Set([
+  'MalformedInputError',
+  'OversizedInputError',
+  'UnsupportedVersionError',
+  'WrongDocumentError',
+  'PendingSetFullError',
+  'InvalidConfigError'
+])
 
 export class HttpError extends Error {
   static override name = 'HttpError'
   override name = 'HttpError'
   readonly status: number
   readonly code: string
-  constructor (status: number, code: string, message: string) {
+  constructor(status: number, code: string, message: string) {
     super(message)
     this.status = status
     this.code = code
   }
 }
 
-export type Handler = (req: IncomingMessage, url: URL, body: () => Promise<Uint8Array>) => Promise<HttpReply>
-export type HttpReply = { json: unknown, status?: number } | { bytes: Uint8Array, type: string, status?: number } | { text: string, type: string, status?: number }
+export type Handler = (
+  req: IncomingMessage,
+  url: URL,
+  body: () => Promise<Uint8Array>
+) => Promise<HttpReply>
+export type HttpReply =
+  | { json: unknown; status?: number }
+  | { bytes: Uint8Array; type: string; status?: number }
+  | { text: string; type: string; status?: number }
 
-export interface Route { method: string, pattern: RegExp, handler: (m: RegExpMatchArray, req: IncomingMessage, url: URL, body: () => Promise<Uint8Array>) => Promise<HttpReply> }
+export interface Route {
+  method: string
+  pattern: RegExp
+  handler: (
+    m: RegExpMatchArray,
+    req: IncomingMessage,
+    url: URL,
+    body: () => Promise<Uint8Array>
+  ) => Promise<HttpReply>
+}
 
-function readBody (req: IncomingMessage, max: number): Promise<Uint8Array> {
+function readBody(req: IncomingMessage, max: number): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers['content-length'] ?? 0)
-    if (declared > max) { reject(new HttpError(413, 'PayloadTooLarge', `the request body is ${declared} bytes; at most ${max} are accepted (split the change or use a bundle)`)); return }
+    if (declared > max) {
+      reject(
+        new HttpError(
+          413,
+          'PayloadTooLarge',
+          `the request body is ${declared} bytes; at most ${max} are accepted (split the change or use a bundle)`
+        )
+      )
+      return
+    }
     const chunks: Buffer[] = []
     let n = 0
     req.on('data', (c: Buffer) => {
       n += c.length
-      if (n > max) { reject(new HttpError(413, 'PayloadTooLarge', `the request body exceeds ${max} bytes (split the change or use a bundle)`)); req.destroy(); return }
+      if (n > max) {
+        reject(
+          new HttpError(
+            413,
+            'PayloadTooLarge',
+            `the request body exceeds ${max} bytes (split the change or use a bundle)`
+          )
+        )
+        req.destroy()
+        return
+      }
       chunks.push(c)
     })
     req.on('end', () => resolve(new Uint8Array(Buffer.concat(chunks))))
@@ -65,23 +115,42 @@ function readBody (req: IncomingMessage, max: number): Promise<Uint8Array> {
   })
 }
 
-const TYPES: Record<string, string> = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.svg': 'image/svg+xml', '.png': 'image/png', '.ico': 'image/x-icon', '.wasm': 'application/wasm', '.map': 'application/json' }
+const TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript',
+  '.css': 'text/css',
+  '.json': 'application/json',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.ico': 'image/x-icon',
+  '.wasm': 'application/wasm',
+  '.map': 'application/json'
+}
 
-async function staticFile (path: string): Promise<HttpReply> {
-  const rel = normalize(decodeURIComponent(path === '/' ? '/index.html' : path)).replace(/^(\.\.[/\\])+/, '')
+async function staticFile(path: string): Promise<HttpReply> {
+  const rel = normalize(decodeURIComponent(path === '/' ? '/index.html' : path)).replace(
+    /^(\.\.[/\\])+/,
+    ''
+  )
   const file = join(WEB_DIST, rel)
   if (!file.startsWith(WEB_DIST)) throw new HttpError(404, 'NotFound', 'no such file')
   try {
-    return { bytes: new Uint8Array(await readFile(file)), type: TYPES[extname(file)] ?? 'application/octet-stream' }
+    return {
+      bytes: new Uint8Array(await readFile(file)),
+      type: TYPES[extname(file)] ?? 'application/octet-stream'
+    }
   } catch {
     if (path === '/' || path === '/index.html') {
-      return { text: '<!doctype html><meta charset="utf-8"><title>Rhizome</title><h1>Rhizome daemon</h1><p>The dashboard is not built. Build it with <code>npm run build:web</code> (it is served from <code>web/dist</code>). The JSON API is at <a href="/api/status">/api/status</a>, metrics at <a href="/metrics">/metrics</a>.</p>', type: 'text/html; charset=utf-8' }
+      return {
+        text: '<!doctype html><meta charset="utf-8"><title>Rhizome</title><h1>Rhizome daemon</h1><p>The dashboard is not built. Build it with <code>npm run build:web</code> (it is served from <code>web/dist</code>). The JSON API is at <a href="/api/status">/api/status</a>, metrics at <a href="/metrics">/metrics</a>.</p>',
+        type: 'text/html; charset=utf-8'
+      }
     }
     throw new HttpError(404, 'NotFound', `no such file: ${path}`)
   }
 }
 
-function send (res: ServerResponse, r: HttpReply): void {
+function send(res: ServerResponse, r: HttpReply): void {
   const status = r.status ?? 200
   if ('json' in r) {
     const body = JSON.stringify(r.json)
@@ -96,7 +165,7 @@ function send (res: ServerResponse, r: HttpReply): void {
   }
 }
 
-export function createApiServer (routes: Route[]): Server {
+export function createApiServer(routes: Route[]): Server {
   return createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost')
     const body = (): Promise<Uint8Array> => readBody(req, MAX_BODY_BYTES)
@@ -105,16 +174,39 @@ export function createApiServer (routes: Route[]): Server {
         for (const route of routes) {
           if (route.method !== req.method) continue
           const m = url.pathname.match(route.pattern)
-          if (m !== null) { send(res, await route.handler(m, req, url, body)); return }
+          if (m !== null) {
+            send(res, await route.handler(m, req, url, body))
+            return
+          }
         }
-        if (req.method === 'GET' && !url.pathname.startsWith('/api/')) { send(res, await staticFile(url.pathname)); return }
-        throw new HttpError(404, 'NotFound', `no route ${req.method} ${url.pathname}; see GET /api/health, /api/status, /api/docs`)
+        if (req.method === 'GET' && !url.pathname.startsWith('/api/')) {
+          send(res, await staticFile(url.pathname))
+          return
+        }
+        throw new HttpError(
+          404,
+          'NotFound',
+          `no route ${req.method} ${url.pathname}; see GET /api/health, /api/status, /api/docs`
+        )
       } catch (err) {
         const e = err as Error
-        const status = e instanceof HttpError ? e.status : FORBIDDEN.has(e.name) ? 403 : BAD_REQUEST.has(e.name) ? 400 : 500
+        const status =
+          e instanceof HttpError
+            ? e.status
+            : FORBIDDEN.has(e.name)
+              ? 403
+              : BAD_REQUEST.has(e.name)
+                ? 400
+                : 500
         if (status === 500) log.error('%s %s failed: %e', req.method, url.pathname, e)
-        if (res.headersSent) { res.destroy(); return }
-        send(res, { status, json: { error: e instanceof HttpError ? e.code : e.name, message: e.message } })
+        if (res.headersSent) {
+          res.destroy()
+          return
+        }
+        send(res, {
+          status,
+          json: { error: e instanceof HttpError ? e.code : e.name, message: e.message }
+        })
       }
     })()
   })

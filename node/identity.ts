@@ -20,33 +20,43 @@ export interface DeviceIdentity {
   peerId: string
 }
 
-export async function peerIdOfSeed (seed: Uint8Array): Promise<string> {
+export async function peerIdOfSeed(seed: Uint8Array): Promise<string> {
   return peerIdFromPrivateKey(await generateKeyPairFromSeed('Ed25519', seed)).toString()
 }
 
 /** The PeerId of an enrolled device's public key (hex). */
-export function peerIdOfPublicKey (hex: string): string {
+export function peerIdOfPublicKey(hex: string): string {
   return peerIdFromPublicKey(publicKeyFromRaw(fromHex(hex))).toString()
 }
 
-async function describe (pair: KeyPair): Promise<DeviceIdentity> {
-  return { pair, publicKeyHex: toHex(pair.publicKey), fingerprint: fingerprint(pair.publicKey), peerId: await peerIdOfSeed(pair.seed) }
+async function describe(pair: KeyPair): Promise<DeviceIdentity> {
+  return {
+    pair,
+    publicKeyHex: toHex(pair.publicKey),
+    fingerprint: fingerprint(pair.publicKey),
+    peerId: await peerIdOfSeed(pair.seed)
+  }
 }
 
 /** Read the identity in `dataDir`, or undefined if there is none. */
-export async function readIdentity (dataDir: string): Promise<DeviceIdentity | undefined> {
+export async function readIdentity(dataDir: string): Promise<DeviceIdentity | undefined> {
   let text: string
-  try { text = await readFile(join(dataDir, IDENTITY_FILE), 'utf8') } catch (err) {
+  try {
+    text = await readFile(join(dataDir, IDENTITY_FILE), 'utf8')
+  } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
     throw err
   }
   const hex = text.trim()
-  if (!/^[0-9a-f]{64}$/.test(hex)) throw new InvalidConfigError(`${join(dataDir, IDENTITY_FILE)} is not a device identity (64 hex characters); remove it and run \`rhizome node init --data ${dataDir}\``)
+  if (!/^[0-9a-f]{64}$/.test(hex))
+    throw new InvalidConfigError(
+      `${join(dataDir, IDENTITY_FILE)} is not a device identity (64 hex characters); remove it and run \`rhizome node init --data ${dataDir}\``
+    )
   return describe(keyPairFromSeed(fromHex(hex)))
 }
 
 /** Create an identity in `dataDir` (which may not hold one yet). */
-export async function createIdentity (dataDir: string): Promise<DeviceIdentity> {
+export async function createIdentity(dataDir: string): Promise<DeviceIdentity> {
   await mkdir(dataDir, { recursive: true, mode: 0o700 })
   const pair = generateKeyPair()
   const file = join(dataDir, IDENTITY_FILE)
@@ -55,7 +65,9 @@ export async function createIdentity (dataDir: string): Promise<DeviceIdentity> 
   return describe(pair)
 }
 
-export async function loadOrCreateIdentity (dataDir: string): Promise<{ identity: DeviceIdentity, created: boolean }> {
+export async function loadOrCreateIdentity(
+  dataDir: string
+): Promise<{ identity: DeviceIdentity; created: boolean }> {
   const held = await readIdentity(dataDir)
   if (held !== undefined) return { identity: held, created: false }
   return { identity: await createIdentity(dataDir), created: true }

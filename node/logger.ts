@@ -9,10 +9,15 @@ export interface EventLog {
   (level: EventLevel, event: string, fields?: Record<string, unknown>): void
 }
 
-export function eventLogger (write: (line: string) => void = l => { process.stderr.write(l) }): EventLog {
+export function eventLogger(
+  write: (line: string) => void = l => {
+    process.stderr.write(l)
+  }
+): EventLog {
   return (level, event, fields = {}) => {
     const rec: Record<string, unknown> = { t: new Date().toISOString(), level, event }
-    for (const [k, v] of Object.entries(fields)) rec[k] = v instanceof Error ? `${v.name}: ${v.message}` : v
+    for (const [k, v] of Object.entries(fields))
+      rec[k] = v instanceof Error ? `${v.name}: ${v.message}` : v
     write(JSON.stringify(rec) + '\n')
   }
 }

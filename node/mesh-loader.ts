@@ -7,11 +7,12 @@ import type { Mesh, MeshOptions } from '../mesh/types.ts'
 
 export type CreateMesh = (options: MeshOptions) => Promise<Mesh>
 
-export async function loadCreateMesh (): Promise<{ createMesh: CreateMesh } | { error: string }> {
+export async function loadCreateMesh(): Promise<{ createMesh: CreateMesh } | { error: string }> {
   const url = new URL('../mesh/index.ts', import.meta.url).href
   try {
-    const mod = await import(url) as { createMesh?: CreateMesh }
-    if (typeof mod.createMesh !== 'function') return { error: 'mesh/index.ts does not export createMesh' }
+    const mod = (await import(url)) as { createMesh?: CreateMesh }
+    if (typeof mod.createMesh !== 'function')
+      return { error: 'mesh/index.ts does not export createMesh' }
     return { createMesh: mod.createMesh }
   } catch (err) {
     return { error: `${(err as Error).name}: ${(err as Error).message}` }

@@ -18,30 +18,70 @@ export class DaemonMetrics {
   readonly reconcileSeconds: Histogram
   readonly apiChanges: Counter<'result'>
 
-  constructor (src: MetricsSources) {
+  constructor(src: MetricsSources) {
     const r = this.registry
     const meshGauge = (name: string, help: string, pick: (m: MeshMetrics) => number): void => {
-      void new Gauge({ name, help, registers: [r], collect () { const m = src.mesh(); this.set(m === undefined ? 0 : pick(m)) } })
+      void new Gauge({
+        name,
+        help,
+        registers: [r],
+        collect() {
+          const m = src.mesh()
+          this.set(m === undefined ? 0 : pick(m))
+        }
+      })
     }
     meshGauge('rhizome_peers', 'Connected peers', m => m.peers)
-    meshGauge('rhizome_mesh_changes_accepted_total', 'Changes accepted from peers', m => m.changesAccepted)
-    meshGauge('rhizome_mesh_changes_rejected_total', 'Changes rejected from peers', m => m.changesRejected)
-    meshGauge('rhizome_mesh_batches_rejected_total', 'Batches rejected from peers', m => m.batchesRejected)
-    meshGauge('rhizome_mesh_batches_accepted_total', 'Batches from peers that held new changes', m => m.batchesAccepted)
-    meshGauge('rhizome_mesh_batches_duplicate_total', 'Batches from peers that held nothing new (redundant pushes)', m => m.batchesDuplicate)
+    meshGauge(
+      'rhizome_mesh_changes_accepted_total',
+      'Changes accepted from peers',
+      m => m.changesAccepted
+    )
+    meshGauge(
+      'rhizome_mesh_changes_rejected_total',
+      'Changes rejected from peers',
+      m => m.changesRejected
+    )
+    meshGauge(
+      'rhizome_mesh_batches_rejected_total',
+      'Batches rejected from peers',
+      m => m.batchesRejected
+    )
+    meshGauge(
+      'rhizome_mesh_batches_accepted_total',
+      'Batches from peers that held new changes',
+      m => m.batchesAccepted
+    )
+    meshGauge(
+      'rhizome_mesh_batches_duplicate_total',
+      'Batches from peers that held nothing new (redundant pushes)',
+      m => m.batchesDuplicate
+    )
     meshGauge('rhizome_sync_bytes_in_total', 'Sync bytes received', m => m.syncBytesIn)
     meshGauge('rhizome_sync_bytes_out_total', 'Sync bytes sent', m => m.syncBytesOut)
     meshGauge('rhizome_status_records', 'Status records held', m => m.statusRecords)
-    meshGauge('rhizome_peers_banned_total', 'Peers disconnected for sending invalid data', m => m.peersBanned)
-    void new Gauge({ name: 'rhizome_revision_lag', help: 'Documents whose held revision is not yet applied', registers: [r], collect () { this.set(src.revisionLag()) } })
+    meshGauge(
+      'rhizome_peers_banned_total',
+      'Peers disconnected for sending invalid data',
+      m => m.peersBanned
+    )
+    void new Gauge({
+      name: 'rhizome_revision_lag',
+      help: 'Documents whose held revision is not yet applied',
+      registers: [r],
+      collect() {
+        this.set(src.revisionLag())
+      }
+    })
     void new Gauge({
       name: 'rhizome_workload_state',
       help: '1 for the state each workload is in',
       labelNames: ['workload', 'state'],
       registers: [r],
-      collect () {
+      collect() {
         this.reset()
-        for (const [name, w] of Object.entries(src.workloads())) this.set({ workload: name, state: w.state }, 1)
+        for (const [name, w] of Object.entries(src.workloads()))
+          this.set({ workload: name, state: w.state }, 1)
       }
     })
     void new Gauge({
@@ -49,12 +89,23 @@ export class DaemonMetrics {
       help: '1 healthy, 0 unhealthy, -1 no probe',
       labelNames: ['workload'],
       registers: [r],
-      collect () {
+      collect() {
         this.reset()
-        for (const [name, w] of Object.entries(src.workloads())) this.set({ workload: name }, w.healthy === null ? -1 : w.healthy ? 1 : 0)
+        for (const [name, w] of Object.entries(src.workloads()))
+          this.set({ workload: name }, w.healthy === null ? -1 : w.healthy ? 1 : 0)
       }
     })
-    this.apiChanges = new Counter({ name: 'rhizome_api_batches_total', help: 'Batches posted to the HTTP API, by result', labelNames: ['result'], registers: [r] })
-    this.reconcileSeconds = new Histogram({ name: 'rhizome_reconcile_duration_seconds', help: 'Duration of reconcile passes', buckets: [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [r] })
+    this.apiChanges = new Counter({
+      name: 'rhizome_api_batches_total',
+      help: 'Batches posted to the HTTP API, by result',
+      labelNames: ['result'],
+      registers: [r]
+    })
+    this.reconcileSeconds = new Histogram({
+      name: 'rhizome_reconcile_duration_seconds',
+      help: 'Duration of reconcile passes',
+      buckets: [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [r]
+    })
   }
 }

@@ -7,20 +7,42 @@ import { readFile } from 'node:fs/promises'
 import { createInterface } from 'node:readline'
 import { UsageError } from './errors.ts'
 
-export async function readPassphrase (opts: { passphraseFile?: string }, prompt: string): Promise<string> {
+export async function readPassphrase(
+  opts: { passphraseFile?: string },
+  prompt: string
+): Promise<string> {
   if (opts.passphraseFile !== undefined) {
-    try { return (await readFile(opts.passphraseFile, 'utf8')).replace(/\r?\n$/, '') } catch (err) {
-      throw new UsageError(`cannot read the passphrase file ${opts.passphraseFile}: ${(err as Error).message}`)
+    try {
+      return (await readFile(opts.passphraseFile, 'utf8')).replace(/\r?\n$/, '')
+    } catch (err) {
+      throw new UsageError(
+        `cannot read the passphrase file ${opts.passphraseFile}: ${(err as Error).message}`
+      )
     }
   }
   const env = process.env.RHIZOME_PASSPHRASE
   if (env !== undefined && env !== '') return env
-  if (process.stdin.isTTY !== true) throw new UsageError('a passphrase is needed: pass --passphrase-file FILE or set RHIZOME_PASSPHRASE (no terminal to prompt on)')
+  if (process.stdin.isTTY !== true)
+    throw new UsageError(
+      'a passphrase is needed: pass --passphrase-file FILE or set RHIZOME_PASSPHRASE (no terminal to prompt on)'
+    )
   return new Promise(resolve => {
     const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: true })
-    const out = rl as unknown as { _writeToOutput: (s: string) => void, output: NodeJS.WritableStream }
+    const out = rl as unknown as {
+      _writeToOutput: (s: string) => void
+      output: NodeJS.WritableStream
+    }
     let asked = false
-    out._writeToOutput = (s: string) => { if (!asked) { out.output.write(s); asked = true } }
-    rl.question(prompt, answer => { rl.close(); process.stderr.write('\n'); resolve(answer) })
+    out._writeToOutput = (s: string) => {
+      if (!asked) {
+        out.output.write(s)
+        asked = true
+      }
+    }
+    rl.question(prompt, answer => {
+      rl.close()
+      process.stderr.write('\n')
+      resolve(answer)
+    })
   })
 }

@@ -40,7 +40,7 @@ export interface ReconcilerComponents {
   fallback: NodeIdentity
 }
 
-function isMap (v: unknown): v is Record<string, unknown> {
+function isMap(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
@@ -50,27 +50,31 @@ export class Reconciler extends EventTarget {
   private again: string | undefined
   last: ReconcileResult | undefined
 
-  constructor (components: ReconcilerComponents) {
+  constructor(components: ReconcilerComponents) {
     super()
     this.c = components
   }
 
   /** Name and labels: from the node's enrolment if enrolled, else from its config file. */
-  async identity (): Promise<NodeIdentity & { enrolled: boolean }> {
-    const devices = this.c.replica.documentIds().includes(DEVICES_DOC) ? (await this.c.replica.open(DEVICES_DOC)).value : undefined
+  async identity(): Promise<NodeIdentity & { enrolled: boolean }> {
+    const devices = this.c.replica.documentIds().includes(DEVICES_DOC)
+      ? (await this.c.replica.open(DEVICES_DOC)).value
+      : undefined
     const me = enrolledDevices(this.c.replica.trust, devices).get(this.c.key)
-    return me === undefined ? { ...this.c.fallback, enrolled: false } : { name: me.name, labels: me.labels, enrolled: true }
+    return me === undefined
+      ? { ...this.c.fallback, enrolled: false }
+      : { name: me.name, labels: me.labels, enrolled: true }
   }
 
   /** The heads of every document this node holds. */
-  async revision (): Promise<Record<string, string[]>> {
+  async revision(): Promise<Record<string, string[]>> {
     const out: Record<string, string[]> = {}
     for (const id of this.c.replica.documentIds()) out[id] = (await this.c.replica.open(id)).heads
     return out
   }
 
   /** Ask for a pass; resolves when a pass that started after this call has finished. */
-  trigger (reason: string): Promise<void> {
+  trigger(reason: string): Promise<void> {
     if (this.running !== undefined) {
       this.again = reason
       return this.running.then(() => this.running ?? Promise.resolve())
@@ -79,14 +83,20 @@ export class Reconciler extends EventTarget {
       let r: string | undefined = reason
       while (r !== undefined) {
         this.again = undefined
-        try { await this.pass(r) } catch (err) { log.error('reconcile (%s) failed: %e', r, err) }
+        try {
+          await this.pass(r)
+        } catch (err) {
+          log.error('reconcile (%s) failed: %e', r, err)
+        }
         r = this.again
       }
-    })().finally(() => { this.running = undefined })
+    })().finally(() => {
+      this.running = undefined
+    })
     return this.running
   }
 
-  private async pass (reason: string): Promise<void> {
+  private async pass(reason: string): Promise<void> {
     const t0 = performance.now()
     const applied = await this.revision()
     const docs = []
@@ -104,7 +114,17 @@ export class Reconciler extends EventTarget {
     const m = await this.c.manifests.apply(isMap(config.manifests) ? config.manifests : {})
     errors.push(...m.errors)
     this.last = { reason, applied, identity, config, errors, durationMs: performance.now() - t0 }
-    log('reconciled (%s) in %d ms; started %o stopped %o', reason, Math.round(this.last.durationMs), p.started, p.stopped)
-    this.dispatchEvent(new CustomEvent('reconciled', { detail: { ...this.last, started: p.started, stopped: p.stopped } }))
+    log(
+      'reconciled (%s) in %d ms; started %o stopped %o',
+      reason,
+      Math.round(this.last.durationMs),
+      p.started,
+      p.stopped
+    )
+    this.dispatchEvent(
+      new CustomEvent('reconciled', {
+        detail: { ...this.last, started: p.started, stopped: p.stopped }
+      })
+    )
   }
 }

@@ -21,7 +21,7 @@ export interface NodeStatusBody {
   revision: Record<string, string[]>
   applied: Record<string, string[]>
   workloads: Record<string, WorkloadStatus>
-  files: { ok: boolean, drifted: string[] }
+  files: { ok: boolean; drifted: string[] }
   peers: string[]
   startedAt: number
   at: number
@@ -32,7 +32,7 @@ export interface NodeStatusBody {
 const size = (v: unknown): number => new TextEncoder().encode(JSON.stringify(v)).length
 
 /** Trim logs (then peers and errors) until the body fits in a status record. */
-export function fitStatus (body: NodeStatusBody): NodeStatusBody {
+export function fitStatus(body: NodeStatusBody): NodeStatusBody {
   if (size(body) <= MAX_STATUS_BYTES - 1024) return body
   const b: NodeStatusBody = structuredClone(body)
   for (const keep of [10, 3, 0]) {

@@ -22,11 +22,15 @@ import { testKey } from './helpers/fleet.ts'
 
 const FIXTURE = new URL('./fixtures/crdt-accept-stream.ts', import.meta.url).pathname
 const dirs: string[] = []
-after(async () => { for (const d of dirs) await rm(d, { recursive: true, force: true }) })
+after(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true })
+})
 
 /** Run the child until it has printed at least `killAfter` hashes, SIGKILL it, return what it printed. */
-async function acceptThenKill (dir: string, seed: string, killAfter: number): Promise<string[]> {
-  const child = spawn(process.execPath, [FIXTURE, dir, seed, '100000'], { stdio: ['ignore', 'pipe', 'inherit'] })
+async function acceptThenKill(dir: string, seed: string, killAfter: number): Promise<string[]> {
+  const child = spawn(process.execPath, [FIXTURE, dir, seed, '100000'], {
+    stdio: ['ignore', 'pipe', 'inherit']
+  })
   const exited = once(child, 'exit', { signal: AbortSignal.timeout(60_000) })
   const printed: string[] = []
   try {
@@ -37,7 +41,11 @@ async function acceptThenKill (dir: string, seed: string, killAfter: number): Pr
       if (printed.length === killAfter) child.kill('SIGKILL')
     }
     const [code, signal] = await exited
-    assert.equal(signal, 'SIGKILL', `the child should be killed mid-stream, but it exited with code ${code}`)
+    assert.equal(
+      signal,
+      'SIGKILL',
+      `the child should be killed mid-stream, but it exited with code ${code}`
+    )
   } finally {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
   }
@@ -45,30 +53,48 @@ async function acceptThenKill (dir: string, seed: string, killAfter: number): Pr
 }
 
 for (const killAfter of [40, SNAPSHOT_EVERY_BATCHES + 37]) {
-  test(`every change accepted before a SIGKILL is in the store (killed after ${killAfter})`, { timeout: 90_000 }, async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'rhizome-durability-'))
-    dirs.push(dir)
-    const printed = await acceptThenKill(dir, toHex(testKey(`durability-${killAfter}`).seed), killAfter)
-    assert.ok(printed.length >= killAfter)
+  test(
+    `every change accepted before a SIGKILL is in the store (killed after ${killAfter})`,
+    { timeout: 90_000 },
+    async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'rhizome-durability-'))
+      dirs.push(dir)
+      const printed = await acceptThenKill(
+        dir,
+        toHex(testKey(`durability-${killAfter}`).seed),
+        killAfter
+      )
+      assert.ok(printed.length >= killAfter)
 
-    const store = await LevelStore.open(dir)
-    try {
-      const replica = await Replica.open({ store, ed: nodeCryptoEd25519 })
-      assert.deepEqual(replica.documentIds(), ['fleet'])
-      const doc = await replica.open<{ count?: number }>('fleet')
-      const missing = printed.filter(h => !doc.has([h]))
-      assert.deepEqual(missing, [], `${missing.length} of ${printed.length} acknowledged changes were lost`)
-      assert.ok((doc.value.count ?? 0) >= printed.length)
-      // Loads cleanly: every stored batch after the snapshot decodes (none was skipped as torn).
-      const snapshot = await store.getSnapshot('fleet')
-      for (const { bytes } of await store.batchesAfter('fleet', snapshot?.upTo ?? 0)) decodeBatch(bytes)
-      if (killAfter > SNAPSHOT_EVERY_BATCHES) assert.ok(snapshot !== undefined, 'a snapshot was written on the way')
-      // The history it holds is complete and self-covering: a fresh peer accepts all of it.
-      const peer = await Replica.open({ store: new MemoryStore(), ed: nodeCryptoEd25519, genesis: replica.trust.all[0]! })
-      await peer.accept(doc.batchFor(doc.history().map(h => h.hash)))
-      assert.deepEqual((await peer.open('fleet')).heads, doc.heads)
-    } finally {
-      await store.close()
+      const store = await LevelStore.open(dir)
+      try {
+        const replica = await Replica.open({ store, ed: nodeCryptoEd25519 })
+        assert.deepEqual(replica.documentIds(), ['fleet'])
+        const doc = await replica.open<{ count?: number }>('fleet')
+        const missing = printed.filter(h => !doc.has([h]))
+        assert.deepEqual(
+          missing,
+          [],
+          `${missing.length} of ${printed.length} acknowledged changes were lost`
+        )
+        assert.ok((doc.value.count ?? 0) >= printed.length)
+        // Loads cleanly: every stored batch after the snapshot decodes (none was skipped as torn).
+        const snapshot = await store.getSnapshot('fleet')
+        for (const { bytes } of await store.batchesAfter('fleet', snapshot?.upTo ?? 0))
+          decodeBatch(bytes)
+        if (killAfter > SNAPSHOT_EVERY_BATCHES)
+          assert.ok(snapshot !== undefined, 'a snapshot was written on the way')
+        // The history it holds is complete and self-covering: a fresh peer accepts all of it.
+        const peer = await Replica.open({
+          store: new MemoryStore(),
+          ed: nodeCryptoEd25519,
+          genesis: replica.trust.all[0]!
+        })
+        await peer.accept(doc.batchFor(doc.history().map(h => h.hash)))
+        assert.deepEqual((await peer.open('fleet')).heads, doc.heads)
+      } finally {
+        await store.close()
+      }
     }
-  })
+  )
 }

@@ -24,14 +24,31 @@ test('layers apply in order: defaults, groups by name, node overrides', () => {
       nodes: { 'till-7': { till: { port: 8080 }, motd: null } }
     }
   }
-  assert.deepEqual(effectiveConfig([fleet], till7), { ntp: 'pool.ntp.org', till: { version: '3', port: 8080, debug: true } })
-  assert.deepEqual(effectiveConfig([fleet], kiosk), { ntp: 'pool.ntp.org', till: { version: '1', port: 80 }, motd: 'hello', screen: 'on' })
+  assert.deepEqual(effectiveConfig([fleet], till7), {
+    ntp: 'pool.ntp.org',
+    till: { version: '3', port: 8080, debug: true }
+  })
+  assert.deepEqual(effectiveConfig([fleet], kiosk), {
+    ntp: 'pool.ntp.org',
+    till: { version: '1', port: 80 },
+    motd: 'hello',
+    screen: 'on'
+  })
 })
 
 test('null removes a key set by an earlier layer', () => {
-  const fleet = { id: 'fleet', value: { defaults: { a: 1, b: { c: 2, d: 3 } }, groups: { g: { config: { b: { c: null } } } } } }
+  const fleet = {
+    id: 'fleet',
+    value: { defaults: { a: 1, b: { c: 2, d: 3 } }, groups: { g: { config: { b: { c: null } } } } }
+  }
   assert.deepEqual(effectiveConfig([fleet], till7), { a: 1, b: { d: 3 } })
-  assert.deepEqual(effectiveConfig([{ id: 'fleet', value: { defaults: { a: 1 }, nodes: { 'till-7': { a: null } } } }], till7), {})
+  assert.deepEqual(
+    effectiveConfig(
+      [{ id: 'fleet', value: { defaults: { a: 1 }, nodes: { 'till-7': { a: null } } } }],
+      till7
+    ),
+    {}
+  )
 })
 
 test('a list in a selector means any of its values; every label must match', () => {
@@ -50,7 +67,10 @@ test('a list in a selector means any of its values; every label must match', () 
 })
 
 test('a scoped document applies only to the nodes it selects, after fleet', () => {
-  const fleet = { id: 'fleet', value: { defaults: { ntp: 'pool.ntp.org', tz: 'UTC' }, nodes: { 'till-7': { owner: 'fleet' } } } }
+  const fleet = {
+    id: 'fleet',
+    value: { defaults: { ntp: 'pool.ntp.org', tz: 'UTC' }, nodes: { 'till-7': { owner: 'fleet' } } }
+  }
   const berlin = {
     id: 'site/berlin-3',
     value: {
@@ -61,8 +81,16 @@ test('a scoped document applies only to the nodes it selects, after fleet', () =
     }
   }
   // Order of the input list does not matter: fleet first, then the rest by id.
-  for (const docs of [[fleet, berlin], [berlin, fleet]]) {
-    assert.deepEqual(effectiveConfig(docs, till7), { ntp: 'pool.ntp.org', tz: 'Europe/Berlin', printer: 'lp0', owner: 'berlin' })
+  for (const docs of [
+    [fleet, berlin],
+    [berlin, fleet]
+  ]) {
+    assert.deepEqual(effectiveConfig(docs, till7), {
+      ntp: 'pool.ntp.org',
+      tz: 'Europe/Berlin',
+      printer: 'lp0',
+      owner: 'berlin'
+    })
     assert.deepEqual(effectiveConfig(docs, kiosk), { ntp: 'pool.ntp.org', tz: 'UTC' })
   }
 })

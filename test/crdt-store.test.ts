@@ -15,7 +15,9 @@ runStoreTests('MemoryStore', async () => {
 })
 
 const dirs: string[] = []
-after(async () => { for (const d of dirs) await rm(d, { recursive: true, force: true }) })
+after(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true })
+})
 
 runStoreTests('LevelStore', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'rhizome-store-'))
@@ -28,6 +30,8 @@ runStoreTests('LevelStore', async () => {
       current = await LevelStore.open(dir)
       return current
     },
-    teardown: async () => { await current.close() }
+    teardown: async () => {
+      await current.close()
+    }
   }
 })

@@ -12,20 +12,37 @@ import { SYNC_PROTOCOL } from '../mesh/sync-messages.ts'
 import { makeFleet, startNode, waitFor, headsOf, ed, TEST_LIMITS } from './fixtures/mesh-fleet.ts'
 import { rawPeer, openStream, collect } from './fixtures/mesh-raw-peer.ts'
 
-function nextEvent (target: EventTarget, type: string, ms = 10_000): Promise<Record<string, unknown>> {
+function nextEvent(
+  target: EventTarget,
+  type: string,
+  ms = 10_000
+): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no ${type} event within ${ms} ms`)), ms)
-    target.addEventListener(type, (e) => { clearTimeout(timer); resolve((e as CustomEvent).detail) }, { once: true })
+    target.addEventListener(
+      type,
+      e => {
+        clearTimeout(timer)
+        resolve((e as CustomEvent).detail)
+      },
+      { once: true }
+    )
   })
 }
 
-test('admission: strangers get nothing, enrolled nodes and vouched browsers get the fleet\'s data', async () => {
+test("admission: strangers get nothing, enrolled nodes and vouched browsers get the fleet's data", async () => {
   const fleet = await makeFleet(2, 80)
-  const d = await startNode(fleet, fleet.nodes[0]!, { listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws'] })
+  const d = await startNode(fleet, fleet.nodes[0]!, {
+    listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws']
+  })
   const tcpAddr = d.mesh.addresses().find(a => !a.includes('/ws'))!
   const wsAddr = d.mesh.addresses().find(a => a.includes('/ws'))!
   const admin = Replica.signer(fleet.admin)
-  await (await d.replica.open('fleet')).change(admin, x => { x.secret = 'config' })
+  await (
+    await d.replica.open('fleet')
+  ).change(admin, x => {
+    x.secret = 'config'
+  })
   await d.mesh.publishStatus({ revision: 'r1' })
   try {
     // A stranger's sync stream is refused before anything is sent.
@@ -35,19 +52,38 @@ test('admission: strangers get nothing, enrolled nodes and vouched browsers get 
       const got = await collect(s, 2000)
       assert.equal(got.bytes, 0, 'a stranger received no bytes of sync data')
     }
-    assert.equal(d.mesh.peers().find(p => p.peerId === stranger.peerId.toString())?.admission ?? 'none', 'none')
+    assert.equal(
+      d.mesh.peers().find(p => p.peerId === stranger.peerId.toString())?.admission ?? 'none',
+      'none'
+    )
     await stranger.stop()
 
     // An enrolled node receives documents and status.
     const e = await startNode(fleet, fleet.nodes[1]!, { bootstrap: [tcpAddr] })
-    await waitFor('enrolled node to receive fleet', async () => e.replica.documentIds().includes('fleet') && await headsOf(e.replica, 'fleet') === await headsOf(d.replica, 'fleet'))
-    await waitFor('enrolled node to receive status', () => e.mesh.statuses().some(x => x.body.revision === 'r1'))
+    await waitFor(
+      'enrolled node to receive fleet',
+      async () =>
+        e.replica.documentIds().includes('fleet') &&
+        (await headsOf(e.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
+    )
+    await waitFor('enrolled node to receive status', () =>
+      e.mesh.statuses().some(x => x.body.revision === 'r1')
+    )
     assert.equal(d.mesh.peers().find(p => p.peerId === e.mesh.peerId)?.admission, 'node')
     await e.mesh.stop()
 
-    const browser = async (session: { viewerToken: string } | { voucher: Uint8Array }, identity = generateKeyPair()) => {
+    const browser = async (
+      session: { viewerToken: string } | { voucher: Uint8Array },
+      identity = generateKeyPair()
+    ) => {
       const replica = await Replica.open({ store: new MemoryStore(), ed, genesis: fleet.genesis })
-      const mesh = await createBrowserMesh({ replica, identity, bootstrap: [wsAddr], session, limits: TEST_LIMITS })
+      const mesh = await createBrowserMesh({
+        replica,
+        identity,
+        bootstrap: [wsAddr],
+        session,
+        limits: TEST_LIMITS
+      })
       const answer = nextEvent(mesh, 'session')
       await mesh.start()
       return { replica, mesh, answer: await answer }
@@ -64,7 +100,12 @@ test('admission: strangers get nothing, enrolled nodes and vouched browsers get 
     const token = d.mesh.issueViewerToken()
     const viewer = await browser({ viewerToken: token })
     assert.equal(viewer.answer.admission, 'viewer')
-    await waitFor('viewer to receive fleet', async () => viewer.replica.documentIds().includes('fleet') && await headsOf(viewer.replica, 'fleet') === await headsOf(d.replica, 'fleet'))
+    await waitFor(
+      'viewer to receive fleet',
+      async () =>
+        viewer.replica.documentIds().includes('fleet') &&
+        (await headsOf(viewer.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
+    )
     assert.equal((await viewer.replica.open('fleet')).value.secret, 'config')
     await waitFor('viewer to receive status', () => viewer.mesh.statuses().length === 1)
     await viewer.mesh.stop()
@@ -75,18 +116,46 @@ test('admission: strangers get nothing, enrolled nodes and vouched browsers get 
 
     // An admin-signed voucher: admitted as admin session; its signed change reaches the daemon.
     const tab = generateKeyPair()
-    const voucher = await signSessionVoucher({ peerPublicKey: tab.publicKey, expires: Date.now() + 60_000, signer: fleet.admin, fleetId: d.replica.fleetId }, ed)
+    const voucher = await signSessionVoucher(
+      {
+        peerPublicKey: tab.publicKey,
+        expires: Date.now() + 60_000,
+        signer: fleet.admin,
+        fleetId: d.replica.fleetId
+      },
+      ed
+    )
     const adminTab = await browser({ voucher }, tab)
     assert.equal(adminTab.answer.admission, 'admin-session')
-    await waitFor('admin tab to receive fleet', async () => adminTab.replica.documentIds().includes('fleet') && await headsOf(adminTab.replica, 'fleet') === await headsOf(d.replica, 'fleet'))
-    await (await adminTab.replica.open('fleet')).change(Replica.signer(fleet.admin), x => { x.fromBrowser = true })
-    await waitFor('daemon to apply the browser\'s change', async () => (await d.replica.open('fleet')).value.fromBrowser === true)
+    await waitFor(
+      'admin tab to receive fleet',
+      async () =>
+        adminTab.replica.documentIds().includes('fleet') &&
+        (await headsOf(adminTab.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
+    )
+    await (
+      await adminTab.replica.open('fleet')
+    ).change(Replica.signer(fleet.admin), x => {
+      x.fromBrowser = true
+    })
+    await waitFor(
+      "daemon to apply the browser's change",
+      async () => (await d.replica.open('fleet')).value.fromBrowser === true
+    )
     await adminTab.mesh.stop()
 
     // A voucher signed by a key that is not admin/operator is refused.
     const nobody = generateKeyPair()
     const tab2 = generateKeyPair()
-    const forged = await signSessionVoucher({ peerPublicKey: tab2.publicKey, expires: Date.now() + 60_000, signer: nobody, fleetId: d.replica.fleetId }, ed)
+    const forged = await signSessionVoucher(
+      {
+        peerPublicKey: tab2.publicKey,
+        expires: Date.now() + 60_000,
+        signer: nobody,
+        fleetId: d.replica.fleetId
+      },
+      ed
+    )
     const refused = await browser({ voucher: forged }, tab2)
     assert.equal(refused.answer.ok, false)
     assert.equal(refused.replica.documentIds().length, 0)

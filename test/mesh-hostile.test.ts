@@ -20,40 +20,77 @@ import { rawPeer, openStream } from './fixtures/mesh-raw-peer.ts'
 
 const MAX_FRAME = 1024 * 1024
 
-function nextRejection (target: EventTarget, ms = 10_000): Promise<{ peerId: string, error: string }> {
+function nextRejection(
+  target: EventTarget,
+  ms = 10_000
+): Promise<{ peerId: string; error: string }> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('no rejection within ' + ms + ' ms')), ms)
-    target.addEventListener('rejected', (e) => { clearTimeout(timer); resolve((e as CustomEvent).detail) }, { once: true })
+    target.addEventListener(
+      'rejected',
+      e => {
+        clearTimeout(timer)
+        resolve((e as CustomEvent).detail)
+      },
+      { once: true }
+    )
   })
 }
 
 test('hostile peers are disconnected and banned; honest sync continues; memory stays bounded', async () => {
   const fleet = await makeFleet(32, 40)
-  const d = await startNode(fleet, fleet.nodes[0]!, { limits: { ...TEST_LIMITS, maxFrameBytes: MAX_FRAME } })
+  const d = await startNode(fleet, fleet.nodes[0]!, {
+    limits: { ...TEST_LIMITS, maxFrameBytes: MAX_FRAME }
+  })
   const h = await startNode(fleet, fleet.nodes[1]!, { bootstrap: d.mesh.addresses() })
   const addr = d.mesh.addresses()[0]!
   const admin = Replica.signer(fleet.admin)
   try {
-    await (await d.replica.open('fleet')).change(admin, x => { x.a = 1 })
-    await waitFor('honest peer in sync', async () => h.replica.documentIds().includes('fleet') && await headsOf(h.replica, 'fleet') === await headsOf(d.replica, 'fleet'))
+    await (
+      await d.replica.open('fleet')
+    ).change(admin, x => {
+      x.a = 1
+    })
+    await waitFor(
+      'honest peer in sync',
+      async () =>
+        h.replica.documentIds().includes('fleet') &&
+        (await headsOf(h.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
+    )
 
     // 1. Forged change: a real admin change whose signature is tampered with.
     const scratch = await Replica.open({ store: new MemoryStore(), ed, genesis: fleet.genesis })
     const sdoc = await scratch.open('fleet')
-    const batch = (await sdoc.change(admin, x => { x.forged = true }))!
+    const batch = (await sdoc.change(admin, x => {
+      x.forged = true
+    }))!
     const sig = batch.signatures[0]!
-    sig.signature = sig.signature.slice(); sig.signature[0] = sig.signature[0]! ^ 0xff
+    sig.signature = sig.signature.slice()
+    sig.signature[0] = sig.signature[0]! ^ 0xff
     const [, syncMsg] = Automerge.generateSyncMessage(sdoc.automerge, Automerge.initSyncState())
     const decoded = Automerge.decodeSyncMessage(syncMsg!)
     const stripped = Automerge.encodeSyncMessage({ ...decoded, changes: [] })
     const forger = await rawPeer(fleet.nodes[2]!)
     const rejected = nextRejection(d.mesh)
     const s1 = await openStream(forger, addr, SYNC_PROTOCOL)
-    s1.send(encodeFrame(encodeSyncWire({ type: 'sync', docId: 'fleet', message: stripped, batch: encodeBatch(batch) })))
+    s1.send(
+      encodeFrame(
+        encodeSyncWire({
+          type: 'sync',
+          docId: 'fleet',
+          message: stripped,
+          batch: encodeBatch(batch)
+        })
+      )
+    )
     let r = await rejected
     assert.equal(r.peerId, forger.peerId.toString())
     assert.equal(r.error, 'InvalidSignatureError')
-    assert.equal((await d.replica.open('fleet')).value.forged, undefined, 'the forged change was not applied')
+    assert.equal(
+      (await d.replica.open('fleet')).value.forged,
+      undefined,
+      'the forged change was not applied'
+    )
     await waitFor('forger disconnected', () => forger.getConnections().length === 0)
     // Banned: a new connection is refused.
     await assert.rejects(async () => {
@@ -64,20 +101,39 @@ test('hostile peers are disconnected and banned; honest sync continues; memory s
     await forger.stop()
 
     /** A new enrolled raw peer sends `bytes` on a sync stream; resolves with the rejection it earns. */
-    const attack = async (key: KeyPair, bytes: Uint8Array): Promise<{ peerId: string, error: string }> => {
+    const attack = async (
+      key: KeyPair,
+      bytes: Uint8Array
+    ): Promise<{ peerId: string; error: string }> => {
       const peer = await rawPeer(key)
       const rejection = nextRejection(d.mesh)
       ;(await openStream(peer, addr, SYNC_PROTOCOL)).send(bytes)
-      try { return await rejection } finally { await peer.stop() }
+      try {
+        return await rejection
+      } finally {
+        await peer.stop()
+      }
     }
 
     // 1b. The same forged change pushed (no sync round) is refused the same way.
-    r = await attack(fleet.nodes[29]!, encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(batch) })))
+    r = await attack(
+      fleet.nodes[29]!,
+      encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(batch) }))
+    )
     assert.equal(r.error, 'InvalidSignatureError')
-    assert.equal((await d.replica.open('fleet')).value.forged, undefined, 'the pushed forgery was not applied')
+    assert.equal(
+      (await d.replica.open('fleet')).value.forged,
+      undefined,
+      'the pushed forgery was not applied'
+    )
 
     // 1c. A push over its size cap (within the frame limit) is malformed.
-    r = await attack(fleet.nodes[30]!, encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: new Uint8Array(MAX_PUSH_BYTES + 1) })))
+    r = await attack(
+      fleet.nodes[30]!,
+      encodeFrame(
+        encodeSyncWire({ type: 'push', docId: 'fleet', batch: new Uint8Array(MAX_PUSH_BYTES + 1) })
+      )
+    )
     assert.equal(r.error, 'MalformedMessageError')
 
     // 2. Garbage frame.
@@ -85,24 +141,45 @@ test('hostile peers are disconnected and banned; honest sync continues; memory s
     assert.equal(r.error, 'MalformedMessageError')
 
     // 3. Oversized frame: a length prefix over the limit, then bytes.
-    r = await attack(fleet.nodes[4]!, new ByteWriter().varint(MAX_FRAME + 1).raw(new Uint8Array(64 * 1024)).finish())
+    r = await attack(
+      fleet.nodes[4]!,
+      new ByteWriter()
+        .varint(MAX_FRAME + 1)
+        .raw(new Uint8Array(64 * 1024))
+        .finish()
+    )
     assert.equal(r.error, 'FrameTooLargeError')
 
     // Honest sync continues.
-    await (await d.replica.open('fleet')).change(admin, x => { x.b = 2 })
-    await waitFor('honest peer receives the next change', async () => await headsOf(h.replica, 'fleet') === await headsOf(d.replica, 'fleet'))
+    await (
+      await d.replica.open('fleet')
+    ).change(admin, x => {
+      x.b = 2
+    })
+    await waitFor(
+      'honest peer receives the next change',
+      async () => (await headsOf(h.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
+    )
     assert.equal((await h.replica.open('fleet')).value.b, 2)
 
     // Memory: 24 more attackers each send a near-limit garbage frame.
     const before = process.memoryUsage().heapUsed
-    for (let i = 5; i < 29; i++) await attack(fleet.nodes[i]!, encodeFrame(new Uint8Array(MAX_FRAME - 16).fill(7)))
+    for (let i = 5; i < 29; i++)
+      await attack(fleet.nodes[i]!, encodeFrame(new Uint8Array(MAX_FRAME - 16).fill(7)))
     const grown = process.memoryUsage().heapUsed - before
-    assert.ok(grown < 96 * 1024 * 1024, `heap grew by ${(grown / 1048576).toFixed(1)} MiB over 24 attacks`)
+    assert.ok(
+      grown < 96 * 1024 * 1024,
+      `heap grew by ${(grown / 1048576).toFixed(1)} MiB over 24 attacks`
+    )
     const m = d.mesh.metrics()
     assert.equal(m.peersBanned, 29)
     assert.ok(m.batchesRejected >= 29)
-    assert.ok(d.mesh.peers().some(p => p.peerId === h.mesh.peerId), 'the honest peer is still connected')
+    assert.ok(
+      d.mesh.peers().some(p => p.peerId === h.mesh.peerId),
+      'the honest peer is still connected'
+    )
   } finally {
-    await h.mesh.stop(); await d.mesh.stop()
+    await h.mesh.stop()
+    await d.mesh.stop()
   }
 })

@@ -13,19 +13,26 @@ import { makeFleet } from './fixtures/mesh-fleet.ts'
 import { spawnDaemon, type DaemonProcess } from './fixtures/mesh-process.ts'
 import { startProxy, tcpPort, peerIdOf } from './fixtures/mesh-proxy.ts'
 
-interface DocState { heads: string[], value: Record<string, unknown> }
+interface DocState {
+  heads: string[]
+  value: Record<string, unknown>
+}
 
-async function fleetDoc (d: DaemonProcess): Promise<DocState | undefined> {
+async function fleetDoc(d: DaemonProcess): Promise<DocState | undefined> {
   const s = await d.request({ cmd: 'state' })
   return (s.docs as Record<string, DocState>).fleet
 }
 
-async function converged (ds: DaemonProcess[], ms = 40_000): Promise<DocState> {
+async function converged(ds: DaemonProcess[], ms = 40_000): Promise<DocState> {
   const deadline = Date.now() + ms
   while (Date.now() < deadline) {
     const states = await Promise.all(ds.map(fleetDoc))
     const first = states[0]
-    if (first !== undefined && states.every(s => s !== undefined && s.heads.join() === first.heads.join())) return first
+    if (
+      first !== undefined &&
+      states.every(s => s !== undefined && s.heads.join() === first.heads.join())
+    )
+      return first
     await new Promise(resolve => setTimeout(resolve, 200))
   }
   throw new Error(`daemons did not converge within ${ms} ms`)
@@ -37,13 +44,28 @@ test('SIGKILL and restart, a cut link, changes meanwhile: all converge and nothi
   const procs: DaemonProcess[] = []
   const proxy = { p: undefined as Awaited<ReturnType<typeof startProxy>> | undefined }
   try {
-    let a = await spawnDaemon(fleet, { dir: path.join(root, 'a'), identity: fleet.nodes[0]!, listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [] })
+    let a = await spawnDaemon(fleet, {
+      dir: path.join(root, 'a'),
+      identity: fleet.nodes[0]!,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: []
+    })
     procs.push(a)
     const aAddr = a.addresses[0]!
-    const b = await spawnDaemon(fleet, { dir: path.join(root, 'b'), identity: fleet.nodes[1]!, listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [aAddr] })
+    const b = await spawnDaemon(fleet, {
+      dir: path.join(root, 'b'),
+      identity: fleet.nodes[1]!,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: [aAddr]
+    })
     procs.push(b)
     proxy.p = await startProxy(tcpPort(aAddr))
-    const c = await spawnDaemon(fleet, { dir: path.join(root, 'c'), identity: fleet.nodes[2]!, listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [`/ip4/127.0.0.1/tcp/${proxy.p.port}/p2p/${peerIdOf(aAddr)}`] })
+    const c = await spawnDaemon(fleet, {
+      dir: path.join(root, 'c'),
+      identity: fleet.nodes[2]!,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: [`/ip4/127.0.0.1/tcp/${proxy.p.port}/p2p/${peerIdOf(aAddr)}`]
+    })
     procs.push(c)
 
     await a.request({ cmd: 'change', docId: 'fleet', key: 'a1', value: 1 })
@@ -54,7 +76,12 @@ test('SIGKILL and restart, a cut link, changes meanwhile: all converge and nothi
     await a.kill()
     await b.request({ cmd: 'change', docId: 'fleet', key: 'b1', value: 1 })
     // A restarts on the same port and data directory.
-    a = await spawnDaemon(fleet, { dir: path.join(root, 'a'), identity: fleet.nodes[0]!, listen: [aAddr.slice(0, aAddr.indexOf('/p2p/'))], bootstrap: [] })
+    a = await spawnDaemon(fleet, {
+      dir: path.join(root, 'a'),
+      identity: fleet.nodes[0]!,
+      listen: [aAddr.slice(0, aAddr.indexOf('/p2p/'))],
+      bootstrap: []
+    })
     procs[0] = a
     assert.equal((await fleetDoc(a))?.value.a2, 2, 'A kept its acknowledged change across SIGKILL')
 

@@ -29,61 +29,95 @@ class Pipe implements AsyncIterable<Uint8Array> {
 
   // Delivered on a later turn of the event loop, as a socket would: a session pair that talked
   // for ever would otherwise starve the timers that bound the test.
-  write (chunk: Uint8Array): void { this.chunks.push(chunk); this.written.push(chunk); setImmediate(() => this.wake?.()) }
-  end (): void { this.ended = true; setImmediate(() => this.wake?.()) }
+  write(chunk: Uint8Array): void {
+    this.chunks.push(chunk)
+    this.written.push(chunk)
+    setImmediate(() => this.wake?.())
+  }
+  end(): void {
+    this.ended = true
+    setImmediate(() => this.wake?.())
+  }
 
-  async * [Symbol.asyncIterator] (): AsyncGenerator<Uint8Array> {
+  async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
     while (true) {
       const next = this.chunks.shift()
-      if (next !== undefined) { yield next; continue }
+      if (next !== undefined) {
+        yield next
+        continue
+      }
       if (this.ended) return
-      await new Promise<void>(resolve => { this.wake = resolve })
+      await new Promise<void>(resolve => {
+        this.wake = resolve
+      })
       this.wake = undefined
     }
   }
 }
 
 /** A stream reading `inbound` and writing `outbound`: just what PeerSession uses of a libp2p Stream. */
-function streamOf (inbound: Pipe, outbound: Pipe): Stream {
+function streamOf(inbound: Pipe, outbound: Pipe): Stream {
   return {
     [Symbol.asyncIterator]: () => inbound[Symbol.asyncIterator](),
-    send: (chunk: Uint8Array) => { outbound.write(chunk); return true },
-    close: async () => { outbound.end() },
-    abort: () => { outbound.end(); inbound.end() }
+    send: (chunk: Uint8Array) => {
+      outbound.write(chunk)
+      return true
+    },
+    close: async () => {
+      outbound.end()
+    },
+    abort: () => {
+      outbound.end()
+      inbound.end()
+    }
   } as unknown as Stream
 }
 
-function hostFor (replica: Replica, faults: Error[]): SessionHost {
+function hostFor(replica: Replica, faults: Error[]): SessionHost {
   const states = new Map<string, Uint8Array>()
   return {
     replica,
     limits: DEFAULT_LIMITS,
     mayServe: () => true,
     mayAccept: () => true,
-    loadSyncState: (peer, doc) => { const b = states.get(`${peer}/${doc}`); return b === undefined ? undefined : Automerge.decodeSyncState(b) },
-    saveSyncState: (peer, doc, s) => { states.set(`${peer}/${doc}`, Automerge.encodeSyncState(s)) },
+    loadSyncState: (peer, doc) => {
+      const b = states.get(`${peer}/${doc}`)
+      return b === undefined ? undefined : Automerge.decodeSyncState(b)
+    },
+    saveSyncState: (peer, doc, s) => {
+      states.set(`${peer}/${doc}`, Automerge.encodeSyncState(s))
+    },
     statusRecords: () => [],
     receiveStatus: async () => {},
-    invalid: (_session, err) => { faults.push(err) },
+    invalid: (_session, err) => {
+      faults.push(err)
+    },
     closed: () => {},
     count: () => {}
   }
 }
 
 /** The messages a side wrote, in order. */
-async function messagesWritten (pipe: Pick<Pipe, 'written'>): Promise<SyncWireMessage[]> {
+async function messagesWritten(pipe: Pick<Pipe, 'written'>): Promise<SyncWireMessage[]> {
   const out: SyncWireMessage[] = []
-  async function * all (): AsyncGenerator<Uint8Array> { yield * pipe.written }
-  for await (const frame of decodeFrames(all(), DEFAULT_LIMITS.maxFrameBytes)) out.push(decodeSyncWire(frame))
+  async function* all(): AsyncGenerator<Uint8Array> {
+    yield* pipe.written
+  }
+  for await (const frame of decodeFrames(all(), DEFAULT_LIMITS.maxFrameBytes))
+    out.push(decodeSyncWire(frame))
   return out
 }
 
-const typesWritten = async (pipe: Pipe): Promise<string[]> => (await messagesWritten(pipe)).map(m => m.type)
+const typesWritten = async (pipe: Pipe): Promise<string[]> =>
+  (await messagesWritten(pipe)).map(m => m.type)
 
-const push = (b: SignedBatch): { bytes: Uint8Array, hashes: string[] } => ({ bytes: encodeBatch(b), hashes: b.signatures.map(s => s.hash) })
+const push = (b: SignedBatch): { bytes: Uint8Array; hashes: string[] } => ({
+  bytes: encodeBatch(b),
+  hashes: b.signatures.map(s => s.hash)
+})
 
 /** Two replicas of one fleet, P and D, with a running session each way and hellos exchanged. */
-async function sessionPair (label: string) {
+async function sessionPair(label: string) {
   const fleet = await makeFleet({ replicas: 2, label })
   const [p, d] = fleet.replicas as [Replica, Replica]
   const faults: Error[] = []
@@ -92,10 +126,17 @@ async function sessionPair (label: string) {
   const sp = new PeerSession(hostFor(p, faults), 'D', streamOf(dToP, pToD), 'P')
   const sd = new PeerSession(hostFor(d, faults), 'P', streamOf(pToD, dToP), 'P')
   const running = [sp.run(), sd.run()]
-  const stop = async (): Promise<void> => { sp.close(); sd.close(); await Promise.all(running) }
+  const stop = async (): Promise<void> => {
+    sp.close()
+    sd.close()
+    await Promise.all(running)
+  }
   try {
     await waitFor('hellos exchanged', () => sp.helloReceived && sd.helloReceived, 5000)
-  } catch (err) { await stop(); throw err }
+  } catch (err) {
+    await stop()
+    throw err
+  }
   return { fleet, p, d, faults, pToD, dToP, sp, sd, stop }
 }
 
@@ -104,46 +145,80 @@ test('a pushed change whose dependency is missing starts a sync round with the p
   try {
     const admin = fleet.signer(0, fleet.admins[0]!)
     const doc = await p.open('fleet')
-    const first = (await doc.change(admin, x => { x.first = 1 }))!
-    const second = (await doc.change(admin, x => { x.second = 2 }))!
+    const first = (await doc.change(admin, x => {
+      x.first = 1
+    }))!
+    const second = (await doc.change(admin, x => {
+      x.second = 2
+    }))!
     const pSent = pToD.written.length
     const dSent = dToP.written.length
     // Only the second is pushed; the first never is.
     sp.push('fleet', [push(second)])
-    await waitFor('d to hold both changes', async () => {
-      const v = (await d.open('fleet')).value
-      return v.first === 1 && v.second === 2
-    }, 5000)
+    await waitFor(
+      'd to hold both changes',
+      async () => {
+        const v = (await d.open('fleet')).value
+        return v.first === 1 && v.second === 2
+      },
+      5000
+    )
     assert.deepEqual((await d.open('fleet')).heads, doc.heads)
     assert.deepEqual(faults, [], 'nobody was taken for a forger')
     const fromP = (await typesWritten(pToD)).slice(pSent)
     assert.equal(fromP[0], 'push')
-    assert.ok(fromP.slice(1).includes('sync'), `p answered with a sync message: ${fromP.join(', ')}`)
+    assert.ok(
+      fromP.slice(1).includes('sync'),
+      `p answered with a sync message: ${fromP.join(', ')}`
+    )
     // d asked for what the pending change waits on, by hash: Automerge alone would name the
     // pending change itself, which p has marked sent (the two then looped for ever, 1 run in 10).
-    const dSyncs = (await messagesWritten({ written: dToP.written.slice(dSent) })).filter(m => m.type === 'sync')
+    const dSyncs = (await messagesWritten({ written: dToP.written.slice(dSent) })).filter(
+      m => m.type === 'sync'
+    )
     assert.ok(dSyncs.length > 0, 'd started a sync round after the push')
-    const needs = dSyncs.flatMap(m => m.type === 'sync' ? Automerge.decodeSyncMessage(m.message).need : [])
-    assert.ok(needs.includes(first.signatures[0]!.hash), `d needs the first change: ${needs.join(', ')}`)
-  } finally { await stop() }
+    const needs = dSyncs.flatMap(m =>
+      m.type === 'sync' ? Automerge.decodeSyncMessage(m.message).need : []
+    )
+    assert.ok(
+      needs.includes(first.signatures[0]!.hash),
+      `d needs the first change: ${needs.join(', ')}`
+    )
+  } finally {
+    await stop()
+  }
 })
 
 test('a change is not pushed back to the peer it came from', async () => {
   const { fleet, p, d, faults, dToP, sp, sd, stop } = await sessionPair('mesh-push-back')
   try {
-    const change = (await (await p.open('fleet')).change(fleet.signer(0, fleet.admins[0]!), x => { x.a = 1 }))!
+    const change = (await (
+      await p.open('fleet')
+    ).change(fleet.signer(0, fleet.admins[0]!), x => {
+      x.a = 1
+    }))!
     sp.push('fleet', [push(change)])
     await waitFor('d to apply it', async () => (await d.open('fleet')).value.a === 1, 5000)
     // d relays what it accepted to every session; the one to p must stay quiet about it.
     const sentBefore = (await typesWritten(dToP)).filter(t => t === 'push').length
     sd.push('fleet', [push(change)])
     // A marker through the same ordered queue: once p has it, any push before it has arrived too.
-    const marker = (await (await d.open('fleet')).change(fleet.signer(1, fleet.admins[0]!), x => { x.b = 2 }))!
+    const marker = (await (
+      await d.open('fleet')
+    ).change(fleet.signer(1, fleet.admins[0]!), x => {
+      x.b = 2
+    }))!
     sd.push('fleet', [push(marker)])
     await waitFor('p to apply the marker', async () => (await p.open('fleet')).value.b === 2, 5000)
-    assert.equal((await typesWritten(dToP)).filter(t => t === 'push').length, sentBefore + 1, 'only the marker was pushed to p')
+    assert.equal(
+      (await typesWritten(dToP)).filter(t => t === 'push').length,
+      sentBefore + 1,
+      'only the marker was pushed to p'
+    )
     assert.deepEqual(faults, [])
-  } finally { await stop() }
+  } finally {
+    await stop()
+  }
 })
 
 test('a peer that sends the same sync message again and again is answered a few times, then not until anti-entropy', async () => {
@@ -151,28 +226,59 @@ test('a peer that sends the same sync message again and again is answered a few 
   try {
     // A message naming heads d does not have and never will get: d answers with a need each time.
     let elsewhere = Automerge.init<Record<string, number>>()
-    elsewhere = Automerge.change(elsewhere, x => { x.n = 1 })
+    elsewhere = Automerge.change(elsewhere, x => {
+      x.n = 1
+    })
     const [, message] = Automerge.generateSyncMessage(elsewhere, Automerge.initSyncState())
-    const frame = encodeFrame(encodeSyncWire({ type: 'sync', docId: 'fleet', message: message!, batch: new Uint8Array(0) }))
-    const fleetSyncs = async (): Promise<number> => (await messagesWritten(dToP)).filter(m => m.type === 'sync' && m.docId === 'fleet').length
+    const frame = encodeFrame(
+      encodeSyncWire({ type: 'sync', docId: 'fleet', message: message!, batch: new Uint8Array(0) })
+    )
+    const fleetSyncs = async (): Promise<number> =>
+      (await messagesWritten(dToP)).filter(m => m.type === 'sync' && m.docId === 'fleet').length
     const before = await fleetSyncs()
     // Written straight into d's side of the stream, as p's session would, ten times running;
     // then a pushed change, which d handles after all ten.
     for (let i = 0; i < 10; i++) pToD.write(frame)
-    const marker = (await (await p.open('fleet')).change(fleet.signer(0, fleet.admins[0]!), x => { x.marker = 1 }))!
-    pToD.write(encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(marker) })))
-    await waitFor('d to apply the marker', async () => (await d.open('fleet')).value.marker === 1, 5000)
-    assert.equal(await fleetSyncs() - before, MAX_SYNC_REPEATS + 1, 'answered the first time and the repeats allowed, no more')
+    const marker = (await (
+      await p.open('fleet')
+    ).change(fleet.signer(0, fleet.admins[0]!), x => {
+      x.marker = 1
+    }))!
+    pToD.write(
+      encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(marker) }))
+    )
+    await waitFor(
+      'd to apply the marker',
+      async () => (await d.open('fleet')).value.marker === 1,
+      5000
+    )
+    assert.equal(
+      (await fleetSyncs()) - before,
+      MAX_SYNC_REPEATS + 1,
+      'answered the first time and the repeats allowed, no more'
+    )
     // Anti-entropy restarts the negotiation: the same message is answered again.
     sd.resync()
-    const marker2 = (await (await p.open('fleet')).change(fleet.signer(0, fleet.admins[0]!), x => { x.marker = 2 }))!
-    pToD.write(encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(marker2) })))
-    await waitFor('d to apply the second marker (after its resync)', async () => (await d.open('fleet')).value.marker === 2, 5000)
+    const marker2 = (await (
+      await p.open('fleet')
+    ).change(fleet.signer(0, fleet.admins[0]!), x => {
+      x.marker = 2
+    }))!
+    pToD.write(
+      encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(marker2) }))
+    )
+    await waitFor(
+      'd to apply the second marker (after its resync)',
+      async () => (await d.open('fleet')).value.marker === 2,
+      5000
+    )
     const afterResync = await fleetSyncs()
     pToD.write(frame)
-    await waitFor('d to answer again', async () => await fleetSyncs() > afterResync, 5000)
+    await waitFor('d to answer again', async () => (await fleetSyncs()) > afterResync, 5000)
     assert.deepEqual(faults, [])
-  } finally { await stop() }
+  } finally {
+    await stop()
+  }
 })
 
 test('a change the peer still needs after it was sent is sent again', async () => {
@@ -180,10 +286,13 @@ test('a change the peer still needs after it was sent is sent again', async () =
   const [a, b] = fleet.replicas as [Replica, Replica]
   const da = await a.open('fleet')
   const db = await b.open('fleet')
-  const change = (await da.change(fleet.signer(0, fleet.admins[0]!), x => { x.k = 1 }))!
+  const change = (await da.change(fleet.signer(0, fleet.admins[0]!), x => {
+    x.k = 1
+  }))!
   const hash = change.signatures[0]!.hash
   // Automerge may send changes as a whole-document chunk: count chunks, not parsed changes.
-  const carries = (m: Uint8Array | null): number => m === null ? 0 : Automerge.decodeSyncMessage(m).changes.length
+  const carries = (m: Uint8Array | null): number =>
+    m === null ? 0 : Automerge.decodeSyncMessage(m).changes.length
   // b opens; a answers with the change, and Automerge counts it as sent.
   let [sb, mb] = Automerge.generateSyncMessage(db.automerge, Automerge.initSyncState())
   let sa = da.receiveSyncMessage(Automerge.initSyncState(), mb!)
@@ -191,7 +300,10 @@ test('a change the peer still needs after it was sent is sent again', async () =
   ;[sa, ma] = Automerge.generateSyncMessage(da.automerge, sa)
   assert.ok(carries(ma) > 0, 'a sends the change')
   // b never applies it (as when its pending set is full) and, having seen a's heads, needs it.
-  sb = db.receiveSyncMessage(sb, Automerge.encodeSyncMessage({ ...Automerge.decodeSyncMessage(ma!), changes: [] }))
+  sb = db.receiveSyncMessage(
+    sb,
+    Automerge.encodeSyncMessage({ ...Automerge.decodeSyncMessage(ma!), changes: [] })
+  )
   ;[sb, mb] = Automerge.generateSyncMessage(db.automerge, sb)
   assert.deepEqual(Automerge.decodeSyncMessage(mb!).need, [hash])
   sa = da.receiveSyncMessage(sa, mb!)

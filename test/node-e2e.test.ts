@@ -10,7 +10,17 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
-import { freePort, getJson, rhizome, startDaemon, stopAll, tcpProxy, waitUntil, WEB_SERVER, type RunningDaemon } from './fixtures/node-harness.ts'
+import {
+  freePort,
+  getJson,
+  rhizome,
+  startDaemon,
+  stopAll,
+  tcpProxy,
+  waitUntil,
+  WEB_SERVER,
+  type RunningDaemon
+} from './fixtures/node-harness.ts'
 
 const PASS = 'correct horse battery'
 const NAMES = ['n1', 'n2', 'n3'] as const
@@ -18,7 +28,7 @@ const NAMES = ['n1', 'n2', 'n3'] as const
 describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   let dir: string
   let env: Record<string, string>
-  const ids: Record<string, { key: string, peerId: string }> = {}
+  const ids: Record<string, { key: string; peerId: string }> = {}
   const ports: Record<string, number> = {}
   const daemons: Record<string, RunningDaemon> = {}
   let proxy: Awaited<ReturnType<typeof tcpProxy>>
@@ -26,36 +36,62 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
 
   const cfgPath = (n: string): string => join(dir, `${n}.yaml`)
   const motd = (n: string): string => join(dir, `root-${n}`, 'etc/rhizome/motd')
-  const served = async (n: string): Promise<{ node: string, version: string } | undefined> => {
-    try { return await getJson(`http://127.0.0.1:${ports[n]}/`) } catch { return undefined }
+  const served = async (n: string): Promise<{ node: string; version: string } | undefined> => {
+    try {
+      return await getJson(`http://127.0.0.1:${ports[n]}/`)
+    } catch {
+      return undefined
+    }
   }
   const servesVersion = (n: string, v: string, ms = 20_000): Promise<true> =>
-    waitUntil(async () => ((await served(n))?.version === v ? true : undefined), ms, `${n} to serve version ${v}`)
+    waitUntil(
+      async () => ((await served(n))?.version === v ? true : undefined),
+      ms,
+      `${n} to serve version ${v}`
+    )
   const fileIs = (n: string, content: string, ms = 20_000): Promise<true> =>
-    waitUntil(async () => ((await readFile(motd(n), 'utf8').catch(() => '')) === content ? true : undefined), ms, `${motd(n)} to hold ${JSON.stringify(content)}`)
+    waitUntil(
+      async () =>
+        (await readFile(motd(n), 'utf8').catch(() => '')) === content ? true : undefined,
+      ms,
+      `${motd(n)} to hold ${JSON.stringify(content)}`
+    )
 
-  function fleet (version: string, text: string, message = 'hello'): string {
+  function fleet(version: string, text: string, message = 'hello'): string {
     const nodes: Record<string, unknown> = {}
-    for (const n of NAMES) nodes[n] = { workloads: { web: { env: { PORT: String(ports[n]) }, health: { http: `http://127.0.0.1:${ports[n]}/`, intervalMs: 500 } } } }
+    for (const n of NAMES)
+      nodes[n] = {
+        workloads: {
+          web: {
+            env: { PORT: String(ports[n]) },
+            health: { http: `http://127.0.0.1:${ports[n]}/`, intervalMs: 500 }
+          }
+        }
+      }
     return stringify({
       fleet: {
         defaults: {
           files: { '/etc/rhizome/motd': { content: text, mode: '0644' } },
-          workloads: { web: { command: [process.execPath, WEB_SERVER], version, env: { MESSAGE: message } } }
+          workloads: {
+            web: { command: [process.execPath, WEB_SERVER], version, env: { MESSAGE: message } }
+          }
         },
         nodes
       }
     })
   }
 
-  async function apply (yamlText: string, via = 'n1'): Promise<void> {
+  async function apply(yamlText: string, via = 'n1'): Promise<void> {
     const f = join(dir, 'fleet.yaml')
     await writeFile(f, yamlText)
-    const r = await rhizome(['apply', '-f', f, '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons[via]!.url], env)
+    const r = await rhizome(
+      ['apply', '-f', f, '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons[via]!.url],
+      env
+    )
     assert.equal(r.code, 0, `apply failed: ${r.stderr}`)
   }
 
-  async function start (n: string): Promise<RunningDaemon> {
+  async function start(n: string): Promise<RunningDaemon> {
     daemons[n] = await startDaemon(cfgPath(n), {}, 30_000)
     return daemons[n]
   }
@@ -68,7 +104,10 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
     for (const n of NAMES) {
       const r = await rhizome(['node', 'init', '--data', join(dir, `data-${n}`)])
       assert.equal(r.code, 0, r.stderr)
-      ids[n] = { key: /public key\s+([0-9a-f]{64})/.exec(r.stdout)![1]!, peerId: /peer id\s+(\S+)/.exec(r.stdout)![1]! }
+      ids[n] = {
+        key: /public key\s+([0-9a-f]{64})/.exec(r.stdout)![1]!,
+        peerId: /peer id\s+(\S+)/.exec(r.stdout)![1]!
+      }
       ports[n] = await freePort()
     }
     meshPort = await freePort()
@@ -86,10 +125,19 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
       driftCheckMs: 300,
       statusIntervalMs: 1000
     })
-    await writeFile(cfgPath('n1'), stringify({ ...base('n1'), listen: [`/ip4/127.0.0.1/tcp/${meshPort}`] }))
-    await writeFile(cfgPath('n2'), stringify({ ...base('n2'), listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [n1Addr(meshPort)] }))
+    await writeFile(
+      cfgPath('n1'),
+      stringify({ ...base('n1'), listen: [`/ip4/127.0.0.1/tcp/${meshPort}`] })
+    )
+    await writeFile(
+      cfgPath('n2'),
+      stringify({ ...base('n2'), listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [n1Addr(meshPort)] })
+    )
     // n3 listens nowhere and reaches n1 only through the proxy, so cutting the proxy cuts n3 off.
-    await writeFile(cfgPath('n3'), stringify({ ...base('n3'), listen: [], bootstrap: [n1Addr(proxy.port)] }))
+    await writeFile(
+      cfgPath('n3'),
+      stringify({ ...base('n3'), listen: [], bootstrap: [n1Addr(proxy.port)] })
+    )
   })
 
   after(async () => {
@@ -101,18 +149,43 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   it('enrols three daemons and they converge on the devices document', async () => {
     const d1 = await start('n1')
     assert.equal(d1.events.find(e => e.event === 'daemon.identity')?.peerId, ids.n1!.peerId)
-    assert.ok(d1.events.some(e => e.event === 'dashboard' && String(e.url).includes('#token=')), 'prints a dashboard URL with a viewer token')
+    assert.ok(
+      d1.events.some(e => e.event === 'dashboard' && String(e.url).includes('#token=')),
+      'prints a dashboard URL with a viewer token'
+    )
     for (const n of NAMES) {
-      const r = await rhizome(['enrol', ids[n]!.key, '--name', n, '--label', 'site=lab', '--label', `role=${n === 'n1' ? 'hub' : 'edge'}`, '--key', join(dir, 'fleet/admin.key'), '--daemon', d1.url], env)
+      const r = await rhizome(
+        [
+          'enrol',
+          ids[n]!.key,
+          '--name',
+          n,
+          '--label',
+          'site=lab',
+          '--label',
+          `role=${n === 'n1' ? 'hub' : 'edge'}`,
+          '--key',
+          join(dir, 'fleet/admin.key'),
+          '--daemon',
+          d1.url
+        ],
+        env
+      )
       assert.equal(r.code, 0, r.stderr)
     }
     await Promise.all([start('n2'), start('n3')])
     const want = (await getJson<{ heads: string[] }>(`${d1.url}/api/docs/devices`)).heads
     for (const n of ['n2', 'n3']) {
-      await waitUntil(async () => {
-        const d = await getJson<{ heads: string[] }>(`${daemons[n]!.url}/api/docs/devices`).catch(() => undefined)
-        return JSON.stringify(d?.heads) === JSON.stringify(want) ? true : undefined
-      }, 20_000, `${n} to hold the devices document`)
+      await waitUntil(
+        async () => {
+          const d = await getJson<{ heads: string[] }>(`${daemons[n]!.url}/api/docs/devices`).catch(
+            () => undefined
+          )
+          return JSON.stringify(d?.heads) === JSON.stringify(want) ? true : undefined
+        },
+        20_000,
+        `${n} to hold the devices document`
+      )
     }
   })
 
@@ -123,12 +196,29 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
       assert.equal((await served(n))?.node, n)
       await fileIs(n, 'v1\n')
     }
-    const status = await waitUntil(async () => {
-      const r = await rhizome(['status', '--json', '--daemon', daemons.n1!.url])
-      const s = JSON.parse(r.stdout) as { nodes: Array<{ name: string, online: boolean, upToDate: boolean, status: { workloads: { web?: { state: string, healthy: boolean } } } | null }> }
-      return s.nodes.length === 3 && s.nodes.every(x => x.online && x.upToDate && x.status?.workloads.web?.healthy === true) ? s : undefined
-    }, 20_000, 'rhizome status to show three healthy, up-to-date nodes')
-    assert.deepEqual(status.nodes.map(x => x.name), ['n1', 'n2', 'n3'])
+    const status = await waitUntil(
+      async () => {
+        const r = await rhizome(['status', '--json', '--daemon', daemons.n1!.url])
+        const s = JSON.parse(r.stdout) as {
+          nodes: Array<{
+            name: string
+            online: boolean
+            upToDate: boolean
+            status: { workloads: { web?: { state: string; healthy: boolean } } } | null
+          }>
+        }
+        return s.nodes.length === 3 &&
+          s.nodes.every(x => x.online && x.upToDate && x.status?.workloads.web?.healthy === true)
+          ? s
+          : undefined
+      },
+      20_000,
+      'rhizome status to show three healthy, up-to-date nodes'
+    )
+    assert.deepEqual(
+      status.nodes.map(x => x.name),
+      ['n1', 'n2', 'n3']
+    )
   })
 
   it('restarts the workload everywhere when its version changes', async () => {
@@ -141,10 +231,19 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   it('puts back a hand-edited managed file and reports the drift', async () => {
     await writeFile(motd('n2'), 'edited by hand\n')
     await fileIs('n2', 'v1\n', 10_000)
-    await waitUntil(async () => {
-      const s = await getJson<{ nodes: Array<{ self: boolean, status: { files: { drifted: string[] } } | null }> }>(`${daemons.n2!.url}/api/status`)
-      return s.nodes.find(x => x.self)?.status?.files.drifted.includes('/etc/rhizome/motd') === true ? true : undefined
-    }, 10_000, 'n2 to report the drifted file')
+    await waitUntil(
+      async () => {
+        const s = await getJson<{
+          nodes: Array<{ self: boolean; status: { files: { drifted: string[] } } | null }>
+        }>(`${daemons.n2!.url}/api/status`)
+        return s.nodes.find(x => x.self)?.status?.files.drifted.includes('/etc/rhizome/motd') ===
+          true
+          ? true
+          : undefined
+      },
+      10_000,
+      'n2 to report the drifted file'
+    )
   })
 
   it('a node cut off keeps its last config through a restart, then converges when healed', async () => {
@@ -169,30 +268,65 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
     assert.equal(history.code, 0, history.stderr)
     assert.match(history.stdout, /\+ defaults\.workloads\.web\.version = "3"/)
     const first = /\S+\s+fleet\s+([0-9a-f]{12})/.exec(history.stdout)![1]!
-    const r = await rhizome(['rollback', '--to', first, '--doc', 'fleet', '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons.n1!.url], env)
+    const r = await rhizome(
+      [
+        'rollback',
+        '--to',
+        first,
+        '--doc',
+        'fleet',
+        '--key',
+        join(dir, 'fleet/admin.key'),
+        '--daemon',
+        daemons.n1!.url
+      ],
+      env
+    )
     assert.equal(r.code, 0, r.stderr)
     for (const n of NAMES) await servesVersion(n, '1')
     await apply(fleet('3', 'v3\n'))
     for (const n of NAMES) await servesVersion(n, '3')
 
     const bundle = join(dir, 'fleet.rhzb')
-    assert.equal((await rhizome(['bundle', 'export', '--out', bundle, '--daemon', daemons.n1!.url])).code, 0)
-    const imported = await rhizome(['bundle', 'import', bundle, '--data', join(dir, 'data-offline')])
+    assert.equal(
+      (await rhizome(['bundle', 'export', '--out', bundle, '--daemon', daemons.n1!.url])).code,
+      0
+    )
+    const imported = await rhizome([
+      'bundle',
+      'import',
+      bundle,
+      '--data',
+      join(dir, 'data-offline')
+    ])
     assert.equal(imported.code, 0, imported.stderr)
     assert.match(imported.stdout, /fleet: applied/)
   })
 
   it('rejects a broken YAML, an unknown key and a wrong passphrase, changing nothing', async () => {
-    const before = await getJson<Array<{ id: string, heads: string[] }>>(`${daemons.n1!.url}/api/docs`)
+    const before = await getJson<Array<{ id: string; heads: string[] }>>(
+      `${daemons.n1!.url}/api/docs`
+    )
     const f = join(dir, 'bad.yaml')
-    const args = ['apply', '-f', f, '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons.n1!.url]
+    const args = [
+      'apply',
+      '-f',
+      f,
+      '--key',
+      join(dir, 'fleet/admin.key'),
+      '--daemon',
+      daemons.n1!.url
+    ]
 
     await writeFile(f, 'fleet:\n  defaults: [unclosed\n')
     let r = await rhizome(args, env)
     assert.equal(r.code, 1)
     assert.match(r.stderr, /not valid YAML/)
 
-    await writeFile(f, 'fleet:\n  defaults:\n    workloads:\n      web: { command: [x], bogus: 1 }\n')
+    await writeFile(
+      f,
+      'fleet:\n  defaults:\n    workloads:\n      web: { command: [x], bogus: 1 }\n'
+    )
     r = await rhizome(args, env)
     assert.equal(r.code, 1)
     assert.match(r.stderr, /unknown key "bogus"/)

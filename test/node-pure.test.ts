@@ -19,13 +19,26 @@ import { parseMode } from '../node/appliers/files.ts'
 describe('apply diff', () => {
   it('sets changed leaves, deletes removed keys, leaves equal values alone', () => {
     const current = { defaults: { a: 1, b: { c: 'x', d: [1, 2] }, gone: true }, same: { k: 'v' } }
-    const desired = { defaults: { a: 2, b: { c: 'x', d: [1, 2, 3] }, added: { n: null } }, same: { k: 'v' } }
+    const desired = {
+      defaults: { a: 2, b: { c: 'x', d: [1, 2, 3] }, added: { n: null } },
+      same: { k: 'v' }
+    }
     const ops = diffMaps(current, desired)
-    assert.deepEqual(ops.map(o => `${o.op} ${o.path.join('.')}`), ['set defaults.a', 'set defaults.added', 'set defaults.b.d', 'delete defaults.gone'])
+    assert.deepEqual(
+      ops.map(o => `${o.op} ${o.path.join('.')}`),
+      ['set defaults.a', 'set defaults.added', 'set defaults.b.d', 'delete defaults.gone']
+    )
     const copy = structuredClone(current) as Record<string, unknown>
     applyOps(copy, ops)
     assert.deepEqual(copy, desired)
-    assert.deepEqual(formatOps(ops, 'fleet'), ['- fleet:defaults.a = 1', '+ fleet:defaults.a = 2', '+ fleet:defaults.added = {"n":null}', '- fleet:defaults.b.d = [1,2]', '+ fleet:defaults.b.d = [1,2,3]', '- fleet:defaults.gone = true'])
+    assert.deepEqual(formatOps(ops, 'fleet'), [
+      '- fleet:defaults.a = 1',
+      '+ fleet:defaults.a = 2',
+      '+ fleet:defaults.added = {"n":null}',
+      '- fleet:defaults.b.d = [1,2]',
+      '+ fleet:defaults.b.d = [1,2,3]',
+      '- fleet:defaults.gone = true'
+    ])
   })
 
   it('is empty for equal maps and replaces a leaf that changes type', () => {
@@ -38,8 +51,12 @@ describe('apply diff', () => {
     let doc = Automerge.from<Record<string, unknown>>({ defaults: { x: 1, y: 2 } })
     let other = Automerge.clone(doc)
     const ops = diffMaps(plainValue(doc) as Record<string, unknown>, { defaults: { x: 10, y: 2 } })
-    doc = Automerge.change(doc, d => { applyOps(d, ops) })
-    other = Automerge.change(other, d => { (d.defaults as Record<string, unknown>).y = 20 })
+    doc = Automerge.change(doc, d => {
+      applyOps(d, ops)
+    })
+    other = Automerge.change(other, d => {
+      ;(d.defaults as Record<string, unknown>).y = 20
+    })
     const merged = Automerge.merge(doc, other)
     assert.deepEqual(plainValue(merged), { defaults: { x: 10, y: 20 } })
   })
@@ -47,16 +64,36 @@ describe('apply diff', () => {
 
 describe('fleet file', () => {
   it('accepts documents by id and names an unknown key with the valid ones', () => {
-    const docs = parseFleetYaml('fleet:\n  defaults:\n    files:\n      /etc/motd: { content: hi }\nsite/berlin-3:\n  selector: { site: berlin-3 }\n')
+    const docs = parseFleetYaml(
+      'fleet:\n  defaults:\n    files:\n      /etc/motd: { content: hi }\nsite/berlin-3:\n  selector: { site: berlin-3 }\n'
+    )
     assert.deepEqual(Object.keys(docs), ['fleet', 'site/berlin-3'])
-    assert.throws(() => parseFleetYaml('fleet:\n  default: {}\n'), { name: 'InvalidConfigError', message: /unknown key "default"; valid keys are selector, defaults, groups, nodes/ })
-    assert.throws(() => parseFleetYaml('fleet:\n  nodes:\n    a: { workloads: { w: { command: [x], port: 1 } } }\n'), { name: 'InvalidConfigError', message: /fleet\.nodes\.a\.workloads\.w: unknown key "port"/ })
+    assert.throws(() => parseFleetYaml('fleet:\n  default: {}\n'), {
+      name: 'InvalidConfigError',
+      message: /unknown key "default"; valid keys are selector, defaults, groups, nodes/
+    })
+    assert.throws(
+      () =>
+        parseFleetYaml(
+          'fleet:\n  nodes:\n    a: { workloads: { w: { command: [x], port: 1 } } }\n'
+        ),
+      { name: 'InvalidConfigError', message: /fleet\.nodes\.a\.workloads\.w: unknown key "port"/ }
+    )
   })
 
   it('rejects broken YAML, bad document ids, relative paths and the devices document', () => {
-    assert.throws(() => parseFleetYaml('fleet: [unclosed'), { name: 'InvalidConfigError', message: /not valid YAML/ })
-    assert.throws(() => parseFleetYaml('Fleet: {}'), { name: 'InvalidConfigError', message: /not a document id/ })
-    assert.throws(() => parseFleetYaml('fleet:\n  defaults: { files: { etc/motd: { content: x } } }'), { message: /not an absolute path/ })
+    assert.throws(() => parseFleetYaml('fleet: [unclosed'), {
+      name: 'InvalidConfigError',
+      message: /not valid YAML/
+    })
+    assert.throws(() => parseFleetYaml('Fleet: {}'), {
+      name: 'InvalidConfigError',
+      message: /not a document id/
+    })
+    assert.throws(
+      () => parseFleetYaml('fleet:\n  defaults: { files: { etc/motd: { content: x } } }'),
+      { message: /not an absolute path/ }
+    )
     assert.throws(() => parseFleetYaml('devices: {}'), { message: /rhizome enrol/ })
     assert.throws(() => parseFleetYaml('a: 1\na: 2\n'), { name: 'InvalidConfigError' })
   })
@@ -66,8 +103,15 @@ describe('daemon config', () => {
   it('reads the file, resolves relative paths, lets RHIZOME_* override', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'rhizome-cfg-'))
     const f = join(dir, 'd.yaml')
-    await writeFile(f, 'name: a\ndataDir: data\nlabels: { site: x }\nhttp: { port: 9000 }\nmdns: false\n')
-    const c = loadDaemonConfig(f, { RHIZOME_HTTP_PORT: '9100', RHIZOME_LABELS: 'site=y,role=pos', RHIZOME_BOOTSTRAP: '/ip4/1.2.3.4/tcp/1/p2p/x, /ip4/1.2.3.5/tcp/1/p2p/y' })
+    await writeFile(
+      f,
+      'name: a\ndataDir: data\nlabels: { site: x }\nhttp: { port: 9000 }\nmdns: false\n'
+    )
+    const c = loadDaemonConfig(f, {
+      RHIZOME_HTTP_PORT: '9100',
+      RHIZOME_LABELS: 'site=y,role=pos',
+      RHIZOME_BOOTSTRAP: '/ip4/1.2.3.4/tcp/1/p2p/x, /ip4/1.2.3.5/tcp/1/p2p/y'
+    })
     assert.equal(c.dataDir, join(dir, 'data'))
     assert.equal(c.http.port, 9100)
     assert.equal(c.http.host, '127.0.0.1')
@@ -80,10 +124,18 @@ describe('daemon config', () => {
     const dir = await mkdtemp(join(tmpdir(), 'rhizome-cfg-'))
     const f = join(dir, 'd.yaml')
     await writeFile(f, 'dataDir: d\nlisten_addrs: []\n')
-    assert.throws(() => loadDaemonConfig(f, {}), { name: 'InvalidConfigError', message: /unknown key "listen_addrs"; valid keys are name, labels, dataDir/ })
+    assert.throws(() => loadDaemonConfig(f, {}), {
+      name: 'InvalidConfigError',
+      message: /unknown key "listen_addrs"; valid keys are name, labels, dataDir/
+    })
     await writeFile(f, 'dataDir: d\nhttp: { port: 99999 }\n')
-    assert.throws(() => loadDaemonConfig(f, {}), { message: /http\.port: expected an integer from 0 to 65535/ })
-    assert.throws(() => loadDaemonConfig(undefined, { RHIZOME_DATA_DIR: 'd', RHIZOME_MDNS: 'maybe' }), { message: /RHIZOME_MDNS: expected true or false/ })
+    assert.throws(() => loadDaemonConfig(f, {}), {
+      message: /http\.port: expected an integer from 0 to 65535/
+    })
+    assert.throws(
+      () => loadDaemonConfig(undefined, { RHIZOME_DATA_DIR: 'd', RHIZOME_MDNS: 'maybe' }),
+      { message: /RHIZOME_MDNS: expected true or false/ }
+    )
     assert.throws(() => loadDaemonConfig(undefined, {}), { message: /dataDir is required/ })
     await writeFile(f, 'dataDir: [oops\n')
     assert.throws(() => loadDaemonConfig(f, {}), { message: /not valid YAML/ })
@@ -102,7 +154,10 @@ describe('log ring buffer', () => {
   it('splits chunks into lines and bounds a line that never ends', () => {
     const lines: string[] = []
     const s = new LineSplitter(l => lines.push(l), 8)
-    s.write('one\ntw'); s.write('o\r\nthr'); s.write('ee-and-more-and-more'); s.flush()
+    s.write('one\ntw')
+    s.write('o\r\nthr')
+    s.write('ee-and-more-and-more')
+    s.flush()
     assert.deepEqual(lines, ['one', 'two', 'three-and-more-and-more'])
   })
 })
@@ -121,9 +176,14 @@ describe('bundle container', () => {
   it('round-trips and rejects what is not a bundle', () => {
     const b = { trust: [new Uint8Array([1, 2])], batches: [new Uint8Array([3]), new Uint8Array(0)] }
     assert.deepEqual(decodeBundle(encodeBundle(b)), b)
-    assert.throws(() => decodeBundle(new TextEncoder().encode('hello world')), { name: 'InvalidBundleError' })
+    assert.throws(() => decodeBundle(new TextEncoder().encode('hello world')), {
+      name: 'InvalidBundleError'
+    })
     const bytes = encodeBundle(b)
-    assert.throws(() => decodeBundle(bytes.slice(0, bytes.length - 1)), { name: 'InvalidBundleError', message: /damaged/ })
+    assert.throws(() => decodeBundle(bytes.slice(0, bytes.length - 1)), {
+      name: 'InvalidBundleError',
+      message: /damaged/
+    })
   })
 })
 

@@ -23,7 +23,15 @@ import { extname, join, normalize } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
 import { chromium, type BrowserContext, type Page } from 'playwright-core'
-import { freePort, getJson, rhizome, startDaemon, stopAll, waitUntil, type RunningDaemon } from './fixtures/node-harness.ts'
+import {
+  freePort,
+  getJson,
+  rhizome,
+  startDaemon,
+  stopAll,
+  waitUntil,
+  type RunningDaemon
+} from './fixtures/node-harness.ts'
 
 const CHROMIUM = '/usr/bin/chromium'
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -37,194 +45,373 @@ if (!haveChromium) {
   const msg = `\n!!! ${CHROMIUM} not found: the browser dashboard tests cannot run. Install it with \`apt-get install -y chromium\`.\n`
   process.stderr.write(msg)
   if (process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false') {
-    it('browser dashboard tests need Chromium in CI', () => { assert.fail(msg) })
+    it('browser dashboard tests need Chromium in CI', () => {
+      assert.fail(msg)
+    })
   }
 }
 
-function run (cmd: string, args: string[], timeoutMs: number): Promise<void> {
+function run(cmd: string, args: string[], timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const p = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs })
     let out = ''
-    p.stdout.on('data', (d: Buffer) => { out += d.toString() })
-    p.stderr.on('data', (d: Buffer) => { out += d.toString() })
-    p.once('exit', code => code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}:\n${out.slice(-3000)}`)))
+    p.stdout.on('data', (d: Buffer) => {
+      out += d.toString()
+    })
+    p.stderr.on('data', (d: Buffer) => {
+      out += d.toString()
+    })
+    p.once('exit', code =>
+      code === 0
+        ? resolve()
+        : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}:\n${out.slice(-3000)}`))
+    )
   })
 }
 
-const TYPES: Record<string, string> = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.svg': 'image/svg+xml' }
+const TYPES: Record<string, string> = {
+  '.html': 'text/html',
+  '.js': 'text/javascript',
+  '.css': 'text/css',
+  '.svg': 'image/svg+xml'
+}
 
 /** Serve web/dist on its own (as `npm run dashboard` does), for the fabricated fleet. */
-async function staticServer (): Promise<{ url: string, server: Server }> {
+async function staticServer(): Promise<{ url: string; server: Server }> {
   const server = createServer((req, res) => {
     const path = new URL(req.url ?? '/', 'http://x').pathname
-    const file = join(DIST, normalize(path === '/' ? '/index.html' : path).replace(/^(\.\.[/\\])+/, ''))
-    readFile(file).then(b => { res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' }); res.end(b) },
-      () => { res.writeHead(404); res.end() })
+    const file = join(
+      DIST,
+      normalize(path === '/' ? '/index.html' : path).replace(/^(\.\.[/\\])+/, '')
+    )
+    readFile(file).then(
+      b => {
+        res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' })
+        res.end(b)
+      },
+      () => {
+        res.writeHead(404)
+        res.end()
+      }
+    )
   })
   await new Promise<void>(resolve => server.listen(0, '127.0.0.1', () => resolve()))
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server }
 }
 
-async function launch (profile: string): Promise<BrowserContext> {
+async function launch(profile: string): Promise<BrowserContext> {
   return await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
     viewport: { width: 1360, height: 900 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync'
+    ]
   })
 }
 
-async function shot (page: Page, name: string): Promise<void> {
+async function shot(page: Page, name: string): Promise<void> {
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true })
 }
 
-describe('browser dashboard', { skip: !haveChromium && 'no Chromium at /usr/bin/chromium', timeout: 240_000 }, () => {
-  let dir: string
-  let context: BrowserContext
-  const pageErrors: string[] = []
+describe(
+  'browser dashboard',
+  { skip: !haveChromium && 'no Chromium at /usr/bin/chromium', timeout: 240_000 },
+  () => {
+    let dir: string
+    let context: BrowserContext
+    const pageErrors: string[] = []
 
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'rhizome-web-'))
-    await mkdir(SHOTS, { recursive: true })
-    await run(process.execPath, [join(ROOT, 'node_modules/vite/bin/vite.js'), 'build', 'web', '--logLevel', 'warn'], 120_000)
-    context = await launch(join(dir, 'profile'))
-  })
+    before(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'rhizome-web-'))
+      await mkdir(SHOTS, { recursive: true })
+      await run(
+        process.execPath,
+        [join(ROOT, 'node_modules/vite/bin/vite.js'), 'build', 'web', '--logLevel', 'warn'],
+        120_000
+      )
+      context = await launch(join(dir, 'profile'))
+    })
 
-  after(async () => {
-    await context?.close()
-    await stopAll()
-    if (dir !== undefined) await rm(dir, { recursive: true, force: true })
-  })
+    after(async () => {
+      await context?.close()
+      await stopAll()
+      if (dir !== undefined) await rm(dir, { recursive: true, force: true })
+    })
 
-  it('shows a fabricated 100-node fleet quickly, in every view', async () => {
-    const { url, server } = await staticServer()
-    try {
+    it('shows a fabricated 100-node fleet quickly, in every view', async () => {
+      const { url, server } = await staticServer()
+      try {
+        const page = await context.newPage()
+        page.on('pageerror', e => pageErrors.push(e.message))
+        const t0 = Date.now()
+        await page.goto(`${url}/#fake=100`)
+        await page.waitForFunction(
+          () => document.querySelectorAll('[data-testid=node-table] tbody tr').length === 100,
+          undefined,
+          { timeout: 10_000 }
+        )
+        const shownMs = Date.now() - t0
+        const nav = await page.evaluate(() => performance.now())
+        process.stdout.write(
+          `# dashboard: overview of a 100-node fleet shown ${shownMs} ms after navigation started (page clock ${Math.round(nav)} ms)\n`
+        )
+        await shot(page, 'fake-overview')
+        await page.fill('[data-testid=filter]', 'site=berlin-3')
+        assert.equal(
+          await page.locator('[data-testid=node-table] tbody tr').count(),
+          25,
+          'the label filter keeps one site of four'
+        )
+        await page.fill('[data-testid=filter]', '')
+        await page.locator('[data-testid=node-table] tbody tr').first().click()
+        await page.waitForSelector('[data-testid=effective-config]')
+        await shot(page, 'fake-node-detail')
+        await page.click('a.tab:has-text("Desired config")')
+        const editor = page.locator('[data-testid=yaml-editor]')
+        await editor.fill((await editor.inputValue()).replace('version: 2.1.0', 'version: 2.2.0'))
+        await page.click('[data-testid=review]')
+        await page.waitForSelector('[data-testid=diff]')
+        await shot(page, 'fake-config-diff')
+        await page.click('a.tab:has-text("History")')
+        await page.waitForSelector('.change')
+        await shot(page, 'fake-history')
+        await page.click('a.tab:has-text("Topology")')
+        await page.waitForSelector('svg.topology .vertex')
+        await shot(page, 'fake-topology')
+        assert.deepEqual(pageErrors, [])
+        await page.close()
+      } finally {
+        server.close()
+      }
+    })
+
+    it("joins three daemons' mesh, publishes a change signed in the page, and sees a stopped node turn stale", async () => {
+      const env = { RHIZOME_PASSPHRASE: PASS }
+      const init = await rhizome(['init', '--dir', join(dir, 'fleet'), '--fleet', 'web-test'], env)
+      assert.equal(init.code, 0, init.stderr)
+      const ids: Record<string, { key: string; peerId: string }> = {}
+      for (const n of NAMES) {
+        const r = await rhizome(['node', 'init', '--data', join(dir, `data-${n}`)])
+        assert.equal(r.code, 0, r.stderr)
+        ids[n] = {
+          key: /public key\s+([0-9a-f]{64})/.exec(r.stdout)![1]!,
+          peerId: /peer id\s+(\S+)/.exec(r.stdout)![1]!
+        }
+      }
+      const tcpPort = await freePort()
+      const wsPort = await freePort()
+      const base = (n: string) => ({
+        name: n,
+        dataDir: join(dir, `data-${n}`),
+        trustFile: join(dir, 'fleet/trust.json'),
+        mdns: false,
+        http: { host: '127.0.0.1', port: 0 },
+        filesRoot: join(dir, `root-${n}`),
+        allowedRoots: ['/etc/rhizome'],
+        reconcileIntervalMs: 5000,
+        driftCheckMs: 1000,
+        statusIntervalMs: 1000
+      })
+      const boot = [`/ip4/127.0.0.1/tcp/${tcpPort}/p2p/${ids.n1!.peerId}`]
+      await writeFile(
+        join(dir, 'n1.yaml'),
+        stringify({
+          ...base('n1'),
+          listen: [`/ip4/127.0.0.1/tcp/${tcpPort}`, `/ip4/127.0.0.1/tcp/${wsPort}/ws`]
+        })
+      )
+      for (const n of ['n2', 'n3'])
+        await writeFile(
+          join(dir, `${n}.yaml`),
+          stringify({ ...base(n), listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: boot })
+        )
+      const daemons: Record<string, RunningDaemon> = {}
+      daemons.n1 = await startDaemon(join(dir, 'n1.yaml'), {}, 30_000)
+      for (const n of NAMES) {
+        const r = await rhizome(
+          [
+            'enrol',
+            ids[n]!.key,
+            '--name',
+            n,
+            '--label',
+            'site=lab',
+            '--label',
+            `role=${n === 'n1' ? 'hub' : 'edge'}`,
+            '--key',
+            join(dir, 'fleet/admin.key'),
+            '--daemon',
+            daemons.n1.url
+          ],
+          env
+        )
+        assert.equal(r.code, 0, r.stderr)
+      }
+      const motd = (n: string): string => join(dir, `root-${n}`, 'etc/rhizome/motd')
+      await writeFile(
+        join(dir, 'fleet.yaml'),
+        stringify({
+          fleet: {
+            defaults: { files: { '/etc/rhizome/motd': { content: 'hello v1\n', mode: '0644' } } }
+          }
+        })
+      )
+      const applied = await rhizome(
+        [
+          'apply',
+          '-f',
+          join(dir, 'fleet.yaml'),
+          '--key',
+          join(dir, 'fleet/admin.key'),
+          '--daemon',
+          daemons.n1.url
+        ],
+        env
+      )
+      assert.equal(applied.code, 0, applied.stderr)
+      ;[daemons.n2, daemons.n3] = await Promise.all([
+        startDaemon(join(dir, 'n2.yaml'), {}, 30_000),
+        startDaemon(join(dir, 'n3.yaml'), {}, 30_000)
+      ])
+
+      const dash = await daemons.n1.waitFor(
+        e => e.event === 'dashboard' && String(e.url).includes('#token='),
+        5000,
+        'the dashboard URL'
+      )
+      const wsAddr = `/ip4/127.0.0.1/tcp/${wsPort}/ws/p2p/${ids.n1!.peerId}`
       const page = await context.newPage()
       page.on('pageerror', e => pageErrors.push(e.message))
-      const t0 = Date.now()
-      await page.goto(`${url}/#fake=100`)
-      await page.waitForFunction(() => document.querySelectorAll('[data-testid=node-table] tbody tr').length === 100, undefined, { timeout: 10_000 })
-      const shownMs = Date.now() - t0
-      const nav = await page.evaluate(() => performance.now())
-      process.stdout.write(`# dashboard: overview of a 100-node fleet shown ${shownMs} ms after navigation started (page clock ${Math.round(nav)} ms)\n`)
-      await shot(page, 'fake-overview')
-      await page.fill('[data-testid=filter]', 'site=berlin-3')
-      assert.equal(await page.locator('[data-testid=node-table] tbody tr').count(), 25, 'the label filter keeps one site of four')
-      await page.fill('[data-testid=filter]', '')
-      await page.locator('[data-testid=node-table] tbody tr').first().click()
-      await page.waitForSelector('[data-testid=effective-config]')
-      await shot(page, 'fake-node-detail')
+      // the daemon prints http://127.0.0.1:PORT/#token=…; the page is told the daemon's WebSocket address too
+      await page.goto(`${String(dash.url)}&addr=${encodeURIComponent(wsAddr)}&stale=4000`)
+      await page
+        .waitForFunction(
+          () => document.querySelectorAll('[data-testid=node-table] tbody tr').length === 3,
+          undefined,
+          { timeout: 30_000 }
+        )
+        .catch(async (err: Error) => {
+          await shot(page, 'real-failed-connect')
+          throw new Error(`${err.message}; page says: ${await page.locator('body').innerText()}`)
+        })
+      assert.match(await page.locator('[data-testid=connection]').innerText(), /connected · viewer/)
+      assert.ok(!page.url().includes('token='), 'the spent token is removed from the address bar')
+      await page.waitForFunction(
+        () =>
+          [...document.querySelectorAll('[data-testid=node-state]')].every(
+            e => e.textContent === 'online'
+          ),
+        undefined,
+        { timeout: 10_000 }
+      )
+      await shot(page, 'real-overview')
+
+      // unlock the admin key in the page: file input + passphrase
+      await page.click('[data-testid=key-button]')
+      await page.setInputFiles('[data-testid=key-file]', join(dir, 'fleet/admin.key'))
+      await page.fill('[data-testid=key-passphrase]', 'not the passphrase')
+      await page.click('[data-testid=key-unlock]')
+      await page.waitForSelector('[data-testid=key-error]', { timeout: 20_000 })
+      assert.match(await page.locator('[data-testid=key-error]').innerText(), /wrong passphrase/)
+      await page.fill('[data-testid=key-passphrase]', PASS)
+      await page.click('[data-testid=key-unlock]')
+      await page.waitForFunction(
+        () =>
+          /admin-session/.test(
+            document.querySelector('[data-testid=connection]')?.textContent ?? ''
+          ),
+        undefined,
+        { timeout: 30_000 }
+      )
+
+      // edit the desired config, review the diff, sign and publish
       await page.click('a.tab:has-text("Desired config")')
       const editor = page.locator('[data-testid=yaml-editor]')
-      await editor.fill((await editor.inputValue()).replace('version: 2.1.0', 'version: 2.2.0'))
+      await page.waitForFunction(
+        () =>
+          (
+            document.querySelector('[data-testid=yaml-editor]') as HTMLTextAreaElement | null
+          )?.value.includes('hello v1') === true,
+        undefined,
+        { timeout: 10_000 }
+      )
+      await editor.fill((await editor.inputValue()).replace('hello v1', 'hello from the browser'))
       await page.click('[data-testid=review]')
       await page.waitForSelector('[data-testid=diff]')
-      await shot(page, 'fake-config-diff')
+      assert.match(
+        await page.locator('[data-testid=diff]').innerText(),
+        /\+ defaults\.files\."\/etc\/rhizome\/motd"\.content = \|\s*\nhello from the browser/
+      )
+      await page.fill('[data-testid=change-message]', 'motd from the dashboard')
+      await shot(page, 'real-config-diff')
+      await page.click('[data-testid=publish]')
+      await page.waitForSelector('[data-testid=published]', { timeout: 20_000 })
+      for (const n of NAMES) {
+        await waitUntil(
+          async () =>
+            (await readFile(motd(n), 'utf8').catch(() => '')) === 'hello from the browser\n'
+              ? true
+              : undefined,
+          30_000,
+          `${n} to apply the change signed in the browser`
+        )
+      }
+      const doc = await getJson<{
+        value: { defaults: { files: Record<string, { content: string }> } }
+      }>(`${daemons.n3.url}/api/docs/fleet`)
+      assert.equal(
+        doc.value.defaults.files['/etc/rhizome/motd']?.content,
+        'hello from the browser\n'
+      )
+      await page.waitForFunction(
+        () =>
+          /Applied on <strong>3<\/strong>/.test(
+            document.querySelector('[data-testid=published]')?.innerHTML ?? ''
+          ),
+        undefined,
+        { timeout: 20_000 }
+      )
+      await shot(page, 'real-config-published')
+
       await page.click('a.tab:has-text("History")')
-      await page.waitForSelector('.change')
-      await shot(page, 'fake-history')
+      await page.waitForSelector('.change:has-text("motd from the dashboard")', { timeout: 10_000 })
+      await shot(page, 'real-history')
       await page.click('a.tab:has-text("Topology")')
       await page.waitForSelector('svg.topology .vertex')
-      await shot(page, 'fake-topology')
+      await shot(page, 'real-topology')
+      await page.click('a.tab:has-text("Fleet")')
+      await page.click('tr[data-node=n2]')
+      await page.waitForSelector('[data-testid=effective-config]')
+      assert.match(
+        await page.locator('[data-testid=effective-config]').innerText(),
+        /hello from the browser/
+      )
+      await shot(page, 'real-node-detail')
+
+      // a node that falls silent turns stale on the page, without a reload
+      await page.click('a.tab:has-text("Fleet")')
+      await daemons.n3.stop()
+      await page.waitForFunction(
+        () =>
+          document.querySelector('tr[data-node=n3] [data-testid=node-state]')?.textContent ===
+          'stale',
+        undefined,
+        { timeout: 30_000 }
+      )
+      assert.equal(
+        await page.locator('tr[data-node=n1] [data-testid=node-state]').innerText(),
+        'online'
+      )
+      await shot(page, 'real-overview-stale')
       assert.deepEqual(pageErrors, [])
-      await page.close()
-    } finally { server.close() }
-  })
-
-  it('joins three daemons\' mesh, publishes a change signed in the page, and sees a stopped node turn stale', async () => {
-    const env = { RHIZOME_PASSPHRASE: PASS }
-    const init = await rhizome(['init', '--dir', join(dir, 'fleet'), '--fleet', 'web-test'], env)
-    assert.equal(init.code, 0, init.stderr)
-    const ids: Record<string, { key: string, peerId: string }> = {}
-    for (const n of NAMES) {
-      const r = await rhizome(['node', 'init', '--data', join(dir, `data-${n}`)])
-      assert.equal(r.code, 0, r.stderr)
-      ids[n] = { key: /public key\s+([0-9a-f]{64})/.exec(r.stdout)![1]!, peerId: /peer id\s+(\S+)/.exec(r.stdout)![1]! }
-    }
-    const tcpPort = await freePort()
-    const wsPort = await freePort()
-    const base = (n: string) => ({
-      name: n, dataDir: join(dir, `data-${n}`), trustFile: join(dir, 'fleet/trust.json'), mdns: false,
-      http: { host: '127.0.0.1', port: 0 }, filesRoot: join(dir, `root-${n}`), allowedRoots: ['/etc/rhizome'],
-      reconcileIntervalMs: 5000, driftCheckMs: 1000, statusIntervalMs: 1000
     })
-    const boot = [`/ip4/127.0.0.1/tcp/${tcpPort}/p2p/${ids.n1!.peerId}`]
-    await writeFile(join(dir, 'n1.yaml'), stringify({ ...base('n1'), listen: [`/ip4/127.0.0.1/tcp/${tcpPort}`, `/ip4/127.0.0.1/tcp/${wsPort}/ws`] }))
-    for (const n of ['n2', 'n3']) await writeFile(join(dir, `${n}.yaml`), stringify({ ...base(n), listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: boot }))
-    const daemons: Record<string, RunningDaemon> = {}
-    daemons.n1 = await startDaemon(join(dir, 'n1.yaml'), {}, 30_000)
-    for (const n of NAMES) {
-      const r = await rhizome(['enrol', ids[n]!.key, '--name', n, '--label', 'site=lab', '--label', `role=${n === 'n1' ? 'hub' : 'edge'}`, '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons.n1.url], env)
-      assert.equal(r.code, 0, r.stderr)
-    }
-    const motd = (n: string): string => join(dir, `root-${n}`, 'etc/rhizome/motd')
-    await writeFile(join(dir, 'fleet.yaml'), stringify({ fleet: { defaults: { files: { '/etc/rhizome/motd': { content: 'hello v1\n', mode: '0644' } } } } }))
-    const applied = await rhizome(['apply', '-f', join(dir, 'fleet.yaml'), '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons.n1.url], env)
-    assert.equal(applied.code, 0, applied.stderr)
-    ;[daemons.n2, daemons.n3] = await Promise.all([startDaemon(join(dir, 'n2.yaml'), {}, 30_000), startDaemon(join(dir, 'n3.yaml'), {}, 30_000)])
-
-    const dash = await daemons.n1.waitFor(e => e.event === 'dashboard' && String(e.url).includes('#token='), 5000, 'the dashboard URL')
-    const wsAddr = `/ip4/127.0.0.1/tcp/${wsPort}/ws/p2p/${ids.n1!.peerId}`
-    const page = await context.newPage()
-    page.on('pageerror', e => pageErrors.push(e.message))
-    // the daemon prints http://127.0.0.1:PORT/#token=…; the page is told the daemon's WebSocket address too
-    await page.goto(`${String(dash.url)}&addr=${encodeURIComponent(wsAddr)}&stale=4000`)
-    await page.waitForFunction(() => document.querySelectorAll('[data-testid=node-table] tbody tr').length === 3, undefined, { timeout: 30_000 })
-      .catch(async (err: Error) => { await shot(page, 'real-failed-connect'); throw new Error(`${err.message}; page says: ${await page.locator('body').innerText()}`) })
-    assert.match(await page.locator('[data-testid=connection]').innerText(), /connected · viewer/)
-    assert.ok(!page.url().includes('token='), 'the spent token is removed from the address bar')
-    await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=node-state]')].every(e => e.textContent === 'online'), undefined, { timeout: 10_000 })
-    await shot(page, 'real-overview')
-
-    // unlock the admin key in the page: file input + passphrase
-    await page.click('[data-testid=key-button]')
-    await page.setInputFiles('[data-testid=key-file]', join(dir, 'fleet/admin.key'))
-    await page.fill('[data-testid=key-passphrase]', 'not the passphrase')
-    await page.click('[data-testid=key-unlock]')
-    await page.waitForSelector('[data-testid=key-error]', { timeout: 20_000 })
-    assert.match(await page.locator('[data-testid=key-error]').innerText(), /wrong passphrase/)
-    await page.fill('[data-testid=key-passphrase]', PASS)
-    await page.click('[data-testid=key-unlock]')
-    await page.waitForFunction(() => /admin-session/.test(document.querySelector('[data-testid=connection]')?.textContent ?? ''), undefined, { timeout: 30_000 })
-
-    // edit the desired config, review the diff, sign and publish
-    await page.click('a.tab:has-text("Desired config")')
-    const editor = page.locator('[data-testid=yaml-editor]')
-    await page.waitForFunction(() => (document.querySelector('[data-testid=yaml-editor]') as HTMLTextAreaElement | null)?.value.includes('hello v1') === true, undefined, { timeout: 10_000 })
-    await editor.fill((await editor.inputValue()).replace('hello v1', 'hello from the browser'))
-    await page.click('[data-testid=review]')
-    await page.waitForSelector('[data-testid=diff]')
-    assert.match(await page.locator('[data-testid=diff]').innerText(), /\+ defaults\.files\."\/etc\/rhizome\/motd"\.content = \|\s*\nhello from the browser/)
-    await page.fill('[data-testid=change-message]', 'motd from the dashboard')
-    await shot(page, 'real-config-diff')
-    await page.click('[data-testid=publish]')
-    await page.waitForSelector('[data-testid=published]', { timeout: 20_000 })
-    for (const n of NAMES) {
-      await waitUntil(async () => ((await readFile(motd(n), 'utf8').catch(() => '')) === 'hello from the browser\n' ? true : undefined), 30_000, `${n} to apply the change signed in the browser`)
-    }
-    const doc = await getJson<{ value: { defaults: { files: Record<string, { content: string }> } } }>(`${daemons.n3.url}/api/docs/fleet`)
-    assert.equal(doc.value.defaults.files['/etc/rhizome/motd']?.content, 'hello from the browser\n')
-    await page.waitForFunction(() => /Applied on <strong>3<\/strong>/.test(document.querySelector('[data-testid=published]')?.innerHTML ?? ''), undefined, { timeout: 20_000 })
-    await shot(page, 'real-config-published')
-
-    await page.click('a.tab:has-text("History")')
-    await page.waitForSelector('.change:has-text("motd from the dashboard")', { timeout: 10_000 })
-    await shot(page, 'real-history')
-    await page.click('a.tab:has-text("Topology")')
-    await page.waitForSelector('svg.topology .vertex')
-    await shot(page, 'real-topology')
-    await page.click('a.tab:has-text("Fleet")')
-    await page.click('tr[data-node=n2]')
-    await page.waitForSelector('[data-testid=effective-config]')
-    assert.match(await page.locator('[data-testid=effective-config]').innerText(), /hello from the browser/)
-    await shot(page, 'real-node-detail')
-
-    // a node that falls silent turns stale on the page, without a reload
-    await page.click('a.tab:has-text("Fleet")')
-    await daemons.n3.stop()
-    await page.waitForFunction(() => document.querySelector('tr[data-node=n3] [data-testid=node-state]')?.textContent === 'stale', undefined, { timeout: 30_000 })
-    assert.equal(await page.locator('tr[data-node=n1] [data-testid=node-state]').innerText(), 'online')
-    await shot(page, 'real-overview-stale')
-    assert.deepEqual(pageErrors, [])
-  })
-})
+  }
+)

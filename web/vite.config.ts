@@ -5,7 +5,12 @@
 import { fileURLToPath } from 'node:url'
 import { defineConfig } from 'vite'
 
-const automergeBase64 = fileURLToPath(new URL('../node_modules/@automerge/automerge/dist/mjs/entrypoints/fullfat_base64.js', import.meta.url))
+const automergeBase64 = fileURLToPath(
+  new URL(
+    '../node_modules/@automerge/automerge/dist/mjs/entrypoints/fullfat_base64.js',
+    import.meta.url
+  )
+)
 
 export default defineConfig({
   root: fileURLToPath(new URL('.', import.meta.url)),

@@ -16,15 +16,25 @@ export const MAX_MANAGED_FILES = 1000
 export const MAX_FILE_BYTES = 4 * 1024 * 1024
 export const MAX_DRIFT_REPORTED = 20
 
-export interface FileSpec { content: string, mode: number }
-export interface FileStatus { ok: boolean, drifted: string[], errors: string[] }
+export interface FileSpec {
+  content: string
+  mode: number
+}
+export interface FileStatus {
+  ok: boolean
+  drifted: string[]
+  errors: string[]
+}
 
-interface Managed { spec: FileSpec, hash: string }
+interface Managed {
+  spec: FileSpec
+  hash: string
+}
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex')
 
 /** Parse `mode: 0644` (YAML gives 644 or 420 or "0644") into a number. */
-export function parseMode (v: unknown): number {
+export function parseMode(v: unknown): number {
   if (v === undefined || v === null) return 0o644
   if (typeof v === 'string' && /^0?[0-7]{3,4}$/.test(v)) return parseInt(v, 8)
   if (typeof v === 'number' && Number.isInteger(v)) {
@@ -45,31 +55,41 @@ export class FilesApplier {
   private errors: string[] = []
   private readonly onDrift: (path: string) => void
 
-  constructor (opts: { root: string, allowedRoots: string[], onDrift?: (path: string) => void }) {
+  constructor(opts: { root: string; allowedRoots: string[]; onDrift?: (path: string) => void }) {
     this.root = opts.root
     this.allowed = opts.allowedRoots.map(r => normalize(r.endsWith('/') ? r : r + '/'))
     this.onDrift = opts.onDrift ?? (() => {})
   }
 
-  private target (path: string): string {
+  private target(path: string): string {
     const p = normalize(path)
     if (!p.startsWith('/') || p.includes('\0')) throw new Error(`"${path}" is not an absolute path`)
-    if (!this.allowed.some(r => r === '/' || p.startsWith(r))) throw new Error(`"${path}" is outside the allowed roots (${this.allowed.join(', ')}); change allowedRoots in the daemon config to manage it`)
+    if (!this.allowed.some(r => r === '/' || p.startsWith(r)))
+      throw new Error(
+        `"${path}" is outside the allowed roots (${this.allowed.join(', ')}); change allowedRoots in the daemon config to manage it`
+      )
     return join(this.root, p)
   }
 
   /** Make the managed files equal `desired` (path → {content, mode?}). */
-  async apply (desired: Record<string, unknown>): Promise<FileStatus> {
+  async apply(desired: Record<string, unknown>): Promise<FileStatus> {
     const errors: string[] = []
     const next = new Map<string, Managed>()
     const entries = Object.entries(desired).slice(0, MAX_MANAGED_FILES)
-    if (Object.keys(desired).length > MAX_MANAGED_FILES) errors.push(`more than ${MAX_MANAGED_FILES} files configured; the rest are ignored`)
+    if (Object.keys(desired).length > MAX_MANAGED_FILES)
+      errors.push(`more than ${MAX_MANAGED_FILES} files configured; the rest are ignored`)
     for (const [path, raw] of entries) {
       try {
-        const r = raw as { content?: unknown, mode?: unknown }
+        const r = raw as { content?: unknown; mode?: unknown }
         if (typeof r !== 'object' || r === null) throw new Error('expected { content, mode? }')
-        const content = typeof r.content === 'string' ? r.content : r.content === undefined ? '' : JSON.stringify(r.content)
-        if (content.length > MAX_FILE_BYTES) throw new Error(`content is larger than ${MAX_FILE_BYTES} bytes`)
+        const content =
+          typeof r.content === 'string'
+            ? r.content
+            : r.content === undefined
+              ? ''
+              : JSON.stringify(r.content)
+        if (content.length > MAX_FILE_BYTES)
+          throw new Error(`content is larger than ${MAX_FILE_BYTES} bytes`)
         const spec = { content, mode: parseMode(r.mode) }
         const target = this.target(path)
         await this.writeIfDifferent(target, spec)
@@ -80,14 +100,18 @@ export class FilesApplier {
     }
     for (const path of this.managed.keys()) {
       if (next.has(path) || Object.hasOwn(desired, path)) continue
-      try { await rm(this.target(path), { force: true }) } catch (err) { errors.push(`${path}: remove failed: ${(err as Error).message}`) }
+      try {
+        await rm(this.target(path), { force: true })
+      } catch (err) {
+        errors.push(`${path}: remove failed: ${(err as Error).message}`)
+      }
     }
     this.managed = next
     this.errors = errors
     return this.status()
   }
 
-  private async writeIfDifferent (target: string, spec: FileSpec): Promise<boolean> {
+  private async writeIfDifferent(target: string, spec: FileSpec): Promise<boolean> {
     let same = false
     try {
       const [buf, st] = await Promise.all([readFile(target, 'utf8'), stat(target)])
@@ -103,7 +127,7 @@ export class FilesApplier {
   }
 
   /** Compare every managed file with its spec; put changed ones back. Returns the paths put back. */
-  async checkDrift (): Promise<string[]> {
+  async checkDrift(): Promise<string[]> {
     const put: string[] = []
     for (const [path, m] of this.managed) {
       try {
@@ -116,15 +140,20 @@ export class FilesApplier {
       }
     }
     if (put.length > 0) {
-      this.drifted = [...put, ...this.drifted.filter(p => !put.includes(p))].slice(0, MAX_DRIFT_REPORTED)
+      this.drifted = [...put, ...this.drifted.filter(p => !put.includes(p))].slice(
+        0,
+        MAX_DRIFT_REPORTED
+      )
       for (const p of put) this.onDrift(p)
     }
     return put
   }
 
-  status (): FileStatus {
+  status(): FileStatus {
     return { ok: this.errors.length === 0, drifted: [...this.drifted], errors: [...this.errors] }
   }
 
-  get paths (): string[] { return [...this.managed.keys()] }
+  get paths(): string[] {
+    return [...this.managed.keys()]
+  }
 }

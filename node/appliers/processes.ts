@@ -23,8 +23,19 @@ export const STATUS_LOG_LINES = 20
 
 export type WorkloadState = 'running' | 'starting' | 'crashed' | 'stopped'
 
-export interface HealthSpec { http?: string, tcp?: string, command?: string[], intervalMs?: number }
-export interface WorkloadSpec { command: string[], env?: Record<string, string>, cwd?: string, version?: string, health?: HealthSpec }
+export interface HealthSpec {
+  http?: string
+  tcp?: string
+  command?: string[]
+  intervalMs?: number
+}
+export interface WorkloadSpec {
+  command: string[]
+  env?: Record<string, string>
+  cwd?: string
+  version?: string
+  health?: HealthSpec
+}
 
 export interface WorkloadStatus {
   state: WorkloadState
@@ -35,12 +46,15 @@ export interface WorkloadStatus {
   log: string[]
 }
 
-function toSpec (name: string, raw: unknown): WorkloadSpec {
+function toSpec(name: string, raw: unknown): WorkloadSpec {
   const r = raw as Record<string, unknown>
-  if (typeof r !== 'object' || r === null) throw new Error(`workload "${name}": expected { command, env?, cwd?, version?, health? }`)
-  if (!Array.isArray(r.command) || r.command.length === 0) throw new Error(`workload "${name}": command must be a non-empty list`)
+  if (typeof r !== 'object' || r === null)
+    throw new Error(`workload "${name}": expected { command, env?, cwd?, version?, health? }`)
+  if (!Array.isArray(r.command) || r.command.length === 0)
+    throw new Error(`workload "${name}": command must be a non-empty list`)
   const env: Record<string, string> = {}
-  if (typeof r.env === 'object' && r.env !== null) for (const [k, v] of Object.entries(r.env)) if (v !== null) env[k] = String(v)
+  if (typeof r.env === 'object' && r.env !== null)
+    for (const [k, v] of Object.entries(r.env)) if (v !== null) env[k] = String(v)
   const spec: WorkloadSpec = { command: r.command.map(String), env }
   if (typeof r.cwd === 'string') spec.cwd = r.cwd
   if (r.version !== undefined && r.version !== null) spec.version = String(r.version)
@@ -56,13 +70,17 @@ function toSpec (name: string, raw: unknown): WorkloadSpec {
 }
 
 /** One probe; resolves true if healthy. */
-export async function probe (h: HealthSpec, signal: AbortSignal): Promise<boolean> {
+export async function probe(h: HealthSpec, signal: AbortSignal): Promise<boolean> {
   if (h.http !== undefined) {
     try {
-      const res = await fetch(h.http, { signal: AbortSignal.any([signal, AbortSignal.timeout(PROBE_TIMEOUT_MS)]) })
+      const res = await fetch(h.http, {
+        signal: AbortSignal.any([signal, AbortSignal.timeout(PROBE_TIMEOUT_MS)])
+      })
       await res.body?.cancel()
       return res.ok
-    } catch { return false }
+    } catch {
+      return false
+    }
   }
   if (h.tcp !== undefined) {
     const i = h.tcp.lastIndexOf(':')
@@ -70,7 +88,10 @@ export async function probe (h: HealthSpec, signal: AbortSignal): Promise<boolea
     const port = Number(h.tcp.slice(i + 1))
     return new Promise(resolve => {
       const s = connect({ host, port, timeout: PROBE_TIMEOUT_MS })
-      const done = (ok: boolean): void => { s.destroy(); resolve(ok) }
+      const done = (ok: boolean): void => {
+        s.destroy()
+        resolve(ok)
+      }
       s.once('connect', () => done(true))
       s.once('error', () => done(false))
       s.once('timeout', () => done(false))
@@ -78,7 +99,11 @@ export async function probe (h: HealthSpec, signal: AbortSignal): Promise<boolea
   }
   if (h.command !== undefined && h.command.length > 0) {
     return new Promise(resolve => {
-      const c = spawn(h.command![0] as string, h.command!.slice(1), { stdio: 'ignore', timeout: PROBE_TIMEOUT_MS, signal })
+      const c = spawn(h.command![0] as string, h.command!.slice(1), {
+        stdio: 'ignore',
+        timeout: PROBE_TIMEOUT_MS,
+        signal
+      })
       c.once('error', () => resolve(false))
       c.once('exit', code => resolve(code === 0))
     })
@@ -105,7 +130,13 @@ class Workload {
   private readonly backoff: BackoffOptions
   private readonly baseEnv: Record<string, string>
 
-  constructor (name: string, spec: WorkloadSpec, onState: () => void, backoff: BackoffOptions, baseEnv: Record<string, string>) {
+  constructor(
+    name: string,
+    spec: WorkloadSpec,
+    onState: () => void,
+    backoff: BackoffOptions,
+    baseEnv: Record<string, string>
+  ) {
     this.name = name
     this.spec = spec
     this.key = canonicalJson(spec)
@@ -114,9 +145,11 @@ class Workload {
     this.baseEnv = baseEnv
   }
 
-  get pid (): number | undefined { return this.child?.pid }
+  get pid(): number | undefined {
+    return this.child?.pid
+  }
 
-  start (): void {
+  start(): void {
     if (this.stopping) return
     const [cmd, ...args] = this.spec.command as [string, ...string[]]
     this.state = 'starting'
@@ -126,7 +159,13 @@ class Workload {
     try {
       child = spawn(cmd, args, {
         cwd: this.spec.cwd,
-        env: { ...process.env, ...this.baseEnv, RHIZOME_WORKLOAD: this.name, RHIZOME_WORKLOAD_VERSION: this.spec.version ?? '', ...this.spec.env },
+        env: {
+          ...process.env,
+          ...this.baseEnv,
+          RHIZOME_WORKLOAD: this.name,
+          RHIZOME_WORKLOAD_VERSION: this.spec.version ?? '',
+          ...this.spec.env
+        },
         stdio: ['ignore', 'pipe', 'pipe']
       })
     } catch (err) {
@@ -141,23 +180,29 @@ class Workload {
     child.stderr?.setEncoding('utf8').on('data', (d: string) => err.write(d))
     child.once('error', e => {
       this.logs.push(`[rhizome] ${cmd}: ${e.message}`)
-      if (child.pid === undefined) { this.child = undefined; this.crashed() }
+      if (child.pid === undefined) {
+        this.child = undefined
+        this.crashed()
+      }
     })
     child.once('spawn', () => {
-      this.logs.push(`[rhizome] started ${this.name}${this.spec.version === undefined ? '' : ` version ${this.spec.version}`} (pid ${child.pid})`)
+      this.logs.push(
+        `[rhizome] started ${this.name}${this.spec.version === undefined ? '' : ` version ${this.spec.version}`} (pid ${child.pid})`
+      )
       if (this.spec.health === undefined) this.state = 'running'
       this.onState()
       this.scheduleProbe(0)
     })
     child.once('exit', (code, signal) => {
-      out.flush(); err.flush()
+      out.flush()
+      err.flush()
       if (this.child === child) this.child = undefined
       this.logs.push(`[rhizome] ${this.name} exited (${signal ?? `code ${code}`})`)
       if (!this.stopping) this.crashed()
     })
   }
 
-  private crashed (): void {
+  private crashed(): void {
     clearTimeout(this.probeTimer)
     this.state = 'crashed'
     this.healthy = this.spec.health === undefined ? null : false
@@ -167,10 +212,12 @@ class Workload {
     const delay = backoffDelay(this.attempt, this.backoff)
     this.logs.push(`[rhizome] restarting ${this.name} in ${delay} ms (restart ${this.restarts})`)
     this.onState()
-    this.restartTimer = setTimeout(() => { this.start() }, delay)
+    this.restartTimer = setTimeout(() => {
+      this.start()
+    }, delay)
   }
 
-  private scheduleProbe (delay: number): void {
+  private scheduleProbe(delay: number): void {
     const h = this.spec.health
     if (h === undefined || this.stopping) return
     clearTimeout(this.probeTimer)
@@ -182,12 +229,16 @@ class Workload {
         if (ok) this.state = 'running'
         if (changed) this.onState()
         // Probe quickly while starting so "up" is reported promptly, then at the set interval.
-        this.scheduleProbe(this.state === 'starting' ? Math.min(250, h.intervalMs ?? DEFAULT_PROBE_INTERVAL_MS) : h.intervalMs ?? DEFAULT_PROBE_INTERVAL_MS)
+        this.scheduleProbe(
+          this.state === 'starting'
+            ? Math.min(250, h.intervalMs ?? DEFAULT_PROBE_INTERVAL_MS)
+            : (h.intervalMs ?? DEFAULT_PROBE_INTERVAL_MS)
+        )
       })
     }, delay)
   }
 
-  async stop (): Promise<void> {
+  async stop(): Promise<void> {
     this.stopping = true
     this.abort.abort()
     clearTimeout(this.restartTimer)
@@ -196,7 +247,9 @@ class Workload {
     if (child !== undefined && child.exitCode === null && child.signalCode === null) {
       const exited = new Promise<void>(resolve => child.once('exit', () => resolve()))
       child.kill('SIGTERM')
-      const t = setTimeout(() => { child.kill('SIGKILL') }, STOP_GRACE_MS)
+      const t = setTimeout(() => {
+        child.kill('SIGKILL')
+      }, STOP_GRACE_MS)
       await exited
       clearTimeout(t)
     }
@@ -205,8 +258,13 @@ class Workload {
     this.healthy = null
   }
 
-  status (): WorkloadStatus {
-    const s: WorkloadStatus = { state: this.state, healthy: this.healthy, restarts: this.restarts, log: this.logs.last(STATUS_LOG_LINES) }
+  status(): WorkloadStatus {
+    const s: WorkloadStatus = {
+      state: this.state,
+      healthy: this.healthy,
+      restarts: this.restarts,
+      log: this.logs.last(STATUS_LOG_LINES)
+    }
     if (this.spec.version !== undefined) s.version = this.spec.version
     if (this.pid !== undefined) s.pid = this.pid
     return s
@@ -227,22 +285,39 @@ export class ProcessesApplier {
    * `pidFile`: where the pids of running workloads are recorded, so a daemon that was killed
    * (no graceful shutdown) stops its orphaned workloads when it starts again (`reapOrphans`).
    */
-  constructor (opts: { onState?: () => void, backoff?: BackoffOptions, env?: Record<string, string>, pidFile?: string } = {}) {
+  constructor(
+    opts: {
+      onState?: () => void
+      backoff?: BackoffOptions
+      env?: Record<string, string>
+      pidFile?: string
+    } = {}
+  ) {
     this.pidFile = opts.pidFile
     const onState = opts.onState ?? (() => {})
-    this.onState = () => { this.recordPids(); onState() }
+    this.onState = () => {
+      this.recordPids()
+      onState()
+    }
     this.backoff = opts.backoff ?? DEFAULT_BACKOFF
     this.baseEnv = opts.env ?? {}
   }
 
   /** Make the running workloads equal `desired` (name → spec). */
-  async apply (desired: Record<string, unknown>): Promise<{ started: string[], stopped: string[], errors: string[] }> {
+  async apply(
+    desired: Record<string, unknown>
+  ): Promise<{ started: string[]; stopped: string[]; errors: string[] }> {
     const specs = new Map<string, WorkloadSpec>()
     const errors: string[] = []
     for (const [name, raw] of Object.entries(desired).slice(0, MAX_WORKLOADS)) {
-      try { specs.set(name, toSpec(name, raw)) } catch (err) { errors.push((err as Error).message) }
+      try {
+        specs.set(name, toSpec(name, raw))
+      } catch (err) {
+        errors.push((err as Error).message)
+      }
     }
-    if (Object.keys(desired).length > MAX_WORKLOADS) errors.push(`more than ${MAX_WORKLOADS} workloads configured; the rest are ignored`)
+    if (Object.keys(desired).length > MAX_WORKLOADS)
+      errors.push(`more than ${MAX_WORKLOADS} workloads configured; the rest are ignored`)
     const started: string[] = []
     const stopped: string[] = []
     for (const [name, w] of [...this.workloads]) {
@@ -265,29 +340,38 @@ export class ProcessesApplier {
     return { started, stopped, errors }
   }
 
-  status (): Record<string, WorkloadStatus> {
+  status(): Record<string, WorkloadStatus> {
     const out: Record<string, WorkloadStatus> = {}
     for (const [name, w] of this.workloads) out[name] = w.status()
     return out
   }
 
-  logs (name: string): string[] | undefined {
+  logs(name: string): string[] | undefined {
     return this.workloads.get(name)?.logs.last()
   }
 
-  pids (): number[] {
+  pids(): number[] {
     return [...this.workloads.values()].map(w => w.pid).filter((p): p is number => p !== undefined)
   }
 
-  get configErrors (): string[] { return [...this.errors] }
+  get configErrors(): string[] {
+    return [...this.errors]
+  }
 
   private recorded = ''
-  private recordPids (): void {
+  private recordPids(): void {
     if (this.pidFile === undefined) return
-    const list = [...this.workloads.values()].filter(w => w.pid !== undefined).map(w => ({ pid: w.pid, cmd: w.spec.command[0] }))
+    const list = [...this.workloads.values()]
+      .filter(w => w.pid !== undefined)
+      .map(w => ({ pid: w.pid, cmd: w.spec.command[0] }))
     const text = JSON.stringify(list)
     if (text === this.recorded) return
-    try { writeFileSync(this.pidFile, text, { mode: 0o600 }); this.recorded = text } catch (err) { log.error('cannot record workload pids: %e', err) }
+    try {
+      writeFileSync(this.pidFile, text, { mode: 0o600 })
+      this.recorded = text
+    } catch (err) {
+      log.error('cannot record workload pids: %e', err)
+    }
   }
 
   /**
@@ -295,27 +379,51 @@ export class ProcessesApplier {
    * each recorded pid is signalled only if /proc shows it still runs the recorded command, so
    * a pid reused by an unrelated process is left alone. Returns the pids stopped.
    */
-  async reapOrphans (): Promise<number[]> {
+  async reapOrphans(): Promise<number[]> {
     if (this.pidFile === undefined) return []
-    let list: Array<{ pid: number, cmd: string }> = []
-    try { list = JSON.parse(readFileSync(this.pidFile, 'utf8')) as typeof list } catch { return [] }
+    let list: Array<{ pid: number; cmd: string }> = []
+    try {
+      list = JSON.parse(readFileSync(this.pidFile, 'utf8')) as typeof list
+    } catch {
+      return []
+    }
     const stopped: number[] = []
     for (const { pid, cmd } of Array.isArray(list) ? list.slice(0, MAX_WORKLOADS) : []) {
       if (!Number.isInteger(pid) || pid <= 1 || typeof cmd !== 'string') continue
       let argv0 = ''
-      try { argv0 = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] ?? '' } catch { continue }
+      try {
+        argv0 = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] ?? ''
+      } catch {
+        continue
+      }
       if (argv0 !== cmd) continue
-      try { process.kill(pid, 'SIGTERM'); stopped.push(pid) } catch {}
+      try {
+        process.kill(pid, 'SIGTERM')
+        stopped.push(pid)
+      } catch {}
     }
-    try { writeFileSync(this.pidFile, '[]') } catch {}
+    try {
+      writeFileSync(this.pidFile, '[]')
+    } catch {}
     // Wait (bounded) for them to exit, so their replacements can bind the same ports.
-    const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true } catch { return false } }
-    for (let i = 0; i < 50 && stopped.some(alive); i++) await new Promise(resolve => setTimeout(resolve, 100))
-    for (const pid of stopped.filter(alive)) try { process.kill(pid, 'SIGKILL') } catch {}
+    const alive = (pid: number): boolean => {
+      try {
+        process.kill(pid, 0)
+        return true
+      } catch {
+        return false
+      }
+    }
+    for (let i = 0; i < 50 && stopped.some(alive); i++)
+      await new Promise(resolve => setTimeout(resolve, 100))
+    for (const pid of stopped.filter(alive))
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {}
     return stopped
   }
 
-  async stopAll (): Promise<void> {
+  async stopAll(): Promise<void> {
     await Promise.all([...this.workloads.values()].map(w => w.stop()))
     this.workloads.clear()
     this.recordPids()

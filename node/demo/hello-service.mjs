@@ -11,7 +11,13 @@ const server = createServer((req, res) => {
   res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' })
   res.end(body)
 })
-server.listen(port, '127.0.0.1', () => { console.log(`hello-service listening on http://127.0.0.1:${port}/`) })
-const stop = () => { server.close(); server.closeAllConnections(); process.exit(0) }
+server.listen(port, '127.0.0.1', () => {
+  console.log(`hello-service listening on http://127.0.0.1:${port}/`)
+})
+const stop = () => {
+  server.close()
+  server.closeAllConnections()
+  process.exit(0)
+}
 process.on('SIGTERM', stop)
 process.on('SIGINT', stop)

@@ -23,7 +23,7 @@ import { newActorId, signChange, readChanges, type SignedBatch } from '../../crd
 import type { SignedDocument, Signer } from '../../crdt/document.ts'
 
 /** A key pair derived from a label: the same label always gives the same key. */
-export function testKey (label: string): KeyPair {
+export function testKey(label: string): KeyPair {
   return keyPairFromSeed(sha256(utf8(`rhizome-test-key/${label}`)))
 }
 
@@ -59,25 +59,40 @@ export interface TestFleet {
   openReplica: (store?: Store, ed?: Ed25519) => Promise<Replica>
 }
 
-export async function makeFleet (opts: FleetOptions = {}): Promise<TestFleet> {
+export async function makeFleet(opts: FleetOptions = {}): Promise<TestFleet> {
   const ed = opts.ed ?? nodeCryptoEd25519
   const label = opts.label ?? 'fleet'
   const root = testKey(`${label}/root`)
   const admins = Array.from({ length: opts.admins ?? 2 }, (_, i) => testKey(`${label}/admin-${i}`))
   const operator = testKey(`${label}/operator`)
   const nodes = Array.from({ length: opts.nodes ?? 1 }, (_, i) => testKey(`${label}/node-${i}`))
-  const genesis = await createGenesis({
-    fleet: `test-${label}`,
-    roots: [root],
-    admins: admins.map((k, i) => ({ key: publicKeyHex(k.publicKey), name: `admin-${i}` })),
-    operators: [{ key: publicKeyHex(operator.publicKey), name: 'operator', docs: opts.operatorDocs ?? ['site/x'] }],
-    nodes: nodes.map((k, i) => ({ key: publicKeyHex(k.publicKey), name: `node-${i}`, labels: { role: 'pos', site: 'x' } })),
-    issued: new Date('2026-01-01T00:00:00.000Z')
-  }, ed)
+  const genesis = await createGenesis(
+    {
+      fleet: `test-${label}`,
+      roots: [root],
+      admins: admins.map((k, i) => ({ key: publicKeyHex(k.publicKey), name: `admin-${i}` })),
+      operators: [
+        {
+          key: publicKeyHex(operator.publicKey),
+          name: 'operator',
+          docs: opts.operatorDocs ?? ['site/x']
+        }
+      ],
+      nodes: nodes.map((k, i) => ({
+        key: publicKeyHex(k.publicKey),
+        name: `node-${i}`,
+        labels: { role: 'pos', site: 'x' }
+      })),
+      issued: new Date('2026-01-01T00:00:00.000Z')
+    },
+    ed
+  )
   const stores: MemoryStore[] = []
   const replicas: Replica[] = []
-  const openReplica = async (store: Store = new MemoryStore(), edImpl: Ed25519 = ed): Promise<Replica> =>
-    Replica.open({ store, ed: edImpl, genesis })
+  const openReplica = async (
+    store: Store = new MemoryStore(),
+    edImpl: Ed25519 = ed
+  ): Promise<Replica> => Replica.open({ store, ed: edImpl, genesis })
   for (let i = 0; i < (opts.replicas ?? 2); i++) {
     const store = new MemoryStore()
     stores.push(store)
@@ -87,7 +102,10 @@ export async function makeFleet (opts: FleetOptions = {}): Promise<TestFleet> {
   const signer = (replica: number, pair: KeyPair): Signer => {
     const id = `${replica}/${publicKeyHex(pair.publicKey)}`
     let s = signers.get(id)
-    if (s === undefined) { s = Replica.signer(pair); signers.set(id, s) }
+    if (s === undefined) {
+      s = Replica.signer(pair)
+      signers.set(id, s)
+    }
     return s
   }
   return { ed, root, admins, operator, nodes, genesis, stores, replicas, signer, openReplica }
@@ -106,7 +124,14 @@ export interface ForgeOptions {
  * Make a signed batch the way an attacker or a buggy peer could: straight through Automerge,
  * bypassing `SignedDocument.change` and its authorisation check. The document is not changed.
  */
-export async function forgeBatch<T> (doc: SignedDocument<T>, fleetId: string, pair: KeyPair, fn: Automerge.ChangeFn<T>, ed: Ed25519, opts: ForgeOptions = {}): Promise<SignedBatch> {
+export async function forgeBatch<T>(
+  doc: SignedDocument<T>,
+  fleetId: string,
+  pair: KeyPair,
+  fn: Automerge.ChangeFn<T>,
+  ed: Ed25519,
+  opts: ForgeOptions = {}
+): Promise<SignedBatch> {
   const actor = opts.actor ?? newActorId(pair.publicKey)
   const next = Automerge.change(Automerge.clone(doc.value, { actor }), fn)
   const change = Automerge.getLastLocalChange(next)
@@ -117,7 +142,7 @@ export async function forgeBatch<T> (doc: SignedDocument<T>, fleetId: string, pa
 }
 
 /** Every change hash a document holds. */
-export function allHashes<T> (doc: SignedDocument<T>): string[] {
+export function allHashes<T>(doc: SignedDocument<T>): string[] {
   return doc.history().map(h => h.hash)
 }
 
@@ -125,7 +150,7 @@ export function allHashes<T> (doc: SignedDocument<T>): string[] {
  * Bring `to` up to date with `from` for one document: send a self-covering batch of every
  * change `from` holds that `to` lacks, as sync would. Returns how many changes were sent.
  */
-export async function repair (from: Replica, to: Replica, docId: string): Promise<number> {
+export async function repair(from: Replica, to: Replica, docId: string): Promise<number> {
   const a = await from.open(docId)
   const b = await to.open(docId)
   const missing = allHashes(a).filter(h => !b.has([h]))
@@ -135,7 +160,7 @@ export async function repair (from: Replica, to: Replica, docId: string): Promis
 }
 
 /** Run `fn` and return the error it threw (rejects if it did not throw). */
-export async function thrown (fn: () => unknown): Promise<Error> {
+export async function thrown(fn: () => unknown): Promise<Error> {
   try {
     await fn()
   } catch (err) {

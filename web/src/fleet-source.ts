@@ -42,7 +42,7 @@ export interface NodeStatus {
   revision: Record<string, string[]>
   applied: Record<string, string[]>
   workloads: Record<string, WorkloadView>
-  files: { ok: boolean, drifted: string[] }
+  files: { ok: boolean; drifted: string[] }
   peers: string[]
   errors: string[]
   startedAt: number
@@ -77,7 +77,7 @@ export interface FleetSnapshot {
   docs: DocView[]
   signer?: SignerInfo
   /** Trust-chain names of keys (public key hex → name and role), for history. */
-  keys: Record<string, { name: string, role: string }>
+  keys: Record<string, { name: string; role: string }>
 }
 
 export interface HistoryItem {
@@ -104,16 +104,20 @@ export interface ConnectRequest {
 
 export interface FleetSource {
   /** Current state; `subscribe` calls back on every change. */
-  snapshot (): FleetSnapshot
-  subscribe (fn: (s: FleetSnapshot) => void): () => void
-  connect (req: ConnectRequest): Promise<void>
-  disconnect (): Promise<void>
+  snapshot(): FleetSnapshot
+  subscribe(fn: (s: FleetSnapshot) => void): () => void
+  connect(req: ConnectRequest): Promise<void>
+  disconnect(): Promise<void>
   /** Decrypt a key file with its passphrase; the key stays in this tab. */
-  unlockKey (keyFileText: string, passphrase: string): Promise<SignerInfo>
-  forgetKey (): Promise<void>
+  unlockKey(keyFileText: string, passphrase: string): Promise<SignerInfo>
+  forgetKey(): Promise<void>
   /** Sign (with the unlocked key) the change that makes `docId` equal `value`, and publish it. */
-  publish (docId: string, value: Record<string, unknown>, message: string): Promise<{ heads: string[] }>
-  history (docId: string): Promise<HistoryItem[]>
+  publish(
+    docId: string,
+    value: Record<string, unknown>,
+    message: string
+  ): Promise<{ heads: string[] }>
+  history(docId: string): Promise<HistoryItem[]>
   /** Check a document's content the way daemons will (unknown keys, bad paths); throws with what to fix. */
-  validate (docId: string, value: Record<string, unknown>): Promise<void>
+  validate(docId: string, value: Record<string, unknown>): Promise<void>
 }

@@ -11,6 +11,9 @@ import './styles.css'
 
 const params = readHash()
 const fake = params.get('fake')
-const source = fake !== null ? new FakeFleetSource(Math.min(10_000, Number(fake) || 100)) : new WorkerFleetSource()
+const source =
+  fake !== null
+    ? new FakeFleetSource(Math.min(10_000, Number(fake) || 100))
+    : new WorkerFleetSource()
 const root = document.getElementById('app')
 if (root !== null) render(<App source={source} />, root)

@@ -13,11 +13,24 @@ import { Replica } from '../../crdt/replica.ts'
 import { MemoryStore } from '../../crdt/store.ts'
 import { platformEd25519, type Ed25519 } from '../../crdt/ed25519.ts'
 import { decodeTrustStatement, statementHash } from '../../crdt/trust.ts'
-import { decryptKeyFile, fingerprint, generateKeyPair, parseKeyFile, type KeyPair } from '../../crdt/keys.ts'
+import {
+  decryptKeyFile,
+  fingerprint,
+  generateKeyPair,
+  parseKeyFile,
+  type KeyPair
+} from '../../crdt/keys.ts'
 import { toHex, utf8 } from '../../crdt/bytes.ts'
 import { checkDocument } from '../../crdt/fleet-yaml.ts'
 import { diffMaps, applyOps, formatOps, plainValue } from '../../crdt/config-diff.ts'
-import type { ConnectionInfo, DocView, FleetSnapshot, HistoryItem, NodeStatus, SignerInfo } from './fleet-source.ts'
+import type {
+  ConnectionInfo,
+  DocView,
+  FleetSnapshot,
+  HistoryItem,
+  NodeStatus,
+  SignerInfo
+} from './fleet-source.ts'
 import { nodeStatus } from './node-status.ts'
 import type { WorkerMessage, WorkerRequest, WorkerResult } from './worker-protocol.ts'
 
@@ -38,25 +51,31 @@ let ed: Ed25519 | undefined
 let replica: Replica | undefined
 let mesh: Mesh | undefined
 let identity: KeyPair | undefined
-let signer: { pair: KeyPair, info: SignerInfo } | undefined
+let signer: { pair: KeyPair; info: SignerInfo } | undefined
 let connection: ConnectionInfo = { state: 'disconnected', connectedTo: [] }
 let staleAfterMs = 30_000
 const connected = new Set<string>()
 const docCache = new Map<string, DocView>()
 
-function post (m: WorkerMessage): void { scope.postMessage(m) }
+function post(m: WorkerMessage): void {
+  scope.postMessage(m)
+}
 
 // ---- snapshots, throttled: a burst of status records produces one snapshot, not hundreds ----
 let snapshotTimer: ReturnType<typeof setTimeout> | undefined
 let lastSnapshot = 0
-function scheduleSnapshot (): void {
+function scheduleSnapshot(): void {
   if (snapshotTimer !== undefined) return
   const wait = Math.max(0, lastSnapshot + SNAPSHOT_MIN_INTERVAL_MS - Date.now())
-  snapshotTimer = setTimeout(() => { snapshotTimer = undefined; lastSnapshot = Date.now(); void sendSnapshot() }, wait)
+  snapshotTimer = setTimeout(() => {
+    snapshotTimer = undefined
+    lastSnapshot = Date.now()
+    void sendSnapshot()
+  }, wait)
 }
 setInterval(scheduleSnapshot, TICK_MS)
 
-async function docViews (): Promise<DocView[]> {
+async function docViews(): Promise<DocView[]> {
   if (replica === undefined) return []
   const out: DocView[] = []
   for (const id of replica.documentIds()) {
@@ -73,7 +92,7 @@ async function docViews (): Promise<DocView[]> {
   return out
 }
 
-function trustKeys (): FleetSnapshot['keys'] {
+function trustKeys(): FleetSnapshot['keys'] {
   const keys: FleetSnapshot['keys'] = {}
   if (replica === undefined) return keys
   const s = replica.trust.latest
@@ -83,7 +102,7 @@ function trustKeys (): FleetSnapshot['keys'] {
   return keys
 }
 
-async function sendSnapshot (): Promise<void> {
+async function sendSnapshot(): Promise<void> {
   const now = Date.now()
   const statuses: StatusRecord[] = mesh?.statuses() ?? []
   const snapshot: FleetSnapshot = {
@@ -97,7 +116,7 @@ async function sendSnapshot (): Promise<void> {
 }
 
 /** Mark documents where the node applied changes this page does not hold yet: it is ahead, not behind. */
-async function withNewer (n: NodeStatus): Promise<NodeStatus> {
+async function withNewer(n: NodeStatus): Promise<NodeStatus> {
   if (replica === undefined) return n
   const newer: string[] = []
   for (const [id, heads] of Object.entries(n.applied)) {
@@ -107,30 +126,60 @@ async function withNewer (n: NodeStatus): Promise<NodeStatus> {
   return newer.length === 0 ? n : { ...n, newer }
 }
 
-function setConnection (c: Partial<ConnectionInfo>): void {
+function setConnection(c: Partial<ConnectionInfo>): void {
   connection = { ...connection, ...c }
   scheduleSnapshot()
 }
 
 // ---- connecting ----
 
-async function startMesh (address: string, session: { viewerToken: string } | { voucher: Uint8Array }): Promise<string> {
-  if (replica === undefined || identity === undefined) throw new DashboardError('no fleet loaded; connect first')
-  const m = await createBrowserMesh({ replica, identity, bootstrap: [address], session, staleAfterMs, antiEntropyMs: 5000 })
+async function startMesh(
+  address: string,
+  session: { viewerToken: string } | { voucher: Uint8Array }
+): Promise<string> {
+  if (replica === undefined || identity === undefined)
+    throw new DashboardError('no fleet loaded; connect first')
+  const m = await createBrowserMesh({
+    replica,
+    identity,
+    bootstrap: [address],
+    session,
+    staleAfterMs,
+    antiEntropyMs: 5000
+  })
   mesh = m
   const admitted = new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new DashboardError(`the daemon at ${address} did not admit this browser within ${ADMISSION_TIMEOUT_MS / 1000} s; check that the address is the daemon's WebSocket address (…/ws/p2p/12D3Koo…) and that it is running`)), ADMISSION_TIMEOUT_MS)
-    m.addEventListener('session', (e) => {
-      const d = (e as CustomEvent<{ ok: boolean, admission?: string, reason?: string }>).detail
+    const timer = setTimeout(
+      () =>
+        reject(
+          new DashboardError(
+            `the daemon at ${address} did not admit this browser within ${ADMISSION_TIMEOUT_MS / 1000} s; check that the address is the daemon's WebSocket address (…/ws/p2p/12D3Koo…) and that it is running`
+          )
+        ),
+      ADMISSION_TIMEOUT_MS
+    )
+    m.addEventListener('session', e => {
+      const d = (e as CustomEvent<{ ok: boolean; admission?: string; reason?: string }>).detail
       clearTimeout(timer)
       if (d.ok) resolve(d.admission ?? 'viewer')
-      else reject(new DashboardError(`the daemon refused this browser: ${d.reason ?? 'no reason given'}`))
+      else
+        reject(
+          new DashboardError(`the daemon refused this browser: ${d.reason ?? 'no reason given'}`)
+        )
     })
   })
   m.addEventListener('status', scheduleSnapshot)
-  m.addEventListener('peer:connect', (e) => { connected.add((e as CustomEvent<{ peerId: string }>).detail.peerId); scheduleSnapshot() })
-  m.addEventListener('peer:disconnect', (e) => { connected.delete((e as CustomEvent<{ peerId: string }>).detail.peerId); scheduleSnapshot() })
-  m.addEventListener('rejected', (e) => { log.error('peer rejected: %o', (e as CustomEvent).detail) })
+  m.addEventListener('peer:connect', e => {
+    connected.add((e as CustomEvent<{ peerId: string }>).detail.peerId)
+    scheduleSnapshot()
+  })
+  m.addEventListener('peer:disconnect', e => {
+    connected.delete((e as CustomEvent<{ peerId: string }>).detail.peerId)
+    scheduleSnapshot()
+  })
+  m.addEventListener('rejected', e => {
+    log.error('peer rejected: %o', (e as CustomEvent).detail)
+  })
   await m.start()
   try {
     return await admitted
@@ -141,18 +190,24 @@ async function startMesh (address: string, session: { viewerToken: string } | { 
   }
 }
 
-async function stopMesh (): Promise<void> {
+async function stopMesh(): Promise<void> {
   const m = mesh
   mesh = undefined
   connected.clear()
   if (m !== undefined) await m.stop().catch(err => log.error('stopping the mesh failed: %e', err))
 }
 
-async function connect (req: Extract<WorkerRequest, { type: 'connect' }>): Promise<void> {
+async function connect(req: Extract<WorkerRequest, { type: 'connect' }>): Promise<void> {
   await stopMesh()
   staleAfterMs = req.staleAfterMs ?? 30_000
-  if (!/\/(ws|wss|tls\/ws)\/p2p\/\w+/.test(req.address)) throw new DashboardError(`"${req.address}" is not a daemon WebSocket address; it looks like /ip4/192.168.1.20/tcp/4002/ws/p2p/12D3KooW… (the daemon prints it at start as mesh.listening)`)
-  if (req.trust === undefined || req.trust.length === 0) throw new DashboardError('this page does not know the fleet yet: choose the fleet\'s trust.json (written by `rhizome init`) in the connect form, or open the dashboard from the daemon\'s own address')
+  if (!/\/(ws|wss|tls\/ws)\/p2p\/\w+/.test(req.address))
+    throw new DashboardError(
+      `"${req.address}" is not a daemon WebSocket address; it looks like /ip4/192.168.1.20/tcp/4002/ws/p2p/12D3KooW… (the daemon prints it at start as mesh.listening)`
+    )
+  if (req.trust === undefined || req.trust.length === 0)
+    throw new DashboardError(
+      "this page does not know the fleet yet: choose the fleet's trust.json (written by `rhizome init`) in the connect form, or open the dashboard from the daemon's own address"
+    )
   setConnection({ state: 'connecting', address: req.address, error: undefined })
   try {
     ed ??= await platformEd25519()
@@ -170,33 +225,59 @@ async function connect (req: Extract<WorkerRequest, { type: 'connect' }>): Promi
     let session: { viewerToken: string } | { voucher: Uint8Array }
     if (req.token !== undefined && req.token !== '') session = { viewerToken: req.token }
     else if (signer !== undefined) session = { voucher: await voucherFor(signer.pair) }
-    else throw new DashboardError('give the viewer token the daemon printed (its dashboard URL ends in #token=…), or unlock an admin or operator key first to open a session with it')
+    else
+      throw new DashboardError(
+        'give the viewer token the daemon printed (its dashboard URL ends in #token=…), or unlock an admin or operator key first to open a session with it'
+      )
     const admission = await startMesh(req.address, session)
-    setConnection({ state: 'connected', admission: admission as ConnectionInfo['admission'], fleet: replica.trust.latest.fleet, fleetId: replica.fleetId, selfPeerId: mesh?.peerId })
+    setConnection({
+      state: 'connected',
+      admission: admission as ConnectionInfo['admission'],
+      fleet: replica.trust.latest.fleet,
+      fleetId: replica.fleetId,
+      selfPeerId: mesh?.peerId
+    })
     // A viewer token admits read-only. With an admin or operator key unlocked, upgrade at once.
-    if (admission === 'viewer' && signer !== undefined && mayWrite(signer.info)) await upgradeSession()
+    if (admission === 'viewer' && signer !== undefined && mayWrite(signer.info))
+      await upgradeSession()
   } catch (err) {
     setConnection({ state: 'error', error: (err as Error).message })
     throw err
   }
 }
 
-function mayWrite (info: SignerInfo): boolean { return info.role === 'admin' || info.role === 'operator' }
+function mayWrite(info: SignerInfo): boolean {
+  return info.role === 'admin' || info.role === 'operator'
+}
 
-async function voucherFor (pair: KeyPair): Promise<Uint8Array> {
-  if (replica === undefined || identity === undefined || ed === undefined) throw new DashboardError('connect to a daemon first')
-  return await signSessionVoucher({ peerPublicKey: identity.publicKey, role: 'admin-session', expires: Date.now() + SESSION_VOUCHER_MS, signer: pair, fleetId: replica.fleetId }, ed)
+async function voucherFor(pair: KeyPair): Promise<Uint8Array> {
+  if (replica === undefined || identity === undefined || ed === undefined)
+    throw new DashboardError('connect to a daemon first')
+  return await signSessionVoucher(
+    {
+      peerPublicKey: identity.publicKey,
+      role: 'admin-session',
+      expires: Date.now() + SESSION_VOUCHER_MS,
+      signer: pair,
+      fleetId: replica.fleetId
+    },
+    ed
+  )
 }
 
 /** Replace the viewer session with one vouched for by the unlocked key: daemons accept changes only from such sessions. */
-async function upgradeSession (): Promise<void> {
+async function upgradeSession(): Promise<void> {
   if (signer === undefined || connection.address === undefined) return
   const voucher = await voucherFor(signer.pair)
   await stopMesh()
   setConnection({ state: 'connecting' })
   try {
     const admission = await startMesh(connection.address, { voucher })
-    setConnection({ state: 'connected', admission: admission as ConnectionInfo['admission'], selfPeerId: mesh?.peerId })
+    setConnection({
+      state: 'connected',
+      admission: admission as ConnectionInfo['admission'],
+      selfPeerId: mesh?.peerId
+    })
   } catch (err) {
     setConnection({ state: 'error', error: (err as Error).message })
     throw err
@@ -205,7 +286,7 @@ async function upgradeSession (): Promise<void> {
 
 // ---- keys and changes ----
 
-async function unlock (text: string, passphrase: string): Promise<SignerInfo> {
+async function unlock(text: string, passphrase: string): Promise<SignerInfo> {
   const file = parseKeyFile(text)
   const pair = await decryptKeyFile(file, passphrase)
   const hex = toHex(pair.publicKey)
@@ -217,10 +298,12 @@ async function unlock (text: string, passphrase: string): Promise<SignerInfo> {
     fingerprint: fingerprint(pair.publicKey),
     role: known?.role,
     name: known?.name,
-    scope: known?.role === 'admin' ? ['*'] : op?.docs ?? []
+    scope: known?.role === 'admin' ? ['*'] : (op?.docs ?? [])
   }
   if (replica !== undefined && !mayWrite(info)) {
-    throw new DashboardError(`key "${file.label}" (${info.fingerprint}) is ${known === undefined ? 'not in this fleet\'s trust statement' : `a ${known.role} key`}; only admin and operator keys can sign changes. Use another key file or ask an admin to add this key`)
+    throw new DashboardError(
+      `key "${file.label}" (${info.fingerprint}) is ${known === undefined ? "not in this fleet's trust statement" : `a ${known.role} key`}; only admin and operator keys can sign changes. Use another key file or ask an admin to add this key`
+    )
   }
   signer = { pair, info }
   scheduleSnapshot()
@@ -228,27 +311,45 @@ async function unlock (text: string, passphrase: string): Promise<SignerInfo> {
   return info
 }
 
-async function publish (docId: string, value: Record<string, unknown>, message: string): Promise<{ heads: string[] }> {
-  if (replica === undefined || connection.state !== 'connected') throw new DashboardError('not connected to a daemon; connect first, then publish')
-  if (signer === undefined) throw new DashboardError('unlock a key file first: changes are signed in this page before they are published')
+async function publish(
+  docId: string,
+  value: Record<string, unknown>,
+  message: string
+): Promise<{ heads: string[] }> {
+  if (replica === undefined || connection.state !== 'connected')
+    throw new DashboardError('not connected to a daemon; connect first, then publish')
+  if (signer === undefined)
+    throw new DashboardError(
+      'unlock a key file first: changes are signed in this page before they are published'
+    )
   if (connection.admission !== 'admin-session') await upgradeSession()
   checkDocument(docId, value)
   replica.trust.authorize(signer.info.publicKey, docId)
   const doc = await replica.open(docId)
   const ops = diffMaps((plainValue(doc.value) ?? {}) as Record<string, unknown>, value)
-  if (ops.length === 0) throw new DashboardError(`nothing to publish: "${docId}" already has this content`)
-  await doc.change(Replica.signer(signer.pair), d => { applyOps(d as Record<string, unknown>, ops) }, message)
+  if (ops.length === 0)
+    throw new DashboardError(`nothing to publish: "${docId}" already has this content`)
+  await doc.change(
+    Replica.signer(signer.pair),
+    d => {
+      applyOps(d as Record<string, unknown>, ops)
+    },
+    message
+  )
   scheduleSnapshot()
   return { heads: doc.heads }
 }
 
-async function history (docId: string): Promise<HistoryItem[]> {
+async function history(docId: string): Promise<HistoryItem[]> {
   if (replica === undefined) return []
   if (!replica.documentIds().includes(docId)) return []
   const doc = await replica.open(docId)
   const entries = doc.history().slice(-MAX_HISTORY).reverse()
   return entries.map(h => {
-    const before = (plainValue(h.deps.length === 0 ? {} : doc.valueAt(h.deps)) ?? {}) as Record<string, unknown>
+    const before = (plainValue(h.deps.length === 0 ? {} : doc.valueAt(h.deps)) ?? {}) as Record<
+      string,
+      unknown
+    >
     const after = (plainValue(doc.valueAt([h.hash])) ?? {}) as Record<string, unknown>
     return {
       hash: h.hash,
@@ -263,15 +364,28 @@ async function history (docId: string): Promise<HistoryItem[]> {
   })
 }
 
-async function handle (req: WorkerRequest): Promise<WorkerResult> {
+async function handle(req: WorkerRequest): Promise<WorkerResult> {
   switch (req.type) {
-    case 'connect': await connect(req); return undefined
-    case 'disconnect': await stopMesh(); setConnection({ state: 'disconnected' }); return undefined
-    case 'unlock': return await unlock(req.keyFile, req.passphrase)
-    case 'forget': signer = undefined; scheduleSnapshot(); return undefined
-    case 'publish': return await publish(req.docId, req.value, req.message)
-    case 'history': return await history(req.docId)
-    case 'validate': checkDocument(req.docId, req.value); return undefined
+    case 'connect':
+      await connect(req)
+      return undefined
+    case 'disconnect':
+      await stopMesh()
+      setConnection({ state: 'disconnected' })
+      return undefined
+    case 'unlock':
+      return await unlock(req.keyFile, req.passphrase)
+    case 'forget':
+      signer = undefined
+      scheduleSnapshot()
+      return undefined
+    case 'publish':
+      return await publish(req.docId, req.value, req.message)
+    case 'history':
+      return await history(req.docId)
+    case 'validate':
+      checkDocument(req.docId, req.value)
+      return undefined
   }
 }
 

@@ -8,20 +8,23 @@ import type { DocView, NodeStatus, WorkloadView } from './fleet-source.ts'
 const MAX_LIST = 500
 const MAX_LOG_LINES = 50
 
-function isMap (v: unknown): v is Record<string, unknown> {
+function isMap(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
-const str = (v: unknown, fallback = ''): string => typeof v === 'string' ? v.slice(0, 1000) : fallback
-const num = (v: unknown): number => typeof v === 'number' && Number.isFinite(v) ? v : 0
-const strings = (v: unknown): string[] => Array.isArray(v) ? v.slice(0, MAX_LIST).filter((x): x is string => typeof x === 'string') : []
+const str = (v: unknown, fallback = ''): string =>
+  typeof v === 'string' ? v.slice(0, 1000) : fallback
+const num = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) ? v : 0)
+const strings = (v: unknown): string[] =>
+  Array.isArray(v) ? v.slice(0, MAX_LIST).filter((x): x is string => typeof x === 'string') : []
 
-function headsMap (v: unknown): Record<string, string[]> {
+function headsMap(v: unknown): Record<string, string[]> {
   const out: Record<string, string[]> = {}
-  if (isMap(v)) for (const [k, h] of Object.entries(v).slice(0, MAX_LIST)) out[k] = strings(h).sort()
+  if (isMap(v))
+    for (const [k, h] of Object.entries(v).slice(0, MAX_LIST)) out[k] = strings(h).sort()
   return out
 }
 
-function workload (v: unknown): WorkloadView {
+function workload(v: unknown): WorkloadView {
   const w = isMap(v) ? v : {}
   return {
     state: str(w.state, 'unknown'),
@@ -33,15 +36,25 @@ function workload (v: unknown): WorkloadView {
   }
 }
 
-export interface RawStatus { node: string, peerId: string, body: Record<string, unknown>, receivedAt: number, stale: boolean }
+export interface RawStatus {
+  node: string
+  peerId: string
+  body: Record<string, unknown>
+  receivedAt: number
+  stale: boolean
+}
 
-export function nodeStatus (r: RawStatus, now: number, staleAfterMs: number): NodeStatus {
+export function nodeStatus(r: RawStatus, now: number, staleAfterMs: number): NodeStatus {
   const b = r.body
   const labels: Record<string, string> = {}
-  if (isMap(b.labels)) for (const [k, v] of Object.entries(b.labels).slice(0, 64)) labels[k] = String(v)
+  if (isMap(b.labels))
+    for (const [k, v] of Object.entries(b.labels).slice(0, 64)) labels[k] = String(v)
   const workloads: Record<string, WorkloadView> = {}
-  if (isMap(b.workloads)) for (const [k, v] of Object.entries(b.workloads).slice(0, 64)) workloads[k] = workload(v)
-  const files = isMap(b.files) ? { ok: b.files.ok !== false, drifted: strings(b.files.drifted) } : { ok: true, drifted: [] }
+  if (isMap(b.workloads))
+    for (const [k, v] of Object.entries(b.workloads).slice(0, 64)) workloads[k] = workload(v)
+  const files = isMap(b.files)
+    ? { ok: b.files.ok !== false, drifted: strings(b.files.drifted) }
+    : { ok: true, drifted: [] }
   return {
     node: r.node,
     peerId: r.peerId,
@@ -72,7 +85,7 @@ const sameHeads = (a: string[] | undefined, b: string[]): boolean =>
  * node neither holds nor applied (a scoped document not meant for it) is not judged.
  * `n.newer` lists documents where the node applied heads this page does not hold yet.
  */
-export function syncState (n: NodeStatus, docs: DocView[]): SyncState {
+export function syncState(n: NodeStatus, docs: DocView[]): SyncState {
   if (docs.length === 0) return 'unknown'
   let newer = false
   let judged = 0
@@ -82,7 +95,10 @@ export function syncState (n: NodeStatus, docs: DocView[]): SyncState {
     if (applied === undefined && n.revision[d.id] === undefined) continue
     judged++
     if (sameHeads(applied, d.heads)) continue
-    if (n.newer?.includes(d.id) === true) { newer = true; continue }
+    if (n.newer?.includes(d.id) === true) {
+      newer = true
+      continue
+    }
     return 'behind'
   }
   if (judged === 0) return 'unknown'
@@ -91,7 +107,7 @@ export function syncState (n: NodeStatus, docs: DocView[]): SyncState {
 
 export type Health = 'healthy' | 'degraded' | 'failing' | 'idle'
 
-export function health (n: NodeStatus): { health: Health, healthy: number, total: number } {
+export function health(n: NodeStatus): { health: Health; healthy: number; total: number } {
   const ws = Object.values(n.workloads)
   const healthy = ws.filter(w => w.state === 'running' && w.healthy !== false).length
   const failing = ws.filter(w => w.state === 'crashed' || w.healthy === false).length
@@ -104,12 +120,12 @@ export function health (n: NodeStatus): { health: Health, healthy: number, total
 }
 
 /** A short form of a revision for people: the first 7 characters of each head. */
-export function shortHeads (heads: string[] | undefined): string {
+export function shortHeads(heads: string[] | undefined): string {
   if (heads === undefined || heads.length === 0) return '—'
   return heads.map(h => h.slice(0, 7)).join('+')
 }
 
-export function ago (ms: number, now: number): string {
+export function ago(ms: number, now: number): string {
   if (ms <= 0) return 'never'
   const s = Math.max(0, Math.round((now - ms) / 1000))
   if (s < 5) return 'just now'

@@ -6,17 +6,17 @@
 import type { FleetSnapshot, HistoryItem, SignerInfo } from './fleet-source.ts'
 
 export type WorkerRequest =
-  | { type: 'connect', address: string, token?: string, staleAfterMs?: number, trust?: unknown[] }
+  | { type: 'connect'; address: string; token?: string; staleAfterMs?: number; trust?: unknown[] }
   | { type: 'disconnect' }
-  | { type: 'unlock', keyFile: string, passphrase: string }
+  | { type: 'unlock'; keyFile: string; passphrase: string }
   | { type: 'forget' }
-  | { type: 'publish', docId: string, value: Record<string, unknown>, message: string }
-  | { type: 'history', docId: string }
-  | { type: 'validate', docId: string, value: Record<string, unknown> }
+  | { type: 'publish'; docId: string; value: Record<string, unknown>; message: string }
+  | { type: 'history'; docId: string }
+  | { type: 'validate'; docId: string; value: Record<string, unknown> }
 
 export type WorkerResult = undefined | SignerInfo | { heads: string[] } | HistoryItem[]
 
 export type WorkerMessage =
-  | { type: 'snapshot', snapshot: FleetSnapshot }
-  | { type: 'reply', id: number, ok: true, result: WorkerResult }
-  | { type: 'reply', id: number, ok: false, error: string, name: string }
+  | { type: 'snapshot'; snapshot: FleetSnapshot }
+  | { type: 'reply'; id: number; ok: true; result: WorkerResult }
+  | { type: 'reply'; id: number; ok: false; error: string; name: string }

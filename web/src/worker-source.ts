@@ -8,80 +8,158 @@
  * trusting the page's own code) or, when the dashboard is served on its own, from the fleet's
  * trust.json chosen in the connect form.
  */
-import type { ConnectRequest, FleetSnapshot, FleetSource, HistoryItem, SignerInfo } from './fleet-source.ts'
+import type {
+  ConnectRequest,
+  FleetSnapshot,
+  FleetSource,
+  HistoryItem,
+  SignerInfo
+} from './fleet-source.ts'
 import type { WorkerMessage, WorkerRequest, WorkerResult } from './worker-protocol.ts'
 
 const REQUEST_TIMEOUT_MS = 60_000
 
 export class WorkerFleetSource implements FleetSource {
   private readonly worker: Worker
-  private state: FleetSnapshot = { connection: { state: 'disconnected', connectedTo: [] }, nodes: [], docs: [], keys: {} }
+  private state: FleetSnapshot = {
+    connection: { state: 'disconnected', connectedTo: [] },
+    nodes: [],
+    docs: [],
+    keys: {}
+  }
   private readonly listeners = new Set<(s: FleetSnapshot) => void>()
-  private readonly pending = new Map<number, { resolve: (r: WorkerResult) => void, reject: (e: Error) => void }>()
+  private readonly pending = new Map<
+    number,
+    { resolve: (r: WorkerResult) => void; reject: (e: Error) => void }
+  >()
   private nextId = 1
   /** Set by the connect form when the person chose a trust.json file. */
   trustFile: unknown[] | undefined
 
-  constructor () {
-    this.worker = new Worker(new URL('./mesh-worker.ts', import.meta.url), { type: 'module', name: 'rhizome-mesh' })
-    this.worker.addEventListener('message', (e: MessageEvent<WorkerMessage>) => { this.onMessage(e.data) })
-    this.worker.addEventListener('error', (e) => {
-      this.set({ ...this.state, connection: { ...this.state.connection, state: 'error', error: `the dashboard's background worker failed: ${e.message}. Reload the page.` } })
+  constructor() {
+    this.worker = new Worker(new URL('./mesh-worker.ts', import.meta.url), {
+      type: 'module',
+      name: 'rhizome-mesh'
+    })
+    this.worker.addEventListener('message', (e: MessageEvent<WorkerMessage>) => {
+      this.onMessage(e.data)
+    })
+    this.worker.addEventListener('error', e => {
+      this.set({
+        ...this.state,
+        connection: {
+          ...this.state.connection,
+          state: 'error',
+          error: `the dashboard's background worker failed: ${e.message}. Reload the page.`
+        }
+      })
     })
   }
 
-  private onMessage (m: WorkerMessage): void {
-    if (m.type === 'snapshot') { this.set(m.snapshot); return }
+  private onMessage(m: WorkerMessage): void {
+    if (m.type === 'snapshot') {
+      this.set(m.snapshot)
+      return
+    }
     const p = this.pending.get(m.id)
     if (p === undefined) return
     this.pending.delete(m.id)
     if (m.ok) p.resolve(m.result)
-    else { const err = new Error(m.error); err.name = m.name; p.reject(err) }
+    else {
+      const err = new Error(m.error)
+      err.name = m.name
+      p.reject(err)
+    }
   }
 
-  private request (req: WorkerRequest): Promise<WorkerResult> {
+  private request(req: WorkerRequest): Promise<WorkerResult> {
     const id = this.nextId++
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => { this.pending.delete(id); reject(new Error(`${req.type} got no answer within ${REQUEST_TIMEOUT_MS / 1000} s; reload the page and try again`)) }, REQUEST_TIMEOUT_MS)
-      this.pending.set(id, { resolve: r => { clearTimeout(timer); resolve(r) }, reject: e => { clearTimeout(timer); reject(e) } })
+      const timer = setTimeout(() => {
+        this.pending.delete(id)
+        reject(
+          new Error(
+            `${req.type} got no answer within ${REQUEST_TIMEOUT_MS / 1000} s; reload the page and try again`
+          )
+        )
+      }, REQUEST_TIMEOUT_MS)
+      this.pending.set(id, {
+        resolve: r => {
+          clearTimeout(timer)
+          resolve(r)
+        },
+        reject: e => {
+          clearTimeout(timer)
+          reject(e)
+        }
+      })
       this.worker.postMessage({ id, ...req })
     })
   }
 
-  private set (s: FleetSnapshot): void {
+  private set(s: FleetSnapshot): void {
     this.state = s
     for (const fn of this.listeners) fn(s)
   }
 
-  snapshot (): FleetSnapshot { return this.state }
-  subscribe (fn: (s: FleetSnapshot) => void): () => void {
+  snapshot(): FleetSnapshot {
+    return this.state
+  }
+  subscribe(fn: (s: FleetSnapshot) => void): () => void {
     this.listeners.add(fn)
-    return () => { this.listeners.delete(fn) }
+    return () => {
+      this.listeners.delete(fn)
+    }
   }
 
-  async connect (req: ConnectRequest): Promise<void> {
-    const trust = this.trustFile ?? await sameOriginTrust()
-    await this.request({ type: 'connect', address: req.address, token: req.token, staleAfterMs: req.staleAfterMs, trust })
+  async connect(req: ConnectRequest): Promise<void> {
+    const trust = this.trustFile ?? (await sameOriginTrust())
+    await this.request({
+      type: 'connect',
+      address: req.address,
+      token: req.token,
+      staleAfterMs: req.staleAfterMs,
+      trust
+    })
   }
 
-  async disconnect (): Promise<void> { await this.request({ type: 'disconnect' }) }
-  async unlockKey (keyFile: string, passphrase: string): Promise<SignerInfo> { return await this.request({ type: 'unlock', keyFile, passphrase }) as SignerInfo }
-  async forgetKey (): Promise<void> { await this.request({ type: 'forget' }) }
-  async publish (docId: string, value: Record<string, unknown>, message: string): Promise<{ heads: string[] }> {
-    return await this.request({ type: 'publish', docId, value, message }) as { heads: string[] }
+  async disconnect(): Promise<void> {
+    await this.request({ type: 'disconnect' })
+  }
+  async unlockKey(keyFile: string, passphrase: string): Promise<SignerInfo> {
+    return (await this.request({ type: 'unlock', keyFile, passphrase })) as SignerInfo
+  }
+  async forgetKey(): Promise<void> {
+    await this.request({ type: 'forget' })
+  }
+  async publish(
+    docId: string,
+    value: Record<string, unknown>,
+    message: string
+  ): Promise<{ heads: string[] }> {
+    return (await this.request({ type: 'publish', docId, value, message })) as { heads: string[] }
   }
 
-  async validate (docId: string, value: Record<string, unknown>): Promise<void> { await this.request({ type: 'validate', docId, value }) }
+  async validate(docId: string, value: Record<string, unknown>): Promise<void> {
+    await this.request({ type: 'validate', docId, value })
+  }
 
-  async history (docId: string): Promise<HistoryItem[]> { return await this.request({ type: 'history', docId }) as HistoryItem[] }
+  async history(docId: string): Promise<HistoryItem[]> {
+    return (await this.request({ type: 'history', docId })) as HistoryItem[]
+  }
 }
 
 /** The trust chain of the daemon that served this page, if it did. */
-async function sameOriginTrust (): Promise<unknown[] | undefined> {
+async function sameOriginTrust(): Promise<unknown[] | undefined> {
   try {
-    const res = await fetch('./api/trust', { signal: AbortSignal.timeout(5000), headers: { accept: 'application/json' } })
+    const res = await fetch('./api/trust', {
+      signal: AbortSignal.timeout(5000),
+      headers: { accept: 'application/json' }
+    })
     if (!res.ok || !(res.headers.get('content-type') ?? '').includes('json')) return undefined
     const v: unknown = await res.json()
     return Array.isArray(v) ? v : undefined
-  } catch { return undefined }
+  } catch {
+    return undefined
+  }
 }

@@ -14,24 +14,46 @@ import { navigate } from '../app.tsx'
 
 const MAX_EDIT_BYTES = 1024 * 1024
 
-function parseEdited (text: string): Record<string, unknown> {
-  if (text.length > MAX_EDIT_BYTES) throw new Error(`the document is ${text.length} bytes; at most ${MAX_EDIT_BYTES} can be published from here`)
+function parseEdited(text: string): Record<string, unknown> {
+  if (text.length > MAX_EDIT_BYTES)
+    throw new Error(
+      `the document is ${text.length} bytes; at most ${MAX_EDIT_BYTES} can be published from here`
+    )
   const parsed = parseDocument(text, { prettyErrors: true, uniqueKeys: true })
   const first = parsed.errors[0]
   if (first !== undefined) throw new Error(`not valid YAML: ${first.message}`)
   const v: unknown = parsed.toJS({ maxAliasCount: 100 }) ?? {}
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('a config document is a map with selector, defaults, groups, nodes')
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw new Error('a config document is a map with selector, defaults, groups, nodes')
   return v as Record<string, unknown>
 }
 
-export function DesiredConfig ({ source, snap, docId, onNeedKey }: { source: FleetSource, snap: FleetSnapshot, docId?: string, onNeedKey: () => void }) {
+export function DesiredConfig({
+  source,
+  snap,
+  docId,
+  onNeedKey
+}: {
+  source: FleetSource
+  snap: FleetSnapshot
+  docId?: string
+  onNeedKey: () => void
+}) {
   const docs = snap.docs.filter(d => d.id !== DEVICES_DOC)
   const current = docs.find(d => d.id === (docId ?? 'fleet')) ?? docs[0]
   const id = current?.id ?? docId ?? 'fleet'
-  const original = useMemo(() => current === undefined || Object.keys(current.value).length === 0 ? '' : stringify(current.value, { lineWidth: 0 }), [current?.value])
+  const original = useMemo(
+    () =>
+      current === undefined || Object.keys(current.value).length === 0
+        ? ''
+        : stringify(current.value, { lineWidth: 0 }),
+    [current?.value]
+  )
   const [text, setText] = useState(original)
   const [baseHeads, setBaseHeads] = useState(current?.heads ?? [])
-  const [review, setReview] = useState<{ ops: DiffOp[], value: Record<string, unknown> } | undefined>()
+  const [review, setReview] = useState<
+    { ops: DiffOp[]; value: Record<string, unknown> } | undefined
+  >()
   const [error, setError] = useState<string | undefined>()
   const [message, setMessage] = useState('')
   const [busy, setBusy] = useState(false)
@@ -39,15 +61,24 @@ export function DesiredConfig ({ source, snap, docId, onNeedKey }: { source: Fle
   const dirty = text !== original
 
   // Follow remote changes while the editor is untouched; once edited, keep the person's text.
-  useEffect(() => { if (!dirty || review === undefined) { setText(original); setBaseHeads(current?.heads ?? []) } }, [original, id])
+  useEffect(() => {
+    if (!dirty || review === undefined) {
+      setText(original)
+      setBaseHeads(current?.heads ?? [])
+    }
+  }, [original, id])
 
   const startReview = async (): Promise<void> => {
-    setError(undefined); setPublished(undefined)
+    setError(undefined)
+    setPublished(undefined)
     try {
       const value = parseEdited(text)
       await source.validate(id, value)
       const ops = diffMaps(current?.value ?? {}, value)
-      if (ops.length === 0) { setError('Nothing changed: the edited YAML equals the current document.'); return }
+      if (ops.length === 0) {
+        setError('Nothing changed: the edited YAML equals the current document.')
+        return
+      }
       setReview({ ops, value })
     } catch (err) {
       setError(`${(err as Error).message}. Fix the YAML and review again; nothing was published.`)
@@ -56,55 +87,163 @@ export function DesiredConfig ({ source, snap, docId, onNeedKey }: { source: Fle
 
   const publish = async (): Promise<void> => {
     if (review === undefined) return
-    if (snap.signer === undefined) { onNeedKey(); setError('Unlock a key file first (button at the top right): changes are signed in this page before they are published.'); return }
-    setBusy(true); setError(undefined)
+    if (snap.signer === undefined) {
+      onNeedKey()
+      setError(
+        'Unlock a key file first (button at the top right): changes are signed in this page before they are published.'
+      )
+      return
+    }
+    setBusy(true)
+    setError(undefined)
     try {
-      const { heads } = await source.publish(id, review.value, message.trim() === '' ? `edit ${id} from the dashboard` : message.trim())
-      setPublished(heads); setReview(undefined); setMessage('')
+      const { heads } = await source.publish(
+        id,
+        review.value,
+        message.trim() === '' ? `edit ${id} from the dashboard` : message.trim()
+      )
+      setPublished(heads)
+      setReview(undefined)
+      setMessage('')
     } catch (err) {
       setError((err as Error).message)
-    } finally { setBusy(false) }
+    } finally {
+      setBusy(false)
+    }
   }
 
-  const applied = published === undefined ? 0 : snap.nodes.filter(n => published.every(h => (n.applied[id] ?? []).includes(h))).length
+  const applied =
+    published === undefined
+      ? 0
+      : snap.nodes.filter(n => published.every(h => (n.applied[id] ?? []).includes(h))).length
   const online = snap.nodes.filter(n => !n.stale).length
   const moved = current !== undefined && baseHeads.join() !== current.heads.join() && dirty
 
   return (
     <section data-testid='desired-config'>
       <div class='doc-tabs'>
-        {docs.length === 0 && <span class='muted'>No config documents yet: write the first one below.</span>}
-        {docs.map(d => <button key={d.id} class={d.id === id ? 'chip active' : 'chip'} onClick={() => navigate({ view: 'config', doc: d.id })}>{d.id}</button>)}
-        <span class='muted small'>revision <code>{shortHeads(current?.heads)}</code></span>
+        {docs.length === 0 && (
+          <span class='muted'>No config documents yet: write the first one below.</span>
+        )}
+        {docs.map(d => (
+          <button
+            key={d.id}
+            class={d.id === id ? 'chip active' : 'chip'}
+            onClick={() => navigate({ view: 'config', doc: d.id })}
+          >
+            {d.id}
+          </button>
+        ))}
+        <span class='muted small'>
+          revision <code>{shortHeads(current?.heads)}</code>
+        </span>
       </div>
-      {moved && <div class='alert warn'>Someone published a newer revision of “{id}” while you were editing. Your review will diff against the newest one; check it before signing.</div>}
+      {moved && (
+        <div class='alert warn'>
+          Someone published a newer revision of “{id}” while you were editing. Your review will diff
+          against the newest one; check it before signing.
+        </div>
+      )}
       <div class='cols'>
         <div class='panel'>
           <h3>Edit “{id}” (YAML)</h3>
-          <textarea class='editor' spellcheck={false} value={text} data-testid='yaml-editor'
-            onInput={e => { setText((e.target as HTMLTextAreaElement).value); setReview(undefined) }} />
+          <textarea
+            class='editor'
+            spellcheck={false}
+            value={text}
+            data-testid='yaml-editor'
+            onInput={e => {
+              setText((e.target as HTMLTextAreaElement).value)
+              setReview(undefined)
+            }}
+          />
           <div class='actions'>
-            <button class='btn primary' disabled={!dirty} onClick={() => { void startReview() }} data-testid='review'>Review changes</button>
-            <button class='btn' disabled={!dirty} onClick={() => { setText(original); setReview(undefined); setError(undefined) }}>Discard edits</button>
+            <button
+              class='btn primary'
+              disabled={!dirty}
+              onClick={() => {
+                void startReview()
+              }}
+              data-testid='review'
+            >
+              Review changes
+            </button>
+            <button
+              class='btn'
+              disabled={!dirty}
+              onClick={() => {
+                setText(original)
+                setReview(undefined)
+                setError(undefined)
+              }}
+            >
+              Discard edits
+            </button>
           </div>
         </div>
         <div class='panel'>
           <h3>Before publishing</h3>
-          {error !== undefined && <div class='alert bad' data-testid='config-error'>{error}</div>}
-          {review === undefined && error === undefined && published === undefined && <p class='muted'>Edit the YAML, then “Review changes” to see exactly what will change. Nothing leaves this page until you sign.</p>}
+          {error !== undefined && (
+            <div class='alert bad' data-testid='config-error'>
+              {error}
+            </div>
+          )}
+          {review === undefined && error === undefined && published === undefined && (
+            <p class='muted'>
+              Edit the YAML, then “Review changes” to see exactly what will change. Nothing leaves
+              this page until you sign.
+            </p>
+          )}
           {review !== undefined && (
             <div data-testid='diff'>
-              <pre class='diff'>{formatOps(review.ops).map((l, i) => <div key={i} class={l.startsWith('+') ? 'add' : 'del'}>{l}</div>)}</pre>
-              <label class='field'>Change message<input type='text' value={message} placeholder={`edit ${id} from the dashboard`} onInput={e => setMessage((e.target as HTMLInputElement).value)} data-testid='change-message' /></label>
-              {snap.signer === undefined
-                ? <div class='alert warn'>No signing key unlocked. <button class='btn small' onClick={onNeedKey}>Unlock a key file</button> — it stays in this tab.</div>
-                : <p class='muted small'>Signed by <strong>{snap.signer.name ?? snap.signer.label}</strong> ({snap.signer.role ?? 'unknown role'}) <code>{snap.signer.fingerprint}</code></p>}
-              <button class='btn primary' disabled={busy || snap.signer === undefined} onClick={() => { void publish() }} data-testid='publish'>{busy ? 'Signing…' : 'Sign and publish'}</button>
+              <pre class='diff'>
+                {formatOps(review.ops).map((l, i) => (
+                  <div key={i} class={l.startsWith('+') ? 'add' : 'del'}>
+                    {l}
+                  </div>
+                ))}
+              </pre>
+              <label class='field'>
+                Change message
+                <input
+                  type='text'
+                  value={message}
+                  placeholder={`edit ${id} from the dashboard`}
+                  onInput={e => setMessage((e.target as HTMLInputElement).value)}
+                  data-testid='change-message'
+                />
+              </label>
+              {snap.signer === undefined ? (
+                <div class='alert warn'>
+                  No signing key unlocked.{' '}
+                  <button class='btn small' onClick={onNeedKey}>
+                    Unlock a key file
+                  </button>{' '}
+                  — it stays in this tab.
+                </div>
+              ) : (
+                <p class='muted small'>
+                  Signed by <strong>{snap.signer.name ?? snap.signer.label}</strong> (
+                  {snap.signer.role ?? 'unknown role'}) <code>{snap.signer.fingerprint}</code>
+                </p>
+              )}
+              <button
+                class='btn primary'
+                disabled={busy || snap.signer === undefined}
+                onClick={() => {
+                  void publish()
+                }}
+                data-testid='publish'
+              >
+                {busy ? 'Signing…' : 'Sign and publish'}
+              </button>
             </div>
           )}
           {published !== undefined && (
             <div class='alert ok' data-testid='published'>
-              Published revision <code>{shortHeads(published)}</code>. Applied on <strong>{applied}</strong> of {snap.nodes.length} nodes ({online} online); daemons apply it within seconds of receiving it.
+              Published revision <code>{shortHeads(published)}</code>. Applied on{' '}
+              <strong>{applied}</strong> of {snap.nodes.length} nodes ({online} online); daemons
+              apply it within seconds of receiving it.
             </div>
           )}
         </div>

@@ -9,15 +9,43 @@ import type { FleetSnapshot } from '../fleet-source.ts'
 import { ago, health, shortHeads, syncState } from '../node-status.ts'
 import { navigate } from '../app.tsx'
 
-export function NodeDetail ({ snap, now, nodeName }: { snap: FleetSnapshot, now: number, nodeName?: string }) {
+export function NodeDetail({
+  snap,
+  now,
+  nodeName
+}: {
+  snap: FleetSnapshot
+  now: number
+  nodeName?: string
+}) {
   const n = snap.nodes.find(x => x.name === nodeName)
-  const effective = useMemo(() => n === undefined ? '' : stringify(effectiveConfig(snap.docs, { name: n.name, labels: n.labels }), { lineWidth: 0 }), [n?.name, n?.labels, snap.docs])
+  const effective = useMemo(
+    () =>
+      n === undefined
+        ? ''
+        : stringify(effectiveConfig(snap.docs, { name: n.name, labels: n.labels }), {
+            lineWidth: 0
+          }),
+    [n?.name, n?.labels, snap.docs]
+  )
   const byPeer = useMemo(() => new Map(snap.nodes.map(x => [x.peerId, x])), [snap.nodes])
   if (n === undefined) {
     return (
       <section class='empty'>
         <h2>No node named “{nodeName}”</h2>
-        <p>It has not reported a status record to this browser. <a href='#view=overview' onClick={e => { e.preventDefault(); navigate({ view: 'overview' }) }}>Back to the fleet</a>.</p>
+        <p>
+          It has not reported a status record to this browser.{' '}
+          <a
+            href='#view=overview'
+            onClick={e => {
+              e.preventDefault()
+              navigate({ view: 'overview' })
+            }}
+          >
+            Back to the fleet
+          </a>
+          .
+        </p>
       </section>
     )
   }
@@ -25,59 +53,176 @@ export function NodeDetail ({ snap, now, nodeName }: { snap: FleetSnapshot, now:
   const sync = syncState(n, snap.docs)
   return (
     <section data-testid='node-detail'>
-      <div class='crumbs'><a href='#view=overview' onClick={e => { e.preventDefault(); navigate({ view: 'overview' }) }}>Fleet</a> / {n.name}</div>
+      <div class='crumbs'>
+        <a
+          href='#view=overview'
+          onClick={e => {
+            e.preventDefault()
+            navigate({ view: 'overview' })
+          }}
+        >
+          Fleet
+        </a>{' '}
+        / {n.name}
+      </div>
       <div class='detail-head'>
         <h2>{n.name}</h2>
-        <span class={n.stale ? 'badge stale' : 'badge online'}>{n.stale ? `stale · last seen ${ago(n.at || n.receivedAt, now)}` : 'online'}</span>
-        <span class={`badge health-${h.health}`}>{h.total === 0 ? 'no workloads' : `${h.healthy}/${h.total} healthy`}</span>
-        <span class={`badge sync-${sync}`}>{sync === 'in-sync' ? 'applied latest' : sync === 'behind' ? 'behind latest' : sync}</span>
-        <div class='labels'>{Object.entries(n.labels).map(([k, v]) => <span class='label' key={k}>{k}={v}</span>)}</div>
+        <span class={n.stale ? 'badge stale' : 'badge online'}>
+          {n.stale ? `stale · last seen ${ago(n.at || n.receivedAt, now)}` : 'online'}
+        </span>
+        <span class={`badge health-${h.health}`}>
+          {h.total === 0 ? 'no workloads' : `${h.healthy}/${h.total} healthy`}
+        </span>
+        <span class={`badge sync-${sync}`}>
+          {sync === 'in-sync' ? 'applied latest' : sync === 'behind' ? 'behind latest' : sync}
+        </span>
+        <div class='labels'>
+          {Object.entries(n.labels).map(([k, v]) => (
+            <span class='label' key={k}>
+              {k}={v}
+            </span>
+          ))}
+        </div>
       </div>
-      <p class='muted mono small'>peer {n.peerId} · key {n.node.slice(0, 16)}… · up since {n.startedAt > 0 ? new Date(n.startedAt).toLocaleString() : 'unknown'}</p>
-      {n.errors.length > 0 && <div class='alert bad'><strong>Config problems on this node:</strong><ul>{n.errors.map(e => <li key={e}>{e}</li>)}</ul></div>}
-      {!n.files.ok && <div class='alert warn'>Files drifted and were put back: {n.files.drifted.join(', ')}</div>}
+      <p class='muted mono small'>
+        peer {n.peerId} · key {n.node.slice(0, 16)}… · up since{' '}
+        {n.startedAt > 0 ? new Date(n.startedAt).toLocaleString() : 'unknown'}
+      </p>
+      {n.errors.length > 0 && (
+        <div class='alert bad'>
+          <strong>Config problems on this node:</strong>
+          <ul>
+            {n.errors.map(e => (
+              <li key={e}>{e}</li>
+            ))}
+          </ul>
+        </div>
+      )}
+      {!n.files.ok && (
+        <div class='alert warn'>Files drifted and were put back: {n.files.drifted.join(', ')}</div>
+      )}
       <div class='cols'>
         <div class='panel'>
           <h3>Workloads</h3>
-          {Object.keys(n.workloads).length === 0
-            ? <p class='muted'>No workloads in this node's effective config.</p>
-            : (
-              <table class='grid compact'>
-                <thead><tr><th>Name</th><th>State</th><th>Health</th><th>Restarts</th><th>Version</th><th>PID</th></tr></thead>
-                <tbody>{Object.entries(n.workloads).map(([name, w]) => (
-                  <tr key={name}><td>{name}</td><td><span class={`badge wl-${w.state}`}>{w.state}</span></td>
-                    <td>{w.healthy === null ? <span class='muted'>no probe</span> : w.healthy ? <span class='badge health-healthy'>healthy</span> : <span class='badge health-failing'>failing</span>}</td>
-                    <td class='num-cell'>{w.restarts}</td><td>{w.version ?? '—'}</td><td class='num-cell'>{w.pid ?? '—'}</td></tr>
-                ))}</tbody>
-              </table>
-              )}
+          {Object.keys(n.workloads).length === 0 ? (
+            <p class='muted'>No workloads in this node's effective config.</p>
+          ) : (
+            <table class='grid compact'>
+              <thead>
+                <tr>
+                  <th>Name</th>
+                  <th>State</th>
+                  <th>Health</th>
+                  <th>Restarts</th>
+                  <th>Version</th>
+                  <th>PID</th>
+                </tr>
+              </thead>
+              <tbody>
+                {Object.entries(n.workloads).map(([name, w]) => (
+                  <tr key={name}>
+                    <td>{name}</td>
+                    <td>
+                      <span class={`badge wl-${w.state}`}>{w.state}</span>
+                    </td>
+                    <td>
+                      {w.healthy === null ? (
+                        <span class='muted'>no probe</span>
+                      ) : w.healthy ? (
+                        <span class='badge health-healthy'>healthy</span>
+                      ) : (
+                        <span class='badge health-failing'>failing</span>
+                      )}
+                    </td>
+                    <td class='num-cell'>{w.restarts}</td>
+                    <td>{w.version ?? '—'}</td>
+                    <td class='num-cell'>{w.pid ?? '—'}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          )}
           <h3>Recent log lines</h3>
-          {Object.entries(n.workloads).every(([, w]) => w.log.length === 0)
-            ? <p class='muted'>No log lines reported.</p>
-            : Object.entries(n.workloads).map(([name, w]) => w.log.length > 0 && (
-              <div key={name}><div class='log-title'>{name}</div><pre class='log'>{w.log.join('\n')}</pre></div>
-            ))}
+          {Object.entries(n.workloads).every(([, w]) => w.log.length === 0) ? (
+            <p class='muted'>No log lines reported.</p>
+          ) : (
+            Object.entries(n.workloads).map(
+              ([name, w]) =>
+                w.log.length > 0 && (
+                  <div key={name}>
+                    <div class='log-title'>{name}</div>
+                    <pre class='log'>{w.log.join('\n')}</pre>
+                  </div>
+                )
+            )
+          )}
           <h3>Revisions</h3>
           <table class='grid compact'>
-            <thead><tr><th>Document</th><th>Latest here</th><th>Node holds</th><th>Node applied</th></tr></thead>
-            <tbody>{snap.docs.map(d => (
-              <tr key={d.id}><td>{d.id}</td><td><code>{shortHeads(d.heads)}</code></td><td><code>{shortHeads(n.revision[d.id])}</code></td><td><code>{shortHeads(n.applied[d.id])}</code></td></tr>
-            ))}</tbody>
+            <thead>
+              <tr>
+                <th>Document</th>
+                <th>Latest here</th>
+                <th>Node holds</th>
+                <th>Node applied</th>
+              </tr>
+            </thead>
+            <tbody>
+              {snap.docs.map(d => (
+                <tr key={d.id}>
+                  <td>{d.id}</td>
+                  <td>
+                    <code>{shortHeads(d.heads)}</code>
+                  </td>
+                  <td>
+                    <code>{shortHeads(n.revision[d.id])}</code>
+                  </td>
+                  <td>
+                    <code>{shortHeads(n.applied[d.id])}</code>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
           </table>
           <h3>Peers ({n.peers.length})</h3>
-          {n.peers.length === 0
-            ? <p class='muted'>This node reports no connected peers.</p>
-            : <ul class='peer-list'>{n.peers.map(p => {
+          {n.peers.length === 0 ? (
+            <p class='muted'>This node reports no connected peers.</p>
+          ) : (
+            <ul class='peer-list'>
+              {n.peers.map(p => {
                 const other = byPeer.get(p)
-                return <li key={p}>{other !== undefined
-                  ? <a href={`#view=node&node=${encodeURIComponent(other.name)}`} onClick={e => { e.preventDefault(); navigate({ view: 'node', node: other.name }) }}>{other.name}</a>
-                  : p === snap.connection.selfPeerId ? <span>this browser</span> : <span class='muted'>unknown peer</span>} <code class='muted small'>…{p.slice(-8)}</code></li>
-              })}</ul>}
+                return (
+                  <li key={p}>
+                    {other !== undefined ? (
+                      <a
+                        href={`#view=node&node=${encodeURIComponent(other.name)}`}
+                        onClick={e => {
+                          e.preventDefault()
+                          navigate({ view: 'node', node: other.name })
+                        }}
+                      >
+                        {other.name}
+                      </a>
+                    ) : p === snap.connection.selfPeerId ? (
+                      <span>this browser</span>
+                    ) : (
+                      <span class='muted'>unknown peer</span>
+                    )}{' '}
+                    <code class='muted small'>…{p.slice(-8)}</code>
+                  </li>
+                )
+              })}
+            </ul>
+          )}
         </div>
         <div class='panel'>
           <h3>Effective config</h3>
-          <p class='muted small'>Computed in this page from the desired config it holds and this node's name and labels — the same function the daemon runs.</p>
-          <pre class='yaml' data-testid='effective-config'>{effective.trim() === '{}' ? '# nothing applies to this node' : effective}</pre>
+          <p class='muted small'>
+            Computed in this page from the desired config it holds and this node's name and labels —
+            the same function the daemon runs.
+          </p>
+          <pre class='yaml' data-testid='effective-config'>
+            {effective.trim() === '{}' ? '# nothing applies to this node' : effective}
+          </pre>
         </div>
       </div>
     </section>

@@ -9,44 +9,84 @@ import { navigate } from '../app.tsx'
 
 type SortKey = 'name' | 'status' | 'revision' | 'health' | 'seen' | 'peers'
 
-interface Row { n: NodeStatus, sync: SyncState, health: Health, healthy: number, total: number }
+interface Row {
+  n: NodeStatus
+  sync: SyncState
+  health: Health
+  healthy: number
+  total: number
+}
 
-const SYNC_LABEL: Record<SyncState, string> = { 'in-sync': 'up to date', behind: 'behind', 'ahead-or-diverged': 'newer than this page', unknown: 'unknown' }
-const SYNC_ORDER: Record<SyncState, number> = { behind: 0, 'ahead-or-diverged': 1, unknown: 2, 'in-sync': 3 }
+const SYNC_LABEL: Record<SyncState, string> = {
+  'in-sync': 'up to date',
+  behind: 'behind',
+  'ahead-or-diverged': 'newer than this page',
+  unknown: 'unknown'
+}
+const SYNC_ORDER: Record<SyncState, number> = {
+  behind: 0,
+  'ahead-or-diverged': 1,
+  unknown: 2,
+  'in-sync': 3
+}
 const HEALTH_ORDER: Record<Health, number> = { failing: 0, degraded: 1, idle: 2, healthy: 3 }
 
 /** `site=berlin-3 till` → every term must match: key=value on labels, plain words on name, labels or key. */
-export function matchesFilter (n: NodeStatus, filter: string): boolean {
-  for (const term of filter.toLowerCase().split(/\s+/).filter(t => t !== '')) {
+export function matchesFilter(n: NodeStatus, filter: string): boolean {
+  for (const term of filter
+    .toLowerCase()
+    .split(/\s+/)
+    .filter(t => t !== '')) {
     const eq = term.indexOf('=')
     if (eq > 0) {
-      const k = term.slice(0, eq); const v = term.slice(eq + 1)
+      const k = term.slice(0, eq)
+      const v = term.slice(eq + 1)
       if ((n.labels[k] ?? '').toLowerCase() !== v) return false
       continue
     }
-    const hay = `${n.name} ${Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(' ')} ${n.peerId} ${n.stale ? 'stale' : 'online'}`.toLowerCase()
+    const hay = `${n.name} ${Object.entries(n.labels)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')} ${n.peerId} ${n.stale ? 'stale' : 'online'}`.toLowerCase()
     if (!hay.includes(term)) return false
   }
   return true
 }
 
-function compare (a: Row, b: Row, key: SortKey): number {
+function compare(a: Row, b: Row, key: SortKey): number {
   switch (key) {
-    case 'name': return a.n.name.localeCompare(b.n.name, undefined, { numeric: true })
-    case 'status': return Number(b.n.stale) - Number(a.n.stale)
-    case 'revision': return SYNC_ORDER[a.sync] - SYNC_ORDER[b.sync]
-    case 'health': return HEALTH_ORDER[a.health] - HEALTH_ORDER[b.health]
-    case 'seen': return b.n.receivedAt - a.n.receivedAt
-    case 'peers': return b.n.peers.length - a.n.peers.length
+    case 'name':
+      return a.n.name.localeCompare(b.n.name, undefined, { numeric: true })
+    case 'status':
+      return Number(b.n.stale) - Number(a.n.stale)
+    case 'revision':
+      return SYNC_ORDER[a.sync] - SYNC_ORDER[b.sync]
+    case 'health':
+      return HEALTH_ORDER[a.health] - HEALTH_ORDER[b.health]
+    case 'seen':
+      return b.n.receivedAt - a.n.receivedAt
+    case 'peers':
+      return b.n.peers.length - a.n.peers.length
   }
 }
 
-export function Overview ({ snap, now }: { snap: FleetSnapshot, now: number }) {
+export function Overview({ snap, now }: { snap: FleetSnapshot; now: number }) {
   const [filter, setFilter] = useState('')
-  const [sort, setSort] = useState<{ key: SortKey, dir: 1 | -1 }>({ key: 'name', dir: 1 })
-  const rows = useMemo(() => snap.nodes.map(n => ({ n, sync: syncState(n, snap.docs), ...health(n) })), [snap.nodes, snap.docs])
-  const shown = useMemo(() => rows.filter(r => matchesFilter(r.n, filter))
-    .sort((a, b) => sort.dir * compare(a, b, sort.key) || a.n.name.localeCompare(b.n.name, undefined, { numeric: true })), [rows, filter, sort])
+  const [sort, setSort] = useState<{ key: SortKey; dir: 1 | -1 }>({ key: 'name', dir: 1 })
+  const rows = useMemo(
+    () => snap.nodes.map(n => ({ n, sync: syncState(n, snap.docs), ...health(n) })),
+    [snap.nodes, snap.docs]
+  )
+  const shown = useMemo(
+    () =>
+      rows
+        .filter(r => matchesFilter(r.n, filter))
+        .sort(
+          (a, b) =>
+            sort.dir * compare(a, b, sort.key) ||
+            a.n.name.localeCompare(b.n.name, undefined, { numeric: true })
+        ),
+    [rows, filter, sort]
+  )
   const fleetHeads = snap.docs.find(d => d.id === 'fleet')?.heads
   const summary = {
     online: rows.filter(r => !r.n.stale).length,
@@ -56,8 +96,12 @@ export function Overview ({ snap, now }: { snap: FleetSnapshot, now: number }) {
   }
   const header = (key: SortKey, label: string) => (
     <th aria-sort={sort.key === key ? (sort.dir === 1 ? 'ascending' : 'descending') : 'none'}>
-      <button class='sort' onClick={() => setSort(s => ({ key, dir: s.key === key ? (s.dir === 1 ? -1 : 1) : 1 }))}>
-        {label}{sort.key === key ? (sort.dir === 1 ? ' ▲' : ' ▼') : ''}
+      <button
+        class='sort'
+        onClick={() => setSort(s => ({ key, dir: s.key === key ? (s.dir === 1 ? -1 : 1) : 1 }))}
+      >
+        {label}
+        {sort.key === key ? (sort.dir === 1 ? ' ▲' : ' ▼') : ''}
       </button>
     </th>
   )
@@ -66,7 +110,11 @@ export function Overview ({ snap, now }: { snap: FleetSnapshot, now: number }) {
     return (
       <section class='empty' data-testid='overview-empty'>
         <h2>No node has reported yet</h2>
-        <p>This browser is connected, but no status record has arrived. Daemons publish one when they start and every few seconds after; if this stays empty, check that the daemon you connected to is enrolled in this fleet and has peers (<code>rhizome status</code> on it).</p>
+        <p>
+          This browser is connected, but no status record has arrived. Daemons publish one when they
+          start and every few seconds after; if this stays empty, check that the daemon you
+          connected to is enrolled in this fleet and has peers (<code>rhizome status</code> on it).
+        </p>
       </section>
     )
   }
@@ -74,34 +122,112 @@ export function Overview ({ snap, now }: { snap: FleetSnapshot, now: number }) {
   return (
     <section data-testid='overview'>
       <div class='cards'>
-        <div class='card'><div class='num' data-testid='count-nodes'>{rows.length}</div><div>nodes</div></div>
-        <div class='card ok'><div class='num' data-testid='count-online'>{summary.online}</div><div>online</div></div>
-        <div class={summary.stale > 0 ? 'card warn' : 'card'}><div class='num' data-testid='count-stale'>{summary.stale}</div><div>stale</div></div>
-        <div class={summary.behind > 0 ? 'card warn' : 'card'}><div class='num'>{summary.behind}</div><div>behind latest <code>{shortHeads(fleetHeads)}</code></div></div>
-        <div class={summary.failing > 0 ? 'card bad' : 'card'}><div class='num'>{summary.failing}</div><div>with unhealthy workloads</div></div>
+        <div class='card'>
+          <div class='num' data-testid='count-nodes'>
+            {rows.length}
+          </div>
+          <div>nodes</div>
+        </div>
+        <div class='card ok'>
+          <div class='num' data-testid='count-online'>
+            {summary.online}
+          </div>
+          <div>online</div>
+        </div>
+        <div class={summary.stale > 0 ? 'card warn' : 'card'}>
+          <div class='num' data-testid='count-stale'>
+            {summary.stale}
+          </div>
+          <div>stale</div>
+        </div>
+        <div class={summary.behind > 0 ? 'card warn' : 'card'}>
+          <div class='num'>{summary.behind}</div>
+          <div>
+            behind latest <code>{shortHeads(fleetHeads)}</code>
+          </div>
+        </div>
+        <div class={summary.failing > 0 ? 'card bad' : 'card'}>
+          <div class='num'>{summary.failing}</div>
+          <div>with unhealthy workloads</div>
+        </div>
       </div>
       <div class='toolbar'>
-        <input class='filter' type='search' placeholder='Filter: name, label (site=berlin-3), stale…' value={filter}
-          onInput={e => setFilter((e.target as HTMLInputElement).value)} aria-label='Filter nodes' data-testid='filter' />
-        <span class='muted'>{shown.length} of {rows.length} shown</span>
+        <input
+          class='filter'
+          type='search'
+          placeholder='Filter: name, label (site=berlin-3), stale…'
+          value={filter}
+          onInput={e => setFilter((e.target as HTMLInputElement).value)}
+          aria-label='Filter nodes'
+          data-testid='filter'
+        />
+        <span class='muted'>
+          {shown.length} of {rows.length} shown
+        </span>
       </div>
       <table class='grid' data-testid='node-table'>
-        <thead><tr>{header('name', 'Node')}<th>Labels</th>{header('status', 'Status')}{header('seen', 'Last seen')}{header('revision', 'Applied revision')}{header('health', 'Workloads')}{header('peers', 'Peers')}</tr></thead>
+        <thead>
+          <tr>
+            {header('name', 'Node')}
+            <th>Labels</th>
+            {header('status', 'Status')}
+            {header('seen', 'Last seen')}
+            {header('revision', 'Applied revision')}
+            {header('health', 'Workloads')}
+            {header('peers', 'Peers')}
+          </tr>
+        </thead>
         <tbody>
           {shown.map(r => (
-            <tr key={r.n.node} data-node={r.n.name} class={r.n.stale ? 'row-stale' : ''} onClick={() => navigate({ view: 'node', node: r.n.name })}>
-              <td><a class='node-link' href={`#view=node&node=${encodeURIComponent(r.n.name)}`} onClick={e => e.preventDefault()}>{r.n.name}</a></td>
-              <td>{Object.entries(r.n.labels).map(([k, v]) => <span class='label' key={k}>{k}={v}</span>)}</td>
-              <td><span class={r.n.stale ? 'badge stale' : 'badge online'} data-testid='node-state'>{r.n.stale ? 'stale' : 'online'}</span></td>
-              <td class='muted' title={r.n.at > 0 ? new Date(r.n.at).toLocaleString() : ''}>{ago(r.n.stale ? r.n.at || r.n.receivedAt : r.n.receivedAt, now)}</td>
-              <td><span class={`badge sync-${r.sync}`}>{SYNC_LABEL[r.sync]}</span> <code class='muted'>{shortHeads(r.n.applied.fleet)}</code></td>
-              <td><span class={`badge health-${r.health}`}>{r.total === 0 ? 'none' : `${r.healthy}/${r.total} healthy`}</span></td>
+            <tr
+              key={r.n.node}
+              data-node={r.n.name}
+              class={r.n.stale ? 'row-stale' : ''}
+              onClick={() => navigate({ view: 'node', node: r.n.name })}
+            >
+              <td>
+                <a
+                  class='node-link'
+                  href={`#view=node&node=${encodeURIComponent(r.n.name)}`}
+                  onClick={e => e.preventDefault()}
+                >
+                  {r.n.name}
+                </a>
+              </td>
+              <td>
+                {Object.entries(r.n.labels).map(([k, v]) => (
+                  <span class='label' key={k}>
+                    {k}={v}
+                  </span>
+                ))}
+              </td>
+              <td>
+                <span class={r.n.stale ? 'badge stale' : 'badge online'} data-testid='node-state'>
+                  {r.n.stale ? 'stale' : 'online'}
+                </span>
+              </td>
+              <td class='muted' title={r.n.at > 0 ? new Date(r.n.at).toLocaleString() : ''}>
+                {ago(r.n.stale ? r.n.at || r.n.receivedAt : r.n.receivedAt, now)}
+              </td>
+              <td>
+                <span class={`badge sync-${r.sync}`}>{SYNC_LABEL[r.sync]}</span>{' '}
+                <code class='muted'>{shortHeads(r.n.applied.fleet)}</code>
+              </td>
+              <td>
+                <span class={`badge health-${r.health}`}>
+                  {r.total === 0 ? 'none' : `${r.healthy}/${r.total} healthy`}
+                </span>
+              </td>
               <td class='num-cell'>{r.n.peers.length}</td>
             </tr>
           ))}
         </tbody>
       </table>
-      {shown.length === 0 && <p class='empty-inline'>No node matches “{filter}”. Clear the filter to see all {rows.length}.</p>}
+      {shown.length === 0 && (
+        <p class='empty-inline'>
+          No node matches “{filter}”. Clear the filter to see all {rows.length}.
+        </p>
+      )}
     </section>
   )
 }
