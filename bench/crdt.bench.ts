@@ -69,18 +69,22 @@ process.stdout.write(
   `crdt: ${N.toLocaleString('en-US')} signed changes by ${SIGNERS} admins (node ${process.version}; ${load()})\n`
 )
 const author = await Replica.open({ store: new MemoryStore(), ed: nodeCryptoEd25519, genesis })
-const doc = await author.open<Record<string, any>>('fleet')
+const doc = await author.open<{
+  defaults?: Record<string, unknown>
+  groups?: Record<string, unknown>
+}>('fleet')
 const signers = admins.map(k => Replica.signer(k))
 const singles: SignedBatch[] = []
-let t = performance.now()
+const t = performance.now()
 for (let i = 0; i < N; i++) {
   const signer = signers[Math.floor(i / RUN) % SIGNERS]!
   const batch = await doc.change(signer, d => {
     d.defaults ??= {}
     d.groups ??= {}
     d.defaults[`key-${i % 500}`] = { value: i, by: signer.actor.slice(0, 8) }
-    if (i % 7 === 0)
+    if (i % 7 === 0) {
       d.groups[`group-${i % 20}`] = { selector: { role: 'pos' }, config: { version: String(i) } }
+    }
   })
   singles.push(batch!)
 }
@@ -226,7 +230,7 @@ try {
       `RSS ${r.rssMB.toFixed(1)} MB after opening (${r.rssBeforeMB.toFixed(1)} MB with modules loaded, before); ${fmtMs(r.sinceStartMs)} since process start`
     )
   }
-  const median = <K extends 'openMs' | 'rssMB'>(k: K): number =>
+  const median = (k: 'openMs' | 'rssMB'): number =>
     runs.map(r => r[k]).sort((a, b) => a - b)[Math.floor(runs.length / 2)] ?? NaN
 
   process.stdout.write('\nsummary against targets\n')

@@ -54,11 +54,12 @@ function hops(adj: number[][], from: number): number[] {
   const q = [from]
   while (q.length > 0) {
     const x = q.shift() as number
-    for (const y of adj[x] as number[])
+    for (const y of adj[x] as number[]) {
       if (d[y] === Infinity) {
         d[y] = (d[x] as number) + 1
         q.push(y)
       }
+    }
   }
   return d
 }
@@ -112,14 +113,15 @@ async function propagation(
       await new Promise(resolve => setTimeout(resolve, 100))
     }
     const formMs = performance.now() - formStart
-    if (missing.length > 0)
+    if (missing.length > 0) {
       console.log(
         `  mesh NOT formed after ${(formMs / 1000).toFixed(1)} s; sessions missing: ${missing.join(', ')}`
       )
-    else
+    } else {
       console.log(
         `  mesh formed (every node has a sync session per neighbour) ${formMs.toFixed(0)} ms after the last spawn`
       )
+    }
     // CPU the daemons burn while idle (anti-entropy, keep-alives), from /proc (Linux only).
     const cpuMs = async (): Promise<number> => {
       let ticks = 0
@@ -351,8 +353,9 @@ async function catchUp(k: number): Promise<void> {
   const r0 = performance.now()
   await mb.start()
   const deadline = Date.now() + 120_000
-  while (da.heads.join() !== db.heads.join() && Date.now() < deadline)
+  while (da.heads.join() !== db.heads.join() && Date.now() < deadline) {
     await new Promise(resolve => setTimeout(resolve, 5))
+  }
   const totalMs = performance.now() - r0
   const meshMs = performance.now() - connectedAt
   const ok = da.heads.join() === db.heads.join()
@@ -377,8 +380,9 @@ async function catchUp(k: number): Promise<void> {
 console.log(
   `machine: ${cpus().length}× ${cpus()[0]?.model ?? '?'}, Node ${process.version}, ${new Date().toISOString()}`
 )
-if (which === 'all' || which === 'catchup')
+if (which === 'all' || which === 'catchup') {
   await catchUp(Number(process.env.CATCHUP_CHANGES ?? 5000))
+}
 if (which === 'all' || which === 'propagation') {
   const changes = Number(process.env.PROPAGATION_CHANGES ?? 100)
   const warmup = Number(process.env.PROPAGATION_WARMUP ?? 40)
@@ -386,6 +390,7 @@ if (which === 'all' || which === 'propagation') {
   const antiEntropyMs = Number(process.env.PROPAGATION_ANTI_ENTROPY_MS ?? DEFAULT_ANTI_ENTROPY_MS)
   const seed = Number(process.env.PROPAGATION_SEED ?? Math.floor(Math.random() * 1e6))
   const backToBack = process.env.PROPAGATION_BACK_TO_BACK === '1'
-  for (const n of (process.env.PROPAGATION_SIZES ?? '10,30').split(',').map(Number))
+  for (const n of (process.env.PROPAGATION_SIZES ?? '10,30').split(',').map(Number)) {
     await propagation(n, changes, warmup, antiEntropyMs, seed, backToBack)
+  }
 }

@@ -105,7 +105,7 @@ try {
       stdio: ['ignore', 'ignore', 'pipe']
     })
     let url = ''
-    p.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    p.stderr.setEncoding('utf8').on('data', (d: string) => {
       const m = /"event":"http\.listening","url":"([^"]+)"/.exec(d)
       if (m !== null) url = m[1] as string
     })
@@ -128,7 +128,7 @@ try {
     stdio: ['ignore', 'pipe', 'inherit']
   })
   let outText = ''
-  demo.stdout!.setEncoding('utf8').on('data', (d: string) => {
+  demo.stdout.setEncoding('utf8').on('data', (d: string) => {
     outText += d
   })
   await until(async () => /demo fleet is up/.test(outText), 90_000, 50)

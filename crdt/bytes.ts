@@ -37,12 +37,6 @@ export function concatBytes(...parts: Uint8Array[]): Uint8Array {
   return out
 }
 
-export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
-  return true
-}
-
 const utf8Encoder = new TextEncoder()
 const utf8Decoder = new TextDecoder('utf-8', { fatal: true })
 
@@ -123,8 +117,9 @@ export class ByteReader {
       const b = this.u8()
       result += (b & 0x7f) * scale
       if ((b & 0x80) === 0) {
-        if (result > max)
+        if (result > max) {
           throw new OversizedInputError(`${this.what}: value ${result} is over its bound of ${max}`)
+        }
         return result
       }
       scale *= 0x80
@@ -154,8 +149,9 @@ export class ByteReader {
   }
 
   end(): void {
-    if (this.remaining !== 0)
+    if (this.remaining !== 0) {
       throw new MalformedInputError(`${this.what}: ${this.remaining} unexpected trailing bytes`)
+    }
   }
 
   private truncated(): MalformedInputError {

@@ -5,11 +5,13 @@
 import { MalformedInputError } from './errors.ts'
 
 export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value === 'boolean' || typeof value === 'string')
+  if (value === null || typeof value === 'boolean' || typeof value === 'string') {
     return JSON.stringify(value)
+  }
   if (typeof value === 'number') {
-    if (!Number.isFinite(value))
+    if (!Number.isFinite(value)) {
       throw new MalformedInputError('canonical JSON has no place for NaN or Infinity')
+    }
     return JSON.stringify(value)
   }
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`

@@ -23,8 +23,9 @@ export function plainValue(v: unknown): unknown {
 
 function deepEqual(a: unknown, b: unknown): boolean {
   if (a === b) return true
-  if (Array.isArray(a) && Array.isArray(b))
+  if (Array.isArray(a) && Array.isArray(b)) {
     return a.length === b.length && a.every((x, i) => deepEqual(x, b[i]))
+  }
   if (isMap(a) && isMap(b)) {
     const ka = Object.keys(a)
     if (ka.length !== Object.keys(b).length) return false
@@ -52,12 +53,13 @@ export function diffMaps(
     const a = current[k]
     const b = desired[k]
     if (has && isMap(a) && isMap(b)) ops.push(...diffMaps(a, b, p))
-    else if (!has || !deepEqual(a, b))
+    else if (!has || !deepEqual(a, b)) {
       ops.push(
         has
           ? { op: 'set', path: p, value: b, old: a, had: true }
           : { op: 'set', path: p, value: b, had: false }
       )
+    }
   }
   return ops
 }

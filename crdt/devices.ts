@@ -48,8 +48,9 @@ export function enrolledDevices(
   devicesDoc: unknown
 ): Map<string, EnrolledDevice> {
   const out = new Map<string, EnrolledDevice>()
-  for (const n of trust.latest.nodes)
+  for (const n of trust.latest.nodes) {
     out.set(n.key, { key: n.key, name: n.name, labels: { ...n.labels }, source: 'trust' })
+  }
   const devices = (devicesDoc as { devices?: Record<string, unknown> } | undefined)?.devices
   if (typeof devices === 'object' && devices !== null) {
     for (const [key, v] of Object.entries(devices)) {
@@ -59,7 +60,12 @@ export function enrolledDevices(
         continue
       }
       const labels: Record<string, string> = {}
-      for (const [k, l] of Object.entries(v.labels)) labels[k] = String(l)
+      // Labels come from a signed document, not from a type: keep scalar values, as text.
+      for (const [k, l] of Object.entries(v.labels as Record<string, unknown>)) {
+        if (typeof l === 'string' || typeof l === 'number' || typeof l === 'boolean') {
+          labels[k] = String(l)
+        }
+      }
       out.set(key, {
         key,
         name: v.name,

@@ -140,8 +140,9 @@ interface IndexEntry {
 
 function encodeTips(tips: Map<string, { seq: number; sig: ChangeSignature }>): Uint8Array {
   const w = new ByteWriter().varint(tips.size)
-  for (const [actor, { seq, sig }] of tips)
+  for (const [actor, { seq, sig }] of tips) {
     w.raw(fromHex(actor)).varint(seq).raw(sig.key).raw(fromHex(sig.hash)).raw(sig.signature)
+  }
   return w.finish()
 }
 
@@ -151,12 +152,13 @@ function decodeTips(
   const r = new ByteReader(bytes, 'stored signatures')
   const n = r.varint(1 << 20)
   const out = []
-  for (let i = 0; i < n; i++)
+  for (let i = 0; i < n; i++) {
     out.push({
       actor: toHex(r.raw(40)),
       seq: r.varint(),
       sig: { key: r.raw(32).slice(), hash: toHex(r.raw(32)), signature: r.raw(64).slice() }
     })
+  }
   r.end()
   return out
 }
@@ -189,10 +191,11 @@ export async function verifyBatch(
   docId: string,
   batch: SignedBatch
 ): Promise<VerifiedBatch> {
-  if (batch.docId !== docId)
+  if (batch.docId !== docId) {
     throw new WrongDocumentError(
       `batch for document "${batch.docId}" offered to document "${docId}"`
     )
+  }
   const trustVersion = ctx.trust.version
   const metas = readChanges(batch.chunks)
   // The genesis change is the same on every peer and needs no signature.
@@ -292,9 +295,11 @@ export class SignedDocument<T = Record<string, unknown>> {
     const index = this.changeIndex()
     const inPending = new Set(this.pending.flatMap(p => p.metas.map(m => m.hash)))
     const out = new Set<string>()
-    for (const p of this.pending)
-      for (const m of p.metas)
+    for (const p of this.pending) {
+      for (const m of p.metas) {
         for (const d of m.deps) if (!index.has(d) && !inPending.has(d)) out.add(d)
+      }
+    }
     return [...out]
   }
 
@@ -325,8 +330,9 @@ export class SignedDocument<T = Record<string, unknown>> {
     return this.serial(async () => {
       this.ctx.trust.authorize(toHex(signer.pair.publicKey), this.id)
       let base = this.doc
-      if (Automerge.getActorId(base) !== signer.actor)
+      if (Automerge.getActorId(base) !== signer.actor) {
         base = Automerge.clone(base, { actor: signer.actor })
+      }
       const before = Automerge.getHeads(base)
       const next = Automerge.change(base, message === undefined ? {} : { message }, fn)
       const after = Automerge.getHeads(next)
@@ -359,8 +365,9 @@ export class SignedDocument<T = Record<string, unknown>> {
       // parsing and verifying it. In a mesh most batches a node receives are such duplicates (its
       // neighbours push a new change at once). A batch that is invalid as well as redundant is
       // dropped here without a verdict on its sender; it could not have changed anything.
-      if (batch.signatures.length > 0 && this.has(batch.signatures.map(s => s.hash)))
+      if (batch.signatures.length > 0 && this.has(batch.signatures.map(s => s.hash))) {
         return { status: 'duplicate', applied: 0, heads: this.heads }
+      }
       const verified =
         isVerified(input) &&
         input.docId === this.id &&
@@ -368,8 +375,9 @@ export class SignedDocument<T = Record<string, unknown>> {
           ? input
           : await this.verifyBatch(batch)
       const metas = verified.metas
-      if (metas.length === 0 || this.has(metas.map(m => m.hash)))
+      if (metas.length === 0 || this.has(metas.map(m => m.hash))) {
         return { status: 'duplicate', applied: 0, heads: this.heads }
+      }
       if (!this.depsPresent(metas)) {
         this.addPending(batch, metas)
         return { status: 'pending', applied: 0, heads: this.heads }
@@ -410,12 +418,13 @@ export class SignedDocument<T = Record<string, unknown>> {
     for (const actor of actors) {
       const tip = this.tips.get(actor)
       if (tip !== undefined && closure.has(tip.sig.hash)) signatures.push(tip.sig)
-      else
+      else {
         log.error(
           'document %s: no covering signature held for actor %s; peers will reject this batch',
           this.id,
           actor.slice(0, 16)
         )
+      }
     }
     const list = [...closure]
     return {
@@ -456,10 +465,11 @@ export class SignedDocument<T = Record<string, unknown>> {
         `an undecodable sync message for document "${this.id}": ${(err as Error).message}`
       )
     }
-    if (decoded.changes.length > 0)
+    if (decoded.changes.length > 0) {
       throw new UnsignedChangeError(
         `a sync message for document "${this.id}" carries ${decoded.changes.length} change chunk(s) outside a signed batch`
       )
+    }
     const [doc, next] = Automerge.receiveSyncMessage(this.doc, state, message)
     this.doc = doc
     // At run time `sentHashes` is a record of hash → true (its declared type says string[]).
@@ -488,17 +498,9 @@ export class SignedDocument<T = Record<string, unknown>> {
       })
   }
 
-  /** The patches one change made, against its dependencies. */
-  diffOf(hash: string): Automerge.Patch[] {
-    const meta = Automerge.inspectChange(this.doc, hash)
-    if (meta === null)
-      throw new MalformedInputError(`document "${this.id}" has no change ${hash.slice(0, 12)}…`)
-    return Automerge.diff(this.doc, meta.deps, [hash])
-  }
-
   /** The document's value at a past revision. */
   valueAt(heads: string[]): T {
-    return Automerge.toJS(Automerge.view(this.doc, heads)) as T
+    return Automerge.toJS<T>(Automerge.view(this.doc, heads))
   }
 
   /** Write a snapshot and compact the batches it includes. */

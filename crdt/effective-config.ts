@@ -66,14 +66,17 @@ function isObject(v: unknown): v is Record<string, unknown> {
 
 /** Plain JSON-like copy: Automerge proxies, counters and text become plain values. */
 function plain(v: unknown): ConfigValue {
-  if (v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean')
+  if (v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') {
     return v
+  }
   if (Array.isArray(v)) return v.map(plain)
   if (isObject(v)) {
     const out: ConfigObject = {}
     for (const k of Object.keys(v).sort()) out[k] = plain(v[k])
     return out
   }
+  // Timestamps and bytes (the only other values Automerge holds): their text form.
+  // oxlint-disable-next-line typescript/no-base-to-string
   return String(v)
 }
 
@@ -87,7 +90,7 @@ export function mergeConfig(base: ConfigObject, over: unknown): ConfigObject {
       continue
     }
     const b = out[key]
-    out[key] = isObject(v) && isObject(b) ? mergeConfig(b as ConfigObject, v) : plain(v)
+    out[key] = isObject(v) && isObject(b) ? mergeConfig(b, v) : plain(v)
   }
   return out
 }
@@ -97,8 +100,9 @@ export function selectorMatches(selector: unknown, labels: Record<string, string
   if (!isObject(selector)) return false
   for (const [k, want] of Object.entries(selector)) {
     const have = labels[k]
-    if (Array.isArray(want) ? !want.map(String).includes(have as string) : have !== String(want))
+    if (Array.isArray(want) ? !want.map(String).includes(have as string) : have !== String(want)) {
       return false
+    }
   }
   return true
 }
@@ -110,15 +114,17 @@ export function effectiveConfig(docs: ConfigDocument[], node: NodeIdentity): Con
       a.id === FLEET_DOC ? -1 : b.id === FLEET_DOC ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0
     )
   let config: ConfigObject = {}
-  for (const d of applicable)
+  for (const d of applicable) {
     config = mergeConfig(config, (d.value as Record<string, unknown>).defaults)
+  }
   const groups: Array<{ name: string; docId: string; config: unknown }> = []
   for (const d of applicable) {
     const g = (d.value as Record<string, unknown>).groups
     if (!isObject(g)) continue
     for (const [name, group] of Object.entries(g)) {
-      if (isObject(group) && selectorMatches(group.selector, node.labels))
+      if (isObject(group) && selectorMatches(group.selector, node.labels)) {
         groups.push({ name, docId: d.id, config: group.config })
+      }
     }
   }
   groups.sort((a, b) =>

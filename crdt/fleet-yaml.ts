@@ -17,7 +17,7 @@
  * ```
  * `devices` is the enrolment document; it is written by `rhizome enrol`, not by apply.
  */
-import { parse, parseDocument, stringify } from 'yaml'
+import { parseDocument, stringify } from 'yaml'
 import { checkDocId } from './replica.ts'
 import { DEVICES_DOC } from './devices.ts'
 import { InvalidConfigError } from './errors.ts'
@@ -37,41 +37,47 @@ function isMap(v: unknown): v is Record<string, unknown> {
 
 function checkKeys(v: Record<string, unknown>, valid: readonly string[], where: string): void {
   for (const k of Object.keys(v)) {
-    if (!valid.includes(k))
+    if (!valid.includes(k)) {
       throw new InvalidConfigError(
         `${where}: unknown key "${k}"; valid keys are ${valid.join(', ')}`
       )
+    }
   }
 }
 
 /** Check the shape of one node's (partial) config: files, workloads, manifests. */
 export function checkNodeConfig(cfg: unknown, where: string): void {
   if (cfg === null || cfg === undefined) return
-  if (!isMap(cfg))
+  if (!isMap(cfg)) {
     throw new InvalidConfigError(`${where}: expected a map with ${CONFIG_KEYS.join(', ')}`)
+  }
   checkKeys(cfg, CONFIG_KEYS, where)
   if (isMap(cfg.files)) {
     for (const [path, f] of Object.entries(cfg.files)) {
       if (f === null) continue
-      if (!path.startsWith('/'))
+      if (!path.startsWith('/')) {
         throw new InvalidConfigError(`${where}.files: "${path}" is not an absolute path`)
-      if (!isMap(f))
+      }
+      if (!isMap(f)) {
         throw new InvalidConfigError(`${where}.files["${path}"]: expected { content, mode? }`)
+      }
       checkKeys(f, FILE_KEYS, `${where}.files["${path}"]`)
     }
   }
   if (isMap(cfg.workloads)) {
     for (const [name, w] of Object.entries(cfg.workloads)) {
       if (w === null) continue
-      if (!isMap(w))
+      if (!isMap(w)) {
         throw new InvalidConfigError(
           `${where}.workloads.${name}: expected { command, env?, cwd?, version?, health? }`
         )
+      }
       checkKeys(w, WORKLOAD_KEYS, `${where}.workloads.${name}`)
-      if (w.command !== undefined && (!Array.isArray(w.command) || w.command.length === 0))
+      if (w.command !== undefined && (!Array.isArray(w.command) || w.command.length === 0)) {
         throw new InvalidConfigError(
           `${where}.workloads.${name}.command: expected a non-empty list, e.g. [node, server.js]`
         )
+      }
       if (isMap(w.health)) checkKeys(w.health, HEALTH_KEYS, `${where}.workloads.${name}.health`)
     }
   }
@@ -79,30 +85,34 @@ export function checkNodeConfig(cfg: unknown, where: string): void {
 
 /** Check one document's content. */
 export function checkDocument(id: string, doc: unknown): void {
-  if (!isMap(doc))
+  if (!isMap(doc)) {
     throw new InvalidConfigError(
       `document "${id}": expected a map with ${DOCUMENT_KEYS.join(', ')}`
     )
+  }
   checkKeys(doc, DOCUMENT_KEYS, `document "${id}"`)
   checkNodeConfig(doc.defaults, `${id}.defaults`)
   if (isMap(doc.groups)) {
     for (const [g, group] of Object.entries(doc.groups)) {
-      if (!isMap(group))
+      if (!isMap(group)) {
         throw new InvalidConfigError(`${id}.groups.${g}: expected { selector, config }`)
+      }
       checkKeys(group, ['selector', 'config'], `${id}.groups.${g}`)
       checkNodeConfig(group.config, `${id}.groups.${g}.config`)
     }
   }
-  if (isMap(doc.nodes))
+  if (isMap(doc.nodes)) {
     for (const [n, c] of Object.entries(doc.nodes)) checkNodeConfig(c, `${id}.nodes.${n}`)
+  }
 }
 
 /** Parse and check a fleet file. `source` names it in errors. */
 export function parseFleetYaml(text: string, source = 'fleet.yaml'): FleetDocuments {
-  if (text.length > MAX_FLEET_YAML_BYTES)
+  if (text.length > MAX_FLEET_YAML_BYTES) {
     throw new InvalidConfigError(
       `${source} is ${text.length} bytes; at most ${MAX_FLEET_YAML_BYTES} are accepted`
     )
+  }
   const parsed = parseDocument(text, { prettyErrors: true, uniqueKeys: true })
   if (parsed.errors.length > 0) {
     const e = parsed.errors[0]
@@ -112,10 +122,11 @@ export function parseFleetYaml(text: string, source = 'fleet.yaml'): FleetDocume
   }
   const v: unknown = parsed.toJS({ maxAliasCount: 100 })
   if (v === null || v === undefined) return {}
-  if (!isMap(v))
+  if (!isMap(v)) {
     throw new InvalidConfigError(
       `${source}: expected a map of document ids (fleet:, site/<name>:, ...) to document contents`
     )
+  }
   const out: FleetDocuments = {}
   for (const [id, doc] of Object.entries(v)) {
     try {
@@ -125,10 +136,11 @@ export function parseFleetYaml(text: string, source = 'fleet.yaml'): FleetDocume
         `${source}: "${id}" is not a document id (lower-case words joined by / - _ or .)`
       )
     }
-    if (id === DEVICES_DOC)
+    if (id === DEVICES_DOC) {
       throw new InvalidConfigError(
         `${source}: the "devices" document is written by \`rhizome enrol\`, not by apply; remove it from the file`
       )
+    }
     checkDocument(id, doc)
     out[id] = doc as Record<string, unknown>
   }
@@ -138,5 +150,3 @@ export function parseFleetYaml(text: string, source = 'fleet.yaml'): FleetDocume
 export function fleetYaml(docs: FleetDocuments): string {
   return stringify(docs, { lineWidth: 0 })
 }
-
-export { parse as parseYaml }

@@ -27,8 +27,9 @@ export function generateKeyPair(): KeyPair {
 }
 
 export function keyPairFromSeed(seed: Uint8Array): KeyPair {
-  if (seed.length !== 32)
+  if (seed.length !== 32) {
     throw new MalformedInputError(`an Ed25519 seed is 32 bytes, not ${seed.length}`)
+  }
   return { seed, publicKey: nacl.sign.keyPair.fromSeed(seed).publicKey }
 }
 
@@ -38,10 +39,11 @@ export function publicKeyHex(publicKey: Uint8Array): PublicKeyHex {
 
 export function parsePublicKey(hex: string): Uint8Array {
   const key = fromHex(hex.trim())
-  if (key.length !== 32)
+  if (key.length !== 32) {
     throw new MalformedInputError(
       `a public key is 64 hex characters (32 bytes), got ${hex.length} characters`
     )
+  }
   return key
 }
 
@@ -88,10 +90,11 @@ export async function encryptKeyFile(
 }
 
 export function parseKeyFile(text: string): KeyFile {
-  if (text.length > MAX_KEY_FILE_BYTES)
+  if (text.length > MAX_KEY_FILE_BYTES) {
     throw new OversizedInputError(
       `a key file is at most ${MAX_KEY_FILE_BYTES} bytes; this one has ${text.length}`
     )
+  }
   let v: unknown
   try {
     v = JSON.parse(text)
@@ -126,14 +129,16 @@ export async function decryptKeyFile(file: KeyFile, passphrase: string): Promise
     dkLen: 32
   })
   const seed = nacl.secretbox.open(fromHex(file.box), fromHex(file.nonce), key)
-  if (seed === null)
+  if (seed === null) {
     throw new WrongPassphraseError(
       `wrong passphrase for key file "${file.label}" (${fingerprint(fromHex(file.publicKey))}); nothing was signed`
     )
+  }
   const pair = keyPairFromSeed(seed)
-  if (toHex(pair.publicKey) !== file.publicKey)
+  if (toHex(pair.publicKey) !== file.publicKey) {
     throw new MalformedInputError(
       `key file "${file.label}" is inconsistent: its secret does not match its public key`
     )
+  }
   return pair
 }

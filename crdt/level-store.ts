@@ -55,8 +55,9 @@ export class LevelStore implements Store {
     if (seq === undefined) {
       const v = await this.db.get(`d!${docId}!n`)
       seq = v === undefined ? 0 : Number(decoder.decode(v))
-      if (!Number.isSafeInteger(seq))
+      if (!Number.isSafeInteger(seq)) {
         throw new MalformedInputError(`store: bad sequence number for document "${docId}"`)
+      }
       this.seqs.set(docId, seq)
     }
     return seq
@@ -103,8 +104,9 @@ export class LevelStore implements Store {
     for await (const key of this.db.keys({
       gt: `d!${docId}!b!`,
       lte: `d!${docId}!b!${pad(snapshot.upTo)}`
-    }))
+    })) {
       ops.push({ type: 'del', key })
+    }
     await this.db.batch(ops, { sync: true })
   }
 
@@ -148,14 +150,15 @@ export class LevelStore implements Store {
   async listMeta(prefix: string): Promise<Array<[string, Uint8Array]>> {
     this.check()
     const out: Array<[string, Uint8Array]> = []
-    for await (const [k, v] of this.db.iterator({ gte: `m!${prefix}`, lt: `m!${prefix}\uffff` }))
+    for await (const [k, v] of this.db.iterator({ gte: `m!${prefix}`, lt: `m!${prefix}\uffff` })) {
       out.push([k.slice(2), v])
+    }
     return out
   }
 
   async close(): Promise<void> {
     if (this.db.status === 'open') {
-      await Promise.allSettled([...this.tails.values()])
+      await Promise.allSettled(this.tails.values())
       await this.db.close()
     }
   }

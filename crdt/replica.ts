@@ -32,10 +32,11 @@ export const DOC_ID_PATTERN = /^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/
 export const MAX_DOCUMENTS = 1024
 
 export function checkDocId(id: string): void {
-  if (id.length > 128 || !DOC_ID_PATTERN.test(id))
+  if (id.length > 128 || !DOC_ID_PATTERN.test(id)) {
     throw new MalformedInputError(
       `"${id.slice(0, 40)}" is not a document id (lower-case words joined by / - _ or .)`
     )
+  }
 }
 
 export interface ReplicaOptions {
@@ -71,10 +72,11 @@ export class Replica extends EventTarget {
     const stored = await opts.store.listTrust()
     let chain: TrustChain
     if (stored.length === 0) {
-      if (opts.genesis === undefined)
+      if (opts.genesis === undefined) {
         throw new InvalidTrustStatementError(
           "this store holds no fleet yet; pass the fleet's genesis trust statement (rhizome init writes it to trust.json)"
         )
+      }
       chain = await TrustChain.fromGenesis(opts.genesis, opts.ed)
       await opts.store.putTrust(1, encodeTrustStatement(opts.genesis))
     } else {
@@ -106,8 +108,9 @@ export class Replica extends EventTarget {
     checkDocId(id)
     let doc = this.docs.get(id)
     if (doc === undefined) {
-      if (this.docs.size >= MAX_DOCUMENTS)
+      if (this.docs.size >= MAX_DOCUMENTS) {
         throw new MalformedInputError(`a fleet holds at most ${MAX_DOCUMENTS} documents`)
+      }
       doc = SignedDocument.load(this.context(), id)
       this.docs.set(id, doc)
       doc.catch(() => this.docs.delete(id))

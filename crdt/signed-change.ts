@@ -88,10 +88,11 @@ export function newActorId(
 
 /** The signer key named by an actor id, as hex; throws `ActorMismatchError` for foreign actor ids. */
 export function actorKeyHex(actor: string): string {
-  if (actor.length !== ACTOR_BYTES * 2)
+  if (actor.length !== ACTOR_BYTES * 2) {
     throw new ActorMismatchError(
       `actor ${actor.slice(0, 16)}… is not a Rhizome actor id (32-byte key + 8-byte session)`
     )
+  }
   return actor.slice(0, 64)
 }
 
@@ -122,32 +123,36 @@ export function encodeBatch(batch: SignedBatch): Uint8Array {
   w.varint(batch.signatures.length)
   for (const s of batch.signatures) w.raw(s.key).raw(fromHex(s.hash)).raw(s.signature)
   const out = w.finish()
-  if (out.length > MAX_BATCH_BYTES)
+  if (out.length > MAX_BATCH_BYTES) {
     throw new OversizedInputError(
       `a signed batch is at most ${MAX_BATCH_BYTES} bytes; this one would be ${out.length}`
     )
+  }
   return out
 }
 
 export function decodeBatch(bytes: Uint8Array): SignedBatch {
-  if (bytes.length > MAX_BATCH_BYTES)
+  if (bytes.length > MAX_BATCH_BYTES) {
     throw new OversizedInputError(
       `a signed batch is at most ${MAX_BATCH_BYTES} bytes; got ${bytes.length}`
     )
+  }
   const r = new ByteReader(bytes, 'signed batch')
   const version = r.u8()
-  if (version !== BATCH_VERSION)
+  if (version !== BATCH_VERSION) {
     throw new UnsupportedVersionError(
       `signed batch version ${version} is not supported (this build reads version ${BATCH_VERSION}); upgrade this node`
     )
+  }
   const docId = r.string(MAX_DOC_ID_BYTES)
   const chunks: Uint8Array[] = []
   const nChunks = r.varint(MAX_CHUNKS_PER_BATCH)
   for (let i = 0; i < nChunks; i++) chunks.push(r.bytes(MAX_BATCH_BYTES))
   const signatures: ChangeSignature[] = []
   const nSigs = r.varint(MAX_SIGNATURES_PER_BATCH)
-  for (let i = 0; i < nSigs; i++)
+  for (let i = 0; i < nSigs; i++) {
     signatures.push({ key: r.raw(32), hash: toHex(r.raw(32)), signature: r.raw(64) })
+  }
   r.end()
   return { docId, chunks, signatures }
 }
@@ -187,8 +192,9 @@ function toMeta(c: {
  */
 function checkChecksum(chunk: Uint8Array, expected: Uint8Array): void {
   for (let i = 0; i < 4; i++) {
-    if (chunk[4 + i] !== expected[i])
+    if (chunk[4 + i] !== expected[i]) {
       throw new MalformedInputError("a chunk's checksum does not match its contents")
+    }
   }
 }
 
@@ -218,8 +224,9 @@ export function readChanges(chunks: Uint8Array[]): ChangeMeta[] {
         `a chunk does not parse as Automerge changes: ${(err as Error).message}`
       )
     }
-    if (out.length > MAX_CHANGES_PER_BATCH)
+    if (out.length > MAX_CHANGES_PER_BATCH) {
       throw new OversizedInputError(`a batch holds at most ${MAX_CHANGES_PER_BATCH} changes`)
+    }
   }
   return out
 }
@@ -245,16 +252,18 @@ export async function verifyCoverage(
     .map(s => ({ s, c: byHash.get(s.hash) }))
     .sort((a, b) => (b.c?.seq ?? 0) - (a.c?.seq ?? 0))
   for (const { s, c } of sigs) {
-    if (c === undefined)
+    if (c === undefined) {
       throw new MalformedInputError(
         `signature for change ${s.hash.slice(0, 12)}… which is not in the batch`
       )
+    }
     if (covered.has(c.hash)) continue
     const keyHex = toHex(s.key)
-    if (actorKeyHex(c.actor) !== keyHex)
+    if (actorKeyHex(c.actor) !== keyHex) {
       throw new ActorMismatchError(
         `change ${c.hash.slice(0, 12)}… has actor ${c.actor.slice(0, 16)}… but is signed by key ${keyHex.slice(0, 16)}…`
       )
+    }
     if (!(await ed.verify(s.key, changeDigest(fleetId, docId, c.hash), s.signature))) {
       throw new InvalidSignatureError(
         `signature on change ${c.hash.slice(0, 12)}… of document "${docId}" does not verify`
@@ -275,10 +284,11 @@ export async function verifyCoverage(
     }
   }
   for (const c of changes) {
-    if (!covered.has(c.hash))
+    if (!covered.has(c.hash)) {
       throw new UnsignedChangeError(
         `change ${c.hash.slice(0, 12)}… (actor ${c.actor.slice(0, 16)}…, seq ${c.seq}) of document "${docId}" is not covered by any signature in its batch`
       )
+    }
   }
   return signerOfActor
 }

@@ -87,7 +87,7 @@ export class MemoryStore implements Store {
   async putSnapshot(docId: string, snapshot: Snapshot): Promise<void> {
     const d = this.doc(docId)
     d.snapshot = snapshot
-    for (const seq of [...d.batches.keys()]) if (seq <= snapshot.upTo) d.batches.delete(seq)
+    for (const seq of d.batches.keys()) if (seq <= snapshot.upTo) d.batches.delete(seq)
   }
 
   async getSnapshot(docId: string): Promise<Snapshot | undefined> {

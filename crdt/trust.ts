@@ -25,7 +25,6 @@ import { fingerprint, type KeyPair } from './keys.ts'
 import type { Ed25519 } from './ed25519.ts'
 
 export type FleetId = string & { __brand: 'FleetId' }
-export type DocId = string & { __brand: 'DocId' }
 
 export interface AdminEntry {
   key: string
@@ -100,10 +99,11 @@ const isLabels = (v: unknown): v is Record<string, string> =>
 
 /** Parse and shape-check a signed statement (signatures are checked by `TrustChain.add`). */
 export function decodeTrustStatement(bytes: Uint8Array): SignedTrustStatement {
-  if (bytes.length > MAX_TRUST_STATEMENT_BYTES)
+  if (bytes.length > MAX_TRUST_STATEMENT_BYTES) {
     throw new OversizedInputError(
       `a trust statement is at most ${MAX_TRUST_STATEMENT_BYTES} bytes; got ${bytes.length}`
     )
+  }
   let v: unknown
   try {
     v = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
@@ -177,10 +177,11 @@ export class TrustChain {
   /** Verify a genesis statement and start a chain from it. */
   static async fromGenesis(genesis: SignedTrustStatement, ed: Ed25519): Promise<TrustChain> {
     const s = genesis.statement
-    if (s.version !== 1 || s.previous !== null)
+    if (s.version !== 1 || s.previous !== null) {
       throw new InvalidTrustStatementError(
         `a genesis statement has version 1 and no predecessor; this one has version ${s.version}`
       )
+    }
     await verifyThreshold(genesis, s.roots, s.threshold, ed)
     return new TrustChain(genesis, ed)
   }
@@ -212,23 +213,27 @@ export class TrustChain {
         `two different trust statements claim version ${v} of fleet ${this.fleetId.slice(0, 12)}… (${a.slice(0, 12)}… and ${b.slice(0, 12)}…); trust changes are halted until the root key holders resolve it`
       )
     }
-    if (this.forked !== undefined)
+    if (this.forked !== undefined) {
       throw new TrustForkError(
         `trust changes are halted: a fork at version ${this.forked.version} is unresolved`
       )
+    }
     const prev = this.latest
-    if (v !== prev.version + 1)
+    if (v !== prev.version + 1) {
       throw new InvalidTrustStatementError(
         `trust statement version ${v} does not follow the held version ${prev.version}; fetch the versions in between first`
       )
-    if (next.statement.previous !== statementHash(prev))
+    }
+    if (next.statement.previous !== statementHash(prev)) {
       throw new InvalidTrustStatementError(
         `trust statement version ${v} does not name version ${prev.version} as its predecessor`
       )
-    if (next.statement.fleet !== prev.fleet)
+    }
+    if (next.statement.fleet !== prev.fleet) {
       throw new InvalidTrustStatementError(
         `trust statement version ${v} renames the fleet; the name is fixed at genesis`
       )
+    }
     await verifyThreshold(next, prev.roots, prev.threshold, this.ed)
     this.statements.push(next)
     return true
@@ -243,18 +248,20 @@ export class TrustChain {
     if (op !== undefined) return { key: keyHex, name: op.name, role: 'operator' }
     const node = s.nodes.find(n => n.key === keyHex)
     if (node !== undefined) return { key: keyHex, name: node.name, role: 'node' }
-    if (s.roots.includes(keyHex))
+    if (s.roots.includes(keyHex)) {
       return { key: keyHex, name: `root ${fingerprint(fromHex(keyHex))}`, role: 'root' }
+    }
     return undefined
   }
 
   /** May this key write this document? Throws `UnknownKeyError` or `OutOfScopeError` if not. */
   authorize(keyHex: string, docId: string): KeyInfo {
     const info = this.lookup(keyHex)
-    if (info === undefined)
+    if (info === undefined) {
       throw new UnknownKeyError(
         `key ${fingerprint(fromHex(keyHex))} is not in trust statement version ${this.version} of this fleet; changes it signs are rejected`
       )
+    }
     if (info.role === 'admin') return info
     if (info.role === 'operator') {
       const op = this.latest.operators.find(o => o.key === keyHex) as OperatorEntry

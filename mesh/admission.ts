@@ -51,8 +51,9 @@ export class AdmissionControl {
   /** Re-read enrolment from the trust statement and the devices document. */
   async refresh(): Promise<void> {
     let value: unknown
-    if (this.replica.documentIds().includes(DEVICES_DOC))
+    if (this.replica.documentIds().includes(DEVICES_DOC)) {
       value = (await this.replica.open(DEVICES_DOC)).value
+    }
     this.enrolled = enrolledDevices(this.replica.trust, value)
   }
 
@@ -79,16 +80,18 @@ export class AdmissionControl {
     if (this.sessions.size >= MAX_SESSIONS && !this.sessions.has(peerId)) {
       const now = Date.now()
       for (const [p, s] of this.sessions) if (s.expires <= now) this.sessions.delete(p)
-      if (this.sessions.size >= MAX_SESSIONS)
+      if (this.sessions.size >= MAX_SESSIONS) {
         this.sessions.delete(this.sessions.keys().next().value as string)
+      }
     }
     this.sessions.set(peerId, { admission, expires })
   }
 
   issueViewerToken(now = Date.now()): string {
     for (const [t, exp] of this.tokens) if (exp <= now) this.tokens.delete(t)
-    if (this.tokens.size >= MAX_VIEWER_TOKENS)
+    if (this.tokens.size >= MAX_VIEWER_TOKENS) {
       this.tokens.delete(this.tokens.keys().next().value as string)
+    }
     const token = toHex(globalThis.crypto.getRandomValues(new Uint8Array(16)))
     this.tokens.set(token, now + VIEWER_TOKEN_TTL_MS)
     return token

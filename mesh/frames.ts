@@ -32,8 +32,9 @@ export async function* decodeFrames(
   })
   for await (const chunk of source) {
     try {
-      for (const frame of decoder.decode(chunk instanceof Uint8Array ? chunk : chunk.subarray()))
+      for (const frame of decoder.decode(chunk instanceof Uint8Array ? chunk : chunk.subarray())) {
         yield frame.subarray()
+      }
     } catch (err) {
       const name = (err as Error).name
       if (

@@ -58,8 +58,9 @@ export const UNADMITTED_GRACE_MS = 15_000
 export function resolveLimits(overrides: Partial<MeshLimits> | undefined): MeshLimits {
   const out = { ...DEFAULT_LIMITS, ...overrides }
   for (const [k, v] of Object.entries(out)) {
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
       throw new RangeError(`mesh limit ${k} must be a positive number, got ${String(v)}`)
+    }
   }
   return out
 }

@@ -140,18 +140,20 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     this.bootstrap = (opts.bootstrap ?? []).map(a => {
       const addr = multiaddr(a)
       const peerId = addr.getComponents().findLast(c => c.name === 'p2p')?.value
-      if (peerId === undefined)
+      if (peerId === undefined) {
         throw new RangeError(
           `bootstrap address ${a} has no /p2p/<PeerId>; add the peer's id so its identity can be checked`
         )
+      }
       return { addr, peerId, next: 0, backoff: REDIAL_MIN_MS, dialing: false }
     })
     this.bootstrapIds = new Set(this.bootstrap.map(b => b.peerId))
   }
 
   get peerId(): string {
-    if (this.node === undefined)
+    if (this.node === undefined) {
       throw new MeshNotRunningError('the mesh is not started; call start() first')
+    }
     return this.node.peerId.toString()
   }
 
@@ -225,8 +227,9 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
       if (
         node.getConnections(e.detail.id).length > 0 ||
         node.getConnections().length >= limits.maxConnections
-      )
+      ) {
         return
+      }
       node
         .dial(e.detail.id, { signal: AbortSignal.timeout(limits.exchangeTimeoutMs) })
         .catch(err => log('dial of discovered %s failed: %s', id, errMessage(err)))
@@ -332,8 +335,9 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   saveSyncState(peerId: string, docId: string, state: Automerge.SyncState): void {
     let m = this.syncStates.get(peerId)
     if (m === undefined) {
-      if (this.syncStates.size >= MAX_REMEMBERED_PEERS)
+      if (this.syncStates.size >= MAX_REMEMBERED_PEERS) {
         this.syncStates.delete(this.syncStates.keys().next().value as string)
+      }
       m = new Map()
       this.syncStates.set(peerId, m)
     }
@@ -351,8 +355,9 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     if (signed === undefined) return
     const held = this.statusHeld.get(signed.node)
     if (held !== undefined && held.signed.seq >= signed.seq) return
-    if (signed.node === toHex(this.identity.publicKey))
+    if (signed.node === toHex(this.identity.publicKey)) {
       this.ownSeq = Math.max(this.ownSeq, signed.seq)
+    }
     const h: HeldStatus = { signed, peerId: peerIdOfKey(signed.node), receivedAt: Date.now() }
     await this.keepStatus(h)
     for (const s of this.sessions.values()) if (s !== from) s.sendStatus(signed.bytes)
@@ -399,8 +404,9 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
         'OutOfScopeError',
         'ActorMismatchError'
       ].includes(err.name)
-    )
+    ) {
       this.counters.changesRejected++
+    }
     this.counters.peersBanned++
     this.admission.ban(peerId, this.limits.banMs)
     this.sessions.get(peerId)?.close(err)
@@ -532,8 +538,9 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
       peerId,
       setTimeout(() => {
         this.graceTimers.delete(peerId)
-        if (!this.mayServe(peerId))
+        if (!this.mayServe(peerId)) {
           this.node?.hangUp(peerIdFromStringSafe(peerId) as PeerId).catch(() => {})
+        }
       }, UNADMITTED_GRACE_MS)
     )
   }
@@ -610,10 +617,11 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
         await readOneFrame(stream, 4096, this.limits.exchangeTimeoutMs)
       )
       if (req.kind === 'token') {
-        if (!this.admission.redeemViewerToken(req.token, peerId))
+        if (!this.admission.redeemViewerToken(req.token, peerId)) {
           throw new SessionRefusedError(
             'viewer token unknown, expired or already used; ask the daemon for a new one'
           )
+        }
         reply = { ok: true, admission: 'viewer' }
       } else {
         const key = peerKeyHex(peerId)
@@ -645,7 +653,7 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     const req =
       cred.viewerToken !== undefined
         ? { kind: 'token' as const, token: cred.viewerToken }
-        : { kind: 'voucher' as const, voucher: cred.voucher as Uint8Array }
+        : { kind: 'voucher' as const, voucher: cred.voucher }
     await sendFrame(stream, encodeSessionRequest(req), this.limits.exchangeTimeoutMs)
     const reply = decodeSessionReply(
       await readOneFrame(stream, 4096, this.limits.exchangeTimeoutMs)

@@ -166,10 +166,11 @@ export class PeerSession {
     this.ended = true
     for (const [docId, state] of this.states) this.host.saveSyncState(this.peerId, docId, state)
     if (err !== undefined) this.stream.abort(err)
-    else
+    else {
       this.stream
         .close({ signal: AbortSignal.timeout(1000) })
         .catch(() => this.stream.abort(new Error('close timed out')))
+    }
     this.host.closed(this)
   }
 
@@ -269,8 +270,9 @@ export class PeerSession {
   private restartSync(docId: string): void {
     this.lastIn.delete(docId)
     const s = this.states.get(docId)
-    if (s !== undefined)
+    if (s !== undefined) {
       this.states.set(docId, Automerge.decodeSyncState(Automerge.encodeSyncState(s)))
+    }
   }
 
   /** How many times running the peer has sent this same sync message for `docId` (0: it is new). */
@@ -279,13 +281,14 @@ export class PeerSession {
     const last = this.lastIn.get(docId)
     const count = last?.digest === digest ? last.count + 1 : 0
     this.lastIn.set(docId, { digest, count })
-    if (count === MAX_SYNC_REPEATS + 1)
+    if (count === MAX_SYNC_REPEATS + 1) {
       log.error(
         'sync of "%s" with %s is stuck (the same message %d times running); not answering until the next anti-entropy round',
         docId,
         this.peerId,
         count + 1
       )
+    }
     return count
   }
 
@@ -336,10 +339,11 @@ export class PeerSession {
     const replica = this.host.replica
     switch (msg.type) {
       case 'hello': {
-        if (msg.fleetId !== replica.fleetId)
+        if (msg.fleetId !== replica.fleetId) {
           throw new ProtocolViolationError(
             `peer belongs to fleet ${msg.fleetId.slice(0, 12)}…, not ${replica.fleetId.slice(0, 12)}…`
           )
+        }
         const first = !this.helloReceived
         this.helloReceived = true
         this.sendTrustAfter(msg.trustVersion)
@@ -373,10 +377,11 @@ export class PeerSession {
         const doc = await replica.open(msg.docId)
         if (msg.batch.length > 0 && this.host.mayAccept(this.peerId)) {
           const batch = decodeBatch(msg.batch)
-          if (batch.docId !== msg.docId)
+          if (batch.docId !== msg.docId) {
             throw new ProtocolViolationError(
               `peer sent a batch for "${batch.docId}" inside a sync message for "${msg.docId}"`
             )
+          }
           await this.acceptBatch(batch)
         }
         try {
@@ -397,10 +402,11 @@ export class PeerSession {
       case 'push': {
         if (!this.host.mayAccept(this.peerId)) return
         const batch = decodeBatch(msg.batch)
-        if (batch.docId !== msg.docId)
+        if (batch.docId !== msg.docId) {
           throw new ProtocolViolationError(
             `peer pushed a batch for "${batch.docId}" labelled "${msg.docId}"`
           )
+        }
         const res = await this.acceptBatch(batch)
         // It builds on changes we lack (their push has not arrived, or never will): a sync round
         // with this peer, which holds them, fetches them.

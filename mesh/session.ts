@@ -97,8 +97,9 @@ export async function verifySessionVoucher(
   try {
     const r = new ByteReader(bytes, 'session voucher')
     const v = r.u8()
-    if (v !== VOUCHER_VERSION)
+    if (v !== VOUCHER_VERSION) {
       throw new SessionRefusedError(`session voucher version ${v} is not supported`)
+    }
     peerKey = r.raw(32)
     role = r.u8()
     expires = r.varint()
@@ -110,16 +111,19 @@ export async function verifySessionVoucher(
     throw new SessionRefusedError(`malformed session voucher: ${(err as Error).message}`)
   }
   const roleName = (Object.keys(ROLE_CODE) as SessionRole[]).find(k => ROLE_CODE[k] === role)
-  if (roleName === undefined)
+  if (roleName === undefined) {
     throw new SessionRefusedError(`session voucher names unknown role ${role}`)
-  if (toHex(peerKey) !== peerKeyHex)
+  }
+  if (toHex(peerKey) !== peerKeyHex) {
     throw new SessionRefusedError(
       'session voucher was issued to another browser key; sign a new one for this session'
     )
-  if (expires <= now)
+  }
+  if (expires <= now) {
     throw new SessionRefusedError(
       `session voucher expired at ${new Date(expires).toISOString()}; sign a new one`
     )
+  }
   const signerHex = toHex(signer)
   const info = trust.lookup(signerHex)
   if (info === undefined || (info.role !== 'admin' && info.role !== 'operator')) {
@@ -127,8 +131,9 @@ export async function verifySessionVoucher(
       `session voucher is signed by ${signerHex.slice(0, 16)}…, which is not an admin or operator key of trust statement version ${trust.version}`
     )
   }
-  if (!(await ed.verify(signer, digest(trust.fleetId, peerKey, role, expires), sig)))
+  if (!(await ed.verify(signer, digest(trust.fleetId, peerKey, role, expires), sig))) {
     throw new SessionRefusedError('session voucher signature does not verify')
+  }
   return { peerKey: peerKeyHex, role: roleName, expires, signer: signerHex }
 }
 
@@ -173,8 +178,9 @@ export function decodeSessionReply(bytes: Uint8Array): SessionReply {
   const text = r.string(1024)
   r.end()
   if (ok === 1) {
-    if (text !== 'viewer' && text !== 'admin-session' && text !== 'node')
+    if (text !== 'viewer' && text !== 'admin-session' && text !== 'node') {
       throw new SessionRefusedError(`daemon replied with unknown admission "${text.slice(0, 40)}"`)
+    }
     return { ok: true, admission: text }
   }
   return { ok: false, reason: text }

@@ -54,10 +54,11 @@ export async function signStatus(
   ed: Ed25519
 ): Promise<SignedStatus> {
   const json = utf8(JSON.stringify(body))
-  if (json.length > MAX_STATUS_BYTES)
+  if (json.length > MAX_STATUS_BYTES) {
     throw new InvalidStatusError(
       `status body is ${json.length} bytes; at most ${MAX_STATUS_BYTES} are allowed (trim logs or details before publishing)`
     )
+  }
   const signature = await ed.sign(pair.seed, digest(fleetId, pair.publicKey, seq, json))
   const bytes = new ByteWriter()
     .u8(VERSION)
@@ -96,8 +97,9 @@ export async function verifyStatus(
   }
   const node = toHex(key)
   if (!isEnrolled(node)) return undefined
-  if (!(await ed.verify(key, digest(fleetId, key, seq, json), signature)))
+  if (!(await ed.verify(key, digest(fleetId, key, seq, json), signature))) {
     throw new InvalidStatusError(`status record from ${node.slice(0, 16)}… has a bad signature`)
+  }
   let body: unknown
   try {
     body = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(json))
@@ -106,10 +108,11 @@ export async function verifyStatus(
       `status record from ${node.slice(0, 16)}… has a body that is not JSON`
     )
   }
-  if (typeof body !== 'object' || body === null || Array.isArray(body))
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw new InvalidStatusError(
       `status record from ${node.slice(0, 16)}… has a body that is not a JSON object`
     )
+  }
   return { node, seq, body: body as StatusBody, bytes: bytes.slice() }
 }
 

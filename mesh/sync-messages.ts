@@ -71,10 +71,11 @@ export function decodeSyncWire(bytes: Uint8Array): SyncWireMessage {
     switch (type) {
       case TYPE.hello: {
         const version = r.varint()
-        if (version !== SYNC_WIRE_VERSION)
+        if (version !== SYNC_WIRE_VERSION) {
           throw new MalformedMessageError(
             `sync protocol version ${version} is not supported (this node speaks ${SYNC_WIRE_VERSION})`
           )
+        }
         const fleetId = r.string(MAX_ID)
         const trustVersion = r.varint(1 << 30)
         const n = r.varint(MAX_DOCS_PER_HELLO)

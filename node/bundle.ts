@@ -31,22 +31,25 @@ export function encodeBundle(b: Bundle): Uint8Array {
 }
 
 export function decodeBundle(bytes: Uint8Array): Bundle {
-  if (bytes.length > MAX_BUNDLE_BYTES)
+  if (bytes.length > MAX_BUNDLE_BYTES) {
     throw new InvalidBundleError(
       `the bundle is ${bytes.length} bytes; at most ${MAX_BUNDLE_BYTES} are accepted`
     )
-  if (bytes.length < 5 || MAGIC.some((c, i) => bytes[i] !== c))
+  }
+  if (bytes.length < 5 || MAGIC.some((c, i) => bytes[i] !== c)) {
     throw new InvalidBundleError(
       'not a Rhizome bundle (it does not start with "RHZB"); was it made by `rhizome bundle export`?'
     )
+  }
   try {
     const r = new ByteReader(bytes, 'bundle')
     r.raw(4)
     const v = r.u8()
-    if (v !== BUNDLE_VERSION)
+    if (v !== BUNDLE_VERSION) {
       throw new InvalidBundleError(
         `bundle version ${v} is not supported (this rhizome reads version ${BUNDLE_VERSION}); upgrade rhizome`
       )
+    }
     const trust: Uint8Array[] = []
     const nt = r.varint(MAX_BUNDLE_TRUST)
     for (let i = 0; i < nt; i++) trust.push(r.bytes(MAX_BUNDLE_BYTES))

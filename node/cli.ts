@@ -21,7 +21,7 @@ import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { Replica } from '../crdt/replica.ts'
 import { DEVICES_DOC } from '../crdt/devices.ts'
 import { LevelStore } from '../crdt/level-store.ts'
-import { decodeBatch, encodeBatch } from '../crdt/signed-change.ts'
+import { decodeBatch, encodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import { toHex } from '../crdt/bytes.ts'
 import { DaemonClient } from './daemon-client.ts'
 import { applyOps, diffMaps, formatOps, plainValue, type DiffOp } from '../crdt/config-diff.ts'
@@ -84,10 +84,11 @@ async function exists(p: string): Promise<boolean> {
 
 async function loadSigningKey(opts: { key?: string; passphraseFile?: string }): Promise<KeyPair> {
   const file = opts.key ?? process.env.RHIZOME_KEY
-  if (file === undefined)
+  if (file === undefined) {
     throw new UsageError(
       'a signing key is needed: pass --key FILE (an admin or operator key file from `rhizome init`) or set RHIZOME_KEY'
     )
+  }
   let text: string
   try {
     text = await readFile(file, 'utf8')
@@ -113,9 +114,11 @@ async function cmdInit(opts: {
 }): Promise<void> {
   const dir = resolve(opts.dir)
   const files = ['root.key', 'admin.key', 'trust.json'].map(f => join(dir, f))
-  for (const f of files)
-    if (await exists(f))
+  for (const f of files) {
+    if (await exists(f)) {
       throw new UsageError(`${f} already exists; a fleet is initialised once. Choose another --dir`)
+    }
+  }
   const pass = await readPassphrase(opts, 'passphrase for the new key files: ')
   if (pass.length < 8) throw new UsageError('the passphrase must be at least 8 characters')
   const root = generateKeyPair()
@@ -145,10 +148,11 @@ async function cmdInit(opts: {
 async function cmdNodeInit(opts: { data: string }): Promise<void> {
   const dir = resolve(opts.data)
   const held = await readIdentity(dir)
-  if (held !== undefined)
+  if (held !== undefined) {
     throw new UsageError(
       `${dir} already holds a device identity (${held.peerId}); a device keeps its identity. Use another --data`
     )
+  }
   const id = await createIdentity(dir)
   say(`public key   ${id.publicKeyHex}`)
   say(`fingerprint  ${id.fingerprint}`)
@@ -160,14 +164,12 @@ async function cmdNodeInit(opts: { data: string }): Promise<void> {
 
 async function publish(
   client: DaemonClient,
-  replica: Replica,
   docId: string,
-  batch: Awaited<ReturnType<Awaited<ReturnType<Replica['open']>>['change']>>
+  batch: SignedBatch | undefined
 ): Promise<void> {
   if (batch === undefined) return
   const r = await client.postBatch(batch)
   say(`${docId}: ${r.status}, revision ${r.heads.map(h => h.slice(0, 12)).join(',')}`)
-  void replica
 }
 
 async function cmdEnrol(
@@ -203,7 +205,7 @@ async function cmdEnrol(
     `enrol ${opts.name}`
   )
   say(`enrolled ${opts.name} (${fingerprint(pub)}) labels ${JSON.stringify(labels)}`)
-  await publish(client, replica, DEVICES_DOC, batch)
+  await publish(client, DEVICES_DOC, batch)
 }
 
 async function currentDocs(replica: Replica): Promise<FleetDocuments> {
@@ -254,11 +256,11 @@ async function cmdApply(opts: {
     const batch = await doc.change(
       signer,
       d => {
-        applyOps(d as Record<string, unknown>, ops)
+        applyOps(d, ops)
       },
       `apply ${opts.file}`
     )
-    await publish(client, replica, id, batch)
+    await publish(client, id, batch)
   }
 }
 
@@ -266,8 +268,9 @@ async function cmdGet(opts: { daemon: string; doc?: string }): Promise<void> {
   const replica = await new DaemonClient(opts.daemon).localReplica()
   const docs = await currentDocs(replica)
   if (opts.doc !== undefined) {
-    if (docs[opts.doc] === undefined)
+    if (docs[opts.doc] === undefined) {
       throw new UsageError(`the daemon holds no document "${opts.doc}"`)
+    }
     process.stdout.write(fleetYaml({ [opts.doc]: docs[opts.doc] as Record<string, unknown> }))
   } else process.stdout.write(fleetYaml(docs))
 }
@@ -378,10 +381,11 @@ async function cmdRollback(opts: {
   const replica = await client.localReplica([opts.doc])
   const doc = await replica.open(opts.doc)
   const matches = doc.history().filter(h => h.hash.startsWith(opts.to.toLowerCase()))
-  if (opts.to.length < 6 || matches.length !== 1)
+  if (opts.to.length < 6 || matches.length !== 1) {
     throw new UsageError(
       `"${opts.to}" ${matches.length > 1 ? 'matches several changes' : 'is no change'} of document "${opts.doc}"; give at least 6 characters of a hash from \`rhizome history --doc ${opts.doc}\``
     )
+  }
   const target = plainValue(doc.valueAt([(matches[0] as { hash: string }).hash])) as Record<
     string,
     unknown
@@ -396,19 +400,20 @@ async function cmdRollback(opts: {
   const batch = await doc.change(
     Replica.signer(await loadSigningKey(opts)),
     d => {
-      applyOps(d as Record<string, unknown>, ops)
+      applyOps(d, ops)
     },
     `rollback to ${opts.to}`
   )
-  await publish(client, replica, opts.doc, batch)
+  await publish(client, opts.doc, batch)
 }
 
 async function cmdBundleExport(opts: { out: string; daemon: string }): Promise<void> {
   const client = new DaemonClient(opts.daemon)
   const trust = (await client.trust()).map(encodeTrustStatement)
   const batches: Uint8Array[] = []
-  for (const id of await client.docIds())
+  for (const id of await client.docIds()) {
     batches.push(await client.bytes(`/api/docs/${encodeURIComponent(id)}/batch`))
+  }
   await writeFile(opts.out, encodeBundle({ trust, batches }))
   say(`wrote ${opts.out}: ${trust.length} trust statement(s), ${batches.length} document(s)`)
 }
@@ -654,8 +659,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     const e = err as Error
     process.stderr.write(`rhizome: ${e.message}\n`)
-    if (exitCodeFor(e) === EXIT.internal)
+    if (exitCodeFor(e) === EXIT.internal) {
       process.stderr.write(`${e.stack ?? ''}\n(this is a bug; please report it)\n`)
+    }
     return exitCodeFor(e)
   }
 }

@@ -99,11 +99,12 @@ function str(v: unknown, where: string): string {
 }
 
 function list(v: unknown, where: string): string[] {
-  if (typeof v === 'string')
+  if (typeof v === 'string') {
     return v
       .split(',')
       .map(s => s.trim())
       .filter(s => s !== '')
+  }
   if (Array.isArray(v)) return v.map((x, i) => str(x, `${where}[${i}]`))
   return fail(where, 'expected a list of strings')
 }
@@ -117,8 +118,9 @@ function bool(v: unknown, where: string): boolean {
 
 function int(v: unknown, where: string, min: number, max: number): number {
   const n = typeof v === 'string' ? Number(v) : v
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max)
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
     return fail(where, `expected an integer from ${min} to ${max}, got ${JSON.stringify(v)}`)
+  }
   return n
 }
 
@@ -164,23 +166,28 @@ export function loadDaemonConfig(
         `cannot read config file ${file}: ${(err as Error).message}; pass an existing file with --config`
       )
     }
-    if (text.length > MAX_CONFIG_FILE_BYTES)
+    if (text.length > MAX_CONFIG_FILE_BYTES) {
       fail(file, `is larger than ${MAX_CONFIG_FILE_BYTES} bytes`)
+    }
     const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true })
-    if (doc.errors.length > 0)
+    if (doc.errors.length > 0) {
       fail(file, `is not valid YAML: ${doc.errors[0]?.message ?? 'parse error'}`)
+    }
     const v: unknown = doc.toJS({ maxAliasCount: 100 })
     if (v !== null && v !== undefined && !isMap(v)) fail(file, 'expected a map of settings')
-    raw = (v ?? {}) as Record<string, unknown>
+    raw = v ?? {}
     for (const k of Object.keys(raw)) {
-      if (!(CONFIG_FILE_KEYS as readonly string[]).includes(k))
+      if (!(CONFIG_FILE_KEYS as readonly string[]).includes(k)) {
         fail(file, `unknown key "${k}"; valid keys are ${CONFIG_FILE_KEYS.join(', ')}`)
+      }
     }
     if (raw.http !== undefined) {
       if (!isMap(raw.http)) fail(file, 'http: expected { host, port }')
-      for (const k of Object.keys(raw.http))
-        if (!HTTP_KEYS.includes(k))
+      for (const k of Object.keys(raw.http)) {
+        if (!HTTP_KEYS.includes(k)) {
           fail(file, `unknown key "http.${k}"; valid keys are http.host, http.port`)
+        }
+      }
     }
   }
   const path = (p: string): string => (isAbsolute(p) ? p : resolve(base, p))
@@ -196,11 +203,12 @@ export function loadDaemonConfig(
     const e = Object.entries(ENV).find(([, key]) => key === k)?.[0]
     return e !== undefined && env[e] !== undefined && env[e] !== '' ? e : `${where}: ${k}`
   }
-  if (raw.dataDir === undefined)
+  if (raw.dataDir === undefined) {
     fail(
       where,
       'dataDir is required (the directory holding the store and identity.key; `rhizome node init --data DIR` makes one); set it in the file or RHIZOME_DATA_DIR'
     )
+  }
   const config: DaemonConfig = {
     name: raw.name === undefined ? hostname() : str(raw.name, envWhere('name')),
     labels: raw.labels === undefined ? {} : labels(raw.labels, envWhere('labels')),
@@ -239,7 +247,8 @@ export function loadDaemonConfig(
         ? 10_000
         : int(raw.statusIntervalMs, envWhere('statusIntervalMs'), 100, 3_600_000)
   }
-  for (const r of config.allowedRoots)
+  for (const r of config.allowedRoots) {
     if (!r.startsWith('/')) fail(envWhere('allowedRoots'), `"${r}" is not an absolute path`)
+  }
   return config
 }

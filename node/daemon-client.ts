@@ -92,11 +92,12 @@ export class DaemonClient {
   async localReplica(ids?: string[]): Promise<Replica> {
     const chain = await this.trust()
     const genesis = chain[0]
-    if (genesis === undefined)
+    if (genesis === undefined) {
       throw new RejectedByDaemonError(
         'NoTrust',
         `the daemon at ${this.base} returned no trust statements`
       )
+    }
     const replica = await Replica.open({ store: new MemoryStore(), ed: nodeCryptoEd25519, genesis })
     for (const s of chain.slice(1)) await replica.addTrustStatement(s)
     for (const id of ids ?? (await this.docIds())) {

@@ -15,11 +15,7 @@ import type { AddressInfo } from 'node:net'
 import type { Server } from 'node:http'
 import { logger } from '@libp2p/logger'
 import { decodeBatch, encodeBatch } from '../crdt/signed-change.ts'
-import {
-  decodeTrustStatement,
-  encodeTrustStatement,
-  type SignedTrustStatement
-} from '../crdt/trust.ts'
+import { decodeTrustStatement, type SignedTrustStatement } from '../crdt/trust.ts'
 import { LevelStore } from '../crdt/level-store.ts'
 import { Replica } from '../crdt/replica.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
@@ -61,17 +57,19 @@ async function readGenesis(config: DaemonConfig): Promise<SignedTrustStatement |
   try {
     text = await readFile(file, 'utf8')
   } catch (err) {
-    if (config.trustFile !== undefined)
+    if (config.trustFile !== undefined) {
       throw new InvalidConfigError(
         `cannot read the fleet trust file ${file}: ${(err as Error).message}; it is written by \`rhizome init\``
       )
+    }
     return undefined
   }
   const parsed: unknown = JSON.parse(text)
   const first = Array.isArray(parsed) ? parsed[0] : parsed
   const genesis = decodeTrustStatement(utf8(JSON.stringify(first)))
-  if (config.trustFile !== undefined && resolve(config.trustFile) !== resolve(copy))
+  if (config.trustFile !== undefined && resolve(config.trustFile) !== resolve(copy)) {
     await copyFile(config.trustFile, copy)
+  }
   return genesis
 }
 
@@ -144,11 +142,12 @@ export class Daemon {
     const events = opts.events ?? eventLogger()
     await mkdir(config.dataDir, { recursive: true, mode: 0o700 })
     const { identity, created } = await loadOrCreateIdentity(config.dataDir)
-    if (created)
+    if (created) {
       events('info', 'identity.created', {
         publicKey: identity.publicKeyHex,
         fingerprint: identity.fingerprint
       })
+    }
     const genesis = await readGenesis(config)
     const store = await LevelStore.open(join(config.dataDir, STORE_DIR))
     let replica: Replica
@@ -158,11 +157,12 @@ export class Daemon {
       await store.close()
       throw err
     }
-    if (genesis === undefined)
+    if (genesis === undefined) {
       await writeFile(
         join(config.dataDir, TRUST_COPY),
         JSON.stringify(replica.trust.all[0], null, 2)
       )
+    }
     let mesh: Mesh | undefined
     if (opts.mesh !== false) {
       const loaded = await loadCreateMesh()
@@ -247,13 +247,15 @@ export class Daemon {
       this.scheduleStatus()
     })
     const orphans = await this.processes.reapOrphans()
-    if (orphans.length > 0)
+    if (orphans.length > 0) {
       e('warn', 'workloads.orphans-stopped', {
         pids: orphans,
         note: 'left running by a daemon that did not shut down cleanly'
       })
-    for (const [id, heads] of Object.entries(await this.reconciler.revision()))
+    }
+    for (const [id, heads] of Object.entries(await this.reconciler.revision())) {
       this.heads.set(id, heads)
+    }
     await this.listenHttp()
     await this.reconciler.trigger('start')
     this.timers.push(
@@ -313,8 +315,9 @@ export class Daemon {
   private revisionLag(): number {
     const applied = this.reconciler.last?.applied ?? {}
     let lag = 0
-    for (const [id, heads] of this.heads)
+    for (const [id, heads] of this.heads) {
       if (JSON.stringify(applied[id] ?? []) !== JSON.stringify(heads)) lag++
+    }
     return lag
   }
 
@@ -350,9 +353,9 @@ export class Daemon {
     if (this.stopping !== undefined) return
     try {
       const body = await this.statusBody()
-      if (this.mesh !== undefined)
+      if (this.mesh !== undefined) {
         this.ownStatus = await this.mesh.publishStatus(body as unknown as Record<string, unknown>)
-      else
+      } else {
         this.ownStatus = {
           node: this.identity.publicKeyHex,
           peerId: this.identity.peerId,
@@ -361,6 +364,7 @@ export class Daemon {
           receivedAt: body.at,
           stale: false
         }
+      }
     } catch (err) {
       log.error('publishing status failed: %e', err)
     }
@@ -421,12 +425,13 @@ export class Daemon {
   private routes(): Route[] {
     const docId = (raw: string): string => decodeURIComponent(raw)
     const needDoc = async (id: string) => {
-      if (!this.replica.documentIds().includes(id))
+      if (!this.replica.documentIds().includes(id)) {
         throw new HttpError(
           404,
           'NotFound',
           `this daemon holds no document "${id}"; GET /api/docs lists the ones it holds`
         )
+      }
       return this.replica.open(id)
     }
     return [
@@ -565,8 +570,9 @@ export class Daemon {
         handler: async m => {
           const name = decodeURIComponent(m[1] as string)
           const lines = this.processes.logs(name)
-          if (lines === undefined)
+          if (lines === undefined) {
             throw new HttpError(404, 'NotFound', `no workload "${name}" runs on this node`)
+          }
           return { json: { name, lines } }
         }
       }
@@ -600,5 +606,3 @@ export class Daemon {
     return this.stopping
   }
 }
-
-export { encodeTrustStatement }

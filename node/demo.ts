@@ -55,11 +55,12 @@ function cli(args: string[]): Promise<string> {
       stderr += d
     })
     p.once('exit', code => {
-      code === 0
-        ? resolve(stdout)
-        : reject(
-            new Error(`rhizome ${args.slice(0, 2).join(' ')} failed (${code}): ${stderr.trim()}`)
-          )
+      if (code === 0) {
+        resolve(stdout)
+        return
+      }
+      const what = `rhizome ${args.slice(0, 2).join(' ')}`
+      reject(new Error(`${what} failed (${code}): ${stderr.trim()}`))
     })
   })
 }
@@ -88,7 +89,7 @@ function startDaemon(name: string, config: string, log: string): Promise<Started
       () => reject(new Error(`${name} did not start within 30 s; see ${log}`)),
       30_000
     )
-    proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    proc.stderr.setEncoding('utf8').on('data', (d: string) => {
       file.write(d)
       const lines = (partial + d).split('\n')
       partial = lines.pop() ?? ''
@@ -216,8 +217,8 @@ async function main(): Promise<void> {
   // One after the other: concurrent first enrolments would each create the `devices` map, and
   // only one of those concurrent maps survives the merge.
   const enrol = async (targets: Started[]): Promise<void> => {
-    for (const d of targets)
-      for (const n of nodes)
+    for (const d of targets) {
+      for (const n of nodes) {
         await cli([
           'enrol',
           n.key,
@@ -230,6 +231,8 @@ async function main(): Promise<void> {
           '--daemon',
           d.url
         ])
+      }
+    }
   }
   if (first.mesh) await enrol([first])
   const daemons = [first, ...(await Promise.all(nodes.slice(1).map(start)))]
@@ -242,7 +245,7 @@ async function main(): Promise<void> {
   }
   const targets = mesh ? [first] : daemons
   const nodesCfg: Record<string, unknown> = {}
-  for (const n of nodes)
+  for (const n of nodes) {
     nodesCfg[n.name] = {
       workloads: {
         hello: {
@@ -251,6 +254,7 @@ async function main(): Promise<void> {
         }
       }
     }
+  }
   const fleetYaml = join(ROOT, 'fleet.yaml')
   await writeFile(
     fleetYaml,
@@ -281,14 +285,16 @@ async function main(): Promise<void> {
       }
     })
   )
-  for (const d of targets)
+  for (const d of targets) {
     await cli(['apply', '-f', fleetYaml, '--key', join(ROOT, 'fleet/admin.key'), '--daemon', d.url])
+  }
   await waitFor('the hello services', 30_000, async () => {
-    for (const n of nodes)
-      if (
-        !(await fetch(`http://127.0.0.1:${n.service}/`, { signal: AbortSignal.timeout(1000) })).ok
-      )
-        return false
+    for (const n of nodes) {
+      const res = await fetch(`http://127.0.0.1:${n.service}/`, {
+        signal: AbortSignal.timeout(1000)
+      })
+      if (!res.ok) return false
+    }
     return true
   })
   out(

@@ -59,11 +59,6 @@ export class HttpError extends Error {
   }
 }
 
-export type Handler = (
-  req: IncomingMessage,
-  url: URL,
-  body: () => Promise<Uint8Array>
-) => Promise<HttpReply>
 export type HttpReply =
   | { json: unknown; status?: number }
   | { bytes: Uint8Array; type: string; status?: number }

@@ -48,10 +48,11 @@ export async function readIdentity(dataDir: string): Promise<DeviceIdentity | un
     throw err
   }
   const hex = text.trim()
-  if (!/^[0-9a-f]{64}$/.test(hex))
+  if (!/^[0-9a-f]{64}$/.test(hex)) {
     throw new InvalidConfigError(
       `${join(dataDir, IDENTITY_FILE)} is not a device identity (64 hex characters); remove it and run \`rhizome node init --data ${dataDir}\``
     )
+  }
   return describe(keyPairFromSeed(fromHex(hex)))
 }
 

@@ -16,8 +16,9 @@ export function eventLogger(
 ): EventLog {
   return (level, event, fields = {}) => {
     const rec: Record<string, unknown> = { t: new Date().toISOString(), level, event }
-    for (const [k, v] of Object.entries(fields))
+    for (const [k, v] of Object.entries(fields)) {
       rec[k] = v instanceof Error ? `${v.name}: ${v.message}` : v
+    }
     write(JSON.stringify(rec) + '\n')
   }
 }

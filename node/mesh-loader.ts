@@ -11,8 +11,9 @@ export async function loadCreateMesh(): Promise<{ createMesh: CreateMesh } | { e
   const url = new URL('../mesh/index.ts', import.meta.url).href
   try {
     const mod = (await import(url)) as { createMesh?: CreateMesh }
-    if (typeof mod.createMesh !== 'function')
+    if (typeof mod.createMesh !== 'function') {
       return { error: 'mesh/index.ts does not export createMesh' }
+    }
     return { createMesh: mod.createMesh }
   } catch (err) {
     return { error: `${(err as Error).name}: ${(err as Error).message}` }

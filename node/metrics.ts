@@ -80,8 +80,9 @@ export class DaemonMetrics {
       registers: [r],
       collect() {
         this.reset()
-        for (const [name, w] of Object.entries(src.workloads()))
+        for (const [name, w] of Object.entries(src.workloads())) {
           this.set({ workload: name, state: w.state }, 1)
+        }
       }
     })
     void new Gauge({
@@ -91,8 +92,9 @@ export class DaemonMetrics {
       registers: [r],
       collect() {
         this.reset()
-        for (const [name, w] of Object.entries(src.workloads()))
+        for (const [name, w] of Object.entries(src.workloads())) {
           this.set({ workload: name }, w.healthy === null ? -1 : w.healthy ? 1 : 0)
+        }
       }
     })
     this.apiChanges = new Counter({

@@ -22,10 +22,11 @@ export async function readPassphrase(
   }
   const env = process.env.RHIZOME_PASSPHRASE
   if (env !== undefined && env !== '') return env
-  if (process.stdin.isTTY !== true)
+  if (!process.stdin.isTTY) {
     throw new UsageError(
       'a passphrase is needed: pass --passphrase-file FILE or set RHIZOME_PASSPHRASE (no terminal to prompt on)'
     )
+  }
   return new Promise(resolve => {
     const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: true })
     const out = rl as unknown as {

@@ -13,11 +13,12 @@ export class RingBuffer {
   readonly maxLineLength: number
 
   constructor(capacity = DEFAULT_LOG_LINES, maxLineLength = MAX_LINE_LENGTH) {
-    if (!Number.isInteger(capacity) || capacity < 1)
+    if (!Number.isInteger(capacity) || capacity < 1) {
       throw new RangeError(`ring buffer capacity must be a positive integer, got ${capacity}`)
+    }
     this.capacity = capacity
     this.maxLineLength = maxLineLength
-    this.lines = new Array<string>(capacity)
+    this.lines = Array.from({ length: capacity }, () => '')
   }
 
   push(line: string): void {
@@ -31,8 +32,9 @@ export class RingBuffer {
   last(n = this.count): string[] {
     const k = Math.max(0, Math.min(n, this.count))
     const out: string[] = []
-    for (let i = k; i > 0; i--)
+    for (let i = k; i > 0; i--) {
       out.push(this.lines[(this.next - i + this.capacity) % this.capacity] as string)
+    }
     return out
   }
 

@@ -136,10 +136,11 @@ test('replicas converge whatever the delivery order, duplicates and losses', asy
       async (nReplicas, nAdmins, steps) => {
         const fleet = await makeFleet({ replicas: 0, admins: nAdmins, operatorDocs: ['site/x'] })
         // Half the replicas verify with WebCrypto: verifiers must not disagree.
-        for (let i = 0; i < nReplicas; i++)
+        for (let i = 0; i < nReplicas; i++) {
           fleet.replicas.push(
             await fleet.openReplica(undefined, i % 2 === 0 ? nodeCryptoEd25519 : webcrypto)
           )
+        }
         const keys = [...fleet.admins, fleet.operator]
         const inFlight: Array<{ to: number; batch: SignedBatch }> = []
         const made: string[] = []
@@ -193,9 +194,11 @@ test('replicas converge whatever the delivery order, duplicates and losses', asy
           let sent = 0
           for (let a = 0; a < nReplicas; a++) {
             for (let b = 0; b < nReplicas; b++) {
-              if (a !== b)
-                for (const id of DOCS)
+              if (a !== b) {
+                for (const id of DOCS) {
                   sent += await repair(fleet.replicas[a]!, fleet.replicas[b]!, id)
+                }
+              }
             }
           }
           if (sent === 0) break

@@ -80,10 +80,12 @@ for (const killAfter of [40, SNAPSHOT_EVERY_BATCHES + 37]) {
         assert.ok((doc.value.count ?? 0) >= printed.length)
         // Loads cleanly: every stored batch after the snapshot decodes (none was skipped as torn).
         const snapshot = await store.getSnapshot('fleet')
-        for (const { bytes } of await store.batchesAfter('fleet', snapshot?.upTo ?? 0))
+        for (const { bytes } of await store.batchesAfter('fleet', snapshot?.upTo ?? 0)) {
           decodeBatch(bytes)
-        if (killAfter > SNAPSHOT_EVERY_BATCHES)
+        }
+        if (killAfter > SNAPSHOT_EVERY_BATCHES) {
           assert.ok(snapshot !== undefined, 'a snapshot was written on the way')
+        }
         // The history it holds is complete and self-covering: a fresh peer accepts all of it.
         const peer = await Replica.open({
           store: new MemoryStore(),

@@ -64,12 +64,13 @@ test("signatures are identical across implementations and each verifies the othe
             false,
             `${ed.name} refuses a flipped signature bit`
           )
-          if (message.length > 0)
+          if (message.length > 0) {
             assert.equal(
               await ed.verify(pair.publicKey, flip(message, bit), sig),
               false,
               `${ed.name} refuses a flipped message bit`
             )
+          }
           assert.equal(
             await ed.verify(flip(pair.publicKey, bit % 256), message, sig),
             false,
@@ -98,12 +99,13 @@ test('wrong lengths and garbage give false, never an exception', async () => {
     [pair.publicKey, new Uint8Array(64).fill(0xff)]
   ]
   for (const ed of IMPLS) {
-    for (const [key, s] of cases)
+    for (const [key, s] of cases) {
       assert.equal(
         await ed.verify(key, msg, s),
         false,
         `${ed.name} with key ${key.length} B, signature ${s.length} B`
       )
+    }
   }
 })
 

@@ -325,8 +325,9 @@ describe('signed batches', () => {
     const offer = async (bytes: Uint8Array): Promise<void> => {
       const err = await thrown(async () => target.accept(decodeBatch(bytes))).catch(() => undefined)
       // A random input that happens to decode into an empty batch is a harmless duplicate.
-      if (err !== undefined)
+      if (err !== undefined) {
         assert.ok(INPUT_ERRORS.has(err.name), `unexpected ${err.name}: ${err.message}`)
+      }
     }
     await fc.assert(fc.asyncProperty(fc.uint8Array({ maxLength: 2048 }), offer), { numRuns: 300 })
     // Random bytes behind a plausible header, to get past the envelope into the chunk parser.

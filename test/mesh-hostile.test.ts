@@ -164,8 +164,9 @@ test('hostile peers are disconnected and banned; honest sync continues; memory s
 
     // Memory: 24 more attackers each send a near-limit garbage frame.
     const before = process.memoryUsage().heapUsed
-    for (let i = 5; i < 29; i++)
+    for (let i = 5; i < 29; i++) {
       await attack(fleet.nodes[i]!, encodeFrame(new Uint8Array(MAX_FRAME - 16).fill(7)))
+    }
     const grown = process.memoryUsage().heapUsed - before
     assert.ok(
       grown < 96 * 1024 * 1024,

@@ -31,8 +31,9 @@ async function converged(ds: DaemonProcess[], ms = 40_000): Promise<DocState> {
     if (
       first !== undefined &&
       states.every(s => s !== undefined && s.heads.join() === first.heads.join())
-    )
+    ) {
       return first
+    }
     await new Promise(resolve => setTimeout(resolve, 200))
   }
   throw new Error(`daemons did not converge within ${ms} ms`)

@@ -103,8 +103,9 @@ async function messagesWritten(pipe: Pick<Pipe, 'written'>): Promise<SyncWireMes
   async function* all(): AsyncGenerator<Uint8Array> {
     yield* pipe.written
   }
-  for await (const frame of decodeFrames(all(), DEFAULT_LIMITS.maxFrameBytes))
+  for await (const frame of decodeFrames(all(), DEFAULT_LIMITS.maxFrameBytes)) {
     out.push(decodeSyncWire(frame))
+  }
   return out
 }
 

@@ -59,7 +59,7 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
 
   function fleet(version: string, text: string, message = 'hello'): string {
     const nodes: Record<string, unknown> = {}
-    for (const n of NAMES)
+    for (const n of NAMES) {
       nodes[n] = {
         workloads: {
           web: {
@@ -68,6 +68,7 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
           }
         }
       }
+    }
     return stringify({
       fleet: {
         defaults: {

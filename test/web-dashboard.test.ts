@@ -228,11 +228,12 @@ describe(
           listen: [`/ip4/127.0.0.1/tcp/${tcpPort}`, `/ip4/127.0.0.1/tcp/${wsPort}/ws`]
         })
       )
-      for (const n of ['n2', 'n3'])
+      for (const n of ['n2', 'n3']) {
         await writeFile(
           join(dir, `${n}.yaml`),
           stringify({ ...base(n), listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: boot })
         )
+      }
       const daemons: Record<string, RunningDaemon> = {}
       daemons.n1 = await startDaemon(join(dir, 'n1.yaml'), {}, 30_000)
       for (const n of NAMES) {
@@ -337,9 +338,9 @@ describe(
       const editor = page.locator('[data-testid=yaml-editor]')
       await page.waitForFunction(
         () =>
-          (
-            document.querySelector('[data-testid=yaml-editor]') as HTMLTextAreaElement | null
-          )?.value.includes('hello v1') === true,
+          document
+            .querySelector<HTMLTextAreaElement>('[data-testid=yaml-editor]')
+            ?.value.includes('hello v1') === true,
         undefined,
         { timeout: 10_000 }
       )

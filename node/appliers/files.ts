@@ -64,10 +64,11 @@ export class FilesApplier {
   private target(path: string): string {
     const p = normalize(path)
     if (!p.startsWith('/') || p.includes('\0')) throw new Error(`"${path}" is not an absolute path`)
-    if (!this.allowed.some(r => r === '/' || p.startsWith(r)))
+    if (!this.allowed.some(r => r === '/' || p.startsWith(r))) {
       throw new Error(
         `"${path}" is outside the allowed roots (${this.allowed.join(', ')}); change allowedRoots in the daemon config to manage it`
       )
+    }
     return join(this.root, p)
   }
 
@@ -76,8 +77,9 @@ export class FilesApplier {
     const errors: string[] = []
     const next = new Map<string, Managed>()
     const entries = Object.entries(desired).slice(0, MAX_MANAGED_FILES)
-    if (Object.keys(desired).length > MAX_MANAGED_FILES)
+    if (Object.keys(desired).length > MAX_MANAGED_FILES) {
       errors.push(`more than ${MAX_MANAGED_FILES} files configured; the rest are ignored`)
+    }
     for (const [path, raw] of entries) {
       try {
         const r = raw as { content?: unknown; mode?: unknown }
@@ -88,8 +90,9 @@ export class FilesApplier {
             : r.content === undefined
               ? ''
               : JSON.stringify(r.content)
-        if (content.length > MAX_FILE_BYTES)
+        if (content.length > MAX_FILE_BYTES) {
           throw new Error(`content is larger than ${MAX_FILE_BYTES} bytes`)
+        }
         const spec = { content, mode: parseMode(r.mode) }
         const target = this.target(path)
         await this.writeIfDifferent(target, spec)
@@ -151,9 +154,5 @@ export class FilesApplier {
 
   status(): FileStatus {
     return { ok: this.errors.length === 0, drifted: [...this.drifted], errors: [...this.errors] }
-  }
-
-  get paths(): string[] {
-    return [...this.managed.keys()]
   }
 }

@@ -20,10 +20,11 @@ export class ManifestsApplier {
     const errors: string[] = []
     const written: string[] = []
     if (this.dir === undefined) {
-      if (Object.keys(desired).length > 0)
+      if (Object.keys(desired).length > 0) {
         errors.push(
           'manifests are configured but this daemon has no manifestDir; set manifestDir in its config'
         )
+      }
       return { written, errors }
     }
     await mkdir(this.dir, { recursive: true })
@@ -48,8 +49,9 @@ export class ManifestsApplier {
       written.push(name)
     }
     for (const f of await readdir(this.dir)) {
-      if (f.startsWith(MANIFEST_PREFIX) && f.endsWith('.yaml') && !keep.has(f))
+      if (f.startsWith(MANIFEST_PREFIX) && f.endsWith('.yaml') && !keep.has(f)) {
         await rm(join(this.dir, f), { force: true })
+      }
     }
     return { written, errors }
   }

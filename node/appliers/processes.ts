@@ -48,16 +48,21 @@ export interface WorkloadStatus {
 
 function toSpec(name: string, raw: unknown): WorkloadSpec {
   const r = raw as Record<string, unknown>
-  if (typeof r !== 'object' || r === null)
+  if (typeof r !== 'object' || r === null) {
     throw new Error(`workload "${name}": expected { command, env?, cwd?, version?, health? }`)
-  if (!Array.isArray(r.command) || r.command.length === 0)
+  }
+  if (!Array.isArray(r.command) || r.command.length === 0) {
     throw new Error(`workload "${name}": command must be a non-empty list`)
+  }
   const env: Record<string, string> = {}
-  if (typeof r.env === 'object' && r.env !== null)
+  if (typeof r.env === 'object' && r.env !== null) {
     for (const [k, v] of Object.entries(r.env)) if (v !== null) env[k] = String(v)
+  }
   const spec: WorkloadSpec = { command: r.command.map(String), env }
   if (typeof r.cwd === 'string') spec.cwd = r.cwd
-  if (r.version !== undefined && r.version !== null) spec.version = String(r.version)
+  if (r.version !== undefined && r.version !== null) {
+    spec.version = typeof r.version === 'string' ? r.version : JSON.stringify(r.version)
+  }
   if (typeof r.health === 'object' && r.health !== null) {
     const h = r.health as Record<string, unknown>
     spec.health = {}
@@ -316,8 +321,9 @@ export class ProcessesApplier {
         errors.push((err as Error).message)
       }
     }
-    if (Object.keys(desired).length > MAX_WORKLOADS)
+    if (Object.keys(desired).length > MAX_WORKLOADS) {
       errors.push(`more than ${MAX_WORKLOADS} workloads configured; the rest are ignored`)
+    }
     const started: string[] = []
     const stopped: string[] = []
     for (const [name, w] of [...this.workloads]) {
@@ -414,12 +420,14 @@ export class ProcessesApplier {
         return false
       }
     }
-    for (let i = 0; i < 50 && stopped.some(alive); i++)
+    for (let i = 0; i < 50 && stopped.some(alive); i++) {
       await new Promise(resolve => setTimeout(resolve, 100))
-    for (const pid of stopped.filter(alive))
+    }
+    for (const pid of stopped.filter(alive)) {
       try {
         process.kill(pid, 'SIGKILL')
       } catch {}
+    }
     return stopped
   }
 

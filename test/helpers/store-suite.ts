@@ -177,10 +177,11 @@ export function runStoreTests(name: string, setup: () => Promise<StoreFixture>):
         const doc = await replica.open<Doc>('fleet')
         // Past one automatic snapshot, so reopening reads a snapshot and the batches after it.
         const n = SNAPSHOT_EVERY_BATCHES + 15
-        for (let i = 0; i < n; i++)
+        for (let i = 0; i < n; i++) {
           await doc.change(signer, d => {
             d[`k${i % 20}`] = i
           })
+        }
         const site = await replica.open<Doc>('site/x')
         await site.change(Replica.signer(fleet.operator), d => {
           d.ntp = 'pool.ntp.org'
@@ -221,20 +222,22 @@ export function runStoreTests(name: string, setup: () => Promise<StoreFixture>):
         const author = await fleet.replicas[0]!.open<Doc>('fleet')
         const signer = Replica.signer(fleet.admins[0]!)
         const batches = []
-        for (let i = 0; i < 4; i++)
+        for (let i = 0; i < 4; i++) {
           batches.push(
             (await author.change(signer, d => {
               d[`k${i}`] = i
             }))!
           )
+        }
         const replica = await fleet.openReplica(store)
         const changes: string[][] = []
         replica.addEventListener('change', e =>
           changes.push((e as CustomEvent<{ heads: string[] }>).detail.heads)
         )
         // Newest first: each waits for the one before it.
-        for (const b of batches.slice(1).reverse())
+        for (const b of batches.slice(1).reverse()) {
           assert.equal((await replica.accept(b)).status, 'pending')
+        }
         const doc = await replica.open<Doc>('fleet')
         assert.equal(doc.pendingCount, 3)
         assert.deepEqual(

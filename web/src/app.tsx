@@ -4,7 +4,7 @@
  */
 import { useEffect, useMemo, useState } from 'preact/hooks'
 import type { FleetSnapshot, FleetSource } from './fleet-source.ts'
-import { readHash, writeHash } from './hash-params.ts'
+import { NAVIGATE_EVENT, navigate, routeFromHash, type Route, type ViewName } from './navigation.ts'
 import { ConnectPanel } from './views/connect-panel.tsx'
 import { KeyPanel } from './views/key-panel.tsx'
 import { Overview } from './views/overview.tsx'
@@ -13,32 +13,12 @@ import { DesiredConfig } from './views/desired-config.tsx'
 import { History } from './views/history.tsx'
 import { Topology } from './views/topology.tsx'
 
-export type ViewName = 'overview' | 'node' | 'config' | 'history' | 'topology'
 const VIEWS: Array<{ id: ViewName; label: string }> = [
   { id: 'overview', label: 'Fleet' },
   { id: 'config', label: 'Desired config' },
   { id: 'history', label: 'History' },
   { id: 'topology', label: 'Topology' }
 ]
-
-export interface Route {
-  view: ViewName
-  node?: string
-  doc?: string
-}
-
-function routeFromHash(): Route {
-  const p = readHash()
-  const v = p.get('view')
-  const view: ViewName =
-    v === 'node' || v === 'config' || v === 'history' || v === 'topology' ? v : 'overview'
-  return { view, node: p.get('node') ?? undefined, doc: p.get('doc') ?? undefined }
-}
-
-export function navigate(route: Route): void {
-  writeHash({ view: route.view, node: route.node, doc: route.doc })
-  dispatchEvent(new Event('rhizome:navigate'))
-}
 
 function useSnapshot(source: FleetSource): FleetSnapshot {
   const [snap, setSnap] = useState(source.snapshot())
@@ -52,11 +32,11 @@ function useRoute(): Route {
     const on = (): void => setRoute(routeFromHash())
     addEventListener('popstate', on)
     addEventListener('hashchange', on)
-    addEventListener('rhizome:navigate', on)
+    addEventListener(NAVIGATE_EVENT, on)
     return () => {
       removeEventListener('popstate', on)
       removeEventListener('hashchange', on)
-      removeEventListener('rhizome:navigate', on)
+      removeEventListener(NAVIGATE_EVENT, on)
     }
   }, [])
   return route

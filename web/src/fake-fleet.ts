@@ -65,7 +65,7 @@ export function fakeFleet(count: number, seed = 7): FleetSnapshot {
           ? {
               till: {
                 state: crashed ? 'crashed' : 'running',
-                healthy: crashed ? false : true,
+                healthy: !crashed,
                 restarts: crashed ? 4 : 0,
                 version: behind ? '2.0.0' : '2.1.0',
                 pid: crashed ? undefined : 2000 + i,

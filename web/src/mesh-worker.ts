@@ -137,8 +137,9 @@ async function startMesh(
   address: string,
   session: { viewerToken: string } | { voucher: Uint8Array }
 ): Promise<string> {
-  if (replica === undefined || identity === undefined)
+  if (replica === undefined || identity === undefined) {
     throw new DashboardError('no fleet loaded; connect first')
+  }
   const m = await createBrowserMesh({
     replica,
     identity,
@@ -162,10 +163,11 @@ async function startMesh(
       const d = (e as CustomEvent<{ ok: boolean; admission?: string; reason?: string }>).detail
       clearTimeout(timer)
       if (d.ok) resolve(d.admission ?? 'viewer')
-      else
+      else {
         reject(
           new DashboardError(`the daemon refused this browser: ${d.reason ?? 'no reason given'}`)
         )
+      }
     })
   })
   m.addEventListener('status', scheduleSnapshot)
@@ -200,14 +202,16 @@ async function stopMesh(): Promise<void> {
 async function connect(req: Extract<WorkerRequest, { type: 'connect' }>): Promise<void> {
   await stopMesh()
   staleAfterMs = req.staleAfterMs ?? 30_000
-  if (!/\/(ws|wss|tls\/ws)\/p2p\/\w+/.test(req.address))
+  if (!/\/(ws|wss|tls\/ws)\/p2p\/\w+/.test(req.address)) {
     throw new DashboardError(
       `"${req.address}" is not a daemon WebSocket address; it looks like /ip4/192.168.1.20/tcp/4002/ws/p2p/12D3KooW… (the daemon prints it at start as mesh.listening)`
     )
-  if (req.trust === undefined || req.trust.length === 0)
+  }
+  if (req.trust === undefined || req.trust.length === 0) {
     throw new DashboardError(
       "this page does not know the fleet yet: choose the fleet's trust.json (written by `rhizome init`) in the connect form, or open the dashboard from the daemon's own address"
     )
+  }
   setConnection({ state: 'connecting', address: req.address, error: undefined })
   try {
     ed ??= await platformEd25519()
@@ -225,10 +229,11 @@ async function connect(req: Extract<WorkerRequest, { type: 'connect' }>): Promis
     let session: { viewerToken: string } | { voucher: Uint8Array }
     if (req.token !== undefined && req.token !== '') session = { viewerToken: req.token }
     else if (signer !== undefined) session = { voucher: await voucherFor(signer.pair) }
-    else
+    else {
       throw new DashboardError(
         'give the viewer token the daemon printed (its dashboard URL ends in #token=…), or unlock an admin or operator key first to open a session with it'
       )
+    }
     const admission = await startMesh(req.address, session)
     setConnection({
       state: 'connected',
@@ -238,8 +243,9 @@ async function connect(req: Extract<WorkerRequest, { type: 'connect' }>): Promis
       selfPeerId: mesh?.peerId
     })
     // A viewer token admits read-only. With an admin or operator key unlocked, upgrade at once.
-    if (admission === 'viewer' && signer !== undefined && mayWrite(signer.info))
+    if (admission === 'viewer' && signer !== undefined && mayWrite(signer.info)) {
       await upgradeSession()
+    }
   } catch (err) {
     setConnection({ state: 'error', error: (err as Error).message })
     throw err
@@ -251,8 +257,9 @@ function mayWrite(info: SignerInfo): boolean {
 }
 
 async function voucherFor(pair: KeyPair): Promise<Uint8Array> {
-  if (replica === undefined || identity === undefined || ed === undefined)
+  if (replica === undefined || identity === undefined || ed === undefined) {
     throw new DashboardError('connect to a daemon first')
+  }
   return await signSessionVoucher(
     {
       peerPublicKey: identity.publicKey,
@@ -316,23 +323,26 @@ async function publish(
   value: Record<string, unknown>,
   message: string
 ): Promise<{ heads: string[] }> {
-  if (replica === undefined || connection.state !== 'connected')
+  if (replica === undefined || connection.state !== 'connected') {
     throw new DashboardError('not connected to a daemon; connect first, then publish')
-  if (signer === undefined)
+  }
+  if (signer === undefined) {
     throw new DashboardError(
       'unlock a key file first: changes are signed in this page before they are published'
     )
+  }
   if (connection.admission !== 'admin-session') await upgradeSession()
   checkDocument(docId, value)
   replica.trust.authorize(signer.info.publicKey, docId)
   const doc = await replica.open(docId)
   const ops = diffMaps((plainValue(doc.value) ?? {}) as Record<string, unknown>, value)
-  if (ops.length === 0)
+  if (ops.length === 0) {
     throw new DashboardError(`nothing to publish: "${docId}" already has this content`)
+  }
   await doc.change(
     Replica.signer(signer.pair),
     d => {
-      applyOps(d as Record<string, unknown>, ops)
+      applyOps(d, ops)
     },
     message
   )

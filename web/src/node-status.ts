@@ -19,8 +19,9 @@ const strings = (v: unknown): string[] =>
 
 function headsMap(v: unknown): Record<string, string[]> {
   const out: Record<string, string[]> = {}
-  if (isMap(v))
+  if (isMap(v)) {
     for (const [k, h] of Object.entries(v).slice(0, MAX_LIST)) out[k] = strings(h).sort()
+  }
   return out
 }
 
@@ -47,11 +48,13 @@ export interface RawStatus {
 export function nodeStatus(r: RawStatus, now: number, staleAfterMs: number): NodeStatus {
   const b = r.body
   const labels: Record<string, string> = {}
-  if (isMap(b.labels))
+  if (isMap(b.labels)) {
     for (const [k, v] of Object.entries(b.labels).slice(0, 64)) labels[k] = String(v)
+  }
   const workloads: Record<string, WorkloadView> = {}
-  if (isMap(b.workloads))
+  if (isMap(b.workloads)) {
     for (const [k, v] of Object.entries(b.workloads).slice(0, 64)) workloads[k] = workload(v)
+  }
   const files = isMap(b.files)
     ? { ok: b.files.ok !== false, drifted: strings(b.files.drifted) }
     : { ok: true, drifted: [] }

@@ -10,21 +10,23 @@ import { diffMaps, formatOps, type DiffOp } from '../../../crdt/config-diff.ts'
 import { DEVICES_DOC } from '../../../crdt/devices.ts'
 import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
 import { shortHeads } from '../node-status.ts'
-import { navigate } from '../app.tsx'
+import { navigate } from '../navigation.ts'
 
 const MAX_EDIT_BYTES = 1024 * 1024
 
 function parseEdited(text: string): Record<string, unknown> {
-  if (text.length > MAX_EDIT_BYTES)
+  if (text.length > MAX_EDIT_BYTES) {
     throw new Error(
       `the document is ${text.length} bytes; at most ${MAX_EDIT_BYTES} can be published from here`
     )
+  }
   const parsed = parseDocument(text, { prettyErrors: true, uniqueKeys: true })
   const first = parsed.errors[0]
   if (first !== undefined) throw new Error(`not valid YAML: ${first.message}`)
   const v: unknown = parsed.toJS({ maxAliasCount: 100 }) ?? {}
-  if (typeof v !== 'object' || v === null || Array.isArray(v))
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
     throw new Error('a config document is a map with selector, defaults, groups, nodes')
+  }
   return v as Record<string, unknown>
 }
 

@@ -1,7 +1,7 @@
 /** Every signed change of a document, newest first: signer, time, message and diff. */
 import { useEffect, useState } from 'preact/hooks'
 import type { FleetSnapshot, FleetSource, HistoryItem } from '../fleet-source.ts'
-import { navigate } from '../app.tsx'
+import { navigate } from '../navigation.ts'
 
 const MAX_SHOWN = 500
 

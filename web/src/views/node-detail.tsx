@@ -7,7 +7,7 @@ import { stringify } from 'yaml'
 import { effectiveConfig } from '../../../crdt/effective-config.ts'
 import type { FleetSnapshot } from '../fleet-source.ts'
 import { ago, health, shortHeads, syncState } from '../node-status.ts'
-import { navigate } from '../app.tsx'
+import { navigate } from '../navigation.ts'
 
 export function NodeDetail({
   snap,

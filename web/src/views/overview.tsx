@@ -5,7 +5,7 @@
 import { useMemo, useState } from 'preact/hooks'
 import type { FleetSnapshot, NodeStatus } from '../fleet-source.ts'
 import { ago, health, shortHeads, syncState, type Health, type SyncState } from '../node-status.ts'
-import { navigate } from '../app.tsx'
+import { navigate } from '../navigation.ts'
 
 type SortKey = 'name' | 'status' | 'revision' | 'health' | 'seen' | 'peers'
 

@@ -6,7 +6,7 @@
 import { useMemo } from 'preact/hooks'
 import type { FleetSnapshot } from '../fleet-source.ts'
 import { health } from '../node-status.ts'
-import { navigate } from '../app.tsx'
+import { navigate } from '../navigation.ts'
 
 const SIZE = 760
 
@@ -53,13 +53,14 @@ export function Topology({ snap }: { snap: FleetSnapshot }) {
     return { nodes, pos, edges: [...edges.values()], self, siteLabels }
   }, [snap.nodes, snap.connection])
 
-  if (layout.nodes.length === 0)
+  if (layout.nodes.length === 0) {
     return (
       <div class='empty'>
         <h2>No nodes to draw yet</h2>
         <p>The picture is built from status records; none has arrived.</p>
       </div>
     )
+  }
   const small = layout.nodes.length > 40
   return (
     <section data-testid='topology'>
