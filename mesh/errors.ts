@@ -1,49 +1,58 @@
 /** One error class per condition in the mesh; check them by `.name`. */
+import { ErrorCategory, RhizomeError } from '../crdt/errors.ts'
 
 /** A frame announced or carried more bytes than `maxFrameBytes`. */
-export class FrameTooLargeError extends Error {
+export class FrameTooLargeError extends RhizomeError {
   static override name = 'FrameTooLargeError'
   override name = 'FrameTooLargeError'
+  readonly category = ErrorCategory.PeerFault
 }
 
 /** A frame or message on a Rhizome protocol did not decode. */
-export class MalformedMessageError extends Error {
+export class MalformedMessageError extends RhizomeError {
   static override name = 'MalformedMessageError'
   override name = 'MalformedMessageError'
+  readonly category = ErrorCategory.PeerFault
 }
 
 /** A peer broke the protocol (e.g. put unsigned changes inside a sync message). */
-export class ProtocolViolationError extends Error {
+export class ProtocolViolationError extends RhizomeError {
   static override name = 'ProtocolViolationError'
   override name = 'ProtocolViolationError'
+  readonly category = ErrorCategory.PeerFault
 }
 
 /** A status record failed verification (bad signature, unenrolled key, other fleet, too big). */
-export class InvalidStatusError extends Error {
+export class InvalidStatusError extends RhizomeError {
   static override name = 'InvalidStatusError'
   override name = 'InvalidStatusError'
+  readonly category = ErrorCategory.PeerFault
 }
 
 /** A session voucher or viewer token was refused. */
-export class SessionRefusedError extends Error {
+export class SessionRefusedError extends RhizomeError {
   static override name = 'SessionRefusedError'
   override name = 'SessionRefusedError'
+  readonly category = ErrorCategory.Unauthorised
 }
 
 /** A protocol exchange took longer than `exchangeTimeoutMs`. */
-export class ExchangeTimeoutError extends Error {
+export class ExchangeTimeoutError extends RhizomeError {
   static override name = 'ExchangeTimeoutError'
   override name = 'ExchangeTimeoutError'
+  readonly category = ErrorCategory.Unavailable
 }
 
 /** The mesh was used before start or after stop. */
-export class MeshNotRunningError extends Error {
+export class MeshNotRunningError extends RhizomeError {
   static override name = 'MeshNotRunningError'
   override name = 'MeshNotRunningError'
+  readonly category = ErrorCategory.Internal
 }
 
 /** The peer has no open connection any more (it went away while a stream was being opened). */
-export class PeerGoneError extends Error {
+export class PeerGoneError extends RhizomeError {
   static override name = 'PeerGoneError'
   override name = 'PeerGoneError'
+  readonly category = ErrorCategory.Unavailable
 }

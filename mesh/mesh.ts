@@ -371,7 +371,7 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
     if (this.sessions.get(session.peerId) === session) this.sessions.delete(session.peerId)
   }
 
-  count(what: 'in' | 'out' | 'accepted' | 'duplicate', n: number): void {
+  count(what: 'in' | 'out' | 'accepted' | 'duplicate' | 'refused', n: number): void {
     switch (what) {
       case 'in':
         this.counters.syncBytesIn += n
@@ -387,6 +387,9 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
         break
       case 'duplicate':
         this.counters.batchesDuplicate++
+        break
+      case 'refused':
+        this.counters.changesRejected += n
     }
   }
 
@@ -396,17 +399,6 @@ export class RhizomeMesh extends EventTarget implements Mesh, SessionHost {
   private reject(peerId: string, err: Error): void {
     log('rejecting %s for %d ms: %s: %s', peerId, this.limits.banMs, err.name, err.message)
     this.counters.batchesRejected++
-    if (
-      [
-        'InvalidSignatureError',
-        'UnsignedChangeError',
-        'UnknownKeyError',
-        'OutOfScopeError',
-        'ActorMismatchError'
-      ].includes(err.name)
-    ) {
-      this.counters.changesRejected++
-    }
     this.counters.peersBanned++
     this.admission.ban(peerId, this.limits.banMs)
     this.sessions.get(peerId)?.close(err)

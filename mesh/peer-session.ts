@@ -25,17 +25,13 @@ import { logger } from '@libp2p/logger'
 import { sha256 } from '@noble/hashes/sha2.js'
 import { pipe } from 'it-pipe'
 import { toHex } from '../crdt/bytes.ts'
+import { isPeerFault } from '../crdt/errors.ts'
 import { decodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
 import type { AcceptResult } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { Stream } from '@libp2p/interface'
-import {
-  ExchangeTimeoutError,
-  FrameTooLargeError,
-  MalformedMessageError,
-  ProtocolViolationError
-} from './errors.ts'
+import { ExchangeTimeoutError, MalformedMessageError, ProtocolViolationError } from './errors.ts'
 import { decodeFrames, encodeFrame } from './frames.ts'
 import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from './sync-messages.ts'
 import { MAX_HELD_HASHES_PER_PEER, MAX_SYNC_REPEATS } from './limits.ts'
@@ -59,30 +55,11 @@ export interface SessionHost {
   /** The peer sent invalid data: ban it. */
   invalid(session: PeerSession, err: Error): void
   closed(session: PeerSession): void
-  /** Frames in and out (n = bytes); changes accepted (n = changes); a batch that held nothing new. */
-  count(what: 'in' | 'out' | 'accepted' | 'duplicate', n: number): void
-}
-
-/** Errors that mean the peer sent something invalid (as opposed to the network failing). */
-const INVALID = new Set([
-  FrameTooLargeError.name,
-  MalformedMessageError.name,
-  ProtocolViolationError.name,
-  'InvalidStatusError',
-  'InvalidSignatureError',
-  'UnsignedChangeError',
-  'UnknownKeyError',
-  'OutOfScopeError',
-  'MalformedInputError',
-  'OversizedInputError',
-  'ActorMismatchError',
-  'WrongDocumentError',
-  'InvalidTrustStatementError',
-  'UnsupportedVersionError'
-])
-
-export function isPeerFault(err: unknown): boolean {
-  return err instanceof Error && INVALID.has(err.name)
+  /**
+   * Frames in and out (n = bytes); changes accepted (n = changes); a batch that held nothing new;
+   * a batch refused as invalid or unauthorised.
+   */
+  count(what: 'in' | 'out' | 'accepted' | 'duplicate' | 'refused', n: number): void
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -309,6 +286,7 @@ export class PeerSession {
       this.host.count(res.status === 'duplicate' ? 'duplicate' : 'accepted', res.applied)
       return res
     } catch (err) {
+      if (isPeerFault(err)) this.host.count('refused', 1)
       if ((err as Error).name !== 'PendingSetFullError') throw err
       log('%s: %s', batch.docId, (err as Error).message)
       return undefined

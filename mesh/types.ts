@@ -59,6 +59,7 @@ export interface MeshMetrics {
   batchesAccepted: number
   /** Batches received that held nothing new (a neighbour pushed what another had already sent). */
   batchesDuplicate: number
+  /** Batches of changes refused on verification (bad signature, unauthorised signer, malformed). */
   changesRejected: number
   batchesRejected: number
   syncBytesIn: number

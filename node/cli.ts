@@ -31,6 +31,7 @@ import { createIdentity, readIdentity } from './identity.ts'
 import { readPassphrase } from './passphrase.ts'
 import { decodeBundle, encodeBundle } from './bundle.ts'
 import { UsageError } from './errors.ts'
+import { categoryOf, ErrorCategory } from '../crdt/errors.ts'
 import { STORE_DIR } from './daemon.ts'
 
 export const EXIT = { ok: 0, usage: 1, rejected: 2, unreachable: 3, internal: 4 } as const
@@ -45,27 +46,17 @@ Exit codes:
 
 Environment: RHIZOME_DAEMON (daemon URL), RHIZOME_KEY (key file), RHIZOME_PASSPHRASE.`
 
-const REJECTED = new Set([
-  'RejectedByDaemonError',
-  'WrongPassphraseError',
-  'InvalidSignatureError',
-  'UnsignedChangeError',
-  'UnknownKeyError',
-  'OutOfScopeError',
-  'ActorMismatchError',
-  'InvalidTrustStatementError',
-  'TrustForkError',
-  'InvalidBundleError',
-  'WrongDocumentError',
-  'MalformedInputError',
-  'OversizedInputError'
-])
+const EXIT_OF: Record<ErrorCategory, number> = {
+  [ErrorCategory.PeerFault]: EXIT.rejected,
+  [ErrorCategory.Unauthorised]: EXIT.rejected,
+  [ErrorCategory.Usage]: EXIT.usage,
+  [ErrorCategory.Unavailable]: EXIT.unreachable,
+  [ErrorCategory.Internal]: EXIT.internal
+}
 
-export function exitCodeFor(err: Error): number {
-  if (err.name === 'UsageError' || err.name === 'InvalidConfigError') return EXIT.usage
-  if (err.name === 'DaemonUnreachableError') return EXIT.unreachable
-  if (REJECTED.has(err.name)) return EXIT.rejected
-  return EXIT.internal
+/** The exit code for an error: derived from its category (crdt/errors.ts). */
+export function exitCodeFor(err: unknown): number {
+  return EXIT_OF[categoryOf(err)]
 }
 
 const say = (s = ''): void => {

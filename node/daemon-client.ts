@@ -33,13 +33,14 @@ export class DaemonClient {
       )
     }
     if (!res.ok) {
-      let body: { error?: string; message?: string } = {}
+      let body: { error?: string; message?: string; category?: string } = {}
       try {
         body = (await res.json()) as typeof body
       } catch {}
       throw new RejectedByDaemonError(
         body.error ?? `HTTP ${res.status}`,
-        body.message ?? `the daemon answered ${res.status} to ${init.method ?? 'GET'} ${path}`
+        body.message ?? `the daemon answered ${res.status} to ${init.method ?? 'GET'} ${path}`,
+        body.category ?? (res.status >= 500 ? 'internal' : 'peer-fault')
       )
     }
     return res

@@ -22,41 +22,48 @@ import { readFile } from 'node:fs/promises'
 import { extname, join, normalize } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { logger } from '@libp2p/logger'
+import { categoryOf, ErrorCategory, RhizomeError } from '../crdt/errors.ts'
 
 const log = logger('rhizome:node:http')
 
 export const MAX_BODY_BYTES = 32 * 1024 * 1024
 const WEB_DIST = fileURLToPath(new URL('../web/dist/', import.meta.url))
 
-/** Errors whose cause is the content sent (403: not allowed; 400: malformed). */
-const FORBIDDEN = new Set([
-  'InvalidSignatureError',
-  'UnsignedChangeError',
-  'UnknownKeyError',
-  'OutOfScopeError',
-  'ActorMismatchError',
-  'InvalidTrustStatementError',
-  'TrustForkError'
-])
-const BAD_REQUEST = new Set([
-  'MalformedInputError',
-  'OversizedInputError',
-  'UnsupportedVersionError',
-  'WrongDocumentError',
-  'PendingSetFullError',
-  'InvalidConfigError'
-])
-
-export class HttpError extends Error {
+/** An HTTP-level refusal (no such route or document, body too large); its status decides its category. */
+export class HttpError extends RhizomeError {
   static override name = 'HttpError'
   override name = 'HttpError'
   readonly status: number
   readonly code: string
+  readonly category: ErrorCategory
   constructor(status: number, code: string, message: string) {
     super(message)
     this.status = status
     this.code = code
+    this.category =
+      status === 403
+        ? ErrorCategory.Unauthorised
+        : status === 413
+          ? ErrorCategory.PeerFault
+          : status === 429 || status === 503
+            ? ErrorCategory.Unavailable
+            : status < 500
+              ? ErrorCategory.Usage
+              : ErrorCategory.Internal
   }
+}
+
+const STATUS_OF: Record<ErrorCategory, number> = {
+  [ErrorCategory.PeerFault]: 400,
+  [ErrorCategory.Unauthorised]: 403,
+  [ErrorCategory.Usage]: 400,
+  [ErrorCategory.Unavailable]: 503,
+  [ErrorCategory.Internal]: 500
+}
+
+/** The HTTP status an error is answered with: derived from its category (crdt/errors.ts). */
+export function httpStatusFor(err: unknown): number {
+  return err instanceof HttpError ? err.status : STATUS_OF[categoryOf(err)]
 }
 
 export type HttpReply =
@@ -185,14 +192,7 @@ export function createApiServer(routes: Route[]): Server {
         )
       } catch (err) {
         const e = err as Error
-        const status =
-          e instanceof HttpError
-            ? e.status
-            : FORBIDDEN.has(e.name)
-              ? 403
-              : BAD_REQUEST.has(e.name)
-                ? 400
-                : 500
+        const status = httpStatusFor(e)
         if (status === 500) log.error('%s %s failed: %e', req.method, url.pathname, e)
         if (res.headersSent) {
           res.destroy()
@@ -200,7 +200,11 @@ export function createApiServer(routes: Route[]): Server {
         }
         send(res, {
           status,
-          json: { error: e instanceof HttpError ? e.code : e.name, message: e.message }
+          json: {
+            error: e instanceof HttpError ? e.code : e.name,
+            category: categoryOf(e),
+            message: e.message
+          }
         })
       }
     })()

@@ -20,6 +20,7 @@ import {
   parseKeyFile,
   type KeyPair
 } from '../../crdt/keys.ts'
+import { ErrorCategory, RhizomeError } from '../../crdt/errors.ts'
 import { toHex, utf8 } from '../../crdt/bytes.ts'
 import { checkDocument } from '../../crdt/fleet-yaml.ts'
 import { diffMaps, applyOps, formatOps, plainValue } from '../../crdt/config-diff.ts'
@@ -42,9 +43,11 @@ const TICK_MS = 2000
 const MAX_HISTORY = 500
 const SESSION_VOUCHER_MS = 12 * 60 * 60_000
 
-class DashboardError extends Error {
+/** The person using the page asked for something that cannot be done yet (connect first, unlock a key). */
+class DashboardError extends RhizomeError {
   static override name = 'DashboardError'
   override name = 'DashboardError'
+  readonly category = ErrorCategory.Usage
 }
 
 let ed: Ed25519 | undefined
