@@ -26,7 +26,7 @@ import { Replica } from '../crdt/replica.ts'
 import { MemoryStore } from '../crdt/store.ts'
 import { createMesh } from '../mesh/index.ts'
 import { DEFAULT_ANTI_ENTROPY_MS } from '../mesh/limits.ts'
-import { makeFleet, ed } from '../test/fixtures/mesh-fleet.ts'
+import { makeFleet, ed } from '../test/fixtures/fleet.ts'
 import { spawnDaemon, type DaemonProcess } from '../test/fixtures/mesh-process.ts'
 
 const which = process.argv[2] ?? 'all'
@@ -73,7 +73,7 @@ async function propagation(
   backToBack: boolean
 ): Promise<void> {
   const random = seeded(seed + n)
-  const fleet = await makeFleet(n, 200)
+  const fleet = await makeFleet({ nodes: n, replicas: 0, label: `bench-propagation-${n}` })
   const root = await mkdtemp(path.join(tmpdir(), 'rhizome-mesh-bench-'))
   const procs: DaemonProcess[] = []
   const adj: number[][] = []
@@ -270,17 +270,17 @@ async function propagation(
 }
 
 async function catchUp(k: number): Promise<void> {
-  const fleet = await makeFleet(2, 250)
+  const fleet = await makeFleet({ nodes: 2, replicas: 0, label: 'bench-catch-up' })
   const a = await Replica.open({ store: new MemoryStore(), ed, genesis: fleet.genesis })
   const b = await Replica.open({ store: new MemoryStore(), ed, genesis: fleet.genesis })
   const base = (await (
     await a.open('fleet')
-  ).change(Replica.signer(fleet.admin), d => {
+  ).change(Replica.signer(fleet.admins[0]!), d => {
     d.items = {}
   }))!
   await b.accept(base)
-  const sa = Replica.signer(fleet.admin)
-  const sb = Replica.signer(fleet.admin)
+  const sa = Replica.signer(fleet.admins[0]!)
+  const sb = Replica.signer(fleet.admins[0]!)
   const da = await a.open('fleet')
   const db = await b.open('fleet')
   const t0 = performance.now()

@@ -13,7 +13,7 @@ import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { effectiveConfig, type NodeIdentity } from '../crdt/effective-config.ts'
 import type { SignedBatch } from '../crdt/signed-change.ts'
 import type { Replica } from '../crdt/replica.ts'
-import { allHashes, makeFleet, repair, thrown } from './helpers/fleet.ts'
+import { allHashes, makeFleet, repair, thrown } from './fixtures/fleet.ts'
 
 const DOCS = ['fleet', 'site/x'] as const
 const webcrypto = createWebCryptoEd25519(globalThis.crypto.subtle)

@@ -18,7 +18,7 @@ import { Replica } from '../crdt/replica.ts'
 import { MemoryStore } from '../crdt/store.ts'
 import { SNAPSHOT_EVERY_BATCHES } from '../crdt/document.ts'
 import { toHex } from '../crdt/bytes.ts'
-import { testKey } from './helpers/fleet.ts'
+import { testKey } from './fixtures/fleet.ts'
 
 const FIXTURE = new URL('./fixtures/crdt-accept-stream.ts', import.meta.url).pathname
 const dirs: string[] = []

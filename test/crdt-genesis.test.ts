@@ -7,7 +7,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Replica } from '../crdt/replica.ts'
 import { enrolledDevices } from '../crdt/devices.ts'
-import { makeFleet, repair } from './helpers/fleet.ts'
+import { makeFleet, repair } from './fixtures/fleet.ts'
 
 interface Devices {
   devices: Record<string, { name: string; labels: Record<string, string> }>

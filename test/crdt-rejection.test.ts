@@ -21,7 +21,7 @@ import { createGenesis, nextStatement, TrustChain } from '../crdt/trust.ts'
 import { verifyBatch } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { MemoryStore } from '../crdt/store.ts'
-import { forgeBatch, makeFleet, repair, testKey, thrown, type TestFleet } from './helpers/fleet.ts'
+import { forgeBatch, makeFleet, repair, testKey, thrown, type TestFleet } from './fixtures/fleet.ts'
 
 type Doc = Record<string, unknown>
 

@@ -1,5 +1,5 @@
 /**
- * Both stores pass the one shared store suite (test/helpers/store-suite.ts).
+ * Both stores pass the one shared store suite (test/fixtures/store-suite.ts).
  */
 import { after } from 'node:test'
 import { mkdtemp, rm } from 'node:fs/promises'
@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LevelStore } from '../crdt/level-store.ts'
 import { MemoryStore, type Store } from '../crdt/store.ts'
-import { runStoreTests } from './helpers/store-suite.ts'
+import { runStoreTests } from './fixtures/store-suite.ts'
 
 runStoreTests('MemoryStore', async () => {
   const store = new MemoryStore()

@@ -9,7 +9,9 @@ import { Replica } from '../crdt/replica.ts'
 import { MemoryStore } from '../crdt/store.ts'
 import { createBrowserMesh, signSessionVoucher } from '../mesh/browser.ts'
 import { SYNC_PROTOCOL } from '../mesh/sync-messages.ts'
-import { makeFleet, startNode, waitFor, headsOf, ed, TEST_LIMITS } from './fixtures/mesh-fleet.ts'
+import { ed, makeFleet } from './fixtures/fleet.ts'
+import { startNode, headsOf, TEST_LIMITS } from './fixtures/mesh-node.ts'
+import { waitFor } from './fixtures/wait.ts'
 import { rawPeer, openStream, collect } from './fixtures/mesh-raw-peer.ts'
 
 function nextEvent(
@@ -31,13 +33,13 @@ function nextEvent(
 }
 
 test("admission: strangers get nothing, enrolled nodes and vouched browsers get the fleet's data", async () => {
-  const fleet = await makeFleet(2, 80)
+  const fleet = await makeFleet({ nodes: 2, replicas: 0, label: 'mesh-admission' })
   const d = await startNode(fleet, fleet.nodes[0]!, {
     listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws']
   })
   const tcpAddr = d.mesh.addresses().find(a => !a.includes('/ws'))!
   const wsAddr = d.mesh.addresses().find(a => a.includes('/ws'))!
-  const admin = Replica.signer(fleet.admin)
+  const admin = Replica.signer(fleet.admins[0]!)
   await (
     await d.replica.open('fleet')
   ).change(admin, x => {
@@ -120,7 +122,7 @@ test("admission: strangers get nothing, enrolled nodes and vouched browsers get 
       {
         peerPublicKey: tab.publicKey,
         expires: Date.now() + 60_000,
-        signer: fleet.admin,
+        signer: fleet.admins[0]!,
         fleetId: d.replica.fleetId
       },
       ed
@@ -135,7 +137,7 @@ test("admission: strangers get nothing, enrolled nodes and vouched browsers get 
     )
     await (
       await adminTab.replica.open('fleet')
-    ).change(Replica.signer(fleet.admin), x => {
+    ).change(Replica.signer(fleet.admins[0]!), x => {
       x.fromBrowser = true
     })
     await waitFor(

@@ -15,7 +15,9 @@ import { ByteWriter } from '../crdt/bytes.ts'
 import { encodeFrame } from '../mesh/frames.ts'
 import { MAX_PUSH_BYTES } from '../mesh/limits.ts'
 import { encodeSyncWire, SYNC_PROTOCOL } from '../mesh/sync-messages.ts'
-import { makeFleet, startNode, waitFor, headsOf, ed, TEST_LIMITS } from './fixtures/mesh-fleet.ts'
+import { ed, makeFleet } from './fixtures/fleet.ts'
+import { startNode, headsOf, TEST_LIMITS } from './fixtures/mesh-node.ts'
+import { waitFor } from './fixtures/wait.ts'
 import { rawPeer, openStream } from './fixtures/mesh-raw-peer.ts'
 
 const MAX_FRAME = 1024 * 1024
@@ -38,13 +40,13 @@ function nextRejection(
 }
 
 test('hostile peers are disconnected and banned; honest sync continues; memory stays bounded', async () => {
-  const fleet = await makeFleet(32, 40)
+  const fleet = await makeFleet({ nodes: 32, replicas: 0, label: 'mesh-hostile' })
   const d = await startNode(fleet, fleet.nodes[0]!, {
     limits: { ...TEST_LIMITS, maxFrameBytes: MAX_FRAME }
   })
   const h = await startNode(fleet, fleet.nodes[1]!, { bootstrap: d.mesh.addresses() })
   const addr = d.mesh.addresses()[0]!
-  const admin = Replica.signer(fleet.admin)
+  const admin = Replica.signer(fleet.admins[0]!)
   try {
     await (
       await d.replica.open('fleet')

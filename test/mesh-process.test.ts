@@ -9,9 +9,9 @@ import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { makeFleet } from './fixtures/mesh-fleet.ts'
+import { makeFleet } from './fixtures/fleet.ts'
 import { spawnDaemon, type DaemonProcess } from './fixtures/mesh-process.ts'
-import { startProxy, tcpPort, peerIdOf } from './fixtures/mesh-proxy.ts'
+import { startProxy, tcpPort, peerIdOf } from './fixtures/tcp-proxy.ts'
 
 interface DocState {
   heads: string[]
@@ -40,7 +40,7 @@ async function converged(ds: DaemonProcess[], ms = 40_000): Promise<DocState> {
 }
 
 test('SIGKILL and restart, a cut link, changes meanwhile: all converge and nothing accepted is lost', async () => {
-  const fleet = await makeFleet(3, 120)
+  const fleet = await makeFleet({ nodes: 3, replicas: 0, label: 'mesh-process' })
   const root = await mkdtemp(path.join(tmpdir(), 'rhizome-mesh-proc-'))
   const procs: DaemonProcess[] = []
   const proxy = { p: undefined as Awaited<ReturnType<typeof startProxy>> | undefined }

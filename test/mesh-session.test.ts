@@ -16,8 +16,8 @@ import { PeerSession, type SessionHost } from '../mesh/peer-session.ts'
 import { decodeFrames, encodeFrame } from '../mesh/frames.ts'
 import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from '../mesh/sync-messages.ts'
 import type { Stream } from '@libp2p/interface'
-import { makeFleet } from './helpers/fleet.ts'
-import { waitFor } from './fixtures/mesh-fleet.ts'
+import { makeFleet } from './fixtures/fleet.ts'
+import { waitFor } from './fixtures/wait.ts'
 
 /** One direction of a duplex: frames written on one side are read, in order, on the other. */
 class Pipe implements AsyncIterable<Uint8Array> {

@@ -11,16 +11,19 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import {
+  daemonConfig,
+  enrolAll,
   freePort,
+  initFleet,
   getJson,
   rhizome,
   startDaemon,
   stopAll,
-  tcpProxy,
-  waitUntil,
   WEB_SERVER,
   type RunningDaemon
 } from './fixtures/node-harness.ts'
+import { startProxy, type TcpProxy } from './fixtures/tcp-proxy.ts'
+import { waitFor } from './fixtures/wait.ts'
 
 const PASS = 'correct horse battery'
 const NAMES = ['n1', 'n2', 'n3'] as const
@@ -31,7 +34,7 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   const ids: Record<string, { key: string; peerId: string }> = {}
   const ports: Record<string, number> = {}
   const daemons: Record<string, RunningDaemon> = {}
-  let proxy: Awaited<ReturnType<typeof tcpProxy>>
+  let proxy: TcpProxy
   let meshPort: number
 
   const cfgPath = (n: string): string => join(dir, `${n}.yaml`)
@@ -44,17 +47,13 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
     }
   }
   const servesVersion = (n: string, v: string, ms = 20_000): Promise<true> =>
-    waitUntil(
-      async () => ((await served(n))?.version === v ? true : undefined),
-      ms,
-      `${n} to serve version ${v}`
-    )
+    waitFor(`${n} to serve version ${v}`, async () => (await served(n))?.version === v, ms, 200)
   const fileIs = (n: string, content: string, ms = 20_000): Promise<true> =>
-    waitUntil(
-      async () =>
-        (await readFile(motd(n), 'utf8').catch(() => '')) === content ? true : undefined,
+    waitFor(
+      `${motd(n)} to hold ${JSON.stringify(content)}`,
+      async () => (await readFile(motd(n), 'utf8').catch(() => '')) === content,
       ms,
-      `${motd(n)} to hold ${JSON.stringify(content)}`
+      200
     )
 
   function fleet(version: string, text: string, message = 'hello'): string {
@@ -100,32 +99,12 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rhizome-e2e-'))
     env = { RHIZOME_PASSPHRASE: PASS }
-    const init = await rhizome(['init', '--dir', join(dir, 'fleet'), '--fleet', 'e2e'], env)
-    assert.equal(init.code, 0, init.stderr)
-    for (const n of NAMES) {
-      const r = await rhizome(['node', 'init', '--data', join(dir, `data-${n}`)])
-      assert.equal(r.code, 0, r.stderr)
-      ids[n] = {
-        key: /public key\s+([0-9a-f]{64})/.exec(r.stdout)![1]!,
-        peerId: /peer id\s+(\S+)/.exec(r.stdout)![1]!
-      }
-      ports[n] = await freePort()
-    }
+    Object.assign(ids, await initFleet(dir, 'e2e', NAMES, env))
+    for (const n of NAMES) ports[n] = await freePort()
     meshPort = await freePort()
-    proxy = await tcpProxy(meshPort)
+    proxy = await startProxy(meshPort)
     const n1Addr = (port: number): string => `/ip4/127.0.0.1/tcp/${port}/p2p/${ids.n1!.peerId}`
-    const base = (n: string) => ({
-      name: n,
-      dataDir: join(dir, `data-${n}`),
-      trustFile: join(dir, 'fleet/trust.json'),
-      mdns: false,
-      http: { host: '127.0.0.1', port: 0 },
-      filesRoot: join(dir, `root-${n}`),
-      allowedRoots: ['/etc/rhizome'],
-      reconcileIntervalMs: 5000,
-      driftCheckMs: 300,
-      statusIntervalMs: 1000
-    })
+    const base = (n: string) => daemonConfig(dir, n, { driftCheckMs: 300 })
     await writeFile(
       cfgPath('n1'),
       stringify({ ...base('n1'), listen: [`/ip4/127.0.0.1/tcp/${meshPort}`] })
@@ -154,38 +133,20 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
       d1.events.some(e => e.event === 'dashboard' && String(e.url).includes('#token=')),
       'prints a dashboard URL with a viewer token'
     )
-    for (const n of NAMES) {
-      const r = await rhizome(
-        [
-          'enrol',
-          ids[n]!.key,
-          '--name',
-          n,
-          '--label',
-          'site=lab',
-          '--label',
-          `role=${n === 'n1' ? 'hub' : 'edge'}`,
-          '--key',
-          join(dir, 'fleet/admin.key'),
-          '--daemon',
-          d1.url
-        ],
-        env
-      )
-      assert.equal(r.code, 0, r.stderr)
-    }
+    await enrolAll(dir, ids, d1.url, env)
     await Promise.all([start('n2'), start('n3')])
     const want = (await getJson<{ heads: string[] }>(`${d1.url}/api/docs/devices`)).heads
     for (const n of ['n2', 'n3']) {
-      await waitUntil(
+      await waitFor(
+        `${n} to hold the devices document`,
         async () => {
           const d = await getJson<{ heads: string[] }>(`${daemons[n]!.url}/api/docs/devices`).catch(
             () => undefined
           )
-          return JSON.stringify(d?.heads) === JSON.stringify(want) ? true : undefined
+          return JSON.stringify(d?.heads) === JSON.stringify(want)
         },
         20_000,
-        `${n} to hold the devices document`
+        200
       )
     }
   })
@@ -197,7 +158,8 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
       assert.equal((await served(n))?.node, n)
       await fileIs(n, 'v1\n')
     }
-    const status = await waitUntil(
+    const status = await waitFor(
+      'rhizome status to show three healthy, up-to-date nodes',
       async () => {
         const r = await rhizome(['status', '--json', '--daemon', daemons.n1!.url])
         const s = JSON.parse(r.stdout) as {
@@ -214,7 +176,7 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
           : undefined
       },
       20_000,
-      'rhizome status to show three healthy, up-to-date nodes'
+      200
     )
     assert.deepEqual(
       status.nodes.map(x => x.name),
@@ -232,18 +194,18 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   it('puts back a hand-edited managed file and reports the drift', async () => {
     await writeFile(motd('n2'), 'edited by hand\n')
     await fileIs('n2', 'v1\n', 10_000)
-    await waitUntil(
+    await waitFor(
+      'n2 to report the drifted file',
       async () => {
         const s = await getJson<{
           nodes: Array<{ self: boolean; status: { files: { drifted: string[] } } | null }>
         }>(`${daemons.n2!.url}/api/status`)
-        return s.nodes.find(x => x.self)?.status?.files.drifted.includes('/etc/rhizome/motd') ===
-          true
-          ? true
-          : undefined
+        return (
+          s.nodes.find(x => x.self)?.status?.files.drifted.includes('/etc/rhizome/motd') === true
+        )
       },
       10_000,
-      'n2 to report the drifted file'
+      200
     )
   })
 

@@ -24,14 +24,17 @@ import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
 import { chromium, type BrowserContext, type Page } from 'playwright-core'
 import {
+  daemonConfig,
+  enrolAll,
   freePort,
+  initFleet,
   getJson,
   rhizome,
   startDaemon,
   stopAll,
-  waitUntil,
   type RunningDaemon
 } from './fixtures/node-harness.ts'
+import { waitFor } from './fixtures/wait.ts'
 
 const CHROMIUM = '/usr/bin/chromium'
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -195,31 +198,10 @@ describe(
 
     it("joins three daemons' mesh, publishes a change signed in the page, and sees a stopped node turn stale", async () => {
       const env = { RHIZOME_PASSPHRASE: PASS }
-      const init = await rhizome(['init', '--dir', join(dir, 'fleet'), '--fleet', 'web-test'], env)
-      assert.equal(init.code, 0, init.stderr)
-      const ids: Record<string, { key: string; peerId: string }> = {}
-      for (const n of NAMES) {
-        const r = await rhizome(['node', 'init', '--data', join(dir, `data-${n}`)])
-        assert.equal(r.code, 0, r.stderr)
-        ids[n] = {
-          key: /public key\s+([0-9a-f]{64})/.exec(r.stdout)![1]!,
-          peerId: /peer id\s+(\S+)/.exec(r.stdout)![1]!
-        }
-      }
+      const ids = await initFleet(dir, 'web-test', NAMES, env)
       const tcpPort = await freePort()
       const wsPort = await freePort()
-      const base = (n: string) => ({
-        name: n,
-        dataDir: join(dir, `data-${n}`),
-        trustFile: join(dir, 'fleet/trust.json'),
-        mdns: false,
-        http: { host: '127.0.0.1', port: 0 },
-        filesRoot: join(dir, `root-${n}`),
-        allowedRoots: ['/etc/rhizome'],
-        reconcileIntervalMs: 5000,
-        driftCheckMs: 1000,
-        statusIntervalMs: 1000
-      })
+      const base = (n: string) => daemonConfig(dir, n, {})
       const boot = [`/ip4/127.0.0.1/tcp/${tcpPort}/p2p/${ids.n1!.peerId}`]
       await writeFile(
         join(dir, 'n1.yaml'),
@@ -236,26 +218,7 @@ describe(
       }
       const daemons: Record<string, RunningDaemon> = {}
       daemons.n1 = await startDaemon(join(dir, 'n1.yaml'), {}, 30_000)
-      for (const n of NAMES) {
-        const r = await rhizome(
-          [
-            'enrol',
-            ids[n]!.key,
-            '--name',
-            n,
-            '--label',
-            'site=lab',
-            '--label',
-            `role=${n === 'n1' ? 'hub' : 'edge'}`,
-            '--key',
-            join(dir, 'fleet/admin.key'),
-            '--daemon',
-            daemons.n1.url
-          ],
-          env
-        )
-        assert.equal(r.code, 0, r.stderr)
-      }
+      await enrolAll(dir, ids, daemons.n1.url, env)
       const motd = (n: string): string => join(dir, `root-${n}`, 'etc/rhizome/motd')
       await writeFile(
         join(dir, 'fleet.yaml'),
@@ -356,13 +319,12 @@ describe(
       await page.click('[data-testid=publish]')
       await page.waitForSelector('[data-testid=published]', { timeout: 20_000 })
       for (const n of NAMES) {
-        await waitUntil(
+        await waitFor(
+          `${n} to apply the change signed in the browser`,
           async () =>
-            (await readFile(motd(n), 'utf8').catch(() => '')) === 'hello from the browser\n'
-              ? true
-              : undefined,
+            (await readFile(motd(n), 'utf8').catch(() => '')) === 'hello from the browser\n',
           30_000,
-          `${n} to apply the change signed in the browser`
+          200
         )
       }
       const doc = await getJson<{
