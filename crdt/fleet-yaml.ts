@@ -17,7 +17,8 @@
  * ```
  * `devices` is the enrolment document; it is written by `rhizome enrol`, not by apply.
  */
-import { parseDocument, stringify } from 'yaml'
+import { stringify } from 'yaml'
+import { parseYamlInput } from './yaml-input.ts'
 import { checkDocId } from './replica.ts'
 import { DEVICES_DOC } from './devices.ts'
 import { InvalidConfigError } from './errors.ts'
@@ -108,19 +109,12 @@ export function checkDocument(id: string, doc: unknown): void {
 
 /** Parse and check a fleet file. `source` names it in errors. */
 export function parseFleetYaml(text: string, source = 'fleet.yaml'): FleetDocuments {
-  if (text.length > MAX_FLEET_YAML_BYTES) {
-    throw new InvalidConfigError(
-      `${source} is ${text.length} bytes; at most ${MAX_FLEET_YAML_BYTES} are accepted`
-    )
+  let v: unknown
+  try {
+    v = parseYamlInput(text, source, MAX_FLEET_YAML_BYTES)
+  } catch (err) {
+    throw new InvalidConfigError(`${(err as Error).message}; nothing was changed`)
   }
-  const parsed = parseDocument(text, { prettyErrors: true, uniqueKeys: true })
-  if (parsed.errors.length > 0) {
-    const e = parsed.errors[0]
-    throw new InvalidConfigError(
-      `${source} is not valid YAML: ${e?.message ?? 'parse error'}; nothing was changed`
-    )
-  }
-  const v: unknown = parsed.toJS({ maxAliasCount: 100 })
   if (v === null || v === undefined) return {}
   if (!isMap(v)) {
     throw new InvalidConfigError(

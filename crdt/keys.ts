@@ -67,7 +67,14 @@ export interface KeyFile {
 
 /** scrypt cost: N=2^15, r=8 (32 MiB, ~100 ms here). Tests may lower N for speed. */
 export const DEFAULT_SCRYPT = { N: 1 << 15, r: 8, p: 1 }
-const MAX_SCRYPT_N = 1 << 20
+/**
+ * The costliest key file opened: N=2^17, r=8, p=2 (128 MiB and about a second here). A key file
+ * is chosen by a person, but one sent to them (or dropped on the dashboard) must not tie up a
+ * gigabyte and a core for minutes.
+ */
+const MAX_SCRYPT_N = 1 << 17
+const MAX_SCRYPT_R = 8
+const MAX_SCRYPT_P = 2
 const MAX_KEY_FILE_BYTES = 4096
 
 export async function encryptKeyFile(
@@ -87,6 +94,15 @@ export async function encryptKeyFile(
     nonce: toHex(nonce),
     box: toHex(nacl.secretbox(pair.seed, nonce, key))
   }
+}
+
+function isPowerOfTwo(n: unknown, max: number): boolean {
+  return (
+    Number.isInteger(n) &&
+    (n as number) >= 2 &&
+    (n as number) <= max &&
+    ((n as number) & ((n as number) - 1)) === 0
+  )
 }
 
 export function parseKeyFile(text: string): KeyFile {
@@ -111,11 +127,21 @@ export function parseKeyFile(text: string): KeyFile {
     typeof f.box !== 'string' ||
     f.kdf?.name !== 'scrypt' ||
     typeof f.kdf.salt !== 'string' ||
-    !Number.isInteger(f.kdf.N) ||
-    f.kdf.N > MAX_SCRYPT_N
+    !/^[0-9a-f]{32,128}$/.test(f.kdf.salt) ||
+    !/^[0-9a-f]{48}$/.test(f.nonce) ||
+    !/^[0-9a-f]{96}$/.test(f.box) ||
+    !/^[0-9a-f]{64}$/.test(f.publicKey) ||
+    typeof f.label !== 'string' ||
+    !isPowerOfTwo(f.kdf.N, MAX_SCRYPT_N) ||
+    !Number.isInteger(f.kdf.r) ||
+    f.kdf.r < 1 ||
+    f.kdf.r > MAX_SCRYPT_R ||
+    !Number.isInteger(f.kdf.p) ||
+    f.kdf.p < 1 ||
+    f.kdf.p > MAX_SCRYPT_P
   ) {
     throw new MalformedInputError(
-      'not a Rhizome key file (expected "rhizome": "key/v1" with scrypt parameters)'
+      `not a Rhizome key file, or a damaged one (expected "rhizome": "key/v1", hex fields of the right length, and scrypt parameters N ≤ ${MAX_SCRYPT_N}, r ≤ ${MAX_SCRYPT_R}, p ≤ ${MAX_SCRYPT_P})`
     )
   }
   return f as KeyFile

@@ -26,7 +26,7 @@
 import { readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { dirname, isAbsolute, resolve } from 'node:path'
-import { parseDocument } from 'yaml'
+import { parseYamlInput } from '../crdt/yaml-input.ts'
 import { InvalidConfigError } from './errors.ts'
 
 export interface DaemonConfig {
@@ -154,26 +154,33 @@ export function loadDaemonConfig(
   file: string | undefined,
   env: Record<string, string | undefined> = process.env
 ): DaemonConfig {
+  if (file === undefined) return parseDaemonConfig(undefined, { env })
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new InvalidConfigError(
+      `cannot read config file ${file}: ${(err as Error).message}; pass an existing file with --config`
+    )
+  }
+  return parseDaemonConfig(text, { file, env })
+}
+
+/**
+ * The config from a file's text (`file` names it in errors and is where relative paths start;
+ * without text, the environment alone) and the environment.
+ */
+export function parseDaemonConfig(
+  text: string | undefined,
+  opts: { file?: string; env?: Record<string, string | undefined> } = {}
+): DaemonConfig {
+  const env = opts.env ?? process.env
   let raw: Record<string, unknown> = {}
-  const base = file === undefined ? process.cwd() : dirname(resolve(file))
-  const where = file ?? 'configuration'
-  if (file !== undefined) {
-    let text: string
-    try {
-      text = readFileSync(file, 'utf8')
-    } catch (err) {
-      throw new InvalidConfigError(
-        `cannot read config file ${file}: ${(err as Error).message}; pass an existing file with --config`
-      )
-    }
-    if (text.length > MAX_CONFIG_FILE_BYTES) {
-      fail(file, `is larger than ${MAX_CONFIG_FILE_BYTES} bytes`)
-    }
-    const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true })
-    if (doc.errors.length > 0) {
-      fail(file, `is not valid YAML: ${doc.errors[0]?.message ?? 'parse error'}`)
-    }
-    const v: unknown = doc.toJS({ maxAliasCount: 100 })
+  const file = opts.file ?? 'configuration file'
+  const base = opts.file === undefined ? process.cwd() : dirname(resolve(opts.file))
+  const where = text === undefined ? 'configuration' : file
+  if (text !== undefined) {
+    const v = parseYamlInput(text, file, MAX_CONFIG_FILE_BYTES)
     if (v !== null && v !== undefined && !isMap(v)) fail(file, 'expected a map of settings')
     raw = v ?? {}
     for (const k of Object.keys(raw)) {
