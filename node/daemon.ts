@@ -28,7 +28,7 @@ import { ManifestsApplier } from './appliers/manifests.ts'
 import { Reconciler } from './reconciler.ts'
 import { DaemonMetrics } from './metrics.ts'
 import { createApiServer, HttpError, type Route } from './http-api.ts'
-import { loadCreateMesh } from './mesh-loader.ts'
+import { createMesh } from '../mesh/index.ts'
 import { loadOrCreateIdentity, peerIdOfPublicKey, type DeviceIdentity } from './identity.ts'
 import { eventLogger, type EventLog } from './logger.ts'
 import { fitStatus, type NodeStatusBody } from './status-body.ts'
@@ -45,7 +45,7 @@ export const MAX_HISTORY_ENTRIES = 1000
 export interface DaemonOptions {
   config: DaemonConfig
   events?: EventLog
-  /** false: run without networking. Default: use mesh/ when it loads. */
+  /** false: run without networking (the status and API then cover this node only). */
   mesh?: boolean
 }
 
@@ -165,27 +165,19 @@ export class Daemon {
     }
     let mesh: Mesh | undefined
     if (opts.mesh !== false) {
-      const loaded = await loadCreateMesh()
-      if ('error' in loaded) {
-        events('warn', 'mesh.unavailable', {
-          reason: loaded.error,
-          effect: 'running without networking: no sync with peers'
+      try {
+        mesh = await createMesh({
+          replica,
+          identity: identity.pair,
+          listen: config.listen,
+          bootstrap: config.bootstrap,
+          mdns: config.mdns
         })
-      } else {
-        try {
-          mesh = await loaded.createMesh({
-            replica,
-            identity: identity.pair,
-            listen: config.listen,
-            bootstrap: config.bootstrap,
-            mdns: config.mdns
-          })
-          await mesh.start()
-        } catch (err) {
-          await replica.close()
-          await store.close()
-          throw err
-        }
+        await mesh.start()
+      } catch (err) {
+        await replica.close()
+        await store.close()
+        throw err
       }
     }
     const d = new Daemon({ config, identity, store, replica, mesh, events })

@@ -2,8 +2,7 @@
  * `npm start`: a local demonstration fleet. Makes a fresh fleet in .rhizome-demo/ (reset on
  * every run), starts three daemons on loopback as child processes, enrols them, applies a
  * sample fleet.yaml (a small HTTP service as a workload and a config file) and prints how to
- * look at it. Ctrl-C stops everything (the children by pid). Without a working mesh/ the
- * daemons run unconnected and the demo applies the config to each of them, and says so.
+ * look at it. Ctrl-C stops everything (the children by pid).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
@@ -69,7 +68,6 @@ interface Started {
   name: string
   url: string
   dashboard: string
-  mesh: boolean
   proc: ChildProcess
 }
 
@@ -84,7 +82,6 @@ function startDaemon(name: string, config: string, log: string): Promise<Started
     const file = createWriteStream(log)
     let partial = ''
     let dashboard = ''
-    let mesh = true
     const timer = setTimeout(
       () => reject(new Error(`${name} did not start within 30 s; see ${log}`)),
       30_000
@@ -100,11 +97,10 @@ function startDaemon(name: string, config: string, log: string): Promise<Started
         } catch {
           continue
         }
-        if (e.event === 'mesh.unavailable') mesh = false
         if (e.event === 'dashboard') dashboard = String(e.url)
         if (e.event === 'daemon.ready') {
           clearTimeout(timer)
-          resolve({ name, url: String(e.http), dashboard, mesh, proc })
+          resolve({ name, url: String(e.http), dashboard, proc })
         }
       }
     })
@@ -214,36 +210,21 @@ async function main(): Promise<void> {
   const start = (n: (typeof nodes)[number]): Promise<Started> =>
     startDaemon(n.name, n.config, join(n.data, 'daemon.log'))
   const first = await start(nodes[0] as (typeof nodes)[number])
-  // One after the other: concurrent first enrolments would each create the `devices` map, and
-  // only one of those concurrent maps survives the merge.
-  const enrol = async (targets: Started[]): Promise<void> => {
-    for (const d of targets) {
-      for (const n of nodes) {
-        await cli([
-          'enrol',
-          n.key,
-          '--name',
-          n.name,
-          '--label',
-          `site=${n.name.split('-')[0]}`,
-          '--key',
-          join(ROOT, 'fleet/admin.key'),
-          '--daemon',
-          d.url
-        ])
-      }
-    }
+  for (const n of nodes) {
+    await cli([
+      'enrol',
+      n.key,
+      '--name',
+      n.name,
+      '--label',
+      `site=${n.name.split('-')[0]}`,
+      '--key',
+      join(ROOT, 'fleet/admin.key'),
+      '--daemon',
+      first.url
+    ])
   }
-  if (first.mesh) await enrol([first])
   const daemons = [first, ...(await Promise.all(nodes.slice(1).map(start)))]
-  const mesh = daemons.every(d => d.mesh)
-  if (!mesh) {
-    out(
-      '  NOTE: mesh/ is not available, so the daemons run unconnected; the demo applies changes to each daemon itself.'
-    )
-    await enrol(daemons)
-  }
-  const targets = mesh ? [first] : daemons
   const nodesCfg: Record<string, unknown> = {}
   for (const n of nodes) {
     nodesCfg[n.name] = {
@@ -285,9 +266,15 @@ async function main(): Promise<void> {
       }
     })
   )
-  for (const d of targets) {
-    await cli(['apply', '-f', fleetYaml, '--key', join(ROOT, 'fleet/admin.key'), '--daemon', d.url])
-  }
+  await cli([
+    'apply',
+    '-f',
+    fleetYaml,
+    '--key',
+    join(ROOT, 'fleet/admin.key'),
+    '--daemon',
+    first.url
+  ])
   await waitFor('the hello services', 30_000, async () => {
     for (const n of nodes) {
       const res = await fetch(`http://127.0.0.1:${n.service}/`, {
@@ -298,7 +285,7 @@ async function main(): Promise<void> {
     return true
   })
   out(
-    `\nThe demo fleet is up in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${daemons.length} daemons${mesh ? ', meshed over libp2p' : ' (no mesh)'}.\n`
+    `\nThe demo fleet is up in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${daemons.length} daemons, meshed over libp2p.\n`
   )
   for (const [i, d] of daemons.entries()) {
     const n = nodes[i] as (typeof nodes)[number]

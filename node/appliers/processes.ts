@@ -277,8 +277,8 @@ class Workload {
 }
 
 export class ProcessesApplier {
+  /** Running workloads; a removed workload's log lines go with it (`logs` no longer knows it). */
   private readonly workloads = new Map<string, Workload>()
-  /** Logs of workloads that were removed, kept so `logs` still answers after a stop. */
   private readonly onState: () => void
   private readonly backoff: BackoffOptions
   private readonly baseEnv: Record<string, string>
