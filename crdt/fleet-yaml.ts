@@ -14,6 +14,7 @@
  * site/berlin-3:
  *   selector: { site: berlin-3 }
  *   defaults: { ... }
+ *   rollouts: { web-v2: { change: { ... }, waves: [ ... ] } }   # staged rollouts: crdt/rollout.ts
  * ```
  * `devices` is the enrolment document; it is written by `rhizome enrol`, not by apply.
  */
@@ -22,8 +23,9 @@ import { parseYamlInput } from './yaml-input.ts'
 import { checkDocId } from './replica.ts'
 import { DEVICES_DOC } from './devices.ts'
 import { InvalidConfigError } from './errors.ts'
+import { checkRollouts } from './rollout.ts'
 
-export const DOCUMENT_KEYS = ['selector', 'defaults', 'groups', 'nodes'] as const
+export const DOCUMENT_KEYS = ['selector', 'defaults', 'groups', 'nodes', 'rollouts'] as const
 export const CONFIG_KEYS = ['files', 'workloads', 'manifests'] as const
 export const WORKLOAD_KEYS = ['command', 'env', 'cwd', 'version', 'health'] as const
 export const HEALTH_KEYS = ['http', 'tcp', 'command', 'intervalMs'] as const
@@ -104,6 +106,12 @@ export function checkDocument(id: string, doc: unknown): void {
   }
   if (isMap(doc.nodes)) {
     for (const [n, c] of Object.entries(doc.nodes)) checkNodeConfig(c, `${id}.nodes.${n}`)
+  }
+  checkRollouts(id, doc)
+  if (isMap(doc.rollouts)) {
+    for (const [n, r] of Object.entries(doc.rollouts)) {
+      if (isMap(r)) checkNodeConfig(r.change, `${id}.rollouts.${n}.change`)
+    }
   }
 }
 

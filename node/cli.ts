@@ -33,6 +33,7 @@ import { decodeBundle, encodeBundle } from './bundle.ts'
 import { UsageError } from './errors.ts'
 import { categoryOf, ErrorCategory } from '../crdt/errors.ts'
 import { STORE_DIR } from './daemon.ts'
+import { freezeForApply } from './cli-rollout.ts'
 
 export const EXIT = { ok: 0, usage: 1, rejected: 2, unreachable: 3, internal: 4 } as const
 
@@ -222,10 +223,14 @@ async function cmdApply(opts: {
   } catch (err) {
     throw new UsageError(`cannot read ${opts.file}: ${(err as Error).message}`)
   }
-  const desired = parseFleetYaml(text, opts.file)
   const client = new DaemonClient(opts.daemon)
   const replica = await client.localReplica()
   const current = await currentDocs(replica)
+  const { docs: desired, started } = await freezeForApply(
+    parseFleetYaml(text, opts.file),
+    current,
+    replica
+  )
   const plan: Array<{ id: string; ops: DiffOp[] }> = []
   for (const [id, want] of Object.entries(desired)) {
     const ops = diffMaps(current[id] ?? {}, want)
@@ -236,6 +241,7 @@ async function cmdApply(opts: {
     return
   }
   for (const { id, ops } of plan) for (const l of formatOps(ops, id)) say(l)
+  for (const r of started) say(`rollout ${r.id} starts: ${r.eligible} eligible node(s)`)
   const n = plan.reduce((s, p) => s + p.ops.length, 0)
   if (opts.dryRun === true) {
     say(`dry run: ${n} change(s) in ${plan.length} document(s) not applied`)
