@@ -1,0 +1,255 @@
+/**
+ * Artifacts without a network: the content store (add, chunks counted only once verified and
+ * durable, resume from disk, unpack, pins and garbage collection) and the fetch engine over
+ * in-memory chunk sources (several at once, bounded, rate-limited, a lying source cut off, no
+ * source at all reported as waiting).
+ */
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { mkdtemp, readFile, stat, writeFile, mkdir, appendFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { create } from 'tar'
+import { ArtifactStore, type Have } from '../node/artifacts/store.ts'
+import { ArtifactFetch, type ChunkSource } from '../node/artifacts/fetch.ts'
+import { RateLimiter } from '../node/artifacts/rate-limit.ts'
+import { decodeManifest, parseDigest, type ArtifactDigest } from '../node/artifacts/manifest.ts'
+import { MIN_CHUNK_SIZE } from '../node/artifacts/limits.ts'
+
+const CHUNK = MIN_CHUNK_SIZE
+
+async function* pieces(bytes: Uint8Array, size = 7000): AsyncGenerator<Uint8Array> {
+  for (let o = 0; o < bytes.length; o += size) yield bytes.subarray(o, o + size)
+}
+
+async function tempStore(): Promise<ArtifactStore> {
+  return ArtifactStore.open(await mkdtemp(join(tmpdir(), 'rhizome-art-')))
+}
+
+/** A source serving from a store, counting requests; `corrupt` flips a byte of every chunk. */
+function storeSource(
+  id: string,
+  store: ArtifactStore,
+  opts: { corrupt?: boolean; gate?: () => Promise<void> } = {}
+): ChunkSource & { requests: number[]; maxConcurrent: number } {
+  let now = 0
+  const s = {
+    id,
+    requests: [] as number[],
+    maxConcurrent: 0,
+    have: async (d: ArtifactDigest): Promise<Have | undefined> => store.have(d),
+    manifest: async (d: ArtifactDigest) => store.manifest(d)?.bytes,
+    chunk: async (d: ArtifactDigest, i: number) => {
+      s.requests.push(i)
+      now++
+      s.maxConcurrent = Math.max(s.maxConcurrent, now)
+      try {
+        await opts.gate?.()
+        await new Promise(resolve => setImmediate(resolve))
+        const c = await store.readChunk(d, i)
+        if (c === undefined) throw new Error(`${id} does not hold chunk ${i}`)
+        if (opts.corrupt === true) {
+          const bad = c.slice()
+          bad[0] = (bad[0] as number) ^ 0xff
+          return bad
+        }
+        return c
+      } finally {
+        now--
+      }
+    }
+  }
+  return s
+}
+
+describe('artifact store', () => {
+  it('adds a file as chunks under the digest of its manifest, and reads it back', async () => {
+    const store = await tempStore()
+    const bytes = randomBytes(5 * CHUNK + 123)
+    const m = await store.add(pieces(bytes), { name: 'model', chunkSize: CHUNK })
+    assert.match(m.digest, /^sha256:[0-9a-f]{64}$/)
+    assert.equal(m.chunks.length, 6)
+    assert.equal(store.state(m.digest), 'complete')
+    assert.deepEqual(await readFile(store.blobPath(m.digest)!), bytes)
+    assert.deepEqual(decodeManifest(m.bytes, m.digest).fileSha256, m.fileSha256)
+    assert.equal(store.info(m.digest)?.name, 'model')
+    // The same bytes again: the same artifact.
+    const again = await store.add(pieces(bytes, 999), { chunkSize: CHUNK })
+    assert.equal(again.digest, m.digest)
+    // A reopened store knows it.
+    await store.close()
+    const reopened = await ArtifactStore.open(store.dir)
+    assert.equal(reopened.state(m.digest), 'complete')
+    assert.deepEqual(
+      Buffer.from((await reopened.readChunk(m.digest, 5))!),
+      bytes.subarray(5 * CHUNK)
+    )
+  })
+
+  it('refuses a chunk that does not match, and a manifest that is not the one asked for', async () => {
+    const a = await tempStore()
+    const m = await a.add(pieces(randomBytes(3 * CHUNK)), { chunkSize: CHUNK })
+    const b = await tempStore()
+    const other = await a.add(pieces(randomBytes(CHUNK)), { chunkSize: CHUNK })
+    assert.throws(() => decodeManifest(other.bytes, m.digest), { name: 'InvalidManifestError' })
+    await b.putManifest(decodeManifest(m.bytes, m.digest))
+    const good = (await a.readChunk(m.digest, 1))!
+    const bad = good.slice()
+    bad[10] = (bad[10] as number) ^ 1
+    await assert.rejects(b.writeChunk(m.digest, 1, bad), { name: 'ChunkMismatchError' })
+    assert.equal(b.holds(m.digest, 1), false)
+    assert.equal(await b.writeChunk(m.digest, 1, good), true)
+    assert.equal(await b.writeChunk(m.digest, 1, good), false, 'a held chunk is not written twice')
+  })
+
+  it('keeps counted chunks across a restart and ignores a torn record', async () => {
+    const a = await tempStore()
+    const m = await a.add(pieces(randomBytes(4 * CHUNK)), { chunkSize: CHUNK })
+    const b = await tempStore()
+    await b.putManifest(decodeManifest(m.bytes, m.digest))
+    await b.writeChunk(m.digest, 0, (await a.readChunk(m.digest, 0))!)
+    await b.writeChunk(m.digest, 2, (await a.readChunk(m.digest, 2))!)
+    await b.close()
+    // A crash in the middle of appending the next record leaves a partial one.
+    await appendFile(join(b.dir, 'p', `${m.digest.slice(7)}.have`), Buffer.from([3, 0]))
+    const again = await ArtifactStore.open(b.dir)
+    assert.equal(again.state(m.digest), 'partial')
+    assert.deepEqual(again.missing(m.digest), [1, 3])
+    assert.equal(again.info(m.digest)?.held, 2 * CHUNK)
+  })
+
+  it('unpacks a tar artifact once, without setuid bits, into a directory that appears whole', async () => {
+    const src = await mkdtemp(join(tmpdir(), 'rhizome-tar-'))
+    await mkdir(join(src, 'app/bin'), { recursive: true })
+    await writeFile(join(src, 'app/bin/run'), '#!/bin/sh\necho hi\n', { mode: 0o4755 })
+    await writeFile(join(src, 'app/model.bin'), randomBytes(3000))
+    const tarFile = join(src, 'app.tar')
+    await create({ file: tarFile, cwd: join(src, 'app'), portable: true }, ['bin', 'model.bin'])
+    const store = await tempStore()
+    const m = await store.add(pieces(await readFile(tarFile)), { chunkSize: CHUNK })
+    const dir = await store.unpacked(m.digest)
+    assert.equal(await readFile(join(dir, 'bin/run'), 'utf8'), '#!/bin/sh\necho hi\n')
+    assert.equal((await stat(join(dir, 'bin/run'))).mode & 0o7000, 0, 'setuid dropped')
+    assert.equal(await store.unpacked(m.digest), dir)
+    const notTar = await store.add(pieces(randomBytes(2000)), { chunkSize: CHUNK })
+    await assert.rejects(store.unpacked(notTar.digest), { name: 'UnpackError' })
+  })
+
+  it('collects unwanted artifacts after the grace period or over the budget, never pinned ones', async () => {
+    const store = await tempStore()
+    const a = await store.add(pieces(randomBytes(CHUNK)), { chunkSize: CHUNK })
+    const b = await store.add(pieces(randomBytes(CHUNK)), { chunkSize: CHUNK })
+    const c = await store.add(pieces(randomBytes(CHUNK)), { chunkSize: CHUNK })
+    const now = Date.now()
+    await store.markWanted([a.digest, b.digest, c.digest], now - 10_000)
+    await store.pin(c.digest, 'rollout:last-known-good')
+    const big = { graceMs: 60_000, budgetBytes: 10 * CHUNK, now }
+    assert.deepEqual(await store.gc(new Set(), big), [], 'within grace and budget')
+    assert.deepEqual(await store.gc(new Set([a.digest]), { ...big, graceMs: 1000 }), [b.digest])
+    assert.deepEqual(await store.gc(new Set(), { ...big, budgetBytes: CHUNK }), [a.digest])
+    assert.equal(store.state(c.digest), 'complete', 'pinned')
+    await store.unpin(c.digest, 'rollout:last-known-good')
+    assert.deepEqual(await store.gc(new Set(), { ...big, graceMs: 1000 }), [c.digest])
+    assert.deepEqual(store.list(), [])
+  })
+
+  it('parses digests strictly', () => {
+    assert.throws(() => parseDigest('sha256:abc'), { name: 'InvalidDigestError' })
+    assert.equal(parseDigest('SHA256:' + 'A'.repeat(64)), 'sha256:' + 'a'.repeat(64))
+  })
+})
+
+describe('artifact fetch engine', () => {
+  it('fetches from several sources at once, within its bounds, and cuts off one that lies', async () => {
+    const origin = await tempStore()
+    const bytes = randomBytes(40 * CHUNK + 5)
+    const m = await origin.add(pieces(bytes), { chunkSize: CHUNK })
+    const honest1 = storeSource('honest-1', origin)
+    const honest2 = storeSource('honest-2', origin)
+    const liar = storeSource('liar', origin, { corrupt: true })
+    const faulty: string[] = []
+    const target = await tempStore()
+    const f = new ArtifactFetch(m.digest, target, () => [liar, honest1, honest2], {
+      concurrency: 6,
+      perSource: 3,
+      onFaulty: s => faulty.push(s.id)
+    })
+    await f.run()
+    assert.deepEqual(await readFile(target.blobPath(m.digest)!), bytes)
+    assert.deepEqual(faulty, ['liar'])
+    assert.ok(liar.requests.length <= 3, `the liar was asked ${liar.requests.length} times`)
+    assert.ok(
+      honest1.requests.length > 0 && honest2.requests.length > 0,
+      'both honest sources used'
+    )
+    for (const s of [honest1, honest2, liar]) assert.ok(s.maxConcurrent <= 3)
+    const p = f.progress()
+    assert.equal(p.state, 'complete')
+    assert.equal(p.fetched, bytes.length)
+    assert.ok(p.rejected >= 1)
+  })
+
+  it('resumes after an interruption without fetching a held chunk again', async () => {
+    const origin = await tempStore()
+    const m = await origin.add(pieces(randomBytes(30 * CHUNK)), { chunkSize: CHUNK })
+    let served = 0
+    let release: () => void = () => {}
+    const stuck = new Promise<void>(resolve => {
+      release = resolve
+    })
+    const src = storeSource('peer', origin, {
+      gate: async () => {
+        if (++served > 12) await stuck
+      }
+    })
+    const target = await tempStore()
+    const f1 = new ArtifactFetch(m.digest, target, () => [src], { concurrency: 2, perSource: 2 })
+    const run1 = f1.run()
+    while ((target.info(m.digest)?.chunksHeld ?? 0) < 12) {
+      await new Promise(resolve => setTimeout(resolve, 5))
+    }
+    f1.stop()
+    await assert.rejects(run1)
+    release()
+    await target.close()
+    const reopened = await ArtifactStore.open(target.dir)
+    const heldBefore = reopened.info(m.digest)!.chunksHeld
+    assert.ok(heldBefore >= 12)
+    const src2 = storeSource('peer', origin)
+    const f2 = new ArtifactFetch(m.digest, reopened, () => [src2])
+    await f2.run()
+    assert.equal(reopened.state(m.digest), 'complete')
+    assert.equal(src2.requests.length, 30 - heldBefore, 'only the missing chunks were asked for')
+    assert.equal(new Set(src2.requests).size, src2.requests.length)
+  })
+
+  it('waits, without failing, while no source holds the artifact, and goes on when one comes', async () => {
+    const origin = await tempStore()
+    const m = await origin.add(pieces(randomBytes(3 * CHUNK)), { chunkSize: CHUNK })
+    const target = await tempStore()
+    const sources: ChunkSource[] = []
+    const f = new ArtifactFetch(m.digest, target, () => sources)
+    const run = f.run()
+    await new Promise(resolve => setTimeout(resolve, 50))
+    assert.equal(f.progress().state, 'waiting')
+    assert.match(f.progress().reason ?? '', /no reachable peer/)
+    sources.push(storeSource('late', origin))
+    f.poke()
+    await run
+    assert.equal(target.state(m.digest), 'complete')
+  })
+
+  it('keeps to the bandwidth limit', async () => {
+    const origin = await tempStore()
+    const size = 24 * CHUNK
+    const m = await origin.add(pieces(randomBytes(size)), { chunkSize: CHUNK })
+    const target = await tempStore()
+    const rate = new RateLimiter(size * 2, CHUNK)
+    const t0 = performance.now()
+    await new ArtifactFetch(m.digest, target, () => [storeSource('p', origin)], { rate }).run()
+    const ms = performance.now() - t0
+    // 24 chunks at 48 chunks/s with a one-chunk burst cannot take less than ~480 ms.
+    assert.ok(ms >= 450, `took ${ms.toFixed(0)} ms`)
+  })
+})
