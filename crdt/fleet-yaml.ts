@@ -27,9 +27,17 @@ import { checkRollouts } from './rollout.ts'
 
 export const DOCUMENT_KEYS = ['selector', 'defaults', 'groups', 'nodes', 'rollouts'] as const
 export const CONFIG_KEYS = ['files', 'workloads', 'manifests'] as const
-export const WORKLOAD_KEYS = ['command', 'env', 'cwd', 'version', 'health'] as const
+export const WORKLOAD_KEYS = [
+  'command',
+  'env',
+  'cwd',
+  'version',
+  'health',
+  'artifact',
+  'unpack'
+] as const
 export const HEALTH_KEYS = ['http', 'tcp', 'command', 'intervalMs'] as const
-export const FILE_KEYS = ['content', 'mode'] as const
+export const FILE_KEYS = ['content', 'mode', 'artifact', 'unpack'] as const
 export const MAX_FLEET_YAML_BYTES = 8 * 1024 * 1024
 
 export type FleetDocuments = Record<string, Record<string, unknown>>
@@ -45,6 +53,24 @@ function checkKeys(v: Record<string, unknown>, valid: readonly string[], where: 
         `${where}: unknown key "${k}"; valid keys are ${valid.join(', ')}`
       )
     }
+  }
+}
+
+/** An artifact reference: `artifact: sha256:<64 hex>` (from `rhizome artifact add`), `unpack: tar` or none. */
+function checkArtifact(v: Record<string, unknown>, where: string): void {
+  if (v.artifact !== undefined && v.artifact !== null) {
+    if (typeof v.artifact !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(v.artifact)) {
+      throw new InvalidConfigError(
+        `${where}.artifact: expected "sha256:" and 64 hex characters, as \`rhizome artifact add\` prints`
+      )
+    }
+    if (v.content !== undefined) {
+      throw new InvalidConfigError(`${where}: give content or artifact, not both`)
+    }
+  }
+  if (v.unpack !== undefined && v.unpack !== null) {
+    if (v.unpack !== 'tar') throw new InvalidConfigError(`${where}.unpack: the only value is tar`)
+    if (v.artifact === undefined) throw new InvalidConfigError(`${where}.unpack: needs an artifact`)
   }
 }
 
@@ -65,6 +91,7 @@ export function checkNodeConfig(cfg: unknown, where: string): void {
         throw new InvalidConfigError(`${where}.files["${path}"]: expected { content, mode? }`)
       }
       checkKeys(f, FILE_KEYS, `${where}.files["${path}"]`)
+      checkArtifact(f, `${where}.files["${path}"]`)
     }
   }
   if (isMap(cfg.workloads)) {
@@ -82,6 +109,7 @@ export function checkNodeConfig(cfg: unknown, where: string): void {
         )
       }
       if (isMap(w.health)) checkKeys(w.health, HEALTH_KEYS, `${where}.workloads.${name}.health`)
+      checkArtifact(w, `${where}.workloads.${name}`)
     }
   }
 }

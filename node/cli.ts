@@ -34,6 +34,7 @@ import { UsageError } from './errors.ts'
 import { categoryOf, ErrorCategory } from '../crdt/errors.ts'
 import { STORE_DIR } from './daemon.ts'
 import { freezeForApply } from './cli-rollout.ts'
+import { registerArtifactCommands } from './cli-artifacts.ts'
 
 export const EXIT = { ok: 0, usage: 1, rejected: 2, unreachable: 3, internal: 4 } as const
 
@@ -646,6 +647,7 @@ export function program(): Command {
     .addOption(daemonOption())
     .addHelpText('after', EXIT_HELP)
     .action(cmdBundleImport)
+  registerArtifactCommands(p, EXIT_HELP)
   return p
 }
 

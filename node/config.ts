@@ -17,17 +17,23 @@
  * reconcileIntervalMs: 30000
  * driftCheckMs: 2000
  * statusIntervalMs: 10000
+ * artifactFetchRate: 0               # bytes/s for all artifact downloads together (0: no limit)
+ * artifactServeRate: 0               # bytes/s for all artifact chunks served to peers (0: no limit)
+ * artifactDiskBudget: 21474836480    # bytes; unreferenced artifacts are collected sooner above it
+ * artifactGcGraceMs: 86400000        # unreferenced artifacts are kept this long
  * ```
  * Environment: RHIZOME_NAME, RHIZOME_LABELS (k=v,k=v), RHIZOME_DATA_DIR, RHIZOME_TRUST_FILE,
  * RHIZOME_LISTEN and RHIZOME_BOOTSTRAP (comma-separated), RHIZOME_MDNS (true/false),
  * RHIZOME_HTTP_HOST, RHIZOME_HTTP_PORT, RHIZOME_FILES_ROOT, RHIZOME_ALLOWED_ROOTS,
- * RHIZOME_MANIFEST_DIR, RHIZOME_RECONCILE_INTERVAL_MS, RHIZOME_DRIFT_CHECK_MS, RHIZOME_STATUS_INTERVAL_MS.
+ * RHIZOME_MANIFEST_DIR, RHIZOME_RECONCILE_INTERVAL_MS, RHIZOME_DRIFT_CHECK_MS, RHIZOME_STATUS_INTERVAL_MS,
+ * RHIZOME_ARTIFACT_FETCH_RATE, RHIZOME_ARTIFACT_SERVE_RATE, RHIZOME_ARTIFACT_DISK_BUDGET, RHIZOME_ARTIFACT_GC_GRACE_MS.
  */
 import { readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { dirname, isAbsolute, resolve } from 'node:path'
 import { parseYamlInput } from '../crdt/yaml-input.ts'
 import { InvalidConfigError } from './errors.ts'
+import { DEFAULT_DISK_BUDGET_BYTES, DEFAULT_GC_GRACE_MS } from './artifacts/limits.ts'
 
 export interface DaemonConfig {
   name: string
@@ -44,6 +50,10 @@ export interface DaemonConfig {
   reconcileIntervalMs: number
   driftCheckMs: number
   statusIntervalMs: number
+  artifactFetchRate: number
+  artifactServeRate: number
+  artifactDiskBudget: number
+  artifactGcGraceMs: number
 }
 
 export const CONFIG_FILE_KEYS = [
@@ -60,7 +70,11 @@ export const CONFIG_FILE_KEYS = [
   'manifestDir',
   'reconcileIntervalMs',
   'driftCheckMs',
-  'statusIntervalMs'
+  'statusIntervalMs',
+  'artifactFetchRate',
+  'artifactServeRate',
+  'artifactDiskBudget',
+  'artifactGcGraceMs'
 ] as const
 const HTTP_KEYS = ['host', 'port']
 
@@ -79,7 +93,11 @@ const ENV: Record<string, (typeof CONFIG_FILE_KEYS)[number] | 'http.host' | 'htt
   RHIZOME_MANIFEST_DIR: 'manifestDir',
   RHIZOME_RECONCILE_INTERVAL_MS: 'reconcileIntervalMs',
   RHIZOME_DRIFT_CHECK_MS: 'driftCheckMs',
-  RHIZOME_STATUS_INTERVAL_MS: 'statusIntervalMs'
+  RHIZOME_STATUS_INTERVAL_MS: 'statusIntervalMs',
+  RHIZOME_ARTIFACT_FETCH_RATE: 'artifactFetchRate',
+  RHIZOME_ARTIFACT_SERVE_RATE: 'artifactServeRate',
+  RHIZOME_ARTIFACT_DISK_BUDGET: 'artifactDiskBudget',
+  RHIZOME_ARTIFACT_GC_GRACE_MS: 'artifactGcGraceMs'
 }
 
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024
@@ -252,7 +270,23 @@ export function parseDaemonConfig(
     statusIntervalMs:
       raw.statusIntervalMs === undefined
         ? 10_000
-        : int(raw.statusIntervalMs, envWhere('statusIntervalMs'), 100, 3_600_000)
+        : int(raw.statusIntervalMs, envWhere('statusIntervalMs'), 100, 3_600_000),
+    artifactFetchRate:
+      raw.artifactFetchRate === undefined
+        ? 0
+        : int(raw.artifactFetchRate, envWhere('artifactFetchRate'), 0, 2 ** 40),
+    artifactServeRate:
+      raw.artifactServeRate === undefined
+        ? 0
+        : int(raw.artifactServeRate, envWhere('artifactServeRate'), 0, 2 ** 40),
+    artifactDiskBudget:
+      raw.artifactDiskBudget === undefined
+        ? DEFAULT_DISK_BUDGET_BYTES
+        : int(raw.artifactDiskBudget, envWhere('artifactDiskBudget'), 0, 2 ** 50),
+    artifactGcGraceMs:
+      raw.artifactGcGraceMs === undefined
+        ? DEFAULT_GC_GRACE_MS
+        : int(raw.artifactGcGraceMs, envWhere('artifactGcGraceMs'), 0, 365 * 86_400_000)
   }
   for (const r of config.allowedRoots) {
     if (!r.startsWith('/')) fail(envWhere('allowedRoots'), `"${r}" is not an absolute path`)

@@ -35,12 +35,18 @@ import { fitStatus, type NodeStatusBody } from './status-body.ts'
 import { diffMaps, plainValue } from '../crdt/config-diff.ts'
 import type { DaemonConfig } from './config.ts'
 import { InvalidConfigError } from './errors.ts'
+import { Artifacts } from './artifacts/manager.ts'
+import { ArtifactApplier } from './artifacts/apply.ts'
+import { artifactRoutes } from './artifacts/http-routes.ts'
+import { registerArtifactMetrics } from './artifacts/metrics.ts'
 
 const log = logger('rhizome:node:daemon')
 
 export const TRUST_COPY = 'trust.json'
 export const STORE_DIR = 'store'
 export const MAX_HISTORY_ENTRIES = 1000
+/** How often unreferenced artifacts are looked for (they go after a grace period of hours). */
+const ARTIFACT_GC_INTERVAL_MS = 10 * 60_000
 
 export interface DaemonOptions {
   config: DaemonConfig
@@ -82,6 +88,8 @@ export class Daemon {
   readonly processes: ProcessesApplier
   readonly files: FilesApplier
   readonly metrics: DaemonMetrics
+  readonly artifacts: Artifacts
+  private readonly artifactApplier: ArtifactApplier
   readonly startedAt = Date.now()
   private readonly store: LevelStore
   private readonly events: EventLog
@@ -101,6 +109,7 @@ export class Daemon {
     replica: Replica
     mesh: Mesh | undefined
     events: EventLog
+    artifacts: Artifacts
   }) {
     this.config = init.config
     this.identity = init.identity
@@ -108,6 +117,12 @@ export class Daemon {
     this.replica = init.replica
     this.mesh = init.mesh
     this.events = init.events
+    this.artifacts = init.artifacts
+    this.artifactApplier = new ArtifactApplier({
+      artifacts: this.artifacts,
+      root: this.config.filesRoot,
+      allowedRoots: this.config.allowedRoots
+    })
     this.files = new FilesApplier({
       root: this.config.filesRoot,
       allowedRoots: this.config.allowedRoots,
@@ -127,6 +142,7 @@ export class Daemon {
       files: this.files,
       processes: this.processes,
       manifests: new ManifestsApplier(this.config.manifestDir),
+      artifacts: this.artifactApplier,
       key: this.identity.publicKeyHex,
       fallback: { name: this.config.name, labels: this.config.labels }
     })
@@ -135,6 +151,7 @@ export class Daemon {
       revisionLag: () => this.revisionLag(),
       workloads: () => this.processes.status()
     })
+    registerArtifactMetrics(this.metrics.registry, this.artifacts)
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
@@ -180,7 +197,13 @@ export class Daemon {
         throw err
       }
     }
-    const d = new Daemon({ config, identity, store, replica, mesh, events })
+    const artifacts = await Artifacts.open({
+      dir: join(config.dataDir, 'artifacts'),
+      fetchBytesPerSecond: config.artifactFetchRate,
+      diskBudgetBytes: config.artifactDiskBudget,
+      gcGraceMs: config.artifactGcGraceMs
+    })
+    const d = new Daemon({ config, identity, store, replica, mesh, events, artifacts })
     await d.run()
     return d
   }
@@ -238,6 +261,10 @@ export class Daemon {
       }
       this.scheduleStatus()
     })
+    this.artifacts.addEventListener('complete', ev => {
+      e('info', 'artifact.complete', (ev as CustomEvent<Record<string, unknown>>).detail)
+      void this.reconciler.trigger('artifact complete')
+    })
     const orphans = await this.processes.reapOrphans()
     if (orphans.length > 0) {
       e('warn', 'workloads.orphans-stopped', {
@@ -266,6 +293,11 @@ export class Daemon {
       setInterval(() => {
         void this.publishStatus()
       }, this.config.statusIntervalMs)
+    )
+    this.timers.push(
+      setInterval(() => {
+        void this.artifacts.gc().catch(err => log.error('artifact gc: %e', err))
+      }, ARTIFACT_GC_INTERVAL_MS)
     )
     for (const t of this.timers) t.unref()
     if (this.mesh !== undefined) {
@@ -338,6 +370,8 @@ export class Daemon {
       at: Date.now()
     }
     if (errors.length > 0) body.errors = errors
+    const artifacts = this.artifacts.statuses()
+    if (Object.keys(artifacts).length > 0) body.artifacts = artifacts
     return fitStatus(body)
   }
 
@@ -427,6 +461,7 @@ export class Daemon {
       return this.replica.open(id)
     }
     return [
+      ...artifactRoutes(this.artifacts, this.config.artifactDiskBudget),
       {
         method: 'GET',
         pattern: /^\/api\/health$/,
@@ -578,6 +613,7 @@ export class Daemon {
       for (const t of this.timers) clearInterval(t)
       clearTimeout(this.statusTimer)
       await this.processes.stopAll()
+      await this.artifacts.stop()
       try {
         await this.mesh?.stop()
       } catch (err) {

@@ -18,6 +18,7 @@ import type { Replica } from '../crdt/replica.ts'
 import type { FilesApplier } from './appliers/files.ts'
 import type { ProcessesApplier } from './appliers/processes.ts'
 import type { ManifestsApplier } from './appliers/manifests.ts'
+import type { ArtifactApplier } from './artifacts/apply.ts'
 
 const log = logger('rhizome:node:reconciler')
 
@@ -35,6 +36,8 @@ export interface ReconcilerComponents {
   files: FilesApplier
   processes: ProcessesApplier
   manifests: ManifestsApplier
+  /** Artifact files and workloads (node/artifacts/apply.ts): resolved before the other appliers. */
+  artifacts?: ArtifactApplier
   /** The node's own public key, hex. */
   key: string
   fallback: NodeIdentity
@@ -107,9 +110,12 @@ export class Reconciler extends EventTarget {
     const identity = await this.identity()
     const config = effectiveConfig(docs, identity)
     const errors: string[] = []
-    const files = await this.c.files.apply(isMap(config.files) ? config.files : {})
+    const art = (await this.c.artifacts?.resolve(config)) ?? { config, errors: [] }
+    errors.push(...art.errors)
+    const files = await this.c.files.apply(isMap(art.config.files) ? art.config.files : {})
     errors.push(...files.errors)
-    const p = await this.c.processes.apply(isMap(config.workloads) ? config.workloads : {})
+    if (this.c.artifacts !== undefined) errors.push(...(await this.c.artifacts.applyFiles()).errors)
+    const p = await this.c.processes.apply(isMap(art.config.workloads) ? art.config.workloads : {})
     errors.push(...p.errors)
     const m = await this.c.manifests.apply(isMap(config.manifests) ? config.manifests : {})
     errors.push(...m.errors)

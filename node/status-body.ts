@@ -14,6 +14,7 @@
  */
 import { MAX_STATUS_BYTES } from '../mesh/types.ts'
 import type { WorkloadStatus } from './appliers/processes.ts'
+import type { ArtifactStatus } from './artifacts/manager.ts'
 
 export interface NodeStatusBody {
   name: string
@@ -27,6 +28,8 @@ export interface NodeStatusBody {
   at: number
   /** Config problems found while applying (bad paths, bad workload specs), at most 20. */
   errors?: string[]
+  /** Referenced artifacts by digest: state, bytes held, peers, rate, ETA (at most 32). */
+  artifacts?: Record<string, ArtifactStatus>
 }
 
 const size = (v: unknown): number => new TextEncoder().encode(JSON.stringify(v)).length

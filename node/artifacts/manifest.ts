@@ -58,8 +58,9 @@ export function isDigest(v: unknown): v is ArtifactDigest {
 
 /** Check a digest from a config, a command line or a peer. */
 export function parseDigest(v: unknown, where = 'artifact'): ArtifactDigest {
-  if (typeof v === 'string' && DIGEST_RE.test(v.toLowerCase()))
+  if (typeof v === 'string' && DIGEST_RE.test(v.toLowerCase())) {
     return v.toLowerCase() as ArtifactDigest
+  }
   throw new InvalidDigestError(
     `${where}: ${JSON.stringify(v)} is not an artifact digest ("sha256:" and 64 hex characters, printed by \`rhizome artifact add\`)`
   )
@@ -138,7 +139,8 @@ export function decodeManifest(bytes: Uint8Array, expected?: ArtifactDigest): Ma
   }
   try {
     const r = new ByteReader(bytes, 'artifact manifest')
-    if (MAGIC.some((c, i) => r.u8() !== c)) {
+    const magic = r.raw(4)
+    if (MAGIC.some((c, i) => magic[i] !== c)) {
       throw new InvalidManifestError('not an artifact manifest (no "RHZA")')
     }
     const v = r.u8()

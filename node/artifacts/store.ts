@@ -29,7 +29,7 @@ import {
 } from 'node:fs/promises'
 import { join } from 'node:path'
 import { logger } from '@libp2p/logger'
-import { extract, list } from 'tar'
+import { extract, list as listTar } from 'tar'
 import {
   ArtifactNotHeldError,
   ArtifactTooLargeError,
@@ -119,8 +119,9 @@ export class ArtifactStore extends EventTarget {
   /** Open (creating) the store in `dir`, re-reading what a previous run left. */
   static async open(dir: string): Promise<ArtifactStore> {
     const s = new ArtifactStore(dir)
-    for (const d of ['m', 'p', 'b', 'u'])
+    for (const d of ['m', 'p', 'b', 'u']) {
       await mkdir(join(dir, d), { recursive: true, mode: 0o700 })
+    }
     await rm(join(dir, 'tmp'), { recursive: true, force: true })
     await mkdir(join(dir, 'tmp'), { mode: 0o700 })
     await s.load()
@@ -257,9 +258,9 @@ export class ArtifactStore extends EventTarget {
     }
     let file: string
     if (e.state === 'complete') file = this.path('b', d)
-    else if (bitSet(e.partial?.bits ?? e.bits ?? new Uint8Array(), i))
+    else if (bitSet(e.partial?.bits ?? e.bits ?? new Uint8Array(), i)) {
       file = this.partPath(d, 'part')
-    else return undefined
+    } else return undefined
     const len = chunkLength(e.manifest, i)
     const buf = Buffer.allocUnsafe(len)
     const fh = await open(file, 'r')
@@ -294,7 +295,7 @@ export class ArtifactStore extends EventTarget {
   async putManifest(m: Manifest): Promise<void> {
     const hex = digestHex(m.digest)
     if (this.entries.has(hex)) return
-    await this.atomicWrite(this.path('m', m.digest), m.bytes)
+    await writeFileAtomic(this.path('m', m.digest), m.bytes)
     const bits = new Uint8Array(Math.ceil(m.chunks.length / 8))
     this.entries.set(hex, { manifest: m, state: 'partial', bits, count: 0 })
     if (m.chunks.length === 0) await this.finish(m.digest)
@@ -460,7 +461,7 @@ export class ArtifactStore extends EventTarget {
         // A fetch of the same artifact is under way: let it finish from its own chunks.
         await rm(tmp, { force: true })
       } else {
-        await this.atomicWrite(this.path('m', m.digest), m.bytes)
+        await writeFileAtomic(this.path('m', m.digest), m.bytes)
         await rename(tmp, this.path('b', m.digest))
         await rm(this.partPath(m.digest, 'part'), { force: true })
         await rm(this.partPath(m.digest, 'have'), { force: true })
@@ -494,7 +495,7 @@ export class ArtifactStore extends EventTarget {
     let bytes = 0
     const bound = Math.max(m.size * MAX_UNPACK_RATIO, 1024 * 1024)
     try {
-      await list({
+      await listTar({
         file: blob,
         strict: true,
         onReadEntry: entry => {
@@ -582,8 +583,9 @@ export class ArtifactStore extends EventTarget {
   /** Bytes on disk: complete artifacts plus what partial ones hold (unpacked trees not counted). */
   usedBytes(): number {
     let n = 0
-    for (const hex of this.entries.keys())
+    for (const hex of this.entries.keys()) {
       n += this.info(`sha256:${hex}` as ArtifactDigest)?.held ?? 0
+    }
     return n
   }
 
@@ -649,21 +651,9 @@ export class ArtifactStore extends EventTarget {
   private saveMeta(): Promise<void> {
     const text = JSON.stringify(this.meta)
     this.metaWrite = this.metaWrite
-      .then(() => this.atomicWrite(join(this.dir, 'meta.json'), Buffer.from(text)))
+      .then(() => writeFileAtomic(join(this.dir, 'meta.json'), Buffer.from(text)))
       .catch(err => log.error('cannot save artifact metadata: %e', err))
     return this.metaWrite
-  }
-
-  private async atomicWrite(file: string, bytes: Uint8Array): Promise<void> {
-    const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`
-    const fh = await open(tmp, 'w', 0o600)
-    try {
-      await fh.write(bytes)
-      await fh.datasync()
-    } finally {
-      await fh.close()
-    }
-    await rename(tmp, file)
   }
 
   private async syncDir(dir: string): Promise<void> {
@@ -676,4 +666,17 @@ export class ArtifactStore extends EventTarget {
       await fh.close()
     }
   }
+}
+
+/** Write a small file so that a reader (or a crash) sees the old content or the new, never half. */
+export async function writeFileAtomic(file: string, bytes: Uint8Array): Promise<void> {
+  const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`
+  const fh = await open(tmp, 'w', 0o600)
+  try {
+    await fh.write(bytes)
+    await fh.datasync()
+  } finally {
+    await fh.close()
+  }
+  await rename(tmp, file)
 }

@@ -1,0 +1,133 @@
+/**
+ * `rhizome artifact …`: put a file into the local daemon's content store and list what it holds.
+ * The file is streamed to the daemon (PUT /api/artifacts), which cuts it into chunks, hashes and
+ * stores it; the printed digest is what the desired config names.
+ */
+import { createReadStream } from 'node:fs'
+import { stat } from 'node:fs/promises'
+import { basename } from 'node:path'
+import { Readable } from 'node:stream'
+import { Option, type Command } from 'commander'
+import { DaemonClient } from './daemon-client.ts'
+import { DaemonUnreachableError, RejectedByDaemonError, UsageError } from './errors.ts'
+
+const say = (s = ''): void => {
+  process.stdout.write(s + '\n')
+}
+
+function daemonOpt(): Option {
+  return new Option('--daemon <url>', "the daemon's HTTP API").default(
+    process.env.RHIZOME_DAEMON ?? 'http://127.0.0.1:8080',
+    '$RHIZOME_DAEMON or http://127.0.0.1:8080'
+  )
+}
+
+const mib = (n: number): string => `${(n / 1048576).toFixed(n < 10 * 1048576 ? 1 : 0)} MiB`
+
+interface Added {
+  digest: string
+  name: string | null
+  size: number
+  chunkSize: number
+  chunks: number
+  fileSha256: string
+}
+
+async function cmdAdd(
+  file: string,
+  opts: { name?: string; chunkSize?: string; daemon: string }
+): Promise<void> {
+  const st = await stat(file).catch((err: Error) => {
+    throw new UsageError(`cannot read ${file}: ${err.message}`)
+  })
+  if (!st.isFile()) throw new UsageError(`${file} is not a regular file`)
+  const q = new URLSearchParams({ name: opts.name ?? basename(file) })
+  if (opts.chunkSize !== undefined) q.set('chunkSize', opts.chunkSize)
+  const base = opts.daemon.replace(/\/+$/, '')
+  let res: Response
+  try {
+    res = await fetch(`${base}/api/artifacts?${q}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(st.size) },
+      body: Readable.toWeb(createReadStream(file)) as ReadableStream<Uint8Array>,
+      duplex: 'half'
+    } as RequestInit)
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message
+    throw new DaemonUnreachableError(
+      `cannot reach the daemon at ${base} (${cause}); is it running (rhizome start)? pass its address with --daemon or RHIZOME_DAEMON`
+    )
+  }
+  if (!res.ok) {
+    const body = (await res.json().catch(() => ({}))) as {
+      error?: string
+      message?: string
+      category?: string
+    }
+    throw new RejectedByDaemonError(
+      body.error ?? `HTTP ${res.status}`,
+      body.message ?? `the daemon answered ${res.status}`,
+      body.category
+    )
+  }
+  const a = (await res.json()) as Added
+  say(a.digest)
+  say(
+    `  ${a.name ?? ''}: ${a.size} bytes (${mib(a.size)}), ${a.chunks} chunks of ${mib(a.chunkSize)}, file sha-256 ${a.fileSha256}`
+  )
+  say('  in the fleet file, e.g.:')
+  say(`    files: { /opt/rhizome/${a.name ?? 'artifact'}: { artifact: "${a.digest}" } }`)
+  say(`    workloads: { app: { artifact: "${a.digest}", unpack: tar, command: [./run] } }`)
+}
+
+interface Listed {
+  digest: string
+  name?: string
+  state: string
+  size?: number
+  held: number
+  pinnedBy: string[]
+  status: { state: string; peers: number; rate: number; eta?: number; reason?: string }
+}
+
+async function cmdList(opts: { daemon: string; json?: boolean }): Promise<void> {
+  const list = await new DaemonClient(opts.daemon).json<Listed[]>('/api/artifacts')
+  if (opts.json === true) {
+    say(JSON.stringify(list, null, 2))
+    return
+  }
+  if (list.length === 0) say('no artifacts')
+  for (const a of list) {
+    const pct = a.size === undefined ? 0 : a.size === 0 ? 100 : Math.floor((100 * a.held) / a.size)
+    const progress =
+      a.state === 'complete'
+        ? 'complete'
+        : `${a.status.state} ${pct}% ${a.status.rate > 0 ? `${mib(a.status.rate)}/s` : ''}${a.status.eta === undefined ? '' : ` eta ${a.status.eta}s`} ${a.status.peers} peer(s)`
+    say(
+      `${a.digest.slice(0, 19)}…  ${(a.name ?? '').padEnd(20)} ${(a.size === undefined ? 'size ?' : mib(a.size)).padStart(10)}  ${progress}${a.pinnedBy.length > 0 ? `  pinned by ${a.pinnedBy.join(',')}` : ''}`
+    )
+  }
+}
+
+/** Register `artifact add` and `artifact list` on the program. */
+export function registerArtifactCommands(p: Command, exitHelp: string): void {
+  const a = p
+    .command('artifact')
+    .description('content-addressed files (models, binaries, archives) delivered over the mesh')
+  a.command('add')
+    .description(
+      "stream a file into the local daemon's artifact store and print its digest (what the config names)"
+    )
+    .argument('<file>')
+    .option('--name <name>', 'a name shown in listings and status (default: the file name)')
+    .option('--chunk-size <bytes>', 'chunk size (16384 to 4194304; default 1048576)')
+    .addOption(daemonOpt())
+    .addHelpText('after', exitHelp)
+    .action(cmdAdd)
+  a.command('list')
+    .description('artifacts this daemon holds or is fetching, with progress')
+    .option('--json', 'machine-readable output (GET /api/artifacts)')
+    .addOption(daemonOpt())
+    .addHelpText('after', exitHelp)
+    .action(cmdList)
+}
