@@ -117,7 +117,15 @@ export async function signChange(
   }
 }
 
+/**
+ * The bytes a batch was decoded from: a batch received and then stored and relayed is not
+ * encoded again for each (batches are not changed after decoding).
+ */
+const decodedFrom = new WeakMap<SignedBatch, Uint8Array>()
+
 export function encodeBatch(batch: SignedBatch): Uint8Array {
+  const known = decodedFrom.get(batch)
+  if (known !== undefined) return known
   const w = new ByteWriter().u8(BATCH_VERSION).string(batch.docId).varint(batch.chunks.length)
   for (const c of batch.chunks) w.bytes(c)
   w.varint(batch.signatures.length)
@@ -154,7 +162,9 @@ export function decodeBatch(bytes: Uint8Array): SignedBatch {
     signatures.push({ key: r.raw(32), hash: toHex(r.raw(32)), signature: r.raw(64) })
   }
   r.end()
-  return { docId, chunks, signatures }
+  const batch = { docId, chunks, signatures }
+  decodedFrom.set(batch, bytes)
+  return batch
 }
 
 const CHUNK_CHANGE = 1

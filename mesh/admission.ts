@@ -10,10 +10,11 @@
  *
  * Bans (a peer that sent invalid data) are refused by the connection gater until they expire.
  */
+import { PeerMap } from '@libp2p/peer-collections'
+import type { PeerId } from '@libp2p/interface'
 import { toHex } from '../crdt/bytes.ts'
 import { DEVICES_DOC, enrolledDevices, type EnrolledDevice } from '../crdt/devices.ts'
 import type { Replica } from '../crdt/replica.ts'
-import { peerIdFromString } from '@libp2p/peer-id'
 import {
   MAX_BANS,
   MAX_SESSIONS,
@@ -24,25 +25,23 @@ import {
 import type { Admission } from './types.ts'
 
 /** The ed25519 public key (hex) behind an Ed25519 PeerId, or undefined for other key types. */
-export function peerKeyHex(peerId: string): string | undefined {
-  try {
-    const id = peerIdFromString(peerId)
-    return id.type === 'Ed25519' ? toHex(id.publicKey.raw) : undefined
-  } catch {
-    return undefined
-  }
+export function peerKeyHex(peer: PeerId): string | undefined {
+  return peer.type === 'Ed25519' ? toHex(peer.publicKey.raw) : undefined
 }
+
+/** Keys of PeerIds remembered at once (a cache: hex-encoding a key on every check costs). */
+const MAX_KEY_CACHE = 4096
 
 export class AdmissionControl {
   private readonly replica: Replica
   private enrolled = new Map<string, EnrolledDevice>()
-  private readonly sessions = new Map<
-    string,
-    { admission: 'viewer' | 'admin-session'; expires: number }
-  >()
+  private readonly sessions = new PeerMap<{
+    admission: 'viewer' | 'admin-session'
+    expires: number
+  }>()
   private readonly tokens = new Map<string, number>()
-  private readonly bans = new Map<string, number>()
-  private readonly keyCache = new Map<string, string | undefined>()
+  private readonly bans = new PeerMap<number>()
+  private readonly keyCache = new PeerMap<string | undefined>()
 
   constructor(replica: Replica) {
     this.replica = replica
@@ -61,30 +60,30 @@ export class AdmissionControl {
     return this.enrolled.has(keyHex)
   }
 
-  device(peerId: string): EnrolledDevice | undefined {
-    const key = this.keyOf(peerId)
+  device(peer: PeerId): EnrolledDevice | undefined {
+    const key = this.keyOf(peer)
     return key === undefined ? undefined : this.enrolled.get(key)
   }
 
-  admissionOf(peerId: string, now = Date.now()): Admission {
-    if (this.device(peerId) !== undefined) return 'node'
-    const s = this.sessions.get(peerId)
+  admissionOf(peer: PeerId, now = Date.now()): Admission {
+    if (this.device(peer) !== undefined) return 'node'
+    const s = this.sessions.get(peer)
     if (s !== undefined) {
       if (s.expires > now) return s.admission
-      this.sessions.delete(peerId)
+      this.sessions.delete(peer)
     }
     return 'none'
   }
 
-  admitSession(peerId: string, admission: 'viewer' | 'admin-session', expires: number): void {
-    if (this.sessions.size >= MAX_SESSIONS && !this.sessions.has(peerId)) {
+  admitSession(peer: PeerId, admission: 'viewer' | 'admin-session', expires: number): void {
+    if (this.sessions.size >= MAX_SESSIONS && !this.sessions.has(peer)) {
       const now = Date.now()
       for (const [p, s] of this.sessions) if (s.expires <= now) this.sessions.delete(p)
       if (this.sessions.size >= MAX_SESSIONS) {
-        this.sessions.delete(this.sessions.keys().next().value as string)
+        this.sessions.delete(this.sessions.keys().next().value as PeerId)
       }
     }
-    this.sessions.set(peerId, { admission, expires })
+    this.sessions.set(peer, { admission, expires })
   }
 
   issueViewerToken(now = Date.now()): string {
@@ -97,30 +96,30 @@ export class AdmissionControl {
     return token
   }
 
-  /** Spend a viewer token for `peerId`. True if it was valid (it is then gone). */
-  redeemViewerToken(token: string, peerId: string, now = Date.now()): boolean {
+  /** Spend a viewer token for `peer`. True if it was valid (it is then gone). */
+  redeemViewerToken(token: string, peer: PeerId, now = Date.now()): boolean {
     const exp = this.tokens.get(token)
     if (exp === undefined) return false
     this.tokens.delete(token)
     if (exp <= now) return false
-    this.admitSession(peerId, 'viewer', now + VIEWER_SESSION_MS)
+    this.admitSession(peer, 'viewer', now + VIEWER_SESSION_MS)
     return true
   }
 
-  ban(peerId: string, ms: number, now = Date.now()): void {
-    if (this.bans.size >= MAX_BANS && !this.bans.has(peerId)) {
+  ban(peer: PeerId, ms: number, now = Date.now()): void {
+    if (this.bans.size >= MAX_BANS && !this.bans.has(peer)) {
       for (const [p, until] of this.bans) if (until <= now) this.bans.delete(p)
-      if (this.bans.size >= MAX_BANS) this.bans.delete(this.bans.keys().next().value as string)
+      if (this.bans.size >= MAX_BANS) this.bans.delete(this.bans.keys().next().value as PeerId)
     }
-    this.bans.set(peerId, now + ms)
-    this.sessions.delete(peerId)
+    this.bans.set(peer, now + ms)
+    this.sessions.delete(peer)
   }
 
-  isBanned(peerId: string, now = Date.now()): boolean {
-    const until = this.bans.get(peerId)
+  isBanned(peer: PeerId, now = Date.now()): boolean {
+    const until = this.bans.get(peer)
     if (until === undefined) return false
     if (until > now) return true
-    this.bans.delete(peerId)
+    this.bans.delete(peer)
     return false
   }
 
@@ -131,11 +130,11 @@ export class AdmissionControl {
     return n
   }
 
-  private keyOf(peerId: string): string | undefined {
-    if (!this.keyCache.has(peerId)) {
-      if (this.keyCache.size >= 4096) this.keyCache.clear()
-      this.keyCache.set(peerId, peerKeyHex(peerId))
+  private keyOf(peer: PeerId): string | undefined {
+    if (!this.keyCache.has(peer)) {
+      if (this.keyCache.size >= MAX_KEY_CACHE) this.keyCache.clear()
+      this.keyCache.set(peer, peerKeyHex(peer))
     }
-    return this.keyCache.get(peerId)
+    return this.keyCache.get(peer)
   }
 }

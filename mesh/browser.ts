@@ -1,13 +1,13 @@
 /**
  * The mesh for browsers (the dashboard): a libp2p node with only the WebSockets transport, which
  * dials daemons (`bootstrap`, ws:// or wss:// multiaddrs with /p2p/<PeerId>) and presents
- * `session` (a viewer token issued by that daemon, or a voucher signed by an admin or operator
+ * `credential` (a viewer token issued by that daemon, or a voucher signed by an admin or operator
  * key) before syncing. It never listens.
  *
  * @example
  * ```ts
  * const replica = await Replica.open({ store: new MemoryStore(), genesis, ed: await platformEd25519() })
- * const mesh = await createBrowserMesh({ replica, identity: generateKeyPair(), bootstrap: [daemonWsAddr], session: { viewerToken } })
+ * const mesh = await createBrowserMesh({ replica, identity: generateKeyPair(), bootstrap: [daemonWsAddr], credential: { viewerToken } })
  * await mesh.start()
  * ```
  */
@@ -16,7 +16,7 @@ import { createMeshOn, type MeshPlatform } from './mesh.ts'
 import type { Mesh, MeshOptions } from './types.ts'
 
 export type * from './types.ts'
-export { signSessionVoucher } from './session.ts'
+export { signSessionVoucher } from './browser-session.ts'
 
 const browserPlatform: MeshPlatform = {
   transports: () => [webSockets()],

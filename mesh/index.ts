@@ -7,7 +7,7 @@
  * ```ts
  * const mesh = await createMesh({ replica, identity, listen: ['/ip4/0.0.0.0/tcp/4001', '/ip4/0.0.0.0/tcp/4002/ws'], bootstrap })
  * await mesh.start()
- * mesh.addEventListener('status', e => console.log((e as CustomEvent).detail))
+ * mesh.addEventListener('status', e => console.log(e.detail.node, e.detail.body))
  * await mesh.publishStatus({ revision: heads })
  * ```
  */
@@ -18,7 +18,7 @@ import type { Mesh, MeshOptions } from './types.ts'
 export type * from './types.ts'
 export { MAX_STATUS_BYTES } from './types.ts'
 export { DEFAULT_LIMITS } from './limits.ts'
-export { signSessionVoucher } from './session.ts'
+export { signSessionVoucher } from './browser-session.ts'
 
 export async function createMesh(options: MeshOptions): Promise<Mesh> {
   return createMeshOn(options, nodePlatform)

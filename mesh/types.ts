@@ -2,6 +2,7 @@
  * The mesh's public surface, as the daemon (node/) and the dashboard (web/) use it.
  * Implementations live beside this file; see index.ts for the factory.
  */
+import type { AbortOptions, TypedEventTarget } from '@libp2p/interface'
 import type { Replica } from '../crdt/replica.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 
@@ -89,23 +90,47 @@ export interface MeshOptions {
   staleAfterMs?: number
   limits?: Partial<MeshLimits>
   /**
-   * Browsers: the credential presented to each bootstrap daemon (session protocol) before
-   * syncing: a one-time viewer token from that daemon, or a session voucher signed by an admin
-   * or operator key (`signSessionVoucher` in session.ts).
+   * Browsers: the credential presented to each bootstrap daemon (session protocol,
+   * `browser-session.ts`) to open a browser session before syncing: a one-time viewer token from
+   * that daemon, or a session voucher signed by an admin or operator key (`signSessionVoucher`).
    */
-  session?:
-    | { viewerToken: string; voucher?: undefined }
-    | { voucher: Uint8Array; viewerToken?: undefined }
+  credential?: SessionCredential
 }
 
-/**
- * Events (all `CustomEvent`):
- * - `peer:connect` / `peer:disconnect`, detail `{ peerId }`
- * - `status`, detail `StatusRecord` (a newer record arrived or was published)
- * - `rejected`, detail `{ peerId, reason: string, error: string }` (a peer sent invalid data and was disconnected)
- * - `session` (browsers), detail `{ peerId, ok: boolean, admission?: Admission, reason?: string }`: a daemon's answer to our credential
- */
-export interface Mesh extends EventTarget {
+/** What a browser presents to open a session: a viewer token, or a signed session voucher. */
+export type SessionCredential =
+  | { viewerToken: string; voucher?: undefined }
+  | { voucher: Uint8Array; viewerToken?: undefined }
+
+/** A peer sent invalid data and was disconnected and banned. */
+export interface PeerRejection {
+  peerId: string
+  /** What it did wrong, for a person. */
+  reason: string
+  /** The error class's name (`InvalidSignatureError`, `FrameTooLargeError`, …). */
+  error: string
+}
+
+/** A daemon's answer to the credential this browser presented. */
+export interface SessionAnswer {
+  peerId: string
+  ok: boolean
+  admission?: Admission
+  reason?: string
+}
+
+/** The mesh's events (all `CustomEvent`s). */
+export interface MeshEvents {
+  'peer:connect': CustomEvent<{ peerId: string }>
+  'peer:disconnect': CustomEvent<{ peerId: string }>
+  /** A newer status record arrived or was published. */
+  status: CustomEvent<StatusRecord>
+  rejected: CustomEvent<PeerRejection>
+  /** Browsers: a daemon admitted or refused our credential. */
+  session: CustomEvent<SessionAnswer>
+}
+
+export interface Mesh extends TypedEventTarget<MeshEvents> {
   readonly peerId: string
   start(): Promise<void>
   stop(): Promise<void>
@@ -113,7 +138,7 @@ export interface Mesh extends EventTarget {
   addresses(): string[]
   peers(): PeerSummary[]
   /** Sign and gossip this node's status. */
-  publishStatus(body: StatusBody): Promise<StatusRecord>
+  publishStatus(body: StatusBody, options?: AbortOptions): Promise<StatusRecord>
   /** The newest record per node, stale ones included. */
   statuses(): StatusRecord[]
   /** A one-time token a browser presents to be admitted as a read-only viewer of this daemon. */

@@ -220,15 +220,13 @@ export class Daemon {
     if (this.mesh !== undefined) {
       e('info', 'mesh.listening', { addresses: this.mesh.addresses() })
       this.mesh.addEventListener('peer:connect', ev => {
-        e('info', 'peer.connect', { peerId: (ev as CustomEvent<{ peerId: string }>).detail.peerId })
+        e('info', 'peer.connect', { peerId: ev.detail.peerId })
       })
       this.mesh.addEventListener('peer:disconnect', ev => {
-        e('info', 'peer.disconnect', {
-          peerId: (ev as CustomEvent<{ peerId: string }>).detail.peerId
-        })
+        e('info', 'peer.disconnect', { peerId: ev.detail.peerId })
       })
       this.mesh.addEventListener('rejected', ev => {
-        e('warn', 'peer.rejected', (ev as CustomEvent<Record<string, unknown>>).detail)
+        e('warn', 'peer.rejected', { ...ev.detail })
       })
     }
     this.replica.addEventListener('change', ev => {

@@ -83,7 +83,7 @@ test("admission: strangers get nothing, enrolled nodes and vouched browsers get 
         replica,
         identity,
         bootstrap: [wsAddr],
-        session,
+        credential: session,
         limits: TEST_LIMITS
       })
       const answer = nextEvent(mesh, 'session')

@@ -57,7 +57,7 @@ test('two nodes: a change on either reaches the other; status records are gossip
 
 // The cut can land within moments of the proxied connection opening. Sync streams ride existing
 // connections only, so nothing re-dials around the proxy at the address identify taught (which
-// made this test fail about one run in six before mesh.ts#streamOnConnection).
+// made this test fail about one run in six before mesh/connections.ts#streamOnConnection).
 test('ten nodes in a line: an admin change on one end reaches all; concurrent changes across a healed partition converge', async () => {
   const N = 10
   const fleet = await makeFleet({ nodes: N, replicas: 0, label: 'sync-line-of-ten' })

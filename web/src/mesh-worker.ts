@@ -147,7 +147,7 @@ async function startMesh(
     replica,
     identity,
     bootstrap: [address],
-    session,
+    credential: session,
     staleAfterMs,
     antiEntropyMs: 5000
   })

@@ -1,5 +1,6 @@
 /**
- * Browser sessions: how a peer that is not an enrolled device gets admitted.
+ * Browser sessions: how a peer that is not an enrolled device (a dashboard tab) gets admitted.
+ * In the mesh, "session" means only this: a browser admitted for a while on a credential.
  *
  * Protocol `/rhizome/session/1.0.0`, one request frame and one reply frame (`frames.ts`):
  *
@@ -30,6 +31,8 @@ import { SessionRefusedError } from './errors.ts'
 import type { Admission } from './types.ts'
 
 export const SESSION_PROTOCOL = '/rhizome/session/1.0.0'
+/** A session request or reply is a few hundred bytes; nothing larger is read. */
+export const MAX_SESSION_FRAME_BYTES = 4096
 const DOMAIN = 'rhizome/session/v1'
 const VOUCHER_VERSION = 1
 const ROLE_CODE = { 'admin-session': 1, viewer: 2 } as const

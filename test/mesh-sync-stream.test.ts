@@ -1,5 +1,5 @@
 /**
- * Push, one sync session at a time (`mesh/peer-session.ts`) over an in-memory stream pair, so the
+ * Push, one sync stream at a time (`mesh/sync-stream.ts`) over an in-memory stream pair, so the
  * order of what each side sends is fixed by the test: a pushed change whose dependency the
  * receiver lacks makes it start a sync round with the pusher, naming the dependency it lacks,
  * which fetches it (no anti-entropy runs here); a change is not pushed back to the peer it came
@@ -12,68 +12,17 @@ import * as Automerge from '@automerge/automerge'
 import { encodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import type { Replica } from '../crdt/replica.ts'
 import { DEFAULT_LIMITS, MAX_SYNC_REPEATS } from '../mesh/limits.ts'
-import { PeerSession, type SessionHost } from '../mesh/peer-session.ts'
+import { SyncStream, type SyncStreamHost } from '../mesh/sync-stream.ts'
 import { decodeFrames, encodeFrame } from '../mesh/frames.ts'
 import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from '../mesh/sync-messages.ts'
-import type { Stream } from '@libp2p/interface'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import type { PeerId } from '@libp2p/interface'
 import { makeFleet } from './fixtures/fleet.ts'
 import { waitFor } from './fixtures/wait.ts'
+import { Pipe, streamOf } from './fixtures/mesh-memory-stream.ts'
 
-/** One direction of a duplex: frames written on one side are read, in order, on the other. */
-class Pipe implements AsyncIterable<Uint8Array> {
-  private readonly chunks: Uint8Array[] = []
-  private wake: (() => void) | undefined
-  private ended = false
-  /** Every chunk written, for the test to read back. */
-  readonly written: Uint8Array[] = []
-
-  // Delivered on a later turn of the event loop, as a socket would: a session pair that talked
-  // for ever would otherwise starve the timers that bound the test.
-  write(chunk: Uint8Array): void {
-    this.chunks.push(chunk)
-    this.written.push(chunk)
-    setImmediate(() => this.wake?.())
-  }
-  end(): void {
-    this.ended = true
-    setImmediate(() => this.wake?.())
-  }
-
-  async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
-    while (true) {
-      const next = this.chunks.shift()
-      if (next !== undefined) {
-        yield next
-        continue
-      }
-      if (this.ended) return
-      await new Promise<void>(resolve => {
-        this.wake = resolve
-      })
-      this.wake = undefined
-    }
-  }
-}
-
-/** A stream reading `inbound` and writing `outbound`: just what PeerSession uses of a libp2p Stream. */
-function streamOf(inbound: Pipe, outbound: Pipe): Stream {
-  return {
-    [Symbol.asyncIterator]: () => inbound[Symbol.asyncIterator](),
-    send: (chunk: Uint8Array) => {
-      outbound.write(chunk)
-      return true
-    },
-    close: async () => {
-      outbound.end()
-    },
-    abort: () => {
-      outbound.end()
-      inbound.end()
-    }
-  } as unknown as Stream
-}
-
-function hostFor(replica: Replica, faults: Error[]): SessionHost {
+function hostFor(replica: Replica, faults: Error[]): SyncStreamHost {
   const states = new Map<string, Uint8Array>()
   return {
     replica,
@@ -81,13 +30,14 @@ function hostFor(replica: Replica, faults: Error[]): SessionHost {
     mayServe: () => true,
     mayAccept: () => true,
     loadSyncState: (peer, doc) => {
-      const b = states.get(`${peer}/${doc}`)
+      const b = states.get(`${peer.toString()}/${doc}`)
       return b === undefined ? undefined : Automerge.decodeSyncState(b)
     },
     saveSyncState: (peer, doc, s) => {
-      states.set(`${peer}/${doc}`, Automerge.encodeSyncState(s))
+      states.set(`${peer.toString()}/${doc}`, Automerge.encodeSyncState(s))
     },
-    statusRecords: () => [],
+    greeted: () => {},
+    resyncing: () => {},
     receiveStatus: async () => {},
     invalid: (_session, err) => {
       faults.push(err)
@@ -117,15 +67,19 @@ const push = (b: SignedBatch): { bytes: Uint8Array; hashes: string[] } => ({
   hashes: b.signatures.map(s => s.hash)
 })
 
-/** Two replicas of one fleet, P and D, with a running session each way and hellos exchanged. */
+const newPeerId = async (): Promise<PeerId> =>
+  peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
+
+/** Two replicas of one fleet, P and D, with a running stream each way and hellos exchanged. */
 async function sessionPair(label: string) {
   const fleet = await makeFleet({ replicas: 2, label })
   const [p, d] = fleet.replicas as [Replica, Replica]
   const faults: Error[] = []
   const pToD = new Pipe()
   const dToP = new Pipe()
-  const sp = new PeerSession(hostFor(p, faults), 'D', streamOf(dToP, pToD), 'P')
-  const sd = new PeerSession(hostFor(d, faults), 'P', streamOf(pToD, dToP), 'P')
+  const [P, D] = [await newPeerId(), await newPeerId()]
+  const sp = new SyncStream(hostFor(p, faults), D, streamOf(dToP, pToD), P)
+  const sd = new SyncStream(hostFor(d, faults), P, streamOf(pToD, dToP), P)
   const running = [sp.run(), sd.run()]
   const stop = async (): Promise<void> => {
     sp.close()

@@ -1,6 +1,7 @@
 /**
- * One sync session with one peer: the long-lived `/rhizome/sync/1.0.0` stream (wire format in
- * `sync-messages.ts`) and the per-document Automerge sync states.
+ * One peer's sync stream: the long-lived `/rhizome/sync/1.0.0` stream (wire format in
+ * `sync-messages.ts`) and the per-document Automerge sync states. The sync service
+ * (`sync-service.ts`) keeps one per admitted peer.
  *
  * Verify before apply: Automerge's sync protocol only negotiates (heads, needs, Bloom filters).
  * The changes a sync message would carry are taken out by the sender and travel instead as a
@@ -30,7 +31,7 @@ import { decodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
 import type { AcceptResult } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
-import type { Stream } from '@libp2p/interface'
+import type { PeerId, Stream } from '@libp2p/interface'
 import { ExchangeTimeoutError, MalformedMessageError, ProtocolViolationError } from './errors.ts'
 import { decodeFrames, encodeFrame } from './frames.ts'
 import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from './sync-messages.ts'
@@ -40,21 +41,25 @@ import type { MeshLimits } from './types.ts'
 const log = logger('rhizome:mesh:sync')
 const EMPTY = new Uint8Array(0)
 
-/** What a session needs from the mesh around it. */
-export interface SessionHost {
+/** What a sync stream needs from the service around it. */
+export interface SyncStreamHost {
   readonly replica: Replica
   readonly limits: MeshLimits
   /** May we send fleet data (documents, trust, status) to this peer? */
-  mayServe(peerId: string): boolean
+  mayServe(peer: PeerId): boolean
   /** May we apply (verified) data from this peer? */
-  mayAccept(peerId: string): boolean
-  loadSyncState(peerId: string, docId: string): Automerge.SyncState | undefined
-  saveSyncState(peerId: string, docId: string, state: Automerge.SyncState): void
-  statusRecords(): Uint8Array[]
-  receiveStatus(record: Uint8Array, from: PeerSession): Promise<void>
+  mayAccept(peer: PeerId): boolean
+  loadSyncState(peer: PeerId, docId: string): Automerge.SyncState | undefined
+  saveSyncState(peer: PeerId, docId: string, state: Automerge.SyncState): void
+  /** The peer's first hello arrived: gossip (status records) may start. */
+  greeted(stream: SyncStream): void
+  /** An anti-entropy round with this peer is starting: gossip goes out again with it. */
+  resyncing(stream: SyncStream): void
+  /** A status record from the peer, for the status service to verify, keep and relay. */
+  receiveStatus(record: Uint8Array, from: SyncStream): Promise<void>
   /** The peer sent invalid data: ban it. */
-  invalid(session: PeerSession, err: Error): void
-  closed(session: PeerSession): void
+  invalid(stream: SyncStream, err: Error): void
+  closed(stream: SyncStream): void
   /**
    * Frames in and out (n = bytes); changes accepted (n = changes); a batch that held nothing new;
    * a batch refused as invalid or unauthorised.
@@ -81,12 +86,12 @@ export interface PushBatch {
   hashes: string[]
 }
 
-export class PeerSession {
-  readonly peerId: string
+export class SyncStream {
+  readonly peerId: PeerId
   readonly stream: Stream
-  /** PeerId of the side that opened the stream (duplicate sessions: the lower opener's wins). */
-  readonly opener: string
-  private readonly host: SessionHost
+  /** PeerId of the side that opened the stream (duplicate streams: the lower opener's wins). */
+  readonly opener: PeerId
+  private readonly host: SyncStreamHost
   private readonly states = new Map<string, Automerge.SyncState>()
   private queue: Promise<unknown> = Promise.resolve()
   private readonly dirty = new Set<string>()
@@ -100,7 +105,7 @@ export class PeerSession {
   private peerTrustVersion: number | undefined
   helloReceived = false
 
-  constructor(host: SessionHost, peerId: string, stream: Stream, opener: string) {
+  constructor(host: SyncStreamHost, peerId: PeerId, stream: Stream, opener: PeerId) {
     this.host = host
     this.peerId = peerId
     this.stream = stream
@@ -111,7 +116,7 @@ export class PeerSession {
     return !this.ended
   }
 
-  /** Say hello, then read until the stream ends. Resolves when the session is over. */
+  /** Say hello, then read until the stream ends. Resolves when the stream is over. */
   async run(): Promise<void> {
     try {
       this.sendHello()
@@ -130,14 +135,14 @@ export class PeerSession {
     } catch (err) {
       if (!this.ended) {
         if (isPeerFault(err)) this.host.invalid(this, err as Error)
-        else log('session with %s ended: %s', this.peerId, (err as Error).message)
+        else log('sync stream with %p ended: %s', this.peerId, (err as Error).message)
       }
     } finally {
       this.close()
     }
   }
 
-  /** End the session; its sync states are kept by the host for a reconnect. */
+  /** End the stream; its sync states are kept by the host for a reconnect. */
   close(err?: Error): void {
     if (this.ended) return
     this.ended = true
@@ -191,7 +196,7 @@ export class PeerSession {
     this.serial(async () => {
       this.sendHello()
       if (this.peerTrustVersion !== undefined) this.sendTrustAfter(this.peerTrustVersion)
-      this.sendStatuses()
+      this.host.resyncing(this)
       for (const id of this.host.replica.documentIds()) {
         this.restartSync(id)
         await this.syncDoc(id)
@@ -204,7 +209,7 @@ export class PeerSession {
     const frame = encodeFrame(encodeSyncWire(msg))
     if (frame.length > this.host.limits.maxFrameBytes) {
       log.error(
-        'message for %s about %s is %d bytes, over the frame limit of %d; not sent (raise limits.maxFrameBytes on every node)',
+        'message for %p about %s is %d bytes, over the frame limit of %d; not sent (raise limits.maxFrameBytes on every node)',
         this.peerId,
         msg.type === 'sync' ? msg.docId : msg.type,
         frame.length,
@@ -260,7 +265,7 @@ export class PeerSession {
     this.lastIn.set(docId, { digest, count })
     if (count === MAX_SYNC_REPEATS + 1) {
       log.error(
-        'sync of "%s" with %s is stuck (the same message %d times running); not answering until the next anti-entropy round',
+        'sync of "%s" with %p is stuck (the same message %d times running); not answering until the next anti-entropy round',
         docId,
         this.peerId,
         count + 1
@@ -293,15 +298,11 @@ export class PeerSession {
     }
   }
 
-  private sendStatuses(): void {
-    for (const rec of this.host.statusRecords()) this.sendStatus(rec)
-  }
-
   private fail(err: unknown): void {
     if (this.ended) return
     if (isPeerFault(err)) this.host.invalid(this, err as Error)
     else {
-      log('session with %s failed: %s', this.peerId, (err as Error).message)
+      log('sync stream with %p failed: %s', this.peerId, (err as Error).message)
       this.close()
     }
   }
@@ -325,7 +326,7 @@ export class PeerSession {
         const first = !this.helloReceived
         this.helloReceived = true
         this.sendTrustAfter(msg.trustVersion)
-        if (first && this.host.mayServe(this.peerId)) this.sendStatuses()
+        if (first) this.host.greeted(this)
         const ids = new Set(replica.documentIds())
         if (this.host.mayAccept(this.peerId)) for (const id of msg.docIds) ids.add(id)
         for (const id of ids) await this.syncDoc(id)
@@ -344,7 +345,7 @@ export class PeerSession {
         } catch (err) {
           // A fork is validly signed by roots: the messenger is not at fault. Halted trust is reported by crdt.
           if ((err as Error).name === 'TrustForkError') {
-            log.error('trust fork reported by %s: %s', this.peerId, (err as Error).message)
+            log.error('trust fork reported by %p: %s', this.peerId, (err as Error).message)
             return
           }
           throw err

@@ -1,0 +1,134 @@
+/**
+ * The status service (`mesh/status-service.ts`) on its own, over fake sync streams: a record from
+ * an enrolled node is kept and relayed to every other peer, not back to its sender; an older one
+ * is neither; a record of a key not enrolled here is dropped without blaming the messenger, a
+ * forged one is a fault; records outlive a restart; a peer's first hello and every anti-entropy
+ * round send it what is held.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { TypedEventEmitter } from '@libp2p/interface'
+import { toHex } from '../crdt/bytes.ts'
+import { generateKeyPair, type KeyPair } from '../crdt/keys.ts'
+import type { Replica } from '../crdt/replica.ts'
+import { signStatus } from '../mesh/status-record.ts'
+import { StatusService, type StatusComponents } from '../mesh/status-service.ts'
+import type { StatusReceiver, SyncEvents } from '../mesh/sync-service.ts'
+import type { SyncStream } from '../mesh/sync-stream.ts'
+import { makeFleet } from './fixtures/fleet.ts'
+
+/** A sync stream that only records the status records sent on it. */
+function fakeStream(): SyncStream & { sent: Uint8Array[] } {
+  const sent: Uint8Array[] = []
+  return {
+    sent,
+    sendStatus: (r: Uint8Array) => {
+      sent.push(r)
+    }
+  } as unknown as SyncStream & { sent: Uint8Array[] }
+}
+
+class FakeSync extends TypedEventEmitter<SyncEvents> {
+  list: SyncStream[] = []
+  receiver: StatusReceiver | undefined
+  streams(): SyncStream[] {
+    return this.list
+  }
+  setStatusReceiver(r: StatusReceiver): void {
+    this.receiver = r
+  }
+}
+
+async function service(replica: Replica, identity: KeyPair, enrolled: Set<string>) {
+  const sync = new FakeSync()
+  const components: StatusComponents = {
+    sync,
+    admission: { isEnrolledKey: k => enrolled.has(k) }
+  }
+  const s = new StatusService(components, { replica, identity, staleAfterMs: 30_000 })
+  await s.start()
+  return { s, sync }
+}
+
+test('a newer record is kept and relayed to every other peer; an older one, an unknown key and a forgery are not', async () => {
+  const fleet = await makeFleet({ replicas: 1, nodes: 3, label: 'status-service' })
+  const replica = fleet.replicas[0]!
+  const [me, other, third] = fleet.nodes as [KeyPair, KeyPair, KeyPair]
+  const enrolled = new Set(fleet.nodes.map(k => toHex(k.publicKey)))
+  const { s, sync } = await service(replica, me, enrolled)
+  const from = fakeStream()
+  const to = fakeStream()
+  sync.list = [from, to]
+  const events: number[] = []
+  s.addEventListener('status', e => events.push(e.detail.seq))
+  const record = async (key: KeyPair, seq: number, body = {}) =>
+    (await signStatus(key, replica.fleetId, seq, body, fleet.ed)).bytes
+
+  await sync.receiver!(await record(other, 10, { revision: 'r10' }), from)
+  assert.deepEqual(
+    s.records().map(r => [r.seq, r.body.revision]),
+    [[10, 'r10']]
+  )
+  assert.equal(to.sent.length, 1, 'relayed to the other peer')
+  assert.equal(from.sent.length, 0, 'not back to its sender')
+
+  // Older and equal: neither kept nor relayed.
+  await sync.receiver!(await record(other, 9), from)
+  await sync.receiver!(await record(other, 10), to)
+  assert.deepEqual(
+    s.records().map(r => r.seq),
+    [10]
+  )
+  assert.equal(to.sent.length, 1)
+
+  // A key not enrolled here (perhaps in a devices document not yet received): dropped quietly.
+  await sync.receiver!(await record(generateKeyPair(), 11), from)
+  assert.equal(s.records().length, 1)
+
+  // A forgery: the signature does not match the body.
+  const forged = await record(third, 12, { revision: 'x' })
+  forged[forged.length - 1] = forged[forged.length - 1]! ^ 1
+  await assert.rejects(sync.receiver!(forged, from), { name: 'InvalidStatusError' })
+  assert.equal(s.records().length, 1)
+  assert.deepEqual(events, [10])
+
+  // Our own record goes to every peer.
+  const own = await s.publish({ revision: 'mine' })
+  assert.equal(own.node, toHex(me.publicKey))
+  assert.equal(from.sent.length, 1)
+  assert.equal(to.sent.length, 2)
+  await s.stop()
+})
+
+test('records outlive a restart; a first hello and an anti-entropy round send what is held', async () => {
+  const fleet = await makeFleet({ replicas: 1, nodes: 2, label: 'status-service-restart' })
+  const replica = fleet.replicas[0]!
+  const [me, other] = fleet.nodes as [KeyPair, KeyPair]
+  const enrolled = new Set(fleet.nodes.map(k => toHex(k.publicKey)))
+  const first = await service(replica, me, enrolled)
+  const published = await first.s.publish({ revision: 'r1' })
+  await first.sync.receiver!(
+    (await signStatus(other, replica.fleetId, 5, { revision: 'o5' }, fleet.ed)).bytes,
+    fakeStream()
+  )
+  await first.s.stop()
+
+  const again = await service(replica, me, enrolled)
+  assert.deepEqual(
+    again.s
+      .records()
+      .map(r => String(r.body.revision))
+      .sort((x, y) => x.localeCompare(y)),
+    ['o5', 'r1']
+  )
+  // Our sequence number carries on from the stored record, so peers take the next one as newer.
+  const next = await again.s.publish({ revision: 'r2' })
+  assert.ok(next.seq > published.seq)
+
+  const peer = fakeStream()
+  again.sync.safeDispatchEvent('stream:greeted', { detail: peer })
+  assert.equal(peer.sent.length, 2)
+  again.sync.safeDispatchEvent('stream:resync', { detail: peer })
+  assert.equal(peer.sent.length, 4)
+  await again.s.stop()
+})
