@@ -4,6 +4,7 @@
  *   0 ok · 1 usage or configuration error · 2 rejected (verification, authorisation, wrong
  *   passphrase, damaged bundle) · 3 daemon unreachable · 4 unexpected internal error.
  */
+import { readFileSync } from 'node:fs'
 import { access, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { Command, Option } from 'commander'
@@ -511,11 +512,18 @@ function passphraseOption(): Option {
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v]
 
+/** The package's version; package.json sits one level above both node/cli.ts and dist/cli.js. */
+function packageVersion(): string {
+  const url = new URL('../package.json', import.meta.url)
+  return (JSON.parse(readFileSync(url, 'utf8')) as { version: string }).version
+}
+
 export function program(): Command {
   const p = new Command('rhizome')
     .description(
       'Peer-to-peer coordination for fleets of edge devices: signed desired config, reconciled by a daemon on every device.'
     )
+    .version(`${packageVersion()} (Node.js ${process.version})`, '-V, --version')
     .addHelpText('after', EXIT_HELP)
     .showHelpAfterError('(run with --help for usage)')
   p.configureHelp({ showGlobalOptions: true })
@@ -665,8 +673,21 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) {
-  const code = await main(process.argv)
+/** The command's entry point (bin/rhizome.cjs, or `node node/cli.ts`): runs `argv`, sets the exit code. */
+export async function run(argv: string[]): Promise<void> {
+  // `rhizome … | head`: the reader has gone, so there is nobody left to tell; stop quietly.
+  process.stdout.on('error', err => {
+    if ((err as NodeJS.ErrnoException).code === 'EPIPE') process.exit(EXIT.ok)
+    throw err
+  })
+  // `npm run rhizome -- …` runs in the repository's root; paths on its command line are the caller's.
+  const callerDir = process.env.INIT_CWD
+  if (process.env.npm_lifecycle_event === 'rhizome' && callerDir !== undefined) {
+    process.chdir(callerDir)
+  }
+  const code = await main(argv)
   // `start` keeps running; every other command ends here.
-  if (code !== 0 || !process.argv.includes('start')) process.exitCode = code
+  if (code !== 0 || argv[2] !== 'start') process.exitCode = code
 }
+
+if (import.meta.main) await run(process.argv)
