@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
 
 const ROOT = resolve('.rhizome-demo')
-const CLI = fileURLToPath(new URL('./cli.ts', import.meta.url))
+// The command as installed: the compiled build (`npm start` builds it first), else the source.
+const CLI = fileURLToPath(new URL('../bin/rhizome.cjs', import.meta.url))
 const SERVICE = fileURLToPath(new URL('./demo/hello-service.mjs', import.meta.url))
 const PASSPHRASE = 'rhizome-demo-only'
 const NAMES = ['berlin-1', 'berlin-2', 'lisbon-1']

@@ -3,7 +3,7 @@
  * global one, so two daemons in one process do not collide). Values from the mesh are read
  * when scraped.
  */
-import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { MeshMetrics } from '../mesh/types.ts'
 import type { WorkloadStatus } from './appliers/processes.ts'
 
@@ -20,6 +20,8 @@ export class DaemonMetrics {
 
   constructor(src: MetricsSources) {
     const r = this.registry
+    // Node's own: resident memory, V8 heap, buffers, GC pauses, event-loop lag, open files.
+    collectDefaultMetrics({ register: r })
     const meshGauge = (name: string, help: string, pick: (m: MeshMetrics) => number): void => {
       void new Gauge({
         name,
