@@ -143,7 +143,14 @@ for (const ed of IMPLS) {
   const metas = readChanges(catchUp.chunks)
   const parseMs = performance.now() - parseStarted
   const verifyStarted = performance.now()
-  await verifyCoverage(author.fleetId, 'fleet', metas, catchUp.signatures, nodeCryptoEd25519)
+  await verifyCoverage(
+    author.fleetId,
+    'fleet',
+    metas,
+    catchUp.signatures,
+    nodeCryptoEd25519,
+    () => {}
+  )
   const verifyMs = performance.now() - verifyStarted
   // Into the state a new document starts from (whatever SignedDocument starts it with), and
   // into an empty Automerge document: Automerge computes patches against a non-empty one.

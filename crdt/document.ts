@@ -19,6 +19,7 @@ import {
 } from './errors.ts'
 import {
   actorKeyHex,
+  checkActorChains,
   decodeBatch,
   encodeBatch,
   isChangeChunk,
@@ -171,6 +172,7 @@ const VERIFIED = Symbol('rhizome.verified-batch')
  * `SignedDocument.accept` can take one without parsing and verifying the batch a second time.
  */
 export interface VerifiedBatch {
+  /** The batch, with only the signatures its coverage rests on (each of them verified). */
   readonly batch: SignedBatch
   readonly docId: string
   readonly trustVersion: number
@@ -197,19 +199,26 @@ export async function verifyBatch(
     )
   }
   const trustVersion = ctx.trust.version
+  const authorize = (keyHex: string): void => void ctx.trust.authorize(keyHex, docId)
+  // Signers are named outside the chunks: a batch from keys that may not write here is refused
+  // before its chunks are parsed (issue 10: one such batch used to hold the event loop for 25 s).
+  for (const s of batch.signatures) authorize(toHex(s.key))
   const metas = readChanges(batch.chunks)
   // The genesis change is the same on every peer and needs no signature.
   const g = genesisHash(docId)
-  const signers = await verifyCoverage(
+  const coverage = await verifyCoverage(
     ctx.fleetId,
     docId,
     metas.filter(m => m.hash !== g),
     batch.signatures,
-    ctx.ed
+    ctx.ed,
+    authorize
   )
-  for (const key of new Set(signers.values())) ctx.trust.authorize(key, docId)
   return Object.freeze({
-    batch,
+    batch:
+      coverage.signatures.length === batch.signatures.length
+        ? batch
+        : { ...batch, signatures: coverage.signatures },
     docId,
     trustVersion,
     metas: Object.freeze(metas),
@@ -239,6 +248,8 @@ export class SignedDocument<T = Record<string, unknown>> {
   private lastStoredSeq = 0
   private batchesSinceSnapshot = 0
   private index: Map<string, IndexEntry> | undefined
+  /** Per actor, the highest sequence number held (kept with `index`). */
+  private readonly actorSeqs = new Map<string, number>()
   private batchMemo: { doc: Automerge.Doc<T>; key: string; bytes: Uint8Array } | undefined
   /** Accepts and changes run one at a time, in arrival order. */
   private queue: Promise<unknown> = Promise.resolve()
@@ -358,14 +369,14 @@ export class SignedDocument<T = Record<string, unknown>> {
    * (a replica verifies a batch for a new document before creating it).
    */
   accept(input: SignedBatch | VerifiedBatch): Promise<AcceptResult> {
-    const batch = isVerified(input) ? input.batch : input
+    const offered = isVerified(input) ? input.batch : input
     return this.serial(async () => {
       // Every change a valid batch carries is an ancestor of (or is) a change one of its
       // signatures names, so when we hold every named change the batch has nothing for us: skip
       // parsing and verifying it. In a mesh most batches a node receives are such duplicates (its
       // neighbours push a new change at once). A batch that is invalid as well as redundant is
       // dropped here without a verdict on its sender; it could not have changed anything.
-      if (batch.signatures.length > 0 && this.has(batch.signatures.map(s => s.hash))) {
+      if (offered.signatures.length > 0 && this.has(offered.signatures.map(s => s.hash))) {
         return { status: 'duplicate', applied: 0, heads: this.heads }
       }
       const verified =
@@ -373,8 +384,8 @@ export class SignedDocument<T = Record<string, unknown>> {
         input.docId === this.id &&
         input.trustVersion === this.ctx.trust.version
           ? input
-          : await this.verifyBatch(batch)
-      const metas = verified.metas
+          : await this.verifyBatch(offered)
+      const { batch, metas } = verified
       if (metas.length === 0 || this.has(metas.map(m => m.hash))) {
         return { status: 'duplicate', applied: 0, heads: this.heads }
       }
@@ -530,6 +541,13 @@ export class SignedDocument<T = Record<string, unknown>> {
   }
 
   private async apply(batch: SignedBatch, metas: readonly ChangeMeta[]): Promise<number> {
+    const index = this.changeIndex()
+    checkActorChains(
+      this.id,
+      metas,
+      h => index.get(h),
+      actor => this.actorSeqs.get(actor) ?? 0
+    )
     const before =
       this.index === undefined
         ? undefined
@@ -600,9 +618,21 @@ export class SignedDocument<T = Record<string, unknown>> {
           progress = true
         } else if (this.depsPresent(p.metas)) {
           this.dropPending(p)
+          progress = true
+          try {
+            checkActorChains(
+              this.id,
+              p.metas,
+              h => this.index?.get(h),
+              actor => this.actorSeqs.get(actor) ?? 0
+            )
+          } catch (err) {
+            // Its sender is long gone; the batch that released it is not to blame.
+            log.error('document %s: a pending batch is dropped: %e', this.id, err)
+            continue
+          }
           applied += await this.apply(p.batch, p.metas)
           appliedBatches.push(p.batch)
-          progress = true
         }
       }
     }
@@ -626,6 +656,7 @@ export class SignedDocument<T = Record<string, unknown>> {
     const index = this.index as Map<string, IndexEntry>
     if (index.has(m.hash)) return
     index.set(m.hash, { actor: m.actor, seq: m.seq, children: [] })
+    if ((this.actorSeqs.get(m.actor) ?? 0) < m.seq) this.actorSeqs.set(m.actor, m.seq)
     for (const d of m.deps) index.get(d)?.children.push(m.hash)
   }
 }
