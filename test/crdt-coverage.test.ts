@@ -18,7 +18,7 @@ import {
   verifyCoverage,
   type SignedBatch
 } from '../crdt/signed-change.ts'
-import { makeFleet, testKey, thrown, type TestFleet } from './helpers/fleet.ts'
+import { makeFleet, testKey, thrown, type TestFleet } from './fixtures/fleet.ts'
 
 const CHAIN = 20_000
 const LEAVES = 4_095
