@@ -5,6 +5,9 @@
  * Arrays and scalars are leaves: a changed one is replaced whole.
  */
 import { stringify } from 'yaml'
+import { documentSchema } from './document-schema.ts'
+import type { SignedDocument, Signer } from './document.ts'
+import type { SignedBatch } from './signed-change.ts'
 
 export type Path = string[]
 export type DiffOp =
@@ -103,4 +106,34 @@ export function formatOps(ops: DiffOp[], prefix = ''): string[] {
     }
   }
   return out
+}
+
+/**
+ * The operations that make a document's value equal `desired` (`rhizome apply`, `rollback`,
+ * the dashboard's editor). The document's top-level maps (its genesis schema) count as present
+ * in `desired`: a fleet file that leaves out `groups:` empties that map and never deletes it,
+ * since a deleted one would be created again concurrently by two writers and one of them lost.
+ */
+export function diffDocument(
+  doc: Pick<SignedDocument, 'id' | 'value'>,
+  desired: Record<string, unknown>
+): DiffOp[] {
+  const current = (plainValue(doc.value) ?? {}) as Record<string, unknown>
+  return diffMaps(current, { ...documentSchema(doc.id), ...desired })
+}
+
+/** Sign, as one change of `doc`, operations from `diffDocument`; undefined if they change nothing. */
+export function signOps(
+  doc: SignedDocument,
+  signer: Signer,
+  ops: DiffOp[],
+  message: string
+): Promise<SignedBatch | undefined> {
+  return doc.change(
+    signer,
+    d => {
+      applyOps(d, ops)
+    },
+    message
+  )
 }

@@ -14,6 +14,7 @@
  *     revoked: false        # set true to remove a device (admission only; revocation cuts come later)
  * ```
  */
+import type { Replica } from './replica.ts'
 import type { TrustChain } from './trust.ts'
 
 export const DEVICES_DOC = 'devices'
@@ -77,4 +78,12 @@ export function enrolledDevices(
     }
   }
   return out
+}
+
+/** Every enrolled, unrevoked device of a replica's fleet: its trust chain and `devices` document. */
+export async function enrolledDevicesOf(replica: Replica): Promise<Map<string, EnrolledDevice>> {
+  const devices = replica.documentIds().includes(DEVICES_DOC)
+    ? (await replica.open(DEVICES_DOC)).value
+    : undefined
+  return enrolledDevices(replica.trust, devices)
 }

@@ -34,6 +34,7 @@ import type { Ed25519 } from './ed25519.ts'
 import type { KeyPair } from './keys.ts'
 import type { Store } from './store.ts'
 import type { KeyInfo, TrustChain } from './trust.ts'
+import { documentSchema } from './document-schema.ts'
 
 const log = logger('rhizome:crdt:document')
 
@@ -53,10 +54,6 @@ const LOAD_WHOLE_MIN_CHANGES = 256
  * Automerge would keep only one of them (and the entries in it).
  */
 const GENESIS_ACTOR = '00'.repeat(40)
-
-export function documentSchema(docId: string): Record<string, Record<string, never>> {
-  return docId === 'devices' ? { devices: {} } : { defaults: {}, groups: {}, nodes: {} }
-}
 
 const genesisCache = new Map<string, { save: Uint8Array; hash: string }>()
 

@@ -10,6 +10,7 @@
  * await otherReplica.accept(batch)        // on another device, after it travelled there
  * ```
  */
+import { TypedEventEmitter, type AbortOptions } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
 import { newActorId, type SignedBatch } from './signed-change.ts'
 import { SignedDocument, verifyBatch, type AcceptResult, type Signer } from './document.ts'
@@ -54,7 +55,18 @@ export interface ChangeEventDetail {
   batches: SignedBatch[]
 }
 
-export class Replica extends EventTarget {
+export interface TrustEventDetail {
+  /** The version of the trust statement just added. */
+  version: number
+}
+
+/** What a replica announces: a document changed (`change`), a trust statement was added (`trust`). */
+export interface ReplicaEvents {
+  change: CustomEvent<ChangeEventDetail>
+  trust: CustomEvent<TrustEventDetail>
+}
+
+export class Replica extends TypedEventEmitter<ReplicaEvents> {
   readonly store: Store
   readonly ed: Ed25519
   readonly trust: TrustChain
@@ -123,18 +135,26 @@ export class Replica extends EventTarget {
     return [...this.docs.keys()].sort()
   }
 
-  /** Verify and apply a batch (for any document of this fleet). */
-  async accept(batch: SignedBatch): Promise<AcceptResult> {
+  /**
+   * Verify and apply a batch (for any document of this fleet). An aborted `options.signal`
+   * (the sender went away) stops it before verification starts and before a new document is
+   * created for it.
+   */
+  async accept(batch: SignedBatch, options?: AbortOptions): Promise<AcceptResult> {
     if (this.closed) throw new ClosedError('the replica is closed')
+    options?.signal?.throwIfAborted()
     if (!this.docs.has(batch.docId)) {
       // Verify before creating a document: otherwise invalid batches with made-up document ids
       // would leave empty documents behind until MAX_DOCUMENTS refuses real ones.
       checkDocId(batch.docId)
       const verified = await verifyBatch(this.context(), batch.docId, batch)
       if (verified.metas.length === 0) return { status: 'duplicate', applied: 0, heads: [] }
+      options?.signal?.throwIfAborted()
       return (await this.open(batch.docId)).accept(verified)
     }
-    return (await this.open(batch.docId)).accept(batch)
+    const doc = await this.open(batch.docId)
+    options?.signal?.throwIfAborted()
+    return doc.accept(batch)
   }
 
   /** Add the next trust statement; persisted before it resolves. Returns false if already held. */
@@ -142,9 +162,7 @@ export class Replica extends EventTarget {
     const added = await this.trust.add(signed)
     if (added) {
       await this.store.putTrust(signed.statement.version, encodeTrustStatement(signed))
-      this.dispatchEvent(
-        new CustomEvent('trust', { detail: { version: signed.statement.version } })
-      )
+      this.safeDispatchEvent('trust', { detail: { version: signed.statement.version } })
     }
     return added
   }
@@ -179,11 +197,7 @@ export class Replica extends EventTarget {
         source: 'local' | 'remote',
         batches: SignedBatch[]
       ) => {
-        this.dispatchEvent(
-          new CustomEvent<ChangeEventDetail>('change', {
-            detail: { docId, heads, source, batches }
-          })
-        )
+        this.safeDispatchEvent('change', { detail: { docId, heads, source, batches } })
       }
     }
   }

@@ -110,6 +110,14 @@ export function decodeTrustStatement(bytes: Uint8Array): SignedTrustStatement {
   } catch {
     throw new MalformedInputError('trust statement is not UTF-8 JSON')
   }
+  return trustStatementFromJson(v)
+}
+
+/**
+ * Shape-check a signed statement already parsed from JSON (a trust.json file, `GET /api/trust`);
+ * its source bounds its size. Signatures are checked by `TrustChain.add`.
+ */
+export function trustStatementFromJson(v: unknown): SignedTrustStatement {
   const s = (v as Partial<SignedTrustStatement>)?.statement
   const sigs = (v as Partial<SignedTrustStatement>)?.signatures
   if (

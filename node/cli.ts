@@ -25,17 +25,20 @@ import { LevelStore } from '../crdt/level-store.ts'
 import { decodeBatch, encodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import { toHex } from '../crdt/bytes.ts'
 import { DaemonClient } from './daemon-client.ts'
-import { applyOps, diffMaps, formatOps, plainValue, type DiffOp } from '../crdt/config-diff.ts'
+import { diffDocument, formatOps, plainValue, signOps, type DiffOp } from '../crdt/config-diff.ts'
+import type { HistoryItem } from '../crdt/change-history.ts'
+import type { SignedDocument } from '../crdt/document.ts'
+import { ago, SYNC_LABEL } from '../crdt/fleet-status.ts'
 import { fleetYaml, parseFleetYaml, type FleetDocuments } from '../crdt/fleet-yaml.ts'
-import { loadDaemonConfig, parseLabelArgs } from './config.ts'
+import { loadDaemonConfig, parseLabelArgs, STORE_DIR } from './config.ts'
 import { createIdentity, readIdentity } from './identity.ts'
 import { readPassphrase } from './passphrase.ts'
 import { decodeBundle, encodeBundle } from './bundle.ts'
 import { UsageError } from './errors.ts'
 import { categoryOf, ErrorCategory } from '../crdt/errors.ts'
-import { STORE_DIR } from './daemon.ts'
 import { freezeForApply } from './cli-rollout.ts'
 import { registerArtifactCommands } from './cli-artifacts.ts'
+import type { FleetStatus } from './status-report.ts'
 
 export const EXIT = { ok: 0, usage: 1, rejected: 2, unreachable: 3, internal: 4 } as const
 
@@ -227,22 +230,22 @@ async function cmdApply(opts: {
   }
   const client = new DaemonClient(opts.daemon)
   const replica = await client.localReplica()
-  const current = await currentDocs(replica)
   const { docs: desired, started } = await freezeForApply(
     parseFleetYaml(text, opts.file),
-    current,
+    await currentDocs(replica),
     replica
   )
-  const plan: Array<{ id: string; ops: DiffOp[] }> = []
+  const plan: Array<{ doc: SignedDocument; ops: DiffOp[] }> = []
   for (const [id, want] of Object.entries(desired)) {
-    const ops = diffMaps(current[id] ?? {}, want)
-    if (ops.length > 0) plan.push({ id, ops })
+    const doc = await replica.open(id)
+    const ops = diffDocument(doc, want)
+    if (ops.length > 0) plan.push({ doc, ops })
   }
   if (plan.length === 0) {
     say('no changes: the fleet already matches ' + opts.file)
     return
   }
-  for (const { id, ops } of plan) for (const l of formatOps(ops, id)) say(l)
+  for (const { doc, ops } of plan) for (const l of formatOps(ops, doc.id)) say(l)
   for (const r of started) say(`rollout ${r.id} starts: ${r.eligible} eligible node(s)`)
   const n = plan.reduce((s, p) => s + p.ops.length, 0)
   if (opts.dryRun === true) {
@@ -250,16 +253,8 @@ async function cmdApply(opts: {
     return
   }
   const signer = Replica.signer(await loadSigningKey(opts))
-  for (const { id, ops } of plan) {
-    const doc = await replica.open(id)
-    const batch = await doc.change(
-      signer,
-      d => {
-        applyOps(d, ops)
-      },
-      `apply ${opts.file}`
-    )
-    await publish(client, id, batch)
+  for (const { doc, ops } of plan) {
+    await publish(client, doc.id, await signOps(doc, signer, ops, `apply ${opts.file}`))
   }
 }
 
@@ -274,42 +269,8 @@ async function cmdGet(opts: { daemon: string; doc?: string }): Promise<void> {
   } else process.stdout.write(fleetYaml(docs))
 }
 
-function ago(ms: number | null): string {
-  if (ms === null) return 'never'
-  const s = Math.round((Date.now() - ms) / 1000)
-  return s < 60
-    ? `${s}s ago`
-    : s < 3600
-      ? `${Math.round(s / 60)}m ago`
-      : `${Math.round(s / 3600)}h ago`
-}
-
-interface FleetStatusNode {
-  key: string
-  peerId: string
-  name: string | null
-  labels: Record<string, string>
-  enrolled: boolean
-  self: boolean
-  online: boolean
-  lastSeen: number | null
-  upToDate: boolean | null
-  status: {
-    workloads?: Record<
-      string,
-      { state: string; healthy: boolean | null; restarts: number; version?: string }
-    >
-    files?: { ok: boolean; drifted: string[] }
-  } | null
-}
-
 async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void> {
-  const s = await new DaemonClient(opts.daemon).json<{
-    fleet: string
-    mesh: boolean
-    latest: Record<string, string[]>
-    nodes: FleetStatusNode[]
-  }>('/api/status')
+  const s = await new DaemonClient(opts.daemon).json<FleetStatus>('/api/status')
   if (opts.json === true) {
     say(JSON.stringify(s, null, 2))
     return
@@ -324,9 +285,9 @@ async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void
         .join('  ') || '(no documents)'
     }`
   )
+  const now = Date.now()
   for (const n of s.nodes) {
-    const state = n.online ? 'online' : `last seen ${ago(n.lastSeen)}`
-    const applied = n.upToDate === null ? 'unknown' : n.upToDate ? 'up to date' : 'behind'
+    const state = n.online ? 'online' : `last seen ${ago(n.lastSeen ?? 0, now)}`
     const wl = Object.entries(n.status?.workloads ?? {})
       .map(
         ([w, x]) =>
@@ -334,11 +295,11 @@ async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void
       )
       .join(' ')
     const drift =
-      (n.status?.files?.drifted.length ?? 0) > 0
-        ? ` drifted: ${n.status?.files?.drifted.join(',')}`
+      (n.status?.files.drifted.length ?? 0) > 0
+        ? ` drifted: ${n.status?.files.drifted.join(',')}`
         : ''
     say(
-      `${(n.name ?? '?').padEnd(16)} ${n.peerId.slice(0, 16)}… ${state.padEnd(18)} ${applied.padEnd(10)} ${wl}${drift}${n.enrolled ? '' : ' (not enrolled)'}`
+      `${n.name.padEnd(16)} ${n.peerId.slice(0, 16)}… ${state.padEnd(18)} ${SYNC_LABEL[n.sync].padEnd(10)} ${wl}${drift}${n.enrolled ? '' : ' (not enrolled)'}`
     )
   }
 }
@@ -346,18 +307,7 @@ async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void
 async function cmdHistory(opts: { daemon: string; doc?: string; limit: string }): Promise<void> {
   const q = new URLSearchParams({ limit: opts.limit })
   if (opts.doc !== undefined) q.set('doc', opts.doc)
-  const entries = await new DaemonClient(opts.daemon).json<
-    Array<{
-      doc: string
-      hash: string
-      signerName: string | null
-      role: string | null
-      signer: string
-      time: number
-      message: string | null
-      diff: DiffOp[]
-    }>
-  >(`/api/history?${q}`)
+  const entries = await new DaemonClient(opts.daemon).json<HistoryItem[]>(`/api/history?${q}`)
   for (const e of entries) {
     say(
       `${new Date(e.time * 1000).toISOString()}  ${e.doc}  ${e.hash.slice(0, 12)}  ${e.signerName ?? e.signer.slice(0, 12)} (${e.role ?? 'unknown'})  ${e.message ?? ''}`
@@ -389,21 +339,15 @@ async function cmdRollback(opts: {
     string,
     unknown
   >
-  const ops = diffMaps(plainValue(doc.value) as Record<string, unknown>, target)
+  const ops = diffDocument(doc, target)
   if (ops.length === 0) {
     say(`no changes: "${opts.doc}" already has the content of ${opts.to}`)
     return
   }
   for (const l of formatOps(ops, opts.doc)) say(l)
   if (opts.dryRun === true) return
-  const batch = await doc.change(
-    Replica.signer(await loadSigningKey(opts)),
-    d => {
-      applyOps(d, ops)
-    },
-    `rollback to ${opts.to}`
-  )
-  await publish(client, opts.doc, batch)
+  const signer = Replica.signer(await loadSigningKey(opts))
+  await publish(client, opts.doc, await signOps(doc, signer, ops, `rollback to ${opts.to}`))
 }
 
 async function cmdBundleExport(opts: { out: string; daemon: string }): Promise<void> {

@@ -35,6 +35,10 @@ import { parseYamlInput } from '../crdt/yaml-input.ts'
 import { InvalidConfigError } from './errors.ts'
 import { DEFAULT_DISK_BUDGET_BYTES, DEFAULT_GC_GRACE_MS } from './artifacts/limits.ts'
 
+/** The data directory's layout: the store, and the copy of the fleet's trust statement. */
+export const STORE_DIR = 'store'
+export const TRUST_COPY = 'trust.json'
+
 export interface DaemonConfig {
   name: string
   labels: Record<string, string>

@@ -1,15 +1,17 @@
 /**
  * How the CLI talks to a daemon: its HTTP API. `localReplica` rebuilds the daemon's documents
  * in memory (same genesis and trust chain, every signed batch verified again here), so the
- * CLI makes changes with an admin key locally and posts only signed batches back.
+ * CLI makes changes with an admin key locally and posts only signed batches back. Every request
+ * gives up after REQUEST_TIMEOUT_MS, or when `options.signal` aborts.
  */
+import type { AbortOptions } from '@libp2p/interface'
 import { decodeBatch, encodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
-import { decodeTrustStatement, type SignedTrustStatement } from '../crdt/trust.ts'
+import { trustStatementFromJson, type SignedTrustStatement } from '../crdt/trust.ts'
 import { Replica } from '../crdt/replica.ts'
 import { MemoryStore } from '../crdt/store.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
-import { utf8 } from '../crdt/bytes.ts'
 import { DaemonUnreachableError, RejectedByDaemonError } from './errors.ts'
+import type { BatchReply, DocSummary } from './http-routes.ts'
 
 export const REQUEST_TIMEOUT_MS = 30_000
 
@@ -19,14 +21,21 @@ export class DaemonClient {
     this.base = url.replace(/\/+$/, '')
   }
 
-  private async request(path: string, init: RequestInit = {}): Promise<Response> {
+  private async request(
+    path: string,
+    init: RequestInit = {},
+    options?: AbortOptions
+  ): Promise<Response> {
+    const timeout = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
+    const signal =
+      options?.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal])
     let res: Response
     try {
-      res = await fetch(this.base + path, {
-        ...init,
-        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS)
-      })
+      res = await fetch(this.base + path, { ...init, signal })
     } catch (err) {
+      // The caller's own abort is not the daemon's fault: it surfaces as it is.
+      if (options?.signal?.aborted === true) throw options.signal.reason
+
       const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message
       throw new DaemonUnreachableError(
         `cannot reach the daemon at ${this.base} (${cause}); is it running (rhizome start)? pass its address with --daemon or RHIZOME_DAEMON`
@@ -46,52 +55,63 @@ export class DaemonClient {
     return res
   }
 
-  async json<T>(path: string): Promise<T> {
-    return (await (await this.request(path)).json()) as T
+  async json<T>(path: string, options?: AbortOptions): Promise<T> {
+    return (await (await this.request(path, {}, options)).json()) as T
   }
 
-  async bytes(path: string): Promise<Uint8Array> {
-    return new Uint8Array(await (await this.request(path)).arrayBuffer())
+  async bytes(path: string, options?: AbortOptions): Promise<Uint8Array> {
+    return new Uint8Array(await (await this.request(path, {}, options)).arrayBuffer())
   }
 
-  async trust(): Promise<SignedTrustStatement[]> {
-    const list = await this.json<unknown[]>('/api/trust')
-    return list.map(s => decodeTrustStatement(utf8(JSON.stringify(s))))
+  async trust(options?: AbortOptions): Promise<SignedTrustStatement[]> {
+    const list = await this.json<unknown[]>('/api/trust', options)
+    return list.map(trustStatementFromJson)
   }
 
-  async docIds(): Promise<string[]> {
-    return (await this.json<Array<{ id: string }>>('/api/docs')).map(d => d.id)
+  async docIds(options?: AbortOptions): Promise<string[]> {
+    return (await this.json<DocSummary[]>('/api/docs', options)).map(d => d.id)
   }
 
-  async docBatch(id: string): Promise<SignedBatch> {
-    return decodeBatch(await this.bytes(`/api/docs/${encodeURIComponent(id)}/batch`))
+  async docBatch(id: string, options?: AbortOptions): Promise<SignedBatch> {
+    return decodeBatch(await this.bytes(`/api/docs/${encodeURIComponent(id)}/batch`, options))
   }
 
-  async postBatch(batch: SignedBatch): Promise<{ status: string; heads: string[] }> {
-    return this.postBytes(encodeBatch(batch))
+  async postBatch(batch: SignedBatch, options?: AbortOptions): Promise<BatchReply> {
+    return this.postBytes(encodeBatch(batch), options)
   }
 
-  async postBytes(bytes: Uint8Array): Promise<{ status: string; heads: string[] }> {
-    const res = await this.request('/api/batches', {
-      method: 'POST',
-      headers: { 'content-type': 'application/octet-stream' },
-      body: bytes as Uint8Array<ArrayBuffer>
-    })
-    return (await res.json()) as { status: string; heads: string[] }
+  async postBytes(bytes: Uint8Array, options?: AbortOptions): Promise<BatchReply> {
+    const res = await this.request(
+      '/api/batches',
+      {
+        method: 'POST',
+        headers: { 'content-type': 'application/octet-stream' },
+        body: bytes as Uint8Array<ArrayBuffer>
+      },
+      options
+    )
+    return (await res.json()) as BatchReply
   }
 
-  async postTrust(bytes: Uint8Array): Promise<{ added: boolean; version: number }> {
-    const res = await this.request('/api/trust', {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: bytes as Uint8Array<ArrayBuffer>
-    })
+  async postTrust(
+    bytes: Uint8Array,
+    options?: AbortOptions
+  ): Promise<{ added: boolean; version: number }> {
+    const res = await this.request(
+      '/api/trust',
+      {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: bytes as Uint8Array<ArrayBuffer>
+      },
+      options
+    )
     return (await res.json()) as { added: boolean; version: number }
   }
 
   /** An in-memory replica holding the daemon's trust chain and the given documents (all by default). */
-  async localReplica(ids?: string[]): Promise<Replica> {
-    const chain = await this.trust()
+  async localReplica(ids?: string[], options?: AbortOptions): Promise<Replica> {
+    const chain = await this.trust(options)
     const genesis = chain[0]
     if (genesis === undefined) {
       throw new RejectedByDaemonError(
@@ -101,9 +121,9 @@ export class DaemonClient {
     }
     const replica = await Replica.open({ store: new MemoryStore(), ed: nodeCryptoEd25519, genesis })
     for (const s of chain.slice(1)) await replica.addTrustStatement(s)
-    for (const id of ids ?? (await this.docIds())) {
+    for (const id of ids ?? (await this.docIds(options))) {
       const doc = await replica.open(id)
-      const batch = await this.docBatch(id)
+      const batch = await this.docBatch(id, options)
       if (batch.chunks.length > 0) await doc.accept(batch)
     }
     return replica

@@ -1,21 +1,8 @@
 /**
- * The daemon's HTTP API (node:http). Bound to 127.0.0.1 by default. Writes need no session:
- * POST /api/batches takes signed batches, verified exactly as if a peer had sent them, so
- * nothing unsigned or unauthorised can be applied through it.
- *
- *   GET  /api/health                 {ok, peerId, name, uptimeMs}
- *   GET  /metrics                    Prometheus text
- *   GET  /api/status                 the fleet: enrolled nodes, their status records, online/stale
- *   GET  /api/trust                  the trust chain, JSON array of signed statements (genesis first)
- *   POST /api/trust                  add the next signed trust statement (JSON)
- *   GET  /api/docs                   [{id, heads}]
- *   GET  /api/docs/:id               {id, heads, value}          (:id URL-encoded, may contain /)
- *   GET  /api/docs/:id/batch         application/octet-stream: encoded SignedBatch of all its changes
- *   POST /api/batches                application/octet-stream encoded SignedBatch → {status, heads}
- *                                    400/403 {error, message} when rejected
- *   GET  /api/history?doc=ID&limit=N [{doc, hash, signer, signerName, role, time, message, deps, diff}]
- *   GET  /api/workloads/:name/logs   {name, lines}
- *   GET  /                           the dashboard (web/dist) if built
+ * The daemon's HTTP server (node:http): routes (http-routes.ts) matched in order, request bodies
+ * bounded (MAX_BODY_BYTES), errors answered as `{error, category, message}` with the status
+ * their category decides, and the dashboard's static files (web/dist) for every other GET.
+ * Bound to 127.0.0.1 by default.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { readFile } from 'node:fs/promises'
@@ -78,7 +65,9 @@ export interface Route {
     m: RegExpMatchArray,
     req: IncomingMessage,
     url: URL,
-    body: () => Promise<Uint8Array>
+    body: () => Promise<Uint8Array>,
+    /** Aborted when the client goes away before the answer is sent. */
+    signal: AbortSignal
   ) => Promise<HttpReply>
 }
 
@@ -171,13 +160,17 @@ export function createApiServer(routes: Route[]): Server {
   return createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost')
     const body = (): Promise<Uint8Array> => readBody(req, MAX_BODY_BYTES)
+    const gone = new AbortController()
+    res.once('close', () => {
+      if (!res.writableFinished) gone.abort(new Error('the client closed the connection'))
+    })
     void (async () => {
       try {
         for (const route of routes) {
           if (route.method !== req.method) continue
           const m = url.pathname.match(route.pattern)
           if (m !== null) {
-            send(res, await route.handler(m, req, url, body))
+            send(res, await route.handler(m, req, url, body, gone.signal))
             return
           }
         }

@@ -5,7 +5,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { MeshMetrics } from '../mesh/types.ts'
-import type { WorkloadStatus } from './appliers/processes.ts'
+import type { WorkloadStatus } from '../crdt/fleet-status.ts'
 
 export interface MetricsSources {
   mesh: () => MeshMetrics | undefined

@@ -2,7 +2,8 @@
  * The reconcile loop: desired config (the replica's documents) → this node's effective config
  * (crdt/effective-config.ts, with the name and labels of its enrolment, else of its config
  * file) → appliers (files, workloads, manifests) → observed state. Runs one pass at a time;
- * triggers that arrive during a pass coalesce into one more pass.
+ * triggers that arrive during a pass coalesce into one more pass. Once started it triggers
+ * itself on every new revision of any document and every `intervalMs`.
  *
  * Effective config shape (what the appliers read):
  * ```yaml
@@ -11,10 +12,11 @@
  * manifests: { <name>: <YAML string or object> }
  * ```
  */
+import { TypedEventEmitter } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
 import { effectiveConfig, type ConfigObject, type NodeIdentity } from '../crdt/effective-config.ts'
-import { DEVICES_DOC, enrolledDevices } from '../crdt/devices.ts'
-import type { Replica } from '../crdt/replica.ts'
+import { DEVICES_DOC, enrolledDevicesOf } from '../crdt/devices.ts'
+import type { ChangeEventDetail, Replica } from '../crdt/replica.ts'
 import type { FilesApplier } from './appliers/files.ts'
 import type { ProcessesApplier } from './appliers/processes.ts'
 import type { ManifestsApplier } from './appliers/manifests.ts'
@@ -31,6 +33,16 @@ export interface ReconcileResult {
   durationMs: number
 }
 
+/** A finished pass: its result, and the workloads it started and stopped. */
+export interface ReconciledDetail extends ReconcileResult {
+  started: string[]
+  stopped: string[]
+}
+
+export interface ReconcilerEvents {
+  reconciled: CustomEvent<ReconciledDetail>
+}
+
 export interface ReconcilerComponents {
   replica: Replica
   files: FilesApplier
@@ -41,16 +53,21 @@ export interface ReconcilerComponents {
   /** The node's own public key, hex. */
   key: string
   fallback: NodeIdentity
+  /** A pass runs at least this often, ms (default 30 s). */
+  intervalMs?: number
 }
 
 function isMap(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
-export class Reconciler extends EventTarget {
+export class Reconciler extends TypedEventEmitter<ReconcilerEvents> {
   private readonly c: ReconcilerComponents
   private running: Promise<void> | undefined
   private again: string | undefined
+  private timer: ReturnType<typeof setInterval> | undefined
+  /** Heads of every document as of its last change event, for `lag()` (read synchronously). */
+  private readonly heads = new Map<string, string[]>()
   last: ReconcileResult | undefined
 
   constructor(components: ReconcilerComponents) {
@@ -58,12 +75,42 @@ export class Reconciler extends EventTarget {
     this.c = components
   }
 
+  private readonly onChange = (e: CustomEvent<ChangeEventDetail>): void => {
+    this.heads.set(e.detail.docId, e.detail.heads)
+    void this.trigger(`revision ${e.detail.docId}`)
+  }
+
+  /** Run a first pass, then one on every new revision and every `intervalMs`. */
+  async start(): Promise<void> {
+    for (const [id, heads] of Object.entries(await this.revision())) this.heads.set(id, heads)
+    this.c.replica.addEventListener('change', this.onChange)
+    this.timer = setInterval(() => {
+      void this.trigger('timer')
+    }, this.c.intervalMs ?? 30_000)
+    this.timer.unref()
+    await this.trigger('start')
+  }
+
+  /** No more passes; resolves when the one running (if any) has finished. */
+  async stop(): Promise<void> {
+    this.c.replica.removeEventListener('change', this.onChange)
+    clearInterval(this.timer)
+    await this.running
+  }
+
+  /** Documents whose newest revision is not what the last pass applied. */
+  lag(): number {
+    const applied = this.last?.applied ?? {}
+    let lag = 0
+    for (const [id, heads] of this.heads) {
+      if (JSON.stringify(applied[id] ?? []) !== JSON.stringify(heads)) lag++
+    }
+    return lag
+  }
+
   /** Name and labels: from the node's enrolment if enrolled, else from its config file. */
   async identity(): Promise<NodeIdentity & { enrolled: boolean }> {
-    const devices = this.c.replica.documentIds().includes(DEVICES_DOC)
-      ? (await this.c.replica.open(DEVICES_DOC)).value
-      : undefined
-    const me = enrolledDevices(this.c.replica.trust, devices).get(this.c.key)
+    const me = (await enrolledDevicesOf(this.c.replica)).get(this.c.key)
     return me === undefined
       ? { ...this.c.fallback, enrolled: false }
       : { name: me.name, labels: me.labels, enrolled: true }
@@ -127,10 +174,8 @@ export class Reconciler extends EventTarget {
       p.started,
       p.stopped
     )
-    this.dispatchEvent(
-      new CustomEvent('reconciled', {
-        detail: { ...this.last, started: p.started, stopped: p.stopped }
-      })
-    )
+    this.safeDispatchEvent('reconciled', {
+      detail: { ...this.last, started: p.started, stopped: p.stopped }
+    })
   }
 }

@@ -8,7 +8,7 @@ import { mkdtemp, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as Automerge from '@automerge/automerge'
-import { applyOps, diffMaps, formatOps, plainValue } from '../crdt/config-diff.ts'
+import { applyOps, diffDocument, diffMaps, formatOps, plainValue } from '../crdt/config-diff.ts'
 import { parseFleetYaml } from '../crdt/fleet-yaml.ts'
 import { loadDaemonConfig } from '../node/config.ts'
 import { LineSplitter, RingBuffer } from '../node/ring-buffer.ts'
@@ -59,6 +59,24 @@ describe('apply diff', () => {
     })
     const merged = Automerge.merge(doc, other)
     assert.deepEqual(plainValue(merged), { defaults: { x: 10, y: 20 } })
+  })
+})
+
+describe('document diff', () => {
+  it("empties a document's top-level maps a fleet file leaves out, and never deletes them", () => {
+    const current = { defaults: { a: 1 }, groups: { g: { selector: {} } }, nodes: {} }
+    const ops = diffDocument({ id: 'fleet', value: current }, { defaults: { a: 2 } })
+    // a deleted top-level map would be re-created concurrently by two writers, and one lost
+    assert.deepEqual(formatOps(ops), [
+      '- defaults.a = 1',
+      '+ defaults.a = 2',
+      '- groups.g = {"selector":{}}'
+    ])
+    const fresh = { defaults: {}, groups: {}, nodes: {} }
+    assert.deepEqual(
+      formatOps(diffDocument({ id: 'site/x', value: fresh }, { selector: { site: 'x' } })),
+      ['+ selector = {"site":"x"}']
+    )
   })
 })
 

@@ -8,6 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
+import type { WorkloadState, WorkloadStatus } from '../../crdt/fleet-status.ts'
 import { logger } from '@libp2p/logger'
 import { canonicalJson } from '../../crdt/canonical-json.ts'
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from '../backoff.ts'
@@ -21,8 +22,6 @@ export const PROBE_TIMEOUT_MS = 2000
 export const DEFAULT_PROBE_INTERVAL_MS = 5000
 export const STATUS_LOG_LINES = 20
 
-export type WorkloadState = 'running' | 'starting' | 'crashed' | 'stopped'
-
 export interface HealthSpec {
   http?: string
   tcp?: string
@@ -35,15 +34,6 @@ export interface WorkloadSpec {
   cwd?: string
   version?: string
   health?: HealthSpec
-}
-
-export interface WorkloadStatus {
-  state: WorkloadState
-  healthy: boolean | null
-  restarts: number
-  version?: string
-  pid?: number
-  log: string[]
 }
 
 function toSpec(name: string, raw: unknown): WorkloadSpec {
@@ -121,7 +111,7 @@ class Workload {
   readonly spec: WorkloadSpec
   readonly key: string
   readonly logs = new RingBuffer()
-  state: WorkloadState = 'stopped'
+  state: Exclude<WorkloadState, 'unknown'> = 'stopped'
   healthy: boolean | null = null
   restarts = 0
   private child: ChildProcess | undefined

@@ -16,6 +16,7 @@
  * await artifacts.pin(digest, 'rollout:last-known-good')
  * ```
  */
+import type { ArtifactStatus } from '../../crdt/fleet-status.ts'
 import { logger } from '@libp2p/logger'
 import { ArtifactFetch, type ChunkSource, type FetchProgress } from './fetch.ts'
 import { ArtifactStore, type ArtifactInfo } from './store.ts'
@@ -41,19 +42,8 @@ export interface ArtifactsOptions {
   diskBudgetBytes?: number
 }
 
-/** One referenced artifact as the status record reports it. */
-export interface ArtifactStatus {
-  state: 'complete' | 'fetching' | 'waiting' | 'failed'
-  name?: string
-  size?: number
-  held: number
-  peers: number
-  /** Bytes per second. */
-  rate: number
-  /** Seconds to completion. */
-  eta?: number
-  reason?: string
-}
+/** One referenced artifact as the status record reports it (the status contract defines it). */
+export type { ArtifactStatus }
 
 export interface ArtifactCounters {
   bytesFetched: number

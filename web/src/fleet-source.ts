@@ -5,6 +5,7 @@
  *
  * Everything here is plain, structured-cloneable data: it crosses the worker boundary as is.
  */
+import type { StatusBody } from '../../crdt/fleet-status.ts'
 import type { Admission } from '../../mesh/types.ts'
 
 export type ConnectionState = 'disconnected' | 'connecting' | 'connected' | 'error'
@@ -24,29 +25,13 @@ export interface ConnectionInfo {
   connectedTo: string[]
 }
 
-export interface WorkloadView {
-  state: string
-  healthy: boolean | null
-  restarts: number
-  version?: string
-  pid?: number
-  log: string[]
-}
-
-/** A node's status body, with every field checked (daemons send JSON; nothing is trusted to be well-shaped). */
-export interface NodeStatus {
+/**
+ * A node's status body (crdt/fleet-status.ts, every field checked: daemons send JSON and nothing
+ * is trusted to be well-shaped) and what this page knows of its record.
+ */
+export interface NodeStatus extends StatusBody {
   node: string
   peerId: string
-  name: string
-  labels: Record<string, string>
-  revision: Record<string, string[]>
-  applied: Record<string, string[]>
-  workloads: Record<string, WorkloadView>
-  files: { ok: boolean; drifted: string[] }
-  peers: string[]
-  errors: string[]
-  startedAt: number
-  at: number
   receivedAt: number
   stale: boolean
   /** Documents whose applied heads this page does not hold yet (the node is ahead of the page). */

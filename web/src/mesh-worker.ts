@@ -12,7 +12,7 @@ import type { Mesh, StatusRecord } from '../../mesh/types.ts'
 import { Replica } from '../../crdt/replica.ts'
 import { MemoryStore } from '../../crdt/store.ts'
 import { platformEd25519, type Ed25519 } from '../../crdt/ed25519.ts'
-import { decodeTrustStatement, statementHash } from '../../crdt/trust.ts'
+import { statementHash, trustStatementFromJson } from '../../crdt/trust.ts'
 import {
   decryptKeyFile,
   fingerprint,
@@ -21,9 +21,10 @@ import {
   type KeyPair
 } from '../../crdt/keys.ts'
 import { ErrorCategory, RhizomeError } from '../../crdt/errors.ts'
-import { toHex, utf8 } from '../../crdt/bytes.ts'
+import { toHex } from '../../crdt/bytes.ts'
 import { checkDocument } from '../../crdt/fleet-yaml.ts'
-import { diffMaps, applyOps, formatOps, plainValue } from '../../crdt/config-diff.ts'
+import { diffDocument, formatOps, plainValue, signOps } from '../../crdt/config-diff.ts'
+import { changeHistory } from '../../crdt/change-history.ts'
 import type {
   ConnectionInfo,
   DocView,
@@ -218,7 +219,7 @@ async function connect(req: Extract<WorkerRequest, { type: 'connect' }>): Promis
   setConnection({ state: 'connecting', address: req.address, error: undefined })
   try {
     ed ??= await platformEd25519()
-    const statements = req.trust.map(s => decodeTrustStatement(utf8(JSON.stringify(s))))
+    const statements = req.trust.map(trustStatementFromJson)
     const [genesis, ...rest] = statements
     if (genesis === undefined) throw new DashboardError('the trust file is empty')
     if (replica === undefined || replica.fleetId !== statementHash(genesis.statement)) {
@@ -338,17 +339,11 @@ async function publish(
   checkDocument(docId, value)
   replica.trust.authorize(signer.info.publicKey, docId)
   const doc = await replica.open(docId)
-  const ops = diffMaps((plainValue(doc.value) ?? {}) as Record<string, unknown>, value)
+  const ops = diffDocument(doc, value)
   if (ops.length === 0) {
     throw new DashboardError(`nothing to publish: "${docId}" already has this content`)
   }
-  await doc.change(
-    Replica.signer(signer.pair),
-    d => {
-      applyOps(d, ops)
-    },
-    message
-  )
+  await signOps(doc, Replica.signer(signer.pair), ops, message)
   scheduleSnapshot()
   return { heads: doc.heads }
 }
@@ -356,25 +351,18 @@ async function publish(
 async function history(docId: string): Promise<HistoryItem[]> {
   if (replica === undefined) return []
   if (!replica.documentIds().includes(docId)) return []
-  const doc = await replica.open(docId)
-  const entries = doc.history().slice(-MAX_HISTORY).reverse()
-  return entries.map(h => {
-    const before = (plainValue(h.deps.length === 0 ? {} : doc.valueAt(h.deps)) ?? {}) as Record<
-      string,
-      unknown
-    >
-    const after = (plainValue(doc.valueAt([h.hash])) ?? {}) as Record<string, unknown>
-    return {
+  return changeHistory(await replica.open(docId), MAX_HISTORY)
+    .reverse()
+    .map(h => ({
       hash: h.hash,
       docId,
       signer: h.signer,
-      signerName: h.signerInfo?.name,
-      signerRole: h.signerInfo?.role,
+      signerName: h.signerName ?? undefined,
+      signerRole: h.role ?? undefined,
       time: h.time * 1000,
       message: h.message,
-      diff: formatOps(diffMaps(before, after)).slice(0, 200)
-    }
-  })
+      diff: formatOps(h.diff).slice(0, 200)
+    }))
 }
 
 async function handle(req: WorkerRequest): Promise<WorkerResult> {

@@ -6,10 +6,11 @@
  */
 import { useEffect, useMemo, useState } from 'preact/hooks'
 import { parseDocument, stringify } from 'yaml'
-import { diffMaps, formatOps, type DiffOp } from '../../../crdt/config-diff.ts'
+import { diffDocument, formatOps, type DiffOp } from '../../../crdt/config-diff.ts'
+import { documentSchema } from '../../../crdt/document-schema.ts'
 import { DEVICES_DOC } from '../../../crdt/devices.ts'
 import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
-import { shortHeads } from '../node-status.ts'
+import { shortHeads } from '../../../crdt/fleet-status.ts'
 import { navigate } from '../navigation.ts'
 
 const MAX_EDIT_BYTES = 1024 * 1024
@@ -76,7 +77,7 @@ export function DesiredConfig({
     try {
       const value = parseEdited(text)
       await source.validate(id, value)
-      const ops = diffMaps(current?.value ?? {}, value)
+      const ops = diffDocument({ id, value: current?.value ?? documentSchema(id) }, value)
       if (ops.length === 0) {
         setError('Nothing changed: the edited YAML equals the current document.')
         return

@@ -6,7 +6,8 @@ import { useMemo } from 'preact/hooks'
 import { stringify } from 'yaml'
 import { effectiveConfig } from '../../../crdt/effective-config.ts'
 import type { FleetSnapshot } from '../fleet-source.ts'
-import { ago, health, shortHeads, syncState } from '../node-status.ts'
+import { ago, health, shortHeads } from '../../../crdt/fleet-status.ts'
+import { syncState } from '../node-status.ts'
 import { navigate } from '../navigation.ts'
 
 export function NodeDetail({

@@ -4,7 +4,15 @@
  */
 import { useMemo, useState } from 'preact/hooks'
 import type { FleetSnapshot, NodeStatus } from '../fleet-source.ts'
-import { ago, health, shortHeads, syncState, type Health, type SyncState } from '../node-status.ts'
+import {
+  ago,
+  health,
+  shortHeads,
+  SYNC_LABEL,
+  type Health,
+  type SyncState
+} from '../../../crdt/fleet-status.ts'
+import { syncState } from '../node-status.ts'
 import { navigate } from '../navigation.ts'
 
 type SortKey = 'name' | 'status' | 'revision' | 'health' | 'seen' | 'peers'
@@ -17,12 +25,6 @@ interface Row {
   total: number
 }
 
-const SYNC_LABEL: Record<SyncState, string> = {
-  'in-sync': 'up to date',
-  behind: 'behind',
-  'ahead-or-diverged': 'newer than this page',
-  unknown: 'unknown'
-}
 const SYNC_ORDER: Record<SyncState, number> = {
   behind: 0,
   'ahead-or-diverged': 1,

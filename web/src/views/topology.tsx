@@ -5,7 +5,7 @@
  */
 import { useMemo } from 'preact/hooks'
 import type { FleetSnapshot } from '../fleet-source.ts'
-import { health } from '../node-status.ts'
+import { health } from '../../../crdt/fleet-status.ts'
 import { navigate } from '../navigation.ts'
 
 const SIZE = 760

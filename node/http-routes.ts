@@ -1,0 +1,214 @@
+/**
+ * The daemon's HTTP API routes, over the few parts of the daemon they read (`ApiComponents`);
+ * the server itself (body limits, errors, static files) is http-api.ts.
+ *
+ *   GET  /api/health                 HealthReply {ok, peerId, name, uptimeMs, mesh}
+ *   GET  /metrics                    Prometheus text
+ *   GET  /api/status                 FleetStatus (status-report.ts): every node, online or last
+ *                                    seen, up to date or not, with its status body
+ *   GET  /api/trust                  the trust chain, JSON array of signed statements (genesis first)
+ *   POST /api/trust                  add the next signed trust statement (JSON)
+ *   GET  /api/docs                   DocSummary[] [{id, heads}]
+ *   GET  /api/docs/:id               DocReply {id, heads, value}   (:id URL-encoded, may contain /)
+ *   GET  /api/docs/:id/batch         application/octet-stream: encoded SignedBatch of all its changes
+ *   POST /api/batches                application/octet-stream encoded SignedBatch → BatchReply
+ *                                    {status, heads, applied}; 400/403 {error, message} when rejected
+ *   GET  /api/history?doc=ID&limit=N HistoryItem[] (crdt/change-history.ts)
+ *   GET  /api/workloads/:name/logs   LogsReply {name, lines}
+ *
+ * Writes need no session: POST /api/batches takes signed batches, verified exactly as if a peer
+ * had sent them, so nothing unsigned or unauthorised can be applied through it.
+ */
+import { changeHistory, type HistoryItem } from '../crdt/change-history.ts'
+import { plainValue } from '../crdt/config-diff.ts'
+import type { SignedDocument } from '../crdt/document.ts'
+import type { AcceptStatus } from '../crdt/document.ts'
+import type { Replica } from '../crdt/replica.ts'
+import { decodeBatch, encodeBatch } from '../crdt/signed-change.ts'
+import { decodeTrustStatement } from '../crdt/trust.ts'
+import { HttpError, type Route } from './http-api.ts'
+import type { EventLog } from './logger.ts'
+import type { DaemonMetrics } from './metrics.ts'
+import type { FleetStatus } from './status-report.ts'
+
+export const MAX_HISTORY_ENTRIES = 1000
+
+export interface HealthReply {
+  ok: true
+  peerId: string
+  name: string
+  uptimeMs: number
+  mesh: boolean
+}
+export interface DocSummary {
+  id: string
+  heads: string[]
+}
+export interface DocReply extends DocSummary {
+  value: unknown
+}
+export interface BatchReply {
+  status: AcceptStatus
+  heads: string[]
+  applied: number
+}
+export interface LogsReply {
+  name: string
+  lines: string[]
+}
+
+/** What the routes read of the daemon, and nothing more. */
+export interface ApiComponents {
+  peerId: string
+  /** The node's current name (from its enrolment once reconciled). */
+  name: () => string
+  startedAt: number
+  mesh: boolean
+  replica: Replica
+  metrics: DaemonMetrics
+  fleetStatus: () => Promise<FleetStatus>
+  /** A workload's recent output lines; undefined when no such workload runs here. */
+  workloadLogs: (name: string) => string[] | undefined
+  events: EventLog
+}
+
+export function apiRoutes(c: ApiComponents): Route[] {
+  const replica = c.replica
+  const docId = (raw: string): string => decodeURIComponent(raw)
+  const needDoc = async (id: string): Promise<SignedDocument> => {
+    if (!replica.documentIds().includes(id)) {
+      throw new HttpError(
+        404,
+        'NotFound',
+        `this daemon holds no document "${id}"; GET /api/docs lists the ones it holds`
+      )
+    }
+    return replica.open(id)
+  }
+  return [
+    {
+      method: 'GET',
+      pattern: /^\/api\/health$/,
+      handler: async () => {
+        const json: HealthReply = {
+          ok: true,
+          peerId: c.peerId,
+          name: c.name(),
+          uptimeMs: Date.now() - c.startedAt,
+          mesh: c.mesh
+        }
+        return { json }
+      }
+    },
+    {
+      method: 'GET',
+      pattern: /^\/metrics$/,
+      handler: async () => ({
+        text: await c.metrics.registry.metrics(),
+        type: c.metrics.registry.contentType
+      })
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/status$/,
+      handler: async () => ({ json: await c.fleetStatus() })
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/trust$/,
+      handler: async () => ({ json: replica.trust.all })
+    },
+    {
+      method: 'POST',
+      pattern: /^\/api\/trust$/,
+      handler: async (_m, _r, _u, body) => {
+        const added = await replica.addTrustStatement(decodeTrustStatement(await body()))
+        return { json: { added, version: replica.trust.version } }
+      }
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/docs$/,
+      handler: async () => {
+        const json: DocSummary[] = await Promise.all(
+          replica.documentIds().map(async id => ({ id, heads: (await replica.open(id)).heads }))
+        )
+        return { json }
+      }
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/docs\/(.+)\/batch$/,
+      handler: async m => {
+        const id = docId(m[1] as string)
+        const doc = replica.documentIds().includes(id) ? await replica.open(id) : undefined
+        const batch =
+          doc === undefined
+            ? { docId: id, chunks: [], signatures: [] }
+            : doc.batchFor(doc.history().map(h => h.hash))
+        return { bytes: encodeBatch(batch), type: 'application/octet-stream' }
+      }
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/docs\/(.+)$/,
+      handler: async m => {
+        const doc = await needDoc(docId(m[1] as string))
+        const json: DocReply = { id: doc.id, heads: doc.heads, value: plainValue(doc.value) }
+        return { json }
+      }
+    },
+    {
+      method: 'POST',
+      pattern: /^\/api\/batches$/,
+      handler: async (_m, _r, _u, body, signal) => {
+        try {
+          const batch = decodeBatch(await body())
+          const r = await replica.accept(batch, { signal })
+          c.metrics.apiChanges.inc({ result: r.status })
+          c.events('info', 'batch.accepted', {
+            doc: batch.docId,
+            status: r.status,
+            applied: r.applied,
+            via: 'http'
+          })
+          const json: BatchReply = { status: r.status, heads: r.heads, applied: r.applied }
+          return { json }
+        } catch (err) {
+          c.metrics.apiChanges.inc({ result: 'rejected' })
+          c.events('warn', 'batch.rejected', { error: err as Error, via: 'http' })
+          throw err
+        }
+      }
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/history$/,
+      handler: async (_m, _r, url) => {
+        const only = url.searchParams.get('doc')
+        const limit = Math.min(
+          MAX_HISTORY_ENTRIES,
+          Math.max(1, Number(url.searchParams.get('limit') ?? 100) || 100)
+        )
+        const ids = only === null ? replica.documentIds() : [only]
+        const out: HistoryItem[] = []
+        for (const id of ids) out.push(...changeHistory(await needDoc(id), limit))
+        out.sort((a, b) => a.time - b.time)
+        return { json: out.slice(-limit) }
+      }
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/workloads\/([^/]+)\/logs$/,
+      handler: async m => {
+        const name = decodeURIComponent(m[1] as string)
+        const lines = c.workloadLogs(name)
+        if (lines === undefined) {
+          throw new HttpError(404, 'NotFound', `no workload "${name}" runs on this node`)
+        }
+        const json: LogsReply = { name, lines }
+        return { json }
+      }
+    }
+  ]
+}

@@ -1,0 +1,177 @@
+/**
+ * This node's status, in the shape crdt/fleet-status.ts defines: the body it publishes (from
+ * the reconciler, the appliers and the mesh, kept under MAX_STATUS_BYTES), published soon after
+ * anything changes (coalesced) and every `intervalMs`, and the fleet as this daemon sees it
+ * (`GET /api/status`).
+ */
+import { logger } from '@libp2p/logger'
+import { enrolledDevicesOf } from '../crdt/devices.ts'
+import {
+  fleetNodes,
+  type FleetNode,
+  type ArtifactStatus,
+  type StatusBody,
+  type WorkloadStatus
+} from '../crdt/fleet-status.ts'
+import type { Replica } from '../crdt/replica.ts'
+import { MAX_STATUS_BYTES, type Mesh, type StatusRecord } from '../mesh/types.ts'
+import { peerIdOfPublicKey } from './identity.ts'
+import type { Reconciler } from './reconciler.ts'
+
+const log = logger('rhizome:node:status')
+
+/** How long a burst of changes is collected into one published record, ms. */
+const COALESCE_MS = 200
+
+/** `GET /api/status`: the fleet as one daemon sees it. */
+export interface FleetStatus {
+  fleet: string
+  fleetId: string
+  /** The PeerId of the daemon that answered. */
+  self: string
+  /** false: the daemon runs without networking and knows only its own status. */
+  mesh: boolean
+  /** The heads of every document that daemon holds: what "up to date" is judged against. */
+  latest: Record<string, string[]>
+  nodes: FleetNode[]
+}
+
+export interface StatusReporterComponents {
+  replica: Replica
+  mesh: Mesh | undefined
+  reconciler: Pick<Reconciler, 'identity' | 'revision' | 'last'>
+  workloads: () => Record<string, WorkloadStatus>
+  files: () => { ok: boolean; drifted: string[] }
+  /** Referenced artifacts by digest (node/artifacts/). */
+  artifacts?: () => Record<string, ArtifactStatus>
+  /** This node's public key (hex) and PeerId. */
+  key: string
+  peerId: string
+  startedAt: number
+  /** Publish at least this often, ms. */
+  intervalMs: number
+}
+
+const size = (v: unknown): number => new TextEncoder().encode(JSON.stringify(v)).length
+
+/** Trim logs (then peers and errors) until the body fits in a status record. */
+export function fitStatus(body: StatusBody): StatusBody {
+  if (size(body) <= MAX_STATUS_BYTES - 1024) return body
+  const b: StatusBody = structuredClone(body)
+  for (const keep of [10, 3, 0]) {
+    for (const w of Object.values(b.workloads)) w.log = w.log.slice(-keep).map(l => l.slice(0, 200))
+    if (size(b) <= MAX_STATUS_BYTES - 1024) return b
+  }
+  b.peers = b.peers.slice(0, 50)
+  b.errors = b.errors.slice(0, 3)
+  return b
+}
+
+export class StatusReporter {
+  private readonly c: StatusReporterComponents
+  private timer: ReturnType<typeof setInterval> | undefined
+  private soon: ReturnType<typeof setTimeout> | undefined
+  private stopped = false
+  /** Our own record when there is no mesh to hold it. */
+  private own: StatusRecord | undefined
+
+  constructor(components: StatusReporterComponents) {
+    this.c = components
+  }
+
+  start(): void {
+    this.timer = setInterval(() => {
+      void this.publish()
+    }, this.c.intervalMs)
+    this.timer.unref()
+  }
+
+  stop(): void {
+    this.stopped = true
+    clearInterval(this.timer)
+    clearTimeout(this.soon)
+  }
+
+  /** Publish soon: several calls within COALESCE_MS make one record. */
+  schedule(): void {
+    if (this.soon !== undefined || this.stopped) return
+    this.soon = setTimeout(() => {
+      this.soon = undefined
+      void this.publish()
+    }, COALESCE_MS)
+    this.soon.unref()
+  }
+
+  async body(): Promise<StatusBody> {
+    const id = await this.c.reconciler.identity()
+    const last = this.c.reconciler.last
+    const body: StatusBody = {
+      name: id.name,
+      labels: id.labels,
+      revision: await this.c.reconciler.revision(),
+      applied: last?.applied ?? {},
+      workloads: this.c.workloads(),
+      files: this.c.files(),
+      peers: this.c.mesh?.peers().map(p => p.peerId) ?? [],
+      errors: (last?.errors ?? []).slice(0, 20),
+      startedAt: this.c.startedAt,
+      at: Date.now()
+    }
+    const artifacts = this.c.artifacts?.()
+    if (artifacts !== undefined && Object.keys(artifacts).length > 0) body.artifacts = artifacts
+    return fitStatus(body)
+  }
+
+  async publish(): Promise<void> {
+    if (this.stopped) return
+    try {
+      const body = await this.body()
+      const json = body as unknown as Record<string, unknown>
+      if (this.c.mesh !== undefined) {
+        await this.c.mesh.publishStatus(json)
+      } else {
+        this.own = {
+          node: this.c.key,
+          peerId: this.c.peerId,
+          seq: body.at,
+          body: json,
+          receivedAt: body.at,
+          stale: false
+        }
+      }
+    } catch (err) {
+      log.error('publishing status failed: %e', err)
+    }
+  }
+
+  /** Status records: the mesh's, or only our own without a mesh. */
+  records(): StatusRecord[] {
+    if (this.c.mesh !== undefined) return this.c.mesh.statuses()
+    return this.own === undefined ? [] : [this.own]
+  }
+
+  async fleet(): Promise<FleetStatus> {
+    const replica = this.c.replica
+    const latest = await this.c.reconciler.revision()
+    const docs = new Map(
+      await Promise.all(
+        replica.documentIds().map(async id => [id, await replica.open(id)] as const)
+      )
+    )
+    return {
+      fleet: replica.trust.latest.fleet,
+      fleetId: replica.fleetId,
+      self: this.c.peerId,
+      mesh: this.c.mesh !== undefined,
+      latest,
+      nodes: fleetNodes({
+        enrolled: await enrolledDevicesOf(replica),
+        records: this.records(),
+        latest,
+        holds: (id, heads) => docs.get(id)?.has(heads) ?? false,
+        peerIdOf: peerIdOfPublicKey,
+        self: this.c.key
+      })
+    }
+  }
+}
