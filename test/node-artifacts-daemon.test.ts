@@ -132,7 +132,7 @@ describe('artifacts in one daemon', { timeout: 120_000 }, () => {
     })
     assert.equal(status.artifacts![absent]!.state, 'waiting')
     assert.match(status.artifacts![absent]!.reason ?? '', /no reachable peer/)
-    assert.equal(status.errors, undefined, 'waiting is not an error')
+    assert.deepEqual(status.errors ?? [], [], 'waiting is not an error')
     const list = await rhizome(['artifact', 'list', '--daemon', d.url], env)
     assert.match(list.stdout, /app .* complete/)
     assert.match(list.stdout, /waiting 0%/)
