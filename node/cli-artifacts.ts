@@ -10,6 +10,14 @@ import { Readable } from 'node:stream'
 import { Option, type Command } from 'commander'
 import { DaemonClient } from './daemon-client.ts'
 import { DaemonUnreachableError, RejectedByDaemonError, UsageError } from './errors.ts'
+import { manifestOf } from './artifacts/store.ts'
+import type { ArtifactStatus } from '../crdt/fleet-status.ts'
+import {
+  DEFAULT_CHUNK_SIZE,
+  MAX_ARTIFACT_BYTES,
+  MAX_CHUNK_SIZE,
+  MIN_CHUNK_SIZE
+} from './artifacts/limits.ts'
 
 const say = (s = ''): void => {
   process.stdout.write(s + '\n')
@@ -80,6 +88,25 @@ async function cmdAdd(
   say(`    workloads: { app: { artifact: "${a.digest}", unpack: tar, command: [./run] } }`)
 }
 
+async function cmdDigest(file: string, opts: { chunkSize?: string }): Promise<void> {
+  const chunkSize = opts.chunkSize === undefined ? DEFAULT_CHUNK_SIZE : Number(opts.chunkSize)
+  if (!Number.isInteger(chunkSize) || chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
+    throw new UsageError(
+      `--chunk-size must be an integer from ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE}`
+    )
+  }
+  let m
+  try {
+    m = await manifestOf(createReadStream(file), { chunkSize, maxBytes: MAX_ARTIFACT_BYTES })
+  } catch (err) {
+    if ((err as { code?: string }).code !== undefined) {
+      throw new UsageError(`cannot read ${file}: ${(err as Error).message}`)
+    }
+    throw err
+  }
+  say(m.digest)
+}
+
 interface Listed {
   digest: string
   name?: string
@@ -109,7 +136,24 @@ async function cmdList(opts: { daemon: string; json?: boolean }): Promise<void> 
   }
 }
 
-/** Register `artifact add` and `artifact list` on the program. */
+/** `rhizome status` lines for a node's artifacts that are not complete yet. */
+export function artifactLines(list: Record<string, ArtifactStatus> | undefined): string[] {
+  const out: string[] = []
+  for (const [digest, a] of Object.entries(list ?? {})) {
+    if (a.state === 'complete') continue
+    const pct = a.size === undefined || a.size === 0 ? 0 : Math.floor((100 * a.held) / a.size)
+    out.push(
+      `artifact ${a.name ?? digest.slice(0, 19) + '…'}: ${a.state} ${pct}%` +
+        (a.size === undefined ? '' : ` of ${mib(a.size)}`) +
+        (a.state === 'fetching' ? ` from ${a.peers} peer(s), ${mib(a.rate)}/s` : '') +
+        (a.eta === undefined ? '' : `, eta ${a.eta} s`) +
+        (a.reason === undefined ? '' : ` (${a.reason})`)
+    )
+  }
+  return out
+}
+
+/** Register `artifact add`, `digest` and `list` on the program. */
 export function registerArtifactCommands(p: Command, exitHelp: string): void {
   const a = p
     .command('artifact')
@@ -124,6 +168,14 @@ export function registerArtifactCommands(p: Command, exitHelp: string): void {
     .addOption(daemonOpt())
     .addHelpText('after', exitHelp)
     .action(cmdAdd)
+  a.command('digest')
+    .description(
+      'print the digest a file will have as an artifact (computed here; nothing is stored or sent)'
+    )
+    .argument('<file>')
+    .option('--chunk-size <bytes>', 'chunk size (must match the one `add` will use)')
+    .addHelpText('after', exitHelp)
+    .action(cmdDigest)
   a.command('list')
     .description('artifacts this daemon holds or is fetching, with progress')
     .option('--json', 'machine-readable output (GET /api/artifacts)')

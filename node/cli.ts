@@ -37,7 +37,7 @@ import { decodeBundle, encodeBundle } from './bundle.ts'
 import { UsageError } from './errors.ts'
 import { categoryOf, ErrorCategory } from '../crdt/errors.ts'
 import { freezeForApply } from './cli-rollout.ts'
-import { registerArtifactCommands } from './cli-artifacts.ts'
+import { artifactLines, registerArtifactCommands } from './cli-artifacts.ts'
 import type { FleetStatus } from './status-report.ts'
 
 export const EXIT = { ok: 0, usage: 1, rejected: 2, unreachable: 3, internal: 4 } as const
@@ -301,6 +301,8 @@ async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void
     say(
       `${n.name.padEnd(16)} ${n.peerId.slice(0, 16)}… ${state.padEnd(18)} ${SYNC_LABEL[n.sync].padEnd(10)} ${wl}${drift}${n.enrolled ? '' : ' (not enrolled)'}`
     )
+    for (const l of artifactLines(n.status?.artifacts)) say(`${''.padEnd(18)}${l}`)
+    for (const l of artifactLines(n.status?.artifacts)) say(`${''.padEnd(18)}${l}`)
   }
 }
 

@@ -21,7 +21,7 @@ import { logger } from '@libp2p/logger'
 import { ArtifactFetch, type ChunkSource, type FetchProgress } from './fetch.ts'
 import { ArtifactStore, type ArtifactInfo } from './store.ts'
 import { RateLimiter } from './rate-limit.ts'
-import type { ArtifactDigest } from './manifest.ts'
+import { chunkLength, isDigest, type ArtifactDigest } from './manifest.ts'
 import {
   DEFAULT_DISK_BUDGET_BYTES,
   DEFAULT_GC_GRACE_MS,
@@ -36,6 +36,8 @@ export interface ArtifactsOptions {
   dir: string
   /** Download limit for all fetches together, bytes per second (0: none). */
   fetchBytesPerSecond?: number
+  /** Upload limit for all chunks served to peers together, bytes per second (0: none). */
+  serveBytesPerSecond?: number
   /** Unreferenced artifacts are deleted after this long… */
   gcGraceMs?: number
   /** …or sooner, least recently wanted first, while the store holds more than this. */
@@ -56,6 +58,7 @@ export interface ArtifactCounters {
 export class Artifacts extends EventTarget {
   readonly store: ArtifactStore
   readonly fetchRate: RateLimiter
+  readonly serveRate: RateLimiter
   private readonly opts: ArtifactsOptions
   private sources: () => ChunkSource[] = () => []
   private onFaulty: (source: ChunkSource, err: Error) => void = () => {}
@@ -71,6 +74,7 @@ export class Artifacts extends EventTarget {
     this.store = store
     this.opts = opts
     this.fetchRate = new RateLimiter(opts.fetchBytesPerSecond ?? 0)
+    this.serveRate = new RateLimiter(opts.serveBytesPerSecond ?? 0)
     store.addEventListener('complete', e => {
       this.dispatchEvent(new CustomEvent('complete', { detail: (e as CustomEvent).detail }))
     })
@@ -88,6 +92,33 @@ export class Artifacts extends EventTarget {
     this.sources = sources
     this.onFaulty = onFaulty
     this.poke()
+  }
+
+  /**
+   * What this daemon serves to its peers (mesh/artifact-service.ts): verified chunks only, from
+   * complete and partial artifacts alike (so fetchers of the same artifact serve each other),
+   * paced by the serve limit.
+   */
+  holder(): {
+    have(digest: string): ReturnType<ArtifactStore['have']>
+    manifest(digest: string): Uint8Array | undefined
+    chunk(digest: string, index: number): Promise<Uint8Array | undefined>
+  } {
+    return {
+      have: d => (isDigest(d) ? this.store.have(d) : undefined),
+      manifest: d => (isDigest(d) ? this.store.manifest(d)?.bytes : undefined),
+      chunk: async (d, i) => {
+        const m = isDigest(d) ? this.store.manifest(d) : undefined
+        if (m === undefined || !this.store.holds(m.digest, i)) return undefined
+        await this.serveRate.take(chunkLength(m, i))
+        const c = await this.store.readChunk(m.digest, i)
+        if (c !== undefined) {
+          this.served.bytes += c.length
+          this.served.chunks++
+        }
+        return c
+      }
+    }
   }
 
   /** Peers changed: running fetches look again at once. */

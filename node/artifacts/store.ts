@@ -412,33 +412,9 @@ export class ArtifactStore extends EventTarget {
     const max = Math.min(opts.maxBytes ?? MAX_ARTIFACT_BYTES, MAX_ARTIFACT_BYTES)
     const tmp = join(this.dir, 'tmp', `add-${randomBytes(8).toString('hex')}`)
     const fh = await open(tmp, 'w', 0o600)
-    const whole = createHash('sha256')
-    const chunks: Uint8Array[] = []
-    let cur = createHash('sha256')
-    let inChunk = 0
-    let size = 0
+    let m: Manifest
     try {
-      for await (const piece of source) {
-        size += piece.length
-        if (size > max) {
-          throw new ArtifactTooLargeError(`the artifact is over the ${max}-byte bound`)
-        }
-        whole.update(piece)
-        let off = 0
-        while (off < piece.length) {
-          const take = Math.min(chunkSize - inChunk, piece.length - off)
-          cur.update(piece.subarray(off, off + take))
-          inChunk += take
-          off += take
-          if (inChunk === chunkSize) {
-            chunks.push(new Uint8Array(cur.digest()))
-            cur = createHash('sha256')
-            inChunk = 0
-          }
-        }
-        await fh.write(piece)
-      }
-      if (inChunk > 0) chunks.push(new Uint8Array(cur.digest()))
+      m = await manifestOf(source, { chunkSize, maxBytes: max, onPiece: piece => fh.write(piece) })
       await fh.datasync()
     } catch (err) {
       await fh.close()
@@ -446,12 +422,6 @@ export class ArtifactStore extends EventTarget {
       throw err
     }
     await fh.close()
-    const m = encodeManifest({
-      size,
-      chunkSize,
-      fileSha256: new Uint8Array(whole.digest()),
-      chunks
-    })
     const hex = digestHex(m.digest)
     if (this.state(m.digest) === 'complete') {
       await rm(tmp, { force: true })
@@ -679,4 +649,41 @@ export async function writeFileAtomic(file: string, bytes: Uint8Array): Promise<
     await fh.close()
   }
   await rename(tmp, file)
+}
+
+/**
+ * The manifest of a stream of bytes: cut into `chunkSize` chunks and hashed as it streams, each
+ * piece handed to `onPiece` (to be written) before the next is read.
+ */
+export async function manifestOf(
+  source: AsyncIterable<Uint8Array>,
+  opts: { chunkSize: number; maxBytes: number; onPiece?: (piece: Uint8Array) => Promise<unknown> }
+): Promise<Manifest> {
+  const { chunkSize, maxBytes } = opts
+  const whole = createHash('sha256')
+  const chunks: Uint8Array[] = []
+  let cur = createHash('sha256')
+  let inChunk = 0
+  let size = 0
+  for await (const piece of source) {
+    size += piece.length
+    if (size > maxBytes)
+      throw new ArtifactTooLargeError(`the artifact is over the ${maxBytes}-byte bound`)
+    whole.update(piece)
+    let off = 0
+    while (off < piece.length) {
+      const take = Math.min(chunkSize - inChunk, piece.length - off)
+      cur.update(piece.subarray(off, off + take))
+      inChunk += take
+      off += take
+      if (inChunk === chunkSize) {
+        chunks.push(new Uint8Array(cur.digest()))
+        cur = createHash('sha256')
+        inChunk = 0
+      }
+    }
+    await opts.onPiece?.(piece)
+  }
+  if (inChunk > 0) chunks.push(new Uint8Array(cur.digest()))
+  return encodeManifest({ size, chunkSize, fileSha256: new Uint8Array(whole.digest()), chunks })
 }

@@ -83,6 +83,29 @@ export function fakeFleet(count: number, seed = 7): FleetSnapshot {
       files: { ok: true, drifted: [] },
       peers,
       errors: [],
+      artifacts:
+        role === 'pos'
+          ? {
+              ['sha256:' + '5e'.repeat(32)]: behind
+                ? {
+                    state: 'fetching',
+                    name: 'till-model',
+                    size: 268_435_456,
+                    held: 100_663_296,
+                    peers: 3,
+                    rate: 8_388_608,
+                    eta: 20
+                  }
+                : {
+                    state: 'complete',
+                    name: 'till-model',
+                    size: 268_435_456,
+                    held: 268_435_456,
+                    peers: 0,
+                    rate: 0
+                  }
+            }
+          : {},
       startedAt: now - 3_600_000 * (1 + (i % 30)),
       at: stale ? now - 600_000 - i * 1000 : now - Math.floor(rand() * 8000),
       receivedAt: stale ? now - 600_000 : now - 1000,

@@ -9,6 +9,7 @@ import type { FleetSnapshot } from '../fleet-source.ts'
 import { ago, health, shortHeads } from '../../../crdt/fleet-status.ts'
 import { syncState } from '../node-status.ts'
 import { navigate } from '../navigation.ts'
+import { ArtifactsPanel } from './artifacts.tsx'
 
 export function NodeDetail({
   snap,
@@ -143,6 +144,7 @@ export function NodeDetail({
               </tbody>
             </table>
           )}
+          <ArtifactsPanel artifacts={n.artifacts} />
           <h3>Recent log lines</h3>
           {Object.entries(n.workloads).every(([, w]) => w.log.length === 0) ? (
             <p class='muted'>No log lines reported.</p>
