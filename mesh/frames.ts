@@ -11,7 +11,12 @@
  */
 import { LengthPrefixedDecoder } from '@libp2p/utils'
 import { ByteWriter } from '../crdt/bytes.ts'
-import { ExchangeTimeoutError, FrameTooLargeError, MalformedMessageError } from './errors.ts'
+import {
+  ExchangeTimeoutError,
+  FrameTooLargeError,
+  MalformedMessageError,
+  PeerGoneError
+} from './errors.ts'
 import type { Stream } from '@libp2p/interface'
 
 export function encodeFrame(payload: Uint8Array): Uint8Array {
@@ -89,7 +94,8 @@ export async function readOneFrame(
   })
   try {
     const r = await Promise.race([it.next(), timeout])
-    if (r.done === true) throw new MalformedMessageError('the stream ended before a frame arrived')
+    // Not the peer's fault: a connection that drops, or a peer that refuses, ends the stream.
+    if (r.done === true) throw new PeerGoneError('the stream ended before a frame arrived')
     return r.value
   } finally {
     clearTimeout(timer)

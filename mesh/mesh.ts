@@ -28,6 +28,7 @@ import { createLibp2p, type Libp2p, type Libp2pOptions } from 'libp2p'
 import type { Replica } from '../crdt/replica.ts'
 import { AdmissionControl } from './admission.ts'
 import { admission, type AdmissionService } from './admission-service.ts'
+import { artifactExchange, type ArtifactService } from './artifact-service.ts'
 import { connectionKeeper, type BootstrapPeer, type ConnectionKeeper } from './connection-keeper.ts'
 import { MeshCounters } from './counters.ts'
 import { MeshNotRunningError } from './errors.ts'
@@ -61,6 +62,7 @@ interface RhizomeServices extends Record<string, unknown> {
   sync: SyncService
   status: StatusService
   keeper: ConnectionKeeper
+  artifacts: ArtifactService
 }
 
 function parseBootstrap(addrs: readonly string[]): BootstrapPeer[] {
@@ -155,7 +157,11 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
           identity: opts.identity,
           staleAfterMs: opts.staleAfterMs ?? DEFAULT_STALE_AFTER_MS
         }),
-        keeper: connectionKeeper({ bootstrap: this.bootstrap, limits })
+        keeper: connectionKeeper({ bootstrap: this.bootstrap, limits }),
+        artifacts: artifactExchange({
+          limits,
+          ...(opts.artifacts !== undefined ? { holder: opts.artifacts } : {})
+        })
       },
       start: false
     })
@@ -228,6 +234,10 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
       ...this.counters.snapshot(),
       peersBanned: this.control.bannedCount
     }
+  }
+
+  get artifacts(): ArtifactService {
+    return this.started().services.artifacts
   }
 
   private started(): Libp2p<RhizomeServices> {

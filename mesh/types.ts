@@ -95,6 +95,35 @@ export interface MeshOptions {
    * that daemon, or a session voucher signed by an admin or operator key (`signSessionVoucher`).
    */
   credential?: SessionCredential
+  /** Daemons: the artifacts this node holds, served to enrolled peers (artifact-service.ts). */
+  artifacts?: ArtifactHolder
+}
+
+/** Which chunks of an artifact a holder has: all of them, or a bitfield (bit i of byte i>>3). */
+export type ArtifactHave = { all: true } | { all?: false; bits: Uint8Array }
+
+/** What a node serves on the artifact protocol (the daemon's store implements it). */
+export interface ArtifactHolder {
+  have(digest: string): ArtifactHave | undefined
+  manifest(digest: string): Uint8Array | undefined
+  /** A verified chunk, or undefined if not held; may wait (the serve rate limit). */
+  chunk(digest: string, index: number): Promise<Uint8Array | undefined>
+}
+
+/** A connected enrolled peer as a source of artifact chunks. Replies are unchecked. */
+export interface ArtifactSource {
+  readonly id: string
+  have(digest: string, signal: AbortSignal): Promise<ArtifactHave | undefined>
+  manifest(digest: string, signal: AbortSignal): Promise<Uint8Array | undefined>
+  chunk(digest: string, index: number, signal: AbortSignal): Promise<Uint8Array>
+}
+
+/** The artifact exchange as the daemon uses it. */
+export interface MeshArtifacts {
+  /** Connected enrolled peers as chunk sources (streams on connections already held). */
+  sources(): ArtifactSource[]
+  /** A peer sent a wrong manifest or chunk: ban it like any peer that sends invalid data. */
+  faulty(peerId: string, err: Error): void
 }
 
 /** What a browser presents to open a session: a viewer token, or a signed session voucher. */
@@ -144,4 +173,6 @@ export interface Mesh extends TypedEventTarget<MeshEvents> {
   /** A one-time token a browser presents to be admitted as a read-only viewer of this daemon. */
   issueViewerToken(): string
   metrics(): MeshMetrics
+  /** Artifact chunks to and from peers (artifact-service.ts). */
+  readonly artifacts: MeshArtifacts
 }

@@ -189,6 +189,13 @@ export class Daemon {
         JSON.stringify(replica.trust.all[0], null, 2)
       )
     }
+    const artifacts = await Artifacts.open({
+      dir: join(config.dataDir, 'artifacts'),
+      fetchBytesPerSecond: config.artifactFetchRate,
+      serveBytesPerSecond: config.artifactServeRate,
+      diskBudgetBytes: config.artifactDiskBudget,
+      gcGraceMs: config.artifactGcGraceMs
+    })
     let mesh: Mesh | undefined
     if (opts.mesh !== false) {
       try {
@@ -197,21 +204,23 @@ export class Daemon {
           identity: identity.pair,
           listen: config.listen,
           bootstrap: config.bootstrap,
-          mdns: config.mdns
+          mdns: config.mdns,
+          artifacts: artifacts.holder()
         })
         await mesh.start()
+        const ex = mesh.artifacts
+        artifacts.setSources(
+          () => ex.sources(),
+          (source, err) => ex.faulty(source.id, err)
+        )
+        mesh.addEventListener('peer:connect', () => artifacts.poke())
       } catch (err) {
+        await artifacts.stop()
         await replica.close()
         await store.close()
         throw err
       }
     }
-    const artifacts = await Artifacts.open({
-      dir: join(config.dataDir, 'artifacts'),
-      fetchBytesPerSecond: config.artifactFetchRate,
-      diskBudgetBytes: config.artifactDiskBudget,
-      gcGraceMs: config.artifactGcGraceMs
-    })
     const d = new Daemon({ config, identity, store, replica, mesh, events, artifacts })
     await d.run()
     return d

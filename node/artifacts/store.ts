@@ -667,8 +667,9 @@ export async function manifestOf(
   let size = 0
   for await (const piece of source) {
     size += piece.length
-    if (size > maxBytes)
+    if (size > maxBytes) {
       throw new ArtifactTooLargeError(`the artifact is over the ${maxBytes}-byte bound`)
+    }
     whole.update(piece)
     let off = 0
     while (off < piece.length) {

@@ -1,0 +1,210 @@
+/**
+ * The artifact service: serves the chunks this node holds to enrolled peers, and presents its
+ * connected enrolled peers as chunk sources to the node's fetch engine (node/artifacts/fetch.ts).
+ * Wire format in artifact-protocol.ts.
+ *
+ * - Served to enrolled devices only: a viewer or admin browser session, or anyone else, gets its
+ *   stream reset before a byte is read.
+ * - Bounded: one request per stream, at most `MAX_ARTIFACT_STREAMS` at once per peer connection
+ *   (libp2p resets the streams over it), request frames of 64 bytes, replies of one chunk; every
+ *   exchange within `exchangeTimeoutMs`. Bytes per second are the holder's to bound (the daemon's
+ *   `artifactServeRate`), since it reads the chunks.
+ * - A peer that sends a malformed request or reply is rejected (banned) through admission; one
+ *   that sends a wrong manifest or chunk is reported by the fetch engine through `faulty()`.
+ * - Streams only on connections already held: fetching never dials.
+ */
+import { logger } from '@libp2p/logger'
+import type { Connection, PeerId, Startable, Stream } from '@libp2p/interface'
+import type { ConnectionManager, Registrar } from '@libp2p/interface-internal'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { isPeerFault } from '../crdt/errors.ts'
+import { ByteWriter } from '../crdt/bytes.ts'
+import {
+  ARTIFACT_PROTOCOL,
+  decodeArtifactRequest,
+  decodeBodyReply,
+  decodeHaveReply,
+  encodeArtifactRequest,
+  encodeHaveReply,
+  MAX_ARTIFACT_REPLY_BYTES,
+  MAX_ARTIFACT_REQUEST_BYTES,
+  MAX_ARTIFACT_STREAMS,
+  REPLY_NOT_HELD,
+  REPLY_OK,
+  type ArtifactRequest
+} from './artifact-protocol.ts'
+import { streamOnConnection } from './connections.ts'
+import { ExchangeTimeoutError, SessionRefusedError } from './errors.ts'
+import { readOneFrame, sendFrame } from './frames.ts'
+import type { PeerAdmission } from './admission-service.ts'
+import type { ArtifactHolder, ArtifactSource, MeshArtifacts, MeshLimits } from './types.ts'
+
+const log = logger('rhizome:mesh:artifacts')
+
+export interface ArtifactServiceComponents {
+  registrar: Pick<Registrar, 'handle' | 'unhandle'>
+  connectionManager: Pick<ConnectionManager, 'getConnections'>
+  /** Who a peer is (only `node`, an enrolled device, is served or asked), and how to ban one. */
+  admission: Pick<PeerAdmission, 'admissionOf' | 'reject'>
+}
+
+export interface ArtifactServiceInit {
+  /** What this node holds (the daemon's store); without one, nothing is served. */
+  holder?: ArtifactHolder
+  limits: Pick<MeshLimits, 'exchangeTimeoutMs'>
+}
+
+export class ArtifactService implements Startable, MeshArtifacts {
+  private readonly components: ArtifactServiceComponents
+  private readonly init: ArtifactServiceInit
+  readonly served = { chunks: 0, bytes: 0, refused: 0 }
+
+  constructor(components: ArtifactServiceComponents, init: ArtifactServiceInit) {
+    this.components = components
+    this.init = init
+  }
+
+  async start(): Promise<void> {
+    await this.components.registrar.handle(
+      ARTIFACT_PROTOCOL,
+      (stream, connection) => {
+        this.serve(stream, connection)
+      },
+      { maxInboundStreams: MAX_ARTIFACT_STREAMS, maxOutboundStreams: MAX_ARTIFACT_STREAMS }
+    )
+  }
+
+  async stop(): Promise<void> {
+    await this.components.registrar.unhandle(ARTIFACT_PROTOCOL)
+  }
+
+  /** Connected enrolled peers, each as a source of chunks. */
+  sources(): ArtifactSource[] {
+    const out: ArtifactSource[] = []
+    const seen = new Set<string>()
+    for (const c of this.components.connectionManager.getConnections()) {
+      const id = c.remotePeer.toString()
+      if (seen.has(id) || c.status !== 'open') continue
+      seen.add(id)
+      if (this.components.admission.admissionOf(c.remotePeer) !== 'node') continue
+      out.push(this.source(c.remotePeer))
+    }
+    return out
+  }
+
+  /** A peer sent a wrong manifest or chunk: ban it like any peer that sends invalid data. */
+  faulty(peerId: string, err: Error): void {
+    try {
+      this.components.admission.reject(peerIdFromString(peerId), err)
+    } catch (e) {
+      log.error('cannot reject %s: %e', peerId, e)
+    }
+  }
+
+  private source(peer: PeerId): ArtifactSource {
+    return {
+      id: peer.toString(),
+      have: async (digest, signal) =>
+        decodeHaveReply(await this.ask(peer, { kind: 'have', digest }, signal)),
+      manifest: async (digest, signal) =>
+        decodeBodyReply(await this.ask(peer, { kind: 'manifest', digest }, signal), 'manifest'),
+      chunk: async (digest, index, signal) => {
+        const body = decodeBodyReply(
+          await this.ask(peer, { kind: 'chunk', digest, index }, signal),
+          'chunk'
+        )
+        if (body === undefined) {
+          throw new SessionRefusedError(
+            `${peer.toString()} no longer holds chunk ${index} of ${digest}`
+          )
+        }
+        return body
+      }
+    }
+  }
+
+  private async ask(peer: PeerId, req: ArtifactRequest, signal: AbortSignal): Promise<Uint8Array> {
+    const timeoutMs = this.init.limits.exchangeTimeoutMs
+    const stream = await streamOnConnection(
+      this.components.connectionManager,
+      peer,
+      ARTIFACT_PROTOCOL,
+      {
+        signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)])
+      }
+    )
+    const onAbort = (): void => {
+      stream.abort(new ExchangeTimeoutError('artifact request abandoned'))
+    }
+    signal.addEventListener('abort', onAbort, { once: true })
+    try {
+      await sendFrame(stream, encodeArtifactRequest(req), timeoutMs)
+      const reply = await readOneFrame(stream, MAX_ARTIFACT_REPLY_BYTES, timeoutMs)
+      void stream.close().catch(() => {})
+      return reply
+    } catch (err) {
+      stream.abort(err as Error)
+      throw err
+    } finally {
+      signal.removeEventListener('abort', onAbort)
+    }
+  }
+
+  private serve(stream: Stream, connection: Connection): void {
+    const peer = connection.remotePeer
+    if (this.components.admission.admissionOf(peer) !== 'node') {
+      this.served.refused++
+      stream.abort(new SessionRefusedError('artifacts are served to enrolled devices only'))
+      return
+    }
+    const timeoutMs = this.init.limits.exchangeTimeoutMs
+    void (async () => {
+      const req = decodeArtifactRequest(
+        await readOneFrame(stream, MAX_ARTIFACT_REQUEST_BYTES, timeoutMs)
+      )
+      const holder = this.init.holder
+      if (req.kind === 'have') {
+        await sendFrame(stream, encodeHaveReply(holder?.have(req.digest)), timeoutMs)
+      } else {
+        const body =
+          req.kind === 'manifest'
+            ? holder?.manifest(req.digest)
+            : await holder?.chunk(req.digest, req.index)
+        if (body === undefined) await sendFrame(stream, REPLY_NOT_HELD, timeoutMs)
+        else {
+          await sendParts(stream, [REPLY_OK, body], timeoutMs)
+          if (req.kind === 'chunk') {
+            this.served.chunks++
+            this.served.bytes += body.length
+          }
+        }
+      }
+      await stream.close({ signal: AbortSignal.timeout(timeoutMs) })
+    })().catch(err => {
+      if (isPeerFault(err)) this.components.admission.reject(peer, err as Error)
+      else log('artifact request from %s: %s', peer, (err as Error).message)
+      stream.abort(err as Error)
+    })
+  }
+}
+
+/** One frame made of several parts, sent without copying them into one buffer. */
+async function sendParts(stream: Stream, parts: Uint8Array[], timeoutMs: number): Promise<void> {
+  const len = parts.reduce((n, p) => n + p.length, 0)
+  let ok = stream.send(new ByteWriter().varint(len).finish())
+  for (const p of parts) ok = stream.send(p) && ok
+  if (!ok) {
+    try {
+      await stream.onDrain({ signal: AbortSignal.timeout(timeoutMs) })
+    } catch {
+      throw new ExchangeTimeoutError(`peer did not read our data within ${timeoutMs} ms`)
+    }
+  }
+}
+
+/** The service factory, for libp2p's `services`. */
+export function artifactExchange(
+  init: ArtifactServiceInit
+): (components: ArtifactServiceComponents) => ArtifactService {
+  return components => new ArtifactService(components, init)
+}

@@ -1,0 +1,91 @@
+/**
+ * The artifact protocol between mesh nodes: an enrolled node learns which chunks a peer holds and
+ * gets its manifest and chunks; a stranger and a viewer session get nothing; a request the
+ * holder cannot answer is "not held", not an error that bans anyone.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { generateKeyPair } from '../crdt/keys.ts'
+import { Replica } from '../crdt/replica.ts'
+import { MemoryStore } from '../crdt/store.ts'
+import { createBrowserMesh } from '../mesh/browser.ts'
+import { ARTIFACT_PROTOCOL, encodeArtifactRequest } from '../mesh/artifact-protocol.ts'
+import { encodeFrame } from '../mesh/frames.ts'
+import type { ArtifactHolder } from '../mesh/types.ts'
+import { ed, makeFleet } from './fixtures/fleet.ts'
+import { startNode, TEST_LIMITS } from './fixtures/mesh-node.ts'
+import { waitFor } from './fixtures/wait.ts'
+import { collect, openStream, rawPeer } from './fixtures/mesh-raw-peer.ts'
+
+const DIGEST = `sha256:${'12'.repeat(32)}`
+const OTHER = `sha256:${'34'.repeat(32)}`
+
+test('artifacts: enrolled peers get chunks, strangers and viewers get nothing', async () => {
+  const fleet = await makeFleet({ nodes: 2, replicas: 0, label: 'mesh-artifacts' })
+  const chunks = [randomBytes(1000), randomBytes(1000), randomBytes(500)]
+  const manifest = randomBytes(200)
+  const holder: ArtifactHolder = {
+    have: d => (d === DIGEST ? { bits: Uint8Array.of(0b101) } : undefined),
+    manifest: d => (d === DIGEST ? manifest : undefined),
+    chunk: async (d, i) => (d === DIGEST && i !== 1 ? chunks[i] : undefined)
+  }
+  const d = await startNode(fleet, fleet.nodes[0]!, {
+    listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws'],
+    artifacts: holder
+  })
+  const tcpAddr = d.mesh.addresses().find(a => !a.includes('/ws'))!
+  const wsAddr = d.mesh.addresses().find(a => a.includes('/ws'))!
+  const e = await startNode(fleet, fleet.nodes[1]!, { bootstrap: [tcpAddr] })
+  try {
+    const signal = AbortSignal.timeout(10_000)
+    const src = await waitFor('the enrolled peer as a source', () =>
+      e.mesh.artifacts.sources().find(s => s.id === d.mesh.peerId)
+    )
+    const have = await src.have(DIGEST, signal)
+    assert.deepEqual(have?.all !== true && [...(have?.bits ?? [])], [0b101])
+    assert.equal(await src.have(OTHER, signal), undefined)
+    assert.deepEqual(Buffer.from((await src.manifest(DIGEST, signal))!), manifest)
+    assert.equal(await src.manifest(OTHER, signal), undefined)
+    assert.deepEqual(Buffer.from(await src.chunk(DIGEST, 2, signal)), chunks[2])
+    await assert.rejects(src.chunk(DIGEST, 1, signal), { name: 'SessionRefusedError' })
+    assert.equal(d.mesh.metrics().peersBanned, 0, 'asking for what is not held bans no one')
+    assert.equal(e.mesh.metrics().peersBanned, 0)
+
+    // A stranger: its stream is reset before anything is read or sent.
+    const stranger = await rawPeer(generateKeyPair())
+    const s = await openStream(stranger, tcpAddr, ARTIFACT_PROTOCOL).catch(() => undefined)
+    if (s !== undefined) {
+      try {
+        s.send(encodeFrame(encodeArtifactRequest({ kind: 'chunk', digest: DIGEST, index: 0 })))
+      } catch {
+        // Already reset: as it should be.
+      }
+      assert.equal((await collect(s, 1500)).bytes, 0, 'a stranger received no bytes')
+    }
+    await stranger.stop()
+
+    // A viewer session (the dashboard) sees the daemon as a node, but is served nothing.
+    const replica = await Replica.open({ store: new MemoryStore(), ed, genesis: fleet.genesis })
+    const viewer = await createBrowserMesh({
+      replica,
+      identity: generateKeyPair(),
+      bootstrap: [wsAddr],
+      credential: { viewerToken: d.mesh.issueViewerToken() },
+      limits: TEST_LIMITS
+    })
+    await viewer.start()
+    try {
+      const vsrc = await waitFor('the daemon to be known to the viewer', () =>
+        viewer.artifacts.sources().find(x => x.id === d.mesh.peerId)
+      )
+      await assert.rejects(vsrc.have(DIGEST, AbortSignal.timeout(5000)))
+      await assert.rejects(vsrc.chunk(DIGEST, 0, AbortSignal.timeout(5000)))
+    } finally {
+      await viewer.stop()
+    }
+  } finally {
+    await e.mesh.stop()
+    await d.mesh.stop()
+  }
+})
