@@ -193,7 +193,9 @@ describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () =>
       )
       const a = await waitFor(`${n} to report the artifact waiting`, async () => {
         const x = await listed(n)
-        return x?.status.state === 'waiting' ? x : undefined
+        return x?.status.state === 'waiting' && /no reachable peer/.test(x.status.reason ?? '')
+          ? x
+          : undefined
       })
       assert.match(a.status.reason ?? '', /no reachable peer/)
     }
