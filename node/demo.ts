@@ -3,16 +3,22 @@
  * every run), starts three daemons on loopback as child processes, enrols them, applies a
  * sample fleet.yaml (a small HTTP service as a workload and a config file) and prints how to
  * look at it. Ctrl-C stops everything (the children by pid).
+ *
+ * Several demos may run at once: each claims its own directory (.rhizome-demo, then
+ * .rhizome-demo-2, … while one is in use, by a pid file), and the daemons take ports the
+ * system assigns (port 0), read back from their logs, so two demos never race for a port.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { createWriteStream } from 'node:fs'
-import { mkdir, rm, writeFile } from 'node:fs/promises'
+import { createWriteStream, rmSync } from 'node:fs'
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, type AddressInfo } from 'node:net'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
 
-const ROOT = resolve('.rhizome-demo')
+/** Demos that may run from one directory at once, each in its own .rhizome-demo[-N]. */
+const MAX_DEMOS = 9
+let ROOT = ''
 // The command as installed: the compiled build (`npm start` builds it first), else the source.
 const CLI = fileURLToPath(new URL('../bin/rhizome.cjs', import.meta.url))
 const SERVICE = fileURLToPath(new URL('./demo/hello-service.mjs', import.meta.url))
@@ -24,20 +30,45 @@ const out = (s = ''): void => {
   process.stdout.write(s + '\n')
 }
 
-async function portFrom(preferred: number): Promise<number> {
-  for (let p = preferred; p < preferred + 50; p++) {
-    const ok = await new Promise<boolean>(resolve => {
-      const s = createServer()
-      s.once('error', () => resolve(false))
-      s.listen(p, '127.0.0.1', () => s.close(() => resolve(true)))
-    })
-    if (ok) return p
-  }
+/**
+ * A port for a workload's HTTP service: one the system picks. (The daemons bind port 0
+ * themselves; the service must be told its port, so it is asked of the system here.)
+ */
+async function freePort(): Promise<number> {
   const s = createServer()
   await new Promise<void>(resolve => s.listen(0, '127.0.0.1', () => resolve()))
   const p = (s.address() as AddressInfo).port
   await new Promise<void>(resolve => s.close(() => resolve()))
   return p
+}
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Claim .rhizome-demo (or -2, -3, … if another demo holds it) by a pid file beside it. */
+async function claimDirectory(): Promise<string> {
+  for (let i = 1; i <= MAX_DEMOS; i++) {
+    const dir = resolve(i === 1 ? '.rhizome-demo' : `.rhizome-demo-${i}`)
+    const lock = `${dir}.pid`
+    try {
+      await writeFile(lock, String(process.pid), { flag: 'wx' })
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      const holder = Number(await readFile(lock, 'utf8').catch(() => ''))
+      if (Number.isInteger(holder) && holder > 0 && alive(holder)) continue
+      // Left by a demo that did not stop cleanly.
+      await writeFile(lock, String(process.pid))
+    }
+    process.once('exit', () => rmSync(lock, { force: true }))
+    return dir
+  }
+  throw new Error(`${MAX_DEMOS} demos are running from this directory already; stop one first`)
 }
 
 function cli(args: string[]): Promise<string> {
@@ -68,6 +99,8 @@ function cli(args: string[]): Promise<string> {
 interface Started {
   name: string
   url: string
+  /** The daemon's TCP mesh address, with its PeerId (what other daemons bootstrap from). */
+  mesh: string
   dashboard: string
   proc: ChildProcess
 }
@@ -83,6 +116,7 @@ function startDaemon(name: string, config: string, log: string): Promise<Started
     const file = createWriteStream(log)
     let partial = ''
     let dashboard = ''
+    let mesh = ''
     const timer = setTimeout(
       () => reject(new Error(`${name} did not start within 30 s; see ${log}`)),
       30_000
@@ -99,9 +133,12 @@ function startDaemon(name: string, config: string, log: string): Promise<Started
           continue
         }
         if (e.event === 'dashboard') dashboard = String(e.url)
+        if (e.event === 'mesh.listening' && Array.isArray(e.addresses)) {
+          mesh = (e.addresses as string[]).find(a => !a.includes('/ws/')) ?? ''
+        }
         if (e.event === 'daemon.ready') {
           clearTimeout(timer)
-          resolve({ name, url: String(e.http), dashboard, proc })
+          resolve({ name, url: String(e.http), mesh, dashboard, proc })
         }
       }
     })
@@ -155,77 +192,68 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => {
     void stopAll(0)
   })
+  ROOT = await claimDirectory()
   await rm(ROOT, { recursive: true, force: true })
   await mkdir(ROOT, { recursive: true })
   out(`Rhizome demo: a fresh fleet in ${ROOT}`)
   await cli(['init', '--dir', join(ROOT, 'fleet'), '--fleet', 'demo'])
-  const nodes: Array<{
-    name: string
-    key: string
-    peerId: string
-    config: string
-    data: string
-    service: number
-  }> = []
-  let prevMeshPort: { port: number; peerId: string } | undefined
-  let nextPort = 8080
-  let svcPort = 9001
-  for (const name of NAMES) {
-    const data = join(ROOT, name)
-    const info = await cli(['node', 'init', '--data', data])
-    const key = /public key\s+([0-9a-f]{64})/.exec(info)?.[1] as string
-    const peerId = /peer id\s+(\S+)/.exec(info)?.[1] as string
-    const http = await portFrom(nextPort)
-    nextPort = http + 1
-    const tcp = await portFrom(4001 + nodes.length * 2)
-    const ws = await portFrom(tcp + 1)
-    const service = await portFrom(svcPort)
-    svcPort = service + 1
-    const config = join(ROOT, `${name}.yaml`)
-    await writeFile(
-      config,
-      stringify({
+  const nodes = await Promise.all(
+    NAMES.map(async name => {
+      const data = join(ROOT, name)
+      const info = await cli(['node', 'init', '--data', data])
+      return {
         name,
-        labels: { site: name.split('-')[0] },
-        dataDir: data,
+        key: /public key\s+([0-9a-f]{64})/.exec(info)?.[1] as string,
+        config: join(ROOT, `${name}.yaml`),
+        data,
+        service: await freePort()
+      }
+    })
+  )
+  const writeConfig = (n: (typeof nodes)[number], bootstrap: string[]): Promise<void> =>
+    writeFile(
+      n.config,
+      stringify({
+        name: n.name,
+        labels: { site: n.name.split('-')[0] },
+        dataDir: n.data,
         trustFile: join(ROOT, 'fleet/trust.json'),
-        listen: [`/ip4/127.0.0.1/tcp/${tcp}`, `/ip4/127.0.0.1/tcp/${ws}/ws`],
-        bootstrap:
-          prevMeshPort === undefined
-            ? []
-            : [`/ip4/127.0.0.1/tcp/${prevMeshPort.port}/p2p/${prevMeshPort.peerId}`],
+        listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws'],
+        bootstrap,
         mdns: false,
-        http: { host: '127.0.0.1', port: http },
-        filesRoot: join(ROOT, name, 'root'),
+        http: { host: '127.0.0.1', port: 0 },
+        filesRoot: join(ROOT, n.name, 'root'),
         allowedRoots: ['/etc/rhizome'],
         reconcileIntervalMs: 10_000,
         driftCheckMs: 1000,
         statusIntervalMs: 3000
       })
     )
-    nodes.push({ name, key, peerId, config, data, service })
-    if (prevMeshPort === undefined) prevMeshPort = { port: tcp, peerId }
-  }
   // The first daemon starts alone and every device is enrolled through it before the others
   // start, so their first dial is admitted (an unenrolled device is refused and retries later).
   const start = (n: (typeof nodes)[number]): Promise<Started> =>
     startDaemon(n.name, n.config, join(n.data, 'daemon.log'))
-  const first = await start(nodes[0] as (typeof nodes)[number])
-  for (const n of nodes) {
-    await cli([
-      'enrol',
-      n.key,
-      '--name',
-      n.name,
-      '--label',
-      `site=${n.name.split('-')[0]}`,
-      '--key',
-      join(ROOT, 'fleet/admin.key'),
-      '--daemon',
-      first.url
-    ])
-  }
-  const daemons = [first, ...(await Promise.all(nodes.slice(1).map(start)))]
+  const [head, ...rest] = nodes as [(typeof nodes)[number], ...typeof nodes]
+  await writeConfig(head, [])
+  const first = await start(head)
+  await Promise.all(
+    nodes.map(n =>
+      cli([
+        'enrol',
+        n.key,
+        '--name',
+        n.name,
+        '--label',
+        `site=${n.name.split('-')[0]}`,
+        '--key',
+        join(ROOT, 'fleet/admin.key'),
+        '--daemon',
+        first.url
+      ])
+    )
+  )
+  await Promise.all(rest.map(n => writeConfig(n, [first.mesh])))
+  const daemons = [first, ...(await Promise.all(rest.map(start)))]
   const nodesCfg: Record<string, unknown> = {}
   for (const n of nodes) {
     nodesCfg[n.name] = {
