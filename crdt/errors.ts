@@ -141,6 +141,13 @@ export class PendingSetFullError extends RhizomeError {
   readonly category = ErrorCategory.Unavailable
 }
 
+/** A store that another process holds open (LevelDB allows one at a time): a running daemon. */
+export class StoreLockedError extends RhizomeError {
+  static override name = 'StoreLockedError'
+  override name = 'StoreLockedError'
+  readonly category = ErrorCategory.Usage
+}
+
 /** An operation on a store or replica that has been closed. */
 export class ClosedError extends RhizomeError {
   static override name = 'ClosedError'

@@ -24,6 +24,7 @@ import { checkDocId } from './replica.ts'
 import { DEVICES_DOC } from './devices.ts'
 import { InvalidConfigError } from './errors.ts'
 import { checkRollouts } from './rollout.ts'
+import { parseMode } from './file-mode.ts'
 
 export const DOCUMENT_KEYS = ['selector', 'defaults', 'groups', 'nodes', 'rollouts'] as const
 export const CONFIG_KEYS = ['files', 'workloads', 'manifests'] as const
@@ -92,6 +93,11 @@ export function checkNodeConfig(cfg: unknown, where: string): void {
       }
       checkKeys(f, FILE_KEYS, `${where}.files["${path}"]`)
       checkArtifact(f, `${where}.files["${path}"]`)
+      try {
+        parseMode(f.mode)
+      } catch (err) {
+        throw new InvalidConfigError(`${where}.files["${path}"]: ${(err as Error).message}`)
+      }
     }
   }
   if (isMap(cfg.workloads)) {

@@ -116,7 +116,7 @@ export function parseKeyFile(text: string): KeyFile {
     v = JSON.parse(text)
   } catch {
     throw new MalformedInputError(
-      'the key file is not JSON; is this a Rhizome key file (made by `rhizome init` or `rhizome keygen`)?'
+      'the key file is not JSON; is this a Rhizome key file (root.key or admin.key, made by `rhizome init`)?'
     )
   }
   const f = v as Partial<KeyFile>

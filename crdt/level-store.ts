@@ -12,7 +12,7 @@
  */
 import { Level } from 'level'
 import { ByteReader, ByteWriter, utf8 } from './bytes.ts'
-import { ClosedError, MalformedInputError } from './errors.ts'
+import { ClosedError, MalformedInputError, StoreLockedError } from './errors.ts'
 import type { Snapshot, Store, StoredBatch } from './store.ts'
 
 const pad = (n: number): string => n.toString().padStart(12, '0')
@@ -46,7 +46,16 @@ export class LevelStore implements Store {
 
   static async open(path: string): Promise<LevelStore> {
     const db = new Level<string, Uint8Array>(path, { valueEncoding: 'view' })
-    await db.open()
+    try {
+      await db.open()
+    } catch (err) {
+      if ((err as { cause?: { code?: string } }).cause?.code === 'LEVEL_LOCKED') {
+        throw new StoreLockedError(
+          `the store ${path} is in use by another process, most likely a rhizome daemon running with this data directory; stop it first, or work through it (--daemon URL)`
+        )
+      }
+      throw err
+    }
     return new LevelStore(db)
   }
 

@@ -1,65 +1,277 @@
 /**
  * Offline bundles: signed changes and trust statements in one file, carried to a site with no
  * network (`rhizome bundle export` / `import`). Nothing in a bundle is trusted: every batch is
- * verified on import exactly as if a peer had sent it.
+ * verified on import exactly as if a peer had sent it. What the bundle's own checksum adds is
+ * that damage (a flipped bit on a USB stick, a truncated copy) is reported as damage before
+ * anything is applied, rather than surfacing as a rejected batch — or not at all, when the
+ * damaged batch's changes are already held and it is dropped unread as a duplicate.
  *
- * Wire format (version 1):
- *   "RHZB" ‖ u8 version=1 ‖ varint n ‖ n × bytes(trust statement JSON)
- *                         ‖ varint m ‖ m × bytes(encoded SignedBatch, see crdt/signed-change.ts)
- * where bytes(x) = varint length ‖ x.
+ * Wire format (version 2), written and read as a stream, one section at a time:
+ *
+ *   bundle  := "RHZB" ‖ u8 version=2 ‖ section* ‖ end
+ *   section := u8 kind ‖ u32be length ‖ payload[length]        length ≤ MAX_SECTION_BYTES
+ *   end     := u8 0 ‖ u32be 32 ‖ sha-256 of every byte before this end section
+ *
+ *   kind 1: a trust statement (its JSON, as `encodeTrustStatement` writes it)
+ *   kind 2: a signed batch (crdt/signed-change.ts), one document's changes
+ *
+ * A writer hashes what it writes and appends `end`; a reader hashes what it reads and accepts
+ * the sections only once `end` matches and nothing follows it. Import therefore reads the file
+ * twice — once to check it whole, then again to apply it — and never holds more than one
+ * section in memory. Readers reject a kind they do not know, naming it (a bundle from a newer
+ * rhizome).
+ *
+ * Adding content (large artifacts, later): give it new kinds, e.g. an artifact manifest section
+ * followed by its chunks as sections of their own (each ≤ MAX_SECTION_BYTES, carrying the
+ * artifact's digest and the chunk's offset), written after the batches that name them. The
+ * whole-file checksum covers them with no change to it; a reader streams each chunk to the
+ * artifact store as it passes (chunks verify against their manifest by themselves) and counts
+ * it only once the end has matched. Bound their number by bytes, not by the section counts
+ * below, which are for statements and batches.
  */
-import { ByteReader, ByteWriter, utf8 } from '../crdt/bytes.ts'
+import { createHash, type Hash } from 'node:crypto'
+import { encodeTrustStatement, type SignedTrustStatement } from '../crdt/trust.ts'
+import { concatBytes, utf8 } from '../crdt/bytes.ts'
+import { MAX_BATCH_BYTES } from '../crdt/signed-change.ts'
 import { InvalidBundleError } from './errors.ts'
 
-export const BUNDLE_VERSION = 1
-export const MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+export const BUNDLE_VERSION = 2
+/** A section holds one signed batch (or one trust statement, which is smaller). */
+export const MAX_SECTION_BYTES = MAX_BATCH_BYTES
 export const MAX_BUNDLE_TRUST = 1024
 export const MAX_BUNDLE_BATCHES = 1024
+
+export const SectionKind = { End: 0, Trust: 1, Batch: 2 } as const
+export type SectionKind = (typeof SectionKind)[keyof typeof SectionKind]
+
 const MAGIC = utf8('RHZB')
+const HEADER_BYTES = MAGIC.length + 1
+const SECTION_HEAD_BYTES = 5
+const DIGEST_BYTES = 32
 
 export interface Bundle {
   trust: Uint8Array[]
   batches: Uint8Array[]
 }
 
-export function encodeBundle(b: Bundle): Uint8Array {
-  const w = new ByteWriter().raw(MAGIC).u8(BUNDLE_VERSION).varint(b.trust.length)
-  for (const t of b.trust) w.bytes(t)
-  w.varint(b.batches.length)
-  for (const x of b.batches) w.bytes(x)
-  return w.finish()
+export interface BundleSection {
+  kind: typeof SectionKind.Trust | typeof SectionKind.Batch
+  payload: Uint8Array
 }
 
-export function decodeBundle(bytes: Uint8Array): Bundle {
-  if (bytes.length > MAX_BUNDLE_BYTES) {
-    throw new InvalidBundleError(
-      `the bundle is ${bytes.length} bytes; at most ${MAX_BUNDLE_BYTES} are accepted`
-    )
+function sectionHead(kind: number, length: number): Uint8Array {
+  const head = new Uint8Array(SECTION_HEAD_BYTES)
+  head[0] = kind
+  new DataView(head.buffer).setUint32(1, length)
+  return head
+}
+
+/**
+ * Encodes a bundle section by section, hashing as it goes: each call returns the bytes to write
+ * next (the first also carries the header), `end()` the checksum that closes the bundle.
+ *
+ * @example
+ * ```ts
+ * const enc = new BundleEncoder()
+ * out.write(enc.trust(statement))
+ * out.write(enc.batch(encodedBatch))
+ * out.write(enc.end())
+ * ```
+ */
+export class BundleEncoder {
+  private readonly hash: Hash = createHash('sha256')
+  private started = false
+  private ended = false
+
+  private emit(...parts: Uint8Array[]): Uint8Array {
+    if (this.ended) throw new Error('the bundle has already ended')
+    if (!this.started) {
+      this.started = true
+      parts.unshift(MAGIC, Uint8Array.of(BUNDLE_VERSION))
+    }
+    const out = concatBytes(...parts)
+    this.hash.update(out)
+    return out
   }
-  if (bytes.length < 5 || MAGIC.some((c, i) => bytes[i] !== c)) {
-    throw new InvalidBundleError(
-      'not a Rhizome bundle (it does not start with "RHZB"); was it made by `rhizome bundle export`?'
-    )
-  }
-  try {
-    const r = new ByteReader(bytes, 'bundle')
-    r.raw(4)
-    const v = r.u8()
-    if (v !== BUNDLE_VERSION) {
+
+  private section(kind: number, payload: Uint8Array): Uint8Array {
+    if (payload.length > MAX_SECTION_BYTES) {
       throw new InvalidBundleError(
-        `bundle version ${v} is not supported (this rhizome reads version ${BUNDLE_VERSION}); upgrade rhizome`
+        `a bundle section is at most ${MAX_SECTION_BYTES} bytes; this one is ${payload.length}`
       )
     }
-    const trust: Uint8Array[] = []
-    const nt = r.varint(MAX_BUNDLE_TRUST)
-    for (let i = 0; i < nt; i++) trust.push(r.bytes(MAX_BUNDLE_BYTES))
-    const batches: Uint8Array[] = []
-    const nb = r.varint(MAX_BUNDLE_BATCHES)
-    for (let i = 0; i < nb; i++) batches.push(r.bytes(MAX_BUNDLE_BYTES))
-    r.end()
-    return { trust, batches }
-  } catch (err) {
-    if ((err as Error).name === 'InvalidBundleError') throw err
-    throw new InvalidBundleError(`the bundle is damaged: ${(err as Error).message}`)
+    return this.emit(sectionHead(kind, payload.length), payload)
   }
+
+  trust(statement: SignedTrustStatement | Uint8Array): Uint8Array {
+    return this.section(
+      SectionKind.Trust,
+      statement instanceof Uint8Array ? statement : encodeTrustStatement(statement)
+    )
+  }
+
+  batch(encoded: Uint8Array): Uint8Array {
+    return this.section(SectionKind.Batch, encoded)
+  }
+
+  end(): Uint8Array {
+    const header = this.emit()
+    const digest = new Uint8Array(this.hash.digest())
+    this.ended = true
+    return concatBytes(header, sectionHead(SectionKind.End, DIGEST_BYTES), digest)
+  }
+}
+
+/** A bundle in one piece (small bundles, tests). */
+export function encodeBundle(b: Bundle): Uint8Array {
+  const enc = new BundleEncoder()
+  const parts = [...b.trust.map(t => enc.trust(t)), ...b.batches.map(x => enc.batch(x))]
+  return concatBytes(...parts, enc.end())
+}
+
+/** Bytes arriving in pieces of any size, taken off the front as whole fields. */
+class Pending {
+  private parts: Uint8Array[] = []
+  length = 0
+
+  push(bytes: Uint8Array): void {
+    if (bytes.length === 0) return
+    this.parts.push(bytes)
+    this.length += bytes.length
+  }
+
+  /** The first `n` bytes, left in place. */
+  peek(n: number): Uint8Array {
+    const first = this.parts[0]
+    if (first !== undefined && first.length >= n) return first.subarray(0, n)
+    const out = new Uint8Array(n)
+    let off = 0
+    for (const p of this.parts) {
+      if (off >= n) break
+      const k = Math.min(p.length, n - off)
+      out.set(p.subarray(0, k), off)
+      off += k
+    }
+    return out
+  }
+
+  take(n: number): Uint8Array {
+    const first = this.parts[0]
+    let out: Uint8Array
+    if (first !== undefined && first.length >= n) {
+      out = first.subarray(0, n)
+      if (first.length === n) this.parts.shift()
+      else this.parts[0] = first.subarray(n)
+    } else {
+      out = new Uint8Array(n)
+      let off = 0
+      while (off < n) {
+        const p = this.parts[0] as Uint8Array
+        const k = Math.min(p.length, n - off)
+        out.set(p.subarray(0, k), off)
+        off += k
+        if (k === p.length) this.parts.shift()
+        else this.parts[0] = p.subarray(k)
+      }
+    }
+    this.length -= n
+    return out
+  }
+}
+
+const damaged = (what: string): InvalidBundleError =>
+  new InvalidBundleError(
+    `the bundle is damaged (${what}); nothing was imported. Copy it again, or export it again with \`rhizome bundle export\``
+  )
+
+/**
+ * The sections of a bundle, read from `source` (a file stream, say) one at a time. Sections are
+ * yielded as they are read, before the digest at the end is known: to act only on a bundle that
+ * is whole, read it through once first (as `rhizome bundle import` does), then again to act. Throws `InvalidBundleError` for
+ * anything that is not a whole, undamaged version-2 bundle.
+ */
+export async function* readBundle(
+  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>
+): AsyncGenerator<BundleSection> {
+  const hash = createHash('sha256')
+  const pending = new Pending()
+  const counts: Record<number, number> = { [SectionKind.Trust]: 0, [SectionKind.Batch]: 0 }
+  let header = false
+  let ended = false
+  for await (const chunk of source) {
+    pending.push(chunk instanceof Uint8Array ? chunk : new Uint8Array(chunk))
+    if (ended) {
+      if (pending.length > 0) throw damaged('bytes follow its end')
+      continue
+    }
+    if (!header) {
+      if (pending.length < HEADER_BYTES) continue
+      const head = pending.take(HEADER_BYTES)
+      if (MAGIC.some((c, i) => head[i] !== c)) {
+        throw new InvalidBundleError(
+          'not a Rhizome bundle (it does not start with "RHZB"); was it made by `rhizome bundle export`?'
+        )
+      }
+      const v = head[MAGIC.length] as number
+      if (v === 1) {
+        throw new InvalidBundleError(
+          'this bundle was written by an older rhizome (format 1, without a checksum); export it again with this version'
+        )
+      }
+      if (v !== BUNDLE_VERSION) {
+        throw new InvalidBundleError(
+          `bundle format ${v} is not supported (this rhizome reads format ${BUNDLE_VERSION}); upgrade rhizome`
+        )
+      }
+      hash.update(head)
+      header = true
+    }
+    while (!ended && pending.length >= SECTION_HEAD_BYTES) {
+      const head = pending.peek(SECTION_HEAD_BYTES)
+      const kind = head[0] as number
+      const length = new DataView(head.buffer, head.byteOffset, SECTION_HEAD_BYTES).getUint32(1)
+      if (kind === SectionKind.End) {
+        if (length !== DIGEST_BYTES) throw damaged('its end section has the wrong length')
+      } else if (kind !== SectionKind.Trust && kind !== SectionKind.Batch) {
+        throw new InvalidBundleError(
+          `the bundle holds a section of kind ${kind}, which this rhizome does not know (written by a newer version?); upgrade rhizome, or the bundle is damaged`
+        )
+      } else if (length > MAX_SECTION_BYTES) {
+        throw damaged(`a section claims ${length} bytes, over the bound of ${MAX_SECTION_BYTES}`)
+      }
+      if (pending.length < SECTION_HEAD_BYTES + length) break
+      pending.take(SECTION_HEAD_BYTES)
+      const payload = pending.take(length)
+      if (kind === SectionKind.End) {
+        if (!hash.digest().equals(payload)) throw damaged('its checksum does not match its content')
+        ended = true
+        if (pending.length > 0) throw damaged('bytes follow its end')
+        break
+      }
+      const max = kind === SectionKind.Trust ? MAX_BUNDLE_TRUST : MAX_BUNDLE_BATCHES
+      counts[kind] = (counts[kind] ?? 0) + 1
+      if ((counts[kind] ?? 0) > max) {
+        throw new InvalidBundleError(
+          `the bundle holds more than ${max} ${kind === SectionKind.Trust ? 'trust statements' : 'batches'}`
+        )
+      }
+      hash.update(head)
+      hash.update(payload)
+      yield { kind, payload }
+    }
+  }
+  if (!header) throw damaged('it is shorter than its header')
+  if (!ended) throw damaged('it ends before its checksum: truncated?')
+}
+
+/** A bundle in one piece, checked whole (small bundles, tests, the fuzzer). */
+export async function decodeBundle(bytes: Uint8Array): Promise<Bundle> {
+  const out: Bundle = { trust: [], batches: [] }
+  const sections: BundleSection[] = []
+  for await (const s of readBundle([bytes])) sections.push(s)
+  for (const s of sections) {
+    if (s.kind === SectionKind.Trust) out.trust.push(s.payload)
+    else out.batches.push(s.payload)
+  }
+  return out
 }

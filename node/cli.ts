@@ -7,8 +7,8 @@
 import { readFileSync } from 'node:fs'
 import { access, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import { Command, Option } from 'commander'
-import { createGenesis, encodeTrustStatement, decodeTrustStatement } from '../crdt/trust.ts'
+import { Command, InvalidArgumentError, Option } from 'commander'
+import { createGenesis } from '../crdt/trust.ts'
 import {
   decryptKeyFile,
   encryptKeyFile,
@@ -21,8 +21,7 @@ import {
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { Replica } from '../crdt/replica.ts'
 import { DEVICES_DOC } from '../crdt/devices.ts'
-import { LevelStore } from '../crdt/level-store.ts'
-import { decodeBatch, encodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
+import type { SignedBatch } from '../crdt/signed-change.ts'
 import { toHex } from '../crdt/bytes.ts'
 import { DaemonClient } from './daemon-client.ts'
 import { diffDocument, formatOps, plainValue, signOps, type DiffOp } from '../crdt/config-diff.ts'
@@ -30,45 +29,15 @@ import type { HistoryItem } from '../crdt/change-history.ts'
 import type { SignedDocument } from '../crdt/document.ts'
 import { ago, SYNC_LABEL } from '../crdt/fleet-status.ts'
 import { fleetYaml, parseFleetYaml, type FleetDocuments } from '../crdt/fleet-yaml.ts'
-import { loadDaemonConfig, parseLabelArgs, STORE_DIR } from './config.ts'
+import { loadDaemonConfig, parseLabelArgs } from './config.ts'
 import { createIdentity, readIdentity } from './identity.ts'
 import { readPassphrase } from './passphrase.ts'
-import { decodeBundle, encodeBundle } from './bundle.ts'
 import { UsageError } from './errors.ts'
-import { categoryOf, ErrorCategory } from '../crdt/errors.ts'
+import { daemonOption, EXIT, EXIT_HELP, exitCodeFor, say } from './cli-common.ts'
+import { registerBundleCommands } from './cli-bundle.ts'
 import { freezeForApply } from './cli-rollout.ts'
 import { artifactLines, registerArtifactCommands } from './cli-artifacts.ts'
 import type { FleetStatus } from './status-report.ts'
-
-export const EXIT = { ok: 0, usage: 1, rejected: 2, unreachable: 3, internal: 4 } as const
-
-const EXIT_HELP = `
-Exit codes:
-  0  ok
-  1  usage or configuration error (bad option, broken YAML, unknown key)
-  2  rejected: verification or authorisation failed, wrong passphrase, damaged bundle
-  3  daemon unreachable (start it with \`rhizome start\`, or pass --daemon URL)
-  4  unexpected internal error
-
-Environment: RHIZOME_DAEMON (daemon URL), RHIZOME_KEY (key file), RHIZOME_PASSPHRASE.`
-
-const EXIT_OF: Record<ErrorCategory, number> = {
-  [ErrorCategory.PeerFault]: EXIT.rejected,
-  [ErrorCategory.Unauthorised]: EXIT.rejected,
-  [ErrorCategory.Usage]: EXIT.usage,
-  [ErrorCategory.Unavailable]: EXIT.unreachable,
-  [ErrorCategory.Internal]: EXIT.internal
-}
-
-/** The exit code for an error: derived from its category (crdt/errors.ts). */
-export function exitCodeFor(err: unknown): number {
-  return EXIT_OF[categoryOf(err)]
-}
-
-const say = (s = ''): void => {
-  process.stdout.write(s + '\n')
-}
-const defaultDaemon = (): string => process.env.RHIZOME_DAEMON ?? 'http://127.0.0.1:8080'
 
 async function exists(p: string): Promise<boolean> {
   try {
@@ -258,14 +227,31 @@ async function cmdApply(opts: {
   }
 }
 
+/** Refuse a document the daemon does not hold, naming the ones it does (get, history, rollback). */
+async function requireDocument(client: DaemonClient, id: string): Promise<void> {
+  const ids = await client.docIds()
+  if (!ids.includes(id)) {
+    throw new UsageError(
+      `the daemon at ${client.base} holds no document "${id}"; it holds ${ids.map(i => `"${i}"`).join(', ') || 'none yet'}`
+    )
+  }
+}
+
 async function cmdGet(opts: { daemon: string; doc?: string }): Promise<void> {
-  const replica = await new DaemonClient(opts.daemon).localReplica()
-  const docs = await currentDocs(replica)
+  const client = new DaemonClient(opts.daemon)
+  if (opts.doc === DEVICES_DOC) {
+    await requireDocument(client, DEVICES_DOC)
+    const devices = await (await client.localReplica([DEVICES_DOC])).open(DEVICES_DOC)
+    say('# the devices document: written by `rhizome enrol`, not by apply')
+    process.stdout.write(
+      fleetYaml({ [DEVICES_DOC]: plainValue(devices.value) as Record<string, unknown> })
+    )
+    return
+  }
+  if (opts.doc !== undefined) await requireDocument(client, opts.doc)
+  const docs = await currentDocs(await client.localReplica())
   if (opts.doc !== undefined) {
-    if (docs[opts.doc] === undefined) {
-      throw new UsageError(`the daemon holds no document "${opts.doc}"`)
-    }
-    process.stdout.write(fleetYaml({ [opts.doc]: docs[opts.doc] as Record<string, unknown> }))
+    process.stdout.write(fleetYaml({ [opts.doc]: docs[opts.doc] ?? {} }))
   } else process.stdout.write(fleetYaml(docs))
 }
 
@@ -306,10 +292,14 @@ async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void
   }
 }
 
-async function cmdHistory(opts: { daemon: string; doc?: string; limit: string }): Promise<void> {
-  const q = new URLSearchParams({ limit: opts.limit })
-  if (opts.doc !== undefined) q.set('doc', opts.doc)
-  const entries = await new DaemonClient(opts.daemon).json<HistoryItem[]>(`/api/history?${q}`)
+async function cmdHistory(opts: { daemon: string; doc?: string; limit: number }): Promise<void> {
+  const client = new DaemonClient(opts.daemon)
+  const q = new URLSearchParams({ limit: String(opts.limit) })
+  if (opts.doc !== undefined) {
+    await requireDocument(client, opts.doc)
+    q.set('doc', opts.doc)
+  }
+  const entries = await client.json<HistoryItem[]>(`/api/history?${q}`)
   for (const e of entries) {
     say(
       `${new Date(e.time * 1000).toISOString()}  ${e.doc}  ${e.hash.slice(0, 12)}  ${e.signerName ?? e.signer.slice(0, 12)} (${e.role ?? 'unknown'})  ${e.message ?? ''}`
@@ -329,6 +319,7 @@ async function cmdRollback(opts: {
   daemon: string
 }): Promise<void> {
   const client = new DaemonClient(opts.daemon)
+  await requireDocument(client, opts.doc)
   const replica = await client.localReplica([opts.doc])
   const doc = await replica.open(opts.doc)
   const matches = doc.history().filter(h => h.hash.startsWith(opts.to.toLowerCase()))
@@ -350,63 +341,6 @@ async function cmdRollback(opts: {
   if (opts.dryRun === true) return
   const signer = Replica.signer(await loadSigningKey(opts))
   await publish(client, opts.doc, await signOps(doc, signer, ops, `rollback to ${opts.to}`))
-}
-
-async function cmdBundleExport(opts: { out: string; daemon: string }): Promise<void> {
-  const client = new DaemonClient(opts.daemon)
-  const trust = (await client.trust()).map(encodeTrustStatement)
-  const batches: Uint8Array[] = []
-  for (const id of await client.docIds()) {
-    batches.push(await client.bytes(`/api/docs/${encodeURIComponent(id)}/batch`))
-  }
-  await writeFile(opts.out, encodeBundle({ trust, batches }))
-  say(`wrote ${opts.out}: ${trust.length} trust statement(s), ${batches.length} document(s)`)
-}
-
-async function cmdBundleImport(
-  file: string,
-  opts: { daemon: string; data?: string }
-): Promise<void> {
-  let bytes: Uint8Array
-  try {
-    bytes = new Uint8Array(await readFile(file))
-  } catch (err) {
-    throw new UsageError(`cannot read ${file}: ${(err as Error).message}`)
-  }
-  const bundle = decodeBundle(bytes)
-  if (opts.data !== undefined) {
-    let store: LevelStore
-    try {
-      store = await LevelStore.open(join(resolve(opts.data), STORE_DIR))
-    } catch (err) {
-      throw new UsageError(
-        `cannot open the store in ${opts.data} (${(err as Error).message}); is the daemon still running? stop it, or import through it with --daemon`
-      )
-    }
-    try {
-      const statements = bundle.trust.map(decodeTrustStatement)
-      const replica = await Replica.open({ store, ed: nodeCryptoEd25519, genesis: statements[0] })
-      for (const s of statements.slice(1)) await replica.addTrustStatement(s)
-      for (const b of bundle.batches) {
-        const batch = decodeBatch(b)
-        if (batch.chunks.length === 0) continue
-        const r = await replica.accept(batch)
-        say(`${batch.docId}: ${r.status}`)
-      }
-      await replica.close()
-    } finally {
-      await store.close()
-    }
-    return
-  }
-  const client = new DaemonClient(opts.daemon)
-  for (const t of bundle.trust) await client.postTrust(t)
-  for (const b of bundle.batches) {
-    const batch = decodeBatch(b)
-    if (batch.chunks.length === 0) continue
-    const r = await client.postBytes(encodeBatch(batch))
-    say(`${batch.docId}: ${r.status}`)
-  }
 }
 
 async function cmdLogs(name: string, opts: { daemon: string }): Promise<void> {
@@ -440,13 +374,6 @@ async function cmdStart(opts: { config?: string }): Promise<void> {
 
 // ---- wiring ----------------------------------------------------------------------------------
 
-function daemonOption(): Option {
-  return new Option('--daemon <url>', "the daemon's HTTP API").default(
-    defaultDaemon(),
-    '$RHIZOME_DAEMON or http://127.0.0.1:8080'
-  )
-}
-
 /** The signing key of the commands that write (enrol, apply, rollback). */
 function keyOption(): Option {
   return new Option('--key <file>', 'admin or operator key file (else $RHIZOME_KEY)')
@@ -457,6 +384,17 @@ function passphraseOption(): Option {
 }
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v]
+
+/** The daemon answers at most this many history entries (MAX_HISTORY_ENTRIES in daemon.ts). */
+const MAX_HISTORY_LIMIT = 1000
+
+function historyLimit(v: string): number {
+  const n = Number(v)
+  if (!/^\d+$/.test(v) || n < 1 || n > MAX_HISTORY_LIMIT) {
+    throw new InvalidArgumentError(`expected a whole number from 1 to ${MAX_HISTORY_LIMIT}`)
+  }
+  return n
+}
 
 /** The package's version; package.json sits one level above both node/cli.ts and dist/cli.js. */
 function packageVersion(): string {
@@ -558,7 +496,12 @@ export function program(): Command {
   p.command('history')
     .description('who signed what and when, with diffs')
     .option('--doc <id>', 'only this document')
-    .option('--limit <n>', 'at most this many changes', '50')
+    .option(
+      '--limit <n>',
+      `at most this many changes (1 to ${MAX_HISTORY_LIMIT})`,
+      historyLimit,
+      50
+    )
     .addOption(daemonOption())
     .addHelpText('after', EXIT_HELP)
     .action(cmdHistory)
@@ -581,26 +524,7 @@ export function program(): Command {
     .addHelpText('after', EXIT_HELP)
     .action(cmdLogs)
 
-  const bundle = p
-    .command('bundle')
-    .description('carry signed changes on a file, for sites with no network')
-  bundle
-    .command('export')
-    .description("write every document's signed changes and the trust chain to a file")
-    .requiredOption('--out <file>', 'bundle file to write')
-    .addOption(daemonOption())
-    .addHelpText('after', EXIT_HELP)
-    .action(cmdBundleExport)
-  bundle
-    .command('import')
-    .description(
-      "verify and apply a bundle, through a running daemon or straight into a stopped daemon's data directory"
-    )
-    .argument('<file>')
-    .option('--data <dir>', 'import into this data directory (the daemon must be stopped)')
-    .addOption(daemonOption())
-    .addHelpText('after', EXIT_HELP)
-    .action(cmdBundleImport)
+  registerBundleCommands(p, EXIT_HELP)
   registerArtifactCommands(p, EXIT_HELP)
   return p
 }
@@ -632,8 +556,10 @@ export async function run(argv: string[]): Promise<void> {
     process.chdir(callerDir)
   }
   const code = await main(argv)
-  // `start` keeps running; every other command ends here.
-  if (code !== 0 || argv[2] !== 'start') process.exitCode = code
+  // `start` keeps running; every other command ends here. A daemon that failed to start has
+  // stopped what it started, but must not linger on whatever a library left behind.
+  if (argv[2] === 'start' && code !== 0) process.exit(code)
+  if (argv[2] !== 'start') process.exitCode = code
 }
 
 if (import.meta.main) await run(process.argv)

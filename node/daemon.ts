@@ -32,7 +32,7 @@ import { loadOrCreateIdentity, type DeviceIdentity } from './identity.ts'
 import { eventLogger, type EventLog } from './logger.ts'
 import { StatusReporter } from './status-report.ts'
 import { STORE_DIR, TRUST_COPY, type DaemonConfig } from './config.ts'
-import { InvalidConfigError } from './errors.ts'
+import { InvalidConfigError, ListenError, listenReason, meshListenError } from './errors.ts'
 import { Artifacts } from './artifacts/manager.ts'
 import { ArtifactApplier } from './artifacts/apply.ts'
 import { artifactRoutes } from './artifacts/http-routes.ts'
@@ -218,11 +218,18 @@ export class Daemon {
         await artifacts.stop()
         await replica.close()
         await store.close()
-        throw err
+        throw meshListenError(err)
       }
     }
     const d = new Daemon({ config, identity, store, replica, mesh, events, artifacts })
-    await d.run()
+    try {
+      await d.run()
+    } catch (err) {
+      // Stop what did start (mesh, workloads, store), so the process can exit and say why
+      // rather than run on half started, without its HTTP API.
+      await d.stop().catch((e: unknown) => log.error('stopping after a failed start: %e', e))
+      throw err
+    }
     return d
   }
 
@@ -326,8 +333,8 @@ export class Daemon {
     await new Promise<void>((resolve, reject) => {
       server.once('error', err =>
         reject(
-          new InvalidConfigError(
-            `cannot listen on http ${this.config.http.host}:${this.config.http.port}: ${err.message}; choose another http.port`
+          new ListenError(
+            `cannot listen on http://${this.config.http.host}:${this.config.http.port} for the HTTP API: ${listenReason(err)}; choose another http.port in the daemon config (or RHIZOME_HTTP_PORT), or stop the program that holds it`
           )
         )
       )

@@ -42,3 +42,47 @@ export class InvalidBundleError extends RhizomeError {
   override name = 'InvalidBundleError'
   readonly category = ErrorCategory.PeerFault
 }
+
+/** A bundle (or a store) of another fleet than the one it is used with. */
+export class WrongFleetError extends RhizomeError {
+  static override name = 'WrongFleetError'
+  override name = 'WrongFleetError'
+  readonly category = ErrorCategory.PeerFault
+}
+
+/**
+ * The daemon cannot listen on an address it is configured to use: the port is taken (another
+ * daemon, another program), the address is not on this host, or the port needs privileges.
+ */
+export class ListenError extends RhizomeError {
+  static override name = 'ListenError'
+  override name = 'ListenError'
+  readonly category = ErrorCategory.Usage
+}
+
+const LISTEN_REASONS: Record<string, string> = {
+  EADDRINUSE: 'the port is in use by another program (another rhizome daemon?)',
+  EADDRNOTAVAIL: 'this host has no such address',
+  EACCES: 'permission denied (ports below 1024 need privileges)'
+}
+
+/** Why a listen failed, in words, from its error code or message. */
+export function listenReason(err: unknown): string {
+  const e = err as { code?: string; message?: string }
+  const code = e.code ?? /\b(EADDRINUSE|EADDRNOTAVAIL|EACCES)\b/.exec(e.message ?? '')?.[1]
+  return (code === undefined ? undefined : LISTEN_REASONS[code]) ?? e.message ?? String(err)
+}
+
+/**
+ * libp2p reports every mesh address it could not listen on in one error whose message lists them
+ * with their causes; say which addresses, why, and what to change.
+ */
+export function meshListenError(err: unknown): unknown {
+  if ((err as Error | undefined)?.name !== 'UnsupportedListenAddressesError') return err
+  const failed = [...(err as Error).message.matchAll(/^\s+(\/\S+): (.*)$/gm)].map(
+    m => `${m[1]}: ${listenReason({ message: m[2] })}`
+  )
+  return new ListenError(
+    `cannot listen on the mesh address ${failed.join('; ')}. Choose other addresses with "listen" in the daemon config (or RHIZOME_LISTEN), or stop the program that holds them`
+  )
+}

@@ -9,7 +9,7 @@ import * as meshErrors from '../mesh/errors.ts'
 import * as nodeErrors from '../node/errors.ts'
 import { categoryOf, ErrorCategory, isPeerFault, RhizomeError } from '../crdt/errors.ts'
 import { httpStatusFor, HttpError } from '../node/http-api.ts'
-import { exitCodeFor, EXIT } from '../node/cli.ts'
+import { exitCodeFor, EXIT } from '../node/cli-common.ts'
 
 const classes = [crdtErrors, meshErrors, nodeErrors, { HttpError }].flatMap(m =>
   Object.values(m).filter(

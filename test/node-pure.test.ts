@@ -13,8 +13,9 @@ import { parseFleetYaml } from '../crdt/fleet-yaml.ts'
 import { loadDaemonConfig } from '../node/config.ts'
 import { LineSplitter, RingBuffer } from '../node/ring-buffer.ts'
 import { backoffDelay, DEFAULT_BACKOFF } from '../node/backoff.ts'
-import { decodeBundle, encodeBundle } from '../node/bundle.ts'
+import { decodeBundle, encodeBundle, readBundle } from '../node/bundle.ts'
 import { parseMode } from '../node/appliers/files.ts'
+import { concatBytes, utf8 } from '../crdt/bytes.ts'
 
 describe('apply diff', () => {
   it('sets changed leaves, deletes removed keys, leaves equal values alone', () => {
@@ -191,16 +192,52 @@ describe('restart back-off', () => {
 })
 
 describe('bundle container', () => {
-  it('round-trips and rejects what is not a bundle', () => {
-    const b = { trust: [new Uint8Array([1, 2])], batches: [new Uint8Array([3]), new Uint8Array(0)] }
-    assert.deepEqual(decodeBundle(encodeBundle(b)), b)
-    assert.throws(() => decodeBundle(new TextEncoder().encode('hello world')), {
+  const b = { trust: [new Uint8Array([1, 2])], batches: [new Uint8Array([3]), new Uint8Array(0)] }
+
+  it('round-trips whole and in pieces of any size, and rejects what is not a bundle', async () => {
+    const bytes = encodeBundle(b)
+    assert.deepEqual(await decodeBundle(bytes), b)
+    for (const size of [1, 2, 3, 7]) {
+      const pieces: Uint8Array[] = []
+      for (let i = 0; i < bytes.length; i += size) pieces.push(bytes.slice(i, i + size))
+      const seen: number[] = []
+      for await (const s of readBundle(pieces)) seen.push(s.payload.length)
+      assert.deepEqual(seen, [2, 1, 0])
+    }
+    await assert.rejects(decodeBundle(new TextEncoder().encode('hello world')), {
       name: 'InvalidBundleError'
     })
-    const bytes = encodeBundle(b)
-    assert.throws(() => decodeBundle(bytes.slice(0, bytes.length - 1)), {
+    await assert.rejects(decodeBundle(bytes.slice(0, bytes.length - 1)), {
       name: 'InvalidBundleError',
-      message: /damaged/
+      message: /damaged.*truncated/
+    })
+    await assert.rejects(decodeBundle(concatBytes(bytes, new Uint8Array([0]))), {
+      name: 'InvalidBundleError',
+      message: /bytes follow its end/
+    })
+  })
+
+  it('reports every single-bit flip anywhere in a bundle as damage', async () => {
+    const bytes = encodeBundle({
+      trust: [utf8('{"statement":{"version":1}}')],
+      batches: [new Uint8Array(300).map((_, i) => i), new Uint8Array(40)]
+    })
+    for (let bit = 0; bit < bytes.length * 8; bit++) {
+      const flipped = bytes.slice()
+      flipped[bit >> 3] = (flipped[bit >> 3] as number) ^ (1 << (bit & 7))
+      await assert.rejects(
+        decodeBundle(flipped),
+        { name: 'InvalidBundleError' },
+        `a flip of bit ${bit} went unnoticed`
+      )
+    }
+  })
+
+  it('reads a format-1 bundle only to say it must be exported again', async () => {
+    const v1 = concatBytes(utf8('RHZB'), new Uint8Array([1, 0, 0]))
+    await assert.rejects(decodeBundle(v1), {
+      name: 'InvalidBundleError',
+      message: /export it again/
     })
   })
 })

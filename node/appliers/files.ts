@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto'
 import { chmod, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, join, normalize } from 'node:path'
 import { logger } from '@libp2p/logger'
+import { parseMode } from '../../crdt/file-mode.ts'
 
 const log = logger('rhizome:node:files')
 
@@ -33,19 +34,7 @@ interface Managed {
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex')
 
-/** Parse `mode: 0644` (YAML gives 644 or 420 or "0644") into a number. */
-export function parseMode(v: unknown): number {
-  if (v === undefined || v === null) return 0o644
-  if (typeof v === 'string' && /^0?[0-7]{3,4}$/.test(v)) return parseInt(v, 8)
-  if (typeof v === 'number' && Number.isInteger(v)) {
-    // YAML 1.2 reads `0644` as the decimal 644, and people write modes in octal digits, so
-    // three or four octal digits are read as octal. Other numbers are taken as the mode itself.
-    const s = String(v)
-    if (/^[0-7]{3,4}$/.test(s)) return parseInt(s, 8)
-    if (v >= 0 && v <= 0o7777) return v
-  }
-  throw new Error(`mode ${JSON.stringify(v)} is not a file mode (write it as "0644")`)
-}
+export { parseMode } from '../../crdt/file-mode.ts'
 
 export class FilesApplier {
   private readonly root: string

@@ -21,7 +21,7 @@ export function KeyPanel({
 
   const unlock = async (): Promise<void> => {
     if (file === undefined) {
-      setError('Choose a key file first (made by `rhizome keygen` or `rhizome init`).')
+      setError('Choose a key file first (made by `rhizome init`).')
       return
     }
     setBusy(true)

@@ -1,0 +1,43 @@
+/**
+ * What every `rhizome` command module shares (cli.ts and the cli-*.ts modules that register
+ * commands on its program): exit codes and their help text, output, the --daemon option.
+ */
+import { Option } from 'commander'
+import { categoryOf, ErrorCategory } from '../crdt/errors.ts'
+
+export const EXIT = { ok: 0, usage: 1, rejected: 2, unreachable: 3, internal: 4 } as const
+
+export const EXIT_HELP = `
+Exit codes:
+  0  ok
+  1  usage or configuration error (bad option, broken YAML, unknown key, no such document)
+  2  rejected: verification or authorisation failed, wrong passphrase, damaged bundle
+  3  daemon unreachable (start it with \`rhizome start\`, or pass --daemon URL)
+  4  unexpected internal error
+
+Environment: RHIZOME_DAEMON (daemon URL), RHIZOME_KEY (key file), RHIZOME_PASSPHRASE.`
+
+const EXIT_OF: Record<ErrorCategory, number> = {
+  [ErrorCategory.PeerFault]: EXIT.rejected,
+  [ErrorCategory.Unauthorised]: EXIT.rejected,
+  [ErrorCategory.Usage]: EXIT.usage,
+  [ErrorCategory.Unavailable]: EXIT.unreachable,
+  [ErrorCategory.Internal]: EXIT.internal
+}
+
+/** The exit code for an error: derived from its category (crdt/errors.ts). */
+export function exitCodeFor(err: unknown): number {
+  return EXIT_OF[categoryOf(err)]
+}
+
+/** One line on standard output. */
+export const say = (s = ''): void => {
+  process.stdout.write(s + '\n')
+}
+
+export function daemonOption(): Option {
+  return new Option('--daemon <url>', "the daemon's HTTP API").default(
+    process.env.RHIZOME_DAEMON ?? 'http://127.0.0.1:8080',
+    '$RHIZOME_DAEMON or http://127.0.0.1:8080'
+  )
+}
