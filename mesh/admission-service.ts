@@ -208,7 +208,11 @@ export class AdmissionService
 
   reject(peer: PeerId, err: Error): void {
     log('rejecting %p for %d ms: %s: %s', peer, this.init.limits.banMs, err.name, err.message)
-    this.init.counters.batchesRejected++
+    if (err.name === 'WorkBudgetExceededError' || err.name === 'StatusFloodError') {
+      this.init.counters.peersThrottled++
+    } else {
+      this.init.counters.batchesRejected++
+    }
     this.control.ban(peer, this.init.limits.banMs)
     this.safeDispatchEvent('rejected', {
       detail: { peer, peerId: peer.toString(), reason: err.message, error: err.name }

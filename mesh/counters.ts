@@ -20,6 +20,9 @@ export class MeshCounters implements Counted {
   syncBytesOut = 0
   syncMessagesIn = 0
   syncMessagesOut = 0
+  peersThrottled = 0
+  statusRecordsCoalesced = 0
+  inboundRefused = 0
 
   /**
    * Frames in and out (n = bytes); changes accepted (n = changes); a batch that held nothing new;
@@ -57,7 +60,10 @@ export class MeshCounters implements Counted {
       syncBytesIn: this.syncBytesIn,
       syncBytesOut: this.syncBytesOut,
       syncMessagesIn: this.syncMessagesIn,
-      syncMessagesOut: this.syncMessagesOut
+      syncMessagesOut: this.syncMessagesOut,
+      peersThrottled: this.peersThrottled,
+      statusRecordsCoalesced: this.statusRecordsCoalesced,
+      inboundRefused: this.inboundRefused
     }
   }
 }

@@ -56,3 +56,20 @@ export class PeerGoneError extends RhizomeError {
   override name = 'PeerGoneError'
   readonly category = ErrorCategory.Unavailable
 }
+
+/**
+ * A peer sent more messages, or cost more handling time, than its work budget allows
+ * (`WORK_BUDGETS` in limits.ts). It is cut off and refused like a peer that sent invalid data.
+ */
+export class WorkBudgetExceededError extends RhizomeError {
+  static override name = 'WorkBudgetExceededError'
+  override name = 'WorkBudgetExceededError'
+  readonly category = ErrorCategory.PeerFault
+}
+
+/** A peer sent a node's status records far faster than that node may publish them. */
+export class StatusFloodError extends RhizomeError {
+  static override name = 'StatusFloodError'
+  override name = 'StatusFloodError'
+  readonly category = ErrorCategory.PeerFault
+}

@@ -6,8 +6,10 @@
  *   varint  length   (unsigned LEB128, at most `maxFrameBytes`)
  *   bytes   payload  (length bytes)
  *
- * The length is checked before any of the payload is buffered, so a peer cannot make us hold
- * more than one frame of `maxFrameBytes` per stream.
+ * The length is checked before any of the payload is buffered. Long-lived streams are read with
+ * `readFrames`, which pauses the stream while a frame is handled: yamux then stops granting the
+ * peer send window, so a peer can make us hold one frame of `maxFrameBytes` plus one receive
+ * window (`MAX_STREAM_WINDOW_BYTES`) per stream, however fast it sends.
  */
 import { LengthPrefixedDecoder } from '@libp2p/utils'
 import { ByteWriter } from '../crdt/bytes.ts'
@@ -31,30 +33,64 @@ export async function* decodeFrames(
   source: AsyncIterable<Chunk>,
   maxFrameBytes: number
 ): AsyncGenerator<Uint8Array> {
-  const decoder = new LengthPrefixedDecoder({
+  const decoder = frameDecoder(maxFrameBytes)
+  for await (const chunk of source) yield* decodeChunk(decoder, chunk, maxFrameBytes)
+}
+
+/**
+ * The frames of a long-lived stream, with backpressure: the stream is paused from the moment a
+ * chunk yields frames until the consumer asks for more after the last of them. (libp2p streams
+ * deliver data to their async iterator as fast as it arrives, and yamux grants send window as
+ * data arrives, not as it is read: without the pause a slow consumer buffers without bound.)
+ */
+export async function* readFrames(
+  stream: Stream,
+  maxFrameBytes: number
+): AsyncGenerator<Uint8Array> {
+  const decoder = frameDecoder(maxFrameBytes)
+  for await (const chunk of stream) {
+    const frames = decodeChunk(decoder, chunk, maxFrameBytes)
+    if (frames.length === 0) continue
+    if (stream.readStatus === 'readable') stream.pause()
+    try {
+      yield* frames
+    } finally {
+      if (stream.readStatus === 'paused') stream.resume()
+    }
+  }
+}
+
+function frameDecoder(maxFrameBytes: number): LengthPrefixedDecoder {
+  return new LengthPrefixedDecoder({
     maxDataLength: maxFrameBytes,
     maxBufferSize: maxFrameBytes + 1024 * 1024
   })
-  for await (const chunk of source) {
-    try {
-      for (const frame of decoder.decode(chunk instanceof Uint8Array ? chunk : chunk.subarray())) {
-        yield frame.subarray()
-      }
-    } catch (err) {
-      const name = (err as Error).name
-      if (
-        name === 'InvalidDataLengthError' ||
-        name === 'InvalidDataLengthLengthError' ||
-        name === 'InvalidMessageLengthError' ||
-        name === 'InvalidParametersError'
-      ) {
-        throw new FrameTooLargeError(
-          `a peer sent a frame over the ${maxFrameBytes}-byte limit (${(err as Error).message})`
-        )
-      }
-      if (err instanceof FrameTooLargeError) throw err
-      throw new MalformedMessageError(`a peer sent a malformed frame: ${(err as Error).message}`)
+}
+
+function decodeChunk(
+  decoder: LengthPrefixedDecoder,
+  chunk: Chunk,
+  maxFrameBytes: number
+): Uint8Array[] {
+  try {
+    const out: Uint8Array[] = []
+    for (const frame of decoder.decode(chunk instanceof Uint8Array ? chunk : chunk.subarray())) {
+      out.push(frame.subarray())
     }
+    return out
+  } catch (err) {
+    const name = (err as Error).name
+    if (
+      name === 'InvalidDataLengthError' ||
+      name === 'InvalidDataLengthLengthError' ||
+      name === 'InvalidMessageLengthError' ||
+      name === 'InvalidParametersError'
+    ) {
+      throw new FrameTooLargeError(
+        `a peer sent a frame over the ${maxFrameBytes}-byte limit (${(err as Error).message})`
+      )
+    }
+    throw new MalformedMessageError(`a peer sent a malformed frame: ${(err as Error).message}`)
   }
 }
 

@@ -18,8 +18,90 @@ export const DEFAULT_LIMITS: Readonly<MeshLimits> = Object.freeze({
   /** libp2p's own default; tests and benches on loopback raise it, as every peer shares 127.0.0.1. */
   inboundConnectionsPerSecond: 5,
   /** A peer that sent invalid data is refused for ten minutes. */
-  banMs: 10 * 60_000
+  banMs: 10 * 60_000,
+  /**
+   * A Noise and Yamux handshake takes milliseconds on a LAN and well under a second over a slow
+   * link; 5 s leaves room for a daemon whose event loop is busy, and frees a slot held by an idle
+   * socket quickly (libp2p's default is 10 s).
+   */
+  handshakeTimeoutMs: 5_000,
+  /** libp2p's default is 10; a site with dozens of daemons restarting at once needs more. */
+  maxPendingInbound: 32,
+  /** One host opens one connection to us at a time; a few more allow a reconnect racing a close. */
+  maxPendingInboundPerHost: 4,
+  /** A quarter of the handshake slots, for hosts enrolled nodes were seen on. */
+  reservedPendingInbound: 8
 })
+
+/** Hosts remembered as ones an enrolled node connected from (for `reservedPendingInbound`). */
+export const MAX_KNOWN_HOSTS = 1024
+
+/**
+ * Yamux receive window per stream, at most (libp2p's default grows to 16 MiB). With a stream's
+ * reading paused while a frame is handled, this is what a peer can make us buffer beyond the one
+ * frame being handled; 1 MiB still fills a LAN link, as window updates go out as data is read.
+ */
+export const MAX_STREAM_WINDOW_BYTES = 1024 * 1024
+
+/**
+ * A peer's work budget: the messages it may send and the time the daemon may spend handling
+ * them, as token buckets (a sustained rate and a burst). Whoever exceeds either is cut off and
+ * refused for `banMs`. Handling time is wall time in the handler, including waiting for the
+ * store, so it over-counts on a loaded daemon; the rates are set far above what an honest peer of
+ * each kind needs, and the bursts cover a first catch-up (answering a dashboard's first sync of a
+ * 10,000-change document costs about a second once; afterwards it sends a few small messages per
+ * document per anti-entropy round). A viewer asking again and again for early changes (each
+ * answer a bundle of most of the document, ~50-130 ms for 200-400 changes) runs dry in seconds.
+ */
+export interface WorkBudget {
+  messagesPerSecond: number
+  messageBurst: number
+  /** Handling time per second of wall clock, ms. */
+  handlingMsPerSecond: number
+  handlingBurstMs: number
+}
+
+export const WORK_BUDGETS: Readonly<Record<'node' | 'admin-session' | 'viewer', WorkBudget>> =
+  Object.freeze({
+    node: {
+      messagesPerSecond: 1000,
+      messageBurst: 20_000,
+      handlingMsPerSecond: 500,
+      handlingBurstMs: 20_000
+    },
+    'admin-session': {
+      messagesPerSecond: 200,
+      messageBurst: 5_000,
+      handlingMsPerSecond: 250,
+      handlingBurstMs: 10_000
+    },
+    viewer: {
+      messagesPerSecond: 50,
+      messageBurst: 5_000,
+      handlingMsPerSecond: 100,
+      handlingBurstMs: 5_000
+    }
+  })
+
+/**
+ * One peer's messages are handled for at most this long before the event loop gets a turn (a
+ * stream's queued frames would otherwise be handled in one run of microtasks, starving timers,
+ * other peers and the HTTP API).
+ */
+export const YIELD_AFTER_MS = 10
+
+/**
+ * Status records: a node's records are kept and relayed at most one per this interval (a daemon
+ * reports every 10 s and after changes); a newer one arriving sooner waits, and only the newest
+ * waiting record is kept when the interval is up. The node's own records go out at this pace too.
+ */
+export const STATUS_MIN_INTERVAL_MS = 1_000
+
+/**
+ * A peer that sends newer records of one node faster than one per `STATUS_MIN_INTERVAL_MS`, by
+ * more than this many, is flooding (honest peers relay only what they kept) and is cut off.
+ */
+export const STATUS_FLOOD_BURST = 10
 
 /** Defaults for the timers in MeshOptions. */
 export const DEFAULT_ANTI_ENTROPY_MS = 10_000
@@ -39,6 +121,11 @@ export const MAX_BANS = 4096
 export const MAX_REMEMBERED_PEERS = 1024
 /** Documents named in one hello. */
 export const MAX_DOCS_PER_HELLO = 1024
+/**
+ * Documents this replica does not hold, negotiated per peer at once (from an empty state, without
+ * creating them: a document comes into being only with a valid signed change).
+ */
+export const MAX_UNKNOWN_DOCS_PER_PEER = 1024
 /**
  * Changes up to this size (a batch's encoded bytes) are pushed to peers as they are; larger ones
  * (a catch-up another peer sent) are announced, and each peer's sync pulls only what it lacks.

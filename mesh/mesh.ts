@@ -32,7 +32,13 @@ import { artifactExchange, type ArtifactService } from './artifact-service.ts'
 import { connectionKeeper, type BootstrapPeer, type ConnectionKeeper } from './connection-keeper.ts'
 import { MeshCounters } from './counters.ts'
 import { MeshNotRunningError } from './errors.ts'
-import { DEFAULT_ANTI_ENTROPY_MS, DEFAULT_STALE_AFTER_MS, resolveLimits } from './limits.ts'
+import { InboundGuard } from './inbound-guard.ts'
+import {
+  DEFAULT_ANTI_ENTROPY_MS,
+  DEFAULT_STALE_AFTER_MS,
+  MAX_STREAM_WINDOW_BYTES,
+  resolveLimits
+} from './limits.ts'
 import { status, type StatusService } from './status-service.ts'
 import { sync, type SyncService } from './sync-service.ts'
 import type {
@@ -109,30 +115,30 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
     const opts = this.opts
     const control = this.control
     const banned = (peer: PeerId): boolean => control.isBanned(peer)
+    const guard = new InboundGuard(limits, this.counters)
     const node = await createLibp2p({
       privateKey: await generateKeyPairFromSeed('Ed25519', opts.identity.seed),
       addresses: { listen: opts.listen ?? this.platform.defaultListen ?? [] },
       transports: this.platform.transports(),
       connectionEncrypters: [noise()],
-      streamMuxers: [
-        yamux({
-          streamOptions: {
-            maxReadBufferLength: limits.maxFrameBytes + 4 * 1024 * 1024,
-            maxWriteBufferLength: 4 * limits.maxFrameBytes
-          }
-        })
-      ],
+      streamMuxers: [meshMuxer(limits)],
       ...(opts.psk !== undefined ? { connectionProtector: preSharedKey({ psk: opts.psk }) } : {}),
       connectionGater: {
         // Browsers refuse ws:// and private addresses by default; daemons on a LAN need both.
         denyDialMultiaddr: () => false,
         denyDialPeer: banned,
-        denyInboundEncryptedConnection: banned,
+        denyInboundConnection: maConn => guard.deny(maConn),
+        denyInboundEncryptedConnection: (peer, maConn) => {
+          guard.handshakeDone(maConn)
+          return banned(peer)
+        },
         denyOutboundEncryptedConnection: banned
       },
       connectionManager: {
         maxConnections: limits.maxConnections,
-        inboundConnectionThreshold: limits.inboundConnectionsPerSecond
+        inboundConnectionThreshold: limits.inboundConnectionsPerSecond,
+        maxIncomingPendingConnections: limits.maxPendingInbound,
+        inboundUpgradeTimeout: limits.handshakeTimeoutMs
       },
       peerDiscovery: this.platform.discovery?.({ mdns: opts.mdns ?? true }) ?? [],
       services: {
@@ -155,7 +161,8 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
         status: status({
           replica: this.replica,
           identity: opts.identity,
-          staleAfterMs: opts.staleAfterMs ?? DEFAULT_STALE_AFTER_MS
+          staleAfterMs: opts.staleAfterMs ?? DEFAULT_STALE_AFTER_MS,
+          counters: this.counters
         }),
         keeper: connectionKeeper({ bootstrap: this.bootstrap, limits }),
         artifacts: artifactExchange({
@@ -172,6 +179,11 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
     })
     node.addEventListener('peer:disconnect', e => {
       this.safeDispatchEvent('peer:disconnect', { detail: { peerId: e.detail.toString() } })
+    })
+    // Hosts enrolled nodes connect from may use the reserved handshake slots.
+    adm.addEventListener('peer:admitted', e => {
+      if (adm.admissionOf(e.detail) !== 'node') return
+      for (const c of node.getConnections(e.detail)) guard.remember(c.remoteAddr)
     })
     adm.addEventListener('rejected', e => {
       const { peerId, reason, error } = e.detail
@@ -246,6 +258,21 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
     }
     return this.node
   }
+}
+
+/**
+ * The stream muxer: yamux with a bounded window. Reading pauses while a frame is handled
+ * (frames.ts#readFrames): what a peer can make us buffer per stream is then the frame plus one
+ * window, and a paused stream's buffer never holds more than the window it granted.
+ */
+export function meshMuxer(limits: MeshLimits): ReturnType<typeof yamux> {
+  return yamux({
+    streamOptions: {
+      maxStreamWindowSize: MAX_STREAM_WINDOW_BYTES,
+      maxReadBufferLength: 2 * MAX_STREAM_WINDOW_BYTES,
+      maxWriteBufferLength: 2 * limits.maxFrameBytes
+    }
+  })
 }
 
 /** Build a mesh on a platform (daemons: `createMesh` in index.ts; browsers: `createBrowserMesh`). */

@@ -71,6 +71,22 @@ export async function signStatus(
 }
 
 /**
+ * A record's node and sequence number, read without verifying anything: enough to drop a record
+ * that is not newer than the one held before paying for its signature and body.
+ */
+export function peekStatus(bytes: Uint8Array): { node: string; seq: number } {
+  try {
+    const r = new ByteReader(bytes, 'status record')
+    const v = r.u8()
+    if (v !== VERSION) throw new InvalidStatusError(`status record version ${v} is not supported`)
+    return { node: toHex(r.raw(32)), seq: r.varint() }
+  } catch (err) {
+    if (err instanceof InvalidStatusError) throw err
+    throw new InvalidStatusError(`malformed status record: ${(err as Error).message}`)
+  }
+}
+
+/**
  * Decode and verify a record. Returns undefined for a well-formed record whose key is not (yet)
  * an enrolled device here: it may be a device enrolled in a devices document we have not
  * received yet, so the forwarding peer is not at fault; the record is dropped.

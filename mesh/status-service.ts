@@ -17,9 +17,13 @@ import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { fromHex, toHex } from '../crdt/bytes.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
+import type { MeshCounters } from './counters.ts'
+import { StatusFloodError } from './errors.ts'
+import { STATUS_FLOOD_BURST, STATUS_MIN_INTERVAL_MS } from './limits.ts'
 import {
   decodeStoredStatus,
   encodeStoredStatus,
+  peekStatus,
   signStatus,
   verifyStatus,
   type SignedStatus
@@ -27,6 +31,7 @@ import {
 import type { SyncEvents, StatusReceiver } from './sync-service.ts'
 import type { SyncStream } from './sync-stream.ts'
 import type { StatusBody, StatusRecord } from './types.ts'
+import { TokenBucket } from './work-budget.ts'
 
 const log = logger('rhizome:mesh:status')
 const STATUS_META_PREFIX = 'mesh/status/'
@@ -45,6 +50,9 @@ export interface StatusInit {
   identity: KeyPair
   /** A record with no newer one for this long is stale, ms. */
   staleAfterMs: number
+  counters: MeshCounters
+  /** One record per node per this long is kept and relayed (default `STATUS_MIN_INTERVAL_MS`). */
+  minIntervalMs?: number
 }
 
 export interface StatusEvents {
@@ -70,12 +78,25 @@ function peerIdOfKey(keyHex: string): string {
   }
 }
 
+/** A newer record that came before its node's interval was up: kept when it is. */
+interface Waiting {
+  signed: SignedStatus
+  from: SyncStream | undefined
+  timer: ReturnType<typeof setTimeout>
+}
+
 export class StatusService extends TypedEventEmitter<StatusEvents> implements Startable {
   private readonly components: StatusComponents
   private readonly init: StatusInit
   private readonly held = new Map<string, HeldStatus>()
   private readonly ownKey: string
   private ownSeq = 0
+  private readonly intervalMs: number
+  /** Per node: when its last record was kept (others') or sent (ours), performance.now(). */
+  private readonly lastOut = new Map<string, number>()
+  private readonly waiting = new Map<string, Waiting>()
+  /** Per sending stream, per node: newer records of that node it sent, against the pace. */
+  private readonly pace = new WeakMap<SyncStream, Map<string, TokenBucket>>()
   private readonly onGreeted = (e: CustomEvent<SyncStream>): void => {
     this.sendAll(e.detail)
   }
@@ -88,6 +109,7 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     this.components = components
     this.init = init
     this.ownKey = toHex(init.identity.publicKey)
+    this.intervalMs = init.minIntervalMs ?? STATUS_MIN_INTERVAL_MS
   }
 
   readonly [Symbol.toStringTag] = '@rhizome/status'
@@ -101,6 +123,8 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   }
 
   async stop(): Promise<void> {
+    for (const w of this.waiting.values()) clearTimeout(w.timer)
+    this.waiting.clear()
     const sync = this.components.sync
     sync.removeEventListener('stream:greeted', this.onGreeted)
     sync.removeEventListener('stream:resync', this.onResync)
@@ -115,7 +139,10 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     return [...this.held.values()].map(h => this.toRecord(h))
   }
 
-  /** Sign this node's status and send it to every peer. */
+  /**
+   * Sign this node's status and keep it; it goes to every peer now, or, if the last went out less
+   * than the interval ago, when the interval is up (then the newest published goes).
+   */
   async publish(body: StatusBody, options: AbortOptions = {}): Promise<StatusRecord> {
     options.signal?.throwIfAborted()
     const replica = this.init.replica
@@ -124,22 +151,85 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     const signed = await signStatus(this.init.identity, replica.fleetId, seq, body, replica.ed)
     const held: HeldStatus = { signed, peerId: peerIdOfKey(this.ownKey), receivedAt: Date.now() }
     await this.keep(held)
-    for (const s of this.components.sync.streams()) s.sendStatus(signed.bytes)
+    await this.paced(signed, undefined, async () => {
+      for (const s of this.components.sync.streams()) s.sendStatus(signed.bytes)
+    })
     return this.toRecord(held)
   }
 
-  /** A record from a peer: verify, keep if newer, relay to every other peer. */
+  /** A record from a peer: verify, keep if newer (at the node's pace), relay to every other peer. */
   async receive(record: Uint8Array, from: SyncStream): Promise<void> {
+    const { node, seq } = peekStatus(record)
+    const admission = this.components.admission
+    if (!admission.isEnrolledKey(node) || node === this.ownKey) {
+      // Not (yet) enrolled here: the messenger is not at fault. Our own come back by relay.
+      if (node === this.ownKey) this.ownSeq = Math.max(this.ownSeq, seq)
+      return
+    }
+    if (seq <= (this.held.get(node)?.signed.seq ?? -1)) return
+    if (seq <= (this.waiting.get(node)?.signed.seq ?? -1)) return
+    this.checkPace(from, node)
     const replica = this.init.replica
     const signed = await verifyStatus(record, replica.fleetId, replica.ed, k =>
-      this.components.admission.isEnrolledKey(k)
+      admission.isEnrolledKey(k)
     )
     if (signed === undefined) return
-    const held = this.held.get(signed.node)
-    if (held !== undefined && held.signed.seq >= signed.seq) return
-    if (signed.node === this.ownKey) this.ownSeq = Math.max(this.ownSeq, signed.seq)
-    await this.keep({ signed, peerId: peerIdOfKey(signed.node), receivedAt: Date.now() })
-    for (const s of this.components.sync.streams()) if (s !== from) s.sendStatus(signed.bytes)
+    await this.paced(signed, from, async () => {
+      await this.keep({ signed, peerId: peerIdOfKey(node), receivedAt: Date.now() })
+      for (const s of this.components.sync.streams()) if (s !== from) s.sendStatus(signed.bytes)
+    })
+  }
+
+  /** A peer sending one node's newer records faster than that node may publish them is flooding. */
+  private checkPace(from: SyncStream, node: string): void {
+    let perNode = this.pace.get(from)
+    if (perNode === undefined) {
+      perNode = new Map()
+      this.pace.set(from, perNode)
+    }
+    const now = performance.now()
+    let bucket = perNode.get(node)
+    if (bucket === undefined) {
+      bucket = new TokenBucket(1000 / this.intervalMs, STATUS_FLOOD_BURST, now)
+      perNode.set(node, bucket)
+    }
+    if (!bucket.take(1, now)) {
+      throw new StatusFloodError(
+        `peer ${from.peerId.toString()} sent status records of node ${node.slice(0, 16)}… faster than one per ${this.intervalMs} ms (more than ${STATUS_FLOOD_BURST} ahead); cut off`
+      )
+    }
+  }
+
+  /**
+   * Run `go` for this record now if its node's last record went out at least the interval ago;
+   * otherwise when the interval is up, unless a newer one has replaced it by then.
+   */
+  private async paced(
+    signed: SignedStatus,
+    from: SyncStream | undefined,
+    go: () => Promise<void>
+  ): Promise<void> {
+    const node = signed.node
+    const now = performance.now()
+    const due = (this.lastOut.get(node) ?? -Infinity) + this.intervalMs
+    const before = this.waiting.get(node)
+    if (before !== undefined) {
+      clearTimeout(before.timer)
+      this.waiting.delete(node)
+      this.init.counters.statusRecordsCoalesced++
+    }
+    if (due <= now) {
+      this.lastOut.set(node, now)
+      await go()
+      return
+    }
+    const timer = setTimeout(() => {
+      if (this.waiting.get(node)?.timer !== timer) return
+      this.waiting.delete(node)
+      this.lastOut.set(node, performance.now())
+      void go()
+    }, due - now)
+    this.waiting.set(node, { signed, from, timer })
   }
 
   private sendAll(to: SyncStream): void {

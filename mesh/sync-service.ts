@@ -33,7 +33,7 @@ import type { AdmissionEvents, PeerAdmission } from './admission-service.ts'
 import { streamOnConnection } from './connections.ts'
 import type { MeshCounters, SyncCount } from './counters.ts'
 import { SessionRefusedError } from './errors.ts'
-import { MAX_PUSH_BYTES, MAX_REMEMBERED_PEERS } from './limits.ts'
+import { MAX_PUSH_BYTES, MAX_REMEMBERED_PEERS, WORK_BUDGETS, type WorkBudget } from './limits.ts'
 import { SYNC_PROTOCOL } from './sync-messages.ts'
 import { SyncStream, type SyncStreamHost } from './sync-stream.ts'
 import type { MeshLimits } from './types.ts'
@@ -168,6 +168,12 @@ export class SyncService
 
   mayAccept(peer: PeerId): boolean {
     return this.components.admission.mayAccept(peer)
+  }
+
+  workBudget(peer: PeerId): { kind: string; budget: WorkBudget } {
+    const a = this.components.admission.admissionOf(peer)
+    if (a === 'none') return { kind: 'bootstrap peer', budget: WORK_BUDGETS.node }
+    return { kind: a === 'node' ? 'device' : a, budget: WORK_BUDGETS[a] }
   }
 
   loadSyncState(peer: PeerId, docId: string): Automerge.SyncState | undefined {

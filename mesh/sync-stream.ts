@@ -24,7 +24,6 @@
 import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
 import { sha256 } from '@noble/hashes/sha2.js'
-import { pipe } from 'it-pipe'
 import { toHex } from '../crdt/bytes.ts'
 import { isPeerFault } from '../crdt/errors.ts'
 import { decodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
@@ -32,10 +31,22 @@ import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
 import type { AcceptResult } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { PeerId, Stream } from '@libp2p/interface'
-import { ExchangeTimeoutError, MalformedMessageError, ProtocolViolationError } from './errors.ts'
-import { decodeFrames, encodeFrame } from './frames.ts'
+import {
+  ExchangeTimeoutError,
+  MalformedMessageError,
+  ProtocolViolationError,
+  WorkBudgetExceededError
+} from './errors.ts'
+import { encodeFrame, readFrames } from './frames.ts'
 import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from './sync-messages.ts'
-import { MAX_HELD_HASHES_PER_PEER, MAX_SYNC_REPEATS } from './limits.ts'
+import {
+  MAX_HELD_HASHES_PER_PEER,
+  MAX_SYNC_REPEATS,
+  MAX_UNKNOWN_DOCS_PER_PEER,
+  YIELD_AFTER_MS,
+  type WorkBudget
+} from './limits.ts'
+import { PeerWorkBudget } from './work-budget.ts'
 import type { MeshLimits } from './types.ts'
 
 const log = logger('rhizome:mesh:sync')
@@ -49,6 +60,8 @@ export interface SyncStreamHost {
   mayServe(peer: PeerId): boolean
   /** May we apply (verified) data from this peer? */
   mayAccept(peer: PeerId): boolean
+  /** The peer's work budget (by what it is admitted as) and what to call it in a message. */
+  workBudget(peer: PeerId): { kind: string; budget: WorkBudget }
   loadSyncState(peer: PeerId, docId: string): Automerge.SyncState | undefined
   saveSyncState(peer: PeerId, docId: string, state: Automerge.SyncState): void
   /** The peer's first hello arrived: gossip (status records) may start. */
@@ -65,6 +78,14 @@ export interface SyncStreamHost {
    * a batch refused as invalid or unauthorised.
    */
   count(what: 'in' | 'out' | 'accepted' | 'duplicate' | 'refused', n: number): void
+}
+
+/** Let timers and I/O run (setImmediate in Node; browsers and workers have only timers). */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise(resolve => {
+    if (typeof globalThis.setImmediate === 'function') globalThis.setImmediate(resolve)
+    else setTimeout(resolve, 0)
+  })
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -103,6 +124,9 @@ export class SyncStream {
   private readonly lastIn = new Map<string, { digest: string; count: number }>()
   /** The trust version the peer's last hello named: the statements after it are what it lacks. */
   private peerTrustVersion: number | undefined
+  /** Documents we do not hold being negotiated with the peer (from an empty state, not created). */
+  private readonly unknown = new Set<string>()
+  private budget: PeerWorkBudget | undefined
   helloReceived = false
 
   constructor(host: SyncStreamHost, peerId: PeerId, stream: Stream, opener: PeerId) {
@@ -116,22 +140,36 @@ export class SyncStream {
     return !this.ended
   }
 
-  /** Say hello, then read until the stream ends. Resolves when the stream is over. */
+  /**
+   * Say hello, then read until the stream ends. Resolves when the stream is over. Each message is
+   * charged to the peer's work budget (one message, and the time its handling took); the event
+   * loop gets a turn at least every `YIELD_AFTER_MS` of this peer's work.
+   */
   async run(): Promise<void> {
     try {
       this.sendHello()
-      await pipe(
-        this.stream,
-        source => decodeFrames(source, this.host.limits.maxFrameBytes),
-        async frames => {
-          for await (const frame of frames) {
-            this.host.count('in', frame.length)
-            const msg = decodeSyncWire(frame)
-            await this.serial(() => this.handle(msg))
-            if (this.ended) return
+      let slice = performance.now()
+      for await (const frame of readFrames(this.stream, this.host.limits.maxFrameBytes)) {
+        this.host.count('in', frame.length)
+        this.charge(this.budgetNow().message(performance.now()))
+        const msg = decodeSyncWire(frame)
+        let took = 0
+        await this.serial(async () => {
+          const start = performance.now()
+          try {
+            await this.handle(msg)
+          } finally {
+            took = performance.now() - start
           }
+        })
+        if (this.ended) return
+        const now = performance.now()
+        this.charge(this.budgetNow().handled(took, now))
+        if (now - slice >= YIELD_AFTER_MS) {
+          await yieldToEventLoop()
+          slice = performance.now()
         }
-      )
+      }
     } catch (err) {
       if (!this.ended) {
         if (isPeerFault(err)) this.host.invalid(this, err as Error)
@@ -142,11 +180,13 @@ export class SyncStream {
     }
   }
 
-  /** End the stream; its sync states are kept by the host for a reconnect. */
+  /** End the stream; the sync states of documents held are kept by the host for a reconnect. */
   close(err?: Error): void {
     if (this.ended) return
     this.ended = true
-    for (const [docId, state] of this.states) this.host.saveSyncState(this.peerId, docId, state)
+    for (const [docId, state] of this.states) {
+      if (!this.unknown.has(docId)) this.host.saveSyncState(this.peerId, docId, state)
+    }
     if (err !== undefined) this.stream.abort(err)
     else {
       this.stream
@@ -227,6 +267,29 @@ export class SyncStream {
 
   sendStatus(record: Uint8Array): void {
     if (this.host.mayServe(this.peerId)) this.send({ type: 'status', record })
+  }
+
+  private budgetNow(): PeerWorkBudget {
+    const { budget } = this.host.workBudget(this.peerId)
+    if (this.budget?.budget !== budget) this.budget = new PeerWorkBudget(budget, performance.now())
+    return this.budget
+  }
+
+  private charge(over: 'messages' | 'handling time' | undefined): void {
+    if (over === undefined) return
+    const { kind, budget } = this.host.workBudget(this.peerId)
+    const rate =
+      over === 'messages'
+        ? `${budget.messagesPerSecond} messages/s (burst ${budget.messageBurst})`
+        : `${budget.handlingMsPerSecond} ms of handling/s (burst ${budget.handlingBurstMs} ms)`
+    throw new WorkBudgetExceededError(
+      `peer ${this.peerId.toString()} sent more ${over === 'messages' ? 'messages' : 'work'} than a ${kind} may: ${rate}; cut off`
+    )
+  }
+
+  /** Is the document held here? Only held documents are opened: opening creates. */
+  private holds(docId: string): boolean {
+    return this.host.replica.documentIds().includes(docId)
   }
 
   private sendHello(): void {
@@ -353,8 +416,11 @@ export class SyncStream {
         return
       }
       case 'sync': {
-        const doc = await replica.open(msg.docId)
-        if (msg.batch.length > 0 && this.host.mayAccept(this.peerId)) {
+        const accepts = this.host.mayAccept(this.peerId)
+        // A document comes into being only with a valid signed change: a peer that may not write
+        // (a viewer) gets nothing for one not held here, and no peer's naming of one creates it.
+        if (!accepts && !this.holds(msg.docId)) return
+        if (msg.batch.length > 0 && accepts) {
           const batch = decodeBatch(msg.batch)
           if (batch.docId !== msg.docId) {
             throw new ProtocolViolationError(
@@ -364,8 +430,7 @@ export class SyncStream {
           await this.acceptBatch(batch)
         }
         try {
-          // Refuses (UnsignedChangeError) a message that carries changes outside a signed batch.
-          this.states.set(msg.docId, doc.receiveSyncMessage(this.stateOf(msg.docId), msg.message))
+          await this.receiveSync(msg.docId, msg.message)
         } catch (err) {
           if (isPeerFault(err)) throw err
           throw new MalformedMessageError(
@@ -411,6 +476,61 @@ export class SyncStream {
   }
 
   /**
+   * Update the peer's sync state for a document from its message. Changes enter a document only
+   * through a verified batch, so a message that still carries changes is refused (for a held
+   * document `receiveSyncMessage` refuses it, `UnsignedChangeError`). A document not held here is
+   * negotiated from an empty document, without creating it.
+   */
+  private async receiveSync(docId: string, message: Uint8Array): Promise<void> {
+    if (this.holds(docId)) {
+      this.unknown.delete(docId)
+      const doc = await this.host.replica.open(docId)
+      this.states.set(docId, doc.receiveSyncMessage(this.stateOf(docId), message))
+      return
+    }
+    if (!this.noteUnknown(docId)) return
+    if (Automerge.decodeSyncMessage(message).changes.length > 0) {
+      throw new ProtocolViolationError(
+        `peer sent changes for "${docId}" outside a signed batch; refused`
+      )
+    }
+    const [, next] = Automerge.receiveSyncMessage(Automerge.init(), this.stateOf(docId), message)
+    this.states.set(docId, next)
+  }
+
+  /** Room for one more document not held here? (At most MAX_UNKNOWN_DOCS_PER_PEER at once.) */
+  private noteUnknown(docId: string): boolean {
+    if (this.unknown.has(docId)) return true
+    if (this.unknown.size >= MAX_UNKNOWN_DOCS_PER_PEER) {
+      log(
+        '%p names more than %d documents not held here; "%s" ignored',
+        this.peerId,
+        MAX_UNKNOWN_DOCS_PER_PEER,
+        docId
+      )
+      return false
+    }
+    this.unknown.add(docId)
+    return true
+  }
+
+  /**
+   * Our sync message for a document not held here: what an empty document asks for (everything;
+   * the peer's batch leaves out the genesis change, which every replica makes for itself).
+   */
+  private syncUnknown(docId: string): void {
+    if (!this.host.mayAccept(this.peerId) || !this.noteUnknown(docId)) return
+    const [next, message] = Automerge.generateSyncMessage(Automerge.init(), this.stateOf(docId))
+    this.states.set(docId, next)
+    if (message === null) return
+    const stripped = Automerge.encodeSyncMessage({
+      ...Automerge.decodeSyncMessage(message),
+      changes: []
+    })
+    this.send({ type: 'sync', docId, message: stripped, batch: EMPTY })
+  }
+
+  /**
    * Generate the next sync message for one document; send it with its changes as a signed batch.
    * Changes held pending here (verified, waiting for dependencies) are outside Automerge, which
    * therefore asks the peer for the pending change itself, not for what it waits on; the peer has
@@ -419,6 +539,10 @@ export class SyncStream {
    */
   private async syncDoc(docId: string): Promise<void> {
     if (this.ended || !this.host.mayServe(this.peerId)) return
+    if (!this.holds(docId)) {
+      this.syncUnknown(docId)
+      return
+    }
     const doc = await this.host.replica.open(docId)
     const state = this.stateOf(docId)
     const before = new Set(Object.keys(state.sentHashes))

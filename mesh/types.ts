@@ -39,6 +39,20 @@ export interface MeshLimits {
   inboundConnectionsPerSecond: number
   /** How long a peer that sent invalid data is refused, ms. */
   banMs: number
+  /**
+   * Time an inbound connection has to finish its handshake (Noise and Yamux), ms: a socket that
+   * never starts one holds a handshake slot no longer than this.
+   */
+  handshakeTimeoutMs: number
+  /** Inbound connections still in their handshake, at most, from all hosts together. */
+  maxPendingInbound: number
+  /** Inbound connections still in their handshake, at most, from one host (IPv4 address or IPv6 /64). */
+  maxPendingInboundPerHost: number
+  /**
+   * Of `maxPendingInbound`, handshake slots kept for hosts an enrolled node has connected from
+   * before: strangers flooding from many hosts cannot take them.
+   */
+  reservedPendingInbound: number
 }
 
 export type Admission = 'node' | 'admin-session' | 'viewer' | 'none'
@@ -70,6 +84,12 @@ export interface MeshMetrics {
   syncMessagesOut: number
   statusRecords: number
   peersBanned: number
+  /** Peers cut off for exceeding their work budget (messages or handling time per second). */
+  peersThrottled: number
+  /** Status records not kept because their node published faster than one per `STATUS_MIN_INTERVAL_MS` (the newest is kept later). */
+  statusRecordsCoalesced: number
+  /** Inbound connections refused before their handshake (per-host or reserved handshake slots). */
+  inboundRefused: number
 }
 
 export interface MeshOptions {

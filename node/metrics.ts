@@ -67,6 +67,21 @@ export class DaemonMetrics {
       'Peers disconnected for sending invalid data',
       m => m.peersBanned
     )
+    meshGauge(
+      'rhizome_mesh_peers_throttled_total',
+      'Peers cut off for exceeding their work budget or flooding status records',
+      m => m.peersThrottled
+    )
+    meshGauge(
+      'rhizome_mesh_status_coalesced_total',
+      'Status records replaced by a newer one while waiting for their node pace',
+      m => m.statusRecordsCoalesced
+    )
+    meshGauge(
+      'rhizome_mesh_inbound_refused_total',
+      'Inbound connections refused before their handshake (per-host or reserved slots)',
+      m => m.inboundRefused
+    )
     void new Gauge({
       name: 'rhizome_revision_lag',
       help: 'Documents whose held revision is not yet applied',

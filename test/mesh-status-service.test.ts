@@ -11,6 +11,7 @@ import { TypedEventEmitter } from '@libp2p/interface'
 import { toHex } from '../crdt/bytes.ts'
 import { generateKeyPair, type KeyPair } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
+import { MeshCounters } from '../mesh/counters.ts'
 import { signStatus } from '../mesh/status-record.ts'
 import { StatusService, type StatusComponents } from '../mesh/status-service.ts'
 import type { StatusReceiver, SyncEvents } from '../mesh/sync-service.ts'
@@ -45,7 +46,12 @@ async function service(replica: Replica, identity: KeyPair, enrolled: Set<string
     sync,
     admission: { isEnrolledKey: k => enrolled.has(k) }
   }
-  const s = new StatusService(components, { replica, identity, staleAfterMs: 30_000 })
+  const s = new StatusService(components, {
+    replica,
+    identity,
+    staleAfterMs: 30_000,
+    counters: new MeshCounters()
+  })
   await s.start()
   return { s, sync }
 }

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict'
 import * as Automerge from '@automerge/automerge'
 import { encodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import type { Replica } from '../crdt/replica.ts'
-import { DEFAULT_LIMITS, MAX_SYNC_REPEATS } from '../mesh/limits.ts'
+import { DEFAULT_LIMITS, MAX_SYNC_REPEATS, WORK_BUDGETS } from '../mesh/limits.ts'
 import { SyncStream, type SyncStreamHost } from '../mesh/sync-stream.ts'
 import { decodeFrames, encodeFrame } from '../mesh/frames.ts'
 import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from '../mesh/sync-messages.ts'
@@ -29,6 +29,7 @@ function hostFor(replica: Replica, faults: Error[]): SyncStreamHost {
     limits: DEFAULT_LIMITS,
     mayServe: () => true,
     mayAccept: () => true,
+    workBudget: () => ({ kind: 'device', budget: WORK_BUDGETS.node }),
     loadSyncState: (peer, doc) => {
       const b = states.get(`${peer.toString()}/${doc}`)
       return b === undefined ? undefined : Automerge.decodeSyncState(b)
