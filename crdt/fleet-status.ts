@@ -16,11 +16,14 @@
  *   files: { ok, drifted: [paths put back] },
  *   peers: [peerId...], errors: [config problems found while applying], startedAt, at,
  *   artifacts?: { <digest>: { state: 'complete'|'fetching'|'waiting'|'failed', name?, size?,
- *                             held, peers, rate (bytes/s), eta? (s), reason? } } }
+ *                             held, peers, rate (bytes/s), eta? (s), reason? } },
+ *   rollouts?: { <doc>:<name>: { digest, seenAt, switchedAt?, soakedAt?, failedAt?, ... } },  // crdt/rollout-gate.ts
+ *   tryMode?: { lastKnownGood?, rolledBack?: { digest, at, reason } } }                      // node/rollout-agent.ts
  * ```
  * Bodies come from other processes and are only as well-shaped as their signer made them:
  * `parseStatusBody` checks and bounds every field, and never throws.
  */
+import { parseReports, type RolloutReport } from './rollout-gate.ts'
 
 /** Bounds on a parsed body: entries per map or list, characters per string. */
 export const STATUS_LIMITS = {
@@ -30,6 +33,7 @@ export const STATUS_LIMITS = {
   logLines: 50,
   errors: 20,
   artifacts: 32,
+  rollouts: 32,
   text: 1000
 } as const
 
@@ -79,6 +83,19 @@ export interface StatusBody {
   at: number
   /** Referenced artifacts by digest; absent when there are none. */
   artifacts?: Record<string, ArtifactStatus>
+  /**
+   * What the node did about each rollout, by rollout id (crdt/rollout-gate.ts: facts it keeps for
+   * good and never trims, as other nodes gate and abort on them); absent when none.
+   */
+  rollouts?: Record<string, RolloutReport>
+  /** Try mode rolled back a config after which the node reached no peer; absent otherwise. */
+  tryMode?: TryModeStatus
+}
+
+export interface TryModeStatus {
+  /** Digest of the last config known good on the node. */
+  lastKnownGood?: string
+  rolledBack?: { digest: string; at: number; reason: string }
 }
 
 function isMap(v: unknown): v is Record<string, unknown> {
@@ -170,6 +187,21 @@ export function parseStatusBody(v: unknown, fallbackName = ''): StatusBody {
       if (parsed !== undefined) artifacts[k] = parsed
     }
     if (Object.keys(artifacts).length > 0) body.artifacts = artifacts
+  }
+  const rollouts = parseReports(b.rollouts, STATUS_LIMITS.rollouts)
+  if (Object.keys(rollouts).length > 0) body.rollouts = rollouts
+  if (isMap(b.tryMode)) {
+    const t = b.tryMode
+    const tryMode: TryModeStatus = {}
+    if (typeof t.lastKnownGood === 'string') tryMode.lastKnownGood = text(t.lastKnownGood)
+    if (isMap(t.rolledBack)) {
+      tryMode.rolledBack = {
+        digest: text(t.rolledBack.digest),
+        at: num(t.rolledBack.at),
+        reason: text(t.rolledBack.reason)
+      }
+    }
+    body.tryMode = tryMode
   }
   return body
 }

@@ -73,6 +73,30 @@ function isTime(v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v) && v >= 0
 }
 
+/** One report from JSON of unknown shape (a peer's: hostile); undefined if it is not one. */
+function parseReport(v: unknown): RolloutReport | undefined {
+  const r = v as Record<string, unknown> | null
+  if (typeof r !== 'object' || r === null || Array.isArray(r)) return undefined
+  if (typeof r.digest !== 'string' || r.digest.length > 64 || !isTime(r.seenAt)) return undefined
+  const out: RolloutReport = { digest: r.digest, seenAt: r.seenAt }
+  for (const k of TIMES) {
+    if (isTime(r[k])) out[k] = r[k]
+  }
+  if (typeof r.reason === 'string') out.reason = r.reason.slice(0, MAX_REASON_CHARS)
+  return out
+}
+
+/** A status body's `rollouts` (crdt/fleet-status.ts): well-formed reports, at most `max`. */
+export function parseReports(v: unknown, max: number): Record<string, RolloutReport> {
+  const out: Record<string, RolloutReport> = {}
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return out
+  for (const [id, r] of Object.entries(v).slice(0, max)) {
+    const parsed = parseReport(r)
+    if (parsed !== undefined && id.length <= 200) out[id] = parsed
+  }
+  return out
+}
+
 /**
  * This rollout's report from a status body (a peer's JSON: hostile). Anything malformed, or a
  * report for another digest, is no evidence at all.
@@ -83,16 +107,8 @@ export function reportIn(
 ): RolloutReport | undefined {
   const all = (body as { rollouts?: unknown } | null)?.rollouts
   if (typeof all !== 'object' || all === null || Array.isArray(all)) return undefined
-  const r = (all as Record<string, unknown>)[spec.id] as Record<string, unknown> | undefined
-  if (typeof r !== 'object' || r === null || r.digest !== spec.digest || !isTime(r.seenAt)) {
-    return undefined
-  }
-  const out: RolloutReport = { digest: spec.digest, seenAt: r.seenAt }
-  for (const k of TIMES) {
-    if (isTime(r[k])) out[k] = r[k]
-  }
-  if (typeof r.reason === 'string') out.reason = r.reason.slice(0, MAX_REASON_CHARS)
-  return out
+  const r = parseReport((all as Record<string, unknown>)[spec.id])
+  return r?.digest === spec.digest ? r : undefined
 }
 
 /** The newest status record time of each node, and this rollout's report in it. */

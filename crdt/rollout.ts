@@ -482,7 +482,8 @@ export function selects(spec: RolloutSpec, labels: Record<string, string>): bool
  * commands own (`state`) carried over from the current document when the file leaves them out
  * and the rollout is the same (same change), or computed now for a new one. So applying the
  * same file twice changes nothing, and `apply` never resumes a paused rollout by accident.
- * `nodes` are the enrolled devices (key → labels).
+ * `nodes` are the enrolled devices (key → labels). `removed` names the rollouts the current
+ * document has and the file drops: their switched nodes go back to the document's own config.
  */
 export function freezeRollouts(
   docId: string,
@@ -490,10 +491,18 @@ export function freezeRollouts(
   current: Record<string, unknown> | undefined,
   nodes: Map<string, Record<string, string>>,
   now: Date
-): { doc: Record<string, unknown>; started: Array<{ id: string; eligible: number }> } {
+): {
+  doc: Record<string, unknown>
+  started: Array<{ id: string; eligible: number }>
+  removed: string[]
+} {
   const started: Array<{ id: string; eligible: number }> = []
-  if (!isMap(desired.rollouts)) return { doc: desired, started }
   const held = isMap(current?.rollouts) ? current.rollouts : {}
+  const wanted = isMap(desired.rollouts) ? desired.rollouts : {}
+  const removed = Object.keys(held)
+    .filter(name => !(name in wanted))
+    .map(name => `${docId}:${name}`)
+  if (!isMap(desired.rollouts)) return { doc: desired, started, removed }
   const rollouts: Record<string, unknown> = {}
   for (const [name, raw] of Object.entries(desired.rollouts)) {
     const spec = parseRollout(docId, name, raw, desired.selector)
@@ -528,5 +537,5 @@ export function freezeRollouts(
     }
     rollouts[name] = out
   }
-  return { doc: { ...desired, rollouts }, started }
+  return { doc: { ...desired, rollouts }, started, removed }
 }

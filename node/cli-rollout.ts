@@ -19,21 +19,26 @@ async function enrolledLabels(replica: Replica): Promise<Map<string, Record<stri
 
 /**
  * The fleet file as `apply` writes it: every document's rollouts frozen (see freezeRollouts).
- * Returns the rollouts that start with this apply, for the command to say so.
+ * Returns notes for the command to print: rollouts that start, rollouts removed.
  */
 export async function freezeForApply(
   desired: FleetDocuments,
   current: FleetDocuments,
   replica: Replica,
   now = new Date()
-): Promise<{ docs: FleetDocuments; started: Array<{ id: string; eligible: number }> }> {
+): Promise<{ docs: FleetDocuments; notes: string[] }> {
   const nodes = await enrolledLabels(replica)
   const docs: FleetDocuments = {}
-  const started: Array<{ id: string; eligible: number }> = []
+  const notes: string[] = []
   for (const [id, doc] of Object.entries(desired)) {
     const r = freezeRollouts(id, doc, current[id], nodes, now)
     docs[id] = r.doc
-    started.push(...r.started)
+    for (const s of r.started) notes.push(`rollout ${s.id} starts: ${s.eligible} eligible node(s)`)
+    for (const gone of r.removed) {
+      notes.push(
+        `rollout ${gone} is removed: nodes that switched to it go back to the document's own config (put its change into the document to keep it)`
+      )
+    }
   }
-  return { docs, started }
+  return { docs, notes }
 }

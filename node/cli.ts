@@ -199,7 +199,7 @@ async function cmdApply(opts: {
   }
   const client = new DaemonClient(opts.daemon)
   const replica = await client.localReplica()
-  const { docs: desired, started } = await freezeForApply(
+  const { docs: desired, notes } = await freezeForApply(
     parseFleetYaml(text, opts.file),
     await currentDocs(replica),
     replica
@@ -215,7 +215,7 @@ async function cmdApply(opts: {
     return
   }
   for (const { doc, ops } of plan) for (const l of formatOps(ops, doc.id)) say(l)
-  for (const r of started) say(`rollout ${r.id} starts: ${r.eligible} eligible node(s)`)
+  for (const note of notes) say(note)
   const n = plan.reduce((s, p) => s + p.ops.length, 0)
   if (opts.dryRun === true) {
     say(`dry run: ${n} change(s) in ${plan.length} document(s) not applied`)

@@ -21,12 +21,13 @@
  * artifactServeRate: 0               # bytes/s for all artifact chunks served to peers (0: no limit)
  * artifactDiskBudget: 21474836480    # bytes; unreferenced artifacts are collected sooner above it
  * artifactGcGraceMs: 86400000        # unreferenced artifacts are kept this long
+ * tryModeMs: 120000                  # a config after which no peer is reached this long is rolled back (0: off)
  * ```
  * Environment: RHIZOME_NAME, RHIZOME_LABELS (k=v,k=v), RHIZOME_DATA_DIR, RHIZOME_TRUST_FILE,
  * RHIZOME_LISTEN and RHIZOME_BOOTSTRAP (comma-separated), RHIZOME_MDNS (true/false),
  * RHIZOME_HTTP_HOST, RHIZOME_HTTP_PORT, RHIZOME_FILES_ROOT, RHIZOME_ALLOWED_ROOTS,
  * RHIZOME_MANIFEST_DIR, RHIZOME_RECONCILE_INTERVAL_MS, RHIZOME_DRIFT_CHECK_MS, RHIZOME_STATUS_INTERVAL_MS,
- * RHIZOME_ARTIFACT_FETCH_RATE, RHIZOME_ARTIFACT_SERVE_RATE, RHIZOME_ARTIFACT_DISK_BUDGET, RHIZOME_ARTIFACT_GC_GRACE_MS.
+ * RHIZOME_ARTIFACT_FETCH_RATE, RHIZOME_ARTIFACT_SERVE_RATE, RHIZOME_ARTIFACT_DISK_BUDGET, RHIZOME_ARTIFACT_GC_GRACE_MS, RHIZOME_TRY_MODE_MS.
  */
 import { readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
@@ -34,6 +35,9 @@ import { dirname, isAbsolute, resolve } from 'node:path'
 import { parseYamlInput } from '../crdt/yaml-input.ts'
 import { InvalidConfigError } from './errors.ts'
 import { DEFAULT_DISK_BUDGET_BYTES, DEFAULT_GC_GRACE_MS } from './artifacts/limits.ts'
+
+/** Try mode (node/rollout-agent.ts): a config after which no peer is reached this long is rolled back. */
+export const DEFAULT_TRY_MODE_MS = 120_000
 
 /** The data directory's layout: the store, and the copy of the fleet's trust statement. */
 export const STORE_DIR = 'store'
@@ -58,6 +62,7 @@ export interface DaemonConfig {
   artifactServeRate: number
   artifactDiskBudget: number
   artifactGcGraceMs: number
+  tryModeMs: number
 }
 
 export const CONFIG_FILE_KEYS = [
@@ -78,7 +83,8 @@ export const CONFIG_FILE_KEYS = [
   'artifactFetchRate',
   'artifactServeRate',
   'artifactDiskBudget',
-  'artifactGcGraceMs'
+  'artifactGcGraceMs',
+  'tryModeMs'
 ] as const
 const HTTP_KEYS = ['host', 'port']
 
@@ -101,7 +107,8 @@ const ENV: Record<string, (typeof CONFIG_FILE_KEYS)[number] | 'http.host' | 'htt
   RHIZOME_ARTIFACT_FETCH_RATE: 'artifactFetchRate',
   RHIZOME_ARTIFACT_SERVE_RATE: 'artifactServeRate',
   RHIZOME_ARTIFACT_DISK_BUDGET: 'artifactDiskBudget',
-  RHIZOME_ARTIFACT_GC_GRACE_MS: 'artifactGcGraceMs'
+  RHIZOME_ARTIFACT_GC_GRACE_MS: 'artifactGcGraceMs',
+  RHIZOME_TRY_MODE_MS: 'tryModeMs'
 }
 
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024
@@ -290,7 +297,11 @@ export function parseDaemonConfig(
     artifactGcGraceMs:
       raw.artifactGcGraceMs === undefined
         ? DEFAULT_GC_GRACE_MS
-        : int(raw.artifactGcGraceMs, envWhere('artifactGcGraceMs'), 0, 365 * 86_400_000)
+        : int(raw.artifactGcGraceMs, envWhere('artifactGcGraceMs'), 0, 365 * 86_400_000),
+    tryModeMs:
+      raw.tryModeMs === undefined
+        ? DEFAULT_TRY_MODE_MS
+        : int(raw.tryModeMs, envWhere('tryModeMs'), 0, 86_400_000)
   }
   for (const r of config.allowedRoots) {
     if (!r.startsWith('/')) fail(envWhere('allowedRoots'), `"${r}" is not an absolute path`)

@@ -37,6 +37,10 @@ import { Artifacts } from './artifacts/manager.ts'
 import { ArtifactApplier } from './artifacts/apply.ts'
 import { artifactRoutes } from './artifacts/http-routes.ts'
 import { registerArtifactMetrics } from './artifacts/metrics.ts'
+import { enrolledDevicesOf } from '../crdt/devices.ts'
+import { RolloutAgent } from './rollout-agent.ts'
+import { rolloutRoutes } from './rollout-routes.ts'
+import { registerRolloutMetrics } from './rollout-metrics.ts'
 
 const log = logger('rhizome:node:daemon')
 
@@ -84,6 +88,7 @@ export class Daemon {
   readonly status: StatusReporter
   readonly metrics: DaemonMetrics
   readonly artifacts: Artifacts
+  readonly rollouts: RolloutAgent
   private readonly artifactApplier: ArtifactApplier
   readonly startedAt = Date.now()
   private readonly store: LevelStore
@@ -130,12 +135,26 @@ export class Daemon {
       env: { RHIZOME_NODE_NAME: config.name },
       pidFile: join(config.dataDir, 'workloads.pids')
     })
+    this.rollouts = new RolloutAgent({
+      key: identity.publicKeyHex,
+      dataDir: config.dataDir,
+      statuses: () => this.status.records(),
+      enrolled: async () =>
+        new Map([...(await enrolledDevicesOf(replica))].map(([k, d]) => [k, d.labels])),
+      workloads: () => this.processes.status(),
+      connected: () => (mesh?.metrics().syncSessions ?? 0) > 0,
+      reconcile: reason => void this.reconciler.trigger(reason),
+      publish: () => void this.status.publish(),
+      events,
+      options: { tryModeMs: mesh === undefined ? 0 : config.tryModeMs }
+    })
     this.reconciler = new Reconciler({
       replica,
       files: this.files,
       processes: this.processes,
       manifests: new ManifestsApplier(config.manifestDir),
       artifacts: this.artifactApplier,
+      rollouts: this.rollouts,
       key: identity.publicKeyHex,
       fallback: { name: config.name, labels: config.labels },
       intervalMs: config.reconcileIntervalMs
@@ -150,6 +169,8 @@ export class Daemon {
         return { ok: f.ok, drifted: f.drifted }
       },
       artifacts: () => artifacts.statuses(),
+      rollouts: () => this.rollouts.reports(),
+      tryMode: () => this.rollouts.tryMode(),
       key: identity.publicKeyHex,
       peerId: identity.peerId,
       startedAt: this.startedAt,
@@ -161,6 +182,7 @@ export class Daemon {
       workloads: () => this.processes.status()
     })
     registerArtifactMetrics(this.metrics.registry, artifacts)
+    registerRolloutMetrics(this.metrics.registry, this.rollouts)
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
@@ -254,6 +276,7 @@ export class Daemon {
       this.mesh.addEventListener('rejected', ev => {
         e('warn', 'peer.rejected', { ...ev.detail })
       })
+      this.mesh.addEventListener('status', ev => this.rollouts.onStatus(ev.detail))
     }
     this.replica.addEventListener('change', ev => {
       const d = ev.detail
@@ -272,6 +295,7 @@ export class Daemon {
           ms: Math.round(d.durationMs)
         })
       }
+      this.rollouts.afterReconcile()
       this.status.schedule()
     })
     this.artifacts.addEventListener('complete', ev => {
@@ -286,6 +310,7 @@ export class Daemon {
       })
     }
     await this.listenHttp()
+    await this.rollouts.load()
     await this.reconciler.start()
     this.driftTimer = setInterval(() => {
       void this.files.checkDrift().then(put => {
@@ -318,6 +343,11 @@ export class Daemon {
   private async listenHttp(): Promise<void> {
     const server = createApiServer([
       ...artifactRoutes(this.artifacts, this.config.artifactDiskBudget),
+      ...rolloutRoutes(
+        this.rollouts,
+        async () =>
+          new Map([...(await enrolledDevicesOf(this.replica))].map(([k, d]) => [k, d.name]))
+      ),
       ...apiRoutes({
         peerId: this.identity.peerId,
         name: () => this.reconciler.last?.identity.name ?? this.config.name,
@@ -354,6 +384,7 @@ export class Daemon {
       clearInterval(this.driftTimer)
       clearInterval(this.gcTimer)
       this.status.stop()
+      await this.rollouts.stop()
       await this.reconciler.stop()
       await this.processes.stopAll()
       await this.artifacts.stop()

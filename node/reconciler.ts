@@ -14,12 +14,7 @@
  */
 import { TypedEventEmitter } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
-import {
-  effectiveConfig,
-  writerScopes,
-  type ConfigObject,
-  type NodeIdentity
-} from '../crdt/effective-config.ts'
+import { effectiveConfig, type ConfigObject, type NodeIdentity } from '../crdt/effective-config.ts'
 import { DEVICES_DOC, enrolledDevicesOf } from '../crdt/devices.ts'
 import type { ChangeEventDetail, Replica } from '../crdt/replica.ts'
 import type { FilesApplier } from './appliers/files.ts'
@@ -55,6 +50,17 @@ export interface ReconcilerComponents {
   manifests: ManifestsApplier
   /** Artifact files and workloads (node/artifacts/apply.ts): resolved before the other appliers. */
   artifacts?: ArtifactApplier
+  /**
+   * Staged rollouts (node/rollout-agent.ts): the effective config with each switched rollout's
+   * change on top, or the last known-good config; applied instead of the effective config.
+   */
+  rollouts?: {
+    configFor(
+      docs: Array<{ id: string; value: unknown }>,
+      identity: NodeIdentity,
+      config: ConfigObject
+    ): Promise<{ config: ConfigObject; errors: string[] }>
+  }
   /** The node's own public key, hex. */
   key: string
   fallback: NodeIdentity
@@ -157,17 +163,17 @@ export class Reconciler extends TypedEventEmitter<ReconcilerEvents> {
     const docs = []
     for (const id of Object.keys(applied)) {
       if (id === DEVICES_DOC) continue
-      const doc = await this.c.replica.open(id)
-      // Operators' documents reach only the nodes in their scope (crdt/effective-config.ts).
-      docs.push({
-        id,
-        value: doc.value,
-        writerScopes: writerScopes(doc.writerKeys(), this.c.replica.trust)
-      })
+      docs.push({ id, value: (await this.c.replica.open(id)).value })
     }
     const identity = await this.identity()
-    const config = effectiveConfig(docs, identity)
     const errors: string[] = []
+    const base = effectiveConfig(docs, identity)
+    const shaped = (await this.c.rollouts?.configFor(docs, identity, base)) ?? {
+      config: base,
+      errors: []
+    }
+    const config = shaped.config
+    errors.push(...shaped.errors)
     const art = (await this.c.artifacts?.resolve(config)) ?? { config, errors: [] }
     errors.push(...art.errors)
     const files = await this.c.files.apply(isMap(art.config.files) ? art.config.files : {})

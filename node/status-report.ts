@@ -11,9 +11,11 @@ import {
   type FleetNode,
   type ArtifactStatus,
   type StatusBody,
+  type TryModeStatus,
   type WorkloadStatus
 } from '../crdt/fleet-status.ts'
 import type { Replica } from '../crdt/replica.ts'
+import type { RolloutReport } from '../crdt/rollout-gate.ts'
 import { MAX_STATUS_BYTES, type Mesh, type StatusRecord } from '../mesh/types.ts'
 import { peerIdOfPublicKey } from './identity.ts'
 import type { Reconciler } from './reconciler.ts'
@@ -44,6 +46,9 @@ export interface StatusReporterComponents {
   files: () => { ok: boolean; drifted: string[] }
   /** Referenced artifacts by digest (node/artifacts/). */
   artifacts?: () => Record<string, ArtifactStatus>
+  /** What this node did about each rollout, and try mode's last rollback (node/rollout-agent.ts). */
+  rollouts?: () => Record<string, RolloutReport>
+  tryMode?: () => TryModeStatus
   /** This node's public key (hex) and PeerId. */
   key: string
   peerId: string
@@ -119,6 +124,10 @@ export class StatusReporter {
     }
     const artifacts = this.c.artifacts?.()
     if (artifacts !== undefined && Object.keys(artifacts).length > 0) body.artifacts = artifacts
+    const rollouts = this.c.rollouts?.()
+    if (rollouts !== undefined && Object.keys(rollouts).length > 0) body.rollouts = rollouts
+    const tryMode = this.c.tryMode?.()
+    if (tryMode?.rolledBack !== undefined) body.tryMode = tryMode
     return fitStatus(body)
   }
 
