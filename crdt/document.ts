@@ -2,11 +2,20 @@
  * A signed Automerge document: the only way in is `accept` (verified batches from elsewhere) or
  * `change` (a local change, signed as it is made). Both persist before they resolve.
  *
- * Validity of a batch is decided in one place, `verifyBatch` below, as a pure function of the
- * batch and the trust statement in force: every change covered by a verified signature of the
- * key its actor names (`signed-change.ts`), that key allowed to write this document. A valid
- * batch whose dependencies are missing waits in a bounded pending set and is applied once they
- * arrive.
+ * A batch is judged in two steps:
+ * - `verifyBatch`, a pure function of the batch and the trust chain: every change covered by a
+ *   verified signature of the key its actor names, or by a change a root-signed cut names
+ *   (`signed-change.ts`), and that key allowed by some statement to write this document. A
+ *   batch that fails is refused with a named error: its sender did something wrong.
+ * - which of its changes are *valid* (crdt/validity.ts: cuts, equivocations, dependencies).
+ *   Invalid changes are not the sender's fault (a peer that has not yet seen a cut relays them),
+ *   so they are dropped and the rest applied. Two changes of one actor with one sequence number
+ *   are kept as equivocation evidence (crdt/equivocation.ts) before either reaches Automerge.
+ *
+ * When a new cut or new evidence makes held changes invalid, the document is rebuilt from the
+ * valid ones (Automerge cannot drop a change) and a snapshot replaces the stored batches: the
+ * store keeps what is valid; cuts are never undone, so what was dropped is never needed again.
+ * A valid batch whose dependencies are missing waits in a bounded pending set.
  */
 import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
@@ -18,11 +27,22 @@ import {
   WrongDocumentError
 } from './errors.ts'
 import {
+  conflictIn,
+  decodeEquivocation,
+  encodeEquivocation,
+  MAX_EQUIVOCATIONS_PER_DOCUMENT,
+  selectChanges,
+  type Equivocation
+} from './equivocation.ts'
+import { judgeChanges, type InvalidReason, type ValidityContext } from './validity.ts'
+import {
   actorKeyHex,
   checkActorChains,
   decodeBatch,
   encodeBatch,
   isChangeChunk,
+  MAX_BATCH_BYTES,
+  MAX_CHUNKS_PER_BATCH,
   readChanges,
   signChange,
   verifyCoverage,
@@ -33,7 +53,7 @@ import {
 import type { Ed25519 } from './ed25519.ts'
 import type { KeyPair } from './keys.ts'
 import type { Store } from './store.ts'
-import type { KeyInfo, TrustChain } from './trust.ts'
+import type { CutTip, KeyInfo, TrustChain } from './trust.ts'
 import { documentSchema } from './document-schema.ts'
 
 const log = logger('rhizome:crdt:document')
@@ -45,6 +65,10 @@ export const MAX_PENDING_BYTES = 64 * 1024 * 1024
 export const SNAPSHOT_EVERY_BATCHES = 200
 /** A batch at least this large, and larger than the document, is loaded together with it. */
 const LOAD_WHOLE_MIN_CHANGES = 256
+/** Hashes of dropped changes remembered, so their descendants are dropped too, not parked. */
+export const MAX_REMEMBERED_INVALID = 65_536
+/** Store meta keys of a document's equivocation evidence: `equivocation/<doc>/<actor>`. */
+const EVIDENCE_PREFIX = 'equivocation/'
 
 /**
  * Every document starts from a deterministic, unsigned *genesis change* that creates its top-level
@@ -86,14 +110,29 @@ export interface DocumentContext {
   readonly store: Store
   /**
    * Called after every applied change, local or remote, with the batches that made it in the
-   * order they were applied (each one verified and self-covering: fit to relay as it is).
+   * order they were applied (each one verified and self-covering: fit to relay as it is), and
+   * after a rebuild that dropped invalid changes (`rebuild`, no batches).
    */
-  onChange?: (
-    docId: string,
-    heads: string[],
-    source: 'local' | 'remote',
-    batches: SignedBatch[]
-  ) => void
+  onChange?: (docId: string, heads: string[], source: ChangeSource, batches: SignedBatch[]) => void
+  /** New equivocation evidence was recorded (found here, or received and verified). */
+  onEquivocation?: (evidence: Equivocation) => void
+  /** Held changes became invalid and were dropped (a new cut or new evidence). */
+  onInvalidated?: (docId: string, changes: InvalidatedChange[]) => void
+}
+
+export type ChangeSource = 'local' | 'remote' | 'rebuild'
+
+/** A change a document held and dropped, and why: what a signing tool needs to re-sign it. */
+export interface InvalidatedChange {
+  hash: string
+  actor: string
+  seq: number
+  /** Signer's public key, hex, and who the trust chain says it is (or was). */
+  signer: string
+  signerInfo: KeyInfo | undefined
+  reason: InvalidReason
+  time: number
+  message: string | null
 }
 
 /** A key plus the actor id (key + session) it writes as. */
@@ -102,12 +141,18 @@ export interface Signer {
   readonly actor: string
 }
 
-export type AcceptStatus = 'applied' | 'duplicate' | 'pending'
+/**
+ * `invalid`: the batch verified, but none of its new changes is valid (outside a cut, after an
+ * equivocation, or depending on such a change); nothing was applied and its sender is not at fault.
+ */
+export type AcceptStatus = 'applied' | 'duplicate' | 'pending' | 'invalid'
 
 export interface AcceptResult {
   status: AcceptStatus
   /** Changes newly applied, including pending ones this batch released. */
   applied: number
+  /** Changes of this batch dropped as invalid. */
+  dropped?: number
   heads: string[]
 }
 
@@ -118,7 +163,7 @@ export interface HistoryEntry {
   deps: string[]
   /** Signer's public key, hex. */
   signer: string
-  /** Who the trust statement says the signer is, if anyone. */
+  /** Who the trust chain says the signer is or was, if anyone. */
   signerInfo: KeyInfo | undefined
   /** Author's clock, seconds since the epoch: informational, never used to decide anything. */
   time: number
@@ -136,19 +181,24 @@ interface IndexEntry {
   children: string[]
 }
 
-function encodeTips(tips: Map<string, { seq: number; sig: ChangeSignature }>): Uint8Array {
+interface HeldSignature {
+  actor: string
+  seq: number
+  sig: ChangeSignature
+}
+
+/** Stored signatures: per entry the actor, sequence number and signature of a held change. */
+function encodeTips(tips: ReadonlyMap<string, HeldSignature>): Uint8Array {
   const w = new ByteWriter().varint(tips.size)
-  for (const [actor, { seq, sig }] of tips) {
+  for (const { actor, seq, sig } of tips.values()) {
     w.raw(fromHex(actor)).varint(seq).raw(sig.key).raw(fromHex(sig.hash)).raw(sig.signature)
   }
   return w.finish()
 }
 
-function decodeTips(
-  bytes: Uint8Array
-): Array<{ actor: string; seq: number; sig: ChangeSignature }> {
+function decodeTips(bytes: Uint8Array): HeldSignature[] {
   const r = new ByteReader(bytes, 'stored signatures')
-  const n = r.varint(1 << 20)
+  const n = r.varint(1 << 24)
   const out = []
   for (let i = 0; i < n; i++) {
     out.push({
@@ -172,7 +222,8 @@ export interface VerifiedBatch {
   /** The batch, with only the signatures its coverage rests on (each of them verified). */
   readonly batch: SignedBatch
   readonly docId: string
-  readonly trustVersion: number
+  /** `TrustChain.epoch` it was judged under: a later statement means judging it again. */
+  readonly trustEpoch: number
   readonly metas: readonly ChangeMeta[]
   readonly [VERIFIED]: true
 }
@@ -188,28 +239,34 @@ function isVerified(b: SignedBatch | VerifiedBatch): b is VerifiedBatch {
 export async function verifyBatch(
   ctx: Pick<DocumentContext, 'fleetId' | 'trust' | 'ed'>,
   docId: string,
-  batch: SignedBatch
+  batch: SignedBatch,
+  extraAnchors: ReadonlyMap<string, string> = new Map()
 ): Promise<VerifiedBatch> {
   if (batch.docId !== docId) {
     throw new WrongDocumentError(
       `batch for document "${batch.docId}" offered to document "${docId}"`
     )
   }
-  const trustVersion = ctx.trust.version
-  const authorize = (keyHex: string): void => void ctx.trust.authorize(keyHex, docId)
+  const trustEpoch = ctx.trust.epoch
+  // Some statement of the chain must have let the key write here (else UnknownKeyError or
+  // OutOfScopeError: the sender is at fault); whether each change is still valid is judged later.
+  const authorize = (keyHex: string): void => void ctx.trust.writeStanding(keyHex, docId)
   // Signers are named outside the chunks: a batch from keys that may not write here is refused
   // before its chunks are parsed (issue 10: one such batch used to hold the event loop for 25 s).
   for (const s of batch.signatures) authorize(toHex(s.key))
   const metas = readChanges(batch.chunks)
   // The genesis change is the same on every peer and needs no signature.
   const g = genesisHash(docId)
+  const anchors = new Map(extraAnchors)
+  for (const [hash, { key }] of ctx.trust.anchors(docId)) anchors.set(hash, key)
   const coverage = await verifyCoverage(
     ctx.fleetId,
     docId,
     metas.filter(m => m.hash !== g),
     batch.signatures,
     ctx.ed,
-    authorize
+    authorize,
+    anchors
   )
   return Object.freeze({
     batch:
@@ -217,7 +274,7 @@ export async function verifyBatch(
         ? batch
         : { ...batch, signatures: coverage.signatures },
     docId,
-    trustVersion,
+    trustEpoch,
     metas: Object.freeze(metas),
     [VERIFIED]: true as const
   })
@@ -238,15 +295,26 @@ export class SignedDocument<T = Record<string, unknown>> {
   readonly id: string
   private doc: Automerge.Doc<T>
   private readonly ctx: DocumentContext
-  /** Per actor, the signature on its highest-sequence change: it covers all the actor's others. */
-  private readonly tips = new Map<string, { seq: number; sig: ChangeSignature }>()
+  /**
+   * Every signature held, by the hash of the change it signs. One on an actor's latest change
+   * covers the actor's others; the ones below are kept too, because a later change may become
+   * invalid (it depends on a change a cut excludes) and the valid part must still be provable
+   * to peers. A catch-up batch brings one per actor, a pushed change its own.
+   */
+  private readonly tips = new Map<string, HeldSignature>()
   private pending: PendingBatch[] = []
   private pendingBytes = 0
   private lastStoredSeq = 0
   private batchesSinceSnapshot = 0
   private index: Map<string, IndexEntry> | undefined
-  /** Per actor, the highest sequence number held (kept with `index`). */
-  private readonly actorSeqs = new Map<string, number>()
+  /** Per actor, its held changes' hashes by sequence number - 1 (kept with `index`). */
+  private readonly chains = new Map<string, string[]>()
+  /** Per actor, the evidence that it used a sequence number twice (the lowest such). */
+  private readonly evidence = new Map<string, Equivocation>()
+  /** Changes dropped as invalid (bounded): their descendants are dropped at once. */
+  private readonly invalid = new Set<string>()
+  /** The trust epoch the held changes were last judged under. */
+  private judgedEpoch = -1
   private batchMemo: { doc: Automerge.Doc<T>; key: string; bytes: Uint8Array } | undefined
   /** Accepts and changes run one at a time, in arrival order. */
   private queue: Promise<unknown> = Promise.resolve()
@@ -257,7 +325,10 @@ export class SignedDocument<T = Record<string, unknown>> {
     this.doc = doc
   }
 
-  /** Open a document from the store: its snapshot, then the batches stored after it. */
+  /**
+   * Open a document from the store: its snapshot, then the batches stored after it, then its
+   * equivocation evidence; held changes the trust chain has cut since are dropped.
+   */
   static async load<T>(ctx: DocumentContext, id: string): Promise<SignedDocument<T>> {
     const snap = await ctx.store.getSnapshot(id)
     const d = new SignedDocument<T>(
@@ -266,7 +337,7 @@ export class SignedDocument<T = Record<string, unknown>> {
       Automerge.load<T>(snap === undefined ? genesis(id).save : snap.doc)
     )
     if (snap !== undefined) {
-      for (const { actor, seq, sig } of decodeTips(snap.signatures)) d.tips.set(actor, { seq, sig })
+      for (const t of decodeTips(snap.signatures)) d.tips.set(t.sig.hash, t)
       d.lastStoredSeq = snap.upTo
     }
     for (const { seq, bytes } of await ctx.store.batchesAfter(id, d.lastStoredSeq)) {
@@ -280,6 +351,21 @@ export class SignedDocument<T = Record<string, unknown>> {
       d.lastStoredSeq = seq
       d.batchesSinceSnapshot++
     }
+    for (const [key, bytes] of await ctx.store.listMeta(`${EVIDENCE_PREFIX}${id}/`)) {
+      try {
+        const e = decodeEquivocation(bytes, MAX_BATCH_BYTES * 2)
+        const hashes = conflictIn(
+          e.batches.flatMap(b => readChanges(b.chunks)),
+          e.actor,
+          e.seq,
+          e.previous
+        )
+        if (hashes !== undefined) d.evidence.set(e.actor, { ...e, docId: id, hashes })
+      } catch (err) {
+        log.error('document %s: stored evidence %s does not load, skipped: %e', id, key, err)
+      }
+    }
+    await d.revalidateNow()
     return d
   }
 
@@ -291,6 +377,12 @@ export class SignedDocument<T = Record<string, unknown>> {
   /** The revision: the hashes of the document's heads, sorted. */
   get heads(): string[] {
     return Automerge.getHeads(this.doc).sort()
+  }
+
+  /** Does it hold nothing but its genesis change (nothing was ever validly written to it)? */
+  get isEmpty(): boolean {
+    const heads = Automerge.getHeads(this.doc)
+    return heads.length === 1 && heads[0] === genesisHash(this.id) && this.pending.length === 0
   }
 
   get pendingCount(): number {
@@ -324,6 +416,36 @@ export class SignedDocument<T = Record<string, unknown>> {
   has(hashes: string[]): boolean {
     const index = this.changeIndex()
     return hashes.every(h => index.has(h))
+  }
+
+  /** The keys (hex) that signed the changes this document holds: all of them valid. */
+  writerKeys(): string[] {
+    this.changeIndex()
+    const keys = new Set<string>()
+    for (const actor of this.chains.keys()) {
+      if (actor !== GENESIS_ACTOR) keys.add(actor.slice(0, 64))
+    }
+    return [...keys].sort()
+  }
+
+  /**
+   * The cut a trust statement should name for `keyHex` here to keep everything this document
+   * holds of it valid: per actor of the key, its latest change (`rhizome` fills revocations in
+   * from this; cutting earlier means naming earlier changes).
+   */
+  cutFor(keyHex: string): CutTip[] {
+    this.changeIndex()
+    const out: CutTip[] = []
+    for (const [actor, chain] of this.chains) {
+      if (actor.slice(0, 64) !== keyHex || chain.length === 0) continue
+      out.push({ actor, seq: chain.length, hash: chain.at(-1) as string })
+    }
+    return out.sort((a, b) => (a.actor < b.actor ? -1 : a.actor > b.actor ? 1 : 0))
+  }
+
+  /** The equivocation evidence held, one per actor: to pass on to peers and into bundles. */
+  equivocations(): Equivocation[] {
+    return [...this.evidence.values()]
   }
 
   /**
@@ -361,25 +483,32 @@ export class SignedDocument<T = Record<string, unknown>> {
   }
 
   /**
-   * Verify, apply and persist a batch from elsewhere. Throws a named error if it is invalid.
-   * A `VerifiedBatch` for this document under the trust version in force is not verified again
-   * (a replica verifies a batch for a new document before creating it).
+   * Verify, apply and persist a batch from elsewhere. Throws a named error if it is invalid;
+   * drops (and reports in `dropped`) the changes that verify but are not valid. A
+   * `VerifiedBatch` for this document under the trust epoch in force is not verified again (a
+   * replica verifies a batch for a new document before creating it).
    */
   accept(input: SignedBatch | VerifiedBatch): Promise<AcceptResult> {
     const offered = isVerified(input) ? input.batch : input
     return this.serial(async () => {
+      await this.revalidateNow()
       // Every change a valid batch carries is an ancestor of (or is) a change one of its
       // signatures names, so when we hold every named change the batch has nothing for us: skip
       // parsing and verifying it. In a mesh most batches a node receives are such duplicates (its
       // neighbours push a new change at once). A batch that is invalid as well as redundant is
       // dropped here without a verdict on its sender; it could not have changed anything.
-      if (offered.signatures.length > 0 && this.has(offered.signatures.map(s => s.hash))) {
-        return { status: 'duplicate', applied: 0, heads: this.heads }
+      if (offered.signatures.length > 0) {
+        const index = this.changeIndex()
+        const named = offered.signatures.map(s => s.hash)
+        if (named.every(h => index.has(h))) {
+          return { status: 'duplicate', applied: 0, heads: this.heads }
+        }
+        if (named.every(h => index.has(h) || this.invalid.has(h))) {
+          return { status: 'invalid', applied: 0, heads: this.heads }
+        }
       }
       const verified =
-        isVerified(input) &&
-        input.docId === this.id &&
-        input.trustVersion === this.ctx.trust.version
+        isVerified(input) && input.docId === this.id && input.trustEpoch === this.ctx.trust.epoch
           ? input
           : await this.verifyBatch(offered)
       const { batch, metas } = verified
@@ -390,23 +519,61 @@ export class SignedDocument<T = Record<string, unknown>> {
         this.addPending(batch, metas)
         return { status: 'pending', applied: 0, heads: this.heads }
       }
-      let applied = await this.apply(batch, metas)
-      const batches = [batch]
-      applied += await this.releasePending(batches)
-      this.ctx.onChange?.(this.id, this.heads, 'remote', batches)
-      return { status: 'applied', applied, heads: this.heads }
+      const admitted = await this.admit(batch, metas)
+      const batches = admitted.batch === undefined ? [] : [admitted.batch]
+      const released = await this.releasePending(batches)
+      if (batches.length > 0) this.ctx.onChange?.(this.id, this.heads, 'remote', batches)
+      const dropped = admitted.dropped > 0 ? { dropped: admitted.dropped } : {}
+      return admitted.applied === 0 && released === 0
+        ? { status: 'invalid', applied: 0, ...dropped, heads: this.heads }
+        : { status: 'applied', applied: admitted.applied + released, ...dropped, heads: this.heads }
     })
+  }
+
+  /**
+   * Take equivocation evidence from elsewhere (a peer, a bundle): verified on its own, without
+   * the document's other changes. Returns false when it adds nothing (this actor is known to
+   * have equivocated at the same or a lower sequence number). Throws a named error for evidence
+   * that does not verify or shows no conflict.
+   */
+  acceptEquivocation(bytes: Uint8Array): Promise<boolean> {
+    return this.serial(async () => {
+      const e = decodeEquivocation(bytes)
+      const metas: ChangeMeta[] = []
+      for (const b of e.batches) metas.push(...(await this.verifyBatch(b)).metas)
+      const hashes = conflictIn(metas, e.actor, e.seq, e.previous)
+      if (hashes === undefined) {
+        throw new MalformedInputError(
+          `equivocation evidence for document "${this.id}" does not hold two different changes of actor ${e.actor.slice(0, 16)}… with sequence number ${e.seq}`
+        )
+      }
+      const added = await this.recordEquivocation({ ...e, docId: this.id, hashes })
+      if (added) await this.revalidateNow()
+      return added
+    })
+  }
+
+  /**
+   * Judge every held change again (after a new trust statement): drop the ones a new cut makes
+   * invalid and rebuild the document from the rest.
+   */
+  revalidate(): Promise<void> {
+    return this.serial(() => this.revalidateNow())
   }
 
   /** Decode, check coverage and signatures, check the signers may write this document. */
   verifyBatch(batch: SignedBatch): Promise<VerifiedBatch> {
-    return verifyBatch(this.ctx, this.id, batch)
+    const anchors = new Map<string, string>()
+    for (const e of this.evidence.values()) {
+      if (e.previous !== null) anchors.set(e.previous, actorKeyHex(e.actor))
+    }
+    return verifyBatch(this.ctx, this.id, batch, anchors)
   }
 
   /**
    * A self-covering batch holding `hashes` and every change of this document that descends
    * from them (a peer that lacks a change lacks its descendants too), with the signatures that
-   * cover them: one per actor in the usual case.
+   * cover them: one per actor in the usual case, none for an actor a cut or evidence anchors.
    */
   batchFor(hashes: string[]): SignedBatch {
     const index = this.changeIndex()
@@ -420,18 +587,46 @@ export class SignedDocument<T = Record<string, unknown>> {
     }
     // The genesis change is the same on every peer: it is never sent and needs no signature.
     closure.delete(genesisHash(this.id))
-    const actors = new Set<string>()
-    for (const h of closure) actors.add((index.get(h) as IndexEntry).actor)
-    const signatures: ChangeSignature[] = []
-    for (const actor of actors) {
-      const tip = this.tips.get(actor)
-      if (tip !== undefined && closure.has(tip.sig.hash)) signatures.push(tip.sig)
-      else {
+    const anchors = this.ctx.trust.anchors(this.id)
+    const provable = (actor: string, h: string): boolean =>
+      this.tips.has(h) || anchors.has(h) || this.evidence.get(actor)?.previous === h
+    let signatures: ChangeSignature[] = []
+    for (let round = 0; ; round++) {
+      const actors = new Set<string>()
+      for (const h of closure) actors.add((index.get(h) as IndexEntry).actor)
+      signatures = []
+      const unprovable: string[] = []
+      for (const actor of actors) {
+        // Its changes in the closure are the top of its chain (each descends from the one before).
+        const chain = this.chains.get(actor) ?? []
+        let top = chain.length - 1
+        while (top >= 0 && !closure.has(chain[top] as string)) top--
+        let i = top
+        while (i >= 0 && closure.has(chain[i] as string) && !provable(actor, chain[i] as string)) {
+          i--
+        }
+        if (i < top) unprovable.push(chain[i + 1] as string)
+        else {
+          const sig = this.tips.get(chain[top] as string)
+          if (sig !== undefined) signatures.push(sig.sig)
+        }
+      }
+      if (unprovable.length === 0) break
+      // Valid here, but what covered them was a signature on a later change that is no longer
+      // valid: a peer would refuse them as unsigned. Leave them (and what builds on them) out;
+      // their signer can sign them again (the replica's `invalidated` event says which).
+      if (round === 0) {
         log.error(
-          'document %s: no covering signature held for actor %s; peers will reject this batch',
+          'document %s: no covering signature held for the latest changes of %d actor(s); they are not sent',
           this.id,
-          actor.slice(0, 16)
+          unprovable.length
         )
+      }
+      const drop = [...unprovable]
+      while (drop.length > 0) {
+        const h = drop.pop() as string
+        if (!closure.delete(h)) continue
+        for (const c of (index.get(h) as IndexEntry).children) drop.push(c)
       }
     }
     const list = [...closure]
@@ -499,7 +694,7 @@ export class SignedDocument<T = Record<string, unknown>> {
           seq: m.seq,
           deps: m.deps,
           signer,
-          signerInfo: this.ctx.trust.lookup(signer),
+          signerInfo: this.ctx.trust.describe(signer),
           time: m.time,
           message: m.message
         }
@@ -515,13 +710,17 @@ export class SignedDocument<T = Record<string, unknown>> {
   snapshot(): Promise<void> {
     return this.serial(async () => {
       if (this.batchesSinceSnapshot === 0) return
-      await this.ctx.store.putSnapshot(this.id, {
-        upTo: this.lastStoredSeq,
-        doc: Automerge.save(this.doc),
-        signatures: encodeTips(this.tips)
-      })
-      this.batchesSinceSnapshot = 0
+      await this.writeSnapshot()
     })
+  }
+
+  private async writeSnapshot(): Promise<void> {
+    await this.ctx.store.putSnapshot(this.id, {
+      upTo: this.lastStoredSeq,
+      doc: Automerge.save(this.doc),
+      signatures: encodeTips(this.tips)
+    })
+    this.batchesSinceSnapshot = 0
   }
 
   private serial<R>(fn: () => Promise<R>): Promise<R> {
@@ -530,25 +729,74 @@ export class SignedDocument<T = Record<string, unknown>> {
     return run
   }
 
+  /** Are the changes `metas` build on held, or known invalid (then so are their dependents)? */
   private depsPresent(metas: readonly ChangeMeta[]): boolean {
     const inBatch = new Set(metas.map(m => m.hash))
-    const outside = new Set<string>()
-    for (const m of metas) for (const d of m.deps) if (!inBatch.has(d)) outside.add(d)
-    return outside.size === 0 || this.has([...outside])
+    const index = this.changeIndex()
+    for (const m of metas) {
+      for (const d of m.deps) {
+        if (!inBatch.has(d) && !index.has(d) && !this.invalid.has(d)) return false
+      }
+    }
+    return true
+  }
+
+  private validity(): ValidityContext {
+    const equivocations = new Map<string, number>()
+    for (const [actor, e] of this.evidence) equivocations.set(actor, e.seq)
+    return { docId: this.id, trust: this.ctx.trust, equivocations, genesis: genesisHash(this.id) }
+  }
+
+  /**
+   * Apply the valid part of a verified batch whose dependencies are present; record the
+   * equivocations it shows first. Returns what was applied and the batch as stored (the valid
+   * changes only).
+   */
+  private async admit(
+    batch: SignedBatch,
+    metas: readonly ChangeMeta[]
+  ): Promise<{ applied: number; dropped: number; batch: SignedBatch | undefined }> {
+    let index = this.changeIndex()
+    if (await this.recordConflicts(batch, metas)) {
+      await this.revalidateNow()
+      index = this.changeIndex()
+    }
+    const g = genesisHash(this.id)
+    const fresh = metas.filter(m => !index.has(m.hash) && m.hash !== g)
+    const bad = judgeChanges(this.validity(), fresh, h => this.invalid.has(h))
+    for (const h of bad.keys()) this.forget(h)
+    const good = fresh.filter(m => !bad.has(m.hash))
+    if (good.length === 0) return { applied: 0, dropped: bad.size, batch: undefined }
+    checkActorChains(
+      this.id,
+      good,
+      h => index.get(h),
+      actor => this.chains.get(actor)?.length ?? 0
+    )
+    if (bad.size === 0) {
+      return { applied: await this.apply(batch, metas), dropped: 0, batch }
+    }
+    // Part of the batch is invalid: apply and store only the rest, one change chunk each (the
+    // rare path: right after a cut, from a peer that has not seen it yet).
+    const keep = new Set(good.map(m => m.hash))
+    const chunks = selectChanges(batch, keep)
+    const valid: SignedBatch = {
+      docId: this.id,
+      chunks,
+      signatures: batch.signatures.filter(s => keep.has(s.hash))
+    }
+    this.doc = Automerge.applyChanges(this.doc, chunks)[0]
+    const stored =
+      chunks.length <= MAX_CHUNKS_PER_BATCH
+        ? valid
+        : { ...valid, chunks: [Automerge.saveBundle(this.doc, [...keep])] }
+    await this.persist(stored, good)
+    return { applied: good.length, dropped: bad.size, batch: stored }
   }
 
   private async apply(batch: SignedBatch, metas: readonly ChangeMeta[]): Promise<number> {
     const index = this.changeIndex()
-    checkActorChains(
-      this.id,
-      metas,
-      h => index.get(h),
-      actor => this.actorSeqs.get(actor) ?? 0
-    )
-    const before =
-      this.index === undefined
-        ? undefined
-        : new Set(metas.filter(m => !this.index!.has(m.hash)).map(m => m.hash))
+    const fresh = metas.filter(m => !index.has(m.hash)).length
     if (
       metas.length >= LOAD_WHOLE_MIN_CHANGES &&
       metas.length > Automerge.stats(this.doc).numChanges
@@ -560,7 +808,7 @@ export class SignedDocument<T = Record<string, unknown>> {
       this.doc = applyChunks(this.doc, batch.chunks)
     }
     await this.persist(batch, metas)
-    return before?.size ?? metas.length
+    return fresh
   }
 
   private async persist(batch: SignedBatch, metas: readonly ChangeMeta[]): Promise<void> {
@@ -569,24 +817,185 @@ export class SignedDocument<T = Record<string, unknown>> {
     this.recordTips(batch, metas)
     if (this.index !== undefined) for (const m of metas) this.indexAdd(m)
     this.lastStoredSeq = await this.ctx.store.appendBatch(this.id, encodeBatch(batch))
-    if (++this.batchesSinceSnapshot >= SNAPSHOT_EVERY_BATCHES) {
-      await this.ctx.store.putSnapshot(this.id, {
-        upTo: this.lastStoredSeq,
-        doc: Automerge.save(this.doc),
-        signatures: encodeTips(this.tips)
-      })
-      this.batchesSinceSnapshot = 0
-    }
+    if (++this.batchesSinceSnapshot >= SNAPSHOT_EVERY_BATCHES) await this.writeSnapshot()
   }
 
   private recordTips(batch: SignedBatch, metas: readonly ChangeMeta[]): void {
     const byHash = new Map(metas.map(m => [m.hash, m]))
     for (const sig of batch.signatures) {
       const m = byHash.get(sig.hash)
-      if (m === undefined) continue
-      const held = this.tips.get(m.actor)
-      if (held === undefined || held.seq < m.seq) this.tips.set(m.actor, { seq: m.seq, sig })
+      if (m !== undefined && !this.tips.has(sig.hash)) {
+        this.tips.set(sig.hash, { actor: m.actor, seq: m.seq, sig })
+      }
     }
+  }
+
+  /**
+   * Find, among a verified batch's changes, any that share an actor and sequence number with a
+   * held change or with another change of the batch, and record the evidence. Returns whether
+   * anything new was recorded.
+   */
+  private async recordConflicts(batch: SignedBatch, metas: readonly ChangeMeta[]) {
+    const seen = new Map<string, ChangeMeta>()
+    const index = this.changeIndex()
+    let recorded = false
+    for (const m of metas) {
+      if (index.has(m.hash)) continue
+      const slot = `${m.actor}/${m.seq}`
+      const held = this.chains.get(m.actor)?.[m.seq - 1]
+      const twin = seen.get(slot)
+      seen.set(slot, m)
+      const other = held ?? twin?.hash
+      if (other === undefined || other === m.hash) continue
+      const known = this.evidence.get(m.actor)
+      if (known !== undefined && known.seq <= m.seq) continue
+      const previous = m.seq === 1 ? null : previousOf(m, metas, this.chains)
+      if (m.seq > 1 && previous === null) continue
+      const from = (ms: readonly ChangeMeta[]): Set<string> =>
+        new Set(ms.filter(x => x.actor === m.actor && x.seq >= m.seq).map(x => x.hash))
+      const theirs = this.evidenceBatch(batch, from(metas))
+      const sides = held === undefined ? [theirs] : [this.heldChainBatch(m.actor, m.seq), theirs]
+      const hashes = [m.hash, other].sort() as [string, string]
+      if (
+        await this.recordEquivocation({
+          docId: this.id,
+          actor: m.actor,
+          seq: m.seq,
+          previous,
+          hashes,
+          batches: sides
+        })
+      ) {
+        recorded = true
+      }
+    }
+    return recorded
+  }
+
+  /** `batch` cut down to `keep` (an actor's chain) with its signatures, or whole if too long. */
+  private evidenceBatch(batch: SignedBatch, keep: Set<string>): SignedBatch {
+    const chunks = selectChanges(batch, keep)
+    if (chunks.length > MAX_CHUNKS_PER_BATCH) return batch
+    return { docId: this.id, chunks, signatures: batch.signatures.filter(s => keep.has(s.hash)) }
+  }
+
+  /** The held chain of `actor` from `seq` up, with the signature on its tip, as a batch. */
+  private heldChainBatch(actor: string, seq: number): SignedBatch {
+    const hashes = (this.chains.get(actor) ?? []).slice(seq - 1)
+    const tip = this.tips.get(hashes.at(-1) as string)
+    return {
+      docId: this.id,
+      chunks: [Automerge.saveBundle(this.doc, hashes)],
+      signatures: tip === undefined ? [] : [tip.sig]
+    }
+  }
+
+  /** Keep evidence (persisted, announced) if it says more than what is held. */
+  private async recordEquivocation(e: Equivocation): Promise<boolean> {
+    const known = this.evidence.get(e.actor)
+    if (known !== undefined && known.seq <= e.seq) return false
+    if (known === undefined && this.evidence.size >= MAX_EQUIVOCATIONS_PER_DOCUMENT) {
+      log.error(
+        'document %s: %d equivocating actors are remembered already; evidence against actor %s is not kept',
+        this.id,
+        MAX_EQUIVOCATIONS_PER_DOCUMENT,
+        e.actor.slice(0, 16)
+      )
+      return false
+    }
+    this.evidence.set(e.actor, e)
+    this.evidenceChanged = true
+    await this.ctx.store.putMeta(`${EVIDENCE_PREFIX}${this.id}/${e.actor}`, encodeEquivocation(e))
+    log.error(
+      'document %s: key %s used sequence number %d of actor %s for two different changes (%s, %s): it has leaked; the actor is cut before it',
+      this.id,
+      e.actor.slice(0, 16),
+      e.seq,
+      e.actor.slice(64),
+      e.hashes[0].slice(0, 12),
+      e.hashes[1].slice(0, 12)
+    )
+    this.ctx.onEquivocation?.(e)
+    return true
+  }
+
+  /**
+   * Judge every held change under the trust chain and evidence held now; when some are no
+   * longer valid, rebuild the document from the rest and replace the stored batches by a
+   * snapshot of it. Cheap when nothing the trust chain cuts was ever written here.
+   */
+  private async revalidateNow(): Promise<void> {
+    const trust = this.ctx.trust
+    if (this.judgedEpoch === trust.epoch && !this.evidenceChanged) return
+    this.judgedEpoch = trust.epoch
+    this.evidenceChanged = false
+    // The keys of every held change, without building the change index (opening a store must
+    // stay fast): each held change is covered by a held signature or by an anchor.
+    const keys = new Set<string>()
+    for (const t of this.tips.values()) keys.add(t.actor.slice(0, 64))
+    for (const { key } of trust.anchors(this.id).values()) keys.add(key)
+    const touched =
+      this.evidence.size > 0 ||
+      [...keys].some(key => {
+        try {
+          return (
+            trust.cutOf(key, this.id) !== undefined ||
+            trust.writeStanding(key, this.id).kind !== 'granted'
+          )
+        } catch {
+          return true
+        }
+      })
+    if (!touched) return
+    const metas = Automerge.getChangesMetaSince(this.doc, [])
+    const bad = judgeChanges(this.validity(), metas)
+    if (bad.size === 0) return
+    const g = genesisHash(this.id)
+    const keep = metas.filter(m => !bad.has(m.hash) && m.hash !== g).map(m => m.hash)
+    let next = Automerge.load<T>(genesis(this.id).save)
+    if (keep.length > 0) {
+      next = Automerge.loadIncremental(next, Automerge.saveBundle(this.doc, keep))
+    }
+    const dropped: InvalidatedChange[] = metas
+      .filter(m => bad.has(m.hash))
+      .map(m => {
+        const signer = actorKeyHex(m.actor)
+        return {
+          hash: m.hash,
+          actor: m.actor,
+          seq: m.seq,
+          signer,
+          signerInfo: trust.describe(signer),
+          reason: bad.get(m.hash) as InvalidReason,
+          time: m.time,
+          message: m.message
+        }
+      })
+    for (const h of bad.keys()) this.tips.delete(h)
+    for (const h of bad.keys()) this.forget(h)
+    this.doc = next
+    this.index = undefined
+    this.chains.clear()
+    this.batchMemo = undefined
+    await this.writeSnapshot()
+    log(
+      'document %s: %d change(s) no longer valid, dropped; rebuilt from %d',
+      this.id,
+      bad.size,
+      keep.length
+    )
+    this.ctx.onChange?.(this.id, this.heads, 'rebuild', [])
+    this.ctx.onInvalidated?.(this.id, dropped)
+  }
+
+  private evidenceChanged = false
+
+  /** Remember a dropped change (bounded: the oldest are forgotten first). */
+  private forget(hash: string): void {
+    if (this.invalid.size >= MAX_REMEMBERED_INVALID) {
+      this.invalid.delete(this.invalid.values().next().value as string)
+    }
+    this.invalid.add(hash)
   }
 
   private addPending(batch: SignedBatch, metas: readonly ChangeMeta[]): void {
@@ -617,19 +1026,13 @@ export class SignedDocument<T = Record<string, unknown>> {
           this.dropPending(p)
           progress = true
           try {
-            checkActorChains(
-              this.id,
-              p.metas,
-              h => this.index?.get(h),
-              actor => this.actorSeqs.get(actor) ?? 0
-            )
+            const r = await this.admit(p.batch, p.metas)
+            applied += r.applied
+            if (r.batch !== undefined) appliedBatches.push(r.batch)
           } catch (err) {
             // Its sender is long gone; the batch that released it is not to blame.
             log.error('document %s: a pending batch is dropped: %e', this.id, err)
-            continue
           }
-          applied += await this.apply(p.batch, p.metas)
-          appliedBatches.push(p.batch)
         }
       }
     }
@@ -644,6 +1047,7 @@ export class SignedDocument<T = Record<string, unknown>> {
   private changeIndex(): Map<string, IndexEntry> {
     if (this.index === undefined) {
       this.index = new Map()
+      this.chains.clear()
       for (const m of Automerge.getChangesMetaSince(this.doc, [])) this.indexAdd(m)
     }
     return this.index
@@ -653,7 +1057,23 @@ export class SignedDocument<T = Record<string, unknown>> {
     const index = this.index as Map<string, IndexEntry>
     if (index.has(m.hash)) return
     index.set(m.hash, { actor: m.actor, seq: m.seq, children: [] })
-    if ((this.actorSeqs.get(m.actor) ?? 0) < m.seq) this.actorSeqs.set(m.actor, m.seq)
+    let chain = this.chains.get(m.actor)
+    if (chain === undefined) this.chains.set(m.actor, (chain = []))
+    chain[m.seq - 1] = m.hash
     for (const d of m.deps) index.get(d)?.children.push(m.hash)
   }
+}
+
+/** The hash of `m`'s actor's previous change, found among its dependencies (in `metas` or held). */
+function previousOf(
+  m: ChangeMeta,
+  metas: readonly ChangeMeta[],
+  chains: ReadonlyMap<string, string[]>
+): string | null {
+  const held = chains.get(m.actor)?.[m.seq - 2]
+  if (held !== undefined && m.deps.includes(held)) return held
+  for (const x of metas) {
+    if (x.actor === m.actor && x.seq === m.seq - 1 && m.deps.includes(x.hash)) return x.hash
+  }
+  return null
 }

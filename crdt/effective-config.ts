@@ -16,6 +16,13 @@
  *   till-7: { ... }                # one node's own overrides, by name
  * ```
  *
+ * Node scope: a document that an operator key validly wrote applies only to nodes inside *every*
+ * such operator's selector (crdt/trust.ts: an operator without a selector reaches no node),
+ * whatever selector, groups or node overrides the document itself names, so nothing an operator
+ * signs can change the effective config of a node outside its scope. Admins reach every node.
+ * The caller passes each document's writers' scopes (`writerScopes`); the reconciler derives them
+ * from the document's history, so every peer computes the same.
+ *
  * Layers, later over earlier: `fleet` defaults, then the defaults of each other matching
  * document in id order; then every matching group of every applicable document, in group name
  * order (document id breaks ties); then node overrides, `fleet` first, then the others in id
@@ -32,6 +39,8 @@
  * // → { files: { '/etc/motd': { content: 'hi' } }, workloads: { till: { version: '3' } } }
  * ```
  */
+
+import type { LabelSelector, TrustChain } from './trust.ts'
 
 export type ConfigValue =
   | string
@@ -50,6 +59,30 @@ export interface NodeIdentity {
 export interface ConfigDocument {
   id: string
   value: unknown
+  /**
+   * The node selectors of the operators that validly wrote the document (`null`: an operator
+   * that reaches no node); absent or empty when only admins did. See `writerScopes`.
+   */
+  writerScopes?: ReadonlyArray<LabelSelector | null>
+}
+
+/** The scopes of a document's writers (`SignedDocument.writerKeys()`) under a trust chain. */
+export function writerScopes(
+  writerKeys: readonly string[],
+  trust: Pick<TrustChain, 'scopeOf'>
+): Array<LabelSelector | null> {
+  const out: Array<LabelSelector | null> = []
+  for (const key of writerKeys) {
+    const scope = trust.scopeOf(key)
+    if (!scope.all) out.push(scope.selector ?? null)
+  }
+  return out
+}
+
+/** Does a document apply to a node with these labels: its own selector and its writers' scopes? */
+function applies(d: ConfigDocument, labels: Record<string, string>): boolean {
+  if (!isObject(d.value) || !selectorMatches(d.value.selector, labels)) return false
+  return (d.writerScopes ?? []).every(s => s !== null && selectorMatches(s, labels))
 }
 
 const FLEET_DOC = 'fleet'
@@ -109,7 +142,7 @@ export function selectorMatches(selector: unknown, labels: Record<string, string
 
 export function effectiveConfig(docs: ConfigDocument[], node: NodeIdentity): ConfigObject {
   const applicable = docs
-    .filter(d => isObject(d.value) && selectorMatches(d.value.selector, node.labels))
+    .filter(d => applies(d, node.labels))
     .sort((a, b) =>
       a.id === FLEET_DOC ? -1 : b.id === FLEET_DOC ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0
     )

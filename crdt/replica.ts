@@ -13,13 +13,24 @@
 import { TypedEventEmitter, type AbortOptions } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
 import { newActorId, type SignedBatch } from './signed-change.ts'
-import { SignedDocument, verifyBatch, type AcceptResult, type Signer } from './document.ts'
+import {
+  SignedDocument,
+  verifyBatch,
+  type AcceptResult,
+  type ChangeSource,
+  type DocumentContext,
+  type InvalidatedChange,
+  type Signer
+} from './document.ts'
+import { decodeEquivocation, type Equivocation } from './equivocation.ts'
 import {
   decodeTrustStatement,
   encodeTrustStatement,
   statementHash,
   TrustChain,
-  type SignedTrustStatement
+  type CutTip,
+  type SignedTrustStatement,
+  type TrustFork
 } from './trust.ts'
 import { ClosedError, InvalidTrustStatementError, MalformedInputError } from './errors.ts'
 import type { Ed25519 } from './ed25519.ts'
@@ -31,6 +42,14 @@ const log = logger('rhizome:crdt:replica')
 /** Document ids: lower-case words separated by `/`, `-`, `_` or `.`; at most 128 bytes. */
 export const DOC_ID_PATTERN = /^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/
 export const MAX_DOCUMENTS = 1024
+/**
+ * Documents opened but never written (only their genesis change) kept open at once: a peer's
+ * sync message or a reader may name any id, and that must not use up `MAX_DOCUMENTS`, be stored,
+ * or be announced to peers (issue 10: 1,100 made-up ids once blocked every new document).
+ */
+export const MAX_EMPTY_DOCUMENTS = 64
+/** Store meta keys of trust statements held beside the chain (fork branches). */
+const BRANCH_PREFIX = 'trust-branch/'
 
 export function checkDocId(id: string): void {
   if (id.length > 128 || !DOC_ID_PATTERN.test(id)) {
@@ -50,7 +69,7 @@ export interface ReplicaOptions {
 export interface ChangeEventDetail {
   docId: string
   heads: string[]
-  source: 'local' | 'remote'
+  source: ChangeSource
   /** The verified batches that made this change, in the order they were applied. */
   batches: SignedBatch[]
 }
@@ -60,10 +79,23 @@ export interface TrustEventDetail {
   version: number
 }
 
-/** What a replica announces: a document changed (`change`), a trust statement was added (`trust`). */
+export interface InvalidatedEventDetail {
+  docId: string
+  changes: InvalidatedChange[]
+}
+
+/**
+ * What a replica announces: a document changed (`change`), a trust statement was added
+ * (`trust`), two validly signed statements claim one version (`fork`: trust is halted until
+ * resolved), a key was caught using one sequence number twice (`equivocation`: it has leaked),
+ * held changes became invalid and were dropped (`invalidated`: honest ones may need re-signing).
+ */
 export interface ReplicaEvents {
   change: CustomEvent<ChangeEventDetail>
   trust: CustomEvent<TrustEventDetail>
+  fork: CustomEvent<TrustFork>
+  equivocation: CustomEvent<Equivocation>
+  invalidated: CustomEvent<InvalidatedEventDetail>
 }
 
 export class Replica extends TypedEventEmitter<ReplicaEvents> {
@@ -71,6 +103,9 @@ export class Replica extends TypedEventEmitter<ReplicaEvents> {
   readonly ed: Ed25519
   readonly trust: TrustChain
   private readonly docs = new Map<string, Promise<SignedDocument>>()
+  private readonly loaded = new Map<string, SignedDocument>()
+  /** Versions with a statement in the store's trust slots (a fork's other branches go to meta). */
+  private readonly storedVersions = new Set<number>()
   private closed = false
 
   private constructor(store: Store, ed: Ed25519, trust: TrustChain) {
@@ -93,7 +128,19 @@ export class Replica extends TypedEventEmitter<ReplicaEvents> {
       await opts.store.putTrust(1, encodeTrustStatement(opts.genesis))
     } else {
       chain = await TrustChain.fromGenesis(decodeTrustStatement(stored[0] as Uint8Array), opts.ed)
-      for (const bytes of stored.slice(1)) await chain.add(decodeTrustStatement(bytes))
+      const rest = [
+        ...stored.slice(1),
+        ...(await opts.store.listMeta(BRANCH_PREFIX)).map(([, bytes]) => bytes)
+      ]
+        .map(bytes => decodeTrustStatement(bytes))
+        .sort((a, b) => a.statement.version - b.statement.version)
+      for (const s of rest) {
+        try {
+          await chain.add(s)
+        } catch (err) {
+          log.error('stored trust statement version %d is refused: %e', s.statement.version, err)
+        }
+      }
       // Compare by hash: the stored copy is canonical JSON, a trust.json file may order keys differently.
       if (
         opts.genesis !== undefined &&
@@ -106,6 +153,8 @@ export class Replica extends TypedEventEmitter<ReplicaEvents> {
       }
     }
     const replica = new Replica(opts.store, opts.ed, chain)
+    for (const s of stored) replica.storedVersions.add(decodeTrustStatement(s).statement.version)
+    if (stored.length === 0) replica.storedVersions.add(1)
     for (const id of await opts.store.listDocs()) await replica.open(id)
     return replica
   }
@@ -114,25 +163,45 @@ export class Replica extends TypedEventEmitter<ReplicaEvents> {
     return this.trust.fleetId
   }
 
-  /** Open (or create, empty) the document with this id. */
+  /**
+   * Open the document with this id, or an empty one. An empty document (never validly written)
+   * is not stored, not listed and does not count towards `MAX_DOCUMENTS`; at most
+   * `MAX_EMPTY_DOCUMENTS` are kept open, the oldest closed first.
+   */
   open<T = Record<string, unknown>>(id: string): Promise<SignedDocument<T>> {
     if (this.closed) throw new ClosedError('the replica is closed')
     checkDocId(id)
     let doc = this.docs.get(id)
     if (doc === undefined) {
-      if (this.docs.size >= MAX_DOCUMENTS) {
+      if (this.documentIds().length >= MAX_DOCUMENTS) {
         throw new MalformedInputError(`a fleet holds at most ${MAX_DOCUMENTS} documents`)
       }
+      this.closeEmpty(MAX_EMPTY_DOCUMENTS - 1)
       doc = SignedDocument.load(this.context(), id)
       this.docs.set(id, doc)
-      doc.catch(() => this.docs.delete(id))
+      doc.then(
+        d => this.loaded.set(id, d),
+        () => this.docs.delete(id)
+      )
     }
     return doc as unknown as Promise<SignedDocument<T>>
   }
 
-  /** Ids of the documents open in this replica. */
+  /** Ids of the documents that hold something (a valid change, or changes waiting). */
   documentIds(): string[] {
-    return [...this.docs.keys()].sort()
+    return [...this.loaded.values()]
+      .filter(d => !d.isEmpty)
+      .map(d => d.id)
+      .sort()
+  }
+
+  /** Forget empty documents until at most `keep` remain open. */
+  private closeEmpty(keep: number): void {
+    const empty = [...this.loaded.values()].filter(d => d.isEmpty)
+    for (const d of empty.slice(0, Math.max(0, empty.length - keep))) {
+      this.docs.delete(d.id)
+      this.loaded.delete(d.id)
+    }
   }
 
   /**
@@ -157,14 +226,69 @@ export class Replica extends TypedEventEmitter<ReplicaEvents> {
     return doc.accept(batch)
   }
 
-  /** Add the next trust statement; persisted before it resolves. Returns false if already held. */
+  /**
+   * Add a trust statement (the chain's next, a fork's other branch, or one that resolves a
+   * fork); persisted, and every document judged again under it, before it resolves. Returns
+   * false if already held. Its signatures are checked before anything else (crdt/trust.ts).
+   */
   async addTrustStatement(signed: SignedTrustStatement): Promise<boolean> {
+    const forkedBefore = this.trust.forked
     const added = await this.trust.add(signed)
-    if (added) {
-      await this.store.putTrust(signed.statement.version, encodeTrustStatement(signed))
-      this.safeDispatchEvent('trust', { detail: { version: signed.statement.version } })
+    if (!added) return false
+    const v = signed.statement.version
+    const bytes = encodeTrustStatement(signed)
+    if (this.storedVersions.has(v)) {
+      await this.store.putMeta(`${BRANCH_PREFIX}${statementHash(signed.statement)}`, bytes)
+    } else {
+      await this.store.putTrust(v, bytes)
+      this.storedVersions.add(v)
     }
-    return added
+    for (const doc of [...this.loaded.values()]) await doc.revalidate()
+    this.safeDispatchEvent('trust', { detail: { version: v } })
+    const fork = this.trust.forked
+    if (
+      fork !== undefined &&
+      fork !== forkedBefore &&
+      fork.hashes.join() !== forkedBefore?.hashes.join()
+    ) {
+      log.error(
+        'trust is forked at version %d (%s): trust changes are halted until a threshold of root keys signs a statement at version %d extending one branch',
+        fork.version,
+        fork.hashes.map(h => h.slice(0, 12)).join(', '),
+        fork.version + 1
+      )
+      this.safeDispatchEvent('fork', { detail: fork })
+    }
+    return true
+  }
+
+  /**
+   * Take equivocation evidence (crdt/equivocation.ts) from a peer or a bundle. Returns false if
+   * it adds nothing; throws a named error if it does not verify.
+   */
+  async acceptEquivocation(bytes: Uint8Array): Promise<boolean> {
+    if (this.closed) throw new ClosedError('the replica is closed')
+    const docId = decodeEquivocation(bytes).batches[0]?.docId as string
+    checkDocId(docId)
+    return (await this.open(docId)).acceptEquivocation(bytes)
+  }
+
+  /**
+   * The cuts a statement removing or revoking `keyHex` should name to keep everything this
+   * replica holds of the key valid: per document it wrote, its latest change per actor.
+   */
+  cutsFor(keyHex: string): Record<string, CutTip[]> {
+    const out: Record<string, CutTip[]> = {}
+    for (const d of [...this.loaded.values()].sort((a, b) => (a.id < b.id ? -1 : 1))) {
+      const tips = d.cutFor(keyHex)
+      if (tips.length > 0) out[d.id] = tips
+    }
+    return out
+  }
+
+  /** Every document's equivocation evidence. */
+  equivocations(): Equivocation[] {
+    return [...this.loaded.values()].flatMap(d => d.equivocations())
   }
 
   /** A signer for this process: the key plus a fresh session, so its actor id is new. */
@@ -185,19 +309,20 @@ export class Replica extends TypedEventEmitter<ReplicaEvents> {
     }
   }
 
-  private context() {
+  private context(): DocumentContext {
     return {
       fleetId: this.trust.fleetId,
       trust: this.trust,
       ed: this.ed,
       store: this.store,
-      onChange: (
-        docId: string,
-        heads: string[],
-        source: 'local' | 'remote',
-        batches: SignedBatch[]
-      ) => {
+      onChange: (docId, heads, source, batches) => {
         this.safeDispatchEvent('change', { detail: { docId, heads, source, batches } })
+      },
+      onEquivocation: e => {
+        this.safeDispatchEvent('equivocation', { detail: e })
+      },
+      onInvalidated: (docId, changes) => {
+        this.safeDispatchEvent('invalidated', { detail: { docId, changes } })
       }
     }
   }

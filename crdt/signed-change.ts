@@ -285,6 +285,10 @@ export interface Coverage {
  *    signature's whole ancestry cost signatures × ancestry: 24-27 s for one 0.75 MB batch);
  * 4. only then are the covering signatures verified, at most `MAX_SIGNATURES_PER_BATCH`,
  *    yielding to the event loop every `VERIFY_YIELD_EVERY`.
+ *
+ * `anchors` (change hash → key hex) are changes named by a root-signed cut or by verified
+ * equivocation evidence: each covers its actor's chain below it as a verified signature would
+ * (a revoked key's own tip signature may sit on a change outside its cut).
  */
 export async function verifyCoverage(
   fleetId: string,
@@ -292,7 +296,8 @@ export async function verifyCoverage(
   changes: readonly ChangeMeta[],
   signatures: readonly ChangeSignature[],
   ed: Ed25519,
-  authorize: (keyHex: string) => void
+  authorize: (keyHex: string) => void,
+  anchors: ReadonlyMap<string, string> = new Map()
 ): Promise<Coverage> {
   const asked = new Set<string>()
   const ask = (keyHex: string): void => {
@@ -316,6 +321,18 @@ export async function verifyCoverage(
     // Highest sequence number first: a chain's tip covers the rest of it.
     .sort((a, b) => (b.c?.seq ?? 0) - (a.c?.seq ?? 0))
   const covered = new Set<string>()
+  const cover = (from: ChangeMeta): void => {
+    for (let m: ChangeMeta | undefined = from; m !== undefined && !covered.has(m.hash);) {
+      covered.add(m.hash)
+      m = previousOfActor(m, byHash)
+    }
+  }
+  // A change a root-signed cut (or held equivocation evidence) names covers its actor's chain
+  // below it as a signature would; it needs no verification here.
+  for (const [hash, keyHex] of anchors) {
+    const c = byHash.get(hash)
+    if (c !== undefined && signerOfActor.get(c.actor) === keyHex) cover(c)
+  }
   const needed: Array<{ s: ChangeSignature; c: ChangeMeta }> = []
   for (const { s, c } of sigs) {
     if (c === undefined) {
@@ -331,10 +348,7 @@ export async function verifyCoverage(
       )
     }
     needed.push({ s, c })
-    for (let m: ChangeMeta | undefined = c; m !== undefined && !covered.has(m.hash);) {
-      covered.add(m.hash)
-      m = previousOfActor(m, byHash)
-    }
+    cover(c)
   }
   for (const c of changes) {
     if (!covered.has(c.hash)) {

@@ -130,7 +130,9 @@ export class ArtifactService implements Startable, MeshArtifacts {
       peer,
       ARTIFACT_PROTOCOL,
       {
-        signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)])
+        signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
+        // The request goes out with the protocol's name: no round trip before it.
+        negotiateFully: false
       }
     )
     const onAbort = (): void => {

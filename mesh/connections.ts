@@ -15,9 +15,9 @@ export async function streamOnConnection(
   connectionManager: Pick<ConnectionManager, 'getConnections'>,
   peer: PeerId,
   protocol: string,
-  options: AbortOptions & { signal: AbortSignal }
+  options: AbortOptions & { signal: AbortSignal; negotiateFully?: boolean }
 ): Promise<Stream> {
   const conn = connectionManager.getConnections(peer).find(c => c.status === 'open')
   if (conn === undefined) throw new PeerGoneError(`no open connection to ${peer.toString()}`)
-  return conn.newStream(protocol, { signal: options.signal })
+  return conn.newStream(protocol, options)
 }

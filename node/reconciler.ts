@@ -14,7 +14,12 @@
  */
 import { TypedEventEmitter } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
-import { effectiveConfig, type ConfigObject, type NodeIdentity } from '../crdt/effective-config.ts'
+import {
+  effectiveConfig,
+  writerScopes,
+  type ConfigObject,
+  type NodeIdentity
+} from '../crdt/effective-config.ts'
 import { DEVICES_DOC, enrolledDevicesOf } from '../crdt/devices.ts'
 import type { ChangeEventDetail, Replica } from '../crdt/replica.ts'
 import type { FilesApplier } from './appliers/files.ts'
@@ -163,7 +168,13 @@ export class Reconciler extends TypedEventEmitter<ReconcilerEvents> {
     const docs = []
     for (const id of Object.keys(applied)) {
       if (id === DEVICES_DOC) continue
-      docs.push({ id, value: (await this.c.replica.open(id)).value })
+      const doc = await this.c.replica.open(id)
+      // Operators' documents reach only the nodes in their scope (crdt/effective-config.ts).
+      docs.push({
+        id,
+        value: doc.value,
+        writerScopes: writerScopes(doc.writerKeys(), this.c.replica.trust)
+      })
     }
     const identity = await this.identity()
     const errors: string[] = []

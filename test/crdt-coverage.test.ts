@@ -11,6 +11,7 @@ import * as Automerge from '@automerge/automerge'
 import { concatBytes, toHex } from '../crdt/bytes.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 import { genesisHash } from '../crdt/document.ts'
+import { MAX_DOCUMENTS } from '../crdt/replica.ts'
 import {
   newActorId,
   readChanges,
@@ -199,5 +200,19 @@ describe('coverage', () => {
     const first = metas.find(m => m.actor === `${a}00000001` && m.seq === 1)!
     const last = metas.find(m => m.actor === `${a}00000001` && m.seq === 2)!
     assert.ok(last.deps.includes(first.hash), 'seq 2 names seq 1 although it was not a head')
+  })
+})
+
+describe('documents come into being only through a valid change (issue 10, item 6)', () => {
+  test('opening made-up document ids creates nothing a peer would see, and real documents still can be made', async () => {
+    const replica = await fleet.openReplica()
+    for (let i = 0; i < MAX_DOCUMENTS + 100; i++) await replica.open(`made-up/${i}`)
+    assert.deepEqual(replica.documentIds(), [], 'nothing listed, so nothing announced')
+    assert.deepEqual(await replica.store.listDocs(), [], 'nothing stored')
+    const doc = await replica.open('site/real')
+    await doc.change(fleet.signer(5, fleet.admins[0]!), d => {
+      d.ok = true
+    })
+    assert.deepEqual(replica.documentIds(), ['site/real'])
   })
 })

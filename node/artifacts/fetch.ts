@@ -100,6 +100,8 @@ export class ArtifactFetch {
   private readonly retryAt = new Map<string, number>()
   private readonly load = new Map<string, number>()
   private readonly inflight = new Set<number>()
+  /** Chunks written, waiting to be durable: not asked for again, not counted as in flight. */
+  private readonly committing = new Set<number>()
   private order: number[] = []
   private wake: (() => void) | undefined
   private poked = false
@@ -192,6 +194,7 @@ export class ArtifactFetch {
   }
 
   private async loop(): Promise<void> {
+    log('fetch of %s started', this.digest)
     while (this.store.state(this.digest) !== 'complete') {
       this.signal.throwIfAborted()
       try {
@@ -203,11 +206,17 @@ export class ArtifactFetch {
             continue
           }
           await this.store.putManifest(this.manifest)
+          log(
+            'manifest of %s: %d bytes in %d chunks',
+            this.digest,
+            this.manifest.size,
+            this.manifest.chunks.length
+          )
           continue
         }
         if (performance.now() - this.haveAt > HAVE_REFRESH_MS) await this.refreshHaves()
         const issued = this.schedule()
-        if (this.inflight.size === 0 && issued === 0) {
+        if (this.inflight.size === 0 && this.committing.size === 0 && issued === 0) {
           this.setState('waiting', 'no reachable peer holds the chunks still missing')
           await this.sleep(WAITING_RETRY_MS)
           this.haveAt = -Infinity
@@ -296,9 +305,11 @@ export class ArtifactFetch {
     let issued = 0
     // Scanning is bounded: chunks done since the last refresh sit at the front of `order`.
     for (let k = 0; k < this.order.length && k < 4096; k++) {
+      // Chunks waiting for the disk bound how far ahead of it the link may run.
       if (this.inflight.size >= this.opts.concurrency) break
+      if (this.committing.size >= 4 * this.opts.concurrency) break
       const i = this.order[k] as number
-      if (this.inflight.has(i) || this.held(i)) continue
+      if (this.inflight.has(i) || this.committing.has(i) || this.held(i)) continue
       let best: ChunkSource | undefined
       let bestLoad = Infinity
       for (const h of shuffle(holders.slice())) {
@@ -324,26 +335,40 @@ export class ArtifactFetch {
     this.inflight.add(i)
     this.load.set(source.id, (this.load.get(source.id) ?? 0) + 1)
     const len = chunkLength(m, i)
+    let released = false
+    // The request's slot is free once the chunk is checked and written; its fdatasync (shared
+    // with the chunks around it) is waited for apart, so a slow disk does not idle the link.
+    const release = (): void => {
+      if (released) return
+      released = true
+      this.inflight.delete(i)
+      this.load.set(source.id, (this.load.get(source.id) ?? 1) - 1)
+      if (!this.signal.aborted && this.manifest !== undefined) this.schedule()
+      if (this.inflight.size === 0 && this.committing.size === 0) this.poke()
+    }
     void (async () => {
       try {
         await this.opts.rate?.take(len, this.signal)
         const bytes = await source.chunk(this.digest, i, this.timeout(CHUNK_TIMEOUT_MS))
-        const wrote = await this.store.writeChunk(this.digest, i, bytes)
-        if (wrote) {
-          this.counters.fetched += bytes.length
-          this.samples.push({ t: performance.now(), bytes: this.counters.fetched })
-          if (this.samples.length > 256) this.samples.shift()
-        } else {
-          this.counters.refetched += bytes.length
+        const { durable } = await this.store.stageChunk(this.digest, i, bytes)
+        this.committing.add(i)
+        release()
+        try {
+          if (await durable) {
+            this.counters.fetched += len
+            this.samples.push({ t: performance.now(), bytes: this.counters.fetched })
+            if (this.samples.length > 256) this.samples.shift()
+          } else {
+            this.counters.refetched += len
+          }
+        } finally {
+          this.committing.delete(i)
         }
       } catch (err) {
         if (!this.signal.aborted) this.failed(source, err as Error)
       } finally {
-        this.inflight.delete(i)
-        this.load.set(source.id, (this.load.get(source.id) ?? 1) - 1)
-        // More work right away, without waiting for the loop's timer.
-        if (!this.signal.aborted && this.manifest !== undefined) this.schedule()
-        if (this.inflight.size === 0) this.poke()
+        release()
+        if (this.inflight.size === 0 && this.committing.size === 0) this.poke()
       }
     })()
   }

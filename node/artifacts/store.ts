@@ -85,6 +85,8 @@ interface PartialFile {
   bits: Uint8Array
   count: number
   queue: Array<{ index: number; done: () => void; fail: (e: Error) => void }>
+  /** Chunks written or being written, not yet durable. */
+  writing: Set<number>
   flushing: Promise<void> | undefined
   finishing: Promise<void> | undefined
 }
@@ -307,6 +309,19 @@ export class ArtifactStore extends EventTarget {
    * meanwhile, and only then counted. Resolves false if the chunk was already held.
    */
   async writeChunk(d: ArtifactDigest, i: number, bytes: Uint8Array): Promise<boolean> {
+    return (await this.stageChunk(d, i, bytes)).durable
+  }
+
+  /**
+   * `writeChunk` in two steps: resolves once the chunk is checked and written (its bytes are no
+   * longer needed), with `durable` resolving once it is on disk and counts (false if it was
+   * already held). A fetch asks for more while earlier chunks wait for their fdatasync.
+   */
+  async stageChunk(
+    d: ArtifactDigest,
+    i: number,
+    bytes: Uint8Array
+  ): Promise<{ durable: Promise<boolean> }> {
     const e = this.entries.get(digestHex(d))
     if (e === undefined) throw new ArtifactNotHeldError(`no manifest for ${d}; fetch it first`)
     if (!chunkMatches(e.manifest, i, bytes)) {
@@ -314,17 +329,32 @@ export class ArtifactStore extends EventTarget {
         `chunk ${i} of ${d} (${bytes.length} bytes) does not match the sha-256 its manifest names`
       )
     }
-    if (e.state === 'complete') return false
+    if (e.state === 'complete') return { durable: Promise.resolve(false) }
     const p = e.partial ?? (await this.openPartial(d, e))
-    if (bitSet(p.bits, i) || p.queue.some(q => q.index === i)) return false
-    await p.data.write(bytes, 0, bytes.length, i * e.manifest.chunkSize)
-    await new Promise<void>((done, fail) => {
+    if (bitSet(p.bits, i) || p.writing.has(i)) return { durable: Promise.resolve(false) }
+    p.writing.add(i)
+    try {
+      await p.data.write(bytes, 0, bytes.length, i * e.manifest.chunkSize)
+    } catch (err) {
+      p.writing.delete(i)
+      throw err
+    }
+    const durable = new Promise<void>((done, fail) => {
       p.queue.push({ index: i, done, fail })
       p.flushing ??= this.flush(d, e, p)
-    })
-    // The last chunk: resolve once the artifact is complete, not just the chunk.
-    await p.finishing
-    return true
+    }).then(
+      // The last chunk: resolve once the artifact is complete, not just the chunk.
+      async () => {
+        p.writing.delete(i)
+        await p.finishing
+        return true
+      },
+      (err: unknown) => {
+        p.writing.delete(i)
+        throw err
+      }
+    )
+    return { durable }
   }
 
   private async openPartial(d: ArtifactDigest, e: Entry): Promise<PartialFile> {
@@ -343,6 +373,7 @@ export class ArtifactStore extends EventTarget {
       bits: e.bits ?? new Uint8Array(Math.ceil(e.manifest.chunks.length / 8)),
       count: e.count,
       queue: [],
+      writing: new Set(),
       flushing: undefined,
       finishing: undefined
     }

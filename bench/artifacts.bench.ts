@@ -1,0 +1,323 @@
+/**
+ * Artifact figures (docs/benchmarks.md, "## artifacts"), all in one run on loopback:
+ *
+ *  1. Baseline: the same bytes copied over one plain TCP connection into a file (another
+ *     process reads the socket, writes, fsyncs at the end).
+ *  2. One transfer: a daemon fetches the artifact from one other daemon (Noise, Yamux, the
+ *     artifact protocol, chunk verification, per-chunk durability). Time from the config's
+ *     arrival on the fetcher to `artifact.complete`; ratio of throughputs against 1. The
+ *     fetcher's RSS is sampled every 100 ms: peak minus idle (just before the config arrives).
+ *  3. Ten fetchers, one source: the same artifact to 10 daemons at once, each connected to the
+ *     source and to two other fetchers (a ring), so they can serve each other. Time from the
+ *     first config arrival to the last completion, as a ratio of the one transfer.
+ *  4. Items 2 and 3 again with every daemon's upload limited (`artifactServeRate`), a thin
+ *     link at each node: here serving each other is what keeps ten close to one.
+ *
+ * ARTIFACT_BENCH_MIB (default 256) sizes the artifact; ARTIFACT_BENCH_FETCHERS (10) the swarm;
+ * ARTIFACT_BENCH_SERVE_MIBPS (24) the thin-link limit (0 skips item 4). Prints; asserts nothing.
+ */
+import { spawn } from 'node:child_process'
+import { createReadStream } from 'node:fs'
+import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
+import { connect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { stringify } from 'yaml'
+import {
+  daemonConfig,
+  enrolAll,
+  freePort,
+  initFleet,
+  rhizome,
+  startDaemon,
+  stopAll,
+  type NodeIdentity,
+  type RunningDaemon
+} from '../test/fixtures/node-harness.ts'
+
+const MIB = 1024 * 1024
+const SIZE = Number(process.env.ARTIFACT_BENCH_MIB ?? 256) * MIB
+const FETCHERS = Number(process.env.ARTIFACT_BENCH_FETCHERS ?? 10)
+const THIN = Number(process.env.ARTIFACT_BENCH_SERVE_MIBPS ?? 24) * MIB
+const PASS = 'bench passphrase'
+const env = { RHIZOME_PASSPHRASE: PASS }
+
+const RECEIVER = `
+import { createServer } from 'node:net'
+import { openSync, writeSync, fsyncSync, closeSync } from 'node:fs'
+const s = createServer(sock => {
+  const fd = openSync(process.argv.at(-1), 'w')
+  let n = 0
+  sock.on('data', b => { writeSync(fd, b); n += b.length })
+  sock.on('end', () => { fsyncSync(fd); closeSync(fd); process.stdout.write(JSON.stringify({ bytes: n }) + '\\n'); process.exit(0) })
+})
+s.listen(0, '127.0.0.1', () => process.stdout.write(JSON.stringify({ port: s.address().port }) + '\\n'))
+`
+
+/** libp2p itself: one Noise + Yamux stream between two processes, the same bytes from memory. */
+const LIBP2P_SERVER = `
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { tcp } from '@libp2p/tcp'
+import { createLibp2p } from 'libp2p'
+const n = await createLibp2p({ addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] }, transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] })
+const size = Number(process.argv.at(-1)), chunk = new Uint8Array(1 << 20)
+await n.handle('/bench/1', async stream => {
+  for (let o = 0; o < size; o += chunk.length) if (!stream.send(chunk)) await stream.onDrain()
+  await stream.close()
+})
+process.stdout.write(n.getMultiaddrs()[0].toString() + '\\n')
+`
+
+async function libp2pStream(): Promise<number> {
+  const { createLibp2p } = await import('libp2p')
+  const { noise } = await import('@chainsafe/libp2p-noise')
+  const { yamux } = await import('@chainsafe/libp2p-yamux')
+  const { tcp } = await import('@libp2p/tcp')
+  const { multiaddr } = await import('@multiformats/multiaddr')
+  const child = spawn(
+    process.execPath,
+    ['--input-type=module', '-e', LIBP2P_SERVER, String(SIZE)],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      cwd: new URL('..', import.meta.url).pathname
+    }
+  )
+  const addr = await new Promise<string>(resolve =>
+    child.stdout.once('data', (d: Buffer) => resolve(d.toString().trim()))
+  )
+  const node = await createLibp2p({
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()]
+  })
+  try {
+    const t0 = performance.now()
+    const stream = await node.dialProtocol(multiaddr(addr), '/bench/1')
+    let n = 0
+    for await (const c of stream) n += c.byteLength
+    if (n !== SIZE) throw new Error(`libp2p stream moved ${n} bytes`)
+    return performance.now() - t0
+  } finally {
+    await node.stop()
+    child.kill()
+  }
+}
+
+async function plainCopy(file: string, dir: string): Promise<number> {
+  const child = spawn(
+    process.execPath,
+    ['--input-type=module', '-e', RECEIVER, join(dir, 'copy.bin')],
+    {
+      stdio: ['ignore', 'pipe', 'inherit']
+    }
+  )
+  const lines: string[] = []
+  const next = (): Promise<Record<string, number>> =>
+    new Promise(resolve => {
+      const check = (): void => {
+        const l = lines.shift()
+        if (l !== undefined) resolve(JSON.parse(l) as Record<string, number>)
+        else child.stdout.once('data', () => check())
+      }
+      check()
+    })
+  let buf = ''
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    buf += d
+    const parts = buf.split('\n')
+    buf = parts.pop() ?? ''
+    lines.push(...parts)
+  })
+  const { port } = await next()
+  const t0 = performance.now()
+  const sock = connect(port!, '127.0.0.1')
+  await new Promise<void>((resolve, reject) => {
+    createReadStream(file, { highWaterMark: MIB })
+      .pipe(sock)
+      .on('finish', resolve)
+      .on('error', reject)
+  })
+  const done = await next()
+  const ms = performance.now() - t0
+  if (done.bytes !== SIZE) throw new Error(`plain copy moved ${done.bytes} bytes`)
+  return ms
+}
+
+function rssOf(pid: number): Promise<number> {
+  return readFile(`/proc/${pid}/status`, 'utf8').then(
+    t => Number(/VmRSS:\s+(\d+)/.exec(t)?.[1] ?? 0) * 1024,
+    () => 0
+  )
+}
+
+const at = (e: Record<string, unknown>): number => Date.parse(String(e.t))
+
+interface Fleet {
+  dir: string
+  ids: Record<string, NodeIdentity>
+  daemons: Record<string, RunningDaemon>
+  digest: string
+}
+
+/** A source and `n` fetchers (a ring among themselves, each also bootstrapping to the source). */
+async function fleetOf(n: number, file: string, serveRate: number): Promise<Fleet> {
+  const dir = await mkdtemp(join(tmpdir(), 'rhizome-art-bench-'))
+  const names = ['src', ...Array.from({ length: n }, (_, i) => `f${i + 1}`)]
+  const ids = await initFleet(dir, 'bench', names, env)
+  const ports: Record<string, number> = {}
+  for (const x of names) ports[x] = await freePort()
+  const addr = (x: string): string => `/ip4/127.0.0.1/tcp/${ports[x]}/p2p/${ids[x]!.peerId}`
+  for (const [i, x] of names.entries()) {
+    const ring =
+      x === 'src' ? [] : [names[1 + (i % n)]!, names[1 + ((i + 1) % n)]!].filter(y => y !== x)
+    await writeFile(
+      join(dir, `${x}.yaml`),
+      stringify(
+        daemonConfig(dir, x, {
+          listen: [`/ip4/127.0.0.1/tcp/${ports[x]}`],
+          bootstrap: x === 'src' ? [] : [addr('src'), ...[...new Set(ring)].map(addr)],
+          allowedRoots: ['/opt/rhizome'],
+          statusIntervalMs: 5000,
+          artifactServeRate: serveRate
+        })
+      )
+    )
+  }
+  const daemons: Record<string, RunningDaemon> = {}
+  daemons.src = await startDaemon(join(dir, 'src.yaml'), {}, 60_000)
+  await enrolAll(dir, ids, daemons.src.url, env)
+  for (const x of names.slice(1)) daemons[x] = await startDaemon(join(dir, `${x}.yaml`), {}, 60_000)
+  const add = await rhizome(
+    ['artifact', 'add', file, '--name', 'bench', '--daemon', daemons.src.url],
+    env
+  )
+  if (add.code !== 0) throw new Error(add.stderr)
+  const digest = /^(sha256:[0-9a-f]{64})$/m.exec(add.stdout)![1]!
+  // Every fetcher holds the devices document (connected and admitted) before the clock starts.
+  for (const x of names.slice(1)) {
+    await daemons[x]!.waitFor(
+      e => e.event === 'revision' && e.doc === 'devices',
+      60_000,
+      `${x} enrolled`
+    )
+  }
+  await new Promise(resolve => setTimeout(resolve, 3000))
+  return { dir, ids, daemons, digest }
+}
+
+/** Apply the config naming the artifact; resolve with per-fetcher [config arrived, complete] times. */
+async function transfer(
+  f: Fleet,
+  sampleRss?: string
+): Promise<{ starts: number[]; ends: number[]; rssIdle: number; rssPeak: number }> {
+  const fleetFile = join(f.dir, 'fleet.yaml')
+  await writeFile(
+    fleetFile,
+    stringify({
+      fleet: { defaults: { files: { '/opt/rhizome/bench.bin': { artifact: f.digest } } } }
+    })
+  )
+  const fetchers = Object.keys(f.daemons).filter(x => x !== 'src')
+  let rssIdle = 0
+  let rssPeak = 0
+  const sampling = { on: false }
+  let sampler: Promise<void> = Promise.resolve()
+  if (sampleRss !== undefined) {
+    const pid = f.daemons[sampleRss]!.proc.pid!
+    rssIdle = await rssOf(pid)
+    sampling.on = true
+    sampler = (async () => {
+      while (sampling.on) {
+        rssPeak = Math.max(rssPeak, await rssOf(pid))
+        await new Promise(resolve => setTimeout(resolve, 100))
+      }
+    })()
+  }
+  const apply = await rhizome(
+    [
+      'apply',
+      '-f',
+      fleetFile,
+      '--key',
+      join(f.dir, 'fleet/admin.key'),
+      '--daemon',
+      f.daemons.src!.url
+    ],
+    env
+  )
+  if (apply.code !== 0) throw new Error(apply.stderr)
+  const starts: number[] = []
+  const ends: number[] = []
+  for (const x of fetchers) {
+    const d = f.daemons[x]!
+    const end = await d.waitFor(e => e.event === 'artifact.complete', 600_000, `${x} complete`)
+    const start = d.events.find(e => e.event === 'revision' && e.doc === 'fleet')!
+    starts.push(at(start))
+    ends.push(at(end))
+  }
+  sampling.on = false
+  await sampler
+  if (process.env.ARTIFACT_BENCH_DEBUG !== undefined) {
+    for (const x of fetchers) {
+      process.stdout.write(
+        f.daemons[x]!.stderr.filter(l => l.includes(':artifacts')).join('\n') + '\n'
+      )
+    }
+  }
+  return { starts, ends, rssIdle, rssPeak }
+}
+
+async function close(f: Fleet): Promise<void> {
+  await Promise.all(Object.values(f.daemons).map(d => d.stop()))
+  await rm(f.dir, { recursive: true, force: true })
+}
+
+const mbps = (ms: number): string => `${(SIZE / MIB / (ms / 1000)).toFixed(0)} MiB/s`
+
+const work = await mkdtemp(join(tmpdir(), 'rhizome-art-bench-file-'))
+try {
+  const file = join(work, 'artifact.bin')
+  const fh = await open(file, 'w')
+  for (let o = 0; o < SIZE; o += 16 * MIB) await fh.write(randomBytes(Math.min(16 * MIB, SIZE - o)))
+  await fh.close()
+  process.stdout.write(`artifact: ${SIZE / MIB} MiB of random bytes, 1 MiB chunks\n`)
+
+  const plain = await plainCopy(file, work)
+  process.stdout.write(
+    `plain TCP copy (other process, fsync at the end): ${plain.toFixed(0)} ms, ${mbps(plain)}\n`
+  )
+  const raw = await libp2pStream()
+  process.stdout.write(
+    `libp2p alone (one Noise + Yamux stream, other process, from memory, no disk): ${raw.toFixed(0)} ms, ${mbps(raw)}, ${(plain / raw).toFixed(2)}x the plain copy's throughput\n`
+  )
+
+  for (const serve of THIN > 0 ? [0, THIN] : [0]) {
+    const label =
+      serve === 0 ? 'no rate limit' : `upload limited to ${serve / MIB} MiB/s per daemon`
+    const one = await fleetOf(1, file, serve)
+    const r1 = await transfer(one, 'f1')
+    await close(one)
+    const single = r1.ends[0]! - r1.starts[0]!
+    process.stdout.write(
+      `\n[${label}]\none transfer between two daemons: ${single} ms, ${mbps(single)}` +
+        (serve === 0
+          ? `, ${(plain / single).toFixed(2)}x the plain copy's throughput (target >= 0.5x), ${(raw / single).toFixed(2)}x libp2p alone`
+          : '') +
+        `\n  fetcher RSS: idle ${(r1.rssIdle / MIB).toFixed(0)} MB, peak ${(r1.rssPeak / MIB).toFixed(0)} MB, +${((r1.rssPeak - r1.rssIdle) / MIB).toFixed(0)} MB (target < 50 MB)\n`
+    )
+    const many = await fleetOf(FETCHERS, file, serve)
+    const rN = await transfer(many)
+    await close(many)
+    const total = Math.max(...rN.ends) - Math.min(...rN.starts)
+    const each = rN.ends.map((e, i) => e - rN.starts[i]!).sort((a, b) => a - b)
+    process.stdout.write(
+      `${FETCHERS} fetchers from one source: last done after ${total} ms, ${(total / single).toFixed(2)}x the one transfer (target < 2x); ` +
+        `per fetcher ${each[0]}..${each[each.length - 1]} ms\n`
+    )
+  }
+} finally {
+  await stopAll()
+  await rm(work, { recursive: true, force: true })
+}
