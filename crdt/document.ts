@@ -701,6 +701,15 @@ export class SignedDocument<T = Record<string, unknown>> {
       })
   }
 
+  /**
+   * Hashes of every signed change, in the order this replica applied them (dependencies first),
+   * the genesis change left out. From the change index: no walk of Automerge's history.
+   */
+  changeHashes(): string[] {
+    const g = genesisHash(this.id)
+    return [...this.changeIndex().keys()].filter(h => h !== g)
+  }
+
   /** The document's value at a past revision. */
   valueAt(heads: string[]): T {
     return Automerge.toJS<T>(Automerge.view(this.doc, heads))

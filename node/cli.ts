@@ -25,7 +25,6 @@ import type { SignedBatch } from '../crdt/signed-change.ts'
 import { toHex } from '../crdt/bytes.ts'
 import { DaemonClient } from './daemon-client.ts'
 import { diffDocument, formatOps, plainValue, signOps, type DiffOp } from '../crdt/config-diff.ts'
-import type { HistoryItem } from '../crdt/change-history.ts'
 import type { SignedDocument } from '../crdt/document.ts'
 import { ago, SYNC_LABEL } from '../crdt/fleet-status.ts'
 import { fleetYaml, parseFleetYaml, type FleetDocuments } from '../crdt/fleet-yaml.ts'
@@ -294,13 +293,9 @@ async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void
 
 async function cmdHistory(opts: { daemon: string; doc?: string; limit: number }): Promise<void> {
   const client = new DaemonClient(opts.daemon)
-  const q = new URLSearchParams({ limit: String(opts.limit) })
-  if (opts.doc !== undefined) {
-    await requireDocument(client, opts.doc)
-    q.set('doc', opts.doc)
-  }
-  const entries = await client.json<HistoryItem[]>(`/api/history?${q}`)
-  for (const e of entries) {
+  if (opts.doc !== undefined) await requireDocument(client, opts.doc)
+  const entries = await client.history({ doc: opts.doc, limit: opts.limit })
+  for (const e of entries.reverse()) {
     say(
       `${new Date(e.time * 1000).toISOString()}  ${e.doc}  ${e.hash.slice(0, 12)}  ${e.signerName ?? e.signer.slice(0, 12)} (${e.role ?? 'unknown'})  ${e.message ?? ''}`
     )

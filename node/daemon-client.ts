@@ -5,6 +5,7 @@
  * gives up after REQUEST_TIMEOUT_MS, or when `options.signal` aborts.
  */
 import type { AbortOptions } from '@libp2p/interface'
+import { HISTORY_PAGE_MAX, type HistoryItem, type HistoryPage } from '../crdt/change-history.ts'
 import { decodeBatch, encodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import { trustStatementFromJson, type SignedTrustStatement } from '../crdt/trust.ts'
 import { Replica } from '../crdt/replica.ts'
@@ -31,11 +32,18 @@ export class DaemonClient {
       options?.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal])
     let res: Response
     try {
-      res = await fetch(this.base + path, { ...init, signal })
+      try {
+        res = await fetch(this.base + path, { ...init, signal })
+      } catch (err) {
+        // A kept-alive connection the daemon closed while this process was busy (its close not
+        // yet read) fails at once; every request here may be repeated (a batch or statement
+        // the daemon already holds is a duplicate), so it is sent once more, on a new one.
+        if ((err as { cause?: { code?: string } }).cause?.code !== 'UND_ERR_SOCKET') throw err
+        res = await fetch(this.base + path, { ...init, signal })
+      }
     } catch (err) {
       // The caller's own abort is not the daemon's fault: it surfaces as it is.
       if (options?.signal?.aborted === true) throw options.signal.reason
-
       const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message
       throw new DaemonUnreachableError(
         `cannot reach the daemon at ${this.base} (${cause}); is it running (rhizome start)? pass its address with --daemon or RHIZOME_DAEMON`
@@ -66,6 +74,29 @@ export class DaemonClient {
   async trust(options?: AbortOptions): Promise<SignedTrustStatement[]> {
     const list = await this.json<unknown[]>('/api/trust', options)
     return list.map(trustStatementFromJson)
+  }
+
+  /**
+   * The newest `limit` changes (of one document, or of all), newest first, read page by page
+   * (`GET /api/history` answers at most HISTORY_PAGE_MAX a page).
+   */
+  async history(
+    query: { doc?: string; limit: number },
+    options?: AbortOptions
+  ): Promise<HistoryItem[]> {
+    const out: HistoryItem[] = []
+    let before: string | null | undefined
+    while (out.length < query.limit && before !== null) {
+      const q = new URLSearchParams({
+        limit: String(Math.min(HISTORY_PAGE_MAX, query.limit - out.length))
+      })
+      if (query.doc !== undefined) q.set('doc', query.doc)
+      if (before !== undefined) q.set('before', before)
+      const page = await this.json<HistoryPage>(`/api/history?${q}`, options)
+      out.push(...page.items)
+      before = page.next
+    }
+    return out
   }
 
   async docIds(options?: AbortOptions): Promise<string[]> {

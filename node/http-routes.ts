@@ -13,13 +13,16 @@
  *   GET  /api/docs/:id/batch         application/octet-stream: encoded SignedBatch of all its changes
  *   POST /api/batches                application/octet-stream encoded SignedBatch → BatchReply
  *                                    {status, heads, applied}; 400/403 {error, message} when rejected
- *   GET  /api/history?doc=ID&limit=N HistoryItem[] (crdt/change-history.ts)
+ *   GET  /api/history?doc=ID&limit=N&before=CURSOR
+ *                                    HistoryPage {items (newest first), next} (crdt/change-history.ts):
+ *                                    at most HISTORY_PAGE_MAX changes; `next` is the cursor of the
+ *                                    older page, null at the oldest
  *   GET  /api/workloads/:name/logs   LogsReply {name, lines}
  *
  * Writes need no session: POST /api/batches takes signed batches, verified exactly as if a peer
  * had sent them, so nothing unsigned or unauthorised can be applied through it.
  */
-import { changeHistory, type HistoryItem } from '../crdt/change-history.ts'
+import { historyPage, type HistoryPage } from '../crdt/change-history.ts'
 import { plainValue } from '../crdt/config-diff.ts'
 import type { SignedDocument } from '../crdt/document.ts'
 import type { AcceptStatus } from '../crdt/document.ts'
@@ -30,8 +33,6 @@ import { HttpError, type Route } from './http-api.ts'
 import type { EventLog } from './logger.ts'
 import type { DaemonMetrics } from './metrics.ts'
 import type { FleetStatus } from './status-report.ts'
-
-export const MAX_HISTORY_ENTRIES = 1000
 
 export interface HealthReply {
   ok: true
@@ -145,7 +146,7 @@ export function apiRoutes(c: ApiComponents): Route[] {
         const batch =
           doc === undefined
             ? { docId: id, chunks: [], signatures: [] }
-            : doc.batchFor(doc.history().map(h => h.hash))
+            : doc.batchFor(doc.changeHashes())
         return { bytes: encodeBatch(batch), type: 'application/octet-stream' }
       }
     },
@@ -184,17 +185,27 @@ export function apiRoutes(c: ApiComponents): Route[] {
     {
       method: 'GET',
       pattern: /^\/api\/history$/,
-      handler: async (_m, _r, url) => {
+      handler: async (_m, _r, url, _b, signal) => {
         const only = url.searchParams.get('doc')
-        const limit = Math.min(
-          MAX_HISTORY_ENTRIES,
-          Math.max(1, Number(url.searchParams.get('limit') ?? 100) || 100)
-        )
+        const rawLimit = url.searchParams.get('limit')
+        const limit = rawLimit === null ? undefined : Number(rawLimit)
+        if (limit !== undefined && !(Number.isInteger(limit) && limit > 0)) {
+          throw new HttpError(
+            400,
+            'BadRequest',
+            `limit must be a positive whole number, not "${rawLimit?.slice(0, 20)}"`
+          )
+        }
         const ids = only === null ? replica.documentIds() : [only]
-        const out: HistoryItem[] = []
-        for (const id of ids) out.push(...changeHistory(await needDoc(id), limit))
-        out.sort((a, b) => a.time - b.time)
-        return { json: out.slice(-limit) }
+        const docs: SignedDocument[] = []
+        for (const id of ids) docs.push(await needDoc(id))
+        const json: HistoryPage = await historyPage(docs, {
+          limit,
+          before: url.searchParams.get('before') ?? undefined,
+          lookup: key => replica.trust.lookup(key),
+          signal
+        })
+        return { json }
       }
     },
     {

@@ -7,6 +7,7 @@ import type {
   FleetSnapshot,
   FleetSource,
   HistoryItem,
+  HistoryView,
   NodeStatus,
   SignerInfo
 } from './fleet-source.ts'
@@ -210,9 +211,9 @@ export class FakeFleetSource implements FleetSource {
 
   async validate(): Promise<void> {}
 
-  async history(docId: string): Promise<HistoryItem[]> {
+  async history(docId: string): Promise<HistoryView> {
     const t = Date.now()
-    return [
+    const items: HistoryItem[] = [
       {
         hash: 'c0ffee1' + '0'.repeat(57),
         docId,
@@ -249,5 +250,6 @@ export class FakeFleetSource implements FleetSource {
         ]
       }
     ]
+    return { items, next: null }
   }
 }

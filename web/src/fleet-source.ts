@@ -78,6 +78,12 @@ export interface HistoryItem {
   diff: string[]
 }
 
+export interface HistoryView {
+  items: HistoryItem[]
+  /** Cursor of the older page; null at the oldest change. */
+  next: string | null
+}
+
 export interface ConnectRequest {
   /** A daemon's WebSocket multiaddr with /p2p/<PeerId>, e.g. /ip4/127.0.0.1/tcp/4002/ws/p2p/12D3Koo… */
   address: string
@@ -102,7 +108,8 @@ export interface FleetSource {
     value: Record<string, unknown>,
     message: string
   ): Promise<{ heads: string[] }>
-  history(docId: string): Promise<HistoryItem[]>
+  /** A page of a document's history, newest first; `before` is the `next` of the page before. */
+  history(docId: string, before?: string): Promise<HistoryView>
   /** Check a document's content the way daemons will (unknown keys, bad paths); throws with what to fix. */
   validate(docId: string, value: Record<string, unknown>): Promise<void>
 }

@@ -24,12 +24,12 @@ import { ErrorCategory, RhizomeError } from '../../crdt/errors.ts'
 import { toHex } from '../../crdt/bytes.ts'
 import { checkDocument } from '../../crdt/fleet-yaml.ts'
 import { diffDocument, formatOps, plainValue, signOps } from '../../crdt/config-diff.ts'
-import { changeHistory } from '../../crdt/change-history.ts'
+import { historyPage } from '../../crdt/change-history.ts'
 import type {
   ConnectionInfo,
   DocView,
   FleetSnapshot,
-  HistoryItem,
+  HistoryView,
   NodeStatus,
   SignerInfo
 } from './fleet-source.ts'
@@ -41,7 +41,8 @@ const scope = self as unknown as DedicatedWorkerGlobalScope
 const ADMISSION_TIMEOUT_MS = 20_000
 const SNAPSHOT_MIN_INTERVAL_MS = 200
 const TICK_MS = 2000
-const MAX_HISTORY = 500
+/** Diff lines sent to the page per change. */
+const MAX_DIFF_LINES = 200
 const SESSION_VOUCHER_MS = 12 * 60 * 60_000
 
 /** The person using the page asked for something that cannot be done yet (connect first, unlock a key). */
@@ -348,12 +349,17 @@ async function publish(
   return { heads: doc.heads }
 }
 
-async function history(docId: string): Promise<HistoryItem[]> {
-  if (replica === undefined) return []
-  if (!replica.documentIds().includes(docId)) return []
-  return changeHistory(await replica.open(docId), MAX_HISTORY)
-    .reverse()
-    .map(h => ({
+async function history(docId: string, before?: string): Promise<HistoryView> {
+  if (replica === undefined || !replica.documentIds().includes(docId)) {
+    return { items: [], next: null }
+  }
+  const trust = replica.trust
+  const page = await historyPage([await replica.open(docId)], {
+    before,
+    lookup: key => trust.lookup(key)
+  })
+  return {
+    items: page.items.map(h => ({
       hash: h.hash,
       docId,
       signer: h.signer,
@@ -361,8 +367,10 @@ async function history(docId: string): Promise<HistoryItem[]> {
       signerRole: h.role ?? undefined,
       time: h.time * 1000,
       message: h.message,
-      diff: formatOps(h.diff).slice(0, 200)
-    }))
+      diff: formatOps(h.diff).slice(0, MAX_DIFF_LINES)
+    })),
+    next: page.next
+  }
 }
 
 async function handle(req: WorkerRequest): Promise<WorkerResult> {
@@ -383,7 +391,7 @@ async function handle(req: WorkerRequest): Promise<WorkerResult> {
     case 'publish':
       return await publish(req.docId, req.value, req.message)
     case 'history':
-      return await history(req.docId)
+      return await history(req.docId, req.before)
     case 'validate':
       checkDocument(req.docId, req.value)
       return undefined

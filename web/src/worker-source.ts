@@ -12,7 +12,7 @@ import type {
   ConnectRequest,
   FleetSnapshot,
   FleetSource,
-  HistoryItem,
+  HistoryView,
   SignerInfo
 } from './fleet-source.ts'
 import type { WorkerMessage, WorkerRequest, WorkerResult } from './worker-protocol.ts'
@@ -144,8 +144,8 @@ export class WorkerFleetSource implements FleetSource {
     await this.request({ type: 'validate', docId, value })
   }
 
-  async history(docId: string): Promise<HistoryItem[]> {
-    return (await this.request({ type: 'history', docId })) as HistoryItem[]
+  async history(docId: string, before?: string): Promise<HistoryView> {
+    return (await this.request({ type: 'history', docId, before })) as HistoryView
   }
 }
 

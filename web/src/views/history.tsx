@@ -1,9 +1,13 @@
-/** Every signed change of a document, newest first: signer, time, message and diff. */
+/**
+ * Every signed change of a document, newest first: signer, time, message and diff. Read a page
+ * at a time (the newest, then older ones on request); a new revision reloads the newest page.
+ */
 import { useEffect, useState } from 'preact/hooks'
 import type { FleetSnapshot, FleetSource, HistoryItem } from '../fleet-source.ts'
 import { navigate } from '../navigation.ts'
 
-const MAX_SHOWN = 500
+/** Changes kept on the page at most (pages of older changes are appended up to it). */
+const MAX_SHOWN = 1000
 
 export function History({
   source,
@@ -17,13 +21,16 @@ export function History({
   const id = docId ?? 'fleet'
   const heads = snap.docs.find(d => d.id === id)?.heads.join() ?? ''
   const [items, setItems] = useState<HistoryItem[] | undefined>()
+  const [next, setNext] = useState<string | null>(null)
+  const [loadingMore, setLoadingMore] = useState(false)
   const [error, setError] = useState<string | undefined>()
   useEffect(() => {
     let live = true
     source.history(id).then(
       h => {
         if (live) {
-          setItems(h)
+          setItems(h.items)
+          setNext(h.next)
           setError(undefined)
         }
       },
@@ -35,6 +42,19 @@ export function History({
       live = false
     }
   }, [source, id, heads])
+  const older = async (): Promise<void> => {
+    if (next === null || items === undefined) return
+    setLoadingMore(true)
+    try {
+      const h = await source.history(id, next)
+      setItems([...items, ...h.items].slice(0, MAX_SHOWN))
+      setNext(items.length + h.items.length >= MAX_SHOWN ? null : h.next)
+    } catch (err) {
+      setError((err as Error).message)
+    } finally {
+      setLoadingMore(false)
+    }
+  }
   return (
     <section data-testid='history'>
       <div class='doc-tabs'>
@@ -62,7 +82,7 @@ export function History({
       )}
       {items !== undefined && items.length > 0 && (
         <ol class='timeline'>
-          {items.slice(0, MAX_SHOWN).map(h => (
+          {items.map(h => (
             <li key={h.hash} class='change'>
               <div class='change-head'>
                 <strong>{h.message ?? <span class='muted'>(no message)</span>}</strong>
@@ -91,9 +111,21 @@ export function History({
           ))}
         </ol>
       )}
-      {items !== undefined && items.length > MAX_SHOWN && (
+      {items !== undefined && next !== null && (
+        <button
+          class='btn'
+          disabled={loadingMore}
+          onClick={() => {
+            void older()
+          }}
+          data-testid='history-older'
+        >
+          {loadingMore ? 'Reading…' : 'Show older changes'}
+        </button>
+      )}
+      {items !== undefined && items.length >= MAX_SHOWN && (
         <p class='muted'>
-          Showing the newest {MAX_SHOWN} of {items.length} changes.
+          Showing the newest {MAX_SHOWN} changes; `rhizome history` reads further.
         </p>
       )}
     </section>
