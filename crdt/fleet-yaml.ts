@@ -6,7 +6,7 @@
  * fleet:
  *   defaults:
  *     files: { /etc/motd: { content: "hello\n", mode: 0644 } }
- *     workloads: { web: { command: [node, /opt/web.js], env: { PORT: "8080" }, version: "1",
+ *     workloads: { web: { command: [node, /opt/web.js], env: { PORT: "8080" }, version: "1", user: www,
  *                         health: { http: "http://127.0.0.1:8080/", intervalMs: 2000 } } }
  *     manifests: { nginx: { apiVersion: v1, kind: Pod, ... } }
  *   groups: { tills: { selector: { role: pos }, config: { ... } } }
@@ -35,7 +35,8 @@ export const WORKLOAD_KEYS = [
   'version',
   'health',
   'artifact',
-  'unpack'
+  'unpack',
+  'user'
 ] as const
 export const HEALTH_KEYS = ['http', 'tcp', 'command', 'intervalMs'] as const
 export const FILE_KEYS = ['content', 'mode', 'artifact', 'unpack'] as const

@@ -22,12 +22,17 @@
  * artifactDiskBudget: 21474836480    # bytes; unreferenced artifacts are collected sooner above it
  * artifactGcGraceMs: 86400000        # unreferenced artifacts are kept this long
  * tryModeMs: 120000                  # a config after which no peer is reached this long is rolled back (0: off)
+ * workloadUser: rhizome-workload     # workloads without user: run as this (default: rhizome-workload
+ *                                    # when the daemon runs as root, else the daemon's own user);
+ *                                    # root here is the only way a workload may run as root
+ * allowUnsafeModes: false            # true: managed files may be setuid, setgid or writable by anyone
  * ```
  * Environment: RHIZOME_NAME, RHIZOME_LABELS (k=v,k=v), RHIZOME_DATA_DIR, RHIZOME_TRUST_FILE,
  * RHIZOME_LISTEN and RHIZOME_BOOTSTRAP (comma-separated), RHIZOME_MDNS (true/false),
  * RHIZOME_HTTP_HOST, RHIZOME_HTTP_PORT, RHIZOME_FILES_ROOT, RHIZOME_ALLOWED_ROOTS,
  * RHIZOME_MANIFEST_DIR, RHIZOME_RECONCILE_INTERVAL_MS, RHIZOME_DRIFT_CHECK_MS, RHIZOME_STATUS_INTERVAL_MS,
- * RHIZOME_ARTIFACT_FETCH_RATE, RHIZOME_ARTIFACT_SERVE_RATE, RHIZOME_ARTIFACT_DISK_BUDGET, RHIZOME_ARTIFACT_GC_GRACE_MS, RHIZOME_TRY_MODE_MS.
+ * RHIZOME_ARTIFACT_FETCH_RATE, RHIZOME_ARTIFACT_SERVE_RATE, RHIZOME_ARTIFACT_DISK_BUDGET, RHIZOME_ARTIFACT_GC_GRACE_MS, RHIZOME_TRY_MODE_MS,
+ * RHIZOME_WORKLOAD_USER, RHIZOME_ALLOW_UNSAFE_MODES.
  */
 import { readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
@@ -63,6 +68,8 @@ export interface DaemonConfig {
   artifactDiskBudget: number
   artifactGcGraceMs: number
   tryModeMs: number
+  workloadUser: string | undefined
+  allowUnsafeModes: boolean
 }
 
 export const CONFIG_FILE_KEYS = [
@@ -84,7 +91,9 @@ export const CONFIG_FILE_KEYS = [
   'artifactServeRate',
   'artifactDiskBudget',
   'artifactGcGraceMs',
-  'tryModeMs'
+  'tryModeMs',
+  'workloadUser',
+  'allowUnsafeModes'
 ] as const
 const HTTP_KEYS = ['host', 'port']
 
@@ -108,7 +117,9 @@ const ENV: Record<string, (typeof CONFIG_FILE_KEYS)[number] | 'http.host' | 'htt
   RHIZOME_ARTIFACT_SERVE_RATE: 'artifactServeRate',
   RHIZOME_ARTIFACT_DISK_BUDGET: 'artifactDiskBudget',
   RHIZOME_ARTIFACT_GC_GRACE_MS: 'artifactGcGraceMs',
-  RHIZOME_TRY_MODE_MS: 'tryModeMs'
+  RHIZOME_TRY_MODE_MS: 'tryModeMs',
+  RHIZOME_WORKLOAD_USER: 'workloadUser',
+  RHIZOME_ALLOW_UNSAFE_MODES: 'allowUnsafeModes'
 }
 
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024
@@ -301,7 +312,13 @@ export function parseDaemonConfig(
     tryModeMs:
       raw.tryModeMs === undefined
         ? DEFAULT_TRY_MODE_MS
-        : int(raw.tryModeMs, envWhere('tryModeMs'), 0, 86_400_000)
+        : int(raw.tryModeMs, envWhere('tryModeMs'), 0, 86_400_000),
+    workloadUser:
+      raw.workloadUser === undefined ? undefined : str(raw.workloadUser, envWhere('workloadUser')),
+    allowUnsafeModes:
+      raw.allowUnsafeModes === undefined
+        ? false
+        : bool(raw.allowUnsafeModes, envWhere('allowUnsafeModes'))
   }
   for (const r of config.allowedRoots) {
     if (!r.startsWith('/')) fail(envWhere('allowedRoots'), `"${r}" is not an absolute path`)

@@ -10,7 +10,7 @@
  * process.once('SIGTERM', () => { void daemon.stop() })
  * ```
  */
-import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises'
+import { chmod, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { AddressInfo } from 'node:net'
 import type { Server } from 'node:http'
@@ -124,6 +124,7 @@ export class Daemon {
     this.files = new FilesApplier({
       root: config.filesRoot,
       allowedRoots: config.allowedRoots,
+      allowUnsafeModes: config.allowUnsafeModes,
       onDrift: p => {
         events('warn', 'files.drift', { path: p, action: 'put back' })
       }
@@ -133,7 +134,8 @@ export class Daemon {
         this.status.schedule()
       },
       env: { RHIZOME_NODE_NAME: config.name },
-      pidFile: join(config.dataDir, 'workloads.pids')
+      pidFile: join(config.dataDir, 'workloads.pids'),
+      user: config.workloadUser
     })
     this.rollouts = new RolloutAgent({
       key: identity.publicKeyHex,
@@ -189,6 +191,11 @@ export class Daemon {
     const config = opts.config
     const events = opts.events ?? eventLogger()
     await mkdir(config.dataDir, { recursive: true, mode: 0o700 })
+    // The device key and the store are the daemon's alone (workloads run as other users), also
+    // in a directory made by hand with a looser mode.
+    await chmod(config.dataDir, 0o700).catch((err: Error) =>
+      events('warn', 'data-dir.mode', { dir: config.dataDir, error: err })
+    )
     const { identity, created } = await loadOrCreateIdentity(config.dataDir)
     if (created) {
       events('info', 'identity.created', {

@@ -226,7 +226,10 @@ async function main(): Promise<void> {
         allowedRoots: ['/etc/rhizome'],
         reconcileIntervalMs: 10_000,
         driftCheckMs: 1000,
-        statusIntervalMs: 3000
+        statusIntervalMs: 3000,
+        // Run as root, a daemon starts workloads as the dedicated rhizome-workload user, which a
+        // demo machine does not have; the demo's own service may run as root here.
+        ...(process.getuid?.() === 0 ? { workloadUser: 'root' } : {})
       })
     )
   // The first daemon starts alone and every device is enrolled through it before the others

@@ -1,14 +1,22 @@
 /**
  * A bounded buffer of the most recent text lines: workload logs are kept here (N lines, each
  * at most `maxLineLength` characters), so a chatty process cannot grow the daemon's memory.
+ * A line that repeats the one before it but for its numbers (an access-log line for every
+ * health probe, a retry counter) replaces it and is shown once with a count, "… (×12)", so
+ * periodic noise cannot push everything else out.
  */
 export const DEFAULT_LOG_LINES = 200
 export const MAX_LINE_LENGTH = 1024
 
+/** A line with every run of digits made one symbol: lines equal under this are repeats. */
+const shape = (line: string): string => line.replace(/\d+/g, '#')
+
 export class RingBuffer {
   private readonly lines: string[]
+  private readonly repeats: number[]
   private next = 0
   private count = 0
+  private lastShape: string | undefined
   readonly capacity: number
   readonly maxLineLength: number
 
@@ -19,21 +27,34 @@ export class RingBuffer {
     this.capacity = capacity
     this.maxLineLength = maxLineLength
     this.lines = Array.from({ length: capacity }, () => '')
+    this.repeats = Array.from({ length: capacity }, () => 1)
   }
 
   push(line: string): void {
-    this.lines[this.next] =
+    const text =
       line.length > this.maxLineLength ? line.slice(0, this.maxLineLength - 1) + '…' : line
+    const s = shape(text)
+    if (this.count > 0 && s === this.lastShape) {
+      const at = (this.next - 1 + this.capacity) % this.capacity
+      this.lines[at] = text
+      this.repeats[at] = (this.repeats[at] as number) + 1
+      return
+    }
+    this.lastShape = s
+    this.lines[this.next] = text
+    this.repeats[this.next] = 1
     this.next = (this.next + 1) % this.capacity
     if (this.count < this.capacity) this.count++
   }
 
-  /** The last `n` lines (all by default), oldest first. */
+  /** The last `n` lines (all by default), oldest first; a repeated line carries its count. */
   last(n = this.count): string[] {
     const k = Math.max(0, Math.min(n, this.count))
     const out: string[] = []
     for (let i = k; i > 0; i--) {
-      out.push(this.lines[(this.next - i + this.capacity) % this.capacity] as string)
+      const at = (this.next - i + this.capacity) % this.capacity
+      const r = this.repeats[at] as number
+      out.push(r > 1 ? `${this.lines[at] as string} (×${r})` : (this.lines[at] as string))
     }
     return out
   }

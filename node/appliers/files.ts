@@ -1,15 +1,18 @@
 /**
  * Managed files: written atomically (temp file in the same directory, then rename) with their
- * modes, only below the allowed roots, under `root` (default `/`). A managed file changed by
- * hand is found by `checkDrift` (polled by the daemon), put back, and reported as drifted.
- * Files the config drops are removed. Paths in the config are absolute (`/etc/motd`);
- * `root` is prefixed, so tests and demos write into a temporary directory.
+ * modes, only below the allowed roots, under `root` (default `/`), and never through a symbolic
+ * link (safe-path.ts: a link planted below an allowed root, by a workload say, could otherwise
+ * send a write anywhere). Modes that set setuid or setgid, or that let anyone write, are refused
+ * unless the daemon config allows them (`allowUnsafeModes`). A managed file changed by hand is
+ * found by `checkDrift` (polled by the daemon), put back, and reported as drifted. Files the
+ * config drops are removed. Paths in the config are absolute (`/etc/motd`); `root` is prefixed,
+ * so tests and demos write into a temporary directory.
  */
 import { createHash } from 'node:crypto'
-import { chmod, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
-import { dirname, join, normalize } from 'node:path'
+import { basename, dirname, join, normalize, relative } from 'node:path'
 import { logger } from '@libp2p/logger'
 import { parseMode } from '../../crdt/file-mode.ts'
+import { openBelow, readRegular, removeEntry, writeReplacing, type OpenDir } from './safe-path.ts'
 
 const log = logger('rhizome:node:files')
 
@@ -36,29 +39,82 @@ const sha = (s: string): string => createHash('sha256').update(s).digest('hex')
 
 export { parseMode } from '../../crdt/file-mode.ts'
 
+/** Mode bits refused unless the daemon config allows them: setuid, setgid, writable by anyone. */
+export const UNSAFE_MODE_BITS = 0o4000 | 0o2000 | 0o002
+
+/** Why `mode` is refused, or undefined if it is allowed. */
+export function unsafeMode(mode: number, allowUnsafe: boolean): string | undefined {
+  if (allowUnsafe || (mode & UNSAFE_MODE_BITS) === 0) return undefined
+  const what = [
+    (mode & 0o4000) !== 0 ? 'setuid' : '',
+    (mode & 0o2000) !== 0 ? 'setgid' : '',
+    (mode & 0o002) !== 0 ? 'writable by anyone' : ''
+  ].filter(w => w !== '')
+  return `mode ${mode.toString(8).padStart(4, '0')} is ${what.join(' and ')}; the daemon config does not allow that (allowUnsafeModes: true does)`
+}
+
+/** Where a managed path lands: its allowed root on disk, the directories below it, its name. */
+interface Target {
+  root: string
+  dirs: string[]
+  name: string
+}
+
 export class FilesApplier {
   private readonly root: string
   private readonly allowed: string[]
+  private readonly allowUnsafeModes: boolean
   private managed = new Map<string, Managed>()
   private drifted: string[] = []
   private errors: string[] = []
   private readonly onDrift: (path: string) => void
 
-  constructor(opts: { root: string; allowedRoots: string[]; onDrift?: (path: string) => void }) {
+  constructor(opts: {
+    root: string
+    allowedRoots: string[]
+    allowUnsafeModes?: boolean
+    onDrift?: (path: string) => void
+  }) {
     this.root = opts.root
     this.allowed = opts.allowedRoots.map(r => normalize(r.endsWith('/') ? r : r + '/'))
+    this.allowUnsafeModes = opts.allowUnsafeModes ?? false
     this.onDrift = opts.onDrift ?? (() => {})
   }
 
-  private target(path: string): string {
+  private target(path: string): Target {
     const p = normalize(path)
-    if (!p.startsWith('/') || p.includes('\0')) throw new Error(`"${path}" is not an absolute path`)
-    if (!this.allowed.some(r => r === '/' || p.startsWith(r))) {
+    if (!p.startsWith('/') || p.includes('\0') || p.endsWith('/')) {
+      throw new Error(`"${path}" is not an absolute path to a file`)
+    }
+    // The longest allowed root the path is below: links are refused from there down.
+    const allowed = this.allowed
+      .filter(r => r === '/' || p.startsWith(r))
+      .sort((a, b) => b.length - a.length)[0]
+    if (allowed === undefined) {
       throw new Error(
         `"${path}" is outside the allowed roots (${this.allowed.join(', ')}); change allowedRoots in the daemon config to manage it`
       )
     }
-    return join(this.root, p)
+    const rel = relative(allowed, dirname(p))
+    return {
+      root: join(this.root, allowed).replace(/(.)\/+$/, '$1'),
+      dirs: rel === '' ? [] : rel.split('/'),
+      name: basename(p)
+    }
+  }
+
+  private async inDir<T>(
+    t: Target,
+    create: boolean,
+    fn: (dir: OpenDir) => Promise<T>
+  ): Promise<T | undefined> {
+    const dir = await openBelow(t.root, t.dirs, create)
+    if (dir === undefined) return undefined
+    try {
+      return await fn(dir)
+    } finally {
+      await dir.close()
+    }
   }
 
   /** Make the managed files equal `desired` (path → {content, mode?}). */
@@ -83,6 +139,8 @@ export class FilesApplier {
           throw new Error(`content is larger than ${MAX_FILE_BYTES} bytes`)
         }
         const spec = { content, mode: parseMode(r.mode) }
+        const refused = unsafeMode(spec.mode, this.allowUnsafeModes)
+        if (refused !== undefined) throw new Error(refused)
         const target = this.target(path)
         await this.writeIfDifferent(target, spec)
         next.set(path, { spec, hash: sha(content) })
@@ -93,7 +151,7 @@ export class FilesApplier {
     for (const path of this.managed.keys()) {
       if (next.has(path) || Object.hasOwn(desired, path)) continue
       try {
-        await rm(this.target(path), { force: true })
+        await this.inDir(this.target(path), false, dir => removeEntry(dir, this.target(path).name))
       } catch (err) {
         errors.push(`${path}: remove failed: ${(err as Error).message}`)
       }
@@ -103,19 +161,20 @@ export class FilesApplier {
     return this.status()
   }
 
-  private async writeIfDifferent(target: string, spec: FileSpec): Promise<boolean> {
-    let same = false
-    try {
-      const [buf, st] = await Promise.all([readFile(target, 'utf8'), stat(target)])
-      same = buf === spec.content && (st.mode & 0o7777) === spec.mode
-    } catch {}
-    if (same) return false
-    await mkdir(dirname(target), { recursive: true })
-    const tmp = `${target}.rhizome-${process.pid}-${Date.now()}.tmp`
-    await writeFile(tmp, spec.content, { mode: spec.mode })
-    await chmod(tmp, spec.mode)
-    await rename(tmp, target)
-    return true
+  private async writeIfDifferent(target: Target, spec: FileSpec): Promise<boolean> {
+    const wrote = await this.inDir(target, true, async dir => {
+      const held = await readRegular(dir, target.name, MAX_FILE_BYTES)
+      if (
+        held !== undefined &&
+        held.mode === spec.mode &&
+        held.content.toString() === spec.content
+      ) {
+        return false
+      }
+      await writeReplacing(dir, target.name, spec.content, spec.mode)
+      return true
+    })
+    return wrote === true
   }
 
   /** Compare every managed file with its spec; put changed ones back. Returns the paths put back. */

@@ -1,18 +1,34 @@
 /**
  * Supervised workloads. Each workload is a command the daemon starts and keeps running:
- * restarted when its spec changes (command, env, cwd, version, health), restarted with bounded
- * exponential back-off after it exits, probed for health (HTTP, TCP or a command), and its
- * recent output kept in a bounded ring buffer. Every process the daemon started is stopped by
- * its pid when the workload is dropped or the daemon shuts down (SIGTERM, then SIGKILL).
+ * restarted when its spec changes (command, env, cwd, version, health, user), restarted with
+ * bounded exponential back-off after it exits, probed for health (HTTP, TCP or a command), and
+ * its recent output kept in a bounded ring buffer.
+ *
+ * A workload runs as an unprivileged user (accounts.ts: its `user:`, else the daemon's
+ * `workloadUser`), in a process group of its own, with a clean environment: PATH, HOME, USER and
+ * LOGNAME, the RHIZOME_* identity variables, and what its spec's `env` gives; nothing of the
+ * daemon's own (RHIZOME_PASSPHRASE, NODE_OPTIONS, …). Every group the daemon started is stopped
+ * (SIGTERM, then SIGKILL) when its workload is dropped or the daemon shuts down; the groups
+ * still running are recorded (pid and start time) so that a daemon that was killed stops them
+ * before it starts anything when it runs again, whoever triggers its first pass.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
+import {
+  defaultWorkloadUser,
+  launchAs,
+  lookupAccount,
+  switchMethod,
+  type Account,
+  type Launch,
+  type SwitchMethod
+} from './accounts.ts'
 import type { WorkloadState, WorkloadStatus } from '../../crdt/fleet-status.ts'
 import { logger } from '@libp2p/logger'
 import { canonicalJson } from '../../crdt/canonical-json.ts'
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from '../backoff.ts'
-import { LineSplitter, RingBuffer } from '../ring-buffer.ts'
+import { DEFAULT_LOG_LINES, LineSplitter, RingBuffer } from '../ring-buffer.ts'
 
 const log = logger('rhizome:node:processes')
 
@@ -21,6 +37,12 @@ export const STOP_GRACE_MS = 5000
 export const PROBE_TIMEOUT_MS = 2000
 export const DEFAULT_PROBE_INTERVAL_MS = 5000
 export const STATUS_LOG_LINES = 20
+/** Probes come every 250 ms for this long after a start, so "up" is seen at once; then at intervalMs. */
+export const FAST_PROBE_WINDOW_MS = 5000
+/** The PATH a workload gets unless its spec's env sets one. */
+export const WORKLOAD_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+/** Sent with HTTP probes, so a workload can leave them out of its access log. */
+export const PROBE_USER_AGENT = 'rhizome-health-probe'
 
 export interface HealthSpec {
   http?: string
@@ -34,6 +56,8 @@ export interface WorkloadSpec {
   cwd?: string
   version?: string
   health?: HealthSpec
+  /** The account to run as (a name or `uid[:gid]`); else the daemon's workloadUser. */
+  user?: string
 }
 
 function toSpec(name: string, raw: unknown): WorkloadSpec {
@@ -50,6 +74,7 @@ function toSpec(name: string, raw: unknown): WorkloadSpec {
   }
   const spec: WorkloadSpec = { command: r.command.map(String), env }
   if (typeof r.cwd === 'string') spec.cwd = r.cwd
+  if (typeof r.user === 'string' && r.user !== '') spec.user = r.user
   if (r.version !== undefined && r.version !== null) {
     spec.version = typeof r.version === 'string' ? r.version : JSON.stringify(r.version)
   }
@@ -69,6 +94,7 @@ export async function probe(h: HealthSpec, signal: AbortSignal): Promise<boolean
   if (h.http !== undefined) {
     try {
       const res = await fetch(h.http, {
+        headers: { 'user-agent': PROBE_USER_AGENT },
         signal: AbortSignal.any([signal, AbortSignal.timeout(PROBE_TIMEOUT_MS)])
       })
       await res.body?.cancel()
@@ -87,7 +113,12 @@ export async function probe(h: HealthSpec, signal: AbortSignal): Promise<boolean
         s.destroy()
         resolve(ok)
       }
-      s.once('connect', () => done(true))
+      // Closed with a FIN, not reset: a server logs no "connection reset" for every probe.
+      s.once('connect', () => {
+        s.end()
+        resolve(true)
+      })
+      s.once('close', () => s.destroy())
       s.once('error', () => done(false))
       s.once('timeout', () => done(false))
     })
@@ -106,14 +137,37 @@ export async function probe(h: HealthSpec, signal: AbortSignal): Promise<boolean
   return true
 }
 
+/** Signal a workload's whole process group (it was started as a group leader). */
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal)
+  } catch {
+    try {
+      process.kill(pid, signal)
+    } catch {}
+  }
+}
+
+/** When a process started, in clock ticks since boot (/proc/PID/stat field 22): a pid is reused, this is not. */
+function startTicks(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const v = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])
+    return Number.isFinite(v) ? v : undefined
+  } catch {
+    return undefined
+  }
+}
+
 class Workload {
   readonly name: string
   readonly spec: WorkloadSpec
   readonly key: string
-  readonly logs = new RingBuffer()
+  readonly logs: RingBuffer
   state: Exclude<WorkloadState, 'unknown'> = 'stopped'
   healthy: boolean | null = null
   restarts = 0
+  started = 0
   private child: ChildProcess | undefined
   private startedAt = 0
   private attempt = 0
@@ -123,21 +177,35 @@ class Workload {
   private stopping = false
   private readonly onState: () => void
   private readonly backoff: BackoffOptions
-  private readonly baseEnv: Record<string, string>
+  private readonly env: Record<string, string>
+  private readonly launch: Launch
 
   constructor(
     name: string,
     spec: WorkloadSpec,
+    run: { account: Account; launch: Launch; identityEnv: Record<string, string> },
     onState: () => void,
     backoff: BackoffOptions,
-    baseEnv: Record<string, string>
+    logLines: number
   ) {
     this.name = name
     this.spec = spec
     this.key = canonicalJson(spec)
     this.onState = onState
     this.backoff = backoff
-    this.baseEnv = baseEnv
+    this.launch = run.launch
+    this.logs = new RingBuffer(logLines)
+    // Nothing of the daemon's own environment: only what identifies the workload and its spec gives.
+    this.env = {
+      PATH: WORKLOAD_PATH,
+      HOME: run.account.home,
+      USER: run.account.name,
+      LOGNAME: run.account.name,
+      ...run.identityEnv,
+      RHIZOME_WORKLOAD: name,
+      RHIZOME_WORKLOAD_VERSION: spec.version ?? '',
+      ...spec.env
+    }
   }
 
   get pid(): number | undefined {
@@ -146,21 +214,20 @@ class Workload {
 
   start(): void {
     if (this.stopping) return
-    const [cmd, ...args] = this.spec.command as [string, ...string[]]
+    const cmd = this.spec.command[0] as string
     this.state = 'starting'
     this.healthy = this.spec.health === undefined ? null : false
     this.startedAt = Date.now()
+    this.started++
     let child: ChildProcess
     try {
-      child = spawn(cmd, args, {
+      child = spawn(this.launch.command, this.launch.args, {
         cwd: this.spec.cwd,
-        env: {
-          ...process.env,
-          ...this.baseEnv,
-          RHIZOME_WORKLOAD: this.name,
-          RHIZOME_WORKLOAD_VERSION: this.spec.version ?? '',
-          ...this.spec.env
-        },
+        env: this.env,
+        uid: this.launch.uid,
+        gid: this.launch.gid,
+        // A process group of its own: stopping it stops what it started too.
+        detached: true,
         stdio: ['ignore', 'pipe', 'pipe']
       })
     } catch (err) {
@@ -197,6 +264,13 @@ class Workload {
     })
   }
 
+  /** Pid and start time of the running process, for the pid file. */
+  record(): { pid: number; start: number; cmd: string } | undefined {
+    const pid = this.child?.pid
+    if (pid === undefined) return undefined
+    return { pid, start: startTicks(pid) ?? 0, cmd: this.spec.command[0] as string }
+  }
+
   private crashed(): void {
     clearTimeout(this.probeTimer)
     this.state = 'crashed'
@@ -223,12 +297,11 @@ class Workload {
         this.healthy = ok
         if (ok) this.state = 'running'
         if (changed) this.onState()
-        // Probe quickly while starting so "up" is reported promptly, then at the set interval.
-        this.scheduleProbe(
-          this.state === 'starting'
-            ? Math.min(250, h.intervalMs ?? DEFAULT_PROBE_INTERVAL_MS)
-            : (h.intervalMs ?? DEFAULT_PROBE_INTERVAL_MS)
-        )
+        // Probe quickly just after a start so "up" is reported promptly, then at the set
+        // interval, also when the workload never comes up (each probe may cost it a log line).
+        const interval = h.intervalMs ?? DEFAULT_PROBE_INTERVAL_MS
+        const fast = this.state === 'starting' && Date.now() - this.startedAt < FAST_PROBE_WINDOW_MS
+        this.scheduleProbe(fast ? Math.min(250, interval) : interval)
       })
     }, delay)
   }
@@ -239,11 +312,17 @@ class Workload {
     clearTimeout(this.restartTimer)
     clearTimeout(this.probeTimer)
     const child = this.child
-    if (child !== undefined && child.exitCode === null && child.signalCode === null) {
+    const pid = child?.pid
+    if (
+      child !== undefined &&
+      pid !== undefined &&
+      child.exitCode === null &&
+      child.signalCode === null
+    ) {
       const exited = new Promise<void>(resolve => child.once('exit', () => resolve()))
-      child.kill('SIGTERM')
+      signalGroup(pid, 'SIGTERM')
       const t = setTimeout(() => {
-        child.kill('SIGKILL')
+        signalGroup(pid, 'SIGKILL')
       }, STOP_GRACE_MS)
       await exited
       clearTimeout(t)
@@ -266,28 +345,39 @@ class Workload {
   }
 }
 
+export interface ProcessesOptions {
+  onState?: () => void
+  backoff?: BackoffOptions
+  /** RHIZOME_* identity variables every workload gets (RHIZOME_NODE_NAME). */
+  env?: Record<string, string>
+  /**
+   * Where the pids of running workloads are recorded, so a daemon that was killed (no graceful
+   * shutdown) stops its orphaned workloads when it starts again (`reapOrphans`).
+   */
+  pidFile?: string
+  /** The daemon config's workloadUser (undefined: the default, accounts.ts). */
+  user?: string
+  /** Lines kept per workload. */
+  logLines?: number
+}
+
 export class ProcessesApplier {
   /** Running workloads; a removed workload's log lines go with it (`logs` no longer knows it). */
   private readonly workloads = new Map<string, Workload>()
   private readonly onState: () => void
   private readonly backoff: BackoffOptions
-  private readonly baseEnv: Record<string, string>
+  private readonly identityEnv: Record<string, string>
+  private readonly defaultUser: string
+  /** Root only by the device owner's word: workloadUser root in the daemon config. */
+  private readonly rootAllowed: boolean
+  private readonly method: SwitchMethod
+  private readonly logLines: number
   private errors: string[] = []
-
   private readonly pidFile: string | undefined
+  /** The one pass over the pid file a previous daemon left; nothing starts before it is done. */
+  private reaping: Promise<number[]> | undefined
 
-  /**
-   * `pidFile`: where the pids of running workloads are recorded, so a daemon that was killed
-   * (no graceful shutdown) stops its orphaned workloads when it starts again (`reapOrphans`).
-   */
-  constructor(
-    opts: {
-      onState?: () => void
-      backoff?: BackoffOptions
-      env?: Record<string, string>
-      pidFile?: string
-    } = {}
-  ) {
+  constructor(opts: ProcessesOptions = {}) {
     this.pidFile = opts.pidFile
     const onState = opts.onState ?? (() => {})
     this.onState = () => {
@@ -295,13 +385,20 @@ export class ProcessesApplier {
       onState()
     }
     this.backoff = opts.backoff ?? DEFAULT_BACKOFF
-    this.baseEnv = opts.env ?? {}
+    this.identityEnv = opts.env ?? {}
+    this.method = switchMethod()
+    this.defaultUser = defaultWorkloadUser(opts.user, this.method)
+    this.rootAllowed =
+      opts.user === 'root' || opts.user === '0' || opts.user?.startsWith('0:') === true
+    this.logLines = opts.logLines ?? DEFAULT_LOG_LINES
   }
 
   /** Make the running workloads equal `desired` (name → spec). */
   async apply(
     desired: Record<string, unknown>
   ): Promise<{ started: string[]; stopped: string[]; errors: string[] }> {
+    // "Stop orphans, then start" holds whoever asks for the first pass, and however early.
+    await this.reapOrphans()
     const specs = new Map<string, WorkloadSpec>()
     const errors: string[] = []
     for (const [name, raw] of Object.entries(desired).slice(0, MAX_WORKLOADS)) {
@@ -326,7 +423,20 @@ export class ProcessesApplier {
     }
     for (const [name, spec] of specs) {
       if (this.workloads.has(name)) continue
-      const w = new Workload(name, spec, this.onState, this.backoff, this.baseEnv)
+      let run: { account: Account; launch: Launch; identityEnv: Record<string, string> }
+      try {
+        const account = lookupAccount(spec.user ?? this.defaultUser)
+        const argv = spec.command as [string, ...string[]]
+        run = {
+          account,
+          launch: launchAs(argv, account, this.method, this.rootAllowed),
+          identityEnv: this.identityEnv
+        }
+      } catch (err) {
+        errors.push(`workload "${name}": ${(err as Error).message}`)
+        continue
+      }
+      const w = new Workload(name, spec, run, this.onState, this.backoff, this.logLines)
       this.workloads.set(name, w)
       w.start()
       started.push(name)
@@ -357,9 +467,7 @@ export class ProcessesApplier {
   private recorded = ''
   private recordPids(): void {
     if (this.pidFile === undefined) return
-    const list = [...this.workloads.values()]
-      .filter(w => w.pid !== undefined)
-      .map(w => ({ pid: w.pid, cmd: w.spec.command[0] }))
+    const list = [...this.workloads.values()].flatMap(w => w.record() ?? [])
     const text = JSON.stringify(list)
     if (text === this.recorded) return
     try {
@@ -371,37 +479,45 @@ export class ProcessesApplier {
   }
 
   /**
-   * Stop workloads left running by a previous daemon process that did not shut down cleanly:
-   * each recorded pid is signalled only if /proc shows it still runs the recorded command, so
-   * a pid reused by an unrelated process is left alone. Returns the pids stopped.
+   * Stop the workloads a previous daemon process left running (it did not shut down cleanly),
+   * once: each recorded process group is signalled only if its leader still has the recorded
+   * start time, so a pid reused by an unrelated process is left alone. Resolves with the pids
+   * stopped, after they have exited (bounded), so their replacements can bind the same ports.
    */
-  async reapOrphans(): Promise<number[]> {
+  reapOrphans(): Promise<number[]> {
+    this.reaping ??= this.reap()
+    return this.reaping
+  }
+
+  private async reap(): Promise<number[]> {
     if (this.pidFile === undefined) return []
-    let list: Array<{ pid: number; cmd: string }> = []
+    let list: Array<{ pid: number; start?: number; cmd: string }> = []
     try {
       list = JSON.parse(readFileSync(this.pidFile, 'utf8')) as typeof list
     } catch {
       return []
     }
     const stopped: number[] = []
-    for (const { pid, cmd } of Array.isArray(list) ? list.slice(0, MAX_WORKLOADS) : []) {
+    for (const { pid, start, cmd } of Array.isArray(list) ? list.slice(0, MAX_WORKLOADS) : []) {
       if (!Number.isInteger(pid) || pid <= 1 || typeof cmd !== 'string') continue
-      let argv0 = ''
-      try {
-        argv0 = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] ?? ''
-      } catch {
-        continue
+      const ticks = startTicks(pid)
+      if (ticks === undefined) continue
+      if (typeof start === 'number' && start > 0) {
+        if (ticks !== start) continue
+      } else {
+        // A pid file from before start times were recorded: the command must still match.
+        let argv0 = ''
+        try {
+          argv0 = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] ?? ''
+        } catch {}
+        if (argv0 !== cmd) continue
       }
-      if (argv0 !== cmd) continue
-      try {
-        process.kill(pid, 'SIGTERM')
-        stopped.push(pid)
-      } catch {}
+      signalGroup(pid, 'SIGTERM')
+      stopped.push(pid)
     }
     try {
-      writeFileSync(this.pidFile, '[]')
+      writeFileSync(this.pidFile, '[]', { mode: 0o600 })
     } catch {}
-    // Wait (bounded) for them to exit, so their replacements can bind the same ports.
     const alive = (pid: number): boolean => {
       try {
         process.kill(pid, 0)
@@ -413,11 +529,7 @@ export class ProcessesApplier {
     for (let i = 0; i < 50 && stopped.some(alive); i++) {
       await new Promise(resolve => setTimeout(resolve, 100))
     }
-    for (const pid of stopped.filter(alive)) {
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {}
-    }
+    for (const pid of stopped.filter(alive)) signalGroup(pid, 'SIGKILL')
     return stopped
   }
 

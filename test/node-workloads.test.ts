@@ -1,0 +1,403 @@
+/**
+ * Workloads with real processes: a clean environment (nothing of the daemon's own, such as
+ * RHIZOME_PASSPHRASE), the configured unprivileged user (root only by the daemon config's
+ * word), a data directory they cannot read, orphans of a killed daemon stopped before anything
+ * starts, and health probes that do not flood a workload's log. Where switching users needs
+ * root, the test says so and is skipped when not run as root.
+ */
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn, spawnSync } from 'node:child_process'
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { stringify } from 'yaml'
+import { ProcessesApplier } from '../node/appliers/processes.ts'
+import { daemonConfig, initFleet, rhizome, startDaemon, stopAll } from './fixtures/node-harness.ts'
+import { waitFor } from './fixtures/wait.ts'
+
+const ROOT_ONLY = process.getuid?.() === 0 ? undefined : 'switching users needs root'
+const WORKLOAD_USER = 'rhizome-test-wl'
+const DAEMON_USER = 'rhizome-test-daemon'
+/** For Node children run as scripts: without the test runner's NODE_TEST_CONTEXT. */
+const SCRIPT_ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' }
+
+/** A system user for the test (created if missing; needs root). */
+function ensureUser(name: string): { uid: number; gid: number } {
+  if (spawnSync('id', ['-u', name]).status !== 0) {
+    const r = spawnSync(
+      'useradd',
+      ['--system', '--no-create-home', '--shell', '/bin/false', name],
+      {
+        encoding: 'utf8'
+      }
+    )
+    assert.equal(r.status, 0, `useradd ${name}: ${r.stderr}`)
+  }
+  const id = (flag: string): number =>
+    Number(spawnSync('id', [flag, name], { encoding: 'utf8' }).stdout.trim())
+  return { uid: id('-u'), gid: id('-g') }
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer()
+  await new Promise<void>(resolve => s.listen(0, '127.0.0.1', () => resolve()))
+  const port = (s.address() as AddressInfo).port
+  await new Promise<void>(resolve => s.close(() => resolve()))
+  return port
+}
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** uid and effective capabilities of a running process, from /proc. */
+async function credentials(pid: number): Promise<{ uid: number; capEff: string }> {
+  const s = await readFile(`/proc/${pid}/status`, 'utf8')
+  return {
+    uid: Number(/^Uid:\s+(\d+)/m.exec(s)?.[1]),
+    capEff: /^CapEff:\s+([0-9a-f]+)/m.exec(s)?.[1] ?? ''
+  }
+}
+
+/** A directory anyone may enter and write (the workload users' scratch space). */
+async function openDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
+  await chmod(dir, 0o777)
+  return dir
+}
+
+describe('workloads', { timeout: 120_000 }, () => {
+  it('get a clean environment: their spec, PATH/HOME/USER, the RHIZOME_* identity, nothing of the daemon', async () => {
+    const dir = await openDir('rhizome-env-')
+    const secret = 'daemon-passphrase-must-not-leak'
+    process.env.RHIZOME_PASSPHRASE = secret
+    const root = process.getuid?.() === 0
+    const procs = new ProcessesApplier({
+      env: { RHIZOME_NODE_NAME: 'n1' },
+      user: root ? ensureUser(WORKLOAD_USER) && WORKLOAD_USER : undefined
+    })
+    try {
+      const out = join(dir, 'env')
+      const r = await procs.apply({
+        w: { command: ['/bin/sh', '-c', `env > ${out}; exec sleep 60`], env: { FOO: 'bar' } }
+      })
+      assert.deepEqual(r.errors, [])
+      const text = await waitFor('the workload to write its environment', async () =>
+        ((await readFile(out, 'utf8').catch(() => '')) || undefined)?.includes('FOO=')
+          ? await readFile(out, 'utf8')
+          : undefined
+      )
+      const names = text
+        .trim()
+        .split('\n')
+        .map(l => l.slice(0, l.indexOf('=')))
+        // The shell adds these of its own.
+        .filter(n => !['PWD', 'SHLVL', '_', 'OLDPWD'].includes(n))
+      assert.deepEqual(names.sort(), [
+        'FOO',
+        'HOME',
+        'LOGNAME',
+        'PATH',
+        'RHIZOME_NODE_NAME',
+        'RHIZOME_WORKLOAD',
+        'RHIZOME_WORKLOAD_VERSION',
+        'USER'
+      ])
+      assert.doesNotMatch(text, new RegExp(secret))
+    } finally {
+      delete process.env.RHIZOME_PASSPHRASE
+      await procs.stopAll()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  it(
+    'run as the configured user, and as root only when the daemon config says workloadUser: root',
+    {
+      skip: ROOT_ONLY
+    },
+    async () => {
+      const wl = ensureUser(WORKLOAD_USER)
+      const procs = new ProcessesApplier({ user: WORKLOAD_USER })
+      try {
+        const r = await procs.apply({
+          plain: { command: ['/bin/sleep', '60'] },
+          byName: { command: ['/bin/sleep', '61'], user: 'nobody' },
+          root: { command: ['/bin/sleep', '62'], user: 'root' },
+          ghost: { command: ['/bin/sleep', '63'], user: 'no-such-user-here' }
+        })
+        assert.equal(r.errors.length, 2, r.errors.join('\n'))
+        assert.match(
+          r.errors.join('\n'),
+          /"root": a workload may run as root only when the daemon config sets workloadUser: root/
+        )
+        assert.match(r.errors.join('\n'), /"ghost": the user "no-such-user-here" does not exist/)
+        const status = procs.status()
+        const pid = (n: string): number => status[n]?.pid as number
+        assert.deepEqual(await credentials(pid('plain')), {
+          uid: wl.uid,
+          capEff: '0000000000000000'
+        })
+        assert.equal((await credentials(pid('byName'))).uid, 65534)
+        assert.deepEqual(Object.keys(status).sort(), ['byName', 'plain'])
+        // The device owner's word: workloadUser root.
+        const asRoot = new ProcessesApplier({ user: 'root' })
+        const r2 = await asRoot.apply({ root: { command: ['/bin/sleep', '64'], user: 'root' } })
+        assert.deepEqual(r2.errors, [])
+        assert.equal((await credentials(asRoot.status().root?.pid as number)).uid, 0)
+        await asRoot.stopAll()
+      } finally {
+        await procs.stopAll()
+      }
+    }
+  )
+
+  it(
+    'started by a daemon that runs as its own user with CAP_SETUID, hold no capabilities',
+    {
+      skip: ROOT_ONLY
+    },
+    async t => {
+      const daemonUser = ensureUser(DAEMON_USER)
+      const wl = ensureUser(WORKLOAD_USER)
+      // The daemon user must be able to run this checkout's Node and code (not so in a private
+      // CI directory).
+      const probe = spawnSync(
+        'setpriv',
+        [
+          `--reuid=${daemonUser.uid}`,
+          `--regid=${daemonUser.gid}`,
+          '--clear-groups',
+          process.execPath,
+          '-e',
+          `require('node:fs').accessSync(${JSON.stringify(fileURLToPath(import.meta.url))})`
+        ],
+        { env: SCRIPT_ENV }
+      )
+      if (probe.status !== 0) {
+        t.skip(`${DAEMON_USER} cannot read this checkout (${probe.stderr.toString().trim()})`)
+        return
+      }
+      const dir = await openDir('rhizome-setpriv-')
+      try {
+        const script = join(dir, 'run.ts')
+        await writeFile(
+          script,
+          `import { ProcessesApplier } from ${JSON.stringify(fileURLToPath(new URL('../node/appliers/processes.ts', import.meta.url)))}
+const p = new ProcessesApplier({ user: ${JSON.stringify(WORKLOAD_USER)} })
+const r = await p.apply({ w: { command: ['/bin/sleep', '60'] } })
+await new Promise(resolve => setTimeout(resolve, 300))
+process.stdout.write(JSON.stringify({ errors: r.errors, pid: p.status().w?.pid }) + '\\n')
+await new Promise(resolve => process.stdin.once('data', resolve))
+await p.stopAll()
+`
+        )
+        const child = spawn(
+          'setpriv',
+          [
+            `--reuid=${daemonUser.uid}`,
+            `--regid=${daemonUser.gid}`,
+            '--clear-groups',
+            '--inh-caps=+setuid,+setgid,+kill',
+            '--ambient-caps=+setuid,+setgid,+kill',
+            process.execPath,
+            script
+          ],
+          { stdio: ['pipe', 'pipe', 'inherit'], env: SCRIPT_ENV }
+        )
+        const line = await new Promise<string>(resolve =>
+          child.stdout.setEncoding('utf8').once('data', (d: string) => resolve(d))
+        )
+        const { errors, pid } = JSON.parse(line) as { errors: string[]; pid: number }
+        assert.deepEqual(errors, [])
+        assert.notEqual((await credentials(child.pid as number)).capEff, '0000000000000000')
+        assert.deepEqual(await credentials(pid), { uid: wl.uid, capEff: '0000000000000000' })
+        child.stdin.end('stop\n')
+        await new Promise(resolve => child.once('exit', resolve))
+        assert.equal(alive(pid), false, 'the daemon stopped the workload of another user')
+      } finally {
+        await rm(dir, { recursive: true, force: true })
+      }
+    }
+  )
+
+  it('orphans of a killed daemon are stopped before anything starts, whoever asks first', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'rhizome-orphans-'))
+    const port = await freePort()
+    const server = `require('node:http').createServer((q, s) => s.end('ok')).listen(${port}, '127.0.0.1')`
+    // What a killed daemon leaves: a workload holding its port, and the pid file naming it.
+    const orphan = spawn(process.execPath, ['-e', server], { detached: true, stdio: 'ignore' })
+    await waitFor('the orphan to listen', () => fetch(`http://127.0.0.1:${port}/`).then(r => r.ok))
+    const stat = await readFile(`/proc/${orphan.pid}/stat`, 'utf8')
+    const start = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])
+    const pidFile = join(dir, 'workloads.pids')
+    await writeFile(pidFile, JSON.stringify([{ pid: orphan.pid, start, cmd: process.execPath }]))
+    const procs = new ProcessesApplier({
+      pidFile,
+      user: process.getuid?.() === 0 ? 'root' : undefined
+    })
+    try {
+      // A revision arriving at once: apply is the first call, before any explicit reapOrphans.
+      const r = await procs.apply({
+        web: {
+          command: [process.execPath, '-e', server],
+          health: { http: `http://127.0.0.1:${port}/`, intervalMs: 200 }
+        }
+      })
+      assert.deepEqual(r.errors, [])
+      assert.equal(alive(orphan.pid as number), false, 'the orphan was stopped first')
+      await waitFor('the new workload to be healthy', () => procs.status().web?.healthy === true)
+      assert.equal(procs.status().web?.restarts, 0, procs.logs('web')?.join('\n'))
+    } finally {
+      if (alive(orphan.pid as number)) process.kill(orphan.pid as number, 'SIGKILL')
+      await procs.stopAll()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('health probes of a workload that never comes up slow down, and their log lines fold', async () => {
+    const port = await freePort()
+    const seen: number[] = []
+    const t0 = Date.now()
+    const server = createServer()
+    await new Promise<void>(resolve => server.listen(port, '127.0.0.1', () => resolve()))
+    server.close()
+    const procs = new ProcessesApplier({
+      user: process.getuid?.() === 0 ? 'root' : undefined,
+      logLines: 20
+    })
+    // The workload answers 500 and writes an access-log line (with a time) for every request.
+    const js = `console.log('ready'); require('node:http').createServer((q, s) => { console.log(new Date().toISOString() + ' GET ' + q.url + ' 500 ' + q.headers['user-agent']); s.statusCode = 500; s.end() }).listen(${port}, '127.0.0.1')`
+    try {
+      await procs.apply({
+        sick: {
+          command: [process.execPath, '-e', js],
+          health: { http: `http://127.0.0.1:${port}/healthz`, intervalMs: 1000 }
+        }
+      })
+      const deadline = 8000
+      await waitFor(
+        'eight seconds of probes',
+        () => {
+          const lines = procs.logs('sick') ?? []
+          const folded = lines.find(l => l.includes('GET /healthz'))
+          const m = folded === undefined ? null : /\(×(\d+)\)$/.exec(folded)
+          if (m !== null) seen.push(Number(m[1]))
+          return Date.now() - t0 > deadline
+        },
+        deadline + 5000,
+        100
+      )
+      const lines = procs.logs('sick') ?? []
+      assert.ok(lines.includes('ready'), lines.join('\n'))
+      assert.equal(lines.filter(l => l.includes('GET /healthz')).length, 1, lines.join('\n'))
+      assert.match(lines.join('\n'), /rhizome-health-probe/)
+      // 250 ms apart for the first 5 s (~20), then one a second: well under the 32 that
+      // probing every 250 ms for 8 s would make.
+      const probes = Math.max(...seen)
+      assert.ok(probes >= 15 && probes <= 27, `probes seen: ${probes}`)
+    } finally {
+      await procs.stopAll()
+    }
+  })
+})
+
+describe('the data directory and a daemon killed under its workloads', { timeout: 120_000 }, () => {
+  it(
+    'workloads cannot read the device key or the store; a restarted daemon stops the orphan and starts it again',
+    {
+      skip: ROOT_ONLY
+    },
+    async () => {
+      ensureUser(WORKLOAD_USER)
+      const parent = await mkdtemp(join(tmpdir(), 'rhizome-datadir-'))
+      // A data directory a careless admin made with 0755, in a directory anyone may enter.
+      await chmod(parent, 0o755)
+      const shared = await openDir('rhizome-datadir-out-')
+      try {
+        const env = { RHIZOME_PASSPHRASE: 'data dir test passphrase' }
+        await initFleet(parent, 'datadir', ['n1'], env)
+        const data = join(parent, 'data-n1')
+        await chmod(data, 0o755)
+        await mkdir(join(data, 'store'), { recursive: true })
+        const probeScript = [
+          `cat ${join(data, 'identity.key')} > ${shared}/key 2>&1`,
+          `ls ${join(data, 'store')} > ${shared}/store 2>&1`,
+          `echo $$ > ${shared}/pid`,
+          'exec sleep 600'
+        ].join('; ')
+        await writeFile(
+          join(parent, 'n1.yaml'),
+          stringify(
+            daemonConfig(parent, 'n1', {
+              workloadUser: WORKLOAD_USER,
+              listen: ['/ip4/127.0.0.1/tcp/0']
+            })
+          )
+        )
+        let d = await startDaemon(join(parent, 'n1.yaml'))
+        await writeFile(
+          join(parent, 'fleet.yaml'),
+          stringify({
+            fleet: {
+              defaults: { workloads: { probe: { command: ['/bin/sh', '-c', probeScript] } } }
+            }
+          })
+        )
+        const apply = await rhizome(
+          [
+            'apply',
+            '-f',
+            join(parent, 'fleet.yaml'),
+            '--key',
+            join(parent, 'fleet/admin.key'),
+            '--daemon',
+            d.url
+          ],
+          env
+        )
+        assert.equal(apply.code, 0, apply.stderr)
+        const first = Number(
+          await waitFor(
+            'the workload to start',
+            async () =>
+              (await readFile(join(shared, 'pid'), 'utf8').catch(() => '')).trim() || undefined
+          )
+        )
+        assert.match(await readFile(join(shared, 'key'), 'utf8'), /Permission denied/)
+        assert.match(await readFile(join(shared, 'store'), 'utf8'), /Permission denied/)
+        // The daemon dies without stopping anything; its workload runs on, orphaned.
+        d.proc.kill('SIGKILL')
+        await d.stop()
+        assert.equal(alive(first), true, 'the orphan outlived its daemon')
+        await rm(join(shared, 'pid'))
+        d = await startDaemon(join(parent, 'n1.yaml'))
+        const second = Number(
+          await waitFor(
+            'the workload to start again',
+            async () =>
+              (await readFile(join(shared, 'pid'), 'utf8').catch(() => '')).trim() || undefined
+          )
+        )
+        assert.notEqual(second, first)
+        assert.equal(alive(first), false, 'the orphan was stopped')
+        const orphaned = d.events.find(e => e.event === 'workloads.orphans-stopped')
+        assert.deepEqual(orphaned?.pids, [first])
+        await d.stop()
+        assert.equal(alive(second), false)
+      } finally {
+        await stopAll()
+        await rm(parent, { recursive: true, force: true })
+        await rm(shared, { recursive: true, force: true })
+      }
+    }
+  )
+})
