@@ -35,6 +35,7 @@ import {
   type Equivocation
 } from './equivocation.ts'
 import { judgeChanges, type InvalidReason, type ValidityContext } from './validity.ts'
+import { diffMaps, plainValue, type DiffOp } from './config-diff.ts'
 import {
   actorKeyHex,
   checkActorChains,
@@ -65,6 +66,8 @@ export const MAX_PENDING_BYTES = 64 * 1024 * 1024
 export const SNAPSHOT_EVERY_BATCHES = 200
 /** A batch at least this large, and larger than the document, is loaded together with it. */
 const LOAD_WHOLE_MIN_CHANGES = 256
+/** Dropped changes whose value diff is worked out for re-signing, per rebuild. */
+export const MAX_DIFFS_PER_REBUILD = 256
 /** Hashes of dropped changes remembered, so their descendants are dropped too, not parked. */
 export const MAX_REMEMBERED_INVALID = 65_536
 /** Store meta keys of a document's equivocation evidence: `equivocation/<doc>/<actor>`. */
@@ -133,6 +136,12 @@ export interface InvalidatedChange {
   reason: InvalidReason
   time: number
   message: string | null
+  /**
+   * What the change did, as a value diff against the changes it built on (the first
+   * `MAX_DIFFS_PER_REBUILD` dropped at once have one): what its author signs again
+   * (`rhizome resign`) if it was honest.
+   */
+  diff?: DiffOp[]
 }
 
 /** A key plus the actor id (key + session) it writes as. */
@@ -431,14 +440,33 @@ export class SignedDocument<T = Record<string, unknown>> {
   /**
    * The cut a trust statement should name for `keyHex` here to keep everything this document
    * holds of it valid: per actor of the key, its latest change (`rhizome` fills revocations in
-   * from this; cutting earlier means naming earlier changes).
+   * from this). With `heads`, the cut at that earlier revision (a key compromised since).
    */
-  cutFor(keyHex: string): CutTip[] {
+  cutFor(keyHex: string, heads?: string[]): CutTip[] {
     this.changeIndex()
     const out: CutTip[] = []
-    for (const [actor, chain] of this.chains) {
-      if (actor.slice(0, 64) !== keyHex || chain.length === 0) continue
-      out.push({ actor, seq: chain.length, hash: chain.at(-1) as string })
+    if (heads !== undefined) {
+      // Earlier than now: the key's latest change per actor among these heads' ancestors.
+      const last = new Map<string, CutTip>()
+      const metas = new Map(Automerge.getChangesMetaSince(this.doc, []).map(m => [m.hash, m]))
+      const seen = new Set<string>()
+      const stack = [...heads]
+      while (stack.length > 0) {
+        const m = metas.get(stack.pop() as string)
+        if (m === undefined || seen.has(m.hash)) continue
+        seen.add(m.hash)
+        stack.push(...m.deps)
+        if (m.actor.slice(0, 64) !== keyHex) continue
+        if ((last.get(m.actor)?.seq ?? 0) < m.seq) {
+          last.set(m.actor, { actor: m.actor, seq: m.seq, hash: m.hash })
+        }
+      }
+      out.push(...last.values())
+    } else {
+      for (const [actor, chain] of this.chains) {
+        if (actor.slice(0, 64) !== keyHex || chain.length === 0) continue
+        out.push({ actor, seq: chain.length, hash: chain.at(-1) as string })
+      }
     }
     return out.sort((a, b) => (a.actor < b.actor ? -1 : a.actor > b.actor ? 1 : 0))
   }
@@ -967,9 +995,17 @@ export class SignedDocument<T = Record<string, unknown>> {
     }
     const dropped: InvalidatedChange[] = metas
       .filter(m => bad.has(m.hash))
-      .map(m => {
+      .map((m, i) => {
         const signer = actorKeyHex(m.actor)
+        const diff =
+          i < MAX_DIFFS_PER_REBUILD
+            ? diffMaps(
+                (plainValue(this.valueAt(m.deps)) ?? {}) as Record<string, unknown>,
+                (plainValue(this.valueAt([m.hash])) ?? {}) as Record<string, unknown>
+              )
+            : undefined
         return {
+          ...(diff === undefined ? {} : { diff }),
           hash: m.hash,
           actor: m.actor,
           seq: m.seq,

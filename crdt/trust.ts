@@ -142,6 +142,23 @@ export async function signStatement(
   return { statement, signatures }
 }
 
+/**
+ * Add `signers`' signatures to a statement (multi-party signing: each root holder adds theirs
+ * on their own machine). A signature already there by the same key is replaced.
+ */
+export async function addSignatures(
+  signed: SignedTrustStatement,
+  signers: KeyPair[],
+  ed: Ed25519
+): Promise<SignedTrustStatement> {
+  const mine = await signStatement(signed.statement, signers, ed)
+  const keys = new Set(mine.signatures.map(s => s.key))
+  return {
+    statement: signed.statement,
+    signatures: [...signed.signatures.filter(s => !keys.has(s.key)), ...mine.signatures]
+  }
+}
+
 export function encodeTrustStatement(s: SignedTrustStatement): Uint8Array {
   return utf8(canonicalJson(s))
 }
@@ -701,6 +718,21 @@ async function verifyThreshold(
       `trust statement version ${signed.statement.version} has ${good.size} valid root signature(s); ${threshold} are required`
     )
   }
+}
+
+/** How many of `roots`' signatures on `signed` verify (for `rhizome trust publish` to report). */
+export async function countRootSignatures(
+  signed: SignedTrustStatement,
+  roots: string[],
+  ed: Ed25519
+): Promise<number> {
+  const digest = statementDigest(signed.statement)
+  const good = new Set<string>()
+  for (const { key, signature } of signed.signatures) {
+    if (!roots.includes(key) || good.has(key)) continue
+    if (await ed.verify(fromHex(key), digest, fromHex(signature))) good.add(key)
+  }
+  return good.size
 }
 
 export interface GenesisOptions {

@@ -2,7 +2,17 @@
  * What every `rhizome` command module shares (cli.ts and the cli-*.ts modules that register
  * commands on its program): exit codes and their help text, output, the --daemon option.
  */
+import { readFile } from 'node:fs/promises'
 import { Option } from 'commander'
+import {
+  decryptKeyFile,
+  fingerprint,
+  parseKeyFile,
+  parsePublicKey,
+  type KeyPair
+} from '../crdt/keys.ts'
+import { readPassphrase } from './passphrase.ts'
+import { UsageError } from './errors.ts'
 import { categoryOf, ErrorCategory } from '../crdt/errors.ts'
 
 export const EXIT = { ok: 0, usage: 1, rejected: 2, unreachable: 3, internal: 4 } as const
@@ -40,4 +50,40 @@ export function daemonOption(): Option {
     process.env.RHIZOME_DAEMON ?? 'http://127.0.0.1:8080',
     '$RHIZOME_DAEMON or http://127.0.0.1:8080'
   )
+}
+
+/** Read and open the signing key of a command that writes (--key or $RHIZOME_KEY). */
+export async function loadSigningKey(opts: {
+  key?: string
+  passphraseFile?: string
+}): Promise<KeyPair> {
+  const file = opts.key ?? process.env.RHIZOME_KEY
+  if (file === undefined) {
+    throw new UsageError(
+      'a signing key is needed: pass --key FILE (an admin or operator key file from `rhizome init`) or set RHIZOME_KEY'
+    )
+  }
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new UsageError(`cannot read key file ${file}: ${(err as Error).message}`)
+  }
+  const kf = parseKeyFile(text)
+  return decryptKeyFile(
+    kf,
+    await readPassphrase(
+      opts,
+      `passphrase for ${kf.label} (${fingerprint(parsePublicKey(kf.publicKey))}): `
+    )
+  )
+}
+
+/** The signing key of the commands that write (enrol, apply, rollback). */
+export function keyOption(): Option {
+  return new Option('--key <file>', 'admin or operator key file (else $RHIZOME_KEY)')
+}
+
+export function passphraseOption(): Option {
+  return new Option('--passphrase-file <file>', 'read the passphrase from this file')
 }

@@ -9,15 +9,7 @@ import { access, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { Command, InvalidArgumentError, Option } from 'commander'
 import { createGenesis } from '../crdt/trust.ts'
-import {
-  decryptKeyFile,
-  encryptKeyFile,
-  fingerprint,
-  generateKeyPair,
-  parseKeyFile,
-  parsePublicKey,
-  type KeyPair
-} from '../crdt/keys.ts'
+import { encryptKeyFile, fingerprint, generateKeyPair } from '../crdt/keys.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { Replica } from '../crdt/replica.ts'
 import { DEVICES_DOC } from '../crdt/devices.ts'
@@ -32,7 +24,17 @@ import { loadDaemonConfig, parseLabelArgs } from './config.ts'
 import { createIdentity, readIdentity } from './identity.ts'
 import { readPassphrase } from './passphrase.ts'
 import { UsageError } from './errors.ts'
-import { daemonOption, EXIT, EXIT_HELP, exitCodeFor, say } from './cli-common.ts'
+import {
+  daemonOption,
+  EXIT,
+  EXIT_HELP,
+  exitCodeFor,
+  keyOption,
+  loadSigningKey,
+  passphraseOption,
+  say
+} from './cli-common.ts'
+import { registerTrustCommands } from './cli-trust.ts'
 import { registerBundleCommands } from './cli-bundle.ts'
 import { freezeForApply } from './cli-rollout.ts'
 import { artifactLines, registerArtifactCommands } from './cli-artifacts.ts'
@@ -45,29 +47,6 @@ async function exists(p: string): Promise<boolean> {
   } catch {
     return false
   }
-}
-
-async function loadSigningKey(opts: { key?: string; passphraseFile?: string }): Promise<KeyPair> {
-  const file = opts.key ?? process.env.RHIZOME_KEY
-  if (file === undefined) {
-    throw new UsageError(
-      'a signing key is needed: pass --key FILE (an admin or operator key file from `rhizome init`) or set RHIZOME_KEY'
-    )
-  }
-  let text: string
-  try {
-    text = await readFile(file, 'utf8')
-  } catch (err) {
-    throw new UsageError(`cannot read key file ${file}: ${(err as Error).message}`)
-  }
-  const kf = parseKeyFile(text)
-  return decryptKeyFile(
-    kf,
-    await readPassphrase(
-      opts,
-      `passphrase for ${kf.label} (${fingerprint(parsePublicKey(kf.publicKey))}): `
-    )
-  )
 }
 
 // ---- commands --------------------------------------------------------------------------------
@@ -135,42 +114,6 @@ async function publish(
   if (batch === undefined) return
   const r = await client.postBatch(batch)
   say(`${docId}: ${r.status}, revision ${r.heads.map(h => h.slice(0, 12)).join(',')}`)
-}
-
-async function cmdEnrol(
-  key: string,
-  opts: { name: string; label: string[]; key?: string; passphraseFile?: string; daemon: string }
-): Promise<void> {
-  let pub: Uint8Array
-  try {
-    pub = parsePublicKey(key)
-  } catch {
-    throw new UsageError(
-      `"${key}" is not a device public key (64 hex characters, printed by \`rhizome node init\`)`
-    )
-  }
-  const labels = parseLabelArgs(opts.label)
-  const client = new DaemonClient(opts.daemon)
-  const replica = await client.localReplica([DEVICES_DOC])
-  const pair = await loadSigningKey(opts)
-  const doc = await replica.open<{ devices?: Record<string, unknown> }>(DEVICES_DOC)
-  const hex = toHex(pub)
-  const batch = await doc.change(
-    Replica.signer(pair),
-    d => {
-      d.devices ??= {}
-      d.devices[hex] = {
-        name: opts.name,
-        labels,
-        enrolledBy: toHex(pair.publicKey),
-        enrolledAt: new Date().toISOString(),
-        revoked: false
-      }
-    },
-    `enrol ${opts.name}`
-  )
-  say(`enrolled ${opts.name} (${fingerprint(pub)}) labels ${JSON.stringify(labels)}`)
-  await publish(client, DEVICES_DOC, batch)
 }
 
 async function currentDocs(replica: Replica): Promise<FleetDocuments> {
@@ -369,15 +312,6 @@ async function cmdStart(opts: { config?: string }): Promise<void> {
 
 // ---- wiring ----------------------------------------------------------------------------------
 
-/** The signing key of the commands that write (enrol, apply, rollback). */
-function keyOption(): Option {
-  return new Option('--key <file>', 'admin or operator key file (else $RHIZOME_KEY)')
-}
-
-function passphraseOption(): Option {
-  return new Option('--passphrase-file <file>', 'read the passphrase from this file')
-}
-
 const collect = (v: string, prev: string[]): string[] => [...prev, v]
 
 /** The daemon answers at most this many history entries (MAX_HISTORY_ENTRIES in daemon.ts). */
@@ -429,19 +363,6 @@ export function program(): Command {
     .requiredOption('--data <dir>', "the daemon's data directory")
     .addHelpText('after', EXIT_HELP)
     .action(cmdNodeInit)
-
-  p.command('enrol')
-    .description(
-      'enrol a device: sign its entry into the "devices" document and publish it through a daemon'
-    )
-    .argument('<public-key>', "the device's public key (hex), printed by `rhizome node init`")
-    .requiredOption('--name <name>', 'device name (node overrides in the config use it)')
-    .option('--label <k=v>', 'a label (repeatable)', collect, [])
-    .addOption(keyOption())
-    .addOption(passphraseOption())
-    .addOption(daemonOption())
-    .addHelpText('after', EXIT_HELP)
-    .action(cmdEnrol)
 
   p.command('start')
     .description('run the daemon (reconciles this device; serves the HTTP API)')
@@ -519,6 +440,7 @@ export function program(): Command {
     .addHelpText('after', EXIT_HELP)
     .action(cmdLogs)
 
+  registerTrustCommands(p, EXIT_HELP)
   registerBundleCommands(p, EXIT_HELP)
   registerArtifactCommands(p, EXIT_HELP)
   return p

@@ -41,6 +41,7 @@ import { enrolledDevicesOf } from '../crdt/devices.ts'
 import { RolloutAgent } from './rollout-agent.ts'
 import { rolloutRoutes } from './rollout-routes.ts'
 import { registerRolloutMetrics } from './rollout-metrics.ts'
+import { TrustWatch } from './trust-daemon.ts'
 
 const log = logger('rhizome:node:daemon')
 
@@ -89,6 +90,7 @@ export class Daemon {
   readonly metrics: DaemonMetrics
   readonly artifacts: Artifacts
   readonly rollouts: RolloutAgent
+  readonly trustWatch: TrustWatch
   private readonly artifactApplier: ArtifactApplier
   readonly startedAt = Date.now()
   private readonly store: LevelStore
@@ -185,6 +187,7 @@ export class Daemon {
     })
     registerArtifactMetrics(this.metrics.registry, artifacts)
     registerRolloutMetrics(this.metrics.registry, this.rollouts)
+    this.trustWatch = new TrustWatch(replica, events, this.metrics.registry)
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
@@ -355,6 +358,7 @@ export class Daemon {
         async () =>
           new Map([...(await enrolledDevicesOf(this.replica))].map(([k, d]) => [k, d.name]))
       ),
+      ...this.trustWatch.routes(),
       ...apiRoutes({
         peerId: this.identity.peerId,
         name: () => this.reconciler.last?.identity.name ?? this.config.name,

@@ -6,8 +6,10 @@
  *   GET  /metrics                    Prometheus text
  *   GET  /api/status                 FleetStatus (status-report.ts): every node, online or last
  *                                    seen, up to date or not, with its status body
- *   GET  /api/trust                  the trust chain, JSON array of signed statements (genesis first)
- *   POST /api/trust                  add the next signed trust statement (JSON)
+ *   GET  /api/trust                  every trust statement held, JSON array of signed statements in
+ *                                    version order (genesis first; a fork's branches too)
+ *   POST /api/trust                  add a signed trust statement (JSON)
+ *   (trust state and equivocation evidence: node/trust-daemon.ts)
  *   GET  /api/docs                   DocSummary[] [{id, heads}]
  *   GET  /api/docs/:id               DocReply {id, heads, value}   (:id URL-encoded, may contain /)
  *   GET  /api/docs/:id/batch         application/octet-stream: encoded SignedBatch of all its changes
@@ -117,7 +119,7 @@ export function apiRoutes(c: ApiComponents): Route[] {
     {
       method: 'GET',
       pattern: /^\/api\/trust$/,
-      handler: async () => ({ json: replica.trust.all })
+      handler: async () => ({ json: replica.trust.held })
     },
     {
       method: 'POST',

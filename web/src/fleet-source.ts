@@ -5,6 +5,7 @@
  *
  * Everything here is plain, structured-cloneable data: it crosses the worker boundary as is.
  */
+import type { LabelSelector } from '../../crdt/trust.ts'
 import type { StatusBody } from '../../crdt/fleet-status.ts'
 import type { Admission } from '../../mesh/types.ts'
 
@@ -43,6 +44,8 @@ export interface DocView {
   /** Plain JSON copy of the document's value. */
   value: Record<string, unknown>
   heads: string[]
+  /** Node selectors of the operators that wrote it (crdt/effective-config.ts `writerScopes`). */
+  writerScopes?: Array<LabelSelector | null>
 }
 
 export interface SignerInfo {

@@ -25,6 +25,7 @@ import { toHex } from '../../crdt/bytes.ts'
 import { checkDocument } from '../../crdt/fleet-yaml.ts'
 import { diffDocument, formatOps, plainValue, signOps } from '../../crdt/config-diff.ts'
 import { historyPage } from '../../crdt/change-history.ts'
+import { writerScopes } from '../../crdt/effective-config.ts'
 import type {
   ConnectionInfo,
   DocView,
@@ -89,7 +90,12 @@ async function docViews(): Promise<DocView[]> {
     let v = docCache.get(id)
     // converting an Automerge document to plain JSON costs; do it once per revision
     if (v === undefined || v.heads.join() !== heads.join()) {
-      v = { id, heads, value: (plainValue(doc.value) ?? {}) as Record<string, unknown> }
+      v = {
+        id,
+        heads,
+        value: (plainValue(doc.value) ?? {}) as Record<string, unknown>,
+        writerScopes: writerScopes(doc.writerKeys(), replica.trust)
+      }
       docCache.set(id, v)
     }
     out.push(v)
