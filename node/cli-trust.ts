@@ -24,13 +24,7 @@ import { DEVICES_DOC, enrolledDevices } from '../crdt/devices.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { signOps } from '../crdt/config-diff.ts'
 import { TrustForkError } from '../crdt/errors.ts'
-import {
-  encryptKeyFile,
-  fingerprint,
-  generateKeyPair,
-  parsePublicKey,
-  type KeyPair
-} from '../crdt/keys.ts'
+import { encryptKeyFile, fingerprint, generateKeyPair, parsePublicKey } from '../crdt/keys.ts'
 import { Replica } from '../crdt/replica.ts'
 import type { SignedBatch } from '../crdt/signed-change.ts'
 import {
@@ -264,8 +258,9 @@ async function cmdPropose(opts: ProposeOptions): Promise<void> {
   for (const v of opts.addOperator) {
     const e = keyAndName(v, '--add-operator')
     const sc = scope()
-    if (sc.docs === undefined)
+    if (sc.docs === undefined) {
       throw new UsageError('--add-operator needs --docs (the documents it may write)')
+    }
     if (sc.selector === undefined) {
       throw new UsageError(
         '--add-operator needs --selector k=v,… (the nodes its documents reach) or --all-nodes'
@@ -567,8 +562,9 @@ async function cmdEnrol(key: string, opts: EnrolOptions): Promise<void> {
   )
   say(`enrolled ${opts.name} (${fingerprint(pub)}) labels ${JSON.stringify(labels)}`)
   if (dropped.length > 0) say(`  labels dropped from its previous entry: ${dropped.join(', ')}`)
-  if (sameName !== undefined)
+  if (sameName !== undefined) {
     say(`  the name moved from device ${fp(sameName.key)}, whose entry is revoked`)
+  }
   await publishBatch(client, batch)
 }
 
@@ -586,8 +582,9 @@ async function deviceByName(client: DaemonClient, name: string) {
         : `"${name}" is enrolled by the trust statement itself; remove it there: rhizome trust propose --remove-node ${name}`
     )
   }
-  if (entries.length > 1)
+  if (entries.length > 1) {
     throw new UsageError(`more than one device is called "${name}"; name it by its public key`)
+  }
   return { replica, doc, key: (entries[0] as [string, unknown])[0] }
 }
 

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs'
 import { access, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import { Command, InvalidArgumentError, Option } from 'commander'
+import { Command, InvalidArgumentError } from 'commander'
 import { createGenesis } from '../crdt/trust.ts'
 import { encryptKeyFile, fingerprint, generateKeyPair } from '../crdt/keys.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
@@ -20,7 +20,7 @@ import { diffDocument, formatOps, plainValue, signOps, type DiffOp } from '../cr
 import type { SignedDocument } from '../crdt/document.ts'
 import { ago, SYNC_LABEL } from '../crdt/fleet-status.ts'
 import { fleetYaml, parseFleetYaml, type FleetDocuments } from '../crdt/fleet-yaml.ts'
-import { loadDaemonConfig, parseLabelArgs } from './config.ts'
+import { loadDaemonConfig } from './config.ts'
 import { createIdentity, readIdentity } from './identity.ts'
 import { readPassphrase } from './passphrase.ts'
 import { UsageError } from './errors.ts'
@@ -311,8 +311,6 @@ async function cmdStart(opts: { config?: string }): Promise<void> {
 }
 
 // ---- wiring ----------------------------------------------------------------------------------
-
-const collect = (v: string, prev: string[]): string[] => [...prev, v]
 
 /** The daemon answers at most this many history entries (MAX_HISTORY_ENTRIES in daemon.ts). */
 const MAX_HISTORY_LIMIT = 1000

@@ -13,6 +13,7 @@ import type { KeyPair } from '../crdt/keys.ts'
 import { genesisHash } from '../crdt/document.ts'
 import { MAX_DOCUMENTS } from '../crdt/replica.ts'
 import {
+  changeDigest,
   newActorId,
   readChanges,
   signChange,
@@ -99,8 +100,8 @@ describe('the CPU-freeze batch (issue 10, item 1)', () => {
     const replica = await fleet.openReplica()
     const { ms, stallMs, result } = await timed(() => thrown(() => replica.accept(batch)))
     assert.equal(result.name, 'UnknownKeyError')
-    assert.ok(ms < 250, `refused in ${ms.toFixed(0)} ms`)
-    assert.ok(stallMs < 250, `event loop stalled ${stallMs.toFixed(0)} ms`)
+    assert.ok(ms < 1_000, `refused in ${ms.toFixed(0)} ms`)
+    assert.ok(stallMs < 1_000, `event loop stalled ${stallMs.toFixed(0)} ms`)
     assert.deepEqual(replica.documentIds(), [], 'no document was created')
   })
 
@@ -118,10 +119,22 @@ describe('the CPU-freeze batch (issue 10, item 1)', () => {
         () => {}
       )
     )
-    // 4,096 signatures verify in ~0.3 s here; the walk over 24,095 changes is a few ms. The old
-    // walk (every signature's whole ancestry) took 24-27 s on this batch.
-    assert.ok(coverage.ms < 3_000, `coverage took ${coverage.ms.toFixed(0)} ms`)
-    assert.ok(coverage.stallMs < 250, `event loop stalled ${coverage.stallMs.toFixed(0)} ms`)
+    // Baseline, measured in this run: verifying the same 4,096 signatures and nothing else.
+    const fleetId = fleet.replicas[0]!.fleetId
+    const started = performance.now()
+    for (const sig of batch.signatures) {
+      await fleet.ed.verify(sig.key, changeDigest(fleetId, 'fleet', sig.hash), sig.signature)
+    }
+    const baselineMs = performance.now() - started
+    // The walk over 24,095 changes adds a few ms to the signatures, and the event loop is free
+    // every 32 of them. The old walk (every signature's whole ancestry) held the event loop for
+    // 24-39 s on this batch, ~100x the signatures' cost. The stall bound leaves room for a
+    // machine shared with other test runs (a load of 24 on 2 cores gave 310 ms).
+    assert.ok(
+      coverage.ms < 3 * baselineMs + 500,
+      `coverage took ${coverage.ms.toFixed(0)} ms; the signatures alone ${baselineMs.toFixed(0)} ms`
+    )
+    assert.ok(coverage.stallMs < 1_000, `event loop stalled ${coverage.stallMs.toFixed(0)} ms`)
     assert.equal(coverage.result.signatures.length, LEAVES + 1)
   })
 })
