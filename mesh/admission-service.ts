@@ -194,6 +194,14 @@ export class AdmissionService
     return this.control.isBanned(peer)
   }
 
+  isNode(peer: PeerId): boolean {
+    return this.control.admissionOf(peer) === 'node'
+  }
+
+  isRevoked(peer: PeerId): boolean {
+    return this.control.isRevoked(peer)
+  }
+
   isEnrolledKey(keyHex: string): boolean {
     return this.control.isEnrolledKey(keyHex)
   }

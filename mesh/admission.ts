@@ -29,12 +29,25 @@ export function peerKeyHex(peer: PeerId): string | undefined {
   return peer.type === 'Ed25519' ? toHex(peer.publicKey.raw) : undefined
 }
 
+/** The keys a devices document marks `revoked: true`. */
+function revokedKeys(devicesDoc: unknown): Set<string> {
+  const out = new Set<string>()
+  const devices = (devicesDoc as { devices?: Record<string, unknown> } | undefined)?.devices
+  if (typeof devices !== 'object' || devices === null) return out
+  for (const [key, v] of Object.entries(devices)) {
+    if ((v as { revoked?: unknown } | null)?.revoked === true) out.add(key)
+  }
+  return out
+}
+
 /** Keys of PeerIds remembered at once (a cache: hex-encoding a key on every check costs). */
 const MAX_KEY_CACHE = 4096
 
 export class AdmissionControl {
   private readonly replica: Replica
   private enrolled = new Map<string, EnrolledDevice>()
+  /** Keys the devices document marks revoked: never dialled, bootstrap list or not. */
+  private revoked = new Set<string>()
   private readonly sessions = new PeerMap<{
     admission: 'viewer' | 'admin-session'
     expires: number
@@ -54,6 +67,21 @@ export class AdmissionControl {
       value = (await this.replica.open(DEVICES_DOC)).value
     }
     this.enrolled = enrolledDevices(this.replica.trust, value)
+    this.revoked = revokedKeys(value)
+  }
+
+  /** The enrolled device named `name`, or whose key (hex) is `name`. */
+  findDevice(name: string): EnrolledDevice | undefined {
+    const byKey = this.enrolled.get(name)
+    if (byKey !== undefined) return byKey
+    for (const d of this.enrolled.values()) if (d.name === name) return d
+    return undefined
+  }
+
+  /** Known to be revoked (the devices document says so). */
+  isRevoked(peer: PeerId): boolean {
+    const key = this.keyOf(peer)
+    return key !== undefined && this.revoked.has(key) && !this.enrolled.has(key)
   }
 
   isEnrolledKey(keyHex: string): boolean {

@@ -24,5 +24,6 @@ const browserPlatform: MeshPlatform = {
 }
 
 export async function createBrowserMesh(options: MeshOptions): Promise<Mesh> {
-  return createMeshOn({ mdns: false, ...options, listen: [] }, browserPlatform)
+  // A browser dials only the daemon it was given: it cannot dial the TCP addresses daemons advertise.
+  return createMeshOn({ mdns: false, ...options, listen: [], extraPeers: 0 }, browserPlatform)
 }

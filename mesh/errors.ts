@@ -73,3 +73,17 @@ export class StatusFloodError extends RhizomeError {
   override name = 'StatusFloodError'
   readonly category = ErrorCategory.PeerFault
 }
+
+/** A node refused a request (logs: not allowed, or asked too often); try again later. */
+export class LogsRefusedError extends RhizomeError {
+  static override name = 'LogsRefusedError'
+  override name = 'LogsRefusedError'
+  readonly category = ErrorCategory.Unavailable
+}
+
+/** A node was named that is not enrolled in the fleet (by name, PeerId or key). */
+export class UnknownNodeError extends RhizomeError {
+  static override name = 'UnknownNodeError'
+  override name = 'UnknownNodeError'
+  readonly category = ErrorCategory.Usage
+}

@@ -106,9 +106,31 @@ export const STATUS_FLOOD_BURST = 10
 /** Defaults for the timers in MeshOptions. */
 export const DEFAULT_ANTI_ENTROPY_MS = 10_000
 export const DEFAULT_STALE_AFTER_MS = 30_000
-/** Bootstrap redial back-off: first retry, cap. */
+/**
+ * Redial back-off (bootstrap peers and learned ones): first retry, cap. The cap is what a peer
+ * that comes back waits at most to be dialled again: a TCP dial every 10 s to a peer that is down
+ * costs nothing worth saving.
+ */
 export const REDIAL_MIN_MS = 500
-export const REDIAL_MAX_MS = 30_000
+export const REDIAL_MAX_MS = 10_000
+/**
+ * Connections kept beyond the bootstrap list, to enrolled nodes picked at random from the
+ * addresses their signed status records advertise: with a few per node the mesh stays connected
+ * when any one node goes down. `MeshOptions.extraPeers` overrides it (0: bootstrap and mDNS only).
+ */
+export const EXTRA_PEERS = 3
+/** Dials to learned peers in flight at once. */
+export const MAX_EXTRA_DIALS = 2
+/** Addresses a node advertises in its status record, at most; longer ones are left out. */
+export const MAX_ADVERTISED_ADDRS = 8
+export const MAX_ADVERTISED_ADDR_CHARS = 256
+/** Remote logs requests (logs-protocol.ts) one peer may make per second, and in a burst. */
+export const LOG_REQUESTS_PER_SECOND = 2
+export const LOG_REQUEST_BURST = 10
+/** Logs requests of one peer answered at once (more streams are reset). */
+export const LOGS_STREAMS_PER_PEER = 2
+/** Peers whose advertised addresses are remembered (the newest record of each enrolled node). */
+export const MAX_KNOWN_PEERS = 1024
 /** Viewer tokens: how many may be outstanding, how long one is valid, how long the session it opens lasts. */
 export const MAX_VIEWER_TOKENS = 64
 export const VIEWER_TOKEN_TTL_MS = 10 * 60_000

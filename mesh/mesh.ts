@@ -6,7 +6,8 @@
  * | `admission`  | admission-service.ts   | who is served; browser sessions; grace period; bans        |
  * | `sync`       | sync-service.ts        | one sync stream per admitted peer: documents, trust, push  |
  * | `status`     | status-service.ts      | signed status records: publish, verify, keep, relay        |
- * | `keeper`     | connection-keeper.ts   | makes connections: bootstrap redial, discovered peers      |
+ * | `keeper`     | connection-keeper.ts   | makes connections: bootstrap, learned and found peers      |
+ * | `logs`       | logs-service.ts        | a node's recent workload output, to and from peers         |
  *
  * Each takes a narrow `*Components` interface (libp2p's own components plus the services it
  * builds on) and its `init`; this file only wires them together and presents the `Mesh` surface
@@ -15,23 +16,24 @@
  */
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
-import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
+import { generateKeyPairFromSeed, publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { identify } from '@libp2p/identify'
 import { TypedEventEmitter } from '@libp2p/interface'
 import type { AbortOptions, PeerId } from '@libp2p/interface'
 import { PeerSet } from '@libp2p/peer-collections'
-import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdFromPublicKey, peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { preSharedKey } from '@libp2p/pnet'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p, type Libp2pOptions } from 'libp2p'
+import { fromHex } from '../crdt/bytes.ts'
 import type { Replica } from '../crdt/replica.ts'
-import { AdmissionControl } from './admission.ts'
+import { AdmissionControl, peerKeyHex } from './admission.ts'
 import { admission, type AdmissionService } from './admission-service.ts'
 import { artifactExchange, type ArtifactService } from './artifact-service.ts'
 import { connectionKeeper, type BootstrapPeer, type ConnectionKeeper } from './connection-keeper.ts'
 import { MeshCounters } from './counters.ts'
-import { MeshNotRunningError } from './errors.ts'
+import { MeshNotRunningError, UnknownNodeError } from './errors.ts'
 import { InboundGuard } from './inbound-guard.ts'
 import {
   DEFAULT_ANTI_ENTROPY_MS,
@@ -39,9 +41,11 @@ import {
   MAX_STREAM_WINDOW_BYTES,
   resolveLimits
 } from './limits.ts'
+import { logs, type LogsService } from './logs-service.ts'
 import { status, type StatusService } from './status-service.ts'
 import { sync, type SyncService } from './sync-service.ts'
 import type {
+  LogSource,
   Mesh,
   MeshEvents,
   MeshLimits,
@@ -68,6 +72,7 @@ interface RhizomeServices extends Record<string, unknown> {
   sync: SyncService
   status: StatusService
   keeper: ConnectionKeeper
+  logs: LogsService
   artifacts: ArtifactService
 }
 
@@ -94,6 +99,7 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
   private readonly bootstrap: BootstrapPeer[]
   private node: Libp2p<RhizomeServices> | undefined
   private running = false
+  private logSource: LogSource | undefined
 
   constructor(opts: MeshOptions, platform: MeshPlatform) {
     super()
@@ -164,7 +170,12 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
           staleAfterMs: opts.staleAfterMs ?? DEFAULT_STALE_AFTER_MS,
           counters: this.counters
         }),
-        keeper: connectionKeeper({ bootstrap: this.bootstrap, limits }),
+        keeper: connectionKeeper({
+          bootstrap: this.bootstrap,
+          limits,
+          ...(opts.extraPeers !== undefined ? { extraPeers: opts.extraPeers } : {})
+        }),
+        logs: logs({ limits }),
         artifacts: artifactExchange({
           limits,
           ...(opts.artifacts !== undefined ? { holder: opts.artifacts } : {})
@@ -195,6 +206,7 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
     st.addEventListener('status', e => {
       this.safeDispatchEvent('status', { detail: e.detail })
     })
+    if (this.logSource !== undefined) node.services.logs.serve(this.logSource)
     await node.start()
     this.running = true
   }
@@ -246,6 +258,35 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
       ...this.counters.snapshot(),
       peersBanned: this.control.bannedCount
     }
+  }
+
+  serveLogs(source: LogSource): void {
+    this.logSource = source
+    this.node?.services.logs.serve(source)
+  }
+
+  async fetchLogs(
+    node: string,
+    workload: string,
+    options: AbortOptions & { lines?: number } = {}
+  ): Promise<string[] | undefined> {
+    const n = this.started()
+    let key = node
+    try {
+      key = peerKeyHex(peerIdFromString(node)) ?? node
+    } catch {
+      // a name or a key, not a PeerId
+    }
+    const device = this.control.findDevice(key)
+    if (device === undefined) {
+      throw new UnknownNodeError(
+        `no enrolled node is called "${node}" (a name, PeerId or key); rhizome status lists the fleet's nodes`
+      )
+    }
+    const peer = peerIdFromPublicKey(publicKeyFromRaw(fromHex(device.key)))
+    const svc = n.services.logs
+    if (peer.equals(n.peerId)) return svc.own(workload, options.lines ?? Infinity)
+    return svc.fetch(peer, workload, options)
   }
 
   get artifacts(): ArtifactService {

@@ -13,12 +13,19 @@
  *
  * Domain separation (label + fleet id) means a status signature can never pass as a change or
  * session signature, nor as a status of another fleet.
+ *
+ * The body is the daemon's (crdt/fleet-status.ts), plus one field the mesh adds as it signs:
+ * `"meshAddrs": [multiaddr, …]`, where the node can be dialled (at most MAX_ADVERTISED_ADDRS, no
+ * /p2p suffix). Peers learn each other's addresses from it, signed by the node itself; it is taken
+ * out of the body again before anyone else sees the record (`StatusRecord.addresses`).
  */
 import { sha256 } from '@noble/hashes/sha2.js'
 import { ByteReader, ByteWriter, toHex, utf8 } from '../crdt/bytes.ts'
 import type { Ed25519 } from '../crdt/ed25519.ts'
 import type { KeyPair } from '../crdt/keys.ts'
+import { multiaddr } from '@multiformats/multiaddr'
 import { InvalidStatusError } from './errors.ts'
+import { MAX_ADVERTISED_ADDRS, MAX_ADVERTISED_ADDR_CHARS } from './limits.ts'
 import { MAX_STATUS_BYTES, type StatusBody } from './types.ts'
 
 const VERSION = 1
@@ -130,6 +137,36 @@ export async function verifyStatus(
     )
   }
   return { node, seq, body: body as StatusBody, bytes: bytes.slice() }
+}
+
+const ADDRS_FIELD = 'meshAddrs'
+
+/** The body as signed: the daemon's, with the node's dialable addresses added. */
+export function withAddresses(body: StatusBody, addresses: readonly string[]): StatusBody {
+  const fit = addresses.filter(a => a.length <= MAX_ADVERTISED_ADDR_CHARS)
+  return { ...body, [ADDRS_FIELD]: fit.slice(0, MAX_ADVERTISED_ADDRS) }
+}
+
+/**
+ * The daemon's body and the addresses the mesh added, apart. Addresses that do not parse as
+ * multiaddrs, or carry a /p2p part (a record names only its own node's addresses), are dropped.
+ */
+export function splitAddresses(signed: StatusBody): { body: StatusBody; addresses: string[] } {
+  const { [ADDRS_FIELD]: raw, ...body } = signed
+  const addresses: string[] = []
+  if (Array.isArray(raw)) {
+    for (const a of raw.slice(0, MAX_ADVERTISED_ADDRS)) {
+      if (typeof a !== 'string' || a.length > MAX_ADVERTISED_ADDR_CHARS) continue
+      try {
+        const ma = multiaddr(a)
+        if (ma.getComponents().some(c => c.name === 'p2p')) continue
+        addresses.push(ma.toString())
+      } catch {
+        // not a multiaddr: left out
+      }
+    }
+  }
+  return { body, addresses }
 }
 
 /** How a held record is kept in store meta: the record plus when we first received it. */

@@ -12,6 +12,8 @@
 import { TypedEventEmitter } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
 import type { AbortOptions, Startable, TypedEventTarget } from '@libp2p/interface'
+import type { AddressManager } from '@libp2p/interface-internal'
+import { isLoopback } from '@libp2p/utils'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { fromHex, toHex } from '../crdt/bytes.ts'
@@ -25,6 +27,8 @@ import {
   encodeStoredStatus,
   peekStatus,
   signStatus,
+  splitAddresses,
+  withAddresses,
   verifyStatus,
   type SignedStatus
 } from './status-record.ts'
@@ -37,6 +41,8 @@ const log = logger('rhizome:mesh:status')
 const STATUS_META_PREFIX = 'mesh/status/'
 
 export interface StatusComponents {
+  /** Where this node listens: advertised in its records. */
+  addressManager: Pick<AddressManager, 'getAddresses'>
   /** The streams status records travel on. */
   sync: TypedEventTarget<SyncEvents> & {
     streams(): Iterable<SyncStream>
@@ -148,7 +154,13 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     const replica = this.init.replica
     const seq = Math.max(Date.now(), this.ownSeq + 1)
     this.ownSeq = seq
-    const signed = await signStatus(this.init.identity, replica.fleetId, seq, body, replica.ed)
+    const signed = await signStatus(
+      this.init.identity,
+      replica.fleetId,
+      seq,
+      withAddresses(body, this.dialable()),
+      replica.ed
+    )
     const held: HeldStatus = { signed, peerId: peerIdOfKey(this.ownKey), receivedAt: Date.now() }
     await this.keep(held)
     await this.paced(signed, undefined, async () => {
@@ -178,6 +190,16 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
       await this.keep({ signed, peerId: peerIdOfKey(node), receivedAt: Date.now() })
       for (const s of this.components.sync.streams()) if (s !== from) s.sendStatus(signed.bytes)
     })
+  }
+
+  /**
+   * Where peers can dial this node: its listen addresses without /p2p, loopback ones only when it
+   * has no other (a node on loopback alone is a test or a single machine).
+   */
+  private dialable(): string[] {
+    const all = this.components.addressManager.getAddresses().map(a => a.decapsulateCode(421))
+    const outside = all.filter(a => !isLoopback(a))
+    return (outside.length > 0 ? outside : all).map(a => a.toString())
   }
 
   /** A peer sending one node's newer records faster than that node may publish them is flooding. */
@@ -270,13 +292,15 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   }
 
   private toRecord(h: HeldStatus): StatusRecord {
+    const { body, addresses } = splitAddresses(h.signed.body)
     return {
       node: h.signed.node,
       peerId: h.peerId,
       seq: h.signed.seq,
-      body: h.signed.body,
+      body,
       receivedAt: h.receivedAt,
-      stale: Date.now() - h.receivedAt > this.init.staleAfterMs
+      stale: Date.now() - h.receivedAt > this.init.staleAfterMs,
+      addresses
     }
   }
 }

@@ -24,6 +24,11 @@ export interface StatusRecord {
   receivedAt: number
   /** No newer record within `staleAfterMs`. Stale records are kept, not deleted. */
   stale: boolean
+  /**
+   * Where the node said it can be dialled (multiaddrs without /p2p): added to the signed record by
+   * the node's mesh, not part of `body`.
+   */
+  addresses?: string[]
 }
 
 export interface MeshLimits {
@@ -115,6 +120,12 @@ export interface MeshOptions {
    * that daemon, or a session voucher signed by an admin or operator key (`signSessionVoucher`).
    */
   credential?: SessionCredential
+  /**
+   * Connections kept beyond `bootstrap`, to enrolled nodes picked at random from the addresses
+   * their status records advertise, so the mesh routes around a node that is down (default
+   * `EXTRA_PEERS`, 3; 0 turns it off: only bootstrap and mDNS connections are made).
+   */
+  extraPeers?: number
   /** Daemons: the artifacts this node holds, served to enrolled peers (artifact-service.ts). */
   artifacts?: ArtifactHolder
 }
@@ -145,6 +156,9 @@ export interface MeshArtifacts {
   /** A peer sent a wrong manifest or chunk: ban it like any peer that sends invalid data. */
   faulty(peerId: string, err: Error): void
 }
+
+/** A workload's last `lines` output lines on this node, or undefined when no such workload runs. */
+export type LogSource = (workload: string, lines: number) => string[] | undefined
 
 /** What a browser presents to open a session: a viewer token, or a signed session voucher. */
 export type SessionCredential =
@@ -193,6 +207,18 @@ export interface Mesh extends TypedEventTarget<MeshEvents> {
   /** A one-time token a browser presents to be admitted as a read-only viewer of this daemon. */
   issueViewerToken(): string
   metrics(): MeshMetrics
+  /** Serve this node's workload output to enrolled nodes and admin sessions (logs-protocol.ts). */
+  serveLogs(source: LogSource): void
+  /**
+   * The last lines of `workload` on the enrolled node named `node` (its name, PeerId or key), by
+   * asking it through the mesh (this node's own without asking); undefined when no such workload
+   * runs there. Throws UnknownNodeError, PeerGoneError (unreachable) or LogsRefusedError.
+   */
+  fetchLogs(
+    node: string,
+    workload: string,
+    options?: AbortOptions & { lines?: number }
+  ): Promise<string[] | undefined>
   /** Artifact chunks to and from peers (artifact-service.ts). */
   readonly artifacts: MeshArtifacts
 }

@@ -281,9 +281,10 @@ async function cmdRollback(opts: {
   await publish(client, opts.doc, await signOps(doc, signer, ops, `rollback to ${opts.to}`))
 }
 
-async function cmdLogs(name: string, opts: { daemon: string }): Promise<void> {
+async function cmdLogs(name: string, opts: { daemon: string; node?: string }): Promise<void> {
+  const node = opts.node === undefined ? '' : `?node=${encodeURIComponent(opts.node)}`
   const r = await new DaemonClient(opts.daemon).json<{ lines: string[] }>(
-    `/api/workloads/${encodeURIComponent(name)}/logs`
+    `/api/workloads/${encodeURIComponent(name)}/logs${node}`
   )
   for (const l of r.lines) say(l)
 }
@@ -432,8 +433,9 @@ export function program(): Command {
     .action(cmdRollback)
 
   p.command('logs')
-    .description("the last lines a workload printed on the daemon's device")
+    .description("the last lines a workload printed on the daemon's device, or on another node's")
     .argument('<workload>')
+    .option('--node <name>', 'ask this node (name, PeerId or key) through the mesh')
     .addOption(daemonOption())
     .addHelpText('after', EXIT_HELP)
     .action(cmdLogs)

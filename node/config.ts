@@ -10,6 +10,7 @@
  * listen: [/ip4/0.0.0.0/tcp/4001, /ip4/0.0.0.0/tcp/4002/ws]
  * bootstrap: [/ip4/10.0.0.2/tcp/4001/p2p/12D3Koo...]
  * mdns: true
+ * extraPeers: 3                      # connections kept to enrolled nodes beyond bootstrap (0: none)
  * http: { host: 127.0.0.1, port: 8080 }
  * filesRoot: /                       # managed files are written under this directory
  * allowedRoots: [/etc/rhizome, /opt/rhizome, /srv/rhizome]   # ... and only below these paths
@@ -28,7 +29,7 @@
  * allowUnsafeModes: false            # true: managed files may be setuid, setgid or writable by anyone
  * ```
  * Environment: RHIZOME_NAME, RHIZOME_LABELS (k=v,k=v), RHIZOME_DATA_DIR, RHIZOME_TRUST_FILE,
- * RHIZOME_LISTEN and RHIZOME_BOOTSTRAP (comma-separated), RHIZOME_MDNS (true/false),
+ * RHIZOME_LISTEN and RHIZOME_BOOTSTRAP (comma-separated), RHIZOME_MDNS (true/false), RHIZOME_EXTRA_PEERS,
  * RHIZOME_HTTP_HOST, RHIZOME_HTTP_PORT, RHIZOME_FILES_ROOT, RHIZOME_ALLOWED_ROOTS,
  * RHIZOME_MANIFEST_DIR, RHIZOME_RECONCILE_INTERVAL_MS, RHIZOME_DRIFT_CHECK_MS, RHIZOME_STATUS_INTERVAL_MS,
  * RHIZOME_ARTIFACT_FETCH_RATE, RHIZOME_ARTIFACT_SERVE_RATE, RHIZOME_ARTIFACT_DISK_BUDGET, RHIZOME_ARTIFACT_GC_GRACE_MS, RHIZOME_TRY_MODE_MS,
@@ -40,6 +41,7 @@ import { dirname, isAbsolute, resolve } from 'node:path'
 import { parseYamlInput } from '../crdt/yaml-input.ts'
 import { InvalidConfigError } from './errors.ts'
 import { DEFAULT_DISK_BUDGET_BYTES, DEFAULT_GC_GRACE_MS } from './artifacts/limits.ts'
+import { EXTRA_PEERS } from '../mesh/limits.ts'
 
 /** Try mode (node/rollout-agent.ts): a config after which no peer is reached this long is rolled back. */
 export const DEFAULT_TRY_MODE_MS = 120_000
@@ -56,6 +58,7 @@ export interface DaemonConfig {
   listen: string[]
   bootstrap: string[]
   mdns: boolean
+  extraPeers: number
   http: { host: string; port: number }
   filesRoot: string
   allowedRoots: string[]
@@ -80,6 +83,7 @@ export const CONFIG_FILE_KEYS = [
   'listen',
   'bootstrap',
   'mdns',
+  'extraPeers',
   'http',
   'filesRoot',
   'allowedRoots',
@@ -105,6 +109,7 @@ const ENV: Record<string, (typeof CONFIG_FILE_KEYS)[number] | 'http.host' | 'htt
   RHIZOME_LISTEN: 'listen',
   RHIZOME_BOOTSTRAP: 'bootstrap',
   RHIZOME_MDNS: 'mdns',
+  RHIZOME_EXTRA_PEERS: 'extraPeers',
   RHIZOME_HTTP_HOST: 'http.host',
   RHIZOME_HTTP_PORT: 'http.port',
   RHIZOME_FILES_ROOT: 'filesRoot',
@@ -268,6 +273,10 @@ export function parseDaemonConfig(
         : list(raw.listen, envWhere('listen')),
     bootstrap: raw.bootstrap === undefined ? [] : list(raw.bootstrap, envWhere('bootstrap')),
     mdns: raw.mdns === undefined ? true : bool(raw.mdns, envWhere('mdns')),
+    extraPeers:
+      raw.extraPeers === undefined
+        ? EXTRA_PEERS
+        : int(raw.extraPeers, envWhere('extraPeers'), 0, 32),
     http: {
       host: http.host === undefined ? '127.0.0.1' : str(http.host, envWhere('http.host')),
       port: http.port === undefined ? 8080 : int(http.port, envWhere('http.port'), 0, 65535)

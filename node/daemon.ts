@@ -19,6 +19,7 @@ import { trustStatementFromJson, type SignedTrustStatement } from '../crdt/trust
 import { LevelStore } from '../crdt/level-store.ts'
 import { Replica } from '../crdt/replica.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
+import { PeerGoneError } from '../mesh/errors.ts'
 import { createMesh } from '../mesh/index.ts'
 import type { Mesh } from '../mesh/types.ts'
 import { FilesApplier } from './appliers/files.ts'
@@ -237,6 +238,7 @@ export class Daemon {
           listen: config.listen,
           bootstrap: config.bootstrap,
           mdns: config.mdns,
+          extraPeers: config.extraPeers,
           artifacts: artifacts.holder()
         })
         await mesh.start()
@@ -287,6 +289,7 @@ export class Daemon {
         e('warn', 'peer.rejected', { ...ev.detail })
       })
       this.mesh.addEventListener('status', ev => this.rollouts.onStatus(ev.detail))
+      this.mesh.serveLogs((name, lines) => this.processes.logs(name)?.slice(-lines))
     }
     this.replica.addEventListener('change', ev => {
       const d = ev.detail
@@ -368,6 +371,12 @@ export class Daemon {
         metrics: this.metrics,
         fleetStatus: () => this.status.fleet(),
         workloadLogs: name => this.processes.logs(name),
+        nodeLogs: (node, name, lines) =>
+          this.mesh === undefined
+            ? Promise.reject(
+                new PeerGoneError('this daemon runs without a mesh: it cannot reach other nodes')
+              )
+            : this.mesh.fetchLogs(node, name, { lines }),
         events: this.events
       })
     ])

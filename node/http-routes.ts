@@ -19,7 +19,8 @@
  *                                    HistoryPage {items (newest first), next} (crdt/change-history.ts):
  *                                    at most HISTORY_PAGE_MAX changes; `next` is the cursor of the
  *                                    older page, null at the oldest
- *   GET  /api/workloads/:name/logs   LogsReply {name, lines}
+ *   GET  /api/workloads/:name/logs   LogsReply {name, lines}; ?node=NAME asks that node through
+ *                                    the mesh (name, PeerId or key), ?lines=N (1-500) the newest N
  *
  * Writes need no session: POST /api/batches takes signed batches, verified exactly as if a peer
  * had sent them, so nothing unsigned or unauthorised can be applied through it.
@@ -72,6 +73,8 @@ export interface ApiComponents {
   fleetStatus: () => Promise<FleetStatus>
   /** A workload's recent output lines; undefined when no such workload runs here. */
   workloadLogs: (name: string) => string[] | undefined
+  /** The same of another node, asked through the mesh (mesh/logs-protocol.ts). */
+  nodeLogs: (node: string, name: string, lines: number) => Promise<string[] | undefined>
   events: EventLog
 }
 
@@ -213,11 +216,18 @@ export function apiRoutes(c: ApiComponents): Route[] {
     {
       method: 'GET',
       pattern: /^\/api\/workloads\/([^/]+)\/logs$/,
-      handler: async m => {
+      handler: async (m, _req, url) => {
         const name = decodeURIComponent(m[1] as string)
-        const lines = c.workloadLogs(name)
+        const node = url.searchParams.get('node')
+        const want = Math.min(500, Math.max(1, Number(url.searchParams.get('lines') ?? 500) || 500))
+        const lines =
+          node === null ? c.workloadLogs(name)?.slice(-want) : await c.nodeLogs(node, name, want)
         if (lines === undefined) {
-          throw new HttpError(404, 'NotFound', `no workload "${name}" runs on this node`)
+          throw new HttpError(
+            404,
+            'NotFound',
+            `no workload "${name}" runs on ${node === null ? 'this node' : `node "${node}"`}`
+          )
         }
         const json: LogsReply = { name, lines }
         return { json }

@@ -7,7 +7,10 @@
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { TypedEventEmitter } from '@libp2p/interface'
+import { peerIdFromPublicKey } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
 import { toHex } from '../crdt/bytes.ts'
 import { generateKeyPair, type KeyPair } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
@@ -40,9 +43,14 @@ class FakeSync extends TypedEventEmitter<SyncEvents> {
   }
 }
 
+const peerOf = (k: KeyPair): string => peerIdFromPublicKey(publicKeyFromRaw(k.publicKey)).toString()
+
 async function service(replica: Replica, identity: KeyPair, enrolled: Set<string>) {
   const sync = new FakeSync()
   const components: StatusComponents = {
+    addressManager: {
+      getAddresses: () => [multiaddr('/ip4/192.0.2.7/tcp/4001/p2p/' + peerOf(identity))]
+    },
     sync,
     admission: { isEnrolledKey: k => enrolled.has(k) }
   }
@@ -98,11 +106,28 @@ test('a newer record is kept and relayed to every other peer; an older one, an u
   assert.equal(s.records().length, 1)
   assert.deepEqual(events, [10])
 
-  // Our own record goes to every peer.
+  // Our own record goes to every peer, with where we can be dialled (signed, outside the body).
   const own = await s.publish({ revision: 'mine' })
   assert.equal(own.node, toHex(me.publicKey))
+  assert.deepEqual(own.addresses, ['/ip4/192.0.2.7/tcp/4001'])
+  assert.deepEqual(own.body, { revision: 'mine' })
   assert.equal(from.sent.length, 1)
   assert.equal(to.sent.length, 2)
+
+  // Advertised addresses: only multiaddrs of the node itself (no /p2p of another) are taken.
+  await sync.receiver!(
+    await record(third, 13, {
+      meshAddrs: [
+        '/ip4/10.0.0.9/tcp/4001',
+        'not an address',
+        `/ip4/10.0.0.8/tcp/1/p2p/${peerOf(me)}`
+      ]
+    }),
+    from
+  )
+  const thirds = s.records().find(r => r.node === toHex(third.publicKey))
+  assert.deepEqual(thirds?.addresses, ['/ip4/10.0.0.9/tcp/4001'])
+  assert.deepEqual(thirds?.body, {})
   await s.stop()
 })
 

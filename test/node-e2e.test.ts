@@ -113,10 +113,11 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
       cfgPath('n2'),
       stringify({ ...base('n2'), listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [n1Addr(meshPort)] })
     )
-    // n3 listens nowhere and reaches n1 only through the proxy, so cutting the proxy cuts n3 off.
+    // n3 listens nowhere and reaches n1 only through the proxy, so cutting the proxy cuts n3 off
+    // (it makes no connections beyond its bootstrap peer: it would route around the cut).
     await writeFile(
       cfgPath('n3'),
-      stringify({ ...base('n3'), listen: [], bootstrap: [n1Addr(proxy.port)] })
+      stringify({ ...base('n3'), listen: [], bootstrap: [n1Addr(proxy.port)], extraPeers: 0 })
     )
   })
 
@@ -189,6 +190,20 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
     for (const n of NAMES) await servesVersion(n, '2')
     const logs = await rhizome(['logs', 'web', '--daemon', daemons.n2!.url])
     assert.match(logs.stdout, /started web version 2/)
+  })
+
+  it("reads another node's workload output through the mesh (logs --node)", async () => {
+    // Each node's web workload prints the port it listens on: n2's lines, asked of n1.
+    const remote = await rhizome(['logs', 'web', '--node', 'n2', '--daemon', daemons.n1!.url])
+    assert.equal(remote.code, 0, remote.stderr)
+    assert.match(remote.stdout, new RegExp(`listening on 127\\.0\\.0\\.1:${ports.n2}\\b`))
+    assert.doesNotMatch(remote.stdout, new RegExp(`:${ports.n1}\\b`))
+    const unknown = await rhizome(['logs', 'web', '--node', 'n9', '--daemon', daemons.n1!.url])
+    assert.equal(unknown.code, 1, unknown.stderr)
+    assert.match(unknown.stderr, /no enrolled node is called "n9"/)
+    const none = await rhizome(['logs', 'db', '--node', 'n2', '--daemon', daemons.n1!.url])
+    assert.notEqual(none.code, 0)
+    assert.match(none.stderr, /no workload "db" runs on node "n2"/)
   })
 
   it('puts back a hand-edited managed file and reports the drift', async () => {
