@@ -9,13 +9,19 @@ import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
 import { ProcessesApplier } from '../node/appliers/processes.ts'
-import { daemonConfig, initFleet, rhizome, startDaemon, stopAll } from './fixtures/node-harness.ts'
+import {
+  daemonConfig,
+  freePort,
+  initFleet,
+  rhizome,
+  startDaemon,
+  stopAll
+} from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
 
 const ROOT_ONLY = process.getuid?.() === 0 ? undefined : 'switching users needs root'
@@ -39,14 +45,6 @@ function ensureUser(name: string): { uid: number; gid: number } {
   const id = (flag: string): number =>
     Number(spawnSync('id', [flag, name], { encoding: 'utf8' }).stdout.trim())
   return { uid: id('-u'), gid: id('-g') }
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer()
-  await new Promise<void>(resolve => s.listen(0, '127.0.0.1', () => resolve()))
-  const port = (s.address() as AddressInfo).port
-  await new Promise<void>(resolve => s.close(() => resolve()))
-  return port
 }
 
 const alive = (pid: number): boolean => {
@@ -267,9 +265,6 @@ await p.stopAll()
     const port = await freePort()
     const seen: number[] = []
     const t0 = Date.now()
-    const server = createServer()
-    await new Promise<void>(resolve => server.listen(port, '127.0.0.1', () => resolve()))
-    server.close()
     const procs = new ProcessesApplier({
       user: process.getuid?.() === 0 ? 'root' : undefined,
       logLines: 20
