@@ -33,7 +33,7 @@
  * that went silent mid-update stops holding its group's budget once the rest of the fleet has
  * moved on past its `until`.
  */
-import { selects, RolloutState, type RolloutSpec } from './rollout.ts'
+import { inWriterScope, selects, RolloutState, type RolloutSpec } from './rollout.ts'
 import type { WavePlan } from './rollout-waves.ts'
 
 /** The longest reason text kept in a report. */
@@ -367,6 +367,9 @@ export function decide(
   self: SelfInput,
   labelsOf: (key: string) => Record<string, string> | undefined
 ): Decision {
+  if (!inWriterScope(spec, self.labels)) {
+    return { run: 'old', why: 'outside the node scope of the operator who wrote the rollout' }
+  }
   const me = view.nodes.find(n => n.key === self.key)
   const r = me?.report
   if (r?.failedAt !== undefined) {

@@ -3,7 +3,8 @@
  * every peer that holds the same rollout and enrolment labels:
  *
  * - Only the nodes frozen in the rollout's `eligible` list take part, so a device enrolled after
- *   the rollout started does not reshuffle anyone (it follows the final state instead).
+ *   the rollout started does not reshuffle anyone (it follows the final state instead); and of
+ *   those only the ones inside the scope of the operators who wrote it (a list is no authority).
  * - Canary waves come first: the eligible nodes matching each canary selector, in order.
  * - The others are ranked by sha-256("rhizome/rollout-rank/v1" ‖ rollout id ‖ digest ‖ node key)
  *   and fill the percentage waves in rank order, until the nodes assigned so far (canaries
@@ -15,7 +16,7 @@
 import { sha256 } from '@noble/hashes/sha2.js'
 import { toHex, utf8 } from './bytes.ts'
 import { selectorMatches } from './effective-config.ts'
-import type { RolloutSpec } from './rollout.ts'
+import { inWriterScope, type RolloutSpec } from './rollout.ts'
 
 export interface WavePlan {
   /** The members of each wave, in the order they go. */
@@ -36,10 +37,12 @@ export function rankOf(spec: Pick<RolloutSpec, 'id' | 'digest'>, key: string): s
  * selectors match on them); a node no longer enrolled has none and is never a canary.
  */
 export function planWaves(
-  spec: Pick<RolloutSpec, 'id' | 'digest' | 'waves' | 'eligible'>,
+  spec: Pick<RolloutSpec, 'id' | 'digest' | 'waves' | 'eligible' | 'writerScopes'>,
   labelsOf: (key: string) => Record<string, string> | undefined
 ): WavePlan {
-  const eligible = [...new Set(spec.eligible ?? [])].sort()
+  const eligible = [...new Set(spec.eligible ?? [])]
+    .filter(k => inWriterScope(spec, labelsOf(k) ?? {}))
+    .sort()
   const waves: string[][] = spec.waves.map(() => [])
   const waveOf = new Map<string, number>()
   const rank = new Map(eligible.map(k => [k, rankOf(spec, k)]))

@@ -39,7 +39,8 @@ import { sha256 } from '@noble/hashes/sha2.js'
 import { canonicalJson } from './canonical-json.ts'
 import { toHex, utf8 } from './bytes.ts'
 import { InvalidConfigError } from './errors.ts'
-import { selectorMatches, type ConfigObject } from './effective-config.ts'
+import { selectorMatches, type ConfigDocument, type ConfigObject } from './effective-config.ts'
+import type { LabelSelector } from './trust.ts'
 
 /** Rollouts one document may hold. */
 export const MAX_ROLLOUTS_PER_DOC = 16
@@ -120,6 +121,11 @@ export interface RolloutSpec {
   /** The containing document's selector and the rollout's own: both must match. */
   docSelector?: Selector
   selector?: Selector
+  /**
+   * The node scopes of the operators who wrote the containing document (crdt/effective-config.ts):
+   * a rollout reaches no node outside any of them, whatever its eligible list says.
+   */
+  writerScopes?: ReadonlyArray<LabelSelector | null>
   change: ConfigObject
   waves: RolloutWave[]
   abort: { minExecuted: number; maxFailedPercent: number }
@@ -450,7 +456,7 @@ export function checkRollouts(docId: string, doc: Record<string, unknown>): void
  * that does not parse is skipped and its problem returned: a node never acts on one it cannot
  * read, and says so.
  */
-export function rolloutsOf(docs: Array<{ id: string; value: unknown }>): {
+export function rolloutsOf(docs: ConfigDocument[]): {
   rollouts: RolloutSpec[]
   errors: string[]
 } {
@@ -461,7 +467,11 @@ export function rolloutsOf(docs: Array<{ id: string; value: unknown }>): {
     const entries = Object.entries(d.value.rollouts).sort(([a], [b]) => (a < b ? -1 : 1))
     for (const [name, raw] of entries.slice(0, MAX_ROLLOUTS_PER_DOC)) {
       try {
-        rollouts.push(parseRollout(d.id, name, raw, d.value.selector))
+        const spec = parseRollout(d.id, name, raw, d.value.selector)
+        if (d.writerScopes !== undefined && d.writerScopes.length > 0) {
+          spec.writerScopes = d.writerScopes
+        }
+        rollouts.push(spec)
       } catch (err) {
         errors.push((err as Error).message)
       }
@@ -471,9 +481,21 @@ export function rolloutsOf(docs: Array<{ id: string; value: unknown }>): {
   return { rollouts, errors }
 }
 
-/** Does the rollout (its document's selector and its own) select a node with these labels? */
+/** Is a node with these labels inside the scope of every operator who wrote the rollout? */
+export function inWriterScope(
+  spec: Pick<RolloutSpec, 'writerScopes'>,
+  labels: Record<string, string>
+): boolean {
+  return (spec.writerScopes ?? []).every(s => s !== null && selectorMatches(s, labels))
+}
+
+/** Does the rollout (its document's selector, its own, its writers' scopes) select a node? */
 export function selects(spec: RolloutSpec, labels: Record<string, string>): boolean {
-  return selectorMatches(spec.docSelector, labels) && selectorMatches(spec.selector, labels)
+  return (
+    selectorMatches(spec.docSelector, labels) &&
+    selectorMatches(spec.selector, labels) &&
+    inWriterScope(spec, labels)
+  )
 }
 
 /**

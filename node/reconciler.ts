@@ -17,6 +17,7 @@ import { logger } from '@libp2p/logger'
 import {
   effectiveConfig,
   writerScopes,
+  type ConfigDocument,
   type ConfigObject,
   type NodeIdentity
 } from '../crdt/effective-config.ts'
@@ -61,7 +62,7 @@ export interface ReconcilerComponents {
    */
   rollouts?: {
     configFor(
-      docs: Array<{ id: string; value: unknown }>,
+      docs: ConfigDocument[],
       identity: NodeIdentity,
       config: ConfigObject
     ): Promise<{ config: ConfigObject; errors: string[] }>

@@ -27,8 +27,13 @@ import { join } from 'node:path'
 import { logger } from '@libp2p/logger'
 import { canonicalJson } from '../crdt/canonical-json.ts'
 import { toHex, utf8 } from '../crdt/bytes.ts'
-import { mergeConfig, type ConfigObject, type NodeIdentity } from '../crdt/effective-config.ts'
-import { rolloutsOf, selects, type RolloutSpec } from '../crdt/rollout.ts'
+import {
+  mergeConfig,
+  type ConfigDocument,
+  type ConfigObject,
+  type NodeIdentity
+} from '../crdt/effective-config.ts'
+import { inWriterScope, rolloutsOf, selects, type RolloutSpec } from '../crdt/rollout.ts'
 import { planWaves, type WavePlan } from '../crdt/rollout-waves.ts'
 import {
   DEFAULT_GATE_OPTIONS,
@@ -222,7 +227,7 @@ export class RolloutAgent {
    * the pass applies what it returns.
    */
   async configFor(
-    docs: Array<{ id: string; value: unknown }>,
+    docs: ConfigDocument[],
     identity: NodeIdentity,
     base: ConfigObject
   ): Promise<{ config: ConfigObject; errors: string[] }> {
@@ -237,7 +242,8 @@ export class RolloutAgent {
     let config = base
     const applied: string[] = []
     for (const spec of this.specs) {
-      if (!this.runsNew(spec)) continue
+      // Scopes are checked here too: an operator's rollout never reaches past them.
+      if (!this.runsNew(spec) || !inWriterScope(spec, identity.labels)) continue
       config = mergeConfig(config, spec.change)
       applied.push(spec.id)
     }

@@ -493,6 +493,38 @@ describe('gating', () => {
     assert.equal(d.run, 'new')
   })
 
+  it("an operator's rollout reaches no node outside its scope, whatever its eligible list says", () => {
+    const labels = new Map([
+      [key(1), { site: 'berlin' }],
+      [key(2), { site: 'paris' }]
+    ])
+    const { rollouts } = rolloutsOf([
+      {
+        id: 'site/berlin',
+        value: {
+          rollouts: {
+            'web-v2': {
+              change: { workloads: { web: { version: '2' } } },
+              waves: [{ percent: 100 }],
+              threshold: 0,
+              eligible: [key(1), key(2)]
+            }
+          }
+        },
+        writerScopes: [{ site: 'berlin' }]
+      }
+    ])
+    const s = rollouts[0]!
+    const plan = planWaves(s, k => labels.get(k))
+    assert.deepEqual(plan.waves, [[key(1)]])
+    const view = viewRollout(s, plan, new Map())
+    const decideFor = (k: string) =>
+      decide(s, plan, view, { key: k, labels: labels.get(k)!, localMinutes: 0 }, x => labels.get(x))
+        .run
+    assert.equal(decideFor(key(1)), 'new')
+    assert.equal(decideFor(key(2)), 'old')
+  })
+
   it('a simulated fleet, nodes deciding together: waves in order, the budget never exceeded, every node reached', () => {
     fc.assert(
       fc.property(

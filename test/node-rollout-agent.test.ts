@@ -128,6 +128,18 @@ describe('rollout agent', () => {
     assert.equal(again.status()[0]?.self.run, 'old')
   })
 
+  it('a rollout written by an operator whose scope excludes this node is never applied here', async () => {
+    const agent = await open()
+    const scoped = {
+      id: 'site/x',
+      value: { rollouts: { 'web-v2': rollout({ threshold: 0 }) } },
+      writerScopes: [{ site: 'elsewhere' }]
+    }
+    assert.equal(version(await pass(agent, [fleetDoc(undefined), scoped])), '1')
+    assert.equal(agent.reports()['site/x:web-v2'], undefined)
+    assert.match(agent.status()[0]!.self.why, /outside the node scope/)
+  })
+
   it('a probe that fails N times running after it was healthy fails the version', async () => {
     const agent = await open()
     await pass(agent, [fleetDoc(rollout({ soak: '10s' }))])
