@@ -36,7 +36,7 @@ import {
 } from './cli-common.ts'
 import { registerTrustCommands } from './cli-trust.ts'
 import { registerBundleCommands } from './cli-bundle.ts'
-import { freezeForApply } from './cli-rollout.ts'
+import { freezeForApply, registerRolloutCommands } from './cli-rollout.ts'
 import { artifactLines, registerArtifactCommands } from './cli-artifacts.ts'
 import type { FleetStatus } from './status-report.ts'
 
@@ -443,6 +443,7 @@ export function program(): Command {
   registerTrustCommands(p, EXIT_HELP)
   registerBundleCommands(p, EXIT_HELP)
   registerArtifactCommands(p, EXIT_HELP)
+  registerRolloutCommands(p)
   return p
 }
 

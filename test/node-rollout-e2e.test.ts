@@ -268,6 +268,27 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
       const ran = logs.lines.some(l => l.includes('version 2-broken'))
       assert.ok(n === 'lab1' || !ran, `${n} ran the broken version`)
     }
+    // What a person sees, and an aborted rollout cannot be resumed.
+    const status = await rhizome(['rollout', 'status', 'broken', '--daemon', daemons.pa2!.url])
+    assert.equal(status.code, 0, status.stderr)
+    assert.match(status.stdout, /fleet:broken {2}aborted/)
+    assert.match(status.stdout, /rolled back {2}lab1: crash loop/)
+    const list = await rhizome(['rollout', 'list', '--daemon', daemons.be2!.url])
+    assert.match(list.stdout, /fleet:broken +aborted +waves 0\/3 {2}switched 1 {2}failed 1/)
+    const resume = await rhizome(
+      [
+        'rollout',
+        'resume',
+        'broken',
+        '--key',
+        join(dir, 'fleet/admin.key'),
+        '--daemon',
+        daemons.lab1!.url
+      ],
+      env
+    )
+    assert.equal(resume.code, 1)
+    assert.match(resume.stderr, /an aborted rollout stays aborted/)
   })
 
   it('a good version: waves in order after each soak, the budget held, a node offline throughout does not block it', async () => {
@@ -280,10 +301,37 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
           threshold: 60,
           soak: `${soakMs}ms`,
           budget: { maxUnavailable: 1 },
-          abort: { minExecuted: 1, maxFailedPercent: 0 }
+          abort: { minExecuted: 1, maxFailedPercent: 0 },
+          state: 'paused'
         }
       })
     )
+    // Paused: every node takes part and waits; nobody switches until an admin resumes it.
+    await waitFor(
+      'every running node to wait, paused',
+      async () => {
+        const d = await detail('lab1', 'web-v2')
+        const seen = d.nodes.filter(x => x.seen).length
+        return seen === RUNNING.length && d.state === 'paused' && d.waitingFor.length > 0
+      },
+      20_000,
+      100
+    )
+    assert.deepEqual(switches('fleet:web-v2'), [])
+    const resume = await rhizome(
+      [
+        'rollout',
+        'resume',
+        'web-v2',
+        '--key',
+        join(dir, 'fleet/admin.key'),
+        '--daemon',
+        daemons.be1!.url
+      ],
+      env
+    )
+    assert.equal(resume.code, 0, resume.stderr)
+    assert.match(resume.stdout, /fleet:web-v2: running/)
     for (const n of RUNNING) await servesVersion(n, '2', 60_000)
     const d = await waitFor(
       'every daemon to hold the rollout completed, and every running node soaked',
@@ -402,6 +450,48 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
     const passed = views.map(v => v!.waves.map(w => w.passed).join())
     assert.deepEqual(new Set(passed).size, 1, 'every daemon sees the same waves through')
     for (const n of NAMES) await servesVersion(n, '3')
+  })
+
+  it('an admin aborts a rollout by a signed change: the switched canary goes back', async () => {
+    await apply(
+      fleet(
+        {
+          'web-v4': {
+            change: { workloads: { web: { version: '4' } } },
+            waves: [{ canary: { site: 'lab' } }, { percent: 100 }],
+            soak: '5m'
+          }
+        },
+        '3'
+      )
+    )
+    await servesVersion('lab1', '4')
+    const abort = await rhizome(
+      [
+        'rollout',
+        'abort',
+        'fleet:web-v4',
+        '--key',
+        join(dir, 'fleet/admin.key'),
+        '--daemon',
+        daemons.pa1!.url
+      ],
+      env
+    )
+    assert.equal(abort.code, 0, abort.stderr)
+    await servesVersion('lab1', '3')
+    for (const n of NAMES) {
+      await waitFor(
+        `${n} to hold web-v4 aborted`,
+        async () =>
+          (await detail(n, 'web-v4').catch(() => undefined))?.abortReason === 'aborted by an admin',
+        20_000,
+        100
+      )
+    }
+    const d = await detail('lab1', 'web-v4')
+    assert.equal(d.nodes.find(x => nameOf(x.key) === 'lab1')?.phase, 'reverted')
+    assert.deepEqual(switches('fleet:web-v4'), ['lab1'])
   })
 
   it('try mode: a config after which a node reaches no peer is rolled back there', async () => {
