@@ -135,6 +135,7 @@ export class Daemon {
     this.processes = new ProcessesApplier({
       onState: () => {
         this.status.schedule()
+        this.rollouts.poke()
       },
       env: { RHIZOME_NODE_NAME: config.name },
       pidFile: join(config.dataDir, 'workloads.pids'),

@@ -152,6 +152,8 @@ export class RolloutAgent {
   private labels = new Map<string, Record<string, string>>()
   private plans = new Map<string, { labels: Map<string, Record<string, string>>; plan: WavePlan }>()
   private decisions = new Map<string, Decision>()
+  /** The config the last pass applied (probe intervals of the watched workloads). */
+  private lastConfig: ConfigObject = {}
   /** The rollouts whose change the last pass applied, in order. */
   private applied: string[] = []
   private readonly watches = new Map<string, Watch>()
@@ -248,6 +250,7 @@ export class RolloutAgent {
       applied.push(spec.id)
     }
     this.applied = applied
+    this.lastConfig = config
     const digest = digestOf(config)
     const lkg = this.state.lastKnownGood
     if (this.state.badConfigs.includes(digest) && lkg !== undefined && lkg.digest !== digest) {
@@ -283,6 +286,14 @@ export class RolloutAgent {
       })
     }
     this.schedule()
+  }
+
+  /** A workload changed state: look at the watched ones now rather than at the next look. */
+  poke(): void {
+    if (this.watches.size === 0 || this.stopped) return
+    clearTimeout(this.timer)
+    this.timer = setTimeout(() => void this.serial(() => this.tick()), 0)
+    this.timer.unref()
   }
 
   /** A status record arrived or was published: re-decide on the new evidence. */
@@ -454,21 +465,27 @@ export class RolloutAgent {
   private schedule(): void {
     clearTimeout(this.timer)
     if (this.stopped || (this.watches.size === 0 && this.trial === undefined)) return
-    const workloads = this.c.workloads()
+    const workloads = isMap(this.lastConfig.workloads) ? this.lastConfig.workloads : {}
+    const now = this.now()
+    // One look per probe interval of the watched workloads (so failedChecks counts probes) …
     let every = this.opts.checkMs
+    // … and one when a healthy node's soak is up, not at the next look after it.
+    let soakUp = Infinity
     for (const spec of this.specs) {
       if (!this.watches.has(spec.id)) continue
       for (const w of this.watched(spec)) {
-        const h = (spec.change.workloads as Record<string, unknown>)[w]
+        const h = (workloads as Record<string, unknown>)[w]
         const ms = isMap(h) && isMap(h.health) ? h.health.intervalMs : undefined
         if (typeof ms === 'number') every = Math.min(every, ms)
-        else if (workloads[w] !== undefined) every = Math.min(every, this.opts.checkMs)
+      }
+      const r = this.ownReport(spec)
+      const wave = spec.waves[this.decisions.get(spec.id)?.wave ?? spec.waves.length - 1]
+      if (r?.healthySince !== undefined && wave !== undefined) {
+        soakUp = Math.min(soakUp, r.healthySince + wave.soakMs - now)
       }
     }
-    this.timer = setTimeout(
-      () => void this.serial(() => this.tick()),
-      Math.max(MIN_CHECK_MS, every)
-    )
+    const delay = Math.min(Math.max(MIN_CHECK_MS, every), Math.max(0, soakUp))
+    this.timer = setTimeout(() => void this.serial(() => this.tick()), delay)
     this.timer.unref()
   }
 

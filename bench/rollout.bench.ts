@@ -1,0 +1,228 @@
+/**
+ * Staged rollouts benchmark. Prints figures beside the targets; asserts nothing.
+ *
+ * N full daemon processes (default 30: store, mesh, reconciler, workloads, rollout agent) on
+ * loopback in a sparse random topology (each bootstraps to two random earlier ones), all enrolled
+ * in one site. Their workload is `sleep` with no probe (healthy once running), so the figures are
+ * the rollout machinery's, not a workload's start-up. All times come from the nodes' own signed
+ * reports (one machine, one clock).
+ *
+ * 1. Wave hand-over: a rollout with waves canary (one node), 10 %, 50 %, 100 %, threshold 100 %,
+ *    soak S (default 2 s). For each wave k → k+1: H = when the last node of wave k turned healthy
+ *    (its `healthySince`), T = when the first node of wave k+1 switched (`switchedAt`). Target:
+ *    T − H < S + 1 s. Printed: T − H − S (the machinery's part), and T − that node's `soakedAt`
+ *    (from its soak ending to the next wave going: its record crossing the mesh and the gate).
+ * 2. Abort: a rollout whose new version exits at once (`false`, restarts 0: the first restart fails
+ *    it), canary first. F = the canary's `failedAt`; each node records when it learned of the abort
+ *    (`abortedAt`). Target: max(abortedAt) − F < 1 s. Baseline in the same run: how long the
+ *    canary's `switchedAt` record took to reach every node's view is not observable from reports,
+ *    so the spread of `abortedAt` (first to last) is printed beside it: the gossip's own share.
+ *
+ * Usage: node bench/rollout.bench.ts. Env: ROLLOUT_NODES (30), ROLLOUT_SOAK_MS (2000),
+ *   ROLLOUT_SEED (topology; random unless set), BENCH_VERBOSE=1.
+ */
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { cpus, loadavg, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { stringify } from 'yaml'
+import { createIdentity } from '../node/identity.ts'
+import { DaemonClient } from '../node/daemon-client.ts'
+import { DEVICES_DOC } from '../crdt/devices.ts'
+import { Replica } from '../crdt/replica.ts'
+import { decryptKeyFile, parseKeyFile } from '../crdt/keys.ts'
+import type { RolloutDetail } from '../node/rollout-routes.ts'
+import {
+  daemonConfig,
+  freePort,
+  getJson,
+  rhizome,
+  startDaemon,
+  stopAll,
+  type RunningDaemon
+} from '../test/fixtures/node-harness.ts'
+import { waitFor } from '../test/fixtures/wait.ts'
+
+const N = Number(process.env.ROLLOUT_NODES ?? 30)
+const SOAK_MS = Number(process.env.ROLLOUT_SOAK_MS ?? 2000)
+const VERBOSE = process.env.BENCH_VERBOSE === '1'
+const PASS = 'bench passphrase'
+const env = { RHIZOME_PASSPHRASE: PASS }
+
+let seed = Number(process.env.ROLLOUT_SEED ?? Math.floor(Math.random() * 2 ** 31))
+const random = (): number => {
+  seed = (seed * 1103515245 + 12345) & 0x7fffffff
+  return seed / 0x80000000
+}
+const say = (s: string): void => {
+  process.stdout.write(s + '\n')
+}
+const ms = (x: number): string => `${Math.round(x)} ms`
+
+const dir = await mkdtemp(join(tmpdir(), 'rhizome-rollout-bench-'))
+const names = Array.from({ length: N }, (_, i) => `n${String(i).padStart(2, '0')}`)
+const daemons: RunningDaemon[] = []
+try {
+  say(
+    `rollout bench: ${N} daemons, soak ${SOAK_MS} ms, seed ${seed}, ${cpus().length} cores, load ${loadavg()
+      .map(l => l.toFixed(1))
+      .join(' ')}, node ${process.version}, ${new Date().toISOString()}`
+  )
+  const init = await rhizome(['init', '--dir', join(dir, 'fleet'), '--fleet', 'bench'], env)
+  if (init.code !== 0) throw new Error(init.stderr)
+  const ids = await Promise.all(names.map(n => createIdentity(join(dir, `data-${n}`))))
+  const ports = await Promise.all(names.map(() => freePort()))
+  for (const [i, n] of names.entries()) {
+    const peers = new Set<number>()
+    if (i > 0) for (let k = 0; k < 2; k++) peers.add(Math.floor(random() * i))
+    const cfg = {
+      ...daemonConfig(dir, n, {}),
+      labels: { site: 'bench' },
+      listen: [`/ip4/127.0.0.1/tcp/${ports[i]}`],
+      bootstrap: [...peers].map(p => `/ip4/127.0.0.1/tcp/${ports[p]}/p2p/${ids[p]!.peerId}`),
+      statusIntervalMs: 5000,
+      tryModeMs: 0
+    }
+    await writeFile(join(dir, `${n}.yaml`), stringify(cfg))
+  }
+  const t0 = performance.now()
+  daemons.push(await startDaemon(join(dir, `${names[0]}.yaml`), {}, 60_000))
+  // Enrol everyone in one signed batch, then start the rest a few at a time.
+  const client = new DaemonClient(daemons[0]!.url)
+  const replica = await client.localReplica([DEVICES_DOC])
+  const admin = await decryptKeyFile(
+    parseKeyFile(await readFile(join(dir, 'fleet/admin.key'), 'utf8')),
+    PASS
+  )
+  const devices = await replica.open<{ devices?: Record<string, unknown> }>(DEVICES_DOC)
+  const batch = await devices.change(Replica.signer(admin), d => {
+    d.devices ??= {}
+    for (const [i, n] of names.entries()) {
+      d.devices[ids[i]!.publicKeyHex] = {
+        name: n,
+        labels: { site: 'bench', lab: i === 0 ? 'yes' : 'no' },
+        revoked: false
+      }
+    }
+  })
+  await client.postBatch(batch!)
+  await replica.close()
+  for (let i = 1; i < N; i += 5) {
+    const group = names.slice(i, i + 5)
+    daemons.push(
+      ...(await Promise.all(group.map(n => startDaemon(join(dir, `${n}.yaml`), {}, 120_000))))
+    )
+  }
+  say(`  ${N} daemons up in ${ms(performance.now() - t0)}`)
+
+  const apply = async (fleet: unknown): Promise<void> => {
+    const f = join(dir, 'fleet.yaml')
+    await writeFile(f, stringify(fleet))
+    const r = await rhizome(
+      ['apply', '-f', f, '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons[0]!.url],
+      env
+    )
+    if (r.code !== 0) throw new Error(r.stderr)
+  }
+  const base = (version: string, rollouts?: Record<string, unknown>) => ({
+    fleet: {
+      defaults: { workloads: { app: { command: ['sleep', '100000'], version } } },
+      ...(rollouts === undefined ? {} : { rollouts })
+    }
+  })
+  await apply(base('1'))
+  await waitFor(
+    'every daemon to run version 1 and hear from every other',
+    async () => {
+      const s = await getJson<{ nodes: Array<{ online: boolean; status: unknown }> }>(
+        `${daemons[0]!.url}/api/status`
+      )
+      return s.nodes.length === N && s.nodes.every(x => x.online && x.status !== null)
+    },
+    120_000,
+    500
+  )
+  const detail = (d: RunningDaemon, id: string): Promise<RolloutDetail> =>
+    getJson<RolloutDetail>(`${d.url}/api/rollouts/${encodeURIComponent(id)}`)
+
+  // 1. Wave hand-over.
+  const waves = [{ canary: { lab: 'yes' } }, { percent: 10 }, { percent: 50 }, { percent: 100 }]
+  const tGood = performance.now()
+  await apply(
+    base('1', {
+      good: {
+        change: { workloads: { app: { version: '2' } } },
+        waves,
+        threshold: 100,
+        soak: `${SOAK_MS}ms`
+      }
+    })
+  )
+  const good = await waitFor(
+    'the good rollout to complete with every node soaked',
+    async () => {
+      const d = await detail(daemons[0]!, 'good')
+      return d.state === 'completed' && d.nodes.every(x => x.report?.soakedAt !== undefined)
+        ? d
+        : undefined
+    },
+    600_000,
+    500
+  )
+  say(
+    `  good rollout: ${waves.length} waves, ${N} nodes, completed in ${ms(performance.now() - tGood)}`
+  )
+  say(`  wave hand-over (target: T − H < soak + 1 s, i.e. machinery < 1 s):`)
+  // Consecutive non-empty waves (10 % of a small fleet can be the canary already).
+  const filled = good.waves.map(w => w.index).filter(i => good.nodes.some(x => x.wave === i))
+  for (const [j, k] of filled.slice(0, -1).entries()) {
+    const these = good.nodes.filter(x => x.wave === k)
+    const next = good.nodes.filter(x => x.wave === filled[j + 1])
+    const last = these.reduce((a, b) =>
+      (a.report!.healthySince ?? 0) >= (b.report!.healthySince ?? 0) ? a : b
+    )
+    const firstSwitch = Math.min(...next.map(x => x.report!.switchedAt!))
+    const H = last.report!.healthySince!
+    const soaked = last.report!.soakedAt!
+    say(
+      `    wave ${k} (${these.length}) → ${filled[j + 1]} (${next.length}): T − H = ${ms(firstSwitch - H)}, machinery T − H − soak = ${ms(firstSwitch - H - SOAK_MS)}, from the soak ending (soakedAt) ${ms(firstSwitch - soaked)}`
+    )
+  }
+
+  // 2. Abort.
+  await apply(
+    base('2', {
+      broken: {
+        change: { workloads: { app: { command: ['false'], version: '3-broken' } } },
+        waves,
+        soak: '1m',
+        health: { restarts: 0, startTimeout: '30s' }
+      }
+    })
+  )
+  const broken = await waitFor(
+    'every node to record the abort',
+    async () => {
+      const d = await detail(daemons[0]!, 'broken')
+      return d.nodes.every(x => x.report?.abortedAt !== undefined) ? d : undefined
+    },
+    120_000,
+    200
+  )
+  const canary = broken.nodes.find(x => x.report?.failedAt !== undefined)!
+  const F = canary.report!.failedAt!
+  const known = broken.nodes.map(x => x.report!.abortedAt!)
+  const sorted = [...known].sort((a, b) => a - b)
+  say(`  abort (target: every node knows < 1 s after the canary failed):`)
+  say(
+    `    canary failed ${ms(F - canary.report!.switchedAt!)} after it switched (${canary.report!.reason}); the whole fleet knew ${ms(Math.max(...known) - F)} after the failure (median node ${ms(sorted[Math.floor(N / 2)]! - F)}; first ${ms(sorted[0]! - F)}, spread ${ms(sorted.at(-1)! - sorted[0]!)})`
+  )
+  say(
+    `    switched outside the canary: ${broken.nodes.filter(x => x.report?.switchedAt !== undefined).length - 1}`
+  )
+  if (VERBOSE) {
+    for (const x of broken.nodes) say(`      ${x.name} abortedAt +${x.report!.abortedAt! - F} ms`)
+  }
+} finally {
+  await stopAll()
+  await rm(dir, { recursive: true, force: true })
+}
