@@ -11,10 +11,12 @@
  *     source and to two other fetchers (a ring), so they can serve each other. Time from the
  *     first config arrival to the last completion, as a ratio of the one transfer.
  *  4. Items 2 and 3 again with every daemon's upload limited (`artifactServeRate`), a thin
- *     link at each node: here serving each other is what keeps ten close to one.
+ *     link at each node, and an artifact small enough that the machine's CPU is not what limits
+ *     ten transfers at once: here serving each other is what keeps ten close to one.
  *
  * ARTIFACT_BENCH_MIB (default 256) sizes the artifact; ARTIFACT_BENCH_FETCHERS (10) the swarm;
- * ARTIFACT_BENCH_SERVE_MIBPS (24) the thin-link limit (0 skips item 4). Prints; asserts nothing.
+ * ARTIFACT_BENCH_SERVE_MIBPS (4) the thin-link limit (0 skips item 4), ARTIFACT_BENCH_THIN_MIB
+ * (64) its artifact. Prints; asserts nothing.
  */
 import { spawn } from 'node:child_process'
 import { createReadStream } from 'node:fs'
@@ -39,7 +41,8 @@ import {
 const MIB = 1024 * 1024
 const SIZE = Number(process.env.ARTIFACT_BENCH_MIB ?? 256) * MIB
 const FETCHERS = Number(process.env.ARTIFACT_BENCH_FETCHERS ?? 10)
-const THIN = Number(process.env.ARTIFACT_BENCH_SERVE_MIBPS ?? 24) * MIB
+const THIN = Number(process.env.ARTIFACT_BENCH_SERVE_MIBPS ?? 4) * MIB
+const THIN_SIZE = Number(process.env.ARTIFACT_BENCH_THIN_MIB ?? 64) * MIB
 const PASS = 'bench passphrase'
 const env = { RHIZOME_PASSPHRASE: PASS }
 
@@ -274,14 +277,18 @@ async function close(f: Fleet): Promise<void> {
   await rm(f.dir, { recursive: true, force: true })
 }
 
-const mbps = (ms: number): string => `${(SIZE / MIB / (ms / 1000)).toFixed(0)} MiB/s`
+const mbps = (ms: number, size = SIZE): string => `${(size / MIB / (ms / 1000)).toFixed(1)} MiB/s`
+
+async function randomFile(file: string, size: number): Promise<void> {
+  const fh = await open(file, 'w')
+  for (let o = 0; o < size; o += 16 * MIB) await fh.write(randomBytes(Math.min(16 * MIB, size - o)))
+  await fh.close()
+}
 
 const work = await mkdtemp(join(tmpdir(), 'rhizome-art-bench-file-'))
 try {
   const file = join(work, 'artifact.bin')
-  const fh = await open(file, 'w')
-  for (let o = 0; o < SIZE; o += 16 * MIB) await fh.write(randomBytes(Math.min(16 * MIB, SIZE - o)))
-  await fh.close()
+  await randomFile(file, SIZE)
   process.stdout.write(`artifact: ${SIZE / MIB} MiB of random bytes, 1 MiB chunks\n`)
 
   const plain = await plainCopy(file, work)
@@ -293,21 +300,29 @@ try {
     `libp2p alone (one Noise + Yamux stream, other process, from memory, no disk): ${raw.toFixed(0)} ms, ${mbps(raw)}, ${(plain / raw).toFixed(2)}x the plain copy's throughput\n`
   )
 
-  for (const serve of THIN > 0 ? [0, THIN] : [0]) {
+  const variants = [{ serve: 0, size: SIZE, file }]
+  if (THIN > 0) {
+    const thinFile = join(work, 'thin.bin')
+    await randomFile(thinFile, THIN_SIZE)
+    variants.push({ serve: THIN, size: THIN_SIZE, file: thinFile })
+  }
+  for (const { serve, size, file: f } of variants) {
     const label =
-      serve === 0 ? 'no rate limit' : `upload limited to ${serve / MIB} MiB/s per daemon`
-    const one = await fleetOf(1, file, serve)
+      serve === 0
+        ? `${size / MIB} MiB, no rate limit`
+        : `${size / MIB} MiB, upload limited to ${serve / MIB} MiB/s per daemon`
+    const one = await fleetOf(1, f, serve)
     const r1 = await transfer(one, 'f1')
     await close(one)
     const single = r1.ends[0]! - r1.starts[0]!
     process.stdout.write(
-      `\n[${label}]\none transfer between two daemons: ${single} ms, ${mbps(single)}` +
+      `\n[${label}]\none transfer between two daemons: ${single} ms, ${mbps(single, size)}` +
         (serve === 0
           ? `, ${(plain / single).toFixed(2)}x the plain copy's throughput (target >= 0.5x), ${(raw / single).toFixed(2)}x libp2p alone`
           : '') +
         `\n  fetcher RSS: idle ${(r1.rssIdle / MIB).toFixed(0)} MB, peak ${(r1.rssPeak / MIB).toFixed(0)} MB, +${((r1.rssPeak - r1.rssIdle) / MIB).toFixed(0)} MB (target < 50 MB)\n`
     )
-    const many = await fleetOf(FETCHERS, file, serve)
+    const many = await fleetOf(FETCHERS, f, serve)
     const rN = await transfer(many)
     await close(many)
     const total = Math.max(...rN.ends) - Math.min(...rN.starts)

@@ -14,6 +14,10 @@
  *
  *   kind 1: a trust statement (its JSON, as `encodeTrustStatement` writes it)
  *   kind 2: a signed batch (crdt/signed-change.ts), one document's changes
+ *   kind 3: an artifact manifest (node/artifacts/manifest.ts), written after the batches
+ *   kind 4: a chunk of the artifact whose manifest came last: u32be index ‖ the chunk's bytes;
+ *           every chunk of it, in order, before the next manifest (`rhizome bundle export
+ *           --with-artifacts`)
  *
  * A writer hashes what it writes and appends `end`; a reader hashes what it reads and accepts
  * the sections only once `end` matches and nothing follows it. Import therefore reads the file
@@ -21,13 +25,8 @@
  * section in memory. Readers reject a kind they do not know, naming it (a bundle from a newer
  * rhizome).
  *
- * Adding content (large artifacts, later): give it new kinds, e.g. an artifact manifest section
- * followed by its chunks as sections of their own (each ≤ MAX_SECTION_BYTES, carrying the
- * artifact's digest and the chunk's offset), written after the batches that name them. The
- * whole-file checksum covers them with no change to it; a reader streams each chunk to the
- * artifact store as it passes (chunks verify against their manifest by themselves) and counts
- * it only once the end has matched. Bound their number by bytes, not by the section counts
- * below, which are for statements and batches.
+ * Artifacts are bounded by bytes, not by the section counts below (which are for statements
+ * and batches): at most MAX_BUNDLE_ARTIFACTS manifests, each chunk a section of its own.
  */
 import { createHash, type Hash } from 'node:crypto'
 import { encodeTrustStatement, type SignedTrustStatement } from '../crdt/trust.ts'
@@ -40,8 +39,9 @@ export const BUNDLE_VERSION = 2
 export const MAX_SECTION_BYTES = MAX_BATCH_BYTES
 export const MAX_BUNDLE_TRUST = 1024
 export const MAX_BUNDLE_BATCHES = 1024
+export const MAX_BUNDLE_ARTIFACTS = 256
 
-export const SectionKind = { End: 0, Trust: 1, Batch: 2 } as const
+export const SectionKind = { End: 0, Trust: 1, Batch: 2, Manifest: 3, Chunk: 4 } as const
 export type SectionKind = (typeof SectionKind)[keyof typeof SectionKind]
 
 const MAGIC = utf8('RHZB')
@@ -55,7 +55,7 @@ export interface Bundle {
 }
 
 export interface BundleSection {
-  kind: typeof SectionKind.Trust | typeof SectionKind.Batch
+  kind: Exclude<SectionKind, typeof SectionKind.End>
   payload: Uint8Array
 }
 
@@ -112,6 +112,18 @@ export class BundleEncoder {
 
   batch(encoded: Uint8Array): Uint8Array {
     return this.section(SectionKind.Batch, encoded)
+  }
+
+  /** An artifact's encoded manifest; its chunks follow, in order. */
+  manifest(encoded: Uint8Array): Uint8Array {
+    return this.section(SectionKind.Manifest, encoded)
+  }
+
+  /** Chunk `index` of the artifact whose manifest came last. */
+  chunk(index: number, bytes: Uint8Array): Uint8Array {
+    const head = new Uint8Array(4)
+    new DataView(head.buffer).setUint32(0, index)
+    return this.section(SectionKind.Chunk, concatBytes(head, bytes))
   }
 
   end(): Uint8Array {
@@ -179,6 +191,19 @@ class Pending {
   }
 }
 
+const KNOWN_KINDS = new Set<number>([
+  SectionKind.Trust,
+  SectionKind.Batch,
+  SectionKind.Manifest,
+  SectionKind.Chunk
+])
+/** Count bounds per kind (chunks are bounded by their manifests' sizes instead). */
+const SECTION_BOUNDS: Record<number, { max: number; what: string } | undefined> = {
+  [SectionKind.Trust]: { max: MAX_BUNDLE_TRUST, what: 'trust statements' },
+  [SectionKind.Batch]: { max: MAX_BUNDLE_BATCHES, what: 'batches' },
+  [SectionKind.Manifest]: { max: MAX_BUNDLE_ARTIFACTS, what: 'artifacts' }
+}
+
 const damaged = (what: string): InvalidBundleError =>
   new InvalidBundleError(
     `the bundle is damaged (${what}); nothing was imported. Copy it again, or export it again with \`rhizome bundle export\``
@@ -195,7 +220,7 @@ export async function* readBundle(
 ): AsyncGenerator<BundleSection> {
   const hash = createHash('sha256')
   const pending = new Pending()
-  const counts: Record<number, number> = { [SectionKind.Trust]: 0, [SectionKind.Batch]: 0 }
+  const counts: Record<number, number> = {}
   let header = false
   let ended = false
   for await (const chunk of source) {
@@ -232,7 +257,7 @@ export async function* readBundle(
       const length = new DataView(head.buffer, head.byteOffset, SECTION_HEAD_BYTES).getUint32(1)
       if (kind === SectionKind.End) {
         if (length !== DIGEST_BYTES) throw damaged('its end section has the wrong length')
-      } else if (kind !== SectionKind.Trust && kind !== SectionKind.Batch) {
+      } else if (!KNOWN_KINDS.has(kind)) {
         throw new InvalidBundleError(
           `the bundle holds a section of kind ${kind}, which this rhizome does not know (written by a newer version?); upgrade rhizome, or the bundle is damaged`
         )
@@ -248,16 +273,14 @@ export async function* readBundle(
         if (pending.length > 0) throw damaged('bytes follow its end')
         break
       }
-      const max = kind === SectionKind.Trust ? MAX_BUNDLE_TRUST : MAX_BUNDLE_BATCHES
+      const bound = SECTION_BOUNDS[kind]
       counts[kind] = (counts[kind] ?? 0) + 1
-      if ((counts[kind] ?? 0) > max) {
-        throw new InvalidBundleError(
-          `the bundle holds more than ${max} ${kind === SectionKind.Trust ? 'trust statements' : 'batches'}`
-        )
+      if (bound !== undefined && (counts[kind] ?? 0) > bound.max) {
+        throw new InvalidBundleError(`the bundle holds more than ${bound.max} ${bound.what}`)
       }
       hash.update(head)
       hash.update(payload)
-      yield { kind, payload }
+      yield { kind: kind as BundleSection['kind'], payload }
     }
   }
   if (!header) throw damaged('it is shorter than its header')
@@ -271,7 +294,7 @@ export async function decodeBundle(bytes: Uint8Array): Promise<Bundle> {
   for await (const s of readBundle([bytes])) sections.push(s)
   for (const s of sections) {
     if (s.kind === SectionKind.Trust) out.trust.push(s.payload)
-    else out.batches.push(s.payload)
+    else if (s.kind === SectionKind.Batch) out.batches.push(s.payload)
   }
   return out
 }

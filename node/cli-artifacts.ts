@@ -32,6 +32,58 @@ function daemonOpt(): Option {
 
 const mib = (n: number): string => `${(n / 1048576).toFixed(n < 10 * 1048576 ? 1 : 0)} MiB`
 
+/** Stream bytes into a daemon's artifact store (PUT /api/artifacts); what it stored. */
+export async function uploadArtifact(
+  daemon: string,
+  body: AsyncIterable<Uint8Array>,
+  opts: { name?: string; chunkSize?: number; size?: number }
+): Promise<Added> {
+  const q = new URLSearchParams()
+  if (opts.name !== undefined) q.set('name', opts.name)
+  if (opts.chunkSize !== undefined) q.set('chunkSize', String(opts.chunkSize))
+  const base = daemon.replace(/\/+$/, '')
+  const headers: Record<string, string> = { 'content-type': 'application/octet-stream' }
+  if (opts.size !== undefined) headers['content-length'] = String(opts.size)
+  // An error of the body (a damaged bundle) is the error to report, not the aborted upload.
+  let bodyError: unknown
+  const guarded = async function* (): AsyncGenerator<Uint8Array> {
+    try {
+      yield* body
+    } catch (err) {
+      bodyError = err
+      throw err
+    }
+  }
+  let res: Response
+  try {
+    res = await fetch(`${base}/api/artifacts?${q}`, {
+      method: 'PUT',
+      headers,
+      body: Readable.toWeb(Readable.from(guarded())) as ReadableStream<Uint8Array>,
+      duplex: 'half'
+    } as RequestInit)
+  } catch (err) {
+    if (bodyError !== undefined) throw bodyError
+    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message
+    throw new DaemonUnreachableError(
+      `cannot reach the daemon at ${base} (${cause}); is it running (rhizome start)? pass its address with --daemon or RHIZOME_DAEMON`
+    )
+  }
+  if (!res.ok) {
+    const b = (await res.json().catch(() => ({}))) as {
+      error?: string
+      message?: string
+      category?: string
+    }
+    throw new RejectedByDaemonError(
+      b.error ?? `HTTP ${res.status}`,
+      b.message ?? `the daemon answered ${res.status}`,
+      b.category
+    )
+  }
+  return (await res.json()) as Added
+}
+
 interface Added {
   digest: string
   name: string | null
@@ -49,36 +101,11 @@ async function cmdAdd(
     throw new UsageError(`cannot read ${file}: ${err.message}`)
   })
   if (!st.isFile()) throw new UsageError(`${file} is not a regular file`)
-  const q = new URLSearchParams({ name: opts.name ?? basename(file) })
-  if (opts.chunkSize !== undefined) q.set('chunkSize', opts.chunkSize)
-  const base = opts.daemon.replace(/\/+$/, '')
-  let res: Response
-  try {
-    res = await fetch(`${base}/api/artifacts?${q}`, {
-      method: 'PUT',
-      headers: { 'content-type': 'application/octet-stream', 'content-length': String(st.size) },
-      body: Readable.toWeb(createReadStream(file)) as ReadableStream<Uint8Array>,
-      duplex: 'half'
-    } as RequestInit)
-  } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message
-    throw new DaemonUnreachableError(
-      `cannot reach the daemon at ${base} (${cause}); is it running (rhizome start)? pass its address with --daemon or RHIZOME_DAEMON`
-    )
-  }
-  if (!res.ok) {
-    const body = (await res.json().catch(() => ({}))) as {
-      error?: string
-      message?: string
-      category?: string
-    }
-    throw new RejectedByDaemonError(
-      body.error ?? `HTTP ${res.status}`,
-      body.message ?? `the daemon answered ${res.status}`,
-      body.category
-    )
-  }
-  const a = (await res.json()) as Added
+  const a = await uploadArtifact(opts.daemon, createReadStream(file), {
+    name: opts.name ?? basename(file),
+    size: st.size,
+    ...(opts.chunkSize === undefined ? {} : { chunkSize: Number(opts.chunkSize) })
+  })
   say(a.digest)
   say(
     `  ${a.name ?? ''}: ${a.size} bytes (${mib(a.size)}), ${a.chunks} chunks of ${mib(a.chunkSize)}, file sha-256 ${a.fileSha256}`

@@ -19,14 +19,20 @@ import { BundleEncoder, readBundle, SectionKind } from './bundle.ts'
 import { UsageError, WrongFleetError } from './errors.ts'
 import { STORE_DIR } from './config.ts'
 import { daemonOption, say } from './cli-common.ts'
+import { exportArtifacts, importArtifacts } from './artifacts/bundle-cli.ts'
 
-async function cmdExport(opts: { out: string; daemon: string }): Promise<void> {
+async function cmdExport(opts: {
+  out: string
+  daemon: string
+  withArtifacts?: boolean
+}): Promise<void> {
   const client = new DaemonClient(opts.daemon)
   const trust = await client.trust()
   const ids = await client.docIds()
   // Written beside the target and renamed once whole, so an interrupted export leaves no
   // half-written bundle under the name the operator will carry away.
   const tmp = `${opts.out}.partial`
+  let artifacts = ''
   const out = createWriteStream(tmp, { flags: 'w' })
   const write = (bytes: Uint8Array): Promise<void> =>
     new Promise((ok, fail) => out.write(bytes, err => (err ? fail(err) : ok())))
@@ -36,6 +42,7 @@ async function cmdExport(opts: { out: string; daemon: string }): Promise<void> {
     for (const id of ids) {
       await write(enc.batch(await client.bytes(`/api/docs/${encodeURIComponent(id)}/batch`)))
     }
+    if (opts.withArtifacts === true) artifacts = await exportArtifacts(client, ids, enc, write)
     await write(enc.end())
     out.end()
     await finished(out)
@@ -45,7 +52,9 @@ async function cmdExport(opts: { out: string; daemon: string }): Promise<void> {
     await rm(tmp, { force: true })
     throw err
   }
-  say(`wrote ${opts.out}: ${trust.length} trust statement(s), ${ids.length} document(s)`)
+  say(
+    `wrote ${opts.out}: ${trust.length} trust statement(s), ${ids.length} document(s)${artifacts}`
+  )
 }
 
 /** Check the bundle whole and return its trust statements (few and small; batches stay on disk). */
@@ -59,7 +68,7 @@ async function checkedTrust(file: string): Promise<{ trust: Uint8Array[]; batche
   let batches = 0
   for await (const s of readBundle(createReadStream(file))) {
     if (s.kind === SectionKind.Trust) trust.push(s.payload)
-    else batches++
+    else if (s.kind === SectionKind.Batch) batches++
   }
   return { trust, batches }
 }
@@ -117,6 +126,7 @@ async function cmdImport(file: string, opts: { daemon: string; data?: string }):
       } finally {
         await replica.close()
       }
+      await importArtifacts(file, { dataDir: resolve(opts.data) })
     } finally {
       await store.close()
     }
@@ -131,6 +141,7 @@ async function cmdImport(file: string, opts: { daemon: string; data?: string }):
     const r = await client.postBytes(bytes)
     say(`${batch.docId}: ${r.status}`)
   }
+  await importArtifacts(file, { daemon: opts.daemon })
 }
 
 /** Register `bundle export` and `bundle import` on the `rhizome` program. */
@@ -144,6 +155,10 @@ export function registerBundleCommands(program: Command, exitHelp: string): void
       "write the trust chain and every document's signed changes to a file, with a checksum"
     )
     .requiredOption('--out <file>', 'bundle file to write')
+    .option(
+      '--with-artifacts',
+      'also write every artifact the desired config names (the daemon must hold them complete)'
+    )
     .addOption(daemonOption())
     .addHelpText('after', exitHelp)
     .action(cmdExport)

@@ -9,6 +9,8 @@
  * - The workload that uses the artifact starts on each node only once the artifact is complete.
  * - n3's copy is then corrupted on disk (a device serving garbage): n4, joining, bans it and
  *   completes from the honest peers.
+ * - n5 has no network at all: a bundle exported with the artifact brings it the config and the
+ *   artifact, and its workload runs; the same bundle with one byte flipped is refused whole.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -33,7 +35,7 @@ import { startProxy, type TcpProxy } from './fixtures/tcp-proxy.ts'
 import { waitFor } from './fixtures/wait.ts'
 
 const PASS = 'correct horse battery'
-const NAMES = ['n1', 'n2', 'n3', 'n4'] as const
+const NAMES = ['n1', 'n2', 'n3', 'n4', 'n5'] as const
 const SIZE = 64 * 1024 * 1024
 /** Fetch limit on n2, n3 and n4, so that a cut, a kill and a join land mid-transfer. */
 const FETCH_RATE = 16 * 1024 * 1024
@@ -139,6 +141,8 @@ describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () =>
         artifactFetchRate: FETCH_RATE
       })
     )
+    // n5 listens nowhere and knows no peer: only a bundle reaches it.
+    await writeFile(cfg('n5'), base('n5', { listen: [], bootstrap: [] }))
     await writeFile(join(dir, 'app.mjs'), APP)
     const bytes = randomBytes(SIZE)
     fileSha = createHash('sha256').update(bytes).digest('hex')
@@ -269,5 +273,36 @@ describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () =>
     assert.match(String(banned.reason), /does not match/)
     assert.equal((await ranWithArtifact('n4')).trim(), `${fileSha} ${SIZE}`)
     assert.ok((await metric('n4', 'rhizome_artifact_chunks_rejected_total')) >= 1)
+  })
+
+  it('brings an isolated node to the new version with a bundle that carries the artifact', async () => {
+    const bundle = join(dir, 'site.bundle')
+    const ex = await rhizome(
+      ['bundle', 'export', '--with-artifacts', '--out', bundle, '--daemon', d.n1!.url],
+      env
+    )
+    assert.equal(ex.code, 0, ex.stderr)
+    assert.match(ex.stdout, /1 artifact\(s\) \(64\.0 MiB\)/)
+    const d5 = await start('n5')
+    // A copy damaged on the way (one flipped byte in the artifact's part): refused whole.
+    const bad = join(dir, 'damaged.bundle')
+    await writeFile(bad, await readFile(bundle))
+    const fh = await open(bad, 'r+')
+    const { size } = await fh.stat()
+    await fh.write(Uint8Array.of(0x5a), 0, 1, size - 1024 * 1024)
+    await fh.close()
+    const refused = await rhizome(['bundle', 'import', bad, '--daemon', d5.url], env)
+    assert.equal(refused.code, 2, refused.stderr)
+    assert.match(refused.stderr, /damaged/)
+    assert.equal(await listed('n5'), undefined, 'nothing of the damaged bundle was stored')
+    const im = await rhizome(['bundle', 'import', bundle, '--daemon', d5.url], env)
+    assert.equal(im.code, 0, im.stderr)
+    assert.match(im.stdout, new RegExp(`artifact ${digest}: stored`))
+    assert.equal((await ranWithArtifact('n5')).trim(), `${fileSha} ${SIZE}`)
+    assert.equal(
+      await metric('n5', 'rhizome_artifact_bytes_fetched_total'),
+      0,
+      'nothing came over a network'
+    )
   })
 })

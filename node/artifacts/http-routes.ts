@@ -4,6 +4,8 @@
  *   PUT /api/artifacts?name=N[&chunkSize=B]   body: the file's bytes, streamed into the store →
  *                                              {digest, name, size, chunkSize, chunks, fileSha256}
  *   GET /api/artifacts                         [{digest, name, state, size, held, …, status}]
+ *   GET /api/artifacts/:digest/manifest        the encoded manifest (404 if not held)
+ *   GET /api/artifacts/:digest/chunks/:i       one verified chunk (404 if not held): bundle export
  *
  * The body is hashed and written as it arrives (never held in memory), up to the smaller of the
  * artifact bound and the daemon's disk budget.
@@ -12,6 +14,14 @@ import { Readable } from 'node:stream'
 import { HttpError, type Route } from '../http-api.ts'
 import type { Artifacts } from './manager.ts'
 import { MAX_ARTIFACT_BYTES, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from './limits.ts'
+import { parseDigest } from './manifest.ts'
+
+const notHeld = (what: string): HttpError =>
+  new HttpError(
+    404,
+    'NotHeld',
+    `this daemon does not hold ${what}; \`rhizome artifact list\` shows what it holds`
+  )
 
 export function artifactRoutes(artifacts: Artifacts, diskBudgetBytes: number): Route[] {
   return [
@@ -63,6 +73,24 @@ export function artifactRoutes(artifacts: Artifacts, diskBudgetBytes: number): R
             fileSha256: m.fileSha256
           }
         }
+      }
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/artifacts\/(sha256:[0-9a-f]{64})\/manifest$/,
+      handler: async m => {
+        const manifest = artifacts.store.manifest(parseDigest(m[1]))
+        if (manifest === undefined) throw notHeld(m[1] as string)
+        return { bytes: manifest.bytes, type: 'application/octet-stream' }
+      }
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/artifacts\/(sha256:[0-9a-f]{64})\/chunks\/(\d{1,6})$/,
+      handler: async m => {
+        const chunk = await artifacts.store.readChunk(parseDigest(m[1]), Number(m[2]))
+        if (chunk === undefined) throw notHeld(`${m[1]} chunk ${m[2]}`)
+        return { bytes: chunk, type: 'application/octet-stream' }
       }
     },
     {
