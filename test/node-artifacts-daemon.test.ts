@@ -6,7 +6,7 @@
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdir, mkdtemp, readFile, readlink, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, readlink, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
@@ -137,14 +137,20 @@ describe('artifacts in one daemon', { timeout: 120_000 }, () => {
     assert.match(list.stdout, /app .* complete/)
     assert.match(list.stdout, /waiting 0%/)
 
-    // A new version: the workload switches, the link is swapped, the old tree is kept.
+    // A new version: the workload switches, the link is swapped, the old tree is kept. And an
+    // artifact file below a directory someone replaced with a link out of the allowed root is
+    // refused, not written through it.
     const v2 = await add(await appTar(dir, 'v2'), 'app')
+    const outside = join(dir, 'outside')
+    await mkdir(outside)
+    await symlink(outside, root('/opt/rhizome/evil'))
     await apply({
       fleet: {
         defaults: {
           files: {
             '/opt/rhizome/model.bin': { artifact: model, mode: '0640' },
             '/opt/rhizome/app': { artifact: v2, unpack: 'tar' },
+            '/opt/rhizome/evil/model.bin': { artifact: model },
             '/opt/rhizome/plain.txt': { content: 'still applied\n' }
           },
           workloads: {
@@ -162,6 +168,14 @@ describe('artifacts in one daemon', { timeout: 120_000 }, () => {
       (await readFile(out, 'utf8').catch(() => '')).startsWith('v2 ')
     )
     assert.notEqual(await readlink(root('/opt/rhizome/app')), unpacked)
+    const refused = await waitFor('the link to be refused', async () => {
+      const s = await getJson<{ nodes: Array<{ status: { errors?: string[] } }> }>(
+        `${d.url}/api/status`
+      )
+      return s.nodes[0]?.status?.errors?.find(e => e.includes('/opt/rhizome/evil/model.bin'))
+    })
+    assert.match(refused, /symbolic link/)
+    assert.deepEqual(await readdir(outside), [], 'nothing was written through the link')
     assert.equal(
       await readFile(join(unpacked, 'version.txt'), 'utf8'),
       'v1',

@@ -20,23 +20,14 @@
  * What each entry runs and ran before is remembered in `applied.json` (so a restart keeps an old
  * version running while a new one is fetched), and both are kept through garbage collection.
  */
+import { randomBytes } from 'node:crypto'
 import { constants } from 'node:fs'
-import {
-  chmod,
-  copyFile,
-  lstat,
-  mkdir,
-  readFile,
-  readlink,
-  rename,
-  rm,
-  stat,
-  symlink
-} from 'node:fs/promises'
-import { dirname, isAbsolute, join, normalize } from 'node:path'
+import { chmod, copyFile, lstat, readFile, readlink, rename, rm, symlink } from 'node:fs/promises'
+import { isAbsolute, join, normalize } from 'node:path'
 import { logger } from '@libp2p/logger'
 import type { ConfigObject, ConfigValue } from '../../crdt/effective-config.ts'
 import { parseMode } from '../appliers/files.ts'
+import { openBelow, removeEntry, type OpenDir } from '../appliers/safe-path.ts'
 import { isDigest, parseDigest, type ArtifactDigest } from './manifest.ts'
 import { writeFileAtomic } from './store.ts'
 import type { Artifacts } from './manager.ts'
@@ -213,7 +204,6 @@ export class ArtifactApplier {
     const desired = new Set(this.pendingFiles.map(f => f.path))
     for (const f of this.pendingFiles) {
       try {
-        const target = this.target(f.path)
         const prev = applied[f.path]
         if (!this.artifacts.isComplete(f.ref.digest)) {
           waiting.push(f.path)
@@ -221,9 +211,9 @@ export class ArtifactApplier {
         }
         const stamp =
           f.ref.unpack === 'tar'
-            ? await this.link(target, await this.artifacts.store.unpacked(f.ref.digest))
+            ? await this.link(f.path, await this.artifacts.store.unpacked(f.ref.digest))
             : await this.copy(
-                target,
+                f.path,
                 f.ref.digest,
                 f.mode,
                 prev?.digest === f.ref.digest ? prev.stamp : undefined
@@ -240,12 +230,7 @@ export class ArtifactApplier {
     for (const [key, e] of Object.entries(applied)) {
       if (key.startsWith('workload:') || desired.has(key)) continue
       try {
-        const target = this.target(key)
-        const st = await lstat(target).catch(() => undefined)
-        // Remove only what we put there: our link, or a file still as we wrote it.
-        if (st?.isSymbolicLink() === true || (st !== undefined && e.stamp?.ino === st.ino)) {
-          await rm(target, { force: true })
-        }
+        await this.remove(key, e)
       } catch (err) {
         errors.push(`${key}: remove failed: ${(err as Error).message}`)
       }
@@ -256,61 +241,114 @@ export class ArtifactApplier {
     return { errors, waiting }
   }
 
-  private target(path: string): string {
+  /**
+   * Where an entry lives: its directory opened below the allowed root it is in, never through a
+   * symbolic link (node/appliers/safe-path.ts, as the files applier writes), and its name there.
+   */
+  private async place(
+    path: string,
+    create: boolean
+  ): Promise<{ dir: OpenDir; name: string } | undefined> {
     const p = normalize(path)
-    if (!isAbsolute(p) || p.includes('\0')) throw new Error(`"${path}" is not an absolute path`)
-    if (!this.allowed.some(r => r === '/' || p.startsWith(r))) {
+    if (!isAbsolute(p) || p.includes('\0') || p.endsWith('/')) {
+      throw new Error(`"${path}" is not an absolute path to a file`)
+    }
+    const root = this.allowed
+      .filter(r => r === '/' || p.startsWith(r))
+      .sort((a, b) => b.length - a.length)[0]
+    if (root === undefined) {
       throw new Error(
         `"${path}" is outside the allowed roots (${this.allowed.join(', ')}); change allowedRoots in the daemon config to manage it`
       )
     }
-    return join(this.root, p)
-  }
-
-  /** The target becomes a link to `dir`, swapped by rename (a reader sees the old or the new tree). */
-  private async link(target: string, dir: string): Promise<undefined> {
-    const st = await lstat(target).catch(() => undefined)
-    if (st?.isSymbolicLink() === true && (await readlink(target)) === dir) return undefined
-    if (st !== undefined && !st.isSymbolicLink()) {
-      throw new Error(
-        `exists and is not a link rhizome made (a ${st.isDirectory() ? 'directory' : 'file'}); move it away so the unpacked artifact can take its place`
-      )
+    const parts = p
+      .slice(root.length)
+      .split('/')
+      .filter(x => x !== '')
+    const name = parts.pop()
+    if (name === undefined) {
+      throw new Error(`"${path}" names an allowed root itself, not a file in it`)
     }
-    await mkdir(dirname(target), { recursive: true })
-    const tmp = `${target}.rhizome-${process.pid}.link`
-    await rm(tmp, { force: true })
-    await symlink(dir, tmp)
-    await rename(tmp, target)
-    log('%s -> %s', target, dir)
-    return undefined
+    const dir = await openBelow(join(this.root, root), parts, create)
+    return dir === undefined ? undefined : { dir, name }
   }
 
-  /** The target becomes a copy of the artifact, written beside it and renamed over it. */
+  /** The entry becomes a link to `tree`, swapped by rename (a reader sees the old or the new tree). */
+  private async link(path: string, tree: string): Promise<undefined> {
+    const at = (await this.place(path, true))!
+    try {
+      const target = at.dir.entry(at.name)
+      const st = await lstat(target).catch(() => undefined)
+      if (st?.isSymbolicLink() === true && (await readlink(target)) === tree) return undefined
+      if (st !== undefined && !st.isSymbolicLink()) {
+        throw new Error(
+          `exists and is not a link rhizome made (a ${st.isDirectory() ? 'directory' : 'file'}); move it away so the unpacked artifact can take its place`
+        )
+      }
+      const tmp = `.${at.name}.rhizome-${randomBytes(6).toString('hex')}.link`
+      await symlink(tree, at.dir.entry(tmp))
+      await rename(at.dir.entry(tmp), target)
+      log('%s -> %s', path, tree)
+      return undefined
+    } finally {
+      await at.dir.close()
+    }
+  }
+
+  /** The entry becomes a copy of the artifact, written beside it and renamed over it. */
   private async copy(
-    target: string,
+    path: string,
     d: ArtifactDigest,
     mode: number,
     stamp: AppliedEntry['stamp']
   ): Promise<AppliedEntry['stamp']> {
-    const st = await stat(target).catch(() => undefined)
-    if (
-      st !== undefined &&
-      stamp !== undefined &&
-      st.ino === stamp.ino &&
-      st.size === stamp.size &&
-      st.mtimeMs === stamp.mtimeMs &&
-      (st.mode & 0o7777) === mode
-    ) {
-      return stamp
+    const at = (await this.place(path, true))!
+    try {
+      const target = at.dir.entry(at.name)
+      const st = await lstat(target).catch(() => undefined)
+      if (
+        st?.isFile() === true &&
+        stamp !== undefined &&
+        st.ino === stamp.ino &&
+        st.size === stamp.size &&
+        st.mtimeMs === stamp.mtimeMs &&
+        (st.mode & 0o7777) === mode
+      ) {
+        return stamp
+      }
+      const tmp = at.dir.entry(`.${at.name}.rhizome-${randomBytes(6).toString('hex')}.tmp`)
+      try {
+        await copyFile(
+          this.artifacts.store.blobPath(d) as string,
+          tmp,
+          constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE
+        )
+        await chmod(tmp, mode)
+        await rename(tmp, target)
+      } catch (err) {
+        await rm(tmp, { force: true })
+        throw err
+      }
+      const now = await lstat(target)
+      log('%s <- %s', path, d)
+      return { ino: now.ino, size: now.size, mtimeMs: now.mtimeMs }
+    } finally {
+      await at.dir.close()
     }
-    await mkdir(dirname(target), { recursive: true })
-    const tmp = `${target}.rhizome-${process.pid}.tmp`
-    await copyFile(this.artifacts.store.blobPath(d) as string, tmp, constants.COPYFILE_FICLONE)
-    await chmod(tmp, mode)
-    await rename(tmp, target)
-    const now = await stat(target)
-    log('%s <- %s', target, d)
-    return { ino: now.ino, size: now.size, mtimeMs: now.mtimeMs }
+  }
+
+  /** Remove what we put at `path`: our link, or a file still as we wrote it. */
+  private async remove(path: string, e: AppliedEntry): Promise<void> {
+    const at = await this.place(path, false)
+    if (at === undefined) return
+    try {
+      const st = await lstat(at.dir.entry(at.name)).catch(() => undefined)
+      if (st?.isSymbolicLink() === true || (st !== undefined && e.stamp?.ino === st.ino)) {
+        await removeEntry(at.dir, at.name)
+      }
+    } finally {
+      await at.dir.close()
+    }
   }
 }
 
