@@ -1,17 +1,23 @@
 /**
  * The long fuzz run (issue: at least 1,000,000 inputs over every decoder and handler): each
- * target of test/fixtures/fuzz-targets.ts gets its share of FUZZ_INPUTS (default 1,000,000 in
- * all), with a random seed unless FUZZ_SEED is set. Prints inputs per second, accepted/refused,
+ * target of test/fixtures/fuzz-targets.ts (crdt and node) and test/fixtures/fuzz-mesh-targets.ts
+ * (mesh) gets its share of FUZZ_INPUTS (default 1,000,000 in all), with a random seed unless
+ * FUZZ_SEED is set; FUZZ_TARGETS=crdt or mesh runs one set only (default both). Prints inputs per second, accepted/refused,
  * crashes, hangs (over 1 s), the slowest input and heap growth per target. Run with
  * `npm run bench -- bench/fuzz.bench.ts`; it asserts nothing, but says FAILED on a crash or hang.
  */
 import { cpus } from 'node:os'
 import { fuzz } from '../test/fixtures/fuzz.ts'
 import { crdtTargets } from '../test/fixtures/fuzz-targets.ts'
+import { meshTargets } from '../test/fixtures/fuzz-mesh-targets.ts'
 
 const TOTAL = Number(process.env.FUZZ_INPUTS ?? 1_000_000)
 const SEED = Number(process.env.FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31))
-const targets = await crdtTargets()
+const which = process.env.FUZZ_TARGETS ?? 'all'
+const targets = [
+  ...(which === 'mesh' ? [] : await crdtTargets()),
+  ...(which === 'crdt' ? [] : await meshTargets())
+]
 const each = Math.ceil(TOTAL / targets.length)
 const out = (s: string): void => {
   process.stdout.write(s + '\n')

@@ -13,11 +13,19 @@
  *   5 PUSH    string document id ‖ bytes signed batch: changes the sender just made or accepted,
  *             relayed as they are, without a sync round (see peer-session.ts)
  *
+ * The Automerge sync message inside SYNC is checked before Automerge sees it (`checkSyncMessage`):
+ * it must decode, carry no changes, and each Bloom filter in it must be what Automerge itself
+ * writes (num entries ‖ bits per entry ‖ probes ‖ ⌈entries × bits / 8⌉ bytes of bits, with at
+ * most MAX_BLOOM_BITS_PER_ENTRY bits and MAX_BLOOM_PROBES probes): a filter with zero bits
+ * panicked Automerge's wasm module (found by the fuzzer), and one with a billion probes would
+ * spin for as long.
+ *
  * Why one stream per peer and not one per document: a fleet has a handful to hundreds of
  * documents, and a stream per document would multiply yamux streams, handshakes and per-stream
  * limits by that number; message order on one stream also gives a useful guarantee, that a trust
  * statement reaches the peer before changes signed by keys it introduces.
  */
+import * as Automerge from '@automerge/automerge'
 import { ByteReader, ByteWriter } from '../crdt/bytes.ts'
 import { MAX_BATCH_BYTES } from '../crdt/signed-change.ts'
 import { MAX_TRUST_STATEMENT_BYTES } from '../crdt/trust.ts'
@@ -30,6 +38,9 @@ export const SYNC_WIRE_VERSION = 1
 /** An Automerge sync message without changes holds heads, needs and Bloom filters: small. */
 export const MAX_SYNC_MESSAGE_BYTES = 4 * 1024 * 1024
 const MAX_ID = 256
+/** Automerge writes 10 bits per entry and 7 probes; a little room above that, no more. */
+export const MAX_BLOOM_BITS_PER_ENTRY = 32
+export const MAX_BLOOM_PROBES = 32
 
 export type SyncWireMessage =
   | { type: 'hello'; fleetId: string; trustVersion: number; docIds: string[] }
@@ -110,6 +121,45 @@ export function decodeSyncWire(bytes: Uint8Array): SyncWireMessage {
     if (err instanceof MalformedMessageError) throw err
     throw new MalformedMessageError(
       `a peer sent a malformed sync protocol message: ${(err as Error).message}`
+    )
+  }
+}
+
+/**
+ * Check an Automerge sync message from a peer before Automerge reads it: it decodes, and its
+ * Bloom filters are well-formed and bounded (see the header). Throws MalformedMessageError.
+ * Whether it carries changes is the caller's to judge (a held document refuses them itself).
+ */
+export function checkSyncMessage(message: Uint8Array): Automerge.DecodedSyncMessage {
+  let decoded: Automerge.DecodedSyncMessage
+  try {
+    decoded = Automerge.decodeSyncMessage(message)
+  } catch (err) {
+    throw new MalformedMessageError(
+      `a peer sent a sync message Automerge cannot decode: ${(err as Error).message}`
+    )
+  }
+  for (const have of decoded.have) checkBloom(have.bloom)
+  return decoded
+}
+
+function checkBloom(bloom: Uint8Array): void {
+  if (bloom.length === 0) return
+  try {
+    const r = new ByteReader(bloom, 'Bloom filter')
+    const entries = r.varint(1 << 24)
+    const bitsPerEntry = r.varint(MAX_BLOOM_BITS_PER_ENTRY)
+    const probes = r.varint(MAX_BLOOM_PROBES)
+    const bytes = Math.ceil((entries * bitsPerEntry) / 8)
+    if (entries > 0 && (bitsPerEntry === 0 || probes === 0)) {
+      throw new MalformedMessageError('a Bloom filter with entries has no bits or no probes')
+    }
+    r.raw(bytes)
+    r.end()
+  } catch (err) {
+    if (err instanceof MalformedMessageError) throw err
+    throw new MalformedMessageError(
+      `a peer sent a malformed Bloom filter: ${(err as Error).message}`
     )
   }
 }

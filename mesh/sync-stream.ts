@@ -38,7 +38,12 @@ import {
   WorkBudgetExceededError
 } from './errors.ts'
 import { encodeFrame, readFrames } from './frames.ts'
-import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from './sync-messages.ts'
+import {
+  checkSyncMessage,
+  decodeSyncWire,
+  encodeSyncWire,
+  type SyncWireMessage
+} from './sync-messages.ts'
 import {
   MAX_HELD_HASHES_PER_PEER,
   MAX_SYNC_REPEATS,
@@ -150,21 +155,9 @@ export class SyncStream {
       this.sendHello()
       let slice = performance.now()
       for await (const frame of readFrames(this.stream, this.host.limits.maxFrameBytes)) {
-        this.host.count('in', frame.length)
-        this.charge(this.budgetNow().message(performance.now()))
-        const msg = decodeSyncWire(frame)
-        let took = 0
-        await this.serial(async () => {
-          const start = performance.now()
-          try {
-            await this.handle(msg)
-          } finally {
-            took = performance.now() - start
-          }
-        })
+        await this.receive(frame)
         if (this.ended) return
         const now = performance.now()
-        this.charge(this.budgetNow().handled(took, now))
         if (now - slice >= YIELD_AFTER_MS) {
           await yieldToEventLoop()
           slice = performance.now()
@@ -178,6 +171,26 @@ export class SyncStream {
     } finally {
       this.close()
     }
+  }
+
+  /**
+   * One frame from the peer: counted, charged to its work budget, decoded and handled (after
+   * whatever this stream queued before it). Throws what the peer did wrong.
+   */
+  async receive(frame: Uint8Array): Promise<void> {
+    this.host.count('in', frame.length)
+    this.charge(this.budgetNow().message(performance.now()))
+    const msg = decodeSyncWire(frame)
+    let took = 0
+    await this.serial(async () => {
+      const start = performance.now()
+      try {
+        await this.handle(msg)
+      } finally {
+        took = performance.now() - start
+      }
+    })
+    if (!this.ended) this.charge(this.budgetNow().handled(took, performance.now()))
   }
 
   /** End the stream; the sync states of documents held are kept by the host for a reconnect. */
@@ -482,6 +495,7 @@ export class SyncStream {
    * negotiated from an empty document, without creating it.
    */
   private async receiveSync(docId: string, message: Uint8Array): Promise<void> {
+    const decoded = checkSyncMessage(message)
     if (this.holds(docId)) {
       this.unknown.delete(docId)
       const doc = await this.host.replica.open(docId)
@@ -489,7 +503,7 @@ export class SyncStream {
       return
     }
     if (!this.noteUnknown(docId)) return
-    if (Automerge.decodeSyncMessage(message).changes.length > 0) {
+    if (decoded.changes.length > 0) {
       throw new ProtocolViolationError(
         `peer sent changes for "${docId}" outside a signed batch; refused`
       )

@@ -266,3 +266,25 @@ test('a change the peer still needs after it was sent is sent again', async () =
   ;[, ma] = Automerge.generateSyncMessage(da.automerge, sa)
   assert.ok(carries(ma) > 0, 'a sends it again')
 })
+
+test('a sync message whose Bloom filter has no bits is refused as malformed (it made Automerge panic)', async () => {
+  const { p, faults, pToD, stop } = await sessionPair('mesh-session-bloom')
+  try {
+    const doc = await p.open('fleet')
+    const [, honest] = Automerge.generateSyncMessage(doc.automerge, Automerge.initSyncState())
+    // Found by the fuzzer: 4 entries, 0 bits per entry, 7 probes (Automerge writes 10 and 7).
+    const message = Automerge.encodeSyncMessage({
+      ...Automerge.decodeSyncMessage(honest!),
+      have: [{ lastSync: [], bloom: Uint8Array.of(4, 0, 7) }]
+    })
+    pToD.write(
+      encodeFrame(
+        encodeSyncWire({ type: 'sync', docId: 'fleet', message, batch: new Uint8Array(0) })
+      )
+    )
+    await waitFor('the peer to be taken for a faulty one', () => faults.length > 0, 5000)
+    assert.equal(faults[0]!.name, 'MalformedMessageError')
+  } finally {
+    await stop()
+  }
+})
