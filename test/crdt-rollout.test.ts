@@ -525,6 +525,28 @@ describe('gating', () => {
     assert.equal(decideFor(key(2)), 'old')
   })
 
+  it("a node switches only inside its group's maintenance window, on its own local clock", () => {
+    const labels = new Map([
+      [key(1), { site: 'berlin' }],
+      [key(2), { site: 'paris' }]
+    ])
+    const s = spec(
+      { waves: [{ percent: 100 }], windows: { berlin: ['22:00-06:00'], '*': ['12:00-13:00'] } },
+      [key(1), key(2)]
+    )
+    const plan = planWaves(s, k => labels.get(k))
+    const view = viewRollout(s, plan, new Map())
+    const at = (k: string, hh: number) =>
+      decide(s, plan, view, { key: k, labels: labels.get(k)!, localMinutes: hh * 60 }, x =>
+        labels.get(x)
+      )
+    assert.equal(at(key(1), 23).run, 'new')
+    assert.equal(at(key(1), 12).run, 'old')
+    assert.match(at(key(1), 12).why, /outside the maintenance window of site=berlin/)
+    assert.equal(at(key(2), 12).run, 'new')
+    assert.equal(at(key(2), 23).run, 'old')
+  })
+
   it('a simulated fleet, nodes deciding together: waves in order, the budget never exceeded, every node reached', () => {
     fc.assert(
       fc.property(

@@ -6,8 +6,9 @@
  *  2. three real daemons: the page joins their mesh as a peer through one daemon's WebSocket
  *     address with its one-time viewer token, shows every node, unlocks the admin key file
  *     (uploaded through the file input, passphrase typed), edits the desired config as YAML,
- *     reviews the diff, signs in the page and publishes; every daemon applies it; a stopped
- *     node turns stale on the page.
+ *     reviews the diff, signs in the page and publishes; every daemon applies it; a paused
+ *     rollout is resumed from the Rollouts view and completes, another is aborted from it (both
+ *     signed in the page); a stopped node turns stale on the page.
  * Screenshots go to test-output/screenshots/. Without Chromium the tests are skipped loudly,
  * unless CI is set, where they fail.
  */
@@ -358,6 +359,111 @@ describe(
         /hello from the browser/
       )
       await shot(page, 'real-node-detail')
+
+      // a staged rollout, seen and steered from the page: resumed, then another one aborted
+      const rolloutFile = (motdBase: string, rollouts: Record<string, unknown>) =>
+        stringify({
+          fleet: {
+            defaults: { files: { '/etc/rhizome/motd': { content: motdBase, mode: '0644' } } },
+            rollouts
+          }
+        })
+      const applyFile = async (text: string): Promise<void> => {
+        await writeFile(join(dir, 'fleet.yaml'), text)
+        const r = await rhizome(
+          [
+            'apply',
+            '-f',
+            join(dir, 'fleet.yaml'),
+            '--key',
+            join(dir, 'fleet/admin.key'),
+            '--daemon',
+            daemons.n1!.url
+          ],
+          env
+        )
+        assert.equal(r.code, 0, r.stderr)
+      }
+      const motdRollout = (content: string, soak: string, state?: string) => ({
+        change: { files: { '/etc/rhizome/motd': { content } } },
+        waves: [{ canary: { role: 'hub' } }, { percent: 100 }],
+        soak,
+        ...(state === undefined ? {} : { state })
+      })
+      const card = (id: string) => `[data-testid="rollout-${id}"]`
+      await applyFile(
+        rolloutFile('hello from the browser\n', {
+          'motd-v2': motdRollout('rolled out\n', '1s', 'paused')
+        })
+      )
+      await page.click('a.tab:has-text("Rollouts")')
+      await page.waitForFunction(
+        sel =>
+          document.querySelector(`${sel} [data-testid=rollout-state]`)?.textContent === 'paused',
+        card('fleet:motd-v2'),
+        { timeout: 20_000 }
+      )
+      await page.click(`${card('fleet:motd-v2')} [data-testid=rollout-resume]`)
+      for (const n of NAMES) {
+        await waitFor(
+          `${n} to run the rollout resumed in the browser`,
+          async () => (await readFile(motd(n), 'utf8').catch(() => '')) === 'rolled out\n',
+          30_000,
+          200
+        )
+      }
+      await page.waitForFunction(
+        sel =>
+          document.querySelector(`${sel} [data-testid=rollout-state]`)?.textContent === 'completed',
+        card('fleet:motd-v2'),
+        { timeout: 30_000 }
+      )
+      assert.match(
+        await page.locator(`${card('fleet:motd-v2')} [data-testid=wave-0]`).innerText(),
+        /through/
+      )
+      await shot(page, 'real-rollouts')
+      await applyFile(rolloutFile('rolled out\n', { 'motd-v3': motdRollout('v3\n', '5m') }))
+      await waitFor(
+        'the canary n1 to run motd-v3',
+        async () => (await readFile(motd('n1'), 'utf8').catch(() => '')) === 'v3\n',
+        30_000,
+        200
+      )
+      page.once('dialog', d => void d.accept())
+      await page.click(`${card('fleet:motd-v3')} [data-testid=rollout-abort]`)
+      await waitFor(
+        'the canary to go back after the abort signed in the browser',
+        async () => (await readFile(motd('n1'), 'utf8').catch(() => '')) === 'rolled out\n',
+        30_000,
+        200
+      )
+      for (const n of NAMES) {
+        await waitFor(
+          `${n} to hold motd-v3 aborted by an admin`,
+          async () =>
+            (
+              await getJson<{ abortReason: string | null }>(
+                `${daemons[n]!.url}/api/rollouts/${encodeURIComponent('fleet:motd-v3')}`
+              ).catch(() => undefined)
+            )?.abortReason === 'aborted by an admin',
+          20_000,
+          200
+        )
+      }
+      await page.waitForFunction(
+        sel =>
+          document.querySelector(`${sel} [data-testid=rollout-state]`)?.textContent === 'aborted',
+        card('fleet:motd-v3'),
+        { timeout: 20_000 }
+      )
+      await page.waitForFunction(
+        sel =>
+          document.querySelector(`${sel} [data-testid=rollout-reverted]`)?.textContent === 'n1',
+        card('fleet:motd-v3'),
+        { timeout: 20_000 }
+      )
+      await shot(page, 'real-rollouts-aborted')
 
       // a node that falls silent turns stale on the page, without a reload
       await page.click('a.tab:has-text("Fleet")')

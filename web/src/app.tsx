@@ -12,11 +12,13 @@ import { NodeDetail } from './views/node-detail.tsx'
 import { DesiredConfig } from './views/desired-config.tsx'
 import { History } from './views/history.tsx'
 import { Topology } from './views/topology.tsx'
+import { Rollouts } from './views/rollouts.tsx'
 
 const VIEWS: Array<{ id: ViewName; label: string }> = [
   { id: 'overview', label: 'Fleet' },
   { id: 'config', label: 'Desired config' },
   { id: 'history', label: 'History' },
+  { id: 'rollouts', label: 'Rollouts' },
   { id: 'topology', label: 'Topology' }
 ]
 
@@ -138,6 +140,9 @@ export function App({ source }: { source: FleetSource }) {
           <History source={source} snap={snap} docId={route.doc} />
         )}
         {connected && route.view === 'topology' && <Topology snap={snap} />}
+        {connected && route.view === 'rollouts' && (
+          <Rollouts source={source} snap={snap} onNeedKey={() => setKeyOpen(true)} />
+        )}
       </main>
       <footer class='footer'>
         {connected ? (

@@ -4,7 +4,7 @@
  */
 import { readHash, writeHash } from './hash-params.ts'
 
-export type ViewName = 'overview' | 'node' | 'config' | 'history' | 'topology'
+export type ViewName = 'overview' | 'node' | 'config' | 'history' | 'topology' | 'rollouts'
 
 export interface Route {
   view: ViewName
@@ -19,7 +19,9 @@ export function routeFromHash(): Route {
   const p = readHash()
   const v = p.get('view')
   const view: ViewName =
-    v === 'node' || v === 'config' || v === 'history' || v === 'topology' ? v : 'overview'
+    v === 'node' || v === 'config' || v === 'history' || v === 'topology' || v === 'rollouts'
+      ? v
+      : 'overview'
   return { view, node: p.get('node') ?? undefined, doc: p.get('doc') ?? undefined }
 }
 

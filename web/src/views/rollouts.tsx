@@ -1,0 +1,296 @@
+/**
+ * Rollouts: every staged rollout in the desired config, its progress by wave and the facts
+ * behind it (who switched, who is healthy, who rolled back and why, who is waited for), judged
+ * in this page from the same signed status records and the same pure functions the daemons use
+ * (crdt/rollout-gate.ts), so the page agrees with them. Pause, resume and abort are changes to
+ * the rollout's `state`, signed in this page with the unlocked key and published like any edit.
+ */
+import { useMemo, useState } from 'preact/hooks'
+import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
+import { rolloutsOf, RolloutState, type RolloutSpec } from '../../../crdt/rollout.ts'
+import { planWaves } from '../../../crdt/rollout-waves.ts'
+import { evidenceFrom, viewRollout, type RolloutView } from '../../../crdt/rollout-gate.ts'
+import { DEVICES_DOC } from '../../../crdt/devices.ts'
+
+interface Device {
+  name: string
+  labels: Record<string, string>
+}
+
+/** Enrolled devices by key, from the devices document the page holds (names and labels). */
+function devicesOf(snap: FleetSnapshot): Map<string, Device> {
+  const out = new Map<string, Device>()
+  for (const n of snap.nodes) out.set(n.node, { name: n.name, labels: n.labels })
+  const doc = snap.docs.find(d => d.id === DEVICES_DOC)?.value.devices
+  if (typeof doc === 'object' && doc !== null) {
+    for (const [key, v] of Object.entries(doc as Record<string, unknown>)) {
+      const e = v as { name?: unknown; labels?: unknown; revoked?: unknown }
+      if (typeof e?.name !== 'string' || e.revoked === true) continue
+      const labels: Record<string, string> = {}
+      if (typeof e.labels === 'object' && e.labels !== null) {
+        for (const [k, l] of Object.entries(e.labels)) {
+          if (typeof l === 'string' || typeof l === 'number' || typeof l === 'boolean') {
+            labels[k] = String(l)
+          }
+        }
+      }
+      out.set(key, { name: e.name, labels })
+    }
+  }
+  return out
+}
+
+const clock = (ms: number | undefined): string =>
+  ms === undefined ? '?' : new Date(ms).toLocaleTimeString()
+
+function waveKind(spec: RolloutSpec, i: number): string {
+  const w = spec.waves[i]!
+  if (w.canary === undefined) return `${w.percent} %`
+  return `canary ${Object.entries(w.canary)
+    .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('|') : v}`)
+    .join(', ')}`
+}
+
+const STATE_BADGE: Record<RolloutView['state'], string> = {
+  'not-started': 'sync-behind',
+  running: 'health-degraded',
+  paused: 'sync-behind',
+  aborted: 'health-failing',
+  completed: 'health-healthy'
+}
+
+function RolloutCard({
+  spec,
+  view,
+  devices,
+  source,
+  snap,
+  onNeedKey
+}: {
+  spec: RolloutSpec
+  view: RolloutView
+  devices: Map<string, Device>
+  source: FleetSource
+  snap: FleetSnapshot
+  onNeedKey: () => void
+}) {
+  const [busy, setBusy] = useState(false)
+  const [error, setError] = useState<string | undefined>()
+  const name = (key: string): string => devices.get(key)?.name ?? `${key.slice(0, 12)}…`
+  const set = async (state: RolloutState, verb: string): Promise<void> => {
+    if (snap.signer === undefined) {
+      onNeedKey()
+      setError('Unlock a key file first: the change is signed in this page before it is published.')
+      return
+    }
+    if (
+      state === RolloutState.Aborted &&
+      !confirm(`Abort ${spec.id}? Every node that switched goes back, and it stays aborted.`)
+    ) {
+      return
+    }
+    const doc = snap.docs.find(d => d.id === spec.docId)
+    const held = (doc?.value.rollouts as Record<string, Record<string, unknown>> | undefined)?.[
+      spec.name
+    ]
+    if (doc === undefined || held === undefined) {
+      setError(`“${spec.docId}” no longer holds this rollout.`)
+      return
+    }
+    const value = structuredClone(doc.value)
+    ;(value.rollouts as Record<string, Record<string, unknown>>)[spec.name] = { ...held, state }
+    setBusy(true)
+    try {
+      await source.publish(spec.docId, value, `rollout ${verb} ${spec.name}`)
+      setError(undefined)
+    } catch (err) {
+      setError((err as Error).message)
+    } finally {
+      setBusy(false)
+    }
+  }
+  const by = (phase: string) => view.nodes.filter(n => n.phase === phase)
+  const open = view.state === 'running' || view.state === 'paused' || view.state === 'not-started'
+  return (
+    <div class='panel rollout' data-testid={`rollout-${spec.id}`}>
+      <div class='detail-head'>
+        <h3>{spec.id}</h3>
+        <span class={`badge ${STATE_BADGE[view.state]}`} data-testid='rollout-state'>
+          {view.state}
+        </span>
+        <span class='muted small'>
+          {spec.eligible?.length ?? 0} eligible · started {spec.startedAt ?? 'not yet'}
+        </span>
+        <div class='actions'>
+          {view.state === 'running' && (
+            <button
+              class='btn small'
+              disabled={busy}
+              onClick={() => void set(RolloutState.Paused, 'pause')}
+              data-testid='rollout-pause'
+            >
+              Pause
+            </button>
+          )}
+          {view.state === 'paused' && (
+            <button
+              class='btn small'
+              disabled={busy}
+              onClick={() => void set(RolloutState.Running, 'resume')}
+              data-testid='rollout-resume'
+            >
+              Resume
+            </button>
+          )}
+          {open && (
+            <button
+              class='btn small'
+              disabled={busy}
+              onClick={() => void set(RolloutState.Aborted, 'abort')}
+              data-testid='rollout-abort'
+            >
+              Abort
+            </button>
+          )}
+        </div>
+      </div>
+      {view.abortReason !== undefined && <div class='alert bad'>Aborted: {view.abortReason}</div>}
+      {view.stuck && (
+        <div class='alert warn'>
+          Stuck: too many nodes of the open wave failed or went back for it to get through. Abort
+          it, or lower its threshold.
+        </div>
+      )}
+      {error !== undefined && <div class='alert bad'>{error}</div>}
+      <p class='muted mono small'>change {JSON.stringify(spec.change)}</p>
+      <table class='grid compact' data-testid='rollout-waves'>
+        <thead>
+          <tr>
+            <th>wave</th>
+            <th>nodes</th>
+            <th>progress</th>
+            <th>switched</th>
+            <th>soaked</th>
+            <th>failed</th>
+            <th>needed</th>
+            <th></th>
+          </tr>
+        </thead>
+        <tbody>
+          {view.waves.map(w => (
+            <tr key={w.index} data-testid={`wave-${w.index}`}>
+              <td>
+                {w.index} · {waveKind(spec, w.index)}
+              </td>
+              <td class='num-cell'>{w.members.length}</td>
+              <td>
+                <div class='bar' title={`${w.soaked} of ${w.members.length} soaked`}>
+                  <div
+                    class='bar-fill'
+                    style={{
+                      width: `${w.members.length === 0 ? 100 : (100 * w.soaked) / w.members.length}%`
+                    }}
+                  />
+                </div>
+              </td>
+              <td class='num-cell'>{w.switched}</td>
+              <td class='num-cell'>{w.soaked}</td>
+              <td class='num-cell'>{w.failed}</td>
+              <td class='num-cell'>{w.needed}</td>
+              <td>
+                {w.passed ? (
+                  <span class='badge health-healthy'>through</span>
+                ) : w.open && view.state !== 'aborted' ? (
+                  <span class='badge health-degraded'>open</span>
+                ) : (
+                  <span class='muted'>waiting</span>
+                )}
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      <dl class='facts'>
+        <dt>Healthy</dt>
+        <dd data-testid='rollout-soaked'>
+          {by('soaked')
+            .map(n => name(n.key))
+            .join(', ') || '—'}
+        </dd>
+        <dt>Soaking</dt>
+        <dd>
+          {by('updating')
+            .map(
+              n => `${name(n.key)} (since ${clock(n.report?.healthySince ?? n.report?.switchedAt)})`
+            )
+            .join(', ') || '—'}
+        </dd>
+        <dt>Rolled back</dt>
+        <dd data-testid='rollout-failed'>
+          {by('failed')
+            .map(n => `${name(n.key)}: ${n.report?.reason ?? 'failed'}`)
+            .join('; ') || '—'}
+        </dd>
+        <dt>Went back</dt>
+        <dd data-testid='rollout-reverted'>
+          {by('reverted')
+            .map(n => name(n.key))
+            .join(', ') || '—'}
+        </dd>
+        <dt>Waiting for</dt>
+        <dd data-testid='rollout-waiting'>
+          {view.waitingFor.map(w => `${name(w.key)} (${w.why})`).join('; ') || '—'}
+        </dd>
+      </dl>
+    </div>
+  )
+}
+
+export function Rollouts({
+  source,
+  snap,
+  onNeedKey
+}: {
+  source: FleetSource
+  snap: FleetSnapshot
+  onNeedKey: () => void
+}) {
+  const devices = useMemo(() => devicesOf(snap), [snap.nodes, snap.docs])
+  const judged = useMemo(() => {
+    const { rollouts, errors } = rolloutsOf(snap.docs.map(d => ({ id: d.id, value: d.value })))
+    const records = snap.nodes.map(n => ({ node: n.node, body: n }))
+    return {
+      errors,
+      rollouts: rollouts.map(spec => {
+        const plan = planWaves(spec, k => devices.get(k)?.labels)
+        return { spec, view: viewRollout(spec, plan, evidenceFrom(spec, records)) }
+      })
+    }
+  }, [snap.docs, snap.nodes, devices])
+  return (
+    <section data-testid='rollouts'>
+      {judged.errors.map(e => (
+        <div class='alert warn' key={e}>
+          {e}
+        </div>
+      ))}
+      {judged.rollouts.length === 0 && (
+        <p class='muted'>
+          No rollouts in the desired config. A rollout is part of a document (`rollouts:` in the
+          fleet file, published with <code>rhizome apply</code>).
+        </p>
+      )}
+      {judged.rollouts.map(({ spec, view }) => (
+        <RolloutCard
+          key={spec.id}
+          spec={spec}
+          view={view}
+          devices={devices}
+          source={source}
+          snap={snap}
+          onNeedKey={onNeedKey}
+        />
+      ))}
+    </section>
+  )
+}
