@@ -14,6 +14,9 @@
  *
  *   kind 1: a trust statement (its JSON, as `encodeTrustStatement` writes it)
  *   kind 2: a signed batch (crdt/signed-change.ts), one document's changes
+ *   kind 3: equivocation evidence (crdt/equivocation.ts), written before the batches: it covers
+ *           changes of a leaked key's session that the batches may carry
+ *   kind 4: a freeze beacon (crdt/beacon.ts), at most one
  *
  * A writer hashes what it writes and appends `end`; a reader hashes what it reads and accepts
  * the sections only once `end` matches and nothing follows it. Import therefore reads the file
@@ -40,8 +43,10 @@ export const BUNDLE_VERSION = 2
 export const MAX_SECTION_BYTES = MAX_BATCH_BYTES
 export const MAX_BUNDLE_TRUST = 1024
 export const MAX_BUNDLE_BATCHES = 1024
+/** Equivocation evidence: one per leaked session per document, each at most MAX_EQUIVOCATION_BYTES. */
+export const MAX_BUNDLE_EVIDENCE = 1024
 
-export const SectionKind = { End: 0, Trust: 1, Batch: 2 } as const
+export const SectionKind = { End: 0, Trust: 1, Batch: 2, Evidence: 3, Beacon: 4 } as const
 export type SectionKind = (typeof SectionKind)[keyof typeof SectionKind]
 
 const MAGIC = utf8('RHZB')
@@ -52,10 +57,18 @@ const DIGEST_BYTES = 32
 export interface Bundle {
   trust: Uint8Array[]
   batches: Uint8Array[]
+  /** Equivocation evidence (absent: none). */
+  evidence?: Uint8Array[]
+  /** A freeze beacon (absent: none). */
+  beacon?: Uint8Array
 }
 
 export interface BundleSection {
-  kind: typeof SectionKind.Trust | typeof SectionKind.Batch
+  kind:
+    | typeof SectionKind.Trust
+    | typeof SectionKind.Batch
+    | typeof SectionKind.Evidence
+    | typeof SectionKind.Beacon
   payload: Uint8Array
 }
 
@@ -114,6 +127,14 @@ export class BundleEncoder {
     return this.section(SectionKind.Batch, encoded)
   }
 
+  evidence(encoded: Uint8Array): Uint8Array {
+    return this.section(SectionKind.Evidence, encoded)
+  }
+
+  beacon(encoded: Uint8Array): Uint8Array {
+    return this.section(SectionKind.Beacon, encoded)
+  }
+
   end(): Uint8Array {
     const header = this.emit()
     const digest = new Uint8Array(this.hash.digest())
@@ -125,7 +146,12 @@ export class BundleEncoder {
 /** A bundle in one piece (small bundles, tests). */
 export function encodeBundle(b: Bundle): Uint8Array {
   const enc = new BundleEncoder()
-  const parts = [...b.trust.map(t => enc.trust(t)), ...b.batches.map(x => enc.batch(x))]
+  const parts = [
+    ...b.trust.map(t => enc.trust(t)),
+    ...(b.evidence ?? []).map(e => enc.evidence(e)),
+    ...(b.beacon === undefined ? [] : [enc.beacon(b.beacon)]),
+    ...b.batches.map(x => enc.batch(x))
+  ]
   return concatBytes(...parts, enc.end())
 }
 
@@ -195,7 +221,12 @@ export async function* readBundle(
 ): AsyncGenerator<BundleSection> {
   const hash = createHash('sha256')
   const pending = new Pending()
-  const counts: Record<number, number> = { [SectionKind.Trust]: 0, [SectionKind.Batch]: 0 }
+  const counts: Record<number, number> = {
+    [SectionKind.Trust]: 0,
+    [SectionKind.Batch]: 0,
+    [SectionKind.Evidence]: 0,
+    [SectionKind.Beacon]: 0
+  }
   let header = false
   let ended = false
   for await (const chunk of source) {
@@ -232,7 +263,12 @@ export async function* readBundle(
       const length = new DataView(head.buffer, head.byteOffset, SECTION_HEAD_BYTES).getUint32(1)
       if (kind === SectionKind.End) {
         if (length !== DIGEST_BYTES) throw damaged('its end section has the wrong length')
-      } else if (kind !== SectionKind.Trust && kind !== SectionKind.Batch) {
+      } else if (
+        kind !== SectionKind.Trust &&
+        kind !== SectionKind.Batch &&
+        kind !== SectionKind.Evidence &&
+        kind !== SectionKind.Beacon
+      ) {
         throw new InvalidBundleError(
           `the bundle holds a section of kind ${kind}, which this rhizome does not know (written by a newer version?); upgrade rhizome, or the bundle is damaged`
         )
@@ -248,12 +284,17 @@ export async function* readBundle(
         if (pending.length > 0) throw damaged('bytes follow its end')
         break
       }
-      const max = kind === SectionKind.Trust ? MAX_BUNDLE_TRUST : MAX_BUNDLE_BATCHES
+      const [max, what] =
+        kind === SectionKind.Trust
+          ? [MAX_BUNDLE_TRUST, 'trust statements']
+          : kind === SectionKind.Batch
+            ? [MAX_BUNDLE_BATCHES, 'batches']
+            : kind === SectionKind.Beacon
+              ? [1, 'freeze beacons']
+              : [MAX_BUNDLE_EVIDENCE, 'pieces of equivocation evidence']
       counts[kind] = (counts[kind] ?? 0) + 1
       if ((counts[kind] ?? 0) > max) {
-        throw new InvalidBundleError(
-          `the bundle holds more than ${max} ${kind === SectionKind.Trust ? 'trust statements' : 'batches'}`
-        )
+        throw new InvalidBundleError(`the bundle holds more than ${max} ${what}`)
       }
       hash.update(head)
       hash.update(payload)
@@ -271,6 +312,8 @@ export async function decodeBundle(bytes: Uint8Array): Promise<Bundle> {
   for await (const s of readBundle([bytes])) sections.push(s)
   for (const s of sections) {
     if (s.kind === SectionKind.Trust) out.trust.push(s.payload)
+    else if (s.kind === SectionKind.Evidence) (out.evidence ??= []).push(s.payload)
+    else if (s.kind === SectionKind.Beacon) out.beacon = s.payload
     else out.batches.push(s.payload)
   }
   return out
