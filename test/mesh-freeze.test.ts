@@ -22,17 +22,19 @@ const VALID_MS = 4000
 test('a frozen peer makes its victim report stale within one beacon period after expiry', async () => {
   const fleet = await makeFleet({ nodes: 3, replicas: 0, admins: 1, label: 'freeze' })
   const nodes: TestNode[] = []
-  const a = await startNode(fleet, fleet.nodes[0]!)
+  // No connections beyond the bootstrap links: the cut proxy must partition the fleet.
+  const only = { extraPeers: 0 }
+  const a = await startNode(fleet, fleet.nodes[0]!, only)
   nodes.push(a)
   const proxy = await startProxy(tcpPort(a.mesh.addresses()[0]!))
   const viaProxy = `/ip4/127.0.0.1/tcp/${proxy.port}/p2p/${peerIdOf(a.mesh.addresses()[0]!)}`
-  const frozen = await startNode(fleet, fleet.nodes[1]!, { bootstrap: [viaProxy] })
+  const frozen = await startNode(fleet, fleet.nodes[1]!, { ...only, bootstrap: [viaProxy] })
   nodes.push(frozen)
   const store = new MemoryStore()
   const victim = await startNode(
     fleet,
     fleet.nodes[2]!,
-    { bootstrap: frozen.mesh.addresses() },
+    { ...only, bootstrap: frozen.mesh.addresses() },
     store
   )
   nodes.push(victim)
