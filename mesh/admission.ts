@@ -34,7 +34,6 @@ export function peerKeyHex(peer: PeerId): string | undefined {
   return peer.type === 'Ed25519' ? toHex(peer.publicKey.raw) : undefined
 }
 
-
 /** Keys of PeerIds remembered at once (a cache: hex-encoding a key on every check costs). */
 const MAX_KEY_CACHE = 4096
 
