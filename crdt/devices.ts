@@ -11,8 +11,13 @@
  *     labels: { site: berlin-3, role: pos }
  *     enrolledBy: <signer key hex>
  *     enrolledAt: 2026-11-23T21:00:00.000Z
- *     revoked: false        # set true to remove a device (admission only; revocation cuts come later)
+ *     revoked: false        # true: revoked (`rhizome revoke-device`), for good
  * ```
+ *
+ * A revoked device is refused as a peer by every daemon that holds the entry, even one that has
+ * it as a bootstrap peer, its sessions are closed and its status records ignored; a revoked key is
+ * never enrolled again (give the device a new identity). Devices write no documents, so there is
+ * nothing of theirs to cut.
  */
 import type { Replica } from './replica.ts'
 import type { TrustChain } from './trust.ts'
@@ -41,6 +46,19 @@ function isEntry(v: unknown): v is DeviceEntry {
     typeof e.labels === 'object' &&
     e.labels !== null
   )
+}
+
+/** The public keys (hex) of revoked devices: refused as peers whatever else says. */
+export function revokedDevices(devicesDoc: unknown): Set<string> {
+  const out = new Set<string>()
+  const devices = (devicesDoc as { devices?: Record<string, unknown> } | undefined)?.devices
+  if (typeof devices !== 'object' || devices === null) return out
+  for (const [key, v] of Object.entries(devices)) {
+    if (/^[0-9a-f]{64}$/.test(key) && (v as Partial<DeviceEntry> | null)?.revoked === true) {
+      out.add(key)
+    }
+  }
+  return out
 }
 
 /** Every enrolled, unrevoked device, by public key hex. The `devices` document wins over the trust statement for a key in both. */

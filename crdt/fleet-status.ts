@@ -90,6 +90,18 @@ export interface StatusBody {
   rollouts?: Record<string, RolloutReport>
   /** Try mode rolled back a config after which the node reached no peer; absent otherwise. */
   tryMode?: TryModeStatus
+  /**
+   * Whether the node may be kept on old state (crdt/beacon.ts): `stale` when its newest freeze
+   * beacon expired or names what it lacks; absent when the fleet issues no beacons.
+   */
+  freshness?: FreshnessStatus
+}
+
+export interface FreshnessStatus {
+  state: 'fresh' | 'stale'
+  reason?: 'expired' | 'behind'
+  /** When the newest beacon held expires(d), ms since the epoch. */
+  expires: number
 }
 
 export interface TryModeStatus {
@@ -202,6 +214,13 @@ export function parseStatusBody(v: unknown, fallbackName = ''): StatusBody {
       }
     }
     body.tryMode = tryMode
+  }
+  if (isMap(b.freshness) && (b.freshness.state === 'fresh' || b.freshness.state === 'stale')) {
+    const f: FreshnessStatus = { state: b.freshness.state, expires: num(b.freshness.expires) }
+    if (b.freshness.reason === 'expired' || b.freshness.reason === 'behind') {
+      f.reason = b.freshness.reason
+    }
+    body.freshness = f
   }
   return body
 }

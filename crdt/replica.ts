@@ -23,6 +23,7 @@ import {
   type Signer
 } from './document.ts'
 import { decodeEquivocation, type Equivocation } from './equivocation.ts'
+import { decodeBeacon, newerBeacon, verifyBeacon, type Beacon, type HeldState } from './beacon.ts'
 import {
   decodeTrustStatement,
   encodeTrustStatement,
@@ -50,6 +51,8 @@ export const MAX_DOCUMENTS = 1024
 export const MAX_EMPTY_DOCUMENTS = 64
 /** Store meta keys of trust statements held beside the chain (fork branches). */
 const BRANCH_PREFIX = 'trust-branch/'
+/** Store meta key of the newest freeze beacon held. */
+const BEACON_KEY = 'beacon'
 
 export function checkDocId(id: string): void {
   if (id.length > 128 || !DOC_ID_PATTERN.test(id)) {
@@ -96,6 +99,8 @@ export interface ReplicaEvents {
   fork: CustomEvent<TrustFork>
   equivocation: CustomEvent<Equivocation>
   invalidated: CustomEvent<InvalidatedEventDetail>
+  /** A newer freeze beacon (crdt/beacon.ts) was taken: pass it on. */
+  beacon: CustomEvent<Beacon>
 }
 
 export class Replica extends TypedEventEmitter<ReplicaEvents> {
@@ -106,6 +111,8 @@ export class Replica extends TypedEventEmitter<ReplicaEvents> {
   private readonly loaded = new Map<string, SignedDocument>()
   /** Versions with a statement in the store's trust slots (a fork's other branches go to meta). */
   private readonly storedVersions = new Set<number>()
+  /** The newest valid freeze beacon held, if any. */
+  beacon: Beacon | undefined
   private closed = false
 
   private constructor(store: Store, ed: Ed25519, trust: TrustChain) {
@@ -156,6 +163,15 @@ export class Replica extends TypedEventEmitter<ReplicaEvents> {
     for (const s of stored) replica.storedVersions.add(decodeTrustStatement(s).statement.version)
     if (stored.length === 0) replica.storedVersions.add(1)
     for (const id of await opts.store.listDocs()) await replica.open(id)
+    const beacon = await opts.store.getMeta(BEACON_KEY)
+    if (beacon !== undefined) {
+      try {
+        const b = decodeBeacon(beacon)
+        if (await verifyBeacon(b, chain, opts.ed)) replica.beacon = b
+      } catch (err) {
+        log.error('the stored beacon does not load, ignored: %e', err)
+      }
+    }
     return replica
   }
 
@@ -284,6 +300,31 @@ export class Replica extends TypedEventEmitter<ReplicaEvents> {
       if (tips.length > 0) out[d.id] = tips
     }
     return out
+  }
+
+  /**
+   * Take a freeze beacon (from a peer, a bundle, `rhizome beacon`). Returns true when it is newer
+   * than the one held and valid (it is then kept, persisted and announced); false when it says
+   * nothing new or cannot be judged yet. Throws a named error for one that does not verify.
+   */
+  async acceptBeacon(bytes: Uint8Array): Promise<boolean> {
+    if (this.closed) throw new ClosedError('the replica is closed')
+    const b = decodeBeacon(bytes)
+    if (!newerBeacon(this.beacon, b)) return false
+    if (!(await verifyBeacon(b, this.trust, this.ed))) return false
+    if (!newerBeacon(this.beacon, b)) return false
+    this.beacon = b
+    await this.store.putMeta(BEACON_KEY, b.bytes)
+    this.safeDispatchEvent('beacon', { detail: b })
+    return true
+  }
+
+  /** What this replica holds, for judging a beacon against (crdt/beacon.ts `freshness`). */
+  heldState(): HeldState {
+    return {
+      trustVersion: this.trust.version,
+      has: (docId, heads) => this.loaded.get(docId)?.has(heads) === true
+    }
   }
 
   /** Every document's equivocation evidence. */

@@ -174,10 +174,12 @@ export class AdmissionService
   }
 
   mayServe(peer: PeerId): boolean {
+    if (this.control.isRevoked(peer)) return false
     return this.control.admissionOf(peer) !== 'none' || this.init.bootstrap.has(peer)
   }
 
   mayAccept(peer: PeerId): boolean {
+    if (this.control.isRevoked(peer)) return false
     const a = this.control.admissionOf(peer)
     return a === 'node' || a === 'admin-session' || this.init.bootstrap.has(peer)
   }
@@ -248,6 +250,11 @@ export class AdmissionService
       if (this.mayServe(peer)) {
         this.clearGrace(peer)
         this.safeDispatchEvent('peer:admitted', { detail: peer })
+      } else if (this.control.isRevoked(peer)) {
+        // Revoked (stolen): no grace period, closed at once.
+        log('closing the connections of revoked device %p', peer)
+        this.safeDispatchEvent('peer:dismissed', { detail: peer })
+        this.components.connectionManager.closeConnections(peer).catch(() => {})
       } else {
         this.safeDispatchEvent('peer:dismissed', { detail: peer })
         this.startGrace(peer)

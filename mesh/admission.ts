@@ -13,7 +13,12 @@
 import { PeerMap } from '@libp2p/peer-collections'
 import type { PeerId } from '@libp2p/interface'
 import { toHex } from '../crdt/bytes.ts'
-import { DEVICES_DOC, enrolledDevices, type EnrolledDevice } from '../crdt/devices.ts'
+import {
+  DEVICES_DOC,
+  enrolledDevices,
+  revokedDevices,
+  type EnrolledDevice
+} from '../crdt/devices.ts'
 import type { Replica } from '../crdt/replica.ts'
 import {
   MAX_BANS,
@@ -27,17 +32,6 @@ import type { Admission } from './types.ts'
 /** The ed25519 public key (hex) behind an Ed25519 PeerId, or undefined for other key types. */
 export function peerKeyHex(peer: PeerId): string | undefined {
   return peer.type === 'Ed25519' ? toHex(peer.publicKey.raw) : undefined
-}
-
-/** The keys a devices document marks `revoked: true`. */
-function revokedKeys(devicesDoc: unknown): Set<string> {
-  const out = new Set<string>()
-  const devices = (devicesDoc as { devices?: Record<string, unknown> } | undefined)?.devices
-  if (typeof devices !== 'object' || devices === null) return out
-  for (const [key, v] of Object.entries(devices)) {
-    if ((v as { revoked?: unknown } | null)?.revoked === true) out.add(key)
-  }
-  return out
 }
 
 /** Keys of PeerIds remembered at once (a cache: hex-encoding a key on every check costs). */
@@ -67,7 +61,7 @@ export class AdmissionControl {
       value = (await this.replica.open(DEVICES_DOC)).value
     }
     this.enrolled = enrolledDevices(this.replica.trust, value)
-    this.revoked = revokedKeys(value)
+    this.revoked = revokedDevices(value)
   }
 
   /** The enrolled device named `name`, or whose key (hex) is `name`. */

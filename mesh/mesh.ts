@@ -120,7 +120,8 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
     const limits = this.limits
     const opts = this.opts
     const control = this.control
-    const banned = (peer: PeerId): boolean => control.isBanned(peer)
+    // Banned peers, and revoked devices (a stolen device is refused even as a bootstrap peer).
+    const banned = (peer: PeerId): boolean => control.isBanned(peer) || control.isRevoked(peer)
     const guard = new InboundGuard(limits, this.counters)
     const node = await createLibp2p({
       privateKey: await generateKeyPairFromSeed('Ed25519', opts.identity.seed),

@@ -12,6 +12,10 @@
  *   4 STATUS  bytes status record (status-record.ts)
  *   5 PUSH    string document id ‖ bytes signed batch: changes the sender just made or accepted,
  *             relayed as they are, without a sync round (see peer-session.ts)
+ *   6 EVIDENCE bytes equivocation evidence (crdt/equivocation.ts): a key caught using one
+ *             sequence number twice; sent after the trust statements, before any document
+ *   7 BEACON  bytes freeze beacon (crdt/beacon.ts): the newest one held, on greeting and when a
+ *             newer one arrives
  *
  * The Automerge sync message inside SYNC is checked before Automerge sees it (`checkSyncMessage`):
  * it must decode, carry no changes, and each Bloom filter in it must be what Automerge itself
@@ -29,6 +33,8 @@ import * as Automerge from '@automerge/automerge'
 import { ByteReader, ByteWriter } from '../crdt/bytes.ts'
 import { MAX_BATCH_BYTES } from '../crdt/signed-change.ts'
 import { MAX_TRUST_STATEMENT_BYTES } from '../crdt/trust.ts'
+import { MAX_EQUIVOCATION_BYTES } from '../crdt/equivocation.ts'
+import { MAX_BEACON_BYTES } from '../crdt/beacon.ts'
 import { MalformedMessageError } from './errors.ts'
 import { MAX_DOCS_PER_HELLO, MAX_PUSH_BYTES } from './limits.ts'
 import { MAX_STATUS_BYTES } from './types.ts'
@@ -48,8 +54,10 @@ export type SyncWireMessage =
   | { type: 'sync'; docId: string; message: Uint8Array; batch: Uint8Array }
   | { type: 'status'; record: Uint8Array }
   | { type: 'push'; docId: string; batch: Uint8Array }
+  | { type: 'evidence'; evidence: Uint8Array }
+  | { type: 'beacon'; beacon: Uint8Array }
 
-const TYPE = { hello: 1, trust: 2, sync: 3, status: 4, push: 5 } as const
+const TYPE = { hello: 1, trust: 2, sync: 3, status: 4, push: 5, evidence: 6, beacon: 7 } as const
 
 export function encodeSyncWire(m: SyncWireMessage): Uint8Array {
   const w = new ByteWriter().u8(TYPE[m.type])
@@ -69,6 +77,12 @@ export function encodeSyncWire(m: SyncWireMessage): Uint8Array {
       break
     case 'push':
       w.string(m.docId).bytes(m.batch)
+      break
+    case 'evidence':
+      w.bytes(m.evidence)
+      break
+    case 'beacon':
+      w.bytes(m.beacon)
       break
   }
   return w.finish()
@@ -111,6 +125,12 @@ export function decodeSyncWire(bytes: Uint8Array): SyncWireMessage {
         break
       case TYPE.push:
         out = { type: 'push', docId: r.string(MAX_ID), batch: r.bytes(MAX_PUSH_BYTES) }
+        break
+      case TYPE.evidence:
+        out = { type: 'evidence', evidence: r.bytes(MAX_EQUIVOCATION_BYTES) }
+        break
+      case TYPE.beacon:
+        out = { type: 'beacon', beacon: r.bytes(MAX_BEACON_BYTES) }
         break
       default:
         throw new MalformedMessageError(`unknown sync protocol message type ${type}`)

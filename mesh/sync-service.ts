@@ -29,6 +29,8 @@ import type { ConnectionManager, Registrar } from '@libp2p/interface-internal'
 import { PeerMap, PeerSet } from '@libp2p/peer-collections'
 import { encodeBatch } from '../crdt/signed-change.ts'
 import type { ChangeEventDetail, Replica } from '../crdt/replica.ts'
+import type { Equivocation } from '../crdt/equivocation.ts'
+import type { Beacon } from '../crdt/beacon.ts'
 import type { AdmissionEvents, PeerAdmission } from './admission-service.ts'
 import { streamOnConnection } from './connections.ts'
 import type { MeshCounters, SyncCount } from './counters.ts'
@@ -89,6 +91,12 @@ export class SyncService
   private readonly onTrust = (): void => {
     for (const s of this.open.values()) s.resync()
   }
+  private readonly onEquivocation = (e: CustomEvent<Equivocation>): void => {
+    for (const s of this.open.values()) s.sendEvidence(e.detail)
+  }
+  private readonly onBeacon = (e: CustomEvent<Beacon>): void => {
+    for (const s of this.open.values()) s.sendBeacon(e.detail.bytes)
+  }
   private readonly onAdmitted = (e: CustomEvent<PeerId>): void => {
     this.openTo(e.detail)
   }
@@ -130,6 +138,8 @@ export class SyncService
     this.components.events.addEventListener('peer:disconnect', this.onDisconnect)
     this.replica.addEventListener('change', this.onChange)
     this.replica.addEventListener('trust', this.onTrust)
+    this.replica.addEventListener('equivocation', this.onEquivocation)
+    this.replica.addEventListener('beacon', this.onBeacon)
     this.timer = setInterval(() => {
       this.antiEntropy()
     }, this.init.antiEntropyMs)
@@ -146,6 +156,8 @@ export class SyncService
     this.components.events.removeEventListener('peer:disconnect', this.onDisconnect)
     this.replica.removeEventListener('change', this.onChange)
     this.replica.removeEventListener('trust', this.onTrust)
+    this.replica.removeEventListener('equivocation', this.onEquivocation)
+    this.replica.removeEventListener('beacon', this.onBeacon)
     for (const s of [...this.open.values()]) s.close()
     await this.components.registrar.unhandle(SYNC_PROTOCOL)
   }

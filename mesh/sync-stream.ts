@@ -28,6 +28,11 @@ import { toHex } from '../crdt/bytes.ts'
 import { isPeerFault } from '../crdt/errors.ts'
 import { decodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
 import { decodeTrustStatement, encodeTrustStatement } from '../crdt/trust.ts'
+import {
+  encodeEquivocation,
+  MAX_EQUIVOCATION_BYTES,
+  type Equivocation
+} from '../crdt/equivocation.ts'
 import type { AcceptResult } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { PeerId, Stream } from '@libp2p/interface'
@@ -132,6 +137,10 @@ export class SyncStream {
   /** Documents we do not hold being negotiated with the peer (from an empty state, not created). */
   private readonly unknown = new Set<string>()
   private budget: PeerWorkBudget | undefined
+  /** Statements off the chain (fork branches) and equivocation evidence sent on this stream. */
+  private readonly sentBranches = new Set<object>()
+  private readonly sentEvidence = new Set<string>()
+  private sentBeacon: Uint8Array | undefined
   helloReceived = false
 
   constructor(host: SyncStreamHost, peerId: PeerId, stream: Stream, opener: PeerId) {
@@ -316,12 +325,46 @@ export class SyncStream {
     })
   }
 
-  /** Send the trust statements after version `v` (the peer's), in order. */
+  /**
+   * Send the trust statements the peer may lack, in version order: the chain's after version `v`
+   * (the peer's), and every statement held off the chain (a fork's branches: wherever both
+   * branches meet the fork is seen, so they travel however old they are). Then the equivocation
+   * evidence held: it covers changes the documents' sync may send.
+   */
   private sendTrustAfter(v: number): void {
     if (!this.host.mayServe(this.peerId)) return
-    const all = this.host.replica.trust.all
-    for (const st of all.slice(v)) this.send({ type: 'trust', statement: encodeTrustStatement(st) })
-    this.peerTrustVersion = Math.max(v, all.length)
+    const trust = this.host.replica.trust
+    const chain = new Set(trust.all)
+    for (const st of trust.held) {
+      if (chain.has(st) && st.statement.version <= v) continue
+      if (!chain.has(st) && this.sentBranches.has(st)) continue
+      if (!chain.has(st)) this.sentBranches.add(st)
+      this.send({ type: 'trust', statement: encodeTrustStatement(st) })
+    }
+    this.peerTrustVersion = Math.max(v, trust.version)
+    for (const e of this.host.replica.equivocations()) this.sendEvidence(e)
+    const beacon = this.host.replica.beacon
+    if (beacon !== undefined) this.sendBeacon(beacon.bytes)
+  }
+
+  /** Pass a freeze beacon on (each one once per stream). */
+  sendBeacon(bytes: Uint8Array): void {
+    if (!this.host.mayServe(this.peerId) || this.sentBeacon === bytes) return
+    this.sentBeacon = bytes
+    this.send({ type: 'beacon', beacon: bytes })
+  }
+
+  /**
+   * Pass equivocation evidence on, once per stream (too large a piece stays here: the bound is
+   * the peer's).
+   */
+  sendEvidence(e: Equivocation): void {
+    if (!this.host.mayServe(this.peerId)) return
+    const id = `${e.docId}/${e.actor}/${e.seq}`
+    if (this.sentEvidence.has(id)) return
+    this.sentEvidence.add(id)
+    const evidence = encodeEquivocation(e)
+    if (evidence.length <= MAX_EQUIVOCATION_BYTES) this.send({ type: 'evidence', evidence })
   }
 
   /** Forget the in-flight parts of a document's sync state, so the next message renegotiates. */
@@ -410,22 +453,28 @@ export class SyncStream {
       }
       case 'trust': {
         if (!this.host.mayAccept(this.peerId)) return
-        const statement = decodeTrustStatement(msg.statement)
-        if (statement.statement.version <= replica.trust.version) return
-        try {
-          await withTimeout(
-            replica.addTrustStatement(statement),
-            this.host.limits.exchangeTimeoutMs,
-            'adding a trust statement'
-          )
-        } catch (err) {
-          // A fork is validly signed by roots: the messenger is not at fault. Halted trust is reported by crdt.
-          if ((err as Error).name === 'TrustForkError') {
-            log.error('trust fork reported by %p: %s', this.peerId, (err as Error).message)
-            return
-          }
-          throw err
-        }
+        // Any statement, older ones too: one at a version already held may be a fork's other
+        // branch, which must be seen (a fork is validly root-signed: the messenger is not at
+        // fault; crdt raises the alarm). One already held costs a hash.
+        await withTimeout(
+          replica.addTrustStatement(decodeTrustStatement(msg.statement)),
+          this.host.limits.exchangeTimeoutMs,
+          'adding a trust statement'
+        )
+        return
+      }
+      case 'beacon': {
+        // Any admitted peer may relay a beacon (a viewer's browser too): it is signed by an admin.
+        await replica.acceptBeacon(msg.beacon)
+        return
+      }
+      case 'evidence': {
+        if (!this.host.mayAccept(this.peerId)) return
+        await withTimeout(
+          replica.acceptEquivocation(msg.evidence),
+          this.host.limits.exchangeTimeoutMs,
+          'checking equivocation evidence'
+        )
         return
       }
       case 'sync': {

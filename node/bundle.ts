@@ -18,6 +18,9 @@
  *   kind 4: a chunk of the artifact whose manifest came last: u32be index ‖ the chunk's bytes;
  *           every chunk of it, in order, before the next manifest (`rhizome bundle export
  *           --with-artifacts`)
+ *   kind 5: equivocation evidence (crdt/equivocation.ts), written before the batches: it covers
+ *           changes of a leaked key's session that the batches may carry
+ *   kind 6: a freeze beacon (crdt/beacon.ts), at most one
  *
  * A writer hashes what it writes and appends `end`; a reader hashes what it reads and accepts
  * the sections only once `end` matches and nothing follows it. Import therefore reads the file
@@ -40,8 +43,18 @@ export const MAX_SECTION_BYTES = MAX_BATCH_BYTES
 export const MAX_BUNDLE_TRUST = 1024
 export const MAX_BUNDLE_BATCHES = 1024
 export const MAX_BUNDLE_ARTIFACTS = 256
+/** Equivocation evidence: one per leaked session per document, each at most MAX_EQUIVOCATION_BYTES. */
+export const MAX_BUNDLE_EVIDENCE = 1024
 
-export const SectionKind = { End: 0, Trust: 1, Batch: 2, Manifest: 3, Chunk: 4 } as const
+export const SectionKind = {
+  End: 0,
+  Trust: 1,
+  Batch: 2,
+  Manifest: 3,
+  Chunk: 4,
+  Evidence: 5,
+  Beacon: 6
+} as const
 export type SectionKind = (typeof SectionKind)[keyof typeof SectionKind]
 
 const MAGIC = utf8('RHZB')
@@ -52,6 +65,10 @@ const DIGEST_BYTES = 32
 export interface Bundle {
   trust: Uint8Array[]
   batches: Uint8Array[]
+  /** Equivocation evidence (absent: none). */
+  evidence?: Uint8Array[]
+  /** A freeze beacon (absent: none). */
+  beacon?: Uint8Array
 }
 
 export interface BundleSection {
@@ -126,6 +143,16 @@ export class BundleEncoder {
     return this.section(SectionKind.Chunk, concatBytes(head, bytes))
   }
 
+  /** Equivocation evidence (crdt/equivocation.ts). */
+  evidence(encoded: Uint8Array): Uint8Array {
+    return this.section(SectionKind.Evidence, encoded)
+  }
+
+  /** A freeze beacon (crdt/beacon.ts). */
+  beacon(encoded: Uint8Array): Uint8Array {
+    return this.section(SectionKind.Beacon, encoded)
+  }
+
   end(): Uint8Array {
     const header = this.emit()
     const digest = new Uint8Array(this.hash.digest())
@@ -137,7 +164,12 @@ export class BundleEncoder {
 /** A bundle in one piece (small bundles, tests). */
 export function encodeBundle(b: Bundle): Uint8Array {
   const enc = new BundleEncoder()
-  const parts = [...b.trust.map(t => enc.trust(t)), ...b.batches.map(x => enc.batch(x))]
+  const parts = [
+    ...b.trust.map(t => enc.trust(t)),
+    ...(b.evidence ?? []).map(e => enc.evidence(e)),
+    ...(b.beacon === undefined ? [] : [enc.beacon(b.beacon)]),
+    ...b.batches.map(x => enc.batch(x))
+  ]
   return concatBytes(...parts, enc.end())
 }
 
@@ -195,13 +227,17 @@ const KNOWN_KINDS = new Set<number>([
   SectionKind.Trust,
   SectionKind.Batch,
   SectionKind.Manifest,
-  SectionKind.Chunk
+  SectionKind.Chunk,
+  SectionKind.Evidence,
+  SectionKind.Beacon
 ])
 /** Count bounds per kind (chunks are bounded by their manifests' sizes instead). */
 const SECTION_BOUNDS: Record<number, { max: number; what: string } | undefined> = {
   [SectionKind.Trust]: { max: MAX_BUNDLE_TRUST, what: 'trust statements' },
   [SectionKind.Batch]: { max: MAX_BUNDLE_BATCHES, what: 'batches' },
-  [SectionKind.Manifest]: { max: MAX_BUNDLE_ARTIFACTS, what: 'artifacts' }
+  [SectionKind.Manifest]: { max: MAX_BUNDLE_ARTIFACTS, what: 'artifacts' },
+  [SectionKind.Evidence]: { max: MAX_BUNDLE_EVIDENCE, what: 'pieces of equivocation evidence' },
+  [SectionKind.Beacon]: { max: 1, what: 'freeze beacons' }
 }
 
 const damaged = (what: string): InvalidBundleError =>
@@ -295,6 +331,8 @@ export async function decodeBundle(bytes: Uint8Array): Promise<Bundle> {
   for (const s of sections) {
     if (s.kind === SectionKind.Trust) out.trust.push(s.payload)
     else if (s.kind === SectionKind.Batch) out.batches.push(s.payload)
+    else if (s.kind === SectionKind.Evidence) (out.evidence ??= []).push(s.payload)
+    else if (s.kind === SectionKind.Beacon) out.beacon = s.payload
   }
   return out
 }

@@ -15,6 +15,7 @@ import { Replica } from '../crdt/replica.ts'
 import { LevelStore } from '../crdt/level-store.ts'
 import { decodeBatch } from '../crdt/signed-change.ts'
 import { DaemonClient } from './daemon-client.ts'
+import { fromHex } from '../crdt/bytes.ts'
 import { BundleEncoder, readBundle, SectionKind } from './bundle.ts'
 import { UsageError, WrongFleetError } from './errors.ts'
 import { STORE_DIR } from './config.ts'
@@ -39,6 +40,14 @@ async function cmdExport(opts: {
   try {
     const enc = new BundleEncoder()
     for (const t of trust) await write(enc.trust(t))
+    for (const e of await client.json<string[]>('/api/equivocations')) {
+      await write(enc.evidence(fromHex(e)))
+    }
+    const beacon = await client
+      .json<{ beacon: string }>('/api/beacon')
+      .then(b => fromHex(b.beacon))
+      .catch(() => undefined)
+    if (beacon !== undefined) await write(enc.beacon(beacon))
     for (const id of ids) {
       await write(enc.batch(await client.bytes(`/api/docs/${encodeURIComponent(id)}/batch`)))
     }
@@ -91,11 +100,13 @@ async function sameFleet(
   )
 }
 
-async function* batchesOf(file: string): AsyncGenerator<Uint8Array> {
+async function* sectionsOf(file: string, kind: SectionKind): AsyncGenerator<Uint8Array> {
   for await (const s of readBundle(createReadStream(file))) {
-    if (s.kind === SectionKind.Batch) yield s.payload
+    if (s.kind === kind) yield s.payload
   }
 }
+
+const batchesOf = (file: string): AsyncGenerator<Uint8Array> => sectionsOf(file, SectionKind.Batch)
 
 async function cmdImport(file: string, opts: { daemon: string; data?: string }): Promise<void> {
   const { trust } = await checkedTrust(file)
@@ -117,6 +128,10 @@ async function cmdImport(file: string, opts: { daemon: string; data?: string }):
       const replica = await Replica.open({ store, ed: nodeCryptoEd25519, genesis })
       try {
         for (const s of statements.slice(1)) await replica.addTrustStatement(s)
+        for await (const e of sectionsOf(file, SectionKind.Evidence)) {
+          await replica.acceptEquivocation(e)
+        }
+        for await (const b of sectionsOf(file, SectionKind.Beacon)) await replica.acceptBeacon(b)
         for await (const bytes of batchesOf(file)) {
           const batch = decodeBatch(bytes)
           if (batch.chunks.length === 0) continue
@@ -135,6 +150,12 @@ async function cmdImport(file: string, opts: { daemon: string; data?: string }):
   const client = new DaemonClient(opts.daemon)
   await sameFleet(file, genesis, (await client.trust())[0], `the daemon at ${client.base}`)
   for (const t of trust) await client.postTrust(t)
+  for await (const e of sectionsOf(file, SectionKind.Evidence)) {
+    await client.postBytesTo('/api/equivocations', e)
+  }
+  for await (const b of sectionsOf(file, SectionKind.Beacon)) {
+    await client.postBytesTo('/api/beacon', b)
+  }
   for await (const bytes of batchesOf(file)) {
     const batch = decodeBatch(bytes)
     if (batch.chunks.length === 0) continue

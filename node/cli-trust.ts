@@ -11,6 +11,8 @@
  *   trust invalidated            changes a daemon dropped because a cut made them invalid
  *   resign [HASH…]               sign honest dropped changes again, on the valid state
  *   enrol / revoke-device / unenrol   a device's entry in the `devices` document
+ *   beacon                       sign a freeze beacon (what is current, until when), once or on a
+ *                                timer (--every): a node whose newest beacon expired reports stale
  *
  * A proposal file is a signed statement (`{statement, signatures}`, as trust.json) whose
  * signatures may not reach the threshold yet. Removing or narrowing a key fills its cuts in from
@@ -24,7 +26,14 @@ import { DEVICES_DOC, enrolledDevices } from '../crdt/devices.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { signOps } from '../crdt/config-diff.ts'
 import { TrustForkError } from '../crdt/errors.ts'
-import { encryptKeyFile, fingerprint, generateKeyPair, parsePublicKey } from '../crdt/keys.ts'
+import {
+  encryptKeyFile,
+  fingerprint,
+  generateKeyPair,
+  parsePublicKey,
+  type KeyPair
+} from '../crdt/keys.ts'
+import { signBeacon } from '../crdt/beacon.ts'
 import { Replica } from '../crdt/replica.ts'
 import type { SignedBatch } from '../crdt/signed-change.ts'
 import {
@@ -131,6 +140,20 @@ async function cmdShow(opts: { daemon: string; json?: boolean }): Promise<void> 
   if (state.invalidated.length > 0) {
     say(
       `${state.invalidated.length} change(s) dropped as invalid recently: rhizome trust invalidated`
+    )
+  }
+  const f = state.freshness
+  if (f.beacon === undefined) {
+    say('freeze beacons: none held (rhizome beacon issues one); staleness cannot be told')
+  } else {
+    const why =
+      f.reason === undefined
+        ? ''
+        : f.reason === 'expired'
+          ? ' (the newest beacon expired)'
+          : ` (lacking what it names: ${f.lacking?.join(', ') || 'the trust version'})`
+    say(
+      `freeze beacon: ${f.state.toUpperCase()}${why}; issued ${new Date(f.beacon.issued).toISOString()}, expires ${new Date(f.beacon.expires).toISOString()}`
     )
   }
 }
@@ -485,6 +508,81 @@ async function cmdResign(
   }
 }
 
+// ---- freeze beacons ----------------------------------------------------------------------------
+
+/** `90s`, `10m`, `2h`, `1d`, or milliseconds. */
+function duration(v: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(v.trim())
+  if (m === null) throw new UsageError(`"${v}" is not a duration (like 90s, 10m, 2h, 1d)`)
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] ?? 'ms'] as number
+  return Number(m[1]) * unit
+}
+
+async function issueBeacon(client: DaemonClient, key: KeyPair, expiresMs: number): Promise<void> {
+  const [state, docs] = await Promise.all([
+    client.json<TrustState>('/api/trust/state'),
+    client.json<Array<{ id: string; heads: string[] }>>('/api/docs')
+  ])
+  const issued = Date.now()
+  const beacon = await signBeacon(
+    {
+      fleetId: state.fleetId,
+      trustVersion: state.version,
+      issued,
+      expires: issued + expiresMs,
+      docs: Object.fromEntries(docs.map(d => [d.id, d.heads]))
+    },
+    key,
+    nodeCryptoEd25519
+  )
+  const r = await client.postBytesTo<{ added: boolean }>('/api/beacon', beacon.bytes)
+  say(
+    `beacon ${r.added ? 'issued' : 'not newer than the one held'}: trust version ${state.version}, ${docs.length} document(s), expires ${new Date(beacon.expires).toISOString()}`
+  )
+}
+
+async function cmdBeacon(opts: {
+  key?: string
+  passphraseFile?: string
+  daemon: string
+  expires: string
+  every?: string
+}): Promise<void> {
+  const client = new DaemonClient(opts.daemon)
+  const key = await loadSigningKey(opts)
+  const expiresMs = duration(opts.expires)
+  if (opts.every === undefined) {
+    await issueBeacon(client, key, expiresMs)
+    return
+  }
+  const everyMs = duration(opts.every)
+  if (everyMs >= expiresMs) {
+    throw new UsageError(
+      `--every ${opts.every} must be shorter than --expires ${opts.expires}, or beacons lapse between issues`
+    )
+  }
+  say(`issuing a beacon every ${opts.every}, each valid ${opts.expires}; stop with Ctrl-C`)
+  const stopped = { yes: false }
+  const done = new Promise<void>(resolve => {
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+      process.once(sig, () => {
+        stopped.yes = true
+        resolve()
+      })
+    }
+  })
+  for (;;) {
+    try {
+      await issueBeacon(client, key, expiresMs)
+    } catch (err) {
+      // The daemon restarting is no reason to stop the timer: the next beacon goes out anyway.
+      say(`beacon not issued: ${(err as Error).message}`)
+    }
+    await Promise.race([done, new Promise(resolve => setTimeout(resolve, everyMs))])
+    if (stopped.yes) return
+  }
+}
+
 // ---- devices -----------------------------------------------------------------------------------
 
 interface EnrolOptions {
@@ -682,6 +780,19 @@ export function registerTrustCommands(program: Command, exitHelp: string): void 
     .addOption(daemonOption())
     .addHelpText('after', exitHelp)
     .action(cmdUnenrol)
+
+  program
+    .command('beacon')
+    .description(
+      'sign a freeze beacon with an admin key: the current trust version and heads, valid until --expires (with --every, again and again)'
+    )
+    .option('--expires <duration>', 'how long the beacon is valid (90s, 10m, 2h, 1d)', '1h')
+    .option('--every <duration>', 'issue one again this often, until stopped (an admin-side timer)')
+    .addOption(keyOption())
+    .addOption(passphraseOption())
+    .addOption(daemonOption())
+    .addHelpText('after', exitHelp)
+    .action(cmdBeacon)
 
   program
     .command('resign')

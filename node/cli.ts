@@ -226,8 +226,13 @@ async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void
       (n.status?.files.drifted.length ?? 0) > 0
         ? ` drifted: ${n.status?.files.drifted.join(',')}`
         : ''
+    const f = n.status?.freshness
+    const stale =
+      f?.state === 'stale'
+        ? ` STALE (${f.reason === 'behind' ? 'its peers withhold what was issued' : 'its newest beacon expired'})`
+        : ''
     say(
-      `${n.name.padEnd(16)} ${n.peerId.slice(0, 16)}… ${state.padEnd(18)} ${SYNC_LABEL[n.sync].padEnd(10)} ${wl}${drift}${n.enrolled ? '' : ' (not enrolled)'}`
+      `${n.name.padEnd(16)} ${n.peerId.slice(0, 16)}… ${state.padEnd(18)} ${SYNC_LABEL[n.sync].padEnd(10)} ${wl}${drift}${stale}${n.enrolled ? '' : ' (not enrolled)'}`
     )
     for (const l of artifactLines(n.status?.artifacts)) say(`${''.padEnd(18)}${l}`)
     for (const l of artifactLines(n.status?.artifacts)) say(`${''.padEnd(18)}${l}`)

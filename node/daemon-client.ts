@@ -124,6 +124,24 @@ export class DaemonClient {
     return (await res.json()) as BatchReply
   }
 
+  /** POST raw bytes to a path; the JSON answer. */
+  async postBytesTo<T = unknown>(
+    path: string,
+    bytes: Uint8Array,
+    options?: AbortOptions
+  ): Promise<T> {
+    const res = await this.request(
+      path,
+      {
+        method: 'POST',
+        headers: { 'content-type': 'application/octet-stream' },
+        body: bytes as Uint8Array<ArrayBuffer>
+      },
+      options
+    )
+    return (await res.json()) as T
+  }
+
   async postTrust(
     bytes: Uint8Array,
     options?: AbortOptions

@@ -42,7 +42,7 @@ import { enrolledDevicesOf } from '../crdt/devices.ts'
 import { RolloutAgent } from './rollout-agent.ts'
 import { rolloutRoutes } from './rollout-routes.ts'
 import { registerRolloutMetrics } from './rollout-metrics.ts'
-import { TrustWatch } from './trust-daemon.ts'
+import { TimeFloor, TrustWatch } from './trust-daemon.ts'
 
 const log = logger('rhizome:node:daemon')
 
@@ -110,6 +110,7 @@ export class Daemon {
     mesh: Mesh | undefined
     events: EventLog
     artifacts: Artifacts
+    time: TimeFloor
   }) {
     const { config, identity, replica, mesh, events, artifacts } = init
     this.config = config
@@ -177,6 +178,7 @@ export class Daemon {
       artifacts: () => artifacts.statuses(),
       rollouts: () => this.rollouts.reports(),
       tryMode: () => this.rollouts.tryMode(),
+      freshness: () => this.trustWatch.freshnessStatus(),
       key: identity.publicKeyHex,
       peerId: identity.peerId,
       startedAt: this.startedAt,
@@ -189,7 +191,7 @@ export class Daemon {
     })
     registerArtifactMetrics(this.metrics.registry, artifacts)
     registerRolloutMetrics(this.metrics.registry, this.rollouts)
-    this.trustWatch = new TrustWatch(replica, events, this.metrics.registry)
+    this.trustWatch = new TrustWatch(replica, events, this.metrics.registry, init.time)
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
@@ -256,7 +258,8 @@ export class Daemon {
         throw meshListenError(err)
       }
     }
-    const d = new Daemon({ config, identity, store, replica, mesh, events, artifacts })
+    const time = await TimeFloor.open(store)
+    const d = new Daemon({ config, identity, store, replica, mesh, events, artifacts, time })
     try {
       await d.run()
     } catch (err) {
@@ -336,6 +339,7 @@ export class Daemon {
       void this.artifacts.gc().catch(err => log.error('artifact gc: %e', err))
     }, ARTIFACT_GC_INTERVAL_MS)
     this.gcTimer.unref()
+    this.trustWatch.start()
     this.status.start()
     if (this.mesh !== undefined) {
       const token = this.mesh.issueViewerToken()
@@ -405,6 +409,7 @@ export class Daemon {
       clearInterval(this.driftTimer)
       clearInterval(this.gcTimer)
       this.status.stop()
+      await this.trustWatch.stop()
       await this.rollouts.stop()
       await this.reconciler.stop()
       await this.processes.stopAll()

@@ -12,6 +12,7 @@ import {
   type ArtifactStatus,
   type StatusBody,
   type TryModeStatus,
+  type FreshnessStatus,
   type WorkloadStatus
 } from '../crdt/fleet-status.ts'
 import type { Replica } from '../crdt/replica.ts'
@@ -49,6 +50,8 @@ export interface StatusReporterComponents {
   /** What this node did about each rollout, and try mode's last rollback (node/rollout-agent.ts). */
   rollouts?: () => Record<string, RolloutReport>
   tryMode?: () => TryModeStatus
+  /** Whether a freeze beacon says this node may be kept on old state (node/trust-daemon.ts). */
+  freshness?: () => FreshnessStatus | undefined
   /** This node's public key (hex) and PeerId. */
   key: string
   peerId: string
@@ -128,6 +131,8 @@ export class StatusReporter {
     if (rollouts !== undefined && Object.keys(rollouts).length > 0) body.rollouts = rollouts
     const tryMode = this.c.tryMode?.()
     if (tryMode?.rolledBack !== undefined) body.tryMode = tryMode
+    const freshness = this.c.freshness?.()
+    if (freshness !== undefined) body.freshness = freshness
     return fitStatus(body)
   }
 

@@ -61,7 +61,11 @@ describe('trust lifecycle through the CLI (one daemon)', { timeout: 180_000 }, (
     dir = await mkdtemp(join(tmpdir(), 'rhizome-trust-'))
     env = { RHIZOME_PASSPHRASE: PASS, RHIZOME_DAEMON: '' }
     ids = await initFleet(dir, 'trust-e2e', ['n1', 'n2', 'n3'], env)
-    await writeFile(file('n1.yaml'), stringify(daemonConfig(dir, 'n1', {})))
+    // The mesh on a port of its own: the default one may be another test's.
+    await writeFile(
+      file('n1.yaml'),
+      stringify(daemonConfig(dir, 'n1', { listen: ['/ip4/127.0.0.1/tcp/0'] }))
+    )
     daemon = await startDaemon(file('n1.yaml'), env)
     env.RHIZOME_DAEMON = daemon.url
   })

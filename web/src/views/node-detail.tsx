@@ -103,6 +103,15 @@ export function NodeDetail({
       {!n.files.ok && (
         <div class='alert warn'>Files drifted and were put back: {n.files.drifted.join(', ')}</div>
       )}
+      {n.freshness?.state === 'stale' && (
+        <div class='alert warn' data-testid='node-frozen'>
+          Possibly kept on old state:{' '}
+          {n.freshness.reason === 'behind'
+            ? 'a freeze beacon names changes this node does not have, and its peers do not give them to it.'
+            : `its newest freeze beacon expired ${ago(n.freshness.expires, now)} and no peer brought a newer one.`}{' '}
+          It keeps running its last valid config.
+        </div>
+      )}
       <div class='cols'>
         <div class='panel'>
           <h3>Workloads</h3>

@@ -206,6 +206,7 @@ export function Overview({ snap, now }: { snap: FleetSnapshot; now: number }) {
               <td>
                 <span class={r.n.stale ? 'badge stale' : 'badge online'} data-testid='node-state'>
                   {r.n.stale ? 'stale' : 'online'}
+                  {r.n.freshness?.state === 'stale' ? ' · may be frozen' : ''}
                 </span>
               </td>
               <td class='muted' title={r.n.at > 0 ? new Date(r.n.at).toLocaleString() : ''}>
