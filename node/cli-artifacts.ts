@@ -56,7 +56,11 @@ async function cmdAdd(
   try {
     res = await fetch(`${base}/api/artifacts?${q}`, {
       method: 'PUT',
-      headers: { 'content-type': 'application/octet-stream', 'content-length': String(st.size) },
+      headers: {
+        'content-type': 'application/octet-stream',
+        'content-length': String(st.size),
+        ...(await new DaemonClient(base).authHeaders())
+      },
       body: Readable.toWeb(createReadStream(file)) as ReadableStream<Uint8Array>,
       duplex: 'half'
     } as RequestInit)
