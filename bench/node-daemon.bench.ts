@@ -230,15 +230,18 @@ try {
     const idle = await memory(p.pid as number, url)
     let loadMs = 0
     if (withLoad) {
+      const auth = {
+        authorization: `Bearer ${(await readFile(join(data, 'api.token'), 'utf8')).trim()}`
+      }
       gcFrom = performance.now()
       for (const body of load) {
         const res = await fetch(`${url}/api/batches`, {
           method: 'POST',
-          headers: { 'content-type': 'application/octet-stream' },
+          headers: { 'content-type': 'application/octet-stream', ...auth },
           body: body as Uint8Array<ArrayBuffer>
         })
         await res.arrayBuffer()
-        await (await fetch(`${url}/api/status`)).arrayBuffer()
+        await (await fetch(`${url}/api/status`, { headers: auth })).arrayBuffer()
       }
       loadMs = performance.now() - gcFrom
       // Let the trace lines of the last collections arrive.

@@ -42,7 +42,10 @@ export async function uploadArtifact(
   if (opts.name !== undefined) q.set('name', opts.name)
   if (opts.chunkSize !== undefined) q.set('chunkSize', String(opts.chunkSize))
   const base = daemon.replace(/\/+$/, '')
-  const headers: Record<string, string> = { 'content-type': 'application/octet-stream' }
+  const headers: Record<string, string> = {
+    'content-type': 'application/octet-stream',
+    ...(await new DaemonClient(base).authHeaders())
+  }
   if (opts.size !== undefined) headers['content-length'] = String(opts.size)
   // An error of the body (a damaged bundle) is the error to report, not the aborted upload.
   let bodyError: unknown

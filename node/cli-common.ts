@@ -25,7 +25,9 @@ Exit codes:
   3  daemon unreachable (start it with \`rhizome start\`, or pass --daemon URL)
   4  unexpected internal error
 
-Environment: RHIZOME_DAEMON (daemon URL), RHIZOME_KEY (key file), RHIZOME_PASSPHRASE.`
+Environment: RHIZOME_DAEMON (daemon URL), RHIZOME_KEY (key file), RHIZOME_PASSPHRASE,
+RHIZOME_TOKEN_FILE (the daemon's API token file; else $RHIZOME_DATA_DIR/api.token, else
+/var/lib/rhizome/api.token), RHIZOME_API_TOKEN (the token itself).`
 
 const EXIT_OF: Record<ErrorCategory, number> = {
   [ErrorCategory.PeerFault]: EXIT.rejected,

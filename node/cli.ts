@@ -38,6 +38,7 @@ import { registerTrustCommands } from './cli-trust.ts'
 import { registerBundleCommands } from './cli-bundle.ts'
 import { freezeForApply, registerRolloutCommands } from './cli-rollout.ts'
 import { artifactLines, registerArtifactCommands } from './cli-artifacts.ts'
+import { registerDashboardCommand } from './cli-dashboard.ts'
 import type { FleetStatus } from './status-report.ts'
 
 async function exists(p: string): Promise<boolean> {
@@ -449,6 +450,7 @@ export function program(): Command {
   registerBundleCommands(p, EXIT_HELP)
   registerArtifactCommands(p, EXIT_HELP)
   registerRolloutCommands(p)
+  registerDashboardCommand(p, EXIT_HELP)
   return p
 }
 

@@ -3,7 +3,14 @@
  * in memory (same genesis and trust chain, every signed batch verified again here), so the
  * CLI makes changes with an admin key locally and posts only signed batches back. Every request
  * gives up after REQUEST_TIMEOUT_MS, or when `options.signal` aborts.
+ *
+ * Every request carries the daemon's API token (node/http-access.ts), found in this order: the
+ * `token` option, $RHIZOME_API_TOKEN, the file $RHIZOME_TOKEN_FILE, $RHIZOME_DATA_DIR/api.token,
+ * /var/lib/rhizome/api.token (the packaged daemon's data directory). Reading that file is what
+ * proves the caller is the daemon's user: run the CLI as that user (or root), or pass the file.
  */
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
 import { HISTORY_PAGE_MAX, type HistoryItem, type HistoryPage } from '../crdt/change-history.ts'
 import { decodeBatch, encodeBatch, type SignedBatch } from '../crdt/signed-change.ts'
@@ -12,14 +19,51 @@ import { Replica } from '../crdt/replica.ts'
 import { MemoryStore } from '../crdt/store.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { DaemonUnreachableError, RejectedByDaemonError } from './errors.ts'
-import type { BatchReply, DocSummary } from './http-routes.ts'
+import type { BatchReply, DashboardReply, DocSummary } from './http-routes.ts'
 
 export const REQUEST_TIMEOUT_MS = 30_000
 
+/** Where the CLI looks for the API token when none is given. */
+export const DEFAULT_TOKEN_FILE = '/var/lib/rhizome/api.token'
+
+/** The API token, and where it came from (for messages); undefined token when none was found. */
+export async function findApiToken(
+  env: NodeJS.ProcessEnv = process.env
+): Promise<{ token: string | undefined; from: string }> {
+  if (env.RHIZOME_API_TOKEN !== undefined && env.RHIZOME_API_TOKEN !== '') {
+    return { token: env.RHIZOME_API_TOKEN.trim(), from: '$RHIZOME_API_TOKEN' }
+  }
+  const file =
+    env.RHIZOME_TOKEN_FILE ??
+    (env.RHIZOME_DATA_DIR === undefined
+      ? DEFAULT_TOKEN_FILE
+      : join(env.RHIZOME_DATA_DIR, 'api.token'))
+  try {
+    return { token: (await readFile(file, 'utf8')).trim(), from: file }
+  } catch (err) {
+    return {
+      token: undefined,
+      from: `${file} (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`
+    }
+  }
+}
+
 export class DaemonClient {
   readonly base: string
-  constructor(url: string) {
+  private token: Promise<{ token: string | undefined; from: string }> | undefined
+
+  constructor(url: string, opts: { token?: string } = {}) {
     this.base = url.replace(/\/+$/, '')
+    if (opts.token !== undefined) {
+      this.token = Promise.resolve({ token: opts.token, from: 'option' })
+    }
+  }
+
+  /** The headers that authenticate a request to this daemon (for callers that fetch themselves). */
+  async authHeaders(): Promise<Record<string, string>> {
+    this.token ??= findApiToken()
+    const { token } = await this.token
+    return token === undefined ? {} : { authorization: `Bearer ${token}` }
   }
 
   private async request(
@@ -30,6 +74,11 @@ export class DaemonClient {
     const timeout = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
     const signal =
       options?.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal])
+    const headers = {
+      ...(init.headers as Record<string, string> | undefined),
+      ...(await this.authHeaders())
+    }
+    init = { ...init, headers }
     let res: Response
     try {
       try {
@@ -54,6 +103,9 @@ export class DaemonClient {
       try {
         body = (await res.json()) as typeof body
       } catch {}
+      if (res.status === 401 && this.token !== undefined) {
+        body.message = `${body.message ?? 'the daemon wants its API token'}. This CLI found none: it read ${(await this.token).from}`
+      }
       throw new RejectedByDaemonError(
         body.error ?? `HTTP ${res.status}`,
         body.message ?? `the daemon answered ${res.status} to ${init.method ?? 'GET'} ${path}`,
@@ -140,6 +192,16 @@ export class DaemonClient {
       options
     )
     return (await res.json()) as T
+  }
+
+  /** A dashboard URL with a new one-time viewer token (`rhizome dashboard`). */
+  async dashboard(options?: AbortOptions): Promise<DashboardReply> {
+    const res = await this.request(
+      '/api/dashboard',
+      { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' },
+      options
+    )
+    return (await res.json()) as DashboardReply
   }
 
   async postTrust(

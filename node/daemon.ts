@@ -32,6 +32,8 @@ import { apiRoutes } from './http-routes.ts'
 import { loadOrCreateIdentity, type DeviceIdentity } from './identity.ts'
 import { eventLogger, type EventLog } from './logger.ts'
 import { StatusReporter } from './status-report.ts'
+import { ApiAccess, loadOrCreateApiToken, tokenHint } from './http-access.ts'
+import { VIEWER_TOKEN_TTL_MS } from '../mesh/limits.ts'
 import { STORE_DIR, TRUST_COPY, type DaemonConfig } from './config.ts'
 import { InvalidConfigError, ListenError, listenReason, meshListenError } from './errors.ts'
 import { Artifacts } from './artifacts/manager.ts'
@@ -97,6 +99,8 @@ export class Daemon {
   private readonly store: LevelStore
   private readonly events: EventLog
   private server: Server | undefined
+  private readonly access: ApiAccess
+  private readonly tokenFile: string
   private driftTimer: NodeJS.Timeout | undefined
   private gcTimer: NodeJS.Timeout | undefined
   private stopping: Promise<void> | undefined
@@ -109,6 +113,7 @@ export class Daemon {
     replica: Replica
     mesh: Mesh | undefined
     events: EventLog
+    apiToken: { token: string; file: string }
     artifacts: Artifacts
     time: TimeFloor
   }) {
@@ -119,6 +124,8 @@ export class Daemon {
     this.replica = replica
     this.mesh = mesh
     this.events = events
+    this.access = new ApiAccess(init.apiToken.token, init.apiToken.file)
+    this.tokenFile = init.apiToken.file
     this.artifacts = artifacts
     this.artifactApplier = new ArtifactApplier({
       artifacts,
@@ -204,6 +211,7 @@ export class Daemon {
       events('warn', 'data-dir.mode', { dir: config.dataDir, error: err })
     )
     const { identity, created } = await loadOrCreateIdentity(config.dataDir)
+    const apiToken = await loadOrCreateApiToken(config.dataDir)
     if (created) {
       events('info', 'identity.created', {
         publicKey: identity.publicKeyHex,
@@ -259,7 +267,17 @@ export class Daemon {
       }
     }
     const time = await TimeFloor.open(store)
-    const d = new Daemon({ config, identity, store, replica, mesh, events, artifacts, time })
+    const d = new Daemon({
+      config,
+      identity,
+      store,
+      replica,
+      mesh,
+      events,
+      apiToken,
+      artifacts,
+      time
+    })
     try {
       await d.run()
     } catch (err) {
@@ -341,50 +359,48 @@ export class Daemon {
     this.gcTimer.unref()
     this.trustWatch.start()
     this.status.start()
-    if (this.mesh !== undefined) {
-      const token = this.mesh.issueViewerToken()
-      // The page needs a WebSocket address to join the mesh through; prefer a loopback one, as the
-      // dashboard is opened from this machine's HTTP address.
-      const ws = this.mesh.addresses().filter(a => a.includes('/ws/'))
-      const addr = ws.find(a => a.startsWith('/ip4/127.')) ?? ws[0]
-      const hash = `token=${encodeURIComponent(token)}${addr === undefined ? '' : `&addr=${encodeURIComponent(addr)}`}`
-      e('info', 'dashboard', { url: `${this.httpUrl}/#${hash}`, note: 'one-time viewer token' })
-    } else {
-      e('info', 'dashboard', {
-        url: `${this.httpUrl}/`,
-        note: 'no mesh: the dashboard cannot join as a peer'
-      })
-    }
+    e('info', 'dashboard', {
+      url: `${this.httpUrl}/`,
+      note:
+        this.mesh === undefined
+          ? 'no mesh: the dashboard cannot join as a peer'
+          : '`rhizome dashboard` prints a URL with a one-time viewer token'
+    })
     e('info', 'daemon.ready', { http: this.httpUrl })
   }
 
   private async listenHttp(): Promise<void> {
-    const server = createApiServer([
-      ...artifactRoutes(this.artifacts, this.config.artifactDiskBudget),
-      ...rolloutRoutes(
-        this.rollouts,
-        async () =>
-          new Map([...(await enrolledDevicesOf(this.replica))].map(([k, d]) => [k, d.name]))
-      ),
-      ...this.trustWatch.routes(),
-      ...apiRoutes({
-        peerId: this.identity.peerId,
-        name: () => this.reconciler.last?.identity.name ?? this.config.name,
-        startedAt: this.startedAt,
-        mesh: this.mesh !== undefined,
-        replica: this.replica,
-        metrics: this.metrics,
-        fleetStatus: () => this.status.fleet(),
-        workloadLogs: name => this.processes.logs(name),
-        nodeLogs: (node, name, lines) =>
-          this.mesh === undefined
-            ? Promise.reject(
-                new PeerGoneError('this daemon runs without a mesh: it cannot reach other nodes')
-              )
-            : this.mesh.fetchLogs(node, name, { lines }),
-        events: this.events
-      })
-    ])
+    const server = createApiServer(
+      [
+        ...artifactRoutes(this.artifacts, this.config.artifactDiskBudget),
+        ...rolloutRoutes(
+          this.rollouts,
+          async () =>
+            new Map([...(await enrolledDevicesOf(this.replica))].map(([k, d]) => [k, d.name]))
+        ),
+        ...this.trustWatch.routes(),
+        ...apiRoutes({
+          peerId: this.identity.peerId,
+          name: () => this.reconciler.last?.identity.name ?? this.config.name,
+          startedAt: this.startedAt,
+          mesh: this.mesh !== undefined,
+          replica: this.replica,
+          metrics: this.metrics,
+          fleetStatus: () => this.status.fleet(),
+          workloadLogs: name => this.processes.logs(name),
+          nodeLogs: (node, name, lines) =>
+            this.mesh === undefined
+              ? Promise.reject(
+                  new PeerGoneError('this daemon runs without a mesh: it cannot reach other nodes')
+                )
+              : this.mesh.fetchLogs(node, name, { lines }),
+          events: this.events,
+          access: this.access,
+          dashboard: () => this.dashboardUrl()
+        })
+      ],
+      this.access
+    )
     await new Promise<void>((resolve, reject) => {
       server.once('error', err =>
         reject(
@@ -399,7 +415,24 @@ export class Daemon {
     const a = server.address() as AddressInfo
     const host = a.family === 'IPv6' ? `[${a.address}]` : a.address
     this.httpUrl = `http://${host}:${a.port}`
-    this.events('info', 'http.listening', { url: this.httpUrl })
+    this.access.bound(a)
+    this.events('info', 'http.listening', { url: this.httpUrl, tokenFile: this.tokenFile })
+  }
+
+  /**
+   * A dashboard URL with a fresh one-time viewer token (and the WebSocket address the page joins
+   * the mesh through, a loopback one first, as the page is opened from this machine's HTTP
+   * address); undefined without a mesh. Logged with a hint of the token only.
+   */
+  private dashboardUrl(): { url: string; expiresAt: number } | undefined {
+    if (this.mesh === undefined) return undefined
+    const token = this.mesh.issueViewerToken()
+    this.access.dashboardToken(token)
+    const ws = this.mesh.addresses().filter(a => a.includes('/ws/'))
+    const addr = ws.find(a => a.startsWith('/ip4/127.')) ?? ws[0]
+    const hash = `token=${encodeURIComponent(token)}${addr === undefined ? '' : `&addr=${encodeURIComponent(addr)}`}`
+    this.events('info', 'dashboard.issued', { token: tokenHint(token) })
+    return { url: `${this.httpUrl}/#${hash}`, expiresAt: Date.now() + VIEWER_TOKEN_TTL_MS }
   }
 
   /** Stop workloads, snapshot, close the mesh, the HTTP server and the store. */

@@ -71,10 +71,17 @@ async function claimDirectory(): Promise<string> {
   throw new Error(`${MAX_DEMOS} demos are running from this directory already; stop one first`)
 }
 
+/** The API token file of the daemon the demo talks to (the first), once it is known. */
+let tokenFile: string | undefined
+
 function cli(args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
     const p = spawn(process.execPath, [CLI, ...args], {
-      env: { ...process.env, RHIZOME_PASSPHRASE: PASSPHRASE },
+      env: {
+        ...process.env,
+        RHIZOME_PASSPHRASE: PASSPHRASE,
+        ...(tokenFile === undefined ? {} : { RHIZOME_TOKEN_FILE: tokenFile })
+      },
       stdio: ['ignore', 'pipe', 'pipe']
     })
     let stdout = ''
@@ -101,7 +108,6 @@ interface Started {
   url: string
   /** The daemon's TCP mesh address, with its PeerId (what other daemons bootstrap from). */
   mesh: string
-  dashboard: string
   proc: ChildProcess
 }
 
@@ -115,7 +121,6 @@ function startDaemon(name: string, config: string, log: string): Promise<Started
     children.add(proc)
     const file = createWriteStream(log)
     let partial = ''
-    let dashboard = ''
     let mesh = ''
     const timer = setTimeout(
       () => reject(new Error(`${name} did not start within 30 s; see ${log}`)),
@@ -132,13 +137,12 @@ function startDaemon(name: string, config: string, log: string): Promise<Started
         } catch {
           continue
         }
-        if (e.event === 'dashboard') dashboard = String(e.url)
         if (e.event === 'mesh.listening' && Array.isArray(e.addresses)) {
           mesh = (e.addresses as string[]).find(a => !a.includes('/ws/')) ?? ''
         }
         if (e.event === 'daemon.ready') {
           clearTimeout(timer)
-          resolve({ name, url: String(e.http), mesh, dashboard, proc })
+          resolve({ name, url: String(e.http), mesh, proc })
         }
       }
     })
@@ -239,6 +243,7 @@ async function main(): Promise<void> {
   const [head, ...rest] = nodes as [(typeof nodes)[number], ...typeof nodes]
   await writeConfig(head, [])
   const first = await start(head)
+  tokenFile = join(head.data, 'api.token')
   await Promise.all(
     nodes.map(n =>
       cli([
@@ -328,15 +333,16 @@ async function main(): Promise<void> {
   out(
     '\nDashboard (one-time viewer token; build it first with the web/ instructions if it is not built):'
   )
-  out(`  ${first.dashboard}`)
+  out(`  ${(await cli(['dashboard', '--daemon', first.url])).split('\n')[0]}`)
   out('\nTry (in another terminal, in this directory):')
   out(
-    `  export RHIZOME_DAEMON=${first.url} RHIZOME_KEY=${join(ROOT, 'fleet/admin.key')} RHIZOME_PASSPHRASE=${PASSPHRASE}`
+    `  export RHIZOME_DAEMON=${first.url} RHIZOME_TOKEN_FILE=${tokenFile} RHIZOME_KEY=${join(ROOT, 'fleet/admin.key')} RHIZOME_PASSPHRASE=${PASSPHRASE}`
   )
   out('  npm run rhizome -- status')
   out(`  # edit ${fleetYaml} (e.g. version: "2" or the greeting), then:`)
   out(`  npm run rhizome -- apply -f ${fleetYaml}`)
   out('  npm run rhizome -- history --doc fleet')
+  out('  npm run rhizome -- dashboard        # another dashboard URL (each token opens one page)')
   out(`\nLogs: ${ROOT}/<node>/daemon.log. Ctrl-C stops everything.`)
   for (const d of daemons) {
     d.proc.once('exit', code => {

@@ -2,7 +2,8 @@
  * The daemon's HTTP server (node:http): routes (http-routes.ts) matched in order, request bodies
  * bounded (MAX_BODY_BYTES), errors answered as `{error, category, message}` with the status
  * their category decides, and the dashboard's static files (web/dist) for every other GET.
- * Bound to 127.0.0.1 by default.
+ * Bound to 127.0.0.1 by default. Every request passes `ApiAccess.check` (http-access.ts: token,
+ * Host, Origin, body types) before its route runs; a route says who it is for (`access`).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { readFile } from 'node:fs/promises'
@@ -10,6 +11,7 @@ import { extname, join, normalize } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { logger } from '@libp2p/logger'
 import { categoryOf, ErrorCategory, RhizomeError } from '../crdt/errors.ts'
+import type { ApiAccess, RouteAccess } from './http-access.ts'
 
 const log = logger('rhizome:node:http')
 
@@ -28,7 +30,7 @@ export class HttpError extends RhizomeError {
     this.status = status
     this.code = code
     this.category =
-      status === 403
+      status === 401 || status === 403
         ? ErrorCategory.Unauthorised
         : status === 413
           ? ErrorCategory.PeerFault
@@ -61,6 +63,8 @@ export type HttpReply =
 export interface Route {
   method: string
   pattern: RegExp
+  /** Who may call it (http-access.ts); token holders only unless said otherwise. */
+  access?: RouteAccess
   handler: (
     m: RegExpMatchArray,
     req: IncomingMessage,
@@ -156,7 +160,7 @@ function send(res: ServerResponse, r: HttpReply): void {
   }
 }
 
-export function createApiServer(routes: Route[]): Server {
+export function createApiServer(routes: Route[], access: ApiAccess): Server {
   return createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost')
     const body = (): Promise<Uint8Array> => readBody(req, MAX_BODY_BYTES)
@@ -170,14 +174,17 @@ export function createApiServer(routes: Route[]): Server {
           if (route.method !== req.method) continue
           const m = url.pathname.match(route.pattern)
           if (m !== null) {
+            access.check(req, route.access ?? 'token')
             send(res, await route.handler(m, req, url, body, gone.signal))
             return
           }
         }
         if (req.method === 'GET' && !url.pathname.startsWith('/api/')) {
+          access.check(req, 'static')
           send(res, await staticFile(url.pathname))
           return
         }
+        access.check(req, 'token')
         throw new HttpError(
           404,
           'NotFound',

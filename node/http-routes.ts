@@ -2,12 +2,15 @@
  * The daemon's HTTP API routes, over the few parts of the daemon they read (`ApiComponents`);
  * the server itself (body limits, errors, static files) is http-api.ts.
  *
- *   GET  /api/health                 HealthReply {ok, peerId, name, uptimeMs, mesh}
- *   GET  /metrics                    Prometheus text
+ * Every route needs the daemon's API token (http-access.ts) except where marked:
+ *
+ *   GET  /api/health                 HealthReply {ok, peerId, name, uptimeMs, mesh}   [loopback]
+ *   GET  /metrics                    Prometheus text                                  [loopback]
  *   GET  /api/status                 FleetStatus (status-report.ts): every node, online or last
  *                                    seen, up to date or not, with its status body
  *   GET  /api/trust                  every trust statement held, JSON array of signed statements in
  *                                    version order (genesis first; a fork's branches too)
+ *                                    [also a dashboard viewer token]
  *   POST /api/trust                  add a signed trust statement (JSON)
  *   (trust state and equivocation evidence: node/trust-daemon.ts)
  *   GET  /api/docs                   DocSummary[] [{id, heads}]
@@ -21,18 +24,23 @@
  *                                    older page, null at the oldest
  *   GET  /api/workloads/:name/logs   LogsReply {name, lines}; ?node=NAME asks that node through
  *                                    the mesh (name, PeerId or key), ?lines=N (1-500) the newest N
+ *   POST /api/dashboard              DashboardReply {url, expiresAt}: a dashboard URL with a new
+ *                                    one-time viewer token (`rhizome dashboard`)
  *
- * Writes need no session: POST /api/batches takes signed batches, verified exactly as if a peer
- * had sent them, so nothing unsigned or unauthorised can be applied through it.
+ * POST /api/batches takes signed batches, verified exactly as if a peer had sent them, so nothing
+ * unsigned or unauthorised can be applied through it even with the token; a client whose
+ * batches or statements keep failing is refused for a while (http-access.ts InvalidSenders).
  */
+import type { IncomingMessage } from 'node:http'
 import { historyPage, type HistoryPage } from '../crdt/change-history.ts'
 import { plainValue } from '../crdt/config-diff.ts'
-import type { SignedDocument } from '../crdt/document.ts'
-import type { AcceptStatus } from '../crdt/document.ts'
+import type { AcceptStatus, SignedDocument } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import { decodeBatch, encodeBatch } from '../crdt/signed-change.ts'
 import { decodeTrustStatement } from '../crdt/trust.ts'
+import { categoryOf, ErrorCategory } from '../crdt/errors.ts'
 import { HttpError, type Route } from './http-api.ts'
+import type { ApiAccess } from './http-access.ts'
 import type { EventLog } from './logger.ts'
 import type { DaemonMetrics } from './metrics.ts'
 import type { FleetStatus } from './status-report.ts'
@@ -60,6 +68,12 @@ export interface LogsReply {
   name: string
   lines: string[]
 }
+export interface DashboardReply {
+  /** Open it in a browser: the page joins the mesh with the one-time viewer token it carries. */
+  url: string
+  /** When the token stops working if unused, ms since the epoch. */
+  expiresAt: number
+}
 
 /** What the routes read of the daemon, and nothing more. */
 export interface ApiComponents {
@@ -76,10 +90,27 @@ export interface ApiComponents {
   /** The same of another node, asked through the mesh (mesh/logs-protocol.ts). */
   nodeLogs: (node: string, name: string, lines: number) => Promise<string[] | undefined>
   events: EventLog
+  access: ApiAccess
+  /** A dashboard URL with a fresh one-time viewer token; undefined without a mesh. */
+  dashboard: () => DashboardReply | undefined
 }
 
 export function apiRoutes(c: ApiComponents): Route[] {
   const replica = c.replica
+  /** A write that failed on its content counts against its sender. */
+  const counted = async <T>(req: IncomingMessage, write: () => Promise<T>): Promise<T> => {
+    const sender = c.access.sender(req)
+    c.access.invalid.check(sender)
+    try {
+      return await write()
+    } catch (err) {
+      const category = categoryOf(err)
+      if (category === ErrorCategory.PeerFault || category === ErrorCategory.Unauthorised) {
+        c.access.invalid.failed(sender)
+      }
+      throw err
+    }
+  }
   const docId = (raw: string): string => decodeURIComponent(raw)
   const needDoc = async (id: string): Promise<SignedDocument> => {
     if (!replica.documentIds().includes(id)) {
@@ -95,6 +126,7 @@ export function apiRoutes(c: ApiComponents): Route[] {
     {
       method: 'GET',
       pattern: /^\/api\/health$/,
+      access: 'loopback',
       handler: async () => {
         const json: HealthReply = {
           ok: true,
@@ -109,6 +141,7 @@ export function apiRoutes(c: ApiComponents): Route[] {
     {
       method: 'GET',
       pattern: /^\/metrics$/,
+      access: 'loopback',
       handler: async () => ({
         text: await c.metrics.registry.metrics(),
         type: c.metrics.registry.contentType
@@ -122,15 +155,17 @@ export function apiRoutes(c: ApiComponents): Route[] {
     {
       method: 'GET',
       pattern: /^\/api\/trust$/,
+      access: 'dashboard',
       handler: async () => ({ json: replica.trust.held })
     },
     {
       method: 'POST',
       pattern: /^\/api\/trust$/,
-      handler: async (_m, _r, _u, body) => {
-        const added = await replica.addTrustStatement(decodeTrustStatement(await body()))
-        return { json: { added, version: replica.trust.version } }
-      }
+      handler: async (_m, req, _u, body) =>
+        counted(req, async () => {
+          const added = await replica.addTrustStatement(decodeTrustStatement(await body()))
+          return { json: { added, version: replica.trust.version } }
+        })
     },
     {
       method: 'GET',
@@ -167,24 +202,40 @@ export function apiRoutes(c: ApiComponents): Route[] {
     {
       method: 'POST',
       pattern: /^\/api\/batches$/,
-      handler: async (_m, _r, _u, body, signal) => {
-        try {
-          const batch = decodeBatch(await body())
-          const r = await replica.accept(batch, { signal })
-          c.metrics.apiChanges.inc({ result: r.status })
-          c.events('info', 'batch.accepted', {
-            doc: batch.docId,
-            status: r.status,
-            applied: r.applied,
-            via: 'http'
-          })
-          const json: BatchReply = { status: r.status, heads: r.heads, applied: r.applied }
-          return { json }
-        } catch (err) {
-          c.metrics.apiChanges.inc({ result: 'rejected' })
-          c.events('warn', 'batch.rejected', { error: err as Error, via: 'http' })
-          throw err
+      handler: async (_m, req, _u, body, signal) =>
+        counted(req, async () => {
+          try {
+            const batch = decodeBatch(await body())
+            const r = await replica.accept(batch, { signal })
+            c.metrics.apiChanges.inc({ result: r.status })
+            c.events('info', 'batch.accepted', {
+              doc: batch.docId,
+              status: r.status,
+              applied: r.applied,
+              via: 'http'
+            })
+            const json: BatchReply = { status: r.status, heads: r.heads, applied: r.applied }
+            return { json }
+          } catch (err) {
+            c.metrics.apiChanges.inc({ result: 'rejected' })
+            c.events('warn', 'batch.rejected', { error: err as Error, via: 'http' })
+            throw err
+          }
+        })
+    },
+    {
+      method: 'POST',
+      pattern: /^\/api\/dashboard$/,
+      handler: async () => {
+        const json = c.dashboard()
+        if (json === undefined) {
+          throw new HttpError(
+            409,
+            'NoMesh',
+            'this daemon runs without the mesh, so a dashboard cannot join through it'
+          )
         }
+        return { json }
       }
     },
     {

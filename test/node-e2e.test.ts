@@ -130,10 +130,15 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   it('enrols three daemons and they converge on the devices document', async () => {
     const d1 = await start('n1')
     assert.equal(d1.events.find(e => e.event === 'daemon.identity')?.peerId, ids.n1!.peerId)
+    const dash = await rhizome(['dashboard', '--daemon', d1.url])
+    assert.equal(dash.code, 0, dash.stderr)
+    const token = /#token=([0-9a-f]+)/.exec(dash.stdout)?.[1]
     assert.ok(
-      d1.events.some(e => e.event === 'dashboard' && String(e.url).includes('#token=')),
-      'prints a dashboard URL with a viewer token'
+      token !== undefined,
+      `rhizome dashboard prints a URL with a viewer token: ${dash.stdout}`
     )
+    await d1.waitFor(e => e.event === 'dashboard.issued', 5000, 'the issue logged')
+    assert.ok(!d1.stderr.some(l => l.includes(token)), 'the token is never logged in full')
     await enrolAll(dir, ids, d1.url, env)
     await Promise.all([start('n2'), start('n3')])
     const want = (await getJson<{ heads: string[] }>(`${d1.url}/api/docs/devices`)).heads

@@ -14,8 +14,8 @@ import { stringify } from 'yaml'
 import { decryptKeyFile, parseKeyFile } from '../crdt/keys.ts'
 import { Replica } from '../crdt/replica.ts'
 import type { HistoryPage } from '../crdt/change-history.ts'
-import { DaemonClient } from '../node/daemon-client.ts'
 import {
+  daemonClient,
   daemonConfig,
   enrolAll,
   freePort,
@@ -68,7 +68,7 @@ describe('history under load (two processes)', { timeout: 240_000 }, () => {
       parseKeyFile(await readFile(join(dir, 'fleet/admin.key'), 'utf8')),
       PASS
     )
-    const client = new DaemonClient(d.n1!.url)
+    const client = daemonClient(d.n1!)
     const replica = await client.localReplica(['fleet'])
     const doc = await replica.open('fleet')
     const signer = Replica.signer(admin)

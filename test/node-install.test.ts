@@ -146,7 +146,11 @@ describe(
       const cmdline = await readFile(`/proc/${daemon.pid}/cmdline`, 'utf8')
       assert.ok(cmdline.includes(join(prefix, 'bin/rhizome')), `the daemon runs ${cmdline}`)
       const daemonUrl = ready.http as string
-      const more = { RHIZOME_DAEMON: daemonUrl, RHIZOME_KEY: 'fleet/admin.key' }
+      const more = {
+        RHIZOME_DAEMON: daemonUrl,
+        RHIZOME_KEY: 'fleet/admin.key',
+        RHIZOME_TOKEN_FILE: 'data/api.token'
+      }
 
       const enrol = run(['enrol', key, '--name', 'till-1', '--label', 'site=lab'], more)
       assert.equal(enrol.status, 0, enrol.stderr)

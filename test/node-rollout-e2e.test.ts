@@ -24,6 +24,7 @@ import { createServer, type AddressInfo, type Server } from 'node:net'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import {
+  daemonClient,
   daemonConfig,
   freePort,
   getJson,
@@ -37,7 +38,6 @@ import { startProxy, type TcpProxy } from './fixtures/tcp-proxy.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { RolloutDetail } from '../node/rollout-routes.ts'
 import { createIdentity } from '../node/identity.ts'
-import { DaemonClient } from '../node/daemon-client.ts'
 import { DEVICES_DOC } from '../crdt/devices.ts'
 import { Replica } from '../crdt/replica.ts'
 import { decryptKeyFile, parseKeyFile } from '../crdt/keys.ts'
@@ -185,7 +185,7 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
       await writeFile(cfgPath(n), stringify(cfg))
     }
     await start('lab1')
-    const client = new DaemonClient(daemons.lab1!.url)
+    const client = daemonClient(daemons.lab1!)
     const replica = await client.localReplica([DEVICES_DOC])
     const admin = await decryptKeyFile(
       parseKeyFile(await readFile(join(dir, 'fleet/admin.key'), 'utf8')),

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import {
+  authHeaders,
   daemonConfig,
   getJson,
   initFleet,
@@ -202,7 +203,7 @@ describe('trust lifecycle through the CLI (one daemon)', { timeout: 180_000 }, (
     const forged = { statement: { ...genesis.statement, threshold: 1, admins: [] }, signatures: [] }
     const res = await fetch(`${daemon.url}/api/trust`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', ...authHeaders(daemon.url) },
       body: JSON.stringify(forged)
     })
     assert.equal(res.status, 400)

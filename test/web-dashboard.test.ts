@@ -247,16 +247,15 @@ describe(
         startDaemon(join(dir, 'n3.yaml'), {}, 30_000)
       ])
 
-      const dash = await daemons.n1.waitFor(
-        e => e.event === 'dashboard' && String(e.url).includes('#token='),
-        5000,
-        'the dashboard URL'
-      )
+      const issued = await rhizome(['dashboard', '--daemon', daemons.n1.url])
+      assert.equal(issued.code, 0, issued.stderr)
+      const dash = { url: issued.stdout.split('\n')[0] ?? '' }
+      assert.match(dash.url, /#token=/)
       const wsAddr = `/ip4/127.0.0.1/tcp/${wsPort}/ws/p2p/${ids.n1!.peerId}`
       const page = await context.newPage()
       page.on('pageerror', e => pageErrors.push(e.message))
-      // the daemon prints http://127.0.0.1:PORT/#token=…; the page is told the daemon's WebSocket address too
-      await page.goto(`${String(dash.url)}&addr=${encodeURIComponent(wsAddr)}&stale=4000`)
+      // `rhizome dashboard` prints http://127.0.0.1:PORT/#token=…; the page is told the daemon's WebSocket address too
+      await page.goto(`${dash.url}&addr=${encodeURIComponent(wsAddr)}&stale=4000`)
       await page
         .waitForFunction(
           () => document.querySelectorAll('[data-testid=node-table] tbody tr').length === 3,
@@ -288,14 +287,19 @@ describe(
       assert.match(await page.locator('[data-testid=key-error]').innerText(), /wrong passphrase/)
       await page.fill('[data-testid=key-passphrase]', PASS)
       await page.click('[data-testid=key-unlock]')
-      await page.waitForFunction(
-        () =>
-          /admin-session/.test(
-            document.querySelector('[data-testid=connection]')?.textContent ?? ''
-          ),
-        undefined,
-        { timeout: 30_000 }
-      )
+      await page
+        .waitForFunction(
+          () =>
+            /admin-session/.test(
+              document.querySelector('[data-testid=connection]')?.textContent ?? ''
+            ),
+          undefined,
+          { timeout: 30_000 }
+        )
+        .catch(async (err: Error) => {
+          await shot(page, 'real-failed-upgrade')
+          throw new Error(`${err.message}; page says: ${await page.locator('body').innerText()}`)
+        })
 
       // edit the desired config, review the diff, sign and publish
       await page.click('a.tab:has-text("Desired config")')

@@ -107,7 +107,9 @@ export function App({ source }: { source: FleetSource }) {
         <div class='session'>
           <span class={`pill conn-${c.state}`} data-testid='connection' title={c.address}>
             {c.state === 'connected'
-              ? `connected · ${c.admission ?? 'peer'} · ${c.connectedTo.length} daemon${c.connectedTo.length === 1 ? '' : 's'}`
+              ? c.upgrading === true
+                ? 'connected · signing in with the unlocked key…'
+                : `connected · ${c.admission ?? 'peer'} · ${c.connectedTo.length} daemon${c.connectedTo.length === 1 ? '' : 's'}`
               : c.state}
           </span>
           <button

@@ -24,6 +24,8 @@ export interface ConnectionInfo {
   selfPeerId?: string
   /** Daemons this browser holds a connection to. */
   connectedTo: string[]
+  /** Connected, and replacing the viewer session with one signed by the unlocked key. */
+  upgrading?: boolean
 }
 
 /**

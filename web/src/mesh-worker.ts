@@ -218,7 +218,9 @@ async function connect(req: Extract<WorkerRequest, { type: 'connect' }>): Promis
       `"${req.address}" is not a daemon WebSocket address; it looks like /ip4/192.168.1.20/tcp/4002/ws/p2p/12D3KooW… (the daemon prints it at start as mesh.listening)`
     )
   }
-  if (req.trust === undefined || req.trust.length === 0) {
+  // Once a fleet is loaded, a reconnect (after a failed session upgrade, say) needs no trust again.
+  const trust = req.trust !== undefined && req.trust.length > 0 ? req.trust : undefined
+  if (trust === undefined && replica === undefined) {
     throw new DashboardError(
       "this page does not know the fleet yet: choose the fleet's trust.json (written by `rhizome init`) in the connect form, or open the dashboard from the daemon's own address"
     )
@@ -226,15 +228,17 @@ async function connect(req: Extract<WorkerRequest, { type: 'connect' }>): Promis
   setConnection({ state: 'connecting', address: req.address, error: undefined })
   try {
     ed ??= await platformEd25519()
-    const statements = req.trust.map(trustStatementFromJson)
-    const [genesis, ...rest] = statements
-    if (genesis === undefined) throw new DashboardError('the trust file is empty')
-    if (replica === undefined || replica.fleetId !== statementHash(genesis.statement)) {
+    const [genesis, ...rest] = (trust ?? []).map(trustStatementFromJson)
+    if (
+      genesis !== undefined &&
+      (replica === undefined || replica.fleetId !== statementHash(genesis.statement))
+    ) {
       replica = await Replica.open({ store: new MemoryStore(), ed, genesis })
       replica.addEventListener('change', scheduleSnapshot)
       replica.addEventListener('trust', scheduleSnapshot)
       docCache.clear()
     }
+    if (replica === undefined) throw new DashboardError('the trust file is empty')
     for (const s of rest) await replica.addTrustStatement(s)
     identity ??= generateKeyPair()
     let session: { viewerToken: string } | { voucher: Uint8Array }
@@ -283,21 +287,26 @@ async function voucherFor(pair: KeyPair): Promise<Uint8Array> {
   )
 }
 
-/** Replace the viewer session with one vouched for by the unlocked key: daemons accept changes only from such sessions. */
+/**
+ * Replace the viewer session with one vouched for by the unlocked key: daemons accept changes
+ * only from such sessions. The page stays connected while it happens (`upgrading`), so the views
+ * (an edit in progress among them) stay as they are.
+ */
 async function upgradeSession(): Promise<void> {
   if (signer === undefined || connection.address === undefined) return
   const voucher = await voucherFor(signer.pair)
+  setConnection({ upgrading: true })
   await stopMesh()
-  setConnection({ state: 'connecting' })
   try {
     const admission = await startMesh(connection.address, { voucher })
     setConnection({
       state: 'connected',
+      upgrading: false,
       admission: admission as ConnectionInfo['admission'],
       selfPeerId: mesh?.peerId
     })
   } catch (err) {
-    setConnection({ state: 'error', error: (err as Error).message })
+    setConnection({ state: 'error', upgrading: false, error: (err as Error).message })
     throw err
   }
 }

@@ -113,7 +113,7 @@ export class WorkerFleetSource implements FleetSource {
   }
 
   async connect(req: ConnectRequest): Promise<void> {
-    const trust = this.trustFile ?? (await sameOriginTrust())
+    const trust = this.trustFile ?? (await sameOriginTrust(req.token))
     await this.request({
       type: 'connect',
       address: req.address,
@@ -149,12 +149,16 @@ export class WorkerFleetSource implements FleetSource {
   }
 }
 
-/** The trust chain of the daemon that served this page, if it did. */
-async function sameOriginTrust(): Promise<unknown[] | undefined> {
+/**
+ * The trust chain of the daemon that served this page, if it did. The daemon lets the page read
+ * it with the viewer token from its dashboard URL (`rhizome dashboard`), until that expires.
+ */
+async function sameOriginTrust(token: string | undefined): Promise<unknown[] | undefined> {
+  if (token === undefined) return undefined
   try {
     const res = await fetch('./api/trust', {
       signal: AbortSignal.timeout(5000),
-      headers: { accept: 'application/json' }
+      headers: { accept: 'application/json', authorization: `Bearer ${token}` }
     })
     if (!res.ok || !(res.headers.get('content-type') ?? '').includes('json')) return undefined
     const v: unknown = await res.json()
