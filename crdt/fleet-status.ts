@@ -13,7 +13,9 @@
  *   applied:  { <docId>: heads },        // what its running state was made from
  *   workloads: { <name>: { state: 'running'|'starting'|'crashed'|'stopped', healthy: boolean|null,
  *                          restarts, version?, pid?, log: [last lines] } },
- *   files: { ok, drifted: [paths put back] },
+ *   files: { ok,                        // false: a managed file could not be written (see errors)
+ *            drifted: [paths put back within DRIFT_SHOWN_MS, newest first],
+ *            putBackAt?: { <path>: when it was put back } },  // absent in records of older daemons
  *   peers: [peerId...], errors: [config problems found while applying], startedAt, at,
  *   artifacts?: { <digest>: { state: 'complete'|'fetching'|'waiting'|'failed', name?, size?,
  *                             held, peers, rate (bytes/s), eta? (s), reason? } },
@@ -36,6 +38,13 @@ export const STATUS_LIMITS = {
   rollouts: 32,
   text: 1000
 } as const
+
+/**
+ * How long a file put back after a hand edit is reported, ms: the daemon leaves it out of its
+ * body after that, and readers leave it out of records that old (a node that went down keeps
+ * its last record).
+ */
+export const DRIFT_SHOWN_MS = 10 * 60_000
 
 export const WORKLOAD_STATES = ['running', 'starting', 'crashed', 'stopped'] as const
 /** A workload's state; `unknown` when a body names a state this version does not know. */
@@ -75,7 +84,7 @@ export interface StatusBody {
   revision: Record<string, string[]>
   applied: Record<string, string[]>
   workloads: Record<string, WorkloadStatus>
-  files: { ok: boolean; drifted: string[] }
+  files: FilesStatus
   peers: string[]
   /** Config problems found while applying (bad paths, bad workload specs), at most STATUS_LIMITS.errors. */
   errors: string[]
@@ -97,6 +106,15 @@ export interface StatusBody {
   freshness?: FreshnessStatus
 }
 
+export interface FilesStatus {
+  /** false when a managed file could not be written; the reason is among the body's errors. */
+  ok: boolean
+  /** Managed files changed by hand and put back, within DRIFT_SHOWN_MS, newest first. */
+  drifted: string[]
+  /** When each of `drifted` was put back (the node's clock); absent from older daemons' records. */
+  putBackAt?: Record<string, number>
+}
+
 export interface FreshnessStatus {
   state: 'fresh' | 'stale'
   reason?: 'expired' | 'behind'
@@ -115,6 +133,8 @@ function isMap(v: unknown): v is Record<string, unknown> {
 }
 const text = (v: unknown, fallback = ''): string =>
   typeof v === 'string' ? v.slice(0, STATUS_LIMITS.text) : fallback
+/** Paths put back that a body may list (the daemon reports at most 20: node/appliers/files.ts). */
+const MAX_DRIFTED = 50
 const num = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v) ? v : 0)
 const texts = (v: unknown, max: number = STATUS_LIMITS.entries): string[] =>
   Array.isArray(v)
@@ -163,6 +183,19 @@ function artifact(v: unknown): ArtifactStatus | undefined {
   return out
 }
 
+function filesStatus(f: Record<string, unknown>): FilesStatus {
+  const out: FilesStatus = { ok: f.ok !== false, drifted: texts(f.drifted, MAX_DRIFTED) }
+  if (isMap(f.putBackAt)) {
+    const at: Record<string, number> = {}
+    for (const p of out.drifted) {
+      const t = f.putBackAt[p]
+      if (typeof t === 'number' && Number.isFinite(t)) at[p] = t
+    }
+    out.putBackAt = at
+  }
+  return out
+}
+
 /** A status body from JSON of unknown shape: every field checked and bounded; missing ones empty. */
 export function parseStatusBody(v: unknown, fallbackName = ''): StatusBody {
   const b = isMap(v) ? v : {}
@@ -184,9 +217,7 @@ export function parseStatusBody(v: unknown, fallbackName = ''): StatusBody {
     revision: headsMap(b.revision),
     applied: headsMap(b.applied),
     workloads,
-    files: isMap(b.files)
-      ? { ok: b.files.ok !== false, drifted: texts(b.files.drifted) }
-      : { ok: true, drifted: [] },
+    files: isMap(b.files) ? filesStatus(b.files) : { ok: true, drifted: [] },
     peers: texts(b.peers),
     errors: texts(b.errors, STATUS_LIMITS.errors),
     startedAt: num(b.startedAt),
@@ -288,6 +319,39 @@ export function health(b: StatusBody): { health: Health; healthy: number; total:
   else if (failing === total) h = 'failing'
   else if (failing > 0 || healthy < total || !b.files.ok || b.errors.length > 0) h = 'degraded'
   return { health: h, healthy, total }
+}
+
+/** A managed file a node put back after a hand edit. */
+export interface PutBack {
+  path: string
+  /** When, on the reader's clock; null when the record does not say (older daemons). */
+  at: number | null
+}
+
+/**
+ * The files a node put back within DRIFT_SHOWN_MS of `now` (the reader's clock), newest first:
+ * the one rule for every view. The node's own times are moved onto the reader's clock by the
+ * record's age (`lastSeen` is when it arrived, `status.at` when the node made it), so a node
+ * whose clock is off still ages out right. Paths without a time (older daemons) are listed as
+ * they are: nothing says when they were put back.
+ */
+export function recentPutBacks(
+  node: { status: StatusBody | null; lastSeen: number | null },
+  now: number
+): PutBack[] {
+  const files = node.status?.files
+  if (files === undefined) return []
+  const at = files.putBackAt
+  if (at === undefined) return files.drifted.map(path => ({ path, at: null }))
+  const shift = node.lastSeen === null ? 0 : node.lastSeen - (node.status?.at ?? node.lastSeen)
+  const out: PutBack[] = []
+  for (const path of files.drifted) {
+    const t = at[path]
+    if (t === undefined) continue
+    const local = t + shift
+    if (now - local <= DRIFT_SHOWN_MS) out.push({ path, at: local })
+  }
+  return out.sort((a, b) => (b.at ?? 0) - (a.at ?? 0))
 }
 
 /** A short form of a revision for people: the first 7 characters of each head. */

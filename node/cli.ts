@@ -18,7 +18,7 @@ import { toHex } from '../crdt/bytes.ts'
 import { DaemonClient } from './daemon-client.ts'
 import { diffDocument, formatOps, plainValue, signOps, type DiffOp } from '../crdt/config-diff.ts'
 import type { SignedDocument } from '../crdt/document.ts'
-import { ago, SYNC_LABEL } from '../crdt/fleet-status.ts'
+import { ago, recentPutBacks, SYNC_LABEL } from '../crdt/fleet-status.ts'
 import { fleetYaml, parseFleetYaml, type FleetDocuments } from '../crdt/fleet-yaml.ts'
 import { loadDaemonConfig } from './config.ts'
 import { createIdentity, readIdentity } from './identity.ts'
@@ -39,6 +39,7 @@ import { registerBundleCommands } from './cli-bundle.ts'
 import { freezeForApply, registerRolloutCommands } from './cli-rollout.ts'
 import { artifactLines, registerArtifactCommands } from './cli-artifacts.ts'
 import { registerDashboardCommand } from './cli-dashboard.ts'
+import { errorLines, putBackText, registerDescribeCommand } from './cli-describe.ts'
 import type { FleetStatus } from './status-report.ts'
 
 async function exists(p: string): Promise<boolean> {
@@ -223,10 +224,8 @@ async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void
           `${w}:${x.state}${x.healthy === false ? '(unhealthy)' : ''}${x.version === undefined ? '' : '@' + x.version}${x.restarts > 0 ? ` restarts=${x.restarts}` : ''}`
       )
       .join(' ')
-    const drift =
-      (n.status?.files.drifted.length ?? 0) > 0
-        ? ` drifted: ${n.status?.files.drifted.join(',')}`
-        : ''
+    const putBack = recentPutBacks(n, now)
+    const drift = putBack.length > 0 ? ` ${putBackText(putBack)}` : ''
     const f = n.status?.freshness
     const stale =
       f?.state === 'stale'
@@ -235,7 +234,7 @@ async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void
     say(
       `${n.name.padEnd(16)} ${n.peerId.slice(0, 16)}… ${state.padEnd(18)} ${SYNC_LABEL[n.sync].padEnd(10)} ${wl}${drift}${stale}${n.enrolled ? '' : ' (not enrolled)'}`
     )
-    for (const l of artifactLines(n.status?.artifacts)) say(`${''.padEnd(18)}${l}`)
+    for (const l of errorLines(n)) say(`${''.padEnd(18)}${l}`)
     for (const l of artifactLines(n.status?.artifacts)) say(`${''.padEnd(18)}${l}`)
   }
 }
@@ -407,7 +406,7 @@ export function program(): Command {
 
   p.command('status')
     .description(
-      'the fleet at a glance: nodes, online or last seen, applied revision, workload health'
+      'the fleet at a glance: nodes, online or last seen, applied revision, workload health, files put back, config errors'
     )
     .option('--json', 'machine-readable output (GET /api/status)')
     .addOption(daemonOption())
@@ -451,6 +450,7 @@ export function program(): Command {
   registerArtifactCommands(p, EXIT_HELP)
   registerRolloutCommands(p)
   registerDashboardCommand(p, EXIT_HELP)
+  registerDescribeCommand(p, EXIT_HELP)
   return p
 }
 

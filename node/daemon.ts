@@ -180,7 +180,7 @@ export class Daemon {
       workloads: () => this.processes.status(),
       files: () => {
         const f = this.files.status()
-        return { ok: f.ok, drifted: f.drifted }
+        return { ok: f.ok, drifted: f.drifted, putBackAt: f.putBackAt }
       },
       artifacts: () => artifacts.statuses(),
       rollouts: () => this.rollouts.reports(),

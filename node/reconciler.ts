@@ -78,6 +78,24 @@ function isMap(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
+/**
+ * The config documents of a replica as effective-config.ts reads them (every document but
+ * `devices`), each with its writers' scopes: operators' documents reach only the nodes in their
+ * scope. What a node computes its config from, and what `rhizome describe` computes it from.
+ */
+export async function configDocuments(
+  replica: Replica,
+  ids: readonly string[] = replica.documentIds()
+): Promise<ConfigDocument[]> {
+  const docs: ConfigDocument[] = []
+  for (const id of ids) {
+    if (id === DEVICES_DOC) continue
+    const doc = await replica.open(id)
+    docs.push({ id, value: doc.value, writerScopes: writerScopes(doc.writerKeys(), replica.trust) })
+  }
+  return docs
+}
+
 export class Reconciler extends TypedEventEmitter<ReconcilerEvents> {
   private readonly c: ReconcilerComponents
   private running: Promise<void> | undefined
@@ -166,17 +184,7 @@ export class Reconciler extends TypedEventEmitter<ReconcilerEvents> {
   private async pass(reason: string): Promise<void> {
     const t0 = performance.now()
     const applied = await this.revision()
-    const docs = []
-    for (const id of Object.keys(applied)) {
-      if (id === DEVICES_DOC) continue
-      const doc = await this.c.replica.open(id)
-      // Operators' documents reach only the nodes in their scope (crdt/effective-config.ts).
-      docs.push({
-        id,
-        value: doc.value,
-        writerScopes: writerScopes(doc.writerKeys(), this.c.replica.trust)
-      })
-    }
+    const docs = await configDocuments(this.c.replica, Object.keys(applied))
     const identity = await this.identity()
     const errors: string[] = []
     const base = effectiveConfig(docs, identity)

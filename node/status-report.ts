@@ -13,6 +13,7 @@ import {
   type StatusBody,
   type TryModeStatus,
   type FreshnessStatus,
+  type FilesStatus,
   type WorkloadStatus
 } from '../crdt/fleet-status.ts'
 import type { Replica } from '../crdt/replica.ts'
@@ -44,7 +45,7 @@ export interface StatusReporterComponents {
   mesh: Mesh | undefined
   reconciler: Pick<Reconciler, 'identity' | 'revision' | 'last'>
   workloads: () => Record<string, WorkloadStatus>
-  files: () => { ok: boolean; drifted: string[] }
+  files: () => FilesStatus
   /** Referenced artifacts by digest (node/artifacts/). */
   artifacts?: () => Record<string, ArtifactStatus>
   /** What this node did about each rollout, and try mode's last rollback (node/rollout-agent.ts). */

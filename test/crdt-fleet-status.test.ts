@@ -7,8 +7,10 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import {
+  DRIFT_SHOWN_MS,
   fleetNodes,
   parseStatusBody,
+  recentPutBacks,
   STATUS_LIMITS,
   syncState,
   type ReceivedStatus
@@ -119,5 +121,60 @@ describe('fleet list', () => {
     )
     assert.equal(nodes[2]?.peerId, 'derived-3333')
     assert.equal(nodes[0]?.labels.site, 'lab')
+  })
+})
+
+describe('files put back', () => {
+  const MIN = 60_000
+  const node = (files: unknown, at: number, lastSeen: number) => ({
+    status: parseStatusBody({ name: 'n', files, at }),
+    lastSeen
+  })
+
+  it('are shown with when they were put back until DRIFT_SHOWN_MS, then age out', () => {
+    const t = 1_000_000_000
+    const n = node(
+      { ok: true, drifted: ['/etc/b', '/etc/a'], putBackAt: { '/etc/a': t, '/etc/b': t + MIN } },
+      t + MIN,
+      t + MIN
+    )
+    assert.deepEqual(recentPutBacks(n, t + MIN), [
+      { path: '/etc/b', at: t + MIN },
+      { path: '/etc/a', at: t }
+    ])
+    // The record is kept (the node went down, say): the put-backs still age out on their own.
+    assert.deepEqual(recentPutBacks(n, t + DRIFT_SHOWN_MS + MIN / 2), [
+      { path: '/etc/b', at: t + MIN }
+    ])
+    assert.deepEqual(recentPutBacks(n, t + DRIFT_SHOWN_MS + 2 * MIN), [])
+  })
+
+  it("are judged on the reader's clock, whatever the node's clock says", () => {
+    // The node's clock is an hour ahead: its record says it was made at its 'at', and it arrived
+    // at the reader's 1000; the put-back happened 2 min before the record was made.
+    const skew = 3600_000
+    const made = 5_000_000 + skew
+    const n = node(
+      { ok: true, drifted: ['/etc/a'], putBackAt: { '/etc/a': made - 2 * MIN } },
+      made,
+      5_000_000
+    )
+    assert.deepEqual(recentPutBacks(n, 5_000_000), [{ path: '/etc/a', at: 5_000_000 - 2 * MIN }])
+    assert.deepEqual(recentPutBacks(n, 5_000_000 + DRIFT_SHOWN_MS), [])
+  })
+
+  it('of older daemons (no times) are listed without a time; none when nothing drifted', () => {
+    assert.deepEqual(recentPutBacks(node({ ok: true, drifted: ['/etc/a'] }, 1, 1), 1e12), [
+      { path: '/etc/a', at: null }
+    ])
+    assert.deepEqual(recentPutBacks(node({ ok: false, drifted: [] }, 1, 1), 1), [])
+    assert.deepEqual(recentPutBacks({ status: null, lastSeen: null }, 1), [])
+  })
+
+  it('parse only times of listed paths, and only numbers', () => {
+    const b = parseStatusBody({
+      files: { drifted: ['/a'], putBackAt: { '/a': 'soon', '/b': 5, constructor: 1 } }
+    })
+    assert.deepEqual(b.files, { ok: true, drifted: ['/a'], putBackAt: {} })
   })
 })

@@ -12,6 +12,7 @@ import { createHash } from 'node:crypto'
 import { basename, dirname, join, normalize, relative } from 'node:path'
 import { logger } from '@libp2p/logger'
 import { parseMode } from '../../crdt/file-mode.ts'
+import { DRIFT_SHOWN_MS } from '../../crdt/fleet-status.ts'
 import { openBelow, readRegular, removeEntry, writeReplacing, type OpenDir } from './safe-path.ts'
 
 const log = logger('rhizome:node:files')
@@ -26,7 +27,10 @@ export interface FileSpec {
 }
 export interface FileStatus {
   ok: boolean
+  /** Paths put back within DRIFT_SHOWN_MS, newest first (at most MAX_DRIFT_REPORTED). */
   drifted: string[]
+  /** When each of `drifted` was put back, ms since the epoch. */
+  putBackAt: Record<string, number>
   errors: string[]
 }
 
@@ -65,20 +69,25 @@ export class FilesApplier {
   private readonly allowed: string[]
   private readonly allowUnsafeModes: boolean
   private managed = new Map<string, Managed>()
-  private drifted: string[] = []
+  /** Path → when it was last put back; newest first, at most MAX_DRIFT_REPORTED. */
+  private drifted = new Map<string, number>()
   private errors: string[] = []
   private readonly onDrift: (path: string) => void
+  private readonly now: () => number
 
   constructor(opts: {
     root: string
     allowedRoots: string[]
     allowUnsafeModes?: boolean
     onDrift?: (path: string) => void
+    /** The clock put-backs are stamped with (tests move it). */
+    now?: () => number
   }) {
     this.root = opts.root
     this.allowed = opts.allowedRoots.map(r => normalize(r.endsWith('/') ? r : r + '/'))
     this.allowUnsafeModes = opts.allowUnsafeModes ?? false
     this.onDrift = opts.onDrift ?? (() => {})
+    this.now = opts.now ?? Date.now
   }
 
   private target(path: string): Target {
@@ -191,9 +200,10 @@ export class FilesApplier {
       }
     }
     if (put.length > 0) {
-      this.drifted = [...put, ...this.drifted.filter(p => !put.includes(p))].slice(
-        0,
-        MAX_DRIFT_REPORTED
+      const now = this.now()
+      const older = [...this.drifted].filter(([p]) => !put.includes(p))
+      this.drifted = new Map(
+        [...put.map(p => [p, now] as const), ...older].slice(0, MAX_DRIFT_REPORTED)
       )
       for (const p of put) this.onDrift(p)
     }
@@ -201,6 +211,14 @@ export class FilesApplier {
   }
 
   status(): FileStatus {
-    return { ok: this.errors.length === 0, drifted: [...this.drifted], errors: [...this.errors] }
+    // A put-back is news for DRIFT_SHOWN_MS, then it ages out of the status body.
+    const since = this.now() - DRIFT_SHOWN_MS
+    for (const [p, at] of this.drifted) if (at < since) this.drifted.delete(p)
+    return {
+      ok: this.errors.length === 0,
+      drifted: [...this.drifted.keys()],
+      putBackAt: Object.fromEntries(this.drifted),
+      errors: [...this.errors]
+    }
   }
 }
