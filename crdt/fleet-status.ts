@@ -308,17 +308,38 @@ export function syncState(
 
 export type Health = 'healthy' | 'degraded' | 'failing' | 'idle'
 
-/** A node's health from its body: its workloads, and whether it reports config problems. */
-export function health(b: StatusBody): { health: Health; healthy: number; total: number } {
+/**
+ * A node's health from its body, the one rule for every count and every label: `failing` when
+ * every workload crashed or fails its probe; `degraded` when some do, some are not running yet,
+ * or the node reports config problems (`errors`, which name every managed file it could not
+ * write: `files.ok` false); `idle` with no workloads and no problems. Files put back after a hand
+ * edit are no problem: the node did its job. `problems` is the number of errors, so a label can
+ * say why a node whose workloads are all healthy is degraded.
+ */
+export function health(b: StatusBody): {
+  health: Health
+  healthy: number
+  total: number
+  problems: number
+} {
   const ws = Object.values(b.workloads)
   const healthy = ws.filter(w => w.state === 'running' && w.healthy !== false).length
   const failing = ws.filter(w => w.state === 'crashed' || w.healthy === false).length
   const total = ws.length
+  // A file that could not be written is among the errors; `ok` alone counts when it is not.
+  const problems = Math.max(b.errors.length, b.files.ok ? 0 : 1)
   let h: Health = 'healthy'
-  if (total === 0) h = 'idle'
-  else if (failing === total) h = 'failing'
-  else if (failing > 0 || healthy < total || !b.files.ok || b.errors.length > 0) h = 'degraded'
-  return { health: h, healthy, total }
+  if (total > 0 && failing === total) h = 'failing'
+  else if (failing > 0 || healthy < total || problems > 0) h = 'degraded'
+  else if (total === 0) h = 'idle'
+  return { health: h, healthy, total, problems }
+}
+
+/** The health label every view shows: "2/3 healthy", "none", with "· 1 config error" after. */
+export function healthLabel(h: ReturnType<typeof health>): string {
+  const base = h.total === 0 ? 'no workloads' : `${h.healthy}/${h.total} healthy`
+  if (h.problems === 0) return base
+  return `${base} · ${h.problems} config error${h.problems === 1 ? '' : 's'}`
 }
 
 /** A managed file a node put back after a hand edit. */

@@ -103,6 +103,14 @@ export const STATUS_MIN_INTERVAL_MS = 1_000
  */
 export const STATUS_FLOOD_BURST = 10
 
+/**
+ * Records of nodes not enrolled (yet) here, held unverified until the enrolment arrives: a new
+ * peer (a browser, say) gets every record on its first hello, before the devices document has
+ * synced. At most this many nodes, one record each, for at most this long.
+ */
+export const STATUS_PENDING_MAX = 32
+export const STATUS_PENDING_MS = 30_000
+
 /** Defaults for the timers in MeshOptions. */
 export const DEFAULT_ANTI_ENTROPY_MS = 10_000
 export const DEFAULT_STALE_AFTER_MS = 30_000

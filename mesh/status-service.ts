@@ -8,6 +8,10 @@
  * - A record from a peer is verified (enrolled key, signature, fleet), kept if newer than the one
  *   held, and relayed to every other peer.
  * - A peer's first hello and every anti-entropy round with it send it every record held.
+ * - A record of a node not enrolled here (yet) is held aside, unverified (at most
+ *   STATUS_PENDING_MAX nodes, for STATUS_PENDING_MS), and received again when a document changes:
+ *   a new peer gets every record on its first hello, before the devices document naming those
+ *   nodes has synced, and would otherwise wait for each node's next record.
  */
 import { TypedEventEmitter } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
@@ -21,7 +25,12 @@ import type { KeyPair } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { MeshCounters } from './counters.ts'
 import { StatusFloodError } from './errors.ts'
-import { STATUS_FLOOD_BURST, STATUS_MIN_INTERVAL_MS } from './limits.ts'
+import {
+  STATUS_FLOOD_BURST,
+  STATUS_MIN_INTERVAL_MS,
+  STATUS_PENDING_MAX,
+  STATUS_PENDING_MS
+} from './limits.ts'
 import {
   decodeStoredStatus,
   encodeStoredStatus,
@@ -109,6 +118,11 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   private readonly onResync = (e: CustomEvent<SyncStream>): void => {
     this.sendAll(e.detail)
   }
+  /** Records of nodes not enrolled here yet, by node: the newest seen, with when it came. */
+  private readonly pending = new Map<string, { record: Uint8Array; from: SyncStream; at: number }>()
+  private readonly onChange = (): void => {
+    this.retryPending()
+  }
 
   constructor(components: StatusComponents, init: StatusInit) {
     super()
@@ -126,6 +140,7 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     sync.setStatusReceiver((record, from) => this.receive(record, from))
     sync.addEventListener('stream:greeted', this.onGreeted)
     sync.addEventListener('stream:resync', this.onResync)
+    this.init.replica.addEventListener('change', this.onChange)
   }
 
   async stop(): Promise<void> {
@@ -134,6 +149,8 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     const sync = this.components.sync
     sync.removeEventListener('stream:greeted', this.onGreeted)
     sync.removeEventListener('stream:resync', this.onResync)
+    this.init.replica.removeEventListener('change', this.onChange)
+    this.pending.clear()
   }
 
   get size(): number {
@@ -173,9 +190,14 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   async receive(record: Uint8Array, from: SyncStream): Promise<void> {
     const { node, seq } = peekStatus(record)
     const admission = this.components.admission
-    if (!admission.isEnrolledKey(node) || node === this.ownKey) {
-      // Not (yet) enrolled here: the messenger is not at fault. Our own come back by relay.
-      if (node === this.ownKey) this.ownSeq = Math.max(this.ownSeq, seq)
+    if (node === this.ownKey) {
+      // Our own come back by relay.
+      this.ownSeq = Math.max(this.ownSeq, seq)
+      return
+    }
+    if (!admission.isEnrolledKey(node)) {
+      // Not (yet) enrolled here: the messenger is not at fault.
+      this.holdPending(node, seq, record, from)
       return
     }
     if (seq <= (this.held.get(node)?.signed.seq ?? -1)) return
@@ -190,6 +212,34 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
       await this.keep({ signed, peerId: peerIdOfKey(node), receivedAt: Date.now() })
       for (const s of this.components.sync.streams()) if (s !== from) s.sendStatus(signed.bytes)
     })
+  }
+
+  /** Keep a record of a node not enrolled here, in case its enrolment is on its way. */
+  private holdPending(node: string, seq: number, record: Uint8Array, from: SyncStream): void {
+    const held = this.pending.get(node)
+    if (held !== undefined && peekStatus(held.record).seq >= seq) return
+    if (held === undefined && this.pending.size >= STATUS_PENDING_MAX) {
+      // The oldest goes: honest peers resend on every anti-entropy round anyway.
+      this.pending.delete(this.pending.keys().next().value as string)
+    }
+    this.pending.delete(node)
+    this.pending.set(node, { record, from, at: performance.now() })
+  }
+
+  /** Receive again the held records whose node is enrolled now; forget the expired. */
+  private retryPending(): void {
+    const now = performance.now()
+    for (const [node, p] of this.pending) {
+      if (now - p.at > STATUS_PENDING_MS) {
+        this.pending.delete(node)
+        continue
+      }
+      if (!this.components.admission.isEnrolledKey(node)) continue
+      this.pending.delete(node)
+      this.receive(p.record, p.from).catch(err => {
+        log('a held record of %s refused: %s', node.slice(0, 16), errMessage(err))
+      })
+    }
   }
 
   /**

@@ -3,7 +3,8 @@
  * an enrolled node is kept and relayed to every other peer, not back to its sender; an older one
  * is neither; a record of a key not enrolled here is dropped without blaming the messenger, a
  * forged one is a fault; records outlive a restart; a peer's first hello and every anti-entropy
- * round send it what is held.
+ * round send it what is held; a record of a node enrolled only later is held aside (bounded)
+ * and kept once the enrolment arrives.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
@@ -15,6 +16,7 @@ import { toHex } from '../crdt/bytes.ts'
 import { generateKeyPair, type KeyPair } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
 import { MeshCounters } from '../mesh/counters.ts'
+import { STATUS_PENDING_MAX } from '../mesh/limits.ts'
 import { signStatus } from '../mesh/status-record.ts'
 import { StatusService, type StatusComponents } from '../mesh/status-service.ts'
 import type { StatusReceiver, SyncEvents } from '../mesh/sync-service.ts'
@@ -162,4 +164,35 @@ test('records outlive a restart; a first hello and an anti-entropy round send wh
   again.sync.safeDispatchEvent('stream:resync', { detail: peer })
   assert.equal(peer.sent.length, 4)
   await again.s.stop()
+})
+
+test('a record that comes before its node is enrolled here is kept once the enrolment arrives (bounded)', async () => {
+  // A browser gets every record on its first hello, before the devices document has synced.
+  const fleet = await makeFleet({ replicas: 1, nodes: 2, label: 'status-service-pending' })
+  const replica = fleet.replicas[0]!
+  const [me, late] = fleet.nodes as [KeyPair, KeyPair]
+  const enrolled = new Set([toHex(me.publicKey)])
+  const { s, sync } = await service(replica, me, enrolled)
+  const from = fakeStream()
+  sync.list = [from]
+  const record = async (key: KeyPair, seq: number) =>
+    (await signStatus(key, replica.fleetId, seq, { revision: `r${seq}` }, fleet.ed)).bytes
+  await sync.receiver!(await record(late, 5), from)
+  await sync.receiver!(await record(late, 4), from)
+  // Strangers fill the held-aside set to its bound (the oldest make room), then `late` sends again.
+  const strangers = Array.from({ length: STATUS_PENDING_MAX }, () => generateKeyPair())
+  for (const k of strangers) await sync.receiver!(await record(k, 1), from)
+  await sync.receiver!(await record(late, 6), from)
+  assert.equal(s.records().length, 0, 'nothing kept while the node is not enrolled')
+  const kept = new Promise<number>(resolve =>
+    s.addEventListener('status', e => resolve(e.detail.seq), { once: true })
+  )
+  enrolled.add(toHex(late.publicKey))
+  replica.safeDispatchEvent('change', { detail: { docId: 'devices', heads: [] } as never })
+  assert.equal(await kept, 6, 'the newest record held aside is taken once the node is enrolled')
+  assert.deepEqual(
+    s.records().map(r => r.body.revision),
+    ['r6']
+  )
+  await s.stop()
 })

@@ -8,22 +8,27 @@
  *     (uploaded through the file input, passphrase typed), edits the desired config as YAML,
  *     reviews the diff, signs in the page and publishes; every daemon applies it; a paused
  *     rollout is resumed from the Rollouts view and completes, another is aborted from it (both
- *     signed in the page); a stopped node turns stale on the page.
+ *     signed in the page); a stopped node turns down on the page.
  * Screenshots go to test-output/screenshots/. Without Chromium the tests are skipped loudly,
  * unless CI is set, where they fail.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { extname, join, normalize } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
-import { chromium, type BrowserContext, type Page } from 'playwright-core'
+import type { BrowserContext } from 'playwright-core'
+import {
+  buildDashboard,
+  haveChromium,
+  launch,
+  requireChromium,
+  ROOT,
+  shot
+} from './fixtures/browser.ts'
 import {
   daemonConfig,
   enrolAll,
@@ -37,41 +42,11 @@ import {
 } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
 
-const CHROMIUM = '/usr/bin/chromium'
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const DIST = join(ROOT, 'web/dist')
-const SHOTS = join(ROOT, 'test-output/screenshots')
 const PASS = 'correct horse battery'
 const NAMES = ['n1', 'n2', 'n3'] as const
-const haveChromium = existsSync(CHROMIUM)
 
-if (!haveChromium) {
-  const msg = `\n!!! ${CHROMIUM} not found: the browser dashboard tests cannot run. Install it with \`apt-get install -y chromium\`.\n`
-  process.stderr.write(msg)
-  if (process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false') {
-    it('browser dashboard tests need Chromium in CI', () => {
-      assert.fail(msg)
-    })
-  }
-}
-
-function run(cmd: string, args: string[], timeoutMs: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs })
-    let out = ''
-    p.stdout.on('data', (d: Buffer) => {
-      out += d.toString()
-    })
-    p.stderr.on('data', (d: Buffer) => {
-      out += d.toString()
-    })
-    p.once('exit', code =>
-      code === 0
-        ? resolve()
-        : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}:\n${out.slice(-3000)}`))
-    )
-  })
-}
+requireChromium()
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html',
@@ -103,28 +78,6 @@ async function staticServer(): Promise<{ url: string; server: Server }> {
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server }
 }
 
-async function launch(profile: string): Promise<BrowserContext> {
-  return await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    viewport: { width: 1360, height: 900 },
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync'
-    ]
-  })
-}
-
-async function shot(page: Page, name: string): Promise<void> {
-  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true })
-}
-
 describe(
   'browser dashboard',
   { skip: !haveChromium && 'no Chromium at /usr/bin/chromium', timeout: 240_000 },
@@ -135,12 +88,7 @@ describe(
 
     before(async () => {
       dir = await mkdtemp(join(tmpdir(), 'rhizome-web-'))
-      await mkdir(SHOTS, { recursive: true })
-      await run(
-        process.execPath,
-        [join(ROOT, 'node_modules/vite/bin/vite.js'), 'build', 'web', '--logLevel', 'warn'],
-        120_000
-      )
+      await buildDashboard()
       context = await launch(join(dir, 'profile'))
     })
 
@@ -197,7 +145,7 @@ describe(
       }
     })
 
-    it("joins three daemons' mesh, publishes a change signed in the page, and sees a stopped node turn stale", async () => {
+    it("joins three daemons' mesh, publishes a change signed in the page, and sees a stopped node turn down", async () => {
       const env = { RHIZOME_PASSPHRASE: PASS }
       const ids = await initFleet(dir, 'web-test', NAMES, env)
       const tcpPort = await freePort()
@@ -469,13 +417,13 @@ describe(
       )
       await shot(page, 'real-rollouts-aborted')
 
-      // a node that falls silent turns stale on the page, without a reload
+      // a node that falls silent turns down on the page, without a reload
       await page.click('a.tab:has-text("Fleet")')
       await daemons.n3.stop()
       await page.waitForFunction(
         () =>
           document.querySelector('tr[data-node=n3] [data-testid=node-state]')?.textContent ===
-          'stale',
+          'down',
         undefined,
         { timeout: 30_000 }
       )

@@ -149,7 +149,7 @@ export function App({ source }: { source: FleetSource }) {
       <footer class='footer'>
         {connected ? (
           <span>
-            {counts.nodes} nodes · {counts.stale} stale · this browser is peer{' '}
+            {counts.nodes} nodes · {counts.stale} down · this browser is peer{' '}
             <code>{c.selfPeerId?.slice(-10)}</code> via <code>{c.address}</code>
           </span>
         ) : (

@@ -39,6 +39,8 @@ export interface NodeStatus extends StatusBody {
   stale: boolean
   /** Documents whose applied heads this page does not hold yet (the node is ahead of the page). */
   newer?: string[]
+  /** Enrolled, but no status record of it has reached this page: its body is empty. */
+  neverSeen?: boolean
 }
 
 export interface DocView {

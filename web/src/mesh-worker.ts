@@ -7,6 +7,8 @@
  */
 /// <reference lib="webworker" />
 import { logger } from '@libp2p/logger'
+import { publicKeyFromRaw } from '@libp2p/crypto/keys'
+import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { createBrowserMesh, signSessionVoucher } from '../../mesh/browser.ts'
 import type { Mesh, StatusRecord } from '../../mesh/types.ts'
 import { Replica } from '../../crdt/replica.ts'
@@ -21,7 +23,6 @@ import {
   type KeyPair
 } from '../../crdt/keys.ts'
 import { ErrorCategory, RhizomeError } from '../../crdt/errors.ts'
-import { toHex } from '../../crdt/bytes.ts'
 import { checkDocument } from '../../crdt/fleet-yaml.ts'
 import { diffDocument, formatOps, plainValue, signOps } from '../../crdt/config-diff.ts'
 import { historyPage } from '../../crdt/change-history.ts'
@@ -34,10 +35,21 @@ import type {
   NodeStatus,
   SignerInfo
 } from './fleet-source.ts'
-import { nodeStatus } from './node-status.ts'
+import { fleetList } from './node-status.ts'
+import { enrolledDevicesOf } from '../../crdt/devices.ts'
+import { fromHex, toHex } from '../../crdt/bytes.ts'
 import type { WorkerMessage, WorkerRequest, WorkerResult } from './worker-protocol.ts'
 
 const log = logger('rhizome:web:worker')
+
+/** The PeerId of an enrolled device's key, for nodes whose record has not reached the page. */
+function peerIdOfKey(key: string): string {
+  try {
+    return peerIdFromPublicKey(publicKeyFromRaw(fromHex(key))).toString()
+  } catch {
+    return ''
+  }
+}
 const scope = self as unknown as DedicatedWorkerGlobalScope
 const ADMISSION_TIMEOUT_MS = 20_000
 const SNAPSHOT_MIN_INTERVAL_MS = 200
@@ -118,7 +130,15 @@ async function sendSnapshot(): Promise<void> {
   const statuses: StatusRecord[] = mesh?.statuses() ?? []
   const snapshot: FleetSnapshot = {
     connection: { ...connection, connectedTo: [...connected] },
-    nodes: await Promise.all(statuses.map(async r => withNewer(nodeStatus(r, now, staleAfterMs)))),
+    nodes: await Promise.all(
+      fleetList(
+        statuses,
+        replica === undefined ? new Map() : await enrolledDevicesOf(replica),
+        now,
+        staleAfterMs,
+        peerIdOfKey
+      ).map(withNewer)
+    ),
     docs: await docViews(),
     signer: signer?.info,
     keys: trustKeys()

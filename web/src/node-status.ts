@@ -3,7 +3,15 @@
  * (crdt/fleet-status.ts), plus what this page knows of the record (when it arrived, whether it
  * went stale), and the contract's "up to date" rule applied to the documents this page holds.
  */
-import { parseStatusBody, syncState as judge, type SyncState } from '../../crdt/fleet-status.ts'
+import type { EnrolledDevice } from '../../crdt/devices.ts'
+import {
+  ago,
+  parseStatusBody,
+  recentPutBacks,
+  syncState as judge,
+  type PutBack,
+  type SyncState
+} from '../../crdt/fleet-status.ts'
 import type { DocView, NodeStatus } from './fleet-source.ts'
 
 export interface RawStatus {
@@ -28,9 +36,58 @@ export function nodeStatus(r: RawStatus, now: number, staleAfterMs: number): Nod
 
 /** Whether the node applied the latest revision of every document this page holds. */
 export function syncState(n: NodeStatus, docs: DocView[]): SyncState {
+  // Nothing is known of what a node never heard from applied: not "behind".
+  if (n.neverSeen === true) return 'unknown'
   return judge(
     n.applied,
     Object.fromEntries(docs.map(d => [d.id, d.heads])),
     id => !(n.newer?.includes(id) ?? false)
   )
+}
+
+/**
+ * Every node the page should list: each enrolled device, by its enrolment's name and labels, with
+ * its newest record or, if none has reached the page, an empty one marked `neverSeen` (a node
+ * that is down is listed as down, not left out); and every other node heard from.
+ */
+export function fleetList(
+  records: readonly RawStatus[],
+  enrolled: ReadonlyMap<string, EnrolledDevice>,
+  now: number,
+  staleAfterMs: number,
+  peerIdOf: (key: string) => string
+): NodeStatus[] {
+  const heard = new Map(records.map(r => [r.node, r]))
+  const out: NodeStatus[] = []
+  for (const [key, dev] of enrolled) {
+    const r = heard.get(key)
+    heard.delete(key)
+    if (r !== undefined) {
+      out.push({ ...nodeStatus(r, now, staleAfterMs), name: dev.name, labels: dev.labels })
+      continue
+    }
+    out.push({
+      ...parseStatusBody({}, dev.name),
+      labels: dev.labels,
+      node: key,
+      peerId: peerIdOf(key),
+      receivedAt: 0,
+      stale: true,
+      neverSeen: true
+    })
+  }
+  for (const r of heard.values()) out.push(nodeStatus(r, now, staleAfterMs))
+  return out
+}
+
+/** Files the node put back lately (crdt/fleet-status.ts `recentPutBacks`, on this page's clock). */
+export function putBacks(n: NodeStatus, now: number): PutBack[] {
+  return recentPutBacks({ status: n, lastSeen: n.receivedAt > 0 ? n.receivedAt : null }, now)
+}
+
+/** "down · last seen 3 min ago", "down · never seen", "online". */
+export function seenLabel(n: NodeStatus, now: number): string {
+  if (!n.stale) return 'online'
+  if (n.neverSeen === true) return 'down · never seen'
+  return `down · last seen ${ago(n.at || n.receivedAt, now)}`
 }

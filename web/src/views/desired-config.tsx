@@ -31,6 +31,13 @@ function parseEdited(text: string): Record<string, unknown> {
   return v as Record<string, unknown>
 }
 
+/**
+ * Edits in progress, by document id, for as long as the page is open: the editor is unmounted
+ * by a switch to another view, by a reconnect, by a failed session upgrade; none of these may
+ * throw away what someone typed. Dropped when published or discarded.
+ */
+const drafts = new Map<string, { text: string; baseHeads: string[] }>()
+
 export function DesiredConfig({
   source,
   snap,
@@ -52,8 +59,8 @@ export function DesiredConfig({
         : stringify(current.value, { lineWidth: 0 }),
     [current?.value]
   )
-  const [text, setText] = useState(original)
-  const [baseHeads, setBaseHeads] = useState(current?.heads ?? [])
+  const [text, setTextState] = useState(drafts.get(id)?.text ?? original)
+  const [baseHeads, setBaseHeads] = useState(drafts.get(id)?.baseHeads ?? current?.heads ?? [])
   const [review, setReview] = useState<
     { ops: DiffOp[]; value: Record<string, unknown> } | undefined
   >()
@@ -63,13 +70,19 @@ export function DesiredConfig({
   const [published, setPublished] = useState<string[] | undefined>()
   const dirty = text !== original
 
-  // Follow remote changes while the editor is untouched; once edited, keep the person's text.
+  // Follow remote changes while the editor is untouched; once edited, keep the person's text
+  // (and the revision it started from, to warn when a newer one came meanwhile).
   useEffect(() => {
-    if (!dirty || review === undefined) {
-      setText(original)
-      setBaseHeads(current?.heads ?? [])
-    }
+    const draft = drafts.get(id)
+    setTextState(draft?.text ?? original)
+    setBaseHeads(draft?.baseHeads ?? current?.heads ?? [])
   }, [original, id])
+
+  const setText = (t: string): void => {
+    setTextState(t)
+    if (t === original) drafts.delete(id)
+    else drafts.set(id, { text: t, baseHeads: drafts.get(id)?.baseHeads ?? baseHeads })
+  }
 
   const startReview = async (): Promise<void> => {
     setError(undefined)
@@ -105,6 +118,7 @@ export function DesiredConfig({
         review.value,
         message.trim() === '' ? `edit ${id} from the dashboard` : message.trim()
       )
+      drafts.delete(id)
       setPublished(heads)
       setReview(undefined)
       setMessage('')

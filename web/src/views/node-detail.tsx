@@ -6,8 +6,8 @@ import { useMemo } from 'preact/hooks'
 import { stringify } from 'yaml'
 import { effectiveConfig } from '../../../crdt/effective-config.ts'
 import type { FleetSnapshot } from '../fleet-source.ts'
-import { ago, health, shortHeads } from '../../../crdt/fleet-status.ts'
-import { syncState } from '../node-status.ts'
+import { ago, health, healthLabel, shortHeads } from '../../../crdt/fleet-status.ts'
+import { putBacks, seenLabel, syncState } from '../node-status.ts'
 import { navigate } from '../navigation.ts'
 import { ArtifactsPanel } from './artifacts.tsx'
 
@@ -52,6 +52,7 @@ export function NodeDetail({
     )
   }
   const h = health(n)
+  const back = putBacks(n, now)
   const sync = syncState(n, snap.docs)
   return (
     <section data-testid='node-detail'>
@@ -69,11 +70,11 @@ export function NodeDetail({
       </div>
       <div class='detail-head'>
         <h2>{n.name}</h2>
-        <span class={n.stale ? 'badge stale' : 'badge online'}>
-          {n.stale ? `stale · last seen ${ago(n.at || n.receivedAt, now)}` : 'online'}
+        <span class={n.stale ? 'badge stale' : 'badge online'} data-testid='detail-state'>
+          {seenLabel(n, now)}
         </span>
-        <span class={`badge health-${h.health}`}>
-          {h.total === 0 ? 'no workloads' : `${h.healthy}/${h.total} healthy`}
+        <span class={`badge health-${h.health}`} data-testid='detail-health'>
+          {healthLabel(h)}
         </span>
         <span class={`badge sync-${sync}`}>
           {sync === 'in-sync' ? 'applied latest' : sync === 'behind' ? 'behind latest' : sync}
@@ -100,8 +101,21 @@ export function NodeDetail({
           </ul>
         </div>
       )}
-      {!n.files.ok && (
-        <div class='alert warn'>Files drifted and were put back: {n.files.drifted.join(', ')}</div>
+      {back.length > 0 && (
+        <div class='alert warn' data-testid='put-back'>
+          Changed by hand and put back:{' '}
+          {back
+            .map(p =>
+              p.at === null ? p.path : `${p.path} at ${new Date(p.at).toLocaleTimeString()}`
+            )
+            .join(', ')}
+        </div>
+      )}
+      {n.neverSeen === true && (
+        <div class='alert warn' data-testid='never-seen'>
+          Enrolled, but no status record of this node has reached this page: it has been down since
+          this page connected, or has never started. The config below is what it will run.
+        </div>
       )}
       {n.freshness?.state === 'stale' && (
         <div class='alert warn' data-testid='node-frozen'>

@@ -7,6 +7,7 @@ import type { FleetSnapshot, NodeStatus } from '../fleet-source.ts'
 import {
   ago,
   health,
+  healthLabel,
   shortHeads,
   SYNC_LABEL,
   type Health,
@@ -23,6 +24,7 @@ interface Row {
   health: Health
   healthy: number
   total: number
+  problems: number
 }
 
 const SYNC_ORDER: Record<SyncState, number> = {
@@ -48,7 +50,7 @@ export function matchesFilter(n: NodeStatus, filter: string): boolean {
     }
     const hay = `${n.name} ${Object.entries(n.labels)
       .map(([k, v]) => `${k}=${v}`)
-      .join(' ')} ${n.peerId} ${n.stale ? 'stale' : 'online'}`.toLowerCase()
+      .join(' ')} ${n.peerId} ${n.stale ? 'down stale' : 'online'}`.toLowerCase()
     if (!hay.includes(term)) return false
   }
   return true
@@ -111,11 +113,12 @@ export function Overview({ snap, now }: { snap: FleetSnapshot; now: number }) {
   if (rows.length === 0) {
     return (
       <section class='empty' data-testid='overview-empty'>
-        <h2>No node has reported yet</h2>
+        <h2>No node is enrolled yet</h2>
         <p>
-          This browser is connected, but no status record has arrived. Daemons publish one when they
-          start and every few seconds after; if this stays empty, check that the daemon you
-          connected to is enrolled in this fleet and has peers (<code>rhizome status</code> on it).
+          This browser is connected, but neither an enrolled device nor a status record has reached
+          it yet. Devices are enrolled with <code>rhizome enrol</code>; if this stays empty, check
+          that the daemon you connected to is enrolled in this fleet (<code>rhizome status</code> on
+          it).
         </p>
       </section>
     )
@@ -140,7 +143,7 @@ export function Overview({ snap, now }: { snap: FleetSnapshot; now: number }) {
           <div class='num' data-testid='count-stale'>
             {summary.stale}
           </div>
-          <div>stale</div>
+          <div>down</div>
         </div>
         <div class={summary.behind > 0 ? 'card warn' : 'card'}>
           <div class='num'>{summary.behind}</div>
@@ -150,14 +153,14 @@ export function Overview({ snap, now }: { snap: FleetSnapshot; now: number }) {
         </div>
         <div class={summary.failing > 0 ? 'card bad' : 'card'}>
           <div class='num'>{summary.failing}</div>
-          <div>with unhealthy workloads</div>
+          <div>degraded or failing</div>
         </div>
       </div>
       <div class='toolbar'>
         <input
           class='filter'
           type='search'
-          placeholder='Filter: name, label (site=berlin-3), stale…'
+          placeholder='Filter: name, label (site=berlin-3), down…'
           value={filter}
           onInput={e => setFilter((e.target as HTMLInputElement).value)}
           aria-label='Filter nodes'
@@ -205,20 +208,22 @@ export function Overview({ snap, now }: { snap: FleetSnapshot; now: number }) {
               </td>
               <td>
                 <span class={r.n.stale ? 'badge stale' : 'badge online'} data-testid='node-state'>
-                  {r.n.stale ? 'stale' : 'online'}
+                  {r.n.stale ? 'down' : 'online'}
                   {r.n.freshness?.state === 'stale' ? ' · may be frozen' : ''}
                 </span>
               </td>
               <td class='muted' title={r.n.at > 0 ? new Date(r.n.at).toLocaleString() : ''}>
-                {ago(r.n.stale ? r.n.at || r.n.receivedAt : r.n.receivedAt, now)}
+                {r.n.neverSeen === true
+                  ? 'never'
+                  : ago(r.n.stale ? r.n.at || r.n.receivedAt : r.n.receivedAt, now)}
               </td>
               <td>
                 <span class={`badge sync-${r.sync}`}>{SYNC_LABEL[r.sync]}</span>{' '}
                 <code class='muted'>{shortHeads(r.n.applied.fleet)}</code>
               </td>
               <td>
-                <span class={`badge health-${r.health}`}>
-                  {r.total === 0 ? 'none' : `${r.healthy}/${r.total} healthy`}
+                <span class={`badge health-${r.health}`} data-testid='node-health'>
+                  {healthLabel(r)}
                 </span>
               </td>
               <td class='num-cell'>{r.n.peers.length}</td>

@@ -69,10 +69,10 @@ export function Topology({ snap }: { snap: FleetSnapshot }) {
           <i class='dot online' /> online
         </span>
         <span>
-          <i class='dot stale' /> stale
+          <i class='dot stale' /> down
         </span>
         <span>
-          <i class='dot failing' /> unhealthy workloads
+          <i class='dot failing' /> degraded or failing
         </span>
         <span>
           <i class='dot self' /> this browser
