@@ -21,6 +21,7 @@ import * as Automerge from '@automerge/automerge'
 import { logger } from '@libp2p/logger'
 import { ByteReader, ByteWriter, concatBytes, fromHex, toHex } from './bytes.ts'
 import {
+  CutWriterError,
   MalformedInputError,
   PendingSetFullError,
   UnsignedChangeError,
@@ -34,7 +35,12 @@ import {
   selectChanges,
   type Equivocation
 } from './equivocation.ts'
-import { judgeChanges, type InvalidReason, type ValidityContext } from './validity.ts'
+import {
+  changeVerdict,
+  judgeChanges,
+  type InvalidReason,
+  type ValidityContext
+} from './validity.ts'
 import { diffMaps, plainValue, type DiffOp } from './config-diff.ts'
 import {
   actorKeyHex,
@@ -498,6 +504,14 @@ export class SignedDocument<T = Record<string, unknown>> {
       const change = Automerge.getLastLocalChange(next) as Uint8Array
       const meta = readChanges([change])
       const hash = (meta[0] as ChangeMeta).hash
+      // The same rules as for a peer's change: one this replica alone took for valid would never
+      // converge (an actor with equivocation evidence against it, say, writing on).
+      const verdict = changeVerdict(this.validity(), meta[0] as ChangeMeta)
+      if (verdict !== undefined) {
+        throw new CutWriterError(
+          `document "${this.id}": a change by actor ${signer.actor.slice(0, 16)}… would not be valid (${verdict}); nothing was written. Sign with a new actor (every rhizome command makes one)`
+        )
+      }
       const batch: SignedBatch = {
         docId: this.id,
         chunks: [change],
@@ -959,30 +973,17 @@ export class SignedDocument<T = Record<string, unknown>> {
   /**
    * Judge every held change under the trust chain and evidence held now; when some are no
    * longer valid, rebuild the document from the rest and replace the stored batches by a
-   * snapshot of it. Cheap when nothing the trust chain cuts was ever written here.
+   * snapshot of it. Cheap when no statement held cuts anyone in this document.
    */
   private async revalidateNow(): Promise<void> {
     const trust = this.ctx.trust
     if (this.judgedEpoch === trust.epoch && !this.evidenceChanged) return
     this.judgedEpoch = trust.epoch
     this.evidenceChanged = false
-    // The keys of every held change, without building the change index (opening a store must
-    // stay fast): each held change is covered by a held signature or by an anchor.
-    const keys = new Set<string>()
-    for (const t of this.tips.values()) keys.add(t.actor.slice(0, 64))
-    for (const { key } of trust.anchors(this.id).values()) keys.add(key)
-    const touched =
-      this.evidence.size > 0 ||
-      [...keys].some(key => {
-        try {
-          return (
-            trust.cutOf(key, this.id) !== undefined ||
-            trust.writeStanding(key, this.id).kind !== 'granted'
-          )
-        } catch {
-          return true
-        }
-      })
+    // Cheap when nothing held cuts anyone here: no change index, no metas (opening a store must
+    // stay fast). Not keyed on the keys of the held signatures: a change whose only signature sat
+    // on a change dropped since (as depending on an invalid one) has its key named nowhere.
+    const touched = this.evidence.size > 0 || trust.mayInvalidate(this.id)
     if (!touched) return
     const metas = Automerge.getChangesMetaSince(this.doc, [])
     const bad = judgeChanges(this.validity(), metas)

@@ -99,6 +99,16 @@ export class OutOfScopeError extends RhizomeError {
   readonly category = ErrorCategory.Unauthorised
 }
 
+/**
+ * A local change that would not be valid: its actor was caught reusing a sequence number
+ * (equivocation evidence) or its key is cut in the document. Kept, it would be valid here only.
+ */
+export class CutWriterError extends RhizomeError {
+  static override name = 'CutWriterError'
+  override name = 'CutWriterError'
+  readonly category = ErrorCategory.Unauthorised
+}
+
 /** A change whose actor id is not derived from the key that signed it. */
 export class ActorMismatchError extends RhizomeError {
   static override name = 'ActorMismatchError'

@@ -528,6 +528,28 @@ export class TrustChain {
   }
 
   /**
+   * Whether anything held could make a change of `docId` invalid under rules 1-4: a cut of some
+   * key in it, or a statement off the chain (a fork's branch). Depends on the statements alone,
+   * not on which changes a document holds, so a document that cannot name every key it holds
+   * changes of (a change whose only signature sat on a change since dropped) is still judged.
+   */
+  mayInvalidate(docId: string): boolean {
+    return this.memo(`i/${docId}`, () => {
+      if (this.branchCount() > 0) return true
+      for (const h of this.byHash.values()) {
+        const s = h.signed.statement
+        const prev = h.parent?.signed.statement
+        const keys = new Set([
+          ...s.revocations.map(r => r.key),
+          ...(prev === undefined ? [] : [...prev.admins, ...prev.operators].map(k => k.key))
+        ])
+        for (const key of keys) if (cutIn(h, key, docId) !== undefined) return true
+      }
+      return false
+    })
+  }
+
+  /**
    * The changes of a document that cuts name, by hash, with the key they belong to: a cut covers
    * its key's changes below it as a signature would (root-signed, it names their hashes).
    */
