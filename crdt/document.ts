@@ -326,6 +326,14 @@ export class SignedDocument<T = Record<string, unknown>> {
   private readonly chains = new Map<string, string[]>()
   /** Per actor, the evidence that it used a sequence number twice (the lowest such). */
   private readonly evidence = new Map<string, Equivocation>()
+  /**
+   * Actors whose evidence here does not verify alone: the held side's only signature sat on a
+   * later change dropped since (a cut between the two). It still cuts the actor here (Automerge
+   * cannot hold both changes), but is not passed on, since a peer would rightly refuse it; the
+   * peers that hold the other side with its proof find the same conflict and send evidence that
+   * verifies, which replaces this.
+   */
+  private readonly unproven = new Set<string>()
   /** Changes dropped as invalid (bounded): their descendants are dropped at once. */
   private readonly invalid = new Set<string>()
   /** The trust epoch the held changes were last judged under. */
@@ -375,7 +383,11 @@ export class SignedDocument<T = Record<string, unknown>> {
           e.seq,
           e.previous
         )
-        if (hashes !== undefined) d.evidence.set(e.actor, { ...e, docId: id, hashes })
+        if (hashes !== undefined) {
+          const held = { ...e, docId: id, hashes }
+          d.evidence.set(e.actor, held)
+          if (!(await d.proves(held))) d.unproven.add(e.actor)
+        }
       } catch (err) {
         log.error('document %s: stored evidence %s does not load, skipped: %e', id, key, err)
       }
@@ -479,7 +491,7 @@ export class SignedDocument<T = Record<string, unknown>> {
 
   /** The equivocation evidence held, one per actor: to pass on to peers and into bundles. */
   equivocations(): Equivocation[] {
-    return [...this.evidence.values()]
+    return [...this.evidence.values()].filter(e => !this.unproven.has(e.actor))
   }
 
   /**
@@ -923,6 +935,16 @@ export class SignedDocument<T = Record<string, unknown>> {
     return recorded
   }
 
+  /** Whether `e` verifies on its own, as a peer taking it (`acceptEquivocation`) checks it. */
+  private async proves(e: Equivocation): Promise<boolean> {
+    try {
+      for (const b of e.batches) await this.verifyBatch(b)
+      return true
+    } catch {
+      return false
+    }
+  }
+
   /** `batch` cut down to `keep` (an actor's chain) with its signatures, or whole if too long. */
   private evidenceBatch(batch: SignedBatch, keep: Set<string>): SignedBatch {
     const chunks = selectChanges(batch, keep)
@@ -944,6 +966,15 @@ export class SignedDocument<T = Record<string, unknown>> {
   /** Keep evidence (persisted, announced) if it says more than what is held. */
   private async recordEquivocation(e: Equivocation): Promise<boolean> {
     const known = this.evidence.get(e.actor)
+    const proven = await this.proves(e)
+    if (known !== undefined && known.seq === e.seq && proven && this.unproven.has(e.actor)) {
+      // The same conflict, now with evidence that verifies alone: keep that one, to pass on.
+      this.unproven.delete(e.actor)
+      this.evidence.set(e.actor, e)
+      await this.ctx.store.putMeta(`${EVIDENCE_PREFIX}${this.id}/${e.actor}`, encodeEquivocation(e))
+      this.ctx.onEquivocation?.(e)
+      return true
+    }
     if (known !== undefined && known.seq <= e.seq) return false
     if (known === undefined && this.evidence.size >= MAX_EQUIVOCATIONS_PER_DOCUMENT) {
       log.error(
@@ -955,6 +986,8 @@ export class SignedDocument<T = Record<string, unknown>> {
       return false
     }
     this.evidence.set(e.actor, e)
+    if (proven) this.unproven.delete(e.actor)
+    else this.unproven.add(e.actor)
     this.evidenceChanged = true
     await this.ctx.store.putMeta(`${EVIDENCE_PREFIX}${this.id}/${e.actor}`, encodeEquivocation(e))
     log.error(
@@ -966,7 +999,8 @@ export class SignedDocument<T = Record<string, unknown>> {
       e.hashes[0].slice(0, 12),
       e.hashes[1].slice(0, 12)
     )
-    this.ctx.onEquivocation?.(e)
+    // Announced (and so passed on) only once it verifies alone.
+    if (proven) this.ctx.onEquivocation?.(e)
     return true
   }
 

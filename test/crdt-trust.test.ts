@@ -448,6 +448,24 @@ describe('convergence under partitions, delivery orders and revocations', () => 
       'trust-orphan-signature'
     )
   })
+
+  test('evidence whose held side lost its only signature is not passed on, so no honest peer is refused', async () => {
+    // Found by the property test (seed -1472720444): a cut at the thief's change kept the honest
+    // change with the same sequence number valid on a replica that had dropped the later change
+    // carrying its signature; the evidence it built could not be verified, and its peer refused
+    // it as a peer fault (in a mesh: an honest daemon banned).
+    await convergesAfter(
+      [
+        { kind: 'write', r: 2, a: 2, k: 'p', v: 0 },
+        { kind: 'write', r: 2, a: 2, k: 'p', v: 1 },
+        { kind: 'forge', r: 2, a: 2 },
+        { kind: 'revoke', r: 0, a: 2 },
+        { kind: 'write', r: 0, a: 0, k: 'p', v: 0 },
+        { kind: 'sync', from: 2, to: 1 }
+      ],
+      'trust-unproven-evidence'
+    )
+  })
 })
 
 describe('operator node scope', () => {
