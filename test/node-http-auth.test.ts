@@ -11,7 +11,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { chmod, copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -119,8 +119,14 @@ describe('HTTP API access (one daemon process)', { timeout: 120_000 }, () => {
       Promise.all([get('/api/docs/devices'), get('/api/workloads/x/logs'),
         fetch(${JSON.stringify(d.url)} + '/api/trust', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' }).then(r => r.status)])
         .then(s => console.log(JSON.stringify({ read, statuses: s })))`
+    // That user must be able to run Node: the repository may sit in a directory only root can
+    // enter (a fresh CI clone in a 0700 temporary directory), so run a copy from one it can.
+    const bin = await mkdtemp(join(tmpdir(), 'rhizome-node-'))
+    await chmod(bin, 0o755)
+    await copyFile(process.execPath, join(bin, 'node'))
+    await chmod(join(bin, 'node'), 0o755)
     const out = await new Promise<string>((resolve, reject) => {
-      const p = spawn(process.execPath, ['-e', script], {
+      const p = spawn(join(bin, 'node'), ['-e', script], {
         uid: 65534,
         gid: 65534,
         stdio: ['ignore', 'pipe', 'inherit']
@@ -130,6 +136,7 @@ describe('HTTP API access (one daemon process)', { timeout: 120_000 }, () => {
       p.once('error', reject)
       p.once('exit', () => resolve(text))
     })
+    await rm(bin, { recursive: true, force: true })
     assert.deepEqual(JSON.parse(out), { read: 'EACCES', statuses: [401, 401, 401] })
   })
 
