@@ -27,21 +27,11 @@ import { MemoryStore } from '../crdt/store.ts'
 import { createMesh } from '../mesh/index.ts'
 import { DEFAULT_ANTI_ENTROPY_MS } from '../mesh/limits.ts'
 import { makeFleet, ed } from '../test/fixtures/fleet.ts'
-import { spawnDaemon, type DaemonProcess } from '../test/fixtures/mesh-process.ts'
+import { prng } from '../test/fixtures/fuzz.ts'
+import { changeEverywhere, spawnDaemon, type DaemonProcess } from '../test/fixtures/mesh-process.ts'
 
 const which = process.argv[2] ?? 'all'
 
-/** mulberry32: a seeded PRNG, so a topology (PROPAGATION_SEED) can be rebuilt to compare two builds. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 const pct = (xs: number[], p: number): number => {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] as number
@@ -72,7 +62,7 @@ async function propagation(
   seed: number,
   backToBack: boolean
 ): Promise<void> {
-  const random = seeded(seed + n)
+  const random = prng(seed + n)
   const fleet = await makeFleet({ nodes: n, replicas: 0, label: `bench-propagation-${n}` })
   const root = await mkdtemp(path.join(tmpdir(), 'rhizome-mesh-bench-'))
   const procs: DaemonProcess[] = []
@@ -174,37 +164,19 @@ async function propagation(
       const c = seq++
       const o = Math.floor(random() * n)
       const origin = procs[o] as DaemonProcess
-      const marks = procs.map(p => p.events.length)
-      const done = await origin.request({ cmd: 'change', docId: 'fleet', key: `k${c}`, value: c })
-      const hash = (done.heads as string[])[0] as string
-      const arrivals = await Promise.all(
-        procs.map((p, i) =>
-          p === origin
-            ? Promise.resolve(done.t as number)
-            : p
-                .next(
-                  e => e.event === 'heads' && (e.heads as string[]).includes(hash),
-                  30_000,
-                  marks[i]
-                )
-                .then(
-                  e => e.t as number,
-                  () => Infinity
-                )
-        )
-      )
+      const { t: doneAt, arrivals } = await changeEverywhere(procs, origin, `k${c}`, c)
       const lost = arrivals.flatMap((t, i) => (t === Infinity ? [i] : []))
       for (const i of lost) {
         const st = await procs[i]!.request({ cmd: 'state' })
         const peerEvents = procs[i]!.events.filter(e => e.event.startsWith('peer:')).map(
           e =>
-            `${e.event.slice(5)} n${procs.findIndex(p => p.peerId === e.peerId)} at ${((e.t as number) - (done.t as number)).toFixed(0)} ms`
+            `${e.event.slice(5)} n${procs.findIndex(p => p.peerId === e.peerId)} at ${((e.t as number) - doneAt).toFixed(0)} ms`
         )
         console.log(
           `  change ${c}: n${i} did not get it within 30 s; now ${JSON.stringify(st.metrics)}; its peer events relative to the change: ${peerEvents.join('; ')}`
         )
       }
-      const lat = arrivals.map(t => t - (done.t as number))
+      const lat = arrivals.map(t => t - doneAt)
       const worst = Math.max(...lat)
       if (process.env.BENCH_VERBOSE !== undefined || worst > 250) {
         const d = hops(adj, o)

@@ -26,12 +26,12 @@ import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import { createIdentity } from '../node/identity.ts'
-import { DaemonClient } from '../node/daemon-client.ts'
 import { DEVICES_DOC } from '../crdt/devices.ts'
 import { Replica } from '../crdt/replica.ts'
 import { decryptKeyFile, parseKeyFile } from '../crdt/keys.ts'
 import type { RolloutDetail } from '../node/rollout-routes.ts'
 import {
+  daemonClient,
   daemonConfig,
   freePort,
   getJson,
@@ -87,7 +87,7 @@ try {
   const t0 = performance.now()
   daemons.push(await startDaemon(join(dir, `${names[0]}.yaml`), {}, 60_000))
   // Enrol everyone in one signed batch, then start the rest a few at a time.
-  const client = new DaemonClient(daemons[0]!.url)
+  const client = daemonClient(daemons[0]!)
   const replica = await client.localReplica([DEVICES_DOC])
   const admin = await decryptKeyFile(
     parseKeyFile(await readFile(join(dir, 'fleet/admin.key'), 'utf8')),

@@ -91,11 +91,18 @@ export const WORK_BUDGETS: Readonly<Record<'node' | 'admin-session' | 'viewer', 
 export const YIELD_AFTER_MS = 10
 
 /**
- * Status records: a node's records are kept and relayed at most one per this interval (a daemon
- * reports every 10 s and after changes); a newer one arriving sooner waits, and only the newest
- * waiting record is kept when the interval is up. The node's own records go out at this pace too.
+ * Status records: a node's records are kept and relayed at most one per this interval on average
+ * (a daemon reports every 10 s and after changes); a newer one arriving sooner waits, and only the
+ * newest waiting record is kept when its turn comes. The node's own records go out at this pace.
  */
 export const STATUS_MIN_INTERVAL_MS = 1_000
+
+/**
+ * …with bursts of up to this many records: a node's record saying a rollout failed right after
+ * the one saying it switched goes on at once, hop after hop, rather than a second per hop. A
+ * flooding node still gets one record per interval through, after its first few.
+ */
+export const STATUS_RELAY_BURST = 3
 
 /**
  * A peer that sends newer records of one node faster than one per `STATUS_MIN_INTERVAL_MS`, by

@@ -29,7 +29,8 @@ import {
   STATUS_FLOOD_BURST,
   STATUS_MIN_INTERVAL_MS,
   STATUS_PENDING_MAX,
-  STATUS_PENDING_MS
+  STATUS_PENDING_MS,
+  STATUS_RELAY_BURST
 } from './limits.ts'
 import {
   decodeStoredStatus,
@@ -108,7 +109,8 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   private ownSeq = 0
   private readonly intervalMs: number
   /** Per node: when its last record was kept (others') or sent (ours), performance.now(). */
-  private readonly lastOut = new Map<string, number>()
+  /** Per node, its records' relay pace (`STATUS_MIN_INTERVAL_MS`, `STATUS_RELAY_BURST`). */
+  private readonly relayPace = new Map<string, TokenBucket>()
   private readonly waiting = new Map<string, Waiting>()
   /** Per sending stream, per node: newer records of that node it sent, against the pace. */
   private readonly pace = new WeakMap<SyncStream, Map<string, TokenBucket>>()
@@ -283,24 +285,29 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   ): Promise<void> {
     const node = signed.node
     const now = performance.now()
-    const due = (this.lastOut.get(node) ?? -Infinity) + this.intervalMs
+    let pace = this.relayPace.get(node)
+    if (pace === undefined) {
+      pace = new TokenBucket(1000 / this.intervalMs, STATUS_RELAY_BURST, now)
+      this.relayPace.set(node, pace)
+    }
     const before = this.waiting.get(node)
     if (before !== undefined) {
       clearTimeout(before.timer)
       this.waiting.delete(node)
       this.init.counters.statusRecordsCoalesced++
     }
-    if (due <= now) {
-      this.lastOut.set(node, now)
+    const wait = pace.msUntil(1, now)
+    if (wait === 0) {
+      pace.take(1, now)
       await go()
       return
     }
     const timer = setTimeout(() => {
       if (this.waiting.get(node)?.timer !== timer) return
       this.waiting.delete(node)
-      this.lastOut.set(node, performance.now())
+      pace.take(1, performance.now())
       void go()
-    }, due - now)
+    }, wait)
     this.waiting.set(node, { signed, from, timer })
   }
 

@@ -25,6 +25,12 @@ export class TokenBucket {
     this.tokens -= n
     return this.tokens >= 0
   }
+
+  /** Milliseconds until `n` tokens are there (0: now); takes nothing. */
+  msUntil(n: number, now: number): number {
+    const tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate)
+    return tokens >= n ? 0 : ((n - tokens) / this.rate) * 1000
+  }
 }
 
 /** What the peer overspent, if anything. */
