@@ -13,7 +13,7 @@
  * | `unavailable`  | is not banned (retry)      | 503         | 3                   |
  * | `internal`     | is not banned (our bug)    | 500         | 4                   |
  *
- * (`isPeerFault` below, `httpStatusFor` in node/http-api.ts, `exitCodeFor` in node/cli.ts.) An
+ * (`isPeerFault` below, `httpStatusFor` in node/http-api.ts, `exitCodeFor` in node/cli-common.ts.) An
  * error that is not a `RhizomeError` — a bug, or a library's error escaping — is `internal`.
  */
 

@@ -8,6 +8,7 @@
  * | `status`     | status-service.ts      | signed status records: publish, verify, keep, relay        |
  * | `keeper`     | connection-keeper.ts   | makes connections: bootstrap, learned and found peers      |
  * | `logs`       | logs-service.ts        | a node's recent workload output, to and from peers         |
+ * | `artifacts`  | artifact-service.ts    | artifact chunks served to and fetched from enrolled peers  |
  *
  * Each takes a narrow `*Components` interface (libp2p's own components plus the services it
  * builds on) and its `init`; this file only wires them together and presents the `Mesh` surface

@@ -11,7 +11,7 @@
  *             bytes signed batch (crdt/signed-change.ts encodeBatch) or empty
  *   4 STATUS  bytes status record (status-record.ts)
  *   5 PUSH    string document id ‖ bytes signed batch: changes the sender just made or accepted,
- *             relayed as they are, without a sync round (see peer-session.ts)
+ *             relayed as they are, without a sync round (see sync-stream.ts)
  *   6 EVIDENCE bytes equivocation evidence (crdt/equivocation.ts): a key caught using one
  *             sequence number twice; sent after the trust statements, before any document
  *   7 BEACON  bytes freeze beacon (crdt/beacon.ts): the newest one held, on greeting and when a
