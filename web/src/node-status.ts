@@ -3,7 +3,6 @@
  * (crdt/fleet-status.ts), plus what this page knows of the record (when it arrived, whether it
  * went stale), and the contract's "up to date" rule applied to the documents this page holds.
  */
-import type { EnrolledDevice } from '../../crdt/devices.ts'
 import {
   ago,
   parseStatusBody,
@@ -22,15 +21,27 @@ export interface RawStatus {
   stale: boolean
 }
 
+/**
+ * How far a node's clock may be off this page's before the time its record was made counts
+ * against it. A record reaches the page fresh whatever its age (a daemon sends a new peer every
+ * record it holds, those of nodes down for hours among them): one made, by its node's clock,
+ * more than staleAfterMs plus this long ago is stale at once, not staleAfterMs after it came.
+ */
+export const CLOCK_SKEW_ALLOWANCE_MS = 2 * 60_000
+
 export function nodeStatus(r: RawStatus, now: number, staleAfterMs: number): NodeStatus {
+  const body = parseStatusBody(r.body, r.node.slice(0, 12))
   return {
-    ...parseStatusBody(r.body, r.node.slice(0, 12)),
+    ...body,
     node: r.node,
     peerId: r.peerId,
     receivedAt: r.receivedAt,
     // The mesh marks a record stale when no newer one came within staleAfterMs; the page
     // re-checks against its own clock so a node turns stale even between mesh events.
-    stale: r.stale || now - r.receivedAt > staleAfterMs
+    stale:
+      r.stale ||
+      now - r.receivedAt > staleAfterMs ||
+      (body.at > 0 && now - body.at > staleAfterMs + CLOCK_SKEW_ALLOWANCE_MS)
   }
 }
 
@@ -52,7 +63,7 @@ export function syncState(n: NodeStatus, docs: DocView[]): SyncState {
  */
 export function fleetList(
   records: readonly RawStatus[],
-  enrolled: ReadonlyMap<string, EnrolledDevice>,
+  enrolled: ReadonlyMap<string, { name: string; labels: Record<string, string> }>,
   now: number,
   staleAfterMs: number,
   peerIdOf: (key: string) => string
