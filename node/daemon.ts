@@ -204,12 +204,16 @@ export class Daemon {
   static async start(opts: DaemonOptions): Promise<Daemon> {
     const config = opts.config
     const events = opts.events ?? eventLogger()
-    await mkdir(config.dataDir, { recursive: true, mode: 0o700 })
-    // The device key and the store are the daemon's alone (workloads run as other users), also
-    // in a directory made by hand with a looser mode.
-    await chmod(config.dataDir, 0o700).catch((err: Error) =>
+    // Others may pass through the data directory but not list it (0711): a workload, running as
+    // another user, reaches the artifacts it runs from (artifacts/b, artifacts/u, by digest);
+    // the device key, the API token and the store are the daemon's alone (0600, 0700), also in
+    // a directory made by hand with a looser mode.
+    await mkdir(config.dataDir, { recursive: true, mode: 0o711 })
+    await chmod(config.dataDir, 0o711).catch((err: Error) =>
       events('warn', 'data-dir.mode', { dir: config.dataDir, error: err })
     )
+    await mkdir(join(config.dataDir, STORE_DIR), { recursive: true, mode: 0o700 })
+    await chmod(join(config.dataDir, STORE_DIR), 0o700)
     const { identity, created } = await loadOrCreateIdentity(config.dataDir)
     const apiToken = await loadOrCreateApiToken(config.dataDir)
     if (created) {

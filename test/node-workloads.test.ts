@@ -339,11 +339,42 @@ describe('the data directory and a daemon killed under its workloads', { timeout
           )
         )
         let d = await startDaemon(join(parent, 'n1.yaml'))
+        // Workloads that run from artifacts, a file and an unpacked tar, reach them as that user.
+        const src = join(parent, 'app')
+        await mkdir(src)
+        await writeFile(join(src, 'run.sh'), `#!/bin/sh\nid -un > ${shared}/app\nexec sleep 600\n`)
+        await chmod(src, 0o755)
+        await chmod(join(src, 'run.sh'), 0o755)
+        assert.equal(
+          spawnSync('tar', ['-cf', join(parent, 'app.tar'), '-C', src, 'run.sh']).status,
+          0
+        )
+        await writeFile(join(parent, 'model.bin'), 'model bytes\n')
+        const digestOf = async (file: string): Promise<string> => {
+          const r = await rhizome(['artifact', 'add', file, '--daemon', d.url], env)
+          assert.equal(r.code, 0, r.stderr)
+          return r.stdout.split('\n')[0]!.trim()
+        }
+        const tarDigest = await digestOf(join(parent, 'app.tar'))
+        const fileDigest = await digestOf(join(parent, 'model.bin'))
         await writeFile(
           join(parent, 'fleet.yaml'),
           stringify({
             fleet: {
-              defaults: { workloads: { probe: { command: ['/bin/sh', '-c', probeScript] } } }
+              defaults: {
+                workloads: {
+                  probe: { command: ['/bin/sh', '-c', probeScript] },
+                  app: { artifact: tarDigest, unpack: 'tar', command: ['./run.sh'] },
+                  model: {
+                    artifact: fileDigest,
+                    command: [
+                      '/bin/sh',
+                      '-c',
+                      `cat "$RHIZOME_ARTIFACT" > ${shared}/model 2>&1; exec sleep 600`
+                    ]
+                  }
+                }
+              }
             }
           })
         )
@@ -369,6 +400,18 @@ describe('the data directory and a daemon killed under its workloads', { timeout
         )
         assert.match(await readFile(join(shared, 'key'), 'utf8'), /Permission denied/)
         assert.match(await readFile(join(shared, 'store'), 'utf8'), /Permission denied/)
+        assert.equal(
+          await waitFor('the tar artifact workload to start', async () =>
+            (await readFile(join(shared, 'app'), 'utf8').catch(() => '')).trim()
+          ),
+          WORKLOAD_USER
+        )
+        assert.equal(
+          await waitFor('the file artifact workload to read it', async () =>
+            (await readFile(join(shared, 'model'), 'utf8').catch(() => '')).trim()
+          ),
+          'model bytes'
+        )
         // The daemon dies without stopping anything; its workload runs on, orphaned.
         d.proc.kill('SIGKILL')
         await d.stop()
@@ -385,7 +428,9 @@ describe('the data directory and a daemon killed under its workloads', { timeout
         assert.notEqual(second, first)
         assert.equal(alive(first), false, 'the orphan was stopped')
         const orphaned = d.events.find(e => e.event === 'workloads.orphans-stopped')
-        assert.deepEqual(orphaned?.pids, [first])
+        const pids = (orphaned?.pids ?? []) as number[]
+        assert.equal(pids.length, 3, 'the three workloads were orphaned and stopped')
+        assert.ok(pids.includes(first))
         await d.stop()
         assert.equal(alive(second), false)
       } finally {

@@ -17,6 +17,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { constants } from 'node:fs'
 import {
+  chmod,
   mkdir,
   open,
   readdir,
@@ -121,8 +122,19 @@ export class ArtifactStore extends EventTarget {
   /** Open (creating) the store in `dir`, re-reading what a previous run left. */
   static async open(dir: string): Promise<ArtifactStore> {
     const s = new ArtifactStore(dir)
-    for (const d of ['m', 'p', 'b', 'u']) {
-      await mkdir(join(dir, d), { recursive: true, mode: 0o700 })
+    // Complete artifacts and unpacked trees are reachable by workloads (other users) that know
+    // their digest, as the config names it; nothing here can be listed, and partial ones, the
+    // manifests and uploads in progress are the daemon's alone.
+    await mkdir(dir, { recursive: true, mode: 0o711 })
+    await chmod(dir, 0o711)
+    for (const [d, mode] of [
+      ['m', 0o700],
+      ['p', 0o700],
+      ['b', 0o711],
+      ['u', 0o711]
+    ] as const) {
+      await mkdir(join(dir, d), { recursive: true, mode })
+      await chmod(join(dir, d), mode)
     }
     await rm(join(dir, 'tmp'), { recursive: true, force: true })
     await mkdir(join(dir, 'tmp'), { mode: 0o700 })
@@ -420,6 +432,8 @@ export class ArtifactStore extends EventTarget {
     } else {
       await writeFile(this.partPath(d, 'part'), new Uint8Array())
     }
+    // Readable by the workloads that run from it (the directory above lets none list it).
+    await chmod(this.partPath(d, 'part'), 0o644)
     await rename(this.partPath(d, 'part'), this.path('b', d))
     await rm(this.partPath(d, 'have'), { force: true })
     await this.syncDir(join(this.dir, 'b'))
@@ -463,6 +477,7 @@ export class ArtifactStore extends EventTarget {
         await rm(tmp, { force: true })
       } else {
         await writeFileAtomic(this.path('m', m.digest), m.bytes)
+        await chmod(tmp, 0o644)
         await rename(tmp, this.path('b', m.digest))
         await rm(this.partPath(m.digest, 'part'), { force: true })
         await rm(this.partPath(m.digest, 'have'), { force: true })
