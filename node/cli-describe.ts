@@ -2,14 +2,14 @@
  * `rhizome describe NODE`: one node in full, read from any daemon. What the node reports about
  * itself comes from its signed status record, which every daemon holds (`GET /api/status`); its
  * effective config is computed here from the documents the daemon holds, the way the node's
- * own reconciler computes it (node/reconciler.ts `configDocuments`, crdt/effective-config.ts),
- * with the change of every rollout the node reports running layered on top (as
- * node/rollout-agent.ts does). Also the status lines `rhizome status` shares with it: files put
+ * own reconciler computes it (node/reconciler.ts `configDocuments`, crdt/node-config.ts), with
+ * the change of every rollout the node reports running layered on top. Also the status lines `rhizome status` shares with it: files put
  * back and config errors, short.
  */
 import type { Command } from 'commander'
 import { stringify } from 'yaml'
-import { effectiveConfig, mergeConfig, type ConfigObject } from '../crdt/effective-config.ts'
+import type { ConfigObject } from '../crdt/effective-config.ts'
+import { nodeConfig } from '../crdt/node-config.ts'
 import {
   ago,
   recentPutBacks,
@@ -19,7 +19,6 @@ import {
   type PutBack,
   type StatusBody
 } from '../crdt/fleet-status.ts'
-import { inWriterScope, rolloutsOf } from '../crdt/rollout.ts'
 import { UnknownNodeError } from '../mesh/errors.ts'
 import { artifactLines } from './cli-artifacts.ts'
 import { daemonOption, say } from './cli-common.ts'
@@ -115,39 +114,15 @@ export interface NodeDescription {
   configErrors: string[]
 }
 
-/**
- * The config `node` runs, computed from `docs` as its own reconciler and rollout agent do: the
- * effective config for its name and labels, then the change of every rollout it reports running
- * (switched, not failed or gone back, for the rollout's current digest) inside its writers' scope.
- */
-export function nodeConfig(
-  docs: Parameters<typeof effectiveConfig>[0],
-  node: Pick<FleetNode, 'name' | 'labels' | 'status'>
-): { config: ConfigObject; rollouts: string[]; errors: string[] } {
-  let config = effectiveConfig(docs, { name: node.name, labels: node.labels })
-  const { rollouts, errors } = rolloutsOf(docs)
-  const reports = node.status?.rollouts ?? {}
-  const applied: string[] = []
-  for (const spec of rollouts) {
-    const r = reports[spec.id]
-    const runs =
-      r !== undefined &&
-      r.digest === spec.digest &&
-      r.switchedAt !== undefined &&
-      r.failedAt === undefined &&
-      r.revertedAt === undefined
-    if (!runs || !inWriterScope(spec, node.labels)) continue
-    config = mergeConfig(config, spec.change)
-    applied.push(spec.id)
-  }
-  return { config, rollouts: applied, errors }
-}
-
 export async function describeNode(client: DaemonClient, ref: string): Promise<NodeDescription> {
   const fleet = await client.json<FleetStatus>('/api/status')
   const n = findNode(fleet.nodes, ref)
   const docs = await configDocuments(await client.localReplica())
-  const { config, rollouts, errors } = nodeConfig(docs, n)
+  const { config, rollouts, errors } = nodeConfig(docs, {
+    name: n.name,
+    labels: n.labels,
+    rollouts: n.status?.rollouts
+  })
   return {
     name: n.name,
     key: n.key,

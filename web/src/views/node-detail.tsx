@@ -1,10 +1,11 @@
 /**
- * One node: its effective config (computed here, with the same function every daemon uses),
+ * One node: its effective config (computed here, with the same function every daemon uses, and
+ * the rollouts it reports running on top: crdt/node-config.ts),
  * workloads, recent log lines, peers and revisions.
  */
 import { useMemo } from 'preact/hooks'
 import { stringify } from 'yaml'
-import { effectiveConfig } from '../../../crdt/effective-config.ts'
+import { nodeConfig } from '../../../crdt/node-config.ts'
 import type { FleetSnapshot } from '../fleet-source.ts'
 import { ago, health, healthLabel, shortHeads } from '../../../crdt/fleet-status.ts'
 import { putBacks, seenLabel, syncState } from '../node-status.ts'
@@ -21,15 +22,17 @@ export function NodeDetail({
   nodeName?: string
 }) {
   const n = snap.nodes.find(x => x.name === nodeName)
-  const effective = useMemo(
+  const computed = useMemo(
     () =>
       n === undefined
-        ? ''
-        : stringify(effectiveConfig(snap.docs, { name: n.name, labels: n.labels }), {
-            lineWidth: 0
-          }),
-    [n?.name, n?.labels, snap.docs]
+        ? { yaml: '', rollouts: [] }
+        : (() => {
+            const c = nodeConfig(snap.docs, n)
+            return { yaml: stringify(c.config, { lineWidth: 0 }), rollouts: c.rollouts }
+          })(),
+    [n?.name, n?.labels, n?.rollouts, snap.docs]
   )
+  const effective = computed.yaml
   const byPeer = useMemo(() => new Map(snap.nodes.map(x => [x.peerId, x])), [snap.nodes])
   if (n === undefined) {
     return (
@@ -244,8 +247,19 @@ export function NodeDetail({
           <h3>Effective config</h3>
           <p class='muted small'>
             Computed in this page from the desired config it holds and this node's name and labels —
-            the same function the daemon runs.
+            the same function the daemon runs
+            {computed.rollouts.length > 0
+              ? `, with the rollouts it reports running on top: ${computed.rollouts.join(', ')}`
+              : ''}
+            .
           </p>
+          {n.tryMode?.rolledBack !== undefined && (
+            <div class='alert warn'>
+              Try mode rolled back config <code>{n.tryMode.rolledBack.digest.slice(0, 12)}</code> (
+              {n.tryMode.rolledBack.reason}): the node runs its last known-good config, not this
+              one.
+            </div>
+          )}
           <pre class='yaml' data-testid='effective-config'>
             {effective.trim() === '{}' ? '# nothing applies to this node' : effective}
           </pre>
