@@ -9,7 +9,8 @@
  *   held, and relayed to every other peer.
  * - A peer's first hello and every anti-entropy round with it send it every record held.
  * - A record of a node not enrolled here (yet) is held aside, unverified (at most
- *   STATUS_PENDING_MAX nodes, for STATUS_PENDING_MS), and received again when a document changes:
+ *   STATUS_PENDING_MAX nodes, for STATUS_PENDING_MS), and received again when a document or the
+ *   trust chain changes:
  *   a new peer gets every record on its first hello, before the devices document naming those
  *   nodes has synced, and would otherwise wait for each node's next record.
  */
@@ -142,7 +143,9 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     sync.setStatusReceiver((record, from) => this.receive(record, from))
     sync.addEventListener('stream:greeted', this.onGreeted)
     sync.addEventListener('stream:resync', this.onResync)
+    // Enrolments arrive in the devices document or in a trust statement's node list.
     this.init.replica.addEventListener('change', this.onChange)
+    this.init.replica.addEventListener('trust', this.onChange)
   }
 
   async stop(): Promise<void> {
@@ -152,6 +155,7 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     sync.removeEventListener('stream:greeted', this.onGreeted)
     sync.removeEventListener('stream:resync', this.onResync)
     this.init.replica.removeEventListener('change', this.onChange)
+    this.init.replica.removeEventListener('trust', this.onChange)
     this.pending.clear()
   }
 

@@ -166,33 +166,46 @@ test('records outlive a restart; a first hello and an anti-entropy round send wh
   await again.s.stop()
 })
 
-test('a record that comes before its node is enrolled here is kept once the enrolment arrives (bounded)', async () => {
-  // A browser gets every record on its first hello, before the devices document has synced.
-  const fleet = await makeFleet({ replicas: 1, nodes: 2, label: 'status-service-pending' })
-  const replica = fleet.replicas[0]!
-  const [me, late] = fleet.nodes as [KeyPair, KeyPair]
-  const enrolled = new Set([toHex(me.publicKey)])
-  const { s, sync } = await service(replica, me, enrolled)
-  const from = fakeStream()
-  sync.list = [from]
-  const record = async (key: KeyPair, seq: number) =>
-    (await signStatus(key, replica.fleetId, seq, { revision: `r${seq}` }, fleet.ed)).bytes
-  await sync.receiver!(await record(late, 5), from)
-  await sync.receiver!(await record(late, 4), from)
-  // Strangers fill the held-aside set to its bound (the oldest make room), then `late` sends again.
-  const strangers = Array.from({ length: STATUS_PENDING_MAX }, () => generateKeyPair())
-  for (const k of strangers) await sync.receiver!(await record(k, 1), from)
-  await sync.receiver!(await record(late, 6), from)
-  assert.equal(s.records().length, 0, 'nothing kept while the node is not enrolled')
-  const kept = new Promise<number>(resolve =>
-    s.addEventListener('status', e => resolve(e.detail.seq), { once: true })
-  )
-  enrolled.add(toHex(late.publicKey))
-  replica.safeDispatchEvent('change', { detail: { docId: 'devices', heads: [] } as never })
-  assert.equal(await kept, 6, 'the newest record held aside is taken once the node is enrolled')
-  assert.deepEqual(
-    s.records().map(r => r.body.revision),
-    ['r6']
-  )
-  await s.stop()
-})
+test(
+  'a record that comes before its node is enrolled here is kept once the enrolment arrives (bounded)',
+  { timeout: 10_000 },
+  async () => {
+    // A browser gets every record on its first hello, before the devices document has synced.
+    const fleet = await makeFleet({ replicas: 1, nodes: 2, label: 'status-service-pending' })
+    const replica = fleet.replicas[0]!
+    const [me, late] = fleet.nodes as [KeyPair, KeyPair]
+    const enrolled = new Set([toHex(me.publicKey)])
+    const { s, sync } = await service(replica, me, enrolled)
+    const from = fakeStream()
+    sync.list = [from]
+    const record = async (key: KeyPair, seq: number) =>
+      (await signStatus(key, replica.fleetId, seq, { revision: `r${seq}` }, fleet.ed)).bytes
+    await sync.receiver!(await record(late, 5), from)
+    await sync.receiver!(await record(late, 4), from)
+    // Strangers fill the held-aside set to its bound (the oldest make room), then `late` sends again.
+    const strangers = Array.from({ length: STATUS_PENDING_MAX }, () => generateKeyPair())
+    for (const k of strangers) await sync.receiver!(await record(k, 1), from)
+    await sync.receiver!(await record(late, 6), from)
+    assert.equal(s.records().length, 0, 'nothing kept while the node is not enrolled')
+    const kept = new Promise<number>(resolve =>
+      s.addEventListener('status', e => resolve(e.detail.seq), { once: true })
+    )
+    enrolled.add(toHex(late.publicKey))
+    replica.safeDispatchEvent('change', { detail: { docId: 'devices', heads: [] } as never })
+    assert.equal(await kept, 6, 'the newest record held aside is taken once the node is enrolled')
+    assert.deepEqual(
+      s.records().map(r => r.body.revision),
+      ['r6']
+    )
+    // An enrolment in a trust statement's node list does it too.
+    const listed = generateKeyPair()
+    await sync.receiver!(await record(listed, 7), from)
+    const keptToo = new Promise<number>(resolve =>
+      s.addEventListener('status', e => resolve(e.detail.seq), { once: true })
+    )
+    enrolled.add(toHex(listed.publicKey))
+    replica.safeDispatchEvent('trust', { detail: {} as never })
+    assert.equal(await keptToo, 7)
+    await s.stop()
+  }
+)
