@@ -289,7 +289,12 @@ describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () =>
     await writeFile(bad, await readFile(bundle))
     const fh = await open(bad, 'r+')
     const { size } = await fh.stat()
-    await fh.write(Uint8Array.of(0x5a), 0, 1, size - 1024 * 1024)
+    // Flip the bits of one byte (writing a fixed value left the random artifact unchanged when
+    // its byte already had that value: one run in 256 imported the "damaged" copy).
+    const at = size - 1024 * 1024
+    const byte = new Uint8Array(1)
+    await fh.read(byte, 0, 1, at)
+    await fh.write(Uint8Array.of(byte[0]! ^ 0xff), 0, 1, at)
     await fh.close()
     const refused = await rhizome(['bundle', 'import', bad, '--daemon', d5.url], env)
     assert.equal(refused.code, 2, refused.stderr)
