@@ -375,6 +375,14 @@ describe(
         /through/
       )
       await shot(page, 'real-rollouts')
+      // A rollout's card, its waves table and its buttons fit a phone screen too.
+      await page.setViewportSize({ width: 420, height: 900 })
+      await shot(page, 'real-rollouts-420')
+      assert.ok(
+        (await page.evaluate(() => document.documentElement.scrollWidth)) <= 420,
+        'the Rollouts view fits 420 px'
+      )
+      await page.setViewportSize({ width: 1360, height: 900 })
       await applyFile(rolloutFile('rolled out\n', { 'motd-v3': motdRollout('v3\n', '5m') }))
       await waitFor(
         'the canary n1 to run motd-v3',
