@@ -5,7 +5,7 @@
  * starts, and health probes that do not flood a workload's log. Where switching users needs
  * root, the test says so and is skipped when not run as root.
  */
-import { describe, it } from 'node:test'
+import { describe, it, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -70,6 +70,84 @@ async function openDir(prefix: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix))
   await chmod(dir, 0o777)
   return dir
+}
+
+/**
+ * A ProcessesApplier in a process of its own running as DAEMON_USER with CAP_SETUID, CAP_SETGID
+ * and CAP_KILL as ambient capabilities (as under deploy/rhizome.service), applying `workloads`
+ * with workloadUser WORKLOAD_USER. Undefined (the test skipped) if that user cannot read this
+ * checkout. `stop` stops its workloads and waits for it to exit.
+ */
+async function capableDaemon(
+  t: TestContext,
+  dir: string,
+  workloads: Record<string, unknown>
+): Promise<
+  | {
+      pid: number
+      applied: { errors: string[]; pids: Record<string, number | undefined> }
+      stop: () => Promise<void>
+    }
+  | undefined
+> {
+  const daemonUser = ensureUser(DAEMON_USER)
+  ensureUser(WORKLOAD_USER)
+  // The daemon user must be able to run this checkout's Node and code (not so in a private
+  // CI directory).
+  const check = spawnSync(
+    'setpriv',
+    [
+      `--reuid=${daemonUser.uid}`,
+      `--regid=${daemonUser.gid}`,
+      '--clear-groups',
+      process.execPath,
+      '-e',
+      `require('node:fs').accessSync(${JSON.stringify(fileURLToPath(import.meta.url))})`
+    ],
+    { env: SCRIPT_ENV }
+  )
+  if (check.status !== 0) {
+    t.skip(`${DAEMON_USER} cannot read this checkout (${check.stderr.toString().trim()})`)
+    return undefined
+  }
+  const script = join(dir, 'run.ts')
+  await writeFile(
+    script,
+    `import { ProcessesApplier } from ${JSON.stringify(fileURLToPath(new URL('../node/appliers/processes.ts', import.meta.url)))}
+const p = new ProcessesApplier({ user: ${JSON.stringify(WORKLOAD_USER)} })
+const r = await p.apply(${JSON.stringify(workloads)})
+await new Promise(resolve => setTimeout(resolve, 300))
+const pids = Object.fromEntries(Object.entries(p.status()).map(([n, s]) => [n, s.pid]))
+process.stdout.write(JSON.stringify({ errors: r.errors, pids }) + '\\n')
+await new Promise(resolve => process.stdin.once('data', resolve))
+await p.stopAll()
+`
+  )
+  const child = spawn(
+    'setpriv',
+    [
+      `--reuid=${daemonUser.uid}`,
+      `--regid=${daemonUser.gid}`,
+      '--clear-groups',
+      '--inh-caps=+setuid,+setgid,+kill',
+      '--ambient-caps=+setuid,+setgid,+kill',
+      process.execPath,
+      script
+    ],
+    { stdio: ['pipe', 'pipe', 'inherit'], env: SCRIPT_ENV }
+  )
+  const exited = new Promise(resolve => child.once('exit', resolve))
+  const line = await new Promise<string>(resolve =>
+    child.stdout.setEncoding('utf8').once('data', (d: string) => resolve(d))
+  )
+  return {
+    pid: child.pid as number,
+    applied: JSON.parse(line) as { errors: string[]; pids: Record<string, number | undefined> },
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.stdin.end('stop\n')
+      await exited
+    }
+  }
 }
 
 describe('workloads', { timeout: 120_000 }, () => {
@@ -159,69 +237,95 @@ describe('workloads', { timeout: 120_000 }, () => {
   )
 
   it(
+    'a health probe command runs as its workload does: its user, its clean environment, a group of its own killed after a timeout',
+    {
+      skip: ROOT_ONLY
+    },
+    async () => {
+      const wl = ensureUser(WORKLOAD_USER)
+      const dir = await openDir('rhizome-probe-')
+      const secret = 'daemon-passphrase-must-not-reach-a-probe'
+      process.env.RHIZOME_PASSPHRASE = secret
+      const procs = new ProcessesApplier({ user: WORKLOAD_USER })
+      try {
+        // Written by the probe, then moved into place, so the test never reads half a file.
+        const report = [
+          `grep -E '^(Uid|Gid):' /proc/$$/status > ${dir}/r`,
+          `cut -d' ' -f5 /proc/$$/stat > ${dir}/pgid`,
+          `echo $$ > ${dir}/pid`,
+          `env > ${dir}/env`,
+          `mv ${dir}/r ${dir}/ids`
+        ].join('; ')
+        // A probe that hangs and leaves a background process: both must be gone after the timeout.
+        const hang = `sleep 300 & echo $! > ${dir}/bg; exec sleep 300`
+        const r = await procs.apply({
+          w: { command: ['/bin/sleep', '60'], health: { command: ['/bin/sh', '-c', report] } },
+          hang: { command: ['/bin/sleep', '61'], health: { command: ['/bin/sh', '-c', hang] } }
+        })
+        assert.deepEqual(r.errors, [])
+        const ids = await waitFor(
+          'the probe to report',
+          async () => (await readFile(join(dir, 'ids'), 'utf8').catch(() => '')) || undefined
+        )
+        assert.match(ids, new RegExp(`^Uid:\\s+${wl.uid}\\s+${wl.uid}\\s`, 'm'))
+        assert.match(ids, new RegExp(`^Gid:\\s+${wl.gid}\\s+${wl.gid}\\s`, 'm'))
+        const env = await readFile(join(dir, 'env'), 'utf8')
+        assert.doesNotMatch(env, new RegExp(secret))
+        assert.match(env, /^RHIZOME_WORKLOAD=w$/m)
+        assert.equal(
+          (await readFile(join(dir, 'pgid'), 'utf8')).trim(),
+          (await readFile(join(dir, 'pid'), 'utf8')).trim(),
+          'the probe leads a process group of its own'
+        )
+        const bg = Number(
+          await waitFor(
+            'the hanging probe to start',
+            async () =>
+              (await readFile(join(dir, 'bg'), 'utf8').catch(() => '')).trim() || undefined
+          )
+        )
+        assert.equal((await credentials(bg)).uid, wl.uid)
+        await waitFor('the hanging probe’s group to be killed', () => !alive(bg), 10_000)
+        assert.equal(procs.status().hang?.healthy, false)
+      } finally {
+        delete process.env.RHIZOME_PASSPHRASE
+        await procs.stopAll()
+        await rm(dir, { recursive: true, force: true })
+      }
+    }
+  )
+
+  it(
     'started by a daemon that runs as its own user with CAP_SETUID, hold no capabilities',
     {
       skip: ROOT_ONLY
     },
     async t => {
-      const daemonUser = ensureUser(DAEMON_USER)
       const wl = ensureUser(WORKLOAD_USER)
-      // The daemon user must be able to run this checkout's Node and code (not so in a private
-      // CI directory).
-      const probe = spawnSync(
-        'setpriv',
-        [
-          `--reuid=${daemonUser.uid}`,
-          `--regid=${daemonUser.gid}`,
-          '--clear-groups',
-          process.execPath,
-          '-e',
-          `require('node:fs').accessSync(${JSON.stringify(fileURLToPath(import.meta.url))})`
-        ],
-        { env: SCRIPT_ENV }
-      )
-      if (probe.status !== 0) {
-        t.skip(`${DAEMON_USER} cannot read this checkout (${probe.stderr.toString().trim()})`)
-        return
-      }
       const dir = await openDir('rhizome-setpriv-')
+      const report = `grep -E '^(Uid|CapEff|CapAmb)' /proc/$$/status > ${dir}/probe.tmp && mv ${dir}/probe.tmp ${dir}/probe`
+      const daemon = await capableDaemon(t, dir, {
+        w: { command: ['/bin/sleep', '60'], health: { command: ['/bin/sh', '-c', report] } }
+      })
+      if (daemon === undefined) return
       try {
-        const script = join(dir, 'run.ts')
-        await writeFile(
-          script,
-          `import { ProcessesApplier } from ${JSON.stringify(fileURLToPath(new URL('../node/appliers/processes.ts', import.meta.url)))}
-const p = new ProcessesApplier({ user: ${JSON.stringify(WORKLOAD_USER)} })
-const r = await p.apply({ w: { command: ['/bin/sleep', '60'] } })
-await new Promise(resolve => setTimeout(resolve, 300))
-process.stdout.write(JSON.stringify({ errors: r.errors, pid: p.status().w?.pid }) + '\\n')
-await new Promise(resolve => process.stdin.once('data', resolve))
-await p.stopAll()
-`
-        )
-        const child = spawn(
-          'setpriv',
-          [
-            `--reuid=${daemonUser.uid}`,
-            `--regid=${daemonUser.gid}`,
-            '--clear-groups',
-            '--inh-caps=+setuid,+setgid,+kill',
-            '--ambient-caps=+setuid,+setgid,+kill',
-            process.execPath,
-            script
-          ],
-          { stdio: ['pipe', 'pipe', 'inherit'], env: SCRIPT_ENV }
-        )
-        const line = await new Promise<string>(resolve =>
-          child.stdout.setEncoding('utf8').once('data', (d: string) => resolve(d))
-        )
-        const { errors, pid } = JSON.parse(line) as { errors: string[]; pid: number }
+        const { errors, pids } = daemon.applied
         assert.deepEqual(errors, [])
-        assert.notEqual((await credentials(child.pid as number)).capEff, '0000000000000000')
+        assert.notEqual((await credentials(daemon.pid)).capEff, '0000000000000000')
+        const pid = pids.w as number
         assert.deepEqual(await credentials(pid), { uid: wl.uid, capEff: '0000000000000000' })
-        child.stdin.end('stop\n')
-        await new Promise(resolve => child.once('exit', resolve))
+        // Its health probe too: the workload's user, no capabilities (not the daemon's ambient ones).
+        const probed = await waitFor(
+          'the health probe to run',
+          async () => (await readFile(join(dir, 'probe'), 'utf8').catch(() => '')) || undefined
+        )
+        assert.match(probed, new RegExp(`^Uid:\\s+${wl.uid}\\s`, 'm'))
+        assert.match(probed, /^CapEff:\s+0+$/m)
+        assert.match(probed, /^CapAmb:\s+0+$/m)
+        await daemon.stop()
         assert.equal(alive(pid), false, 'the daemon stopped the workload of another user')
       } finally {
+        await daemon.stop()
         await rm(dir, { recursive: true, force: true })
       }
     }

@@ -7,7 +7,9 @@
  * A workload runs as an unprivileged user (accounts.ts: its `user:`, else the daemon's
  * `workloadUser`), in a process group of its own, with a clean environment: PATH, HOME, USER and
  * LOGNAME, the RHIZOME_* identity variables, and what its spec's `env` gives; nothing of the
- * daemon's own (RHIZOME_PASSPHRASE, NODE_OPTIONS, …). Every group the daemon started is stopped
+ * daemon's own (RHIZOME_PASSPHRASE, NODE_OPTIONS, …). Its health command runs the same way (same
+ * account, environment, cwd and capability dropping, a group of its own killed after the probe),
+ * never as the daemon. Every group the daemon started is stopped
  * (SIGTERM, then SIGKILL) when its workload is dropped or the daemon shuts down; the groups
  * still running are recorded (pid and start time) so that a daemon that was killed stops them
  * before it starts anything when it runs again, whoever triggers its first pass.
@@ -89,8 +91,24 @@ function toSpec(name: string, raw: unknown): WorkloadSpec {
   return spec
 }
 
-/** One probe; resolves true if healthy. */
-export async function probe(h: HealthSpec, signal: AbortSignal): Promise<boolean> {
+/**
+ * Starts a process exactly as its workload runs: as the workload's account (through the same
+ * `Launch` as its command, so capabilities are dropped the same way), with the workload's clean
+ * environment and cwd, and as the leader of a process group of its own.
+ */
+type Spawner = (launch: Launch, stdio: 'ignore' | 'pipe') => ChildProcess
+
+/**
+ * One probe; resolves true if healthy. A command probe is started by `spawner` as its workload
+ * runs (never as the daemon: it could read the device key and the daemon's environment), and its
+ * whole process group is killed when it exits, times out (PROBE_TIMEOUT_MS) or is aborted, so a
+ * probe leaves nothing running behind it.
+ */
+export async function probe(
+  h: HealthSpec,
+  signal: AbortSignal,
+  command?: { launch: Launch; spawner: Spawner }
+): Promise<boolean> {
   if (h.http !== undefined) {
     try {
       const res = await fetch(h.http, {
@@ -123,18 +141,54 @@ export async function probe(h: HealthSpec, signal: AbortSignal): Promise<boolean
       s.once('timeout', () => done(false))
     })
   }
-  if (h.command !== undefined && h.command.length > 0) {
+  if (command !== undefined) {
+    if (signal.aborted) return false
+    let c: ChildProcess
+    try {
+      c = command.spawner(command.launch, 'ignore')
+    } catch {
+      return false
+    }
     return new Promise(resolve => {
-      const c = spawn(h.command![0] as string, h.command!.slice(1), {
-        stdio: 'ignore',
-        timeout: PROBE_TIMEOUT_MS,
-        signal
+      const kill = (): void => {
+        if (c.pid !== undefined) signalGroup(c.pid, 'SIGKILL')
+      }
+      const timer = setTimeout(kill, PROBE_TIMEOUT_MS)
+      signal.addEventListener('abort', kill, { once: true })
+      const done = (ok: boolean): void => {
+        clearTimeout(timer)
+        signal.removeEventListener('abort', kill)
+        resolve(ok)
+      }
+      c.once('error', () => {
+        kill()
+        done(false)
       })
-      c.once('error', () => resolve(false))
-      c.once('exit', code => resolve(code === 0))
+      c.once('exit', code => {
+        // What the probe left behind in its group (a background job) goes with it.
+        kill()
+        done(code === 0)
+      })
     })
   }
   return true
+}
+
+/** Start `launch` with a workload's environment and cwd, as a process group leader. */
+function spawnLaunch(
+  launch: Launch,
+  opts: { cwd: string | undefined; env: Record<string, string> },
+  stdio: 'ignore' | 'pipe'
+): ChildProcess {
+  return spawn(launch.command, launch.args, {
+    cwd: opts.cwd,
+    env: opts.env,
+    uid: launch.uid,
+    gid: launch.gid,
+    // A process group of its own: stopping it stops what it started too.
+    detached: true,
+    stdio: ['ignore', stdio, stdio]
+  })
 }
 
 /** Signal a workload's whole process group (it was started as a group leader). */
@@ -159,6 +213,14 @@ function startTicks(pid: number): number | undefined {
   }
 }
 
+/** How a workload's processes (its command, its health command) are started. */
+interface Run {
+  account: Account
+  launch: Launch
+  probe: Launch | undefined
+  identityEnv: Record<string, string>
+}
+
 class Workload {
   readonly name: string
   readonly spec: WorkloadSpec
@@ -179,11 +241,14 @@ class Workload {
   private readonly backoff: BackoffOptions
   private readonly env: Record<string, string>
   private readonly launch: Launch
+  /** The health command, started as the workload is (see `probe`). */
+  private readonly probeLaunch: Launch | undefined
+  private readonly spawner: Spawner
 
   constructor(
     name: string,
     spec: WorkloadSpec,
-    run: { account: Account; launch: Launch; identityEnv: Record<string, string> },
+    run: Run,
     onState: () => void,
     backoff: BackoffOptions,
     logLines: number
@@ -194,6 +259,7 @@ class Workload {
     this.onState = onState
     this.backoff = backoff
     this.launch = run.launch
+    this.probeLaunch = run.probe
     this.logs = new RingBuffer(logLines)
     // Nothing of the daemon's own environment: only what identifies the workload and its spec gives.
     this.env = {
@@ -206,6 +272,8 @@ class Workload {
       RHIZOME_WORKLOAD_VERSION: spec.version ?? '',
       ...spec.env
     }
+    const env = this.env
+    this.spawner = (launch, stdio) => spawnLaunch(launch, { cwd: spec.cwd, env }, stdio)
   }
 
   get pid(): number | undefined {
@@ -221,15 +289,7 @@ class Workload {
     this.started++
     let child: ChildProcess
     try {
-      child = spawn(this.launch.command, this.launch.args, {
-        cwd: this.spec.cwd,
-        env: this.env,
-        uid: this.launch.uid,
-        gid: this.launch.gid,
-        // A process group of its own: stopping it stops what it started too.
-        detached: true,
-        stdio: ['ignore', 'pipe', 'pipe']
-      })
+      child = this.spawner(this.launch, 'pipe')
     } catch (err) {
       this.logs.push(`[rhizome] cannot start ${cmd}: ${(err as Error).message}`)
       this.crashed()
@@ -291,7 +351,11 @@ class Workload {
     if (h === undefined || this.stopping) return
     clearTimeout(this.probeTimer)
     this.probeTimer = setTimeout(() => {
-      void probe(h, this.abort.signal).then(ok => {
+      const command =
+        this.probeLaunch === undefined
+          ? undefined
+          : { launch: this.probeLaunch, spawner: this.spawner }
+      void probe(h, this.abort.signal, command).then(ok => {
         if (this.stopping || this.child === undefined) return
         const changed = ok !== this.healthy || (ok && this.state === 'starting')
         this.healthy = ok
@@ -423,13 +487,16 @@ export class ProcessesApplier {
     }
     for (const [name, spec] of specs) {
       if (this.workloads.has(name)) continue
-      let run: { account: Account; launch: Launch; identityEnv: Record<string, string> }
+      let run: Run
       try {
         const account = lookupAccount(spec.user ?? this.defaultUser)
-        const argv = spec.command as [string, ...string[]]
+        const as = (argv: string[]): Launch =>
+          launchAs(argv as [string, ...string[]], account, this.method, this.rootAllowed)
+        const check = spec.health?.command
         run = {
           account,
-          launch: launchAs(argv, account, this.method, this.rootAllowed),
+          launch: as(spec.command),
+          probe: check !== undefined && check.length > 0 ? as(check) : undefined,
           identityEnv: this.identityEnv
         }
       } catch (err) {
