@@ -24,8 +24,10 @@
  * artifactGcGraceMs: 86400000        # unreferenced artifacts are kept this long
  * tryModeMs: 120000                  # a config after which no peer is reached this long is rolled back (0: off)
  * workloadUser: rhizome-workload     # workloads without user: run as this (default: rhizome-workload
- *                                    # when the daemon runs as root, else the daemon's own user);
- *                                    # root here is the only way a workload may run as root
+ *                                    # when the daemon can switch users, else the daemon's own user);
+ *                                    # root here is the only way a workload may run as root or in
+ *                                    # group 0, the daemon's own account the only way one may run
+ *                                    # as that account or in its group (node/appliers/accounts.ts)
  * allowUnsafeModes: false            # true: managed files may be setuid, setgid or writable by anyone
  * ```
  * Environment: RHIZOME_NAME, RHIZOME_LABELS (k=v,k=v), RHIZOME_DATA_DIR, RHIZOME_TRUST_FILE,

@@ -12,6 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream, rmSync } from 'node:fs'
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, type AddressInfo } from 'node:net'
+import { userInfo } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
@@ -232,8 +233,9 @@ async function main(): Promise<void> {
         driftCheckMs: 1000,
         statusIntervalMs: 3000,
         // Run as root, a daemon starts workloads as the dedicated rhizome-workload user, which a
-        // demo machine does not have; the demo's own service may run as root here.
-        ...(process.getuid?.() === 0 ? { workloadUser: 'root' } : {})
+        // demo machine does not have; the demo's own service may run as root here. Not as root,
+        // workloads can run only as the daemon's own user, which the config must then name.
+        workloadUser: process.getuid?.() === 0 ? 'root' : userInfo().username
       })
     )
   // The first daemon starts alone and every device is enrolled through it before the others

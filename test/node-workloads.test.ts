@@ -9,7 +9,7 @@ import { describe, it, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { tmpdir, userInfo } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
@@ -27,15 +27,24 @@ import { waitFor } from './fixtures/wait.ts'
 const ROOT_ONLY = process.getuid?.() === 0 ? undefined : 'switching users needs root'
 const WORKLOAD_USER = 'rhizome-test-wl'
 const DAEMON_USER = 'rhizome-test-daemon'
+/** A workload user that is also a member of root's group. */
+const WHEEL_USER = 'rhizome-test-wheel'
 /** For Node children run as scripts: without the test runner's NODE_TEST_CONTEXT. */
 const SCRIPT_ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' }
 
-/** A system user for the test (created if missing; needs root). */
-function ensureUser(name: string): { uid: number; gid: number } {
+/** A system user for the test (created if missing, with extra `groups`; needs root). */
+function ensureUser(name: string, groups: string[] = []): { uid: number; gid: number } {
   if (spawnSync('id', ['-u', name]).status !== 0) {
     const r = spawnSync(
       'useradd',
-      ['--system', '--no-create-home', '--shell', '/bin/false', name],
+      [
+        '--system',
+        '--no-create-home',
+        '--shell',
+        '/bin/false',
+        ...(groups.length > 0 ? ['--groups', groups.join(',')] : []),
+        name
+      ],
       {
         encoding: 'utf8'
       }
@@ -75,13 +84,14 @@ async function openDir(prefix: string): Promise<string> {
 /**
  * A ProcessesApplier in a process of its own running as DAEMON_USER with CAP_SETUID, CAP_SETGID
  * and CAP_KILL as ambient capabilities (as under deploy/rhizome.service), applying `workloads`
- * with workloadUser WORKLOAD_USER. Undefined (the test skipped) if that user cannot read this
+ * with workloadUser `user` (default WORKLOAD_USER). Undefined (the test skipped) if that user cannot read this
  * checkout. `stop` stops its workloads and waits for it to exit.
  */
 async function capableDaemon(
   t: TestContext,
   dir: string,
-  workloads: Record<string, unknown>
+  workloads: Record<string, unknown>,
+  user = WORKLOAD_USER
 ): Promise<
   | {
       pid: number
@@ -114,7 +124,7 @@ async function capableDaemon(
   await writeFile(
     script,
     `import { ProcessesApplier } from ${JSON.stringify(fileURLToPath(new URL('../node/appliers/processes.ts', import.meta.url)))}
-const p = new ProcessesApplier({ user: ${JSON.stringify(WORKLOAD_USER)} })
+const p = new ProcessesApplier({ user: ${JSON.stringify(user)} })
 const r = await p.apply(${JSON.stringify(workloads)})
 await new Promise(resolve => setTimeout(resolve, 300))
 const pids = Object.fromEntries(Object.entries(p.status()).map(([n, s]) => [n, s.pid]))
@@ -158,7 +168,7 @@ describe('workloads', { timeout: 120_000 }, () => {
     const root = process.getuid?.() === 0
     const procs = new ProcessesApplier({
       env: { RHIZOME_NODE_NAME: 'n1' },
-      user: root ? ensureUser(WORKLOAD_USER) && WORKLOAD_USER : undefined
+      user: root ? ensureUser(WORKLOAD_USER) && WORKLOAD_USER : userInfo().username
     })
     try {
       const out = join(dir, 'env')
@@ -331,6 +341,94 @@ describe('workloads', { timeout: 120_000 }, () => {
     }
   )
 
+  it(
+    'never run as an account in group 0, whether named as uid:gid or by supplementary group',
+    { skip: ROOT_ONLY },
+    async () => {
+      ensureUser(WORKLOAD_USER)
+      ensureUser(WHEEL_USER, ['root'])
+      const procs = new ProcessesApplier({ user: WORKLOAD_USER })
+      try {
+        const r = await procs.apply({
+          gid0: { command: ['/bin/sleep', '60'], user: '65534:0' },
+          wheel: { command: ['/bin/sleep', '61'], user: WHEEL_USER },
+          fine: { command: ['/bin/sleep', '62'], user: 'nobody' }
+        })
+        assert.equal(r.errors.length, 2, r.errors.join('\n'))
+        assert.match(r.errors.join('\n'), /"gid0": "nobody" \(uid 65534, gid 0\) is in group 0/)
+        assert.match(
+          r.errors.join('\n'),
+          new RegExp(`"wheel": "${WHEEL_USER}" \\(uid \\d+, gid \\d+\\) is in group 0`)
+        )
+        // The rest of the config applies.
+        assert.deepEqual(Object.keys(procs.status()), ['fine'])
+        assert.equal((await credentials(procs.status().fine?.pid as number)).uid, 65534)
+      } finally {
+        await procs.stopAll()
+      }
+    }
+  )
+
+  it(
+    'never run as the daemon’s own account or group unless the daemon config names that account',
+    { skip: ROOT_ONLY },
+    async t => {
+      const wl = ensureUser(WORKLOAD_USER)
+      const daemonUser = ensureUser(DAEMON_USER)
+      const dir = await openDir('rhizome-self-')
+      const daemon = await capableDaemon(t, dir, {
+        self: { command: ['/bin/sleep', '60'], user: DAEMON_USER },
+        selfGroup: { command: ['/bin/sleep', '61'], user: `${wl.uid}:${daemonUser.gid}` },
+        selfUid: { command: ['/bin/sleep', '62'], user: String(daemonUser.uid) },
+        fine: { command: ['/bin/sleep', '63'] }
+      })
+      if (daemon === undefined) return
+      try {
+        const { errors, pids } = daemon.applied
+        assert.equal(errors.length, 3, errors.join('\n'))
+        assert.match(
+          errors.join('\n'),
+          /"self": "rhizome-test-daemon" \(uid \d+, gid \d+\) is the daemon's own account/
+        )
+        assert.match(
+          errors.join('\n'),
+          /"selfUid": "rhizome-test-daemon" \(uid \d+, gid \d+\) is the daemon's own account/
+        )
+        assert.match(
+          errors.join('\n'),
+          new RegExp(
+            `"selfGroup": "${WORKLOAD_USER}" \\(uid ${wl.uid}, gid ${daemonUser.gid}\\) is in the daemon's group \\(gid ${daemonUser.gid}\\)`
+          )
+        )
+        assert.deepEqual(Object.keys(pids), ['fine'])
+        assert.deepEqual(await credentials(pids.fine as number), {
+          uid: wl.uid,
+          capEff: '0000000000000000'
+        })
+      } finally {
+        await daemon.stop()
+      }
+      // The device owner's word: workloadUser names the daemon's own account. Still without the
+      // daemon's capabilities.
+      const owned = await capableDaemon(
+        t,
+        dir,
+        { self: { command: ['/bin/sleep', '64'] } },
+        DAEMON_USER
+      )
+      try {
+        assert.deepEqual(owned?.applied.errors, [])
+        assert.deepEqual(await credentials(owned?.applied.pids.self as number), {
+          uid: daemonUser.uid,
+          capEff: '0000000000000000'
+        })
+      } finally {
+        await owned?.stop()
+        await rm(dir, { recursive: true, force: true })
+      }
+    }
+  )
+
   it('orphans of a killed daemon are stopped before anything starts, whoever asks first', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'rhizome-orphans-'))
     const port = await freePort()
@@ -344,7 +442,7 @@ describe('workloads', { timeout: 120_000 }, () => {
     await writeFile(pidFile, JSON.stringify([{ pid: orphan.pid, start, cmd: process.execPath }]))
     const procs = new ProcessesApplier({
       pidFile,
-      user: process.getuid?.() === 0 ? 'root' : undefined
+      user: process.getuid?.() === 0 ? 'root' : userInfo().username
     })
     try {
       // A revision arriving at once: apply is the first call, before any explicit reapOrphans.
@@ -370,7 +468,7 @@ describe('workloads', { timeout: 120_000 }, () => {
     const seen: number[] = []
     const t0 = Date.now()
     const procs = new ProcessesApplier({
-      user: process.getuid?.() === 0 ? 'root' : undefined,
+      user: process.getuid?.() === 0 ? 'root' : userInfo().username,
       logLines: 20
     })
     // The workload answers 500 and writes an access-log line (with a time) for every request.

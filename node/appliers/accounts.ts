@@ -2,8 +2,12 @@
  * Who a workload runs as. A workload names a user (`user:` in its spec), else the daemon's
  * `workloadUser` applies: by default the dedicated `rhizome-workload` account when the daemon
  * can switch users (as root, or with CAP_SETUID and CAP_SETGID), the daemon's own user when it
- * cannot. Root (uid 0) is allowed only when the daemon's own config names it as `workloadUser`;
- * a signed fleet config alone can never make a workload root.
+ * cannot. A signed fleet config alone can never give a workload the daemon's privileges: an
+ * account that is root, is in group 0, is the daemon's own (it owns the data directory with the
+ * device key) or shares the daemon's group (primary or supplementary) is refused, unless the
+ * daemon's own config says so: `workloadUser: root` allows every account, `workloadUser` naming
+ * the daemon's own account allows that account and its group (the only way a daemon that
+ * cannot switch users runs workloads at all).
  *
  * How the switch happens depends on the daemon's privileges:
  *  - as root, the child calls setgid/setuid before exec (Node's `uid`/`gid` spawn options): the
@@ -20,6 +24,8 @@ import { ErrorCategory, RhizomeError } from '../../crdt/errors.ts'
 
 export const DEFAULT_WORKLOAD_USER = 'rhizome-workload'
 const MAX_PASSWD_BYTES = 4 * 1024 * 1024
+/** Supplementary groups looked at per account (setpriv --init-groups gives it these). */
+const MAX_GROUPS = 1024
 const CAP_SETGID = 6
 const CAP_SETUID = 7
 const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv']
@@ -36,10 +42,30 @@ export interface Account {
   uid: number
   gid: number
   home: string
+  /** Supplementary groups (/etc/group), which `setpriv --init-groups` gives it. */
+  groups: number[]
+}
+
+/** The ids of the groups in `group` (an /etc/group file) that list `name` as a member. */
+function supplementaryGroups(name: string, group: string): number[] {
+  let text = ''
+  try {
+    text = readFileSync(group, 'utf8').slice(0, MAX_PASSWD_BYTES)
+  } catch {
+    return []
+  }
+  const out: number[] = []
+  for (const line of text.split('\n')) {
+    const [, , gid, members] = line.split(':')
+    if (gid === undefined || members === undefined || !/^\d+$/.test(gid)) continue
+    if (members.split(',').includes(name)) out.push(Number(gid))
+    if (out.length >= MAX_GROUPS) break
+  }
+  return out
 }
 
 /** Look an account up by name, or take a numeric `uid[:gid]`. */
-export function lookupAccount(user: string, passwd = '/etc/passwd'): Account {
+export function lookupAccount(user: string, passwd = '/etc/passwd', group = '/etc/group'): Account {
   const numeric = /^(\d+)(?::(\d+))?$/.exec(user)
   let text = ''
   try {
@@ -54,13 +80,14 @@ export function lookupAccount(user: string, passwd = '/etc/passwd'): Account {
         name,
         uid: Number(uid),
         gid: numeric?.[2] !== undefined ? Number(numeric[2]) : Number(gid),
-        home
+        home,
+        groups: supplementaryGroups(name, group)
       }
     }
   }
   if (numeric !== null) {
     const uid = Number(numeric[1])
-    return { name: String(uid), uid, gid: Number(numeric[2] ?? uid), home: '/' }
+    return { name: String(uid), uid, gid: Number(numeric[2] ?? uid), home: '/', groups: [] }
   }
   throw new WorkloadUserError(
     user === DEFAULT_WORKLOAD_USER
@@ -100,25 +127,72 @@ export interface Launch {
 }
 
 /**
+ * What the daemon config allows of workload accounts: the device owner's word, which no signed
+ * fleet config can change.
+ */
+export interface AccountPolicy {
+  /** `workloadUser: root`: any account, root and group 0 included. */
+  root: boolean
+  /** `workloadUser` names the daemon's own account: that account and the daemon's group too. */
+  self: boolean
+}
+
+/** The policy the daemon config's `workloadUser` sets (see AccountPolicy). */
+export function accountPolicy(workloadUser: string | undefined): AccountPolicy {
+  if (workloadUser === undefined) return { root: false, self: false }
+  let uid: number | undefined
+  try {
+    uid = lookupAccount(workloadUser).uid
+  } catch {
+    uid = undefined
+  }
+  return { root: uid === 0, self: uid !== undefined && uid === process.getuid?.() }
+}
+
+/** Why `account` may not run a workload under `policy` (see the header), or undefined. */
+function refusal(account: Account, policy: AccountPolicy): string | undefined {
+  if (policy.root) return undefined
+  if (account.uid === 0) {
+    return 'a workload may run as root only when the daemon config sets workloadUser: root'
+  }
+  const who = `"${account.name}" (uid ${account.uid}, gid ${account.gid})`
+  const groups = [account.gid, ...account.groups]
+  if (groups.includes(0)) {
+    return `${who} is in group 0 (root's); a workload may run in it only when the daemon config sets workloadUser: root`
+  }
+  if (policy.self) return undefined
+  const uid = process.getuid?.()
+  const gid = process.getgid?.()
+  const accept = `it could read the daemon's data directory (the device key); name an unprivileged account, or set workloadUser to the daemon's own account in the daemon config to accept that`
+  if (account.uid === uid) return `${who} is the daemon's own account: ${accept}`
+  if (gid !== undefined && groups.includes(gid)) {
+    return `${who} is in the daemon's group (gid ${gid}): ${accept}`
+  }
+  return undefined
+}
+
+/**
  * How to start `argv` as `account` from this daemon (see the header), or a WorkloadUserError
- * saying why it cannot be done. `rootAllowed`: the daemon's config names root as workloadUser.
+ * saying why it cannot be done or is not allowed under `policy`.
  */
 export function launchAs(
   argv: [string, ...string[]],
   account: Account,
   method: SwitchMethod,
-  rootAllowed: boolean
+  policy: AccountPolicy
 ): Launch {
   const [command, ...args] = argv
-  if (account.uid === 0 && !rootAllowed) {
-    throw new WorkloadUserError(
-      'a workload may run as root only when the daemon config sets workloadUser: root'
-    )
-  }
+  const refused = refusal(account, policy)
+  if (refused !== undefined) throw new WorkloadUserError(refused)
   const self = process.getuid?.()
-  if (account.uid === self && account.gid === process.getgid?.()) return { command, args }
-  if (method === 'root') return { command, args, uid: account.uid, gid: account.gid }
+  if (method === 'root') {
+    return account.uid === self && account.gid === process.getgid?.()
+      ? { command, args }
+      : { command, args, uid: account.uid, gid: account.gid }
+  }
   if (method === 'setpriv') {
+    // Through setpriv also as the daemon's own account: only setpriv drops the capabilities
+    // the daemon holds as an ordinary user (inherited and ambient sets).
     const setpriv = SETPRIV.find(p => existsSync(p)) as string
     return {
       command: setpriv,
@@ -134,6 +208,7 @@ export function launchAs(
       ]
     }
   }
+  if (account.uid === self && account.gid === process.getgid?.()) return { command, args }
   throw new WorkloadUserError(
     `the daemon runs as uid ${self} without CAP_SETUID and CAP_SETGID, so it cannot start a workload as ${account.name}; run the daemon as root, or grant it those capabilities (deploy/rhizome.service does)`
   )

@@ -18,11 +18,13 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import {
+  accountPolicy,
   defaultWorkloadUser,
   launchAs,
   lookupAccount,
   switchMethod,
   type Account,
+  type AccountPolicy,
   type Launch,
   type SwitchMethod
 } from './accounts.ts'
@@ -432,8 +434,8 @@ export class ProcessesApplier {
   private readonly backoff: BackoffOptions
   private readonly identityEnv: Record<string, string>
   private readonly defaultUser: string
-  /** Root only by the device owner's word: workloadUser root in the daemon config. */
-  private readonly rootAllowed: boolean
+  /** Root, group 0, the daemon's own account only by the device owner's word (accounts.ts). */
+  private readonly policy: AccountPolicy
   private readonly method: SwitchMethod
   private readonly logLines: number
   private errors: string[] = []
@@ -452,8 +454,7 @@ export class ProcessesApplier {
     this.identityEnv = opts.env ?? {}
     this.method = switchMethod()
     this.defaultUser = defaultWorkloadUser(opts.user, this.method)
-    this.rootAllowed =
-      opts.user === 'root' || opts.user === '0' || opts.user?.startsWith('0:') === true
+    this.policy = accountPolicy(opts.user)
     this.logLines = opts.logLines ?? DEFAULT_LOG_LINES
   }
 
@@ -491,7 +492,7 @@ export class ProcessesApplier {
       try {
         const account = lookupAccount(spec.user ?? this.defaultUser)
         const as = (argv: string[]): Launch =>
-          launchAs(argv as [string, ...string[]], account, this.method, this.rootAllowed)
+          launchAs(argv as [string, ...string[]], account, this.method, this.policy)
         const check = spec.health?.command
         run = {
           account,
