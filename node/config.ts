@@ -13,7 +13,8 @@
  * extraPeers: 3                      # connections kept to enrolled nodes beyond bootstrap (0: none)
  * http: { host: 127.0.0.1, port: 8080 }
  * filesRoot: /                       # managed files are written under this directory
- * allowedRoots: [/etc/rhizome, /opt/rhizome, /srv/rhizome]   # ... and only below these paths
+ * allowedRoots: [/opt/rhizome, /srv/rhizome]   # ... and only below these paths (never the daemon's
+ *                                    # own config file, trust file or data directory)
  * manifestDir: /var/lib/rancher/k3s/server/manifests
  * reconcileIntervalMs: 30000
  * driftCheckMs: 2000
@@ -53,6 +54,8 @@ export const STORE_DIR = 'store'
 export const TRUST_COPY = 'trust.json'
 
 export interface DaemonConfig {
+  /** The file this config was read from (absolute), if any: managed files never overwrite it. */
+  configFile: string | undefined
   name: string
   labels: Record<string, string>
   dataDir: string
@@ -264,6 +267,7 @@ export function parseDaemonConfig(
     )
   }
   const config: DaemonConfig = {
+    configFile: opts.file === undefined ? undefined : resolve(opts.file),
     name: raw.name === undefined ? hostname() : str(raw.name, envWhere('name')),
     labels: raw.labels === undefined ? {} : labels(raw.labels, envWhere('labels')),
     dataDir: path(str(raw.dataDir, envWhere('dataDir'))),
@@ -284,9 +288,10 @@ export function parseDaemonConfig(
       port: http.port === undefined ? 8080 : int(http.port, envWhere('http.port'), 0, 65535)
     },
     filesRoot: raw.filesRoot === undefined ? '/' : path(str(raw.filesRoot, envWhere('filesRoot'))),
+    // Not /etc/rhizome by default: the daemon's own config and trust file live there.
     allowedRoots:
       raw.allowedRoots === undefined
-        ? ['/etc/rhizome', '/opt/rhizome', '/srv/rhizome']
+        ? ['/opt/rhizome', '/srv/rhizome']
         : list(raw.allowedRoots, envWhere('allowedRoots')),
     manifestDir:
       raw.manifestDir === undefined

@@ -24,6 +24,7 @@ import { createMesh } from '../mesh/index.ts'
 import type { Mesh } from '../mesh/types.ts'
 import { FilesApplier } from './appliers/files.ts'
 import { ProcessesApplier } from './appliers/processes.ts'
+import { ProtectedPaths } from './appliers/protected-paths.ts'
 import { ManifestsApplier } from './appliers/manifests.ts'
 import { Reconciler } from './reconciler.ts'
 import { DaemonMetrics } from './metrics.ts'
@@ -127,14 +128,21 @@ export class Daemon {
     this.access = new ApiAccess(init.apiToken.token, init.apiToken.file)
     this.tokenFile = init.apiToken.file
     this.artifacts = artifacts
+    const protect = new ProtectedPaths([
+      { path: config.configFile, what: 'config file' },
+      { path: config.trustFile, what: 'trust file' },
+      { path: config.dataDir, what: 'data directory' }
+    ])
     this.artifactApplier = new ArtifactApplier({
       artifacts,
       root: config.filesRoot,
-      allowedRoots: config.allowedRoots
+      allowedRoots: config.allowedRoots,
+      protect
     })
     this.files = new FilesApplier({
       root: config.filesRoot,
       allowedRoots: config.allowedRoots,
+      protect,
       allowUnsafeModes: config.allowUnsafeModes,
       onDrift: p => {
         events('warn', 'files.drift', { path: p, action: 'put back' })

@@ -2,15 +2,38 @@
  * Managed files against a hostile file system: a symbolic link below an allowed root (planted
  * by a workload, say) never carries a write outside it, a link at the file's own name is
  * replaced rather than written through, a FIFO there does not stall the daemon, and modes that
- * set setuid or setgid or let anyone write are refused unless the daemon config allows them.
+ * set setuid or setgid or let anyone write are refused unless the daemon config allows them, and
+ * the daemon's own config file, trust file and data directory are never written, whatever the
+ * allowed roots say (by the applier, and through a real daemon whose allowed root holds them).
  */
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink } from 'node:fs/promises'
+import {
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  rm,
+  stat,
+  symlink,
+  writeFile
+} from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { stringify } from 'yaml'
 import { FilesApplier } from '../node/appliers/files.ts'
+import { ProtectedPaths } from '../node/appliers/protected-paths.ts'
+import {
+  daemonConfig,
+  getJson,
+  initFleet,
+  rhizome,
+  startDaemon,
+  stopAll
+} from './fixtures/node-harness.ts'
+import { waitFor } from './fixtures/wait.ts'
 
 async function sandbox(): Promise<{ dir: string; root: string; outside: string }> {
   const dir = await mkdtemp(join(tmpdir(), 'rhizome-files-'))
@@ -103,6 +126,129 @@ describe('managed files', () => {
       assert.deepEqual(lax.errors, [])
       assert.equal((await stat(join(root, 'srv/app/suid'))).mode & 0o7777, 0o4755)
     } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('never writes the daemon’s config file, trust file or data directory, whatever allowedRoots says, also through a linked allowed root', async () => {
+    const { dir, root } = await sandbox()
+    try {
+      const etc = join(root, 'etc/rhizome')
+      const data = join(root, 'var/lib/rhizome')
+      await mkdir(etc, { recursive: true })
+      await mkdir(join(data, 'store'), { recursive: true })
+      await writeFile(join(etc, 'rhizome.yaml'), 'workloadUser: rhizome-workload\n')
+      await writeFile(join(etc, 'trust.json'), '{}')
+      await writeFile(join(data, 'identity.key'), 'the key')
+      // An allowed root that is itself a link to the daemon's config directory.
+      await symlink(etc, join(root, 'srv/cfg'))
+      const protect = new ProtectedPaths([
+        { path: join(etc, 'rhizome.yaml'), what: 'config file' },
+        { path: join(etc, 'trust.json'), what: 'trust file' },
+        { path: data, what: 'data directory' }
+      ])
+      const files = new FilesApplier({
+        root,
+        allowedRoots: ['/etc/rhizome', '/var/lib', '/srv/cfg'],
+        protect
+      })
+      const s = await files.apply({
+        '/etc/rhizome/rhizome.yaml': { content: 'workloadUser: root\n' },
+        '/etc/rhizome/trust.json': { content: '{"forged":true}' },
+        '/var/lib/rhizome/identity.key': { content: 'another key' },
+        '/var/lib/rhizome/store/new/x': { content: 'x' },
+        '/srv/cfg/rhizome.yaml': { content: 'workloadUser: root\n' },
+        '/etc/rhizome/motd': { content: 'hello\n' },
+        '/var/lib/other/conf': { content: 'ok\n' }
+      })
+      assert.equal(s.errors.length, 5, s.errors.join('\n'))
+      for (const e of s.errors) {
+        assert.match(
+          e,
+          /the daemon's own (config file|trust file|data directory) .*whatever allowedRoots says/
+        )
+      }
+      assert.match(
+        s.errors.join('\n'),
+        /^\/srv\/cfg\/rhizome\.yaml: .* is the daemon's own config file/m
+      )
+      assert.equal(
+        await readFile(join(etc, 'rhizome.yaml'), 'utf8'),
+        'workloadUser: rhizome-workload\n'
+      )
+      assert.equal(await readFile(join(etc, 'trust.json'), 'utf8'), '{}')
+      assert.equal(await readFile(join(data, 'identity.key'), 'utf8'), 'the key')
+      assert.deepEqual(await readdir(join(data, 'store')), [], 'no directory was made in it')
+      // The rest applies.
+      assert.equal(await readFile(join(etc, 'motd'), 'utf8'), 'hello\n')
+      assert.equal(await readFile(join(root, 'var/lib/other/conf'), 'utf8'), 'ok\n')
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+describe('a daemon whose allowed root holds its own config', { timeout: 120_000 }, () => {
+  it('refuses a signed config that would rewrite its config file or data directory, and applies the rest', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'rhizome-own-config-'))
+    try {
+      const env = { RHIZOME_PASSPHRASE: 'own config test passphrase' }
+      await initFleet(dir, 'own', ['n1'], env)
+      const config = join(dir, 'n1.yaml')
+      // Files land on the real file system, below the directory that holds the daemon's config,
+      // trust file and data directory.
+      const text = stringify(
+        daemonConfig(dir, 'n1', { filesRoot: '/', allowedRoots: [dir], mdns: false })
+      )
+      await writeFile(config, text)
+      const d = await startDaemon(config)
+      await writeFile(
+        join(dir, 'fleet.yaml'),
+        stringify({
+          fleet: {
+            defaults: {
+              files: {
+                [config]: { content: 'workloadUser: root\n' },
+                [join(dir, 'fleet/trust.json')]: { content: '{}' },
+                [join(dir, 'data-n1/api.token')]: { content: 'known\n' },
+                [join(dir, 'fine.txt')]: { content: 'applied\n' }
+              }
+            }
+          }
+        })
+      )
+      const apply = await rhizome(
+        [
+          'apply',
+          '-f',
+          join(dir, 'fleet.yaml'),
+          '--key',
+          join(dir, 'fleet/admin.key'),
+          '--daemon',
+          d.url
+        ],
+        env
+      )
+      assert.equal(apply.code, 0, apply.stderr)
+      await waitFor(
+        'the rest of the config to apply',
+        async () => (await readFile(join(dir, 'fine.txt'), 'utf8').catch(() => '')) === 'applied\n'
+      )
+      const errors = await waitFor('the refusals in the status', async () => {
+        const s = await getJson<{ nodes: Array<{ status: { errors?: string[] } }> }>(
+          `${d.url}/api/status`
+        )
+        const e = s.nodes[0]?.status?.errors ?? []
+        return e.length >= 3 ? e : undefined
+      })
+      assert.match(errors.join('\n'), /n1\.yaml: .*the daemon's own config file/)
+      assert.match(errors.join('\n'), /trust\.json: .*the daemon's own trust file/)
+      assert.match(errors.join('\n'), /api\.token: .*in the daemon's own data directory/)
+      assert.equal(await readFile(config, 'utf8'), text)
+      assert.notEqual(await readFile(join(dir, 'data-n1/api.token'), 'utf8'), 'known\n')
+      await d.stop()
+    } finally {
+      await stopAll()
       await rm(dir, { recursive: true, force: true })
     }
   })

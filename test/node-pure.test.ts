@@ -137,6 +137,9 @@ describe('daemon config', () => {
     assert.deepEqual(c.labels, { site: 'y', role: 'pos' })
     assert.equal(c.bootstrap.length, 2)
     assert.equal(c.mdns, false)
+    assert.equal(c.configFile, f)
+    // The daemon's own config directory is no default place for managed files.
+    assert.deepEqual(c.allowedRoots, ['/opt/rhizome', '/srv/rhizome'])
   })
 
   it('names an unknown key, a bad value and a missing data dir', async () => {

@@ -2,7 +2,8 @@
  * Managed files: written atomically (temp file in the same directory, then rename) with their
  * modes, only below the allowed roots, under `root` (default `/`), and never through a symbolic
  * link (safe-path.ts: a link planted below an allowed root, by a workload say, could otherwise
- * send a write anywhere). Modes that set setuid or setgid, or that let anyone write, are refused
+ * send a write anywhere), nor ever to the daemon's own config file, trust file or data directory,
+ * compared by real path, whatever the allowed roots (protected-paths.ts). Modes that set setuid or setgid, or that let anyone write, are refused
  * unless the daemon config allows them (`allowUnsafeModes`). A managed file changed by hand is
  * found by `checkDrift` (polled by the daemon), put back, and reported as drifted. Files the
  * config drops are removed. Paths in the config are absolute (`/etc/motd`); `root` is prefixed,
@@ -13,6 +14,7 @@ import { basename, dirname, join, normalize, relative } from 'node:path'
 import { logger } from '@libp2p/logger'
 import { parseMode } from '../../crdt/file-mode.ts'
 import { DRIFT_SHOWN_MS } from '../../crdt/fleet-status.ts'
+import type { ProtectedPaths } from './protected-paths.ts'
 import { openBelow, readRegular, removeEntry, writeReplacing, type OpenDir } from './safe-path.ts'
 
 const log = logger('rhizome:node:files')
@@ -74,11 +76,14 @@ export class FilesApplier {
   private errors: string[] = []
   private readonly onDrift: (path: string) => void
   private readonly now: () => number
+  private readonly protect: ProtectedPaths | undefined
 
   constructor(opts: {
     root: string
     allowedRoots: string[]
     allowUnsafeModes?: boolean
+    /** Never written, whatever allowedRoots says: the daemon's config, trust file, data directory. */
+    protect?: ProtectedPaths
     onDrift?: (path: string) => void
     /** The clock put-backs are stamped with (tests move it). */
     now?: () => number
@@ -88,6 +93,7 @@ export class FilesApplier {
     this.allowUnsafeModes = opts.allowUnsafeModes ?? false
     this.onDrift = opts.onDrift ?? (() => {})
     this.now = opts.now ?? Date.now
+    this.protect = opts.protect
   }
 
   private target(path: string): Target {
@@ -151,6 +157,7 @@ export class FilesApplier {
         const refused = unsafeMode(spec.mode, this.allowUnsafeModes)
         if (refused !== undefined) throw new Error(refused)
         const target = this.target(path)
+        await this.protect?.check(target.root, [...target.dirs, target.name], path)
         await this.writeIfDifferent(target, spec)
         next.set(path, { spec, hash: sha(content) })
       } catch (err) {

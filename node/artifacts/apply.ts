@@ -27,6 +27,7 @@ import { isAbsolute, join, normalize } from 'node:path'
 import { logger } from '@libp2p/logger'
 import type { ConfigObject, ConfigValue } from '../../crdt/effective-config.ts'
 import { parseMode } from '../appliers/files.ts'
+import type { ProtectedPaths } from '../appliers/protected-paths.ts'
 import { openBelow, removeEntry, type OpenDir } from '../appliers/safe-path.ts'
 import { isDigest, parseDigest, type ArtifactDigest } from './manifest.ts'
 import { writeFileAtomic } from './store.ts'
@@ -81,12 +82,20 @@ export class ArtifactApplier {
   private readonly artifacts: Artifacts
   private readonly root: string
   private readonly allowed: string[]
+  private readonly protect: ProtectedPaths | undefined
   private readonly file: string
   private applied: Record<string, AppliedEntry> | undefined
   private pendingFiles: Array<{ path: string; ref: Ref; mode: number }> = []
   waiting: string[] = []
 
-  constructor(opts: { artifacts: Artifacts; root: string; allowedRoots: string[] }) {
+  constructor(opts: {
+    artifacts: Artifacts
+    root: string
+    allowedRoots: string[]
+    /** Never written, whatever allowedRoots says (node/appliers/protected-paths.ts). */
+    protect?: ProtectedPaths
+  }) {
+    this.protect = opts.protect
     this.artifacts = opts.artifacts
     this.root = opts.root
     this.allowed = opts.allowedRoots.map(r => normalize(r.endsWith('/') ? r : r + '/'))
@@ -269,6 +278,7 @@ export class ArtifactApplier {
     if (name === undefined) {
       throw new Error(`"${path}" names an allowed root itself, not a file in it`)
     }
+    await this.protect?.check(join(this.root, root), [...parts, name], path)
     const dir = await openBelow(join(this.root, root), parts, create)
     return dir === undefined ? undefined : { dir, name }
   }
