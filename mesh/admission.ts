@@ -17,6 +17,7 @@ import {
   DEVICES_DOC,
   enrolledDevices,
   revokedDevices,
+  type DevicesDocument,
   type EnrolledDevice
 } from '../crdt/devices.ts'
 import type { Replica } from '../crdt/replica.ts'
@@ -56,7 +57,7 @@ export class AdmissionControl {
 
   /** Re-read enrolment from the trust statement and the devices document. */
   async refresh(): Promise<void> {
-    let value: unknown
+    let value: DevicesDocument | undefined
     if (this.replica.documentIds().includes(DEVICES_DOC)) {
       value = (await this.replica.open(DEVICES_DOC)).value
     }
@@ -72,10 +73,10 @@ export class AdmissionControl {
     return undefined
   }
 
-  /** Known to be revoked (the devices document says so). */
+  /** Revoked by some change the devices document holds (for good: crdt/devices.ts). */
   isRevoked(peer: PeerId): boolean {
     const key = this.keyOf(peer)
-    return key !== undefined && this.revoked.has(key) && !this.enrolled.has(key)
+    return key !== undefined && this.revoked.has(key)
   }
 
   isEnrolledKey(keyHex: string): boolean {

@@ -22,7 +22,7 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { Option, type Command } from 'commander'
 import { fromHex, toHex } from '../crdt/bytes.ts'
-import { DEVICES_DOC, enrolledDevices } from '../crdt/devices.ts'
+import { DEVICES_DOC, enrolledDevices, revokedDevices } from '../crdt/devices.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { signOps } from '../crdt/config-diff.ts'
 import { TrustForkError } from '../crdt/errors.ts'
@@ -609,12 +609,7 @@ async function cmdEnrol(key: string, opts: EnrolOptions): Promise<void> {
   const replica = await client.localReplica([DEVICES_DOC])
   const pair = await loadSigningKey(opts)
   const doc = await replica.open<{ devices?: Record<string, Record<string, unknown>> }>(DEVICES_DOC)
-  const entries = (doc.value.devices ?? {}) as Record<
-    string,
-    { name?: string; labels?: Record<string, string>; revoked?: boolean }
-  >
-  const mine = entries[hex]
-  if (mine?.revoked === true) {
+  if (revokedDevices(doc.value).has(hex)) {
     throw new UsageError(
       `device ${fingerprint(pub)} was revoked; a revoked identity is never readmitted: give the device a new one (rhizome node init on a fresh data directory)`
     )

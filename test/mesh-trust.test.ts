@@ -5,6 +5,8 @@
  *   revoked key writes on the other side; after healing every daemon holds the same valid
  *   changes, and the device is disconnected within seconds everywhere, even where it was a
  *   bootstrap peer, and hears nothing more;
+ * - signed changes that would readmit the revoked device (its flag reset, its entry deleted and
+ *   written again) readmit nothing: it dials every daemon again and is refused;
  * - two root-signed statements of one version meet over the mesh: every daemon sees the fork,
  *   none bans another, and a statement extending one branch resolves it everywhere; a fresh
  *   device then catches up on the history of the rotated-out key;
@@ -196,6 +198,40 @@ test('revocation during a partition, concurrent with writes: one valid set every
     )
     for (const d of [a, b, c]) {
       assert.equal(d.events.filter(e => e.event === 'rejected' && e.peerId !== xPeer).length, 0)
+    }
+  })
+})
+
+test('a revoked device stays refused after signed changes that would readmit it: it dials both daemons again and hears nothing', async () => {
+  await withDaemons('mesh-readmit', async (f, spawn) => {
+    const { d: a } = await spawn('a', 0, [])
+    const { d: b } = await spawn('b', 1, [a])
+    const { d: x } = await spawn('x', 3, [a, b])
+    await a.request({ cmd: 'change', docId: 'fleet', key: 'base', value: 1 })
+    await converged([a, b, x], ['fleet'])
+    const xKey = publicKeyHex(f.nodes[3]!.publicKey)
+    const fromB = b.events.length
+    await a.request({ cmd: 'revoke-device', key: xKey })
+    await b.next(e => e.event === 'peer:disconnect' && e.peerId === x.peerId, 10_000, fromB)
+    // An admin signs changes that reset the flag, then delete and re-add x's entry.
+    await a.request({ cmd: 'readmit-device', key: xKey })
+    await converged([a, b], ['devices'])
+    await x.kill()
+    // x (wiped, same identity) and an enrolled device y start at once, both dialling a and b.
+    const [sa, sb] = [a.events.length, b.events.length]
+    const [{ d: x2 }, { d: y }] = await Promise.all([spawn('x2', 3, [a, b]), spawn('y', 4, [a, b])])
+    await a.request({ cmd: 'change', docId: 'fleet', key: 'after', value: 1 })
+    const [, , sy] = await converged([a, b, y], ['fleet'])
+    assert.equal(sy!.docs.fleet!.value.after, 1)
+    assert.equal((await state(x2)).docs.fleet?.value.after, undefined, 'x learnt nothing')
+    for (const [d, from] of [
+      [a, sa],
+      [b, sb]
+    ] as const) {
+      const back = d.events
+        .slice(from)
+        .filter(e => e.event === 'peer:connect' && e.peerId === x.peerId)
+      assert.equal(back.length, 0, 'x did not get back in')
     }
   })
 })

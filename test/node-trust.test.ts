@@ -230,13 +230,23 @@ describe('trust lifecycle through the CLI (one daemon)', { timeout: 180_000 }, (
       admin3
     ])
     assert.match(replaced.stdout, /labels dropped from its previous entry: site/)
+    type Devices = { heads: string[]; value: { devices: Record<string, { revoked?: boolean }> } }
+    const beforeRevoke = await getJson<Devices>(`${daemon.url}/api/docs/devices`)
     await cli(['revoke-device', 'n2', '--reason', 'stolen', '--key', admin3])
-    const devices = await getJson<{ value: { devices: Record<string, { revoked?: boolean }> } }>(
-      `${daemon.url}/api/docs/devices`
-    )
+    const devices = await getJson<Devices>(`${daemon.url}/api/docs/devices`)
     assert.equal(devices.value.devices[ids.n2!.key]?.revoked, true)
     const back = await cli(['enrol', ids.n2!.key, '--name', 'n2', '--replace', '--key', admin3], 1)
     assert.match(back.stderr, /never readmitted/)
+    // A signed rollback of the devices document to before the revocation readmits nothing: the
+    // entry says not revoked, but enrolment still refuses the key.
+    await cli(['rollback', '--doc', 'devices', '--to', beforeRevoke.heads[0]!, '--key', admin3])
+    const rolledBack = await getJson<Devices>(`${daemon.url}/api/docs/devices`)
+    assert.notEqual(rolledBack.value.devices[ids.n2!.key]?.revoked, true)
+    const again2 = await cli(
+      ['enrol', ids.n2!.key, '--name', 'n2', '--replace', '--key', admin3],
+      1
+    )
+    assert.match(again2.stderr, /never readmitted/)
     await cli(['unenrol', 'n1', '--key', admin3])
     const after = await getJson<{ value: { devices: Record<string, unknown> } }>(
       `${daemon.url}/api/docs/devices`
