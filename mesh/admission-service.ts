@@ -4,7 +4,8 @@
  * `peer:dismissed`).
  *
  * - Enrolled devices are admitted on connect; enrolment is re-read whenever the devices document
- *   or the trust chain changes, and peers no longer enrolled are dismissed.
+ *   or the trust chain changes, and peers no longer enrolled are dismissed. A revoked device, and
+ *   a browser whose voucher's signer lost its authority, are hung up on at once.
  * - Browsers open a session (`/rhizome/session/1.0.0`, `browser-session.ts`) with a one-time
  *   viewer token or an admin/operator voucher; a browser mesh presents its credential to each
  *   bootstrap daemon as soon as it connects.
@@ -38,6 +39,7 @@ import {
   encodeSessionRequest,
   MAX_SESSION_FRAME_BYTES,
   SESSION_PROTOCOL,
+  signerStanding,
   verifySessionVoucher,
   type SessionReply
 } from './browser-session.ts'
@@ -234,14 +236,16 @@ export class AdmissionService
   private reread(): void {
     this.control
       .refresh()
-      .then(() => {
-        this.review()
+      .then(ended => {
+        this.review(ended)
       })
       .catch(err => log.error('enrolment refresh failed: %s', errMessage(err)))
   }
 
-  private review(): void {
+  private review(ended: readonly PeerId[] = []): void {
     if (!this.running) return
+    const cut = new PeerMap<true>()
+    for (const p of ended) cut.set(p, true)
     const seen = new PeerMap<true>()
     for (const conn of this.components.connectionManager.getConnections()) {
       const peer = conn.remotePeer
@@ -250,9 +254,9 @@ export class AdmissionService
       if (this.mayServe(peer)) {
         this.clearGrace(peer)
         this.safeDispatchEvent('peer:admitted', { detail: peer })
-      } else if (this.control.isRevoked(peer)) {
-        // Revoked (stolen): no grace period, closed at once.
-        log('closing the connections of revoked device %p', peer)
+      } else if (this.control.isRevoked(peer) || cut.has(peer)) {
+        // Revoked (stolen), or a session whose signer lost its authority: no grace period.
+        log('closing the connections of %p: revoked, or its session signer was', peer)
         this.safeDispatchEvent('peer:dismissed', { detail: peer })
         this.components.connectionManager.closeConnections(peer).catch(() => {})
       } else {
@@ -316,7 +320,12 @@ export class AdmissionService
         if (key === undefined) throw new SessionRefusedError('a session needs an Ed25519 PeerId')
         const replica = this.init.replica
         const v = await verifySessionVoucher(req.voucher, key, replica.trust, replica.ed)
-        this.control.admitSession(peer, v.role, v.expires)
+        // A statement may have arrived while the signature was checked: ask again, at once.
+        const lost = signerStanding(replica.trust, v.signer)
+        if (lost !== undefined) {
+          throw new SessionRefusedError(`session voucher is signed by ${lost}`)
+        }
+        this.control.admitSession(peer, v.role, v.expires, v.signer)
         reply = { ok: true, admission: v.role }
       }
     } catch (err) {

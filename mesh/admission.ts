@@ -4,7 +4,8 @@
  * - `node`: an enrolled, unrevoked device (crdt/devices.ts `enrolledDevices`), keyed by its
  *   ed25519 public key, which is also its PeerId's key.
  * - `viewer`: a browser that presented a one-time token this daemon issued.
- * - `admin-session`: a browser that presented a voucher signed by an admin or operator key.
+ * - `admin-session`: a browser that presented a voucher signed by an admin or operator key; the
+ *   session ends at once when that key loses its authority (`refresh`).
  * - `none`: everyone else, including strangers; they learn nothing of the fleet's documents or
  *   status.
  *
@@ -21,6 +22,7 @@ import {
   type EnrolledDevice
 } from '../crdt/devices.ts'
 import type { Replica } from '../crdt/replica.ts'
+import { signerStanding } from './browser-session.ts'
 import {
   MAX_BANS,
   MAX_SESSIONS,
@@ -46,6 +48,8 @@ export class AdmissionControl {
   private readonly sessions = new PeerMap<{
     admission: 'viewer' | 'admin-session'
     expires: number
+    /** The key that signed the session's voucher (none for a viewer token). */
+    signer?: string
   }>()
   private readonly tokens = new Map<string, number>()
   private readonly bans = new PeerMap<number>()
@@ -55,14 +59,26 @@ export class AdmissionControl {
     this.replica = replica
   }
 
-  /** Re-read enrolment from the trust statement and the devices document. */
-  async refresh(): Promise<void> {
+  /**
+   * Re-read enrolment from the trust statement and the devices document, and end every session
+   * whose voucher's signer has lost its authority (`signerStanding`). Returns the peers whose
+   * sessions were ended: to be hung up on at once.
+   */
+  async refresh(): Promise<PeerId[]> {
     let value: DevicesDocument | undefined
     if (this.replica.documentIds().includes(DEVICES_DOC)) {
       value = (await this.replica.open(DEVICES_DOC)).value
     }
     this.enrolled = enrolledDevices(this.replica.trust, value)
     this.revoked = revokedDevices(value)
+    const ended: PeerId[] = []
+    for (const [peer, s] of this.sessions) {
+      if (s.signer !== undefined && signerStanding(this.replica.trust, s.signer) !== undefined) {
+        this.sessions.delete(peer)
+        ended.push(peer)
+      }
+    }
+    return ended
   }
 
   /** The enrolled device named `name`, or whose key (hex) is `name`. */
@@ -98,7 +114,12 @@ export class AdmissionControl {
     return 'none'
   }
 
-  admitSession(peer: PeerId, admission: 'viewer' | 'admin-session', expires: number): void {
+  admitSession(
+    peer: PeerId,
+    admission: 'viewer' | 'admin-session',
+    expires: number,
+    signer?: string
+  ): void {
     if (this.sessions.size >= MAX_SESSIONS && !this.sessions.has(peer)) {
       const now = Date.now()
       for (const [p, s] of this.sessions) if (s.expires <= now) this.sessions.delete(p)
@@ -106,7 +127,10 @@ export class AdmissionControl {
         this.sessions.delete(this.sessions.keys().next().value as PeerId)
       }
     }
-    this.sessions.set(peer, { admission, expires })
+    this.sessions.set(
+      peer,
+      signer === undefined ? { admission, expires } : { admission, expires, signer }
+    )
   }
 
   issueViewerToken(now = Date.now()): string {

@@ -9,18 +9,25 @@
  *             kind 2 = voucher: bytes voucher (below)
  *   reply:    u8 ok (1 admitted, 0 refused) ‖ string admission ('viewer' | 'admin-session') or reason
  *
- * Voucher (version 1), signed in the browser by an admin or operator key:
+ * Voucher (version 2), signed in the browser by an admin or operator key:
  *
- *   u8     version = 1
+ *   u8     version = 2
  *   32 B   the browser's libp2p ed25519 public key (its PeerId's key)
  *   u8     role: 1 admin-session, 2 viewer
+ *   varint issued (ms since the epoch)
  *   varint expires (ms since the epoch)
  *   32 B   signer public key (an admin or operator of the fleet's trust statement in force)
  *   64 B   Ed25519 signature over
- *          sha-256( "rhizome/session/v1" 0x00 ‖ fleet id (UTF-8) 0x00 ‖ peer key ‖ role ‖ varint expires )
+ *          sha-256( "rhizome/session/v2" 0x00 ‖ fleet id (UTF-8) 0x00 ‖ peer key ‖ role ‖
+ *                   varint issued ‖ varint expires )
  *
  * The voucher is bound to the browser's key, so a stolen voucher is useless without that key
- * (Noise proves possession of it when the connection opens).
+ * (Noise proves possession of it when the connection opens). It lasts at most
+ * `MAX_VOUCHER_LIFETIME_MS` from its issue time, which may be at most `VOUCHER_CLOCK_SKEW_MS`
+ * ahead of the daemon's clock, so no voucher admits anyone for longer than the two together; a
+ * voucher asking for more is refused (version 1, which had no issue time, is refused too). A
+ * session lasts no longer than its voucher, and ends at once when its signer loses its authority
+ * (`signerStanding`, re-checked by the admission service whenever a trust statement arrives).
  */
 import { sha256 } from '@noble/hashes/sha2.js'
 import { ByteReader, ByteWriter, toHex, utf8 } from '../crdt/bytes.ts'
@@ -28,24 +35,32 @@ import type { Ed25519 } from '../crdt/ed25519.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 import type { TrustChain } from '../crdt/trust.ts'
 import { SessionRefusedError } from './errors.ts'
+import { MAX_VOUCHER_LIFETIME_MS, VOUCHER_CLOCK_SKEW_MS } from './limits.ts'
 import type { Admission } from './types.ts'
 
 export const SESSION_PROTOCOL = '/rhizome/session/1.0.0'
 /** A session request or reply is a few hundred bytes; nothing larger is read. */
 export const MAX_SESSION_FRAME_BYTES = 4096
-const DOMAIN = 'rhizome/session/v1'
-const VOUCHER_VERSION = 1
+const DOMAIN = 'rhizome/session/v2'
+const VOUCHER_VERSION = 2
 const ROLE_CODE = { 'admin-session': 1, viewer: 2 } as const
 export type SessionRole = keyof typeof ROLE_CODE
 
 export interface SessionVoucher {
   peerKey: string
   role: SessionRole
+  issued: number
   expires: number
   signer: string
 }
 
-function digest(fleetId: string, peerKey: Uint8Array, role: number, expires: number): Uint8Array {
+function digest(
+  fleetId: string,
+  peerKey: Uint8Array,
+  role: number,
+  issued: number,
+  expires: number
+): Uint8Array {
   return sha256(
     new ByteWriter()
       .raw(utf8(DOMAIN))
@@ -54,19 +69,43 @@ function digest(fleetId: string, peerKey: Uint8Array, role: number, expires: num
       .u8(0)
       .raw(peerKey)
       .u8(role)
+      .varint(issued)
       .varint(expires)
       .finish()
   )
 }
 
 /**
+ * Why `keyHex` may not vouch for a session, or undefined if it may: it must be an admin or
+ * operator of the trust statement in force, and no statement held (a fork's other branch
+ * included: ambiguity resolves toward less authority) may revoke it. A pure function of the
+ * statements held, checked when a voucher is presented and again for every open session when
+ * a statement arrives.
+ */
+export function signerStanding(trust: TrustChain, keyHex: string): string | undefined {
+  const info = trust.lookup(keyHex)
+  if (info === undefined || (info.role !== 'admin' && info.role !== 'operator')) {
+    return `${keyHex.slice(0, 16)}… is not an admin or operator key of trust statement version ${trust.version}`
+  }
+  for (const { statement: s } of trust.held) {
+    const named = s.admins.some(a => a.key === keyHex) || s.operators.some(o => o.key === keyHex)
+    if (!named && s.revocations.some(r => r.key === keyHex)) {
+      return `${keyHex.slice(0, 16)}… was revoked by trust statement version ${s.version}`
+    }
+  }
+  return undefined
+}
+
+/**
  * Sign a voucher admitting the browser key `peerPublicKey` (32 bytes) to the fleet's daemons
- * until `expires` (ms since the epoch). The signer must be an admin or operator key.
+ * from `issued` (default now) until `expires` (ms since the epoch), at most
+ * `MAX_VOUCHER_LIFETIME_MS` later. The signer must be an admin or operator key.
  */
 export async function signSessionVoucher(
   opts: {
     peerPublicKey: Uint8Array
     role?: SessionRole
+    issued?: number
     expires: number
     signer: KeyPair
     fleetId: string
@@ -74,14 +113,16 @@ export async function signSessionVoucher(
   ed: Ed25519
 ): Promise<Uint8Array> {
   const role = ROLE_CODE[opts.role ?? 'admin-session']
+  const issued = opts.issued ?? Date.now()
   const sig = await ed.sign(
     opts.signer.seed,
-    digest(opts.fleetId, opts.peerPublicKey, role, opts.expires)
+    digest(opts.fleetId, opts.peerPublicKey, role, issued, opts.expires)
   )
   return new ByteWriter()
     .u8(VOUCHER_VERSION)
     .raw(opts.peerPublicKey)
     .u8(role)
+    .varint(issued)
     .varint(opts.expires)
     .raw(opts.signer.publicKey)
     .raw(sig)
@@ -96,15 +137,19 @@ export async function verifySessionVoucher(
   ed: Ed25519,
   now = Date.now()
 ): Promise<SessionVoucher> {
-  let peerKey: Uint8Array, role: number, expires: number, signer: Uint8Array, sig: Uint8Array
+  let peerKey: Uint8Array, role: number, issued: number, expires: number
+  let signer: Uint8Array, sig: Uint8Array
   try {
     const r = new ByteReader(bytes, 'session voucher')
     const v = r.u8()
     if (v !== VOUCHER_VERSION) {
-      throw new SessionRefusedError(`session voucher version ${v} is not supported`)
+      throw new SessionRefusedError(
+        `session voucher version ${v} is not supported (this daemon reads version ${VOUCHER_VERSION}); sign a new one`
+      )
     }
     peerKey = r.raw(32)
     role = r.u8()
+    issued = r.varint()
     expires = r.varint()
     signer = r.raw(32)
     sig = r.raw(64)
@@ -122,22 +167,34 @@ export async function verifySessionVoucher(
       'session voucher was issued to another browser key; sign a new one for this session'
     )
   }
+  if (expires - issued > MAX_VOUCHER_LIFETIME_MS) {
+    throw new SessionRefusedError(
+      `session voucher asks for ${hours(expires - issued)} h; a voucher lasts at most ${hours(MAX_VOUCHER_LIFETIME_MS)} h (MAX_VOUCHER_LIFETIME_MS): sign a shorter one`
+    )
+  }
+  if (issued > now + VOUCHER_CLOCK_SKEW_MS) {
+    throw new SessionRefusedError(
+      `session voucher is issued at ${new Date(issued).toISOString()}, ahead of this daemon's clock by more than ${VOUCHER_CLOCK_SKEW_MS / 60_000} min; check the signer's clock and sign a new one`
+    )
+  }
   if (expires <= now) {
     throw new SessionRefusedError(
       `session voucher expired at ${new Date(expires).toISOString()}; sign a new one`
     )
   }
   const signerHex = toHex(signer)
-  const info = trust.lookup(signerHex)
-  if (info === undefined || (info.role !== 'admin' && info.role !== 'operator')) {
-    throw new SessionRefusedError(
-      `session voucher is signed by ${signerHex.slice(0, 16)}…, which is not an admin or operator key of trust statement version ${trust.version}`
-    )
+  const refused = signerStanding(trust, signerHex)
+  if (refused !== undefined) {
+    throw new SessionRefusedError(`session voucher is signed by ${refused}`)
   }
-  if (!(await ed.verify(signer, digest(trust.fleetId, peerKey, role, expires), sig))) {
+  if (!(await ed.verify(signer, digest(trust.fleetId, peerKey, role, issued, expires), sig))) {
     throw new SessionRefusedError('session voucher signature does not verify')
   }
-  return { peerKey: peerKeyHex, role: roleName, expires, signer: signerHex }
+  return { peerKey: peerKeyHex, role: roleName, issued, expires, signer: signerHex }
+}
+
+function hours(ms: number): string {
+  return (ms / 3_600_000).toFixed(1).replace(/\.0$/, '')
 }
 
 export type SessionRequest =

@@ -150,6 +150,13 @@ export const MAX_KNOWN_PEERS = 1024
 export const MAX_VIEWER_TOKENS = 64
 export const VIEWER_TOKEN_TTL_MS = 10 * 60_000
 export const VIEWER_SESSION_MS = 12 * 60 * 60_000
+/**
+ * A session voucher's longest life, from its signed issue time to its expiry (browser-session.ts):
+ * a longer one is refused. The dashboard signs 12 hours.
+ */
+export const MAX_VOUCHER_LIFETIME_MS = 12 * 60 * 60_000
+/** How far a voucher's issue time may be ahead of the daemon's clock (signer's clock drift). */
+export const VOUCHER_CLOCK_SKEW_MS = 5 * 60_000
 /** Browser sessions admitted at once (viewers and admin sessions). */
 export const MAX_SESSIONS = 256
 /** Bans remembered at once; the oldest is forgotten first. */
