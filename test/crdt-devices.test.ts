@@ -3,14 +3,17 @@
  * change of the `devices` document marked revoked stays revoked, whatever later signed changes
  * write — `revoked: false`, the entry deleted, the key enrolled again — on every replica, in
  * whatever order the changes arrived. A device that was never revoked can be unenrolled and
- * enrolled again.
+ * enrolled again. Only valid changes count: a revocation by a key roots later cut is dropped.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { toHex } from '../crdt/bytes.ts'
 import { DEVICES_DOC, enrolledDevices, revokedDevices } from '../crdt/devices.ts'
+import { publicKeyHex } from '../crdt/keys.ts'
 import type { SignedBatch } from '../crdt/signed-change.ts'
+import { nextStatement } from '../crdt/trust.ts'
 import { makeFleet, testKey } from './fixtures/fleet.ts'
+import { waitFor } from './fixtures/wait.ts'
 
 type Entry = { name: string; labels: Record<string, string>; revoked?: boolean }
 type Devices = { devices: Record<string, Entry> }
@@ -73,4 +76,35 @@ test('a revoked device stays revoked whatever later changes say, on every replic
     for (const k of revoked) assert.equal(enrolled.has(k), false, `${k.slice(0, 8)} stays out`)
     assert.equal(enrolled.get(honest)?.name, 'honest', 'an unrevoked device enrols again')
   }
+})
+
+test('a revocation signed by a key that roots later cut is dropped with it: the device is back', async () => {
+  const fleet = await makeFleet({ replicas: 1, operatorDocs: ['devices'], label: 'devices-cut' })
+  const r = fleet.replicas[0]!
+  const doc = await r.open<Devices>(DEVICES_DOC)
+  const device = toHex(testKey('devices-cut/device').publicKey)
+  await doc.change(fleet.signer(0, fleet.admins[0]!), d => {
+    d.devices[device] = { name: 'till', labels: {}, revoked: false }
+  })
+  // A leaked operator key revokes the device; roots then revoke the key with an empty cut.
+  await doc.change(fleet.signer(0, fleet.operator), d => {
+    d.devices[device]!.revoked = true
+  })
+  assert.ok(revokedDevices(doc.value).has(device))
+  const operator = publicKeyHex(fleet.operator.publicKey)
+  const base = fleet.genesis.statement
+  await r.addTrustStatement(
+    await nextStatement(
+      base,
+      {
+        operators: [],
+        revocations: [{ key: operator, reason: 'leaked', cuts: { [DEVICES_DOC]: [] } }]
+      },
+      [fleet.root],
+      fleet.ed
+    )
+  )
+  const after = await r.open<Devices>(DEVICES_DOC)
+  await waitFor('the cut to be applied', () => !revokedDevices(after.value).has(device))
+  assert.equal(enrolledDevices(r.trust, after.value).get(device)?.name, 'till')
 })
