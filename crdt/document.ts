@@ -601,7 +601,8 @@ export class SignedDocument<T = Record<string, unknown>> {
           `equivocation evidence for document "${this.id}" does not hold two different changes of actor ${e.actor.slice(0, 16)}… with sequence number ${e.seq}`
         )
       }
-      const added = await this.recordEquivocation({ ...e, docId: this.id, hashes })
+      // Its batches were verified just above: it proves itself.
+      const added = await this.recordEquivocation({ ...e, docId: this.id, hashes }, true)
       if (added) await this.revalidateNow()
       return added
     })
@@ -964,9 +965,10 @@ export class SignedDocument<T = Record<string, unknown>> {
   }
 
   /** Keep evidence (persisted, announced) if it says more than what is held. */
-  private async recordEquivocation(e: Equivocation): Promise<boolean> {
+  /** `proven`: whether `e` verifies alone, if the caller knows (else it is checked here). */
+  private async recordEquivocation(e: Equivocation, proven?: boolean): Promise<boolean> {
     const known = this.evidence.get(e.actor)
-    const proven = await this.proves(e)
+    proven ??= await this.proves(e)
     if (known !== undefined && known.seq === e.seq && proven && this.unproven.has(e.actor)) {
       // The same conflict, now with evidence that verifies alone: keep that one, to pass on.
       this.unproven.delete(e.actor)
