@@ -90,6 +90,14 @@ export class ByteWriter {
   }
 }
 
+/**
+ * The start of a signed format's digest input: its domain string and the fleet id, each
+ * NUL-terminated, so a signature made for one format or one fleet never verifies as another.
+ */
+export function fleetDigestInput(domain: string, fleetId: string): ByteWriter {
+  return new ByteWriter().raw(utf8(domain)).u8(0).raw(utf8(fleetId)).u8(0)
+}
+
 export class ByteReader {
   private offset = 0
   private readonly what: string

@@ -23,6 +23,7 @@ import { parseYamlInput } from './yaml-input.ts'
 import { checkDocId } from './replica.ts'
 import { DEVICES_DOC } from './devices.ts'
 import { InvalidConfigError } from './errors.ts'
+import { checkKeys, isMap } from './config-shape.ts'
 import { checkRollouts } from './rollout.ts'
 import { parseMode } from './file-mode.ts'
 
@@ -43,20 +44,6 @@ export const FILE_KEYS = ['content', 'mode', 'artifact', 'unpack'] as const
 export const MAX_FLEET_YAML_BYTES = 8 * 1024 * 1024
 
 export type FleetDocuments = Record<string, Record<string, unknown>>
-
-function isMap(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
-
-function checkKeys(v: Record<string, unknown>, valid: readonly string[], where: string): void {
-  for (const k of Object.keys(v)) {
-    if (!valid.includes(k)) {
-      throw new InvalidConfigError(
-        `${where}: unknown key "${k}"; valid keys are ${valid.join(', ')}`
-      )
-    }
-  }
-}
 
 /** An artifact reference: `artifact: sha256:<64 hex>` (from `rhizome artifact add`), `unpack: tar` or none. */
 function checkArtifact(v: Record<string, unknown>, where: string): void {

@@ -39,6 +39,7 @@ import { sha256 } from '@noble/hashes/sha2.js'
 import { canonicalJson } from './canonical-json.ts'
 import { toHex, utf8 } from './bytes.ts'
 import { InvalidConfigError } from './errors.ts'
+import { checkKeys, isMap } from './config-shape.ts'
 import { selectorMatches, type ConfigDocument, type ConfigObject } from './effective-config.ts'
 import type { LabelSelector } from './trust.ts'
 
@@ -138,20 +139,6 @@ export interface RolloutSpec {
   /** Node keys eligible at the start, sorted; undefined until frozen. */
   eligible?: string[]
   startedAt?: string
-}
-
-function isMap(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
-
-function checkKeys(v: Record<string, unknown>, valid: readonly string[], where: string): void {
-  for (const k of Object.keys(v)) {
-    if (!valid.includes(k)) {
-      throw new InvalidConfigError(
-        `${where}: unknown key "${k}"; valid keys are ${valid.join(', ')}`
-      )
-    }
-  }
 }
 
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3600_000, d: 86_400_000 }

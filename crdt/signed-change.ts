@@ -176,14 +176,8 @@ export function isChangeChunk(chunk: Uint8Array): boolean {
   return chunk.length > 8 && (chunk[8] === CHUNK_CHANGE || chunk[8] === CHUNK_COMPRESSED_CHANGE)
 }
 
-function toMeta(c: {
-  hash: string
-  actor: string
-  seq: number
-  deps: string[]
-  time: number
-  message: string | null
-}): ChangeMeta {
+/** Only the fields of `ChangeMeta`, copied out of a decoded change (which holds its ops too). */
+function toMeta(c: ChangeMeta): ChangeMeta {
   return {
     hash: c.hash,
     actor: c.actor,

@@ -729,20 +729,18 @@ async function verifyThreshold(
   threshold: number,
   ed: Ed25519
 ): Promise<void> {
-  const digest = statementDigest(signed.statement)
-  const good = new Set<string>()
-  for (const { key, signature } of signed.signatures) {
-    if (!roots.includes(key) || good.has(key)) continue
-    if (await ed.verify(fromHex(key), digest, fromHex(signature))) good.add(key)
-  }
-  if (good.size < threshold) {
+  const good = await countRootSignatures(signed, roots, ed)
+  if (good < threshold) {
     throw new InvalidTrustStatementError(
-      `trust statement version ${signed.statement.version} has ${good.size} valid root signature(s); ${threshold} are required`
+      `trust statement version ${signed.statement.version} has ${good} valid root signature(s); ${threshold} are required`
     )
   }
 }
 
-/** How many of `roots`' signatures on `signed` verify (for `rhizome trust publish` to report). */
+/**
+ * How many distinct keys of `roots` have a signature on `signed` that verifies (the threshold
+ * check above; `rhizome trust publish` reports it).
+ */
 export async function countRootSignatures(
   signed: SignedTrustStatement,
   roots: string[],

@@ -30,7 +30,7 @@
  * (`signerStanding`, re-checked by the admission service whenever a trust statement arrives).
  */
 import { sha256 } from '@noble/hashes/sha2.js'
-import { ByteReader, ByteWriter, toHex, utf8 } from '../crdt/bytes.ts'
+import { ByteReader, ByteWriter, fleetDigestInput, toHex } from '../crdt/bytes.ts'
 import type { Ed25519 } from '../crdt/ed25519.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 import type { TrustChain } from '../crdt/trust.ts'
@@ -62,16 +62,7 @@ function digest(
   expires: number
 ): Uint8Array {
   return sha256(
-    new ByteWriter()
-      .raw(utf8(DOMAIN))
-      .u8(0)
-      .raw(utf8(fleetId))
-      .u8(0)
-      .raw(peerKey)
-      .u8(role)
-      .varint(issued)
-      .varint(expires)
-      .finish()
+    fleetDigestInput(DOMAIN, fleetId).raw(peerKey).u8(role).varint(issued).varint(expires).finish()
   )
 }
 

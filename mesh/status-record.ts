@@ -20,7 +20,7 @@
  * out of the body again before anyone else sees the record (`StatusRecord.addresses`).
  */
 import { sha256 } from '@noble/hashes/sha2.js'
-import { ByteReader, ByteWriter, toHex, utf8 } from '../crdt/bytes.ts'
+import { ByteReader, ByteWriter, fleetDigestInput, toHex, utf8 } from '../crdt/bytes.ts'
 import type { Ed25519 } from '../crdt/ed25519.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -40,17 +40,7 @@ export interface SignedStatus {
 }
 
 function digest(fleetId: string, key: Uint8Array, seq: number, body: Uint8Array): Uint8Array {
-  return sha256(
-    new ByteWriter()
-      .raw(utf8(DOMAIN))
-      .u8(0)
-      .raw(utf8(fleetId))
-      .u8(0)
-      .raw(key)
-      .varint(seq)
-      .raw(body)
-      .finish()
-  )
+  return sha256(fleetDigestInput(DOMAIN, fleetId).raw(key).varint(seq).raw(body).finish())
 }
 
 export async function signStatus(

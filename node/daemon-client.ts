@@ -164,16 +164,7 @@ export class DaemonClient {
   }
 
   async postBytes(bytes: Uint8Array, options?: AbortOptions): Promise<BatchReply> {
-    const res = await this.request(
-      '/api/batches',
-      {
-        method: 'POST',
-        headers: { 'content-type': 'application/octet-stream' },
-        body: bytes as Uint8Array<ArrayBuffer>
-      },
-      options
-    )
-    return (await res.json()) as BatchReply
+    return this.postBytesTo<BatchReply>('/api/batches', bytes, options)
   }
 
   /** POST raw bytes to a path; the JSON answer. */
@@ -182,42 +173,33 @@ export class DaemonClient {
     bytes: Uint8Array,
     options?: AbortOptions
   ): Promise<T> {
-    const res = await this.request(
-      path,
-      {
-        method: 'POST',
-        headers: { 'content-type': 'application/octet-stream' },
-        body: bytes as Uint8Array<ArrayBuffer>
-      },
-      options
-    )
-    return (await res.json()) as T
+    return this.post<T>(path, 'application/octet-stream', bytes as Uint8Array<ArrayBuffer>, options)
   }
 
   /** A dashboard URL with a new one-time viewer token (`rhizome dashboard`). */
   async dashboard(options?: AbortOptions): Promise<DashboardReply> {
-    const res = await this.request(
-      '/api/dashboard',
-      { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' },
-      options
-    )
-    return (await res.json()) as DashboardReply
+    return this.post<DashboardReply>('/api/dashboard', 'application/json', '{}', options)
   }
 
   async postTrust(
     bytes: Uint8Array,
     options?: AbortOptions
   ): Promise<{ added: boolean; version: number }> {
+    return this.post('/api/trust', 'application/json', bytes as Uint8Array<ArrayBuffer>, options)
+  }
+
+  private async post<T>(
+    path: string,
+    contentType: string,
+    body: BodyInit,
+    options: AbortOptions | undefined
+  ): Promise<T> {
     const res = await this.request(
-      '/api/trust',
-      {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: bytes as Uint8Array<ArrayBuffer>
-      },
+      path,
+      { method: 'POST', headers: { 'content-type': contentType }, body },
       options
     )
-    return (await res.json()) as { added: boolean; version: number }
+    return (await res.json()) as T
   }
 
   /** An in-memory replica holding the daemon's trust chain and the given documents (all by default). */

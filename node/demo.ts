@@ -16,6 +16,7 @@ import { userInfo } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
+import { isAlive, stopChildren } from './child-processes.ts'
 
 /** Demos that may run from one directory at once, each in its own .rhizome-demo[-N]. */
 const MAX_DEMOS = 9
@@ -43,15 +44,6 @@ async function freePort(): Promise<number> {
   return p
 }
 
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
-
 /** Claim .rhizome-demo (or -2, -3, … if another demo holds it) by a pid file beside it. */
 async function claimDirectory(): Promise<string> {
   for (let i = 1; i <= MAX_DEMOS; i++) {
@@ -62,7 +54,7 @@ async function claimDirectory(): Promise<string> {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
       const holder = Number(await readFile(lock, 'utf8').catch(() => ''))
-      if (Number.isInteger(holder) && holder > 0 && alive(holder)) continue
+      if (Number.isInteger(holder) && holder > 0 && isAlive(holder)) continue
       // Left by a demo that did not stop cleanly.
       await writeFile(lock, String(process.pid))
     }
@@ -172,20 +164,7 @@ async function stopAll(code: number): Promise<never> {
   if (stopping) process.exit(code)
   stopping = true
   out('\nstopping the demo fleet…')
-  await Promise.all(
-    [...children].map(
-      p =>
-        new Promise<void>(resolve => {
-          if (p.exitCode !== null || p.signalCode !== null) {
-            resolve()
-            return
-          }
-          p.once('exit', () => resolve())
-          p.kill('SIGTERM')
-          setTimeout(() => p.kill('SIGKILL'), 10_000).unref()
-        })
-    )
-  )
+  await stopChildren(children)
   out('stopped.')
   process.exit(code)
 }

@@ -14,6 +14,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
 import { ProcessesApplier } from '../node/appliers/processes.ts'
+import { isAlive } from '../node/child-processes.ts'
 import {
   daemonConfig,
   freePort,
@@ -54,15 +55,6 @@ function ensureUser(name: string, groups: string[] = []): { uid: number; gid: nu
   const id = (flag: string): number =>
     Number(spawnSync('id', [flag, name], { encoding: 'utf8' }).stdout.trim())
   return { uid: id('-u'), gid: id('-g') }
-}
-
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 /** uid and effective capabilities of a running process, from /proc. */
@@ -295,7 +287,7 @@ describe('workloads', { timeout: 120_000 }, () => {
           )
         )
         assert.equal((await credentials(bg)).uid, wl.uid)
-        await waitFor('the hanging probe’s group to be killed', () => !alive(bg), 10_000)
+        await waitFor('the hanging probe’s group to be killed', () => !isAlive(bg), 10_000)
         assert.equal(procs.status().hang?.healthy, false)
       } finally {
         delete process.env.RHIZOME_PASSPHRASE
@@ -333,7 +325,7 @@ describe('workloads', { timeout: 120_000 }, () => {
         assert.match(probed, /^CapEff:\s+0+$/m)
         assert.match(probed, /^CapAmb:\s+0+$/m)
         await daemon.stop()
-        assert.equal(alive(pid), false, 'the daemon stopped the workload of another user')
+        assert.equal(isAlive(pid), false, 'the daemon stopped the workload of another user')
       } finally {
         await daemon.stop()
         await rm(dir, { recursive: true, force: true })
@@ -453,11 +445,11 @@ describe('workloads', { timeout: 120_000 }, () => {
         }
       })
       assert.deepEqual(r.errors, [])
-      assert.equal(alive(orphan.pid as number), false, 'the orphan was stopped first')
+      assert.equal(isAlive(orphan.pid as number), false, 'the orphan was stopped first')
       await waitFor('the new workload to be healthy', () => procs.status().web?.healthy === true)
       assert.equal(procs.status().web?.restarts, 0, procs.logs('web')?.join('\n'))
     } finally {
-      if (alive(orphan.pid as number)) process.kill(orphan.pid as number, 'SIGKILL')
+      if (isAlive(orphan.pid as number)) process.kill(orphan.pid as number, 'SIGKILL')
       await procs.stopAll()
       await rm(dir, { recursive: true, force: true })
     }
@@ -617,7 +609,7 @@ describe('the data directory and a daemon killed under its workloads', { timeout
         // The daemon dies without stopping anything; its workload runs on, orphaned.
         d.proc.kill('SIGKILL')
         await d.stop()
-        assert.equal(alive(first), true, 'the orphan outlived its daemon')
+        assert.equal(isAlive(first), true, 'the orphan outlived its daemon')
         await rm(join(shared, 'pid'))
         d = await startDaemon(join(parent, 'n1.yaml'))
         const second = Number(
@@ -628,13 +620,13 @@ describe('the data directory and a daemon killed under its workloads', { timeout
           )
         )
         assert.notEqual(second, first)
-        assert.equal(alive(first), false, 'the orphan was stopped')
+        assert.equal(isAlive(first), false, 'the orphan was stopped')
         const orphaned = d.events.find(e => e.event === 'workloads.orphans-stopped')
         const pids = (orphaned?.pids ?? []) as number[]
         assert.equal(pids.length, 3, 'the three workloads were orphaned and stopped')
         assert.ok(pids.includes(first))
         await d.stop()
-        assert.equal(alive(second), false)
+        assert.equal(isAlive(second), false)
       } finally {
         await stopAll()
         await rm(parent, { recursive: true, force: true })

@@ -15,7 +15,14 @@ import { logger } from '@libp2p/logger'
 import { parseMode } from '../../crdt/file-mode.ts'
 import { DRIFT_SHOWN_MS } from '../../crdt/fleet-status.ts'
 import type { ProtectedPaths } from './protected-paths.ts'
-import { openBelow, readRegular, removeEntry, writeReplacing, type OpenDir } from './safe-path.ts'
+import {
+  belowAllowedRoot,
+  openBelow,
+  readRegular,
+  removeEntry,
+  writeReplacing,
+  type OpenDir
+} from './safe-path.ts'
 
 const log = logger('rhizome:node:files')
 
@@ -97,19 +104,7 @@ export class FilesApplier {
   }
 
   private target(path: string): Target {
-    const p = normalize(path)
-    if (!p.startsWith('/') || p.includes('\0') || p.endsWith('/')) {
-      throw new Error(`"${path}" is not an absolute path to a file`)
-    }
-    // The longest allowed root the path is below: links are refused from there down.
-    const allowed = this.allowed
-      .filter(r => r === '/' || p.startsWith(r))
-      .sort((a, b) => b.length - a.length)[0]
-    if (allowed === undefined) {
-      throw new Error(
-        `"${path}" is outside the allowed roots (${this.allowed.join(', ')}); change allowedRoots in the daemon config to manage it`
-      )
-    }
+    const { path: p, root: allowed } = belowAllowedRoot(path, this.allowed)
     const rel = relative(allowed, dirname(p))
     return {
       root: join(this.root, allowed).replace(/(.)\/+$/, '$1'),

@@ -33,6 +33,7 @@ import { logger } from '@libp2p/logger'
 import { canonicalJson } from '../../crdt/canonical-json.ts'
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from '../backoff.ts'
 import { DEFAULT_LOG_LINES, LineSplitter, RingBuffer } from '../ring-buffer.ts'
+import { isAlive } from '../child-processes.ts'
 
 const log = logger('rhizome:node:processes')
 
@@ -586,18 +587,10 @@ export class ProcessesApplier {
     try {
       writeFileSync(this.pidFile, '[]', { mode: 0o600 })
     } catch {}
-    const alive = (pid: number): boolean => {
-      try {
-        process.kill(pid, 0)
-        return true
-      } catch {
-        return false
-      }
-    }
-    for (let i = 0; i < 50 && stopped.some(alive); i++) {
+    for (let i = 0; i < 50 && stopped.some(isAlive); i++) {
       await new Promise(resolve => setTimeout(resolve, 100))
     }
-    for (const pid of stopped.filter(alive)) signalGroup(pid, 'SIGKILL')
+    for (const pid of stopped.filter(isAlive)) signalGroup(pid, 'SIGKILL')
     return stopped
   }
 

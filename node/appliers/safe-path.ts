@@ -14,6 +14,7 @@
 import { constants, existsSync } from 'node:fs'
 import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
+import { normalize } from 'node:path'
 import { ErrorCategory, RhizomeError } from '../../crdt/errors.ts'
 
 const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_DIRECTORY, O_NONBLOCK } = constants
@@ -24,6 +25,30 @@ export class UnsafePathError extends RhizomeError {
   static override name = 'UnsafePathError'
   override name = 'UnsafePathError'
   readonly category = ErrorCategory.Usage
+}
+
+/**
+ * A managed path checked against the allowed roots (each normalised to end in `/`): `path` is
+ * the normalised absolute file path, `root` the longest allowed root it is below, from which
+ * links are refused down.
+ */
+export function belowAllowedRoot(
+  path: string,
+  allowed: readonly string[]
+): { path: string; root: string } {
+  const p = normalize(path)
+  if (!p.startsWith('/') || p.includes('\0') || p.endsWith('/')) {
+    throw new Error(`"${path}" is not an absolute path to a file`)
+  }
+  const root = allowed
+    .filter(r => r === '/' || p.startsWith(r))
+    .sort((a, b) => b.length - a.length)[0]
+  if (root === undefined) {
+    throw new Error(
+      `"${path}" is outside the allowed roots (${allowed.join(', ')}); change allowedRoots in the daemon config to manage it`
+    )
+  }
+  return { path: p, root }
 }
 
 /** A directory below an allowed root, held open. */

@@ -23,12 +23,12 @@
 import { randomBytes } from 'node:crypto'
 import { constants } from 'node:fs'
 import { chmod, copyFile, lstat, readFile, readlink, rename, rm, symlink } from 'node:fs/promises'
-import { isAbsolute, join, normalize } from 'node:path'
+import { join, normalize } from 'node:path'
 import { logger } from '@libp2p/logger'
 import type { ConfigObject, ConfigValue } from '../../crdt/effective-config.ts'
 import { parseMode } from '../appliers/files.ts'
 import type { ProtectedPaths } from '../appliers/protected-paths.ts'
-import { openBelow, removeEntry, type OpenDir } from '../appliers/safe-path.ts'
+import { belowAllowedRoot, openBelow, removeEntry, type OpenDir } from '../appliers/safe-path.ts'
 import { isDigest, parseDigest, type ArtifactDigest } from './manifest.ts'
 import { writeFileAtomic } from './store.ts'
 import type { Artifacts } from './manager.ts'
@@ -258,18 +258,7 @@ export class ArtifactApplier {
     path: string,
     create: boolean
   ): Promise<{ dir: OpenDir; name: string } | undefined> {
-    const p = normalize(path)
-    if (!isAbsolute(p) || p.includes('\0') || p.endsWith('/')) {
-      throw new Error(`"${path}" is not an absolute path to a file`)
-    }
-    const root = this.allowed
-      .filter(r => r === '/' || p.startsWith(r))
-      .sort((a, b) => b.length - a.length)[0]
-    if (root === undefined) {
-      throw new Error(
-        `"${path}" is outside the allowed roots (${this.allowed.join(', ')}); change allowedRoots in the daemon config to manage it`
-      )
-    }
+    const { path: p, root } = belowAllowedRoot(path, this.allowed)
     const parts = p
       .slice(root.length)
       .split('/')

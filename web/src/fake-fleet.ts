@@ -11,6 +11,7 @@ import type {
   NodeStatus,
   SignerInfo
 } from './fleet-source.ts'
+import { SnapshotSource } from './snapshot-source.ts'
 
 function rng(seed: number): () => number {
   let s = seed >>> 0
@@ -154,27 +155,9 @@ export function fakeFleet(count: number, seed = 7): FleetSnapshot {
   }
 }
 
-export class FakeFleetSource implements FleetSource {
-  private state: FleetSnapshot
-  private readonly listeners = new Set<(s: FleetSnapshot) => void>()
-
+export class FakeFleetSource extends SnapshotSource implements FleetSource {
   constructor(count: number) {
-    this.state = fakeFleet(count)
-  }
-
-  snapshot(): FleetSnapshot {
-    return this.state
-  }
-  subscribe(fn: (s: FleetSnapshot) => void): () => void {
-    this.listeners.add(fn)
-    return () => {
-      this.listeners.delete(fn)
-    }
-  }
-
-  private set(s: FleetSnapshot): void {
-    this.state = s
-    for (const fn of this.listeners) fn(s)
+    super(fakeFleet(count))
   }
 
   async connect(): Promise<void> {}

@@ -8,26 +8,14 @@
  * trusting the page's own code) or, when the dashboard is served on its own, from the fleet's
  * trust.json chosen in the connect form.
  */
-import type {
-  ConnectRequest,
-  FleetSnapshot,
-  FleetSource,
-  HistoryView,
-  SignerInfo
-} from './fleet-source.ts'
+import type { ConnectRequest, FleetSource, HistoryView, SignerInfo } from './fleet-source.ts'
 import type { WorkerMessage, WorkerRequest, WorkerResult } from './worker-protocol.ts'
+import { SnapshotSource } from './snapshot-source.ts'
 
 const REQUEST_TIMEOUT_MS = 60_000
 
-export class WorkerFleetSource implements FleetSource {
+export class WorkerFleetSource extends SnapshotSource implements FleetSource {
   private readonly worker: Worker
-  private state: FleetSnapshot = {
-    connection: { state: 'disconnected', connectedTo: [] },
-    nodes: [],
-    docs: [],
-    keys: {}
-  }
-  private readonly listeners = new Set<(s: FleetSnapshot) => void>()
   private readonly pending = new Map<
     number,
     { resolve: (r: WorkerResult) => void; reject: (e: Error) => void }
@@ -37,6 +25,7 @@ export class WorkerFleetSource implements FleetSource {
   trustFile: unknown[] | undefined
 
   constructor() {
+    super({ connection: { state: 'disconnected', connectedTo: [] }, nodes: [], docs: [], keys: {} })
     this.worker = new Worker(new URL('./mesh-worker.ts', import.meta.url), {
       type: 'module',
       name: 'rhizome-mesh'
@@ -95,21 +84,6 @@ export class WorkerFleetSource implements FleetSource {
       })
       this.worker.postMessage({ id, ...req })
     })
-  }
-
-  private set(s: FleetSnapshot): void {
-    this.state = s
-    for (const fn of this.listeners) fn(s)
-  }
-
-  snapshot(): FleetSnapshot {
-    return this.state
-  }
-  subscribe(fn: (s: FleetSnapshot) => void): () => void {
-    this.listeners.add(fn)
-    return () => {
-      this.listeners.delete(fn)
-    }
   }
 
   async connect(req: ConnectRequest): Promise<void> {
