@@ -41,6 +41,11 @@ export interface NodeStatus extends StatusBody {
   newer?: string[]
   /** Enrolled, but no status record of it has reached this page: its body is empty. */
   neverSeen?: boolean
+  /**
+   * Enrolled and not revoked (crdt/devices.ts `enrolledDevices`, read from the whole history of
+   * the devices document): its name and labels are its enrolment's. A node only heard from is not.
+   */
+  enrolled?: true
 }
 
 export interface DocView {

@@ -74,7 +74,8 @@ export function fleetList(
     const r = heard.get(key)
     heard.delete(key)
     if (r !== undefined) {
-      out.push({ ...nodeStatus(r, now, staleAfterMs), name: dev.name, labels: dev.labels })
+      const status = nodeStatus(r, now, staleAfterMs)
+      out.push({ ...status, name: dev.name, labels: dev.labels, enrolled: true })
       continue
     }
     out.push({
@@ -84,10 +85,26 @@ export function fleetList(
       peerId: peerIdOf(key),
       receivedAt: 0,
       stale: true,
-      neverSeen: true
+      neverSeen: true,
+      enrolled: true
     })
   }
   for (const r of heard.values()) out.push(nodeStatus(r, now, staleAfterMs))
+  return out
+}
+
+/**
+ * The enrolled, unrevoked nodes by key, with their enrolment's name and labels: what a rollout's
+ * waves are planned over, as the daemons plan them (node/rollout-agent.ts reads the same
+ * `enrolledDevices`). Nodes only heard from are left out.
+ */
+export function enrolledNodes(
+  nodes: readonly NodeStatus[]
+): Map<string, { name: string; labels: Record<string, string> }> {
+  const out = new Map<string, { name: string; labels: Record<string, string> }>()
+  for (const n of nodes) {
+    if (n.enrolled === true) out.set(n.node, { name: n.name, labels: n.labels })
+  }
   return out
 }
 

@@ -10,35 +10,7 @@ import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
 import { rolloutsOf, RolloutState, type RolloutSpec } from '../../../crdt/rollout.ts'
 import { planWaves } from '../../../crdt/rollout-waves.ts'
 import { evidenceFrom, viewRollout, type RolloutView } from '../../../crdt/rollout-gate.ts'
-import { DEVICES_DOC } from '../../../crdt/devices.ts'
-
-interface Device {
-  name: string
-  labels: Record<string, string>
-}
-
-/** Enrolled devices by key, from the devices document the page holds (names and labels). */
-function devicesOf(snap: FleetSnapshot): Map<string, Device> {
-  const out = new Map<string, Device>()
-  for (const n of snap.nodes) out.set(n.node, { name: n.name, labels: n.labels })
-  const doc = snap.docs.find(d => d.id === DEVICES_DOC)?.value.devices
-  if (typeof doc === 'object' && doc !== null) {
-    for (const [key, v] of Object.entries(doc as Record<string, unknown>)) {
-      const e = v as { name?: unknown; labels?: unknown; revoked?: unknown }
-      if (typeof e?.name !== 'string' || e.revoked === true) continue
-      const labels: Record<string, string> = {}
-      if (typeof e.labels === 'object' && e.labels !== null) {
-        for (const [k, l] of Object.entries(e.labels)) {
-          if (typeof l === 'string' || typeof l === 'number' || typeof l === 'boolean') {
-            labels[k] = String(l)
-          }
-        }
-      }
-      out.set(key, { name: e.name, labels })
-    }
-  }
-  return out
-}
+import { enrolledNodes } from '../node-status.ts'
 
 const clock = (ms: number | undefined): string =>
   ms === undefined ? '?' : new Date(ms).toLocaleTimeString()
@@ -69,7 +41,7 @@ function RolloutCard({
 }: {
   spec: RolloutSpec
   view: RolloutView
-  devices: Map<string, Device>
+  devices: Map<string, { name: string; labels: Record<string, string> }>
   source: FleetSource
   snap: FleetSnapshot
   onNeedKey: () => void
@@ -255,7 +227,7 @@ export function Rollouts({
   snap: FleetSnapshot
   onNeedKey: () => void
 }) {
-  const devices = useMemo(() => devicesOf(snap), [snap.nodes, snap.docs])
+  const devices = useMemo(() => enrolledNodes(snap.nodes), [snap.nodes])
   const judged = useMemo(() => {
     const { rollouts, errors } = rolloutsOf(snap.docs.map(d => ({ id: d.id, value: d.value })))
     const records = snap.nodes.map(n => ({ node: n.node, body: n }))
