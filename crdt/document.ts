@@ -78,6 +78,36 @@ export const MAX_DIFFS_PER_REBUILD = 256
 export const MAX_REMEMBERED_INVALID = 65_536
 /** Store meta keys of a document's equivocation evidence: `equivocation/<doc>/<actor>`. */
 const EVIDENCE_PREFIX = 'equivocation/'
+/**
+ * Per document, the keys that wrote it as of given heads (`writers/<docId>`), written with each
+ * snapshot: the heads name the changes held, so the list is a function of them and is used only
+ * while they are the document's heads. It spares a start reading every change's metadata (about
+ * 110 ms at 10,000 changes) before the first reconcile can scope operators' documents.
+ */
+const WRITERS_PREFIX = 'writers/'
+
+/** Stored writers: varint heads ‖ 32-byte hashes ‖ varint keys ‖ 32-byte keys. */
+function encodeWriters(heads: readonly string[], keys: readonly string[]): Uint8Array {
+  const w = new ByteWriter().varint(heads.length)
+  for (const h of heads) w.raw(fromHex(h))
+  w.varint(keys.length)
+  for (const k of keys) w.raw(fromHex(k))
+  return w.finish()
+}
+
+function decodeWriters(bytes: Uint8Array): { heads: string[]; keys: string[] } {
+  const r = new ByteReader(bytes, 'stored writers')
+  const heads = Array.from({ length: r.varint(1 << 16) }, () => toHex(r.raw(32)))
+  const keys = Array.from({ length: r.varint(1 << 20) }, () => toHex(r.raw(32)))
+  r.end()
+  return { heads, keys }
+}
+
+function sameHeads(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false
+  const sorted = [...b].sort()
+  return [...a].sort().every((h, i) => h === sorted[i])
+}
 
 /**
  * Every document starts from a deterministic, unsigned *genesis change* that creates its top-level
@@ -322,6 +352,10 @@ export class SignedDocument<T = Record<string, unknown>> {
   private lastStoredSeq = 0
   private batchesSinceSnapshot = 0
   private index: Map<string, IndexEntry> | undefined
+  /** `writerKeys()` as of some heads: computed, or read from the store at load. */
+  private writers: { heads: string[]; keys: string[] } | undefined
+  /** The `writers` last stored (or read from the store). */
+  private writersStored: { heads: string[]; keys: string[] } | undefined
   /** Per actor, its held changes' hashes by sequence number - 1 (kept with `index`). */
   private readonly chains = new Map<string, string[]>()
   /** Per actor, the evidence that it used a sequence number twice (the lowest such). */
@@ -393,6 +427,14 @@ export class SignedDocument<T = Record<string, unknown>> {
       }
     }
     await d.revalidateNow()
+    const writers = await ctx.store.getMeta(WRITERS_PREFIX + id)
+    if (writers !== undefined) {
+      try {
+        d.writers = d.writersStored = decodeWriters(writers)
+      } catch (err) {
+        log.error('document %s: stored writers do not load, ignored: %e', id, err)
+      }
+    }
     return d
   }
 
@@ -447,12 +489,17 @@ export class SignedDocument<T = Record<string, unknown>> {
 
   /** The keys (hex) that signed the changes this document holds: all of them valid. */
   writerKeys(): string[] {
+    const heads = Automerge.getHeads(this.doc)
+    if (this.writers !== undefined && sameHeads(this.writers.heads, heads)) {
+      return [...this.writers.keys]
+    }
     this.changeIndex()
     const keys = new Set<string>()
     for (const actor of this.chains.keys()) {
       if (actor !== GENESIS_ACTOR) keys.add(actor.slice(0, 64))
     }
-    return [...keys].sort()
+    this.writers = { heads, keys: [...keys].sort() }
+    return [...this.writers.keys]
   }
 
   /**
@@ -773,9 +820,27 @@ export class SignedDocument<T = Record<string, unknown>> {
   /** Write a snapshot and compact the batches it includes. */
   snapshot(): Promise<void> {
     return this.serial(async () => {
-      if (this.batchesSinceSnapshot === 0) return
+      if (this.batchesSinceSnapshot === 0) {
+        // Nothing new since the last snapshot; the writers it stored may be missing (a store
+        // from an older version) or the memo newer: store them if they are at hand.
+        const heads = Automerge.getHeads(this.doc)
+        const w = this.writers
+        if (w !== undefined && sameHeads(w.heads, heads) && w !== this.writersStored) {
+          await this.storeWriters()
+        }
+        return
+      }
       await this.writeSnapshot()
     })
+  }
+
+  private async storeWriters(): Promise<void> {
+    const keys = this.writerKeys()
+    await this.ctx.store.putMeta(
+      WRITERS_PREFIX + this.id,
+      encodeWriters(Automerge.getHeads(this.doc), keys)
+    )
+    this.writersStored = this.writers
   }
 
   private async writeSnapshot(): Promise<void> {
@@ -784,6 +849,7 @@ export class SignedDocument<T = Record<string, unknown>> {
       doc: Automerge.save(this.doc),
       signatures: encodeTips(this.tips)
     })
+    await this.storeWriters()
     this.batchesSinceSnapshot = 0
   }
 

@@ -17,17 +17,18 @@
  */
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
-import { generateKeyPairFromSeed, publicKeyFromRaw } from '@libp2p/crypto/keys'
+import { privateKeyFromRaw, publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { identify } from '@libp2p/identify'
 import { TypedEventEmitter } from '@libp2p/interface'
-import type { AbortOptions, PeerId } from '@libp2p/interface'
+import type { AbortOptions, PeerId, PrivateKey } from '@libp2p/interface'
 import { PeerSet } from '@libp2p/peer-collections'
 import { peerIdFromPublicKey, peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { preSharedKey } from '@libp2p/pnet'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p, type Libp2pOptions } from 'libp2p'
-import { fromHex } from '../crdt/bytes.ts'
+import { concatBytes, fromHex } from '../crdt/bytes.ts'
+import type { KeyPair } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
 import { AdmissionControl, peerKeyHex } from './admission.ts'
 import { admission, type AdmissionService } from './admission-service.ts'
@@ -90,6 +91,15 @@ function parseBootstrap(addrs: readonly string[]): BootstrapPeer[] {
   })
 }
 
+/**
+ * A device key as libp2p's private key. Built from the seed and the public key the identity
+ * already holds: libp2p's own `generateKeyPairFromSeed` derives the public key again in pure
+ * JavaScript, which costs ~40 ms of a daemon's start (elliptic-curve tables built on first use).
+ */
+export function libp2pPrivateKey(pair: KeyPair): PrivateKey {
+  return privateKeyFromRaw(concatBytes(pair.seed, pair.publicKey))
+}
+
 export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
   readonly replica: Replica
   readonly limits: MeshLimits
@@ -125,7 +135,7 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
     const banned = (peer: PeerId): boolean => control.isBanned(peer) || control.isRevoked(peer)
     const guard = new InboundGuard(limits, this.counters)
     const node = await createLibp2p({
-      privateKey: await generateKeyPairFromSeed('Ed25519', opts.identity.seed),
+      privateKey: libp2pPrivateKey(opts.identity),
       addresses: { listen: opts.listen ?? this.platform.defaultListen ?? [] },
       transports: this.platform.transports(),
       connectionEncrypters: [noise()],

@@ -5,8 +5,8 @@
  */
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { generateKeyPairFromSeed, publicKeyFromRaw } from '@libp2p/crypto/keys'
-import { peerIdFromPrivateKey, peerIdFromPublicKey } from '@libp2p/peer-id'
+import { publicKeyFromRaw } from '@libp2p/crypto/keys'
+import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { fromHex, toHex } from '../crdt/bytes.ts'
 import { fingerprint, generateKeyPair, keyPairFromSeed, type KeyPair } from '../crdt/keys.ts'
 import { InvalidConfigError } from './errors.ts'
@@ -20,8 +20,9 @@ export interface DeviceIdentity {
   peerId: string
 }
 
-export async function peerIdOfSeed(seed: Uint8Array): Promise<string> {
-  return peerIdFromPrivateKey(await generateKeyPairFromSeed('Ed25519', seed)).toString()
+/** The PeerId of a device key pair (its public key; no key derivation). */
+function peerIdOfPair(pair: KeyPair): string {
+  return peerIdFromPublicKey(publicKeyFromRaw(pair.publicKey)).toString()
 }
 
 /** The PeerId of an enrolled device's public key (hex). */
@@ -29,12 +30,12 @@ export function peerIdOfPublicKey(hex: string): string {
   return peerIdFromPublicKey(publicKeyFromRaw(fromHex(hex))).toString()
 }
 
-async function describe(pair: KeyPair): Promise<DeviceIdentity> {
+function describe(pair: KeyPair): DeviceIdentity {
   return {
     pair,
     publicKeyHex: toHex(pair.publicKey),
     fingerprint: fingerprint(pair.publicKey),
-    peerId: await peerIdOfSeed(pair.seed)
+    peerId: peerIdOfPair(pair)
   }
 }
 

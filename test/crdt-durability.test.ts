@@ -18,7 +18,7 @@ import { Replica } from '../crdt/replica.ts'
 import { MemoryStore } from '../crdt/store.ts'
 import { SNAPSHOT_EVERY_BATCHES } from '../crdt/document.ts'
 import { toHex } from '../crdt/bytes.ts'
-import { testKey } from './fixtures/fleet.ts'
+import { makeFleet, testKey } from './fixtures/fleet.ts'
 
 const FIXTURE = new URL('./fixtures/crdt-accept-stream.ts', import.meta.url).pathname
 const dirs: string[] = []
@@ -100,3 +100,35 @@ for (const killAfter of [40, SNAPSHOT_EVERY_BATCHES + 37]) {
     }
   )
 }
+
+test('a reopened document names its writers from what its snapshot stored, while its heads are the same', async () => {
+  const fleet = await makeFleet({ replicas: 1, operatorDocs: ['site/x'], label: 'writers' })
+  const store = fleet.stores[0]!
+  const first = fleet.replicas[0]!
+  const doc = await first.open<{ n?: number }>('site/x')
+  await doc.change(fleet.signer(0, fleet.admins[0]!), d => {
+    d.n = 1
+  })
+  await doc.change(fleet.signer(0, fleet.operator), d => {
+    d.n = 2
+  })
+  const writers = [fleet.admins[0]!, fleet.operator].map(k => toHex(k.publicKey)).sort()
+  assert.deepEqual(doc.writerKeys(), writers)
+  await first.close()
+
+  // The stored list is what a reopened document answers with: proven by planting a different
+  // list under the same heads (a store is the daemon's own; nothing else writes it).
+  const stored = await store.getMeta('writers/site/x')
+  assert.ok(stored !== undefined, 'the snapshot stored the writers')
+  const planted = Uint8Array.from(stored)
+  planted.set(fleet.admins[1]!.publicKey, planted.length - 32)
+  await store.putMeta('writers/site/x', planted)
+  const again = await (await fleet.openReplica(store)).open<{ n?: number }>('site/x')
+  assert.deepEqual(again.writerKeys(), [writers[0]!, toHex(fleet.admins[1]!.publicKey)].sort())
+
+  // A new change moves the heads on: the stored list no longer answers, the changes do.
+  await again.change(fleet.signer(0, fleet.admins[1]!), d => {
+    d.n = 3
+  })
+  assert.deepEqual(again.writerKeys(), [...writers, toHex(fleet.admins[1]!.publicKey)].sort())
+})
