@@ -21,18 +21,15 @@
  * Usage: node bench/rollout.bench.ts. Env: ROLLOUT_NODES (30), ROLLOUT_SOAK_MS (2000),
  *   ROLLOUT_SEED (topology; random unless set), BENCH_VERBOSE=1.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import { createIdentity } from '../node/identity.ts'
-import { DEVICES_DOC } from '../crdt/devices.ts'
-import { Replica } from '../crdt/replica.ts'
-import { decryptKeyFile, parseKeyFile } from '../crdt/keys.ts'
 import type { RolloutDetail } from '../node/rollout-routes.ts'
 import {
-  daemonClient,
   daemonConfig,
+  enrolInOneBatch,
   freePort,
   getJson,
   rhizome,
@@ -87,25 +84,17 @@ try {
   const t0 = performance.now()
   daemons.push(await startDaemon(join(dir, `${names[0]}.yaml`), {}, 60_000))
   // Enrol everyone in one signed batch, then start the rest a few at a time.
-  const client = daemonClient(daemons[0]!)
-  const replica = await client.localReplica([DEVICES_DOC])
-  const admin = await decryptKeyFile(
-    parseKeyFile(await readFile(join(dir, 'fleet/admin.key'), 'utf8')),
-    PASS
+  await enrolInOneBatch(
+    daemons[0]!,
+    dir,
+    PASS,
+    Object.fromEntries(
+      names.map((n, i) => [
+        ids[i]!.publicKeyHex,
+        { name: n, labels: { site: 'bench', lab: i === 0 ? 'yes' : 'no' } }
+      ])
+    )
   )
-  const devices = await replica.open<{ devices?: Record<string, unknown> }>(DEVICES_DOC)
-  const batch = await devices.change(Replica.signer(admin), d => {
-    d.devices ??= {}
-    for (const [i, n] of names.entries()) {
-      d.devices[ids[i]!.publicKeyHex] = {
-        name: n,
-        labels: { site: 'bench', lab: i === 0 ? 'yes' : 'no' },
-        revoked: false
-      }
-    }
-  })
-  await client.postBatch(batch!)
-  await replica.close()
   for (let i = 1; i < N; i += 5) {
     const group = names.slice(i, i + 5)
     daemons.push(

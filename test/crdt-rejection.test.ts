@@ -9,7 +9,7 @@ import * as Automerge from '@automerge/automerge'
 import fc from 'fast-check'
 import { ByteWriter, toHex } from '../crdt/bytes.ts'
 import { isPeerFault } from '../crdt/errors.ts'
-import { decryptKeyFile, encryptKeyFile, parseKeyFile } from '../crdt/keys.ts'
+import { decryptKeyFile, encryptKeyFile, parseKeyFile, type KeyPair } from '../crdt/keys.ts'
 import {
   decodeBatch,
   encodeBatch,
@@ -19,10 +19,18 @@ import {
   type SignedBatch
 } from '../crdt/signed-change.ts'
 import { createGenesis, nextStatement, statementHash, TrustChain } from '../crdt/trust.ts'
-import { verifyBatch } from '../crdt/document.ts'
+import { verifyBatch, type SignedDocument } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { MemoryStore } from '../crdt/store.ts'
-import { forgeBatch, makeFleet, repair, testKey, thrown, type TestFleet } from './fixtures/fleet.ts'
+import {
+  forgeBatch,
+  makeFleet,
+  repair,
+  testKey,
+  thrown,
+  type ForgeOptions,
+  type TestFleet
+} from './fixtures/fleet.ts'
 
 type Doc = Record<string, unknown>
 
@@ -82,6 +90,15 @@ async function expectRejected(
   assert.deepEqual(await stateOf(docId), before, 'the document and store are untouched')
 }
 
+/** A batch of `doc` setting `evil`, signed by `pair` (with `opts` as forgeBatch takes them). */
+function forgeEvil(
+  doc: SignedDocument<Doc>,
+  pair: KeyPair,
+  opts?: ForgeOptions
+): Promise<SignedBatch> {
+  return forgeBatch(doc, target.fleetId, pair, { evil: true }, fleet.ed, opts)
+}
+
 function flipBit(bytes: Uint8Array, bit: number): Uint8Array {
   const out = bytes.slice()
   out[Math.floor(bit / 8) % out.length]! ^= 1 << (bit % 8)
@@ -97,9 +114,7 @@ describe('signed batches', () => {
       await target.open<Doc>('fleet'),
       target.fleetId,
       fleet.admins[0]!,
-      d => {
-        d.z = 1
-      },
+      { z: 1 },
       fleet.ed
     )
     await expectRejected(
@@ -122,9 +137,7 @@ describe('signed batches', () => {
       await target.open<Doc>('fleet'),
       target.fleetId,
       fleet.admins[0]!,
-      d => {
-        d.f = 1
-      },
+      { f: 1 },
       fleet.ed,
       { fleetId: toHex(new Uint8Array(32)) }
     )
@@ -139,102 +152,28 @@ describe('signed batches', () => {
   test('a change by a key the trust statement does not know is rejected', async () => {
     const stranger = testKey('stranger')
     await expectRejected(
-      await forgeBatch(
-        await target.open<Doc>('fleet'),
-        target.fleetId,
-        stranger,
-        d => {
-          d.evil = true
-        },
-        fleet.ed
-      ),
+      await forgeEvil(await target.open<Doc>('fleet'), stranger),
       'UnknownKeyError'
     )
   })
 
   test("a change outside the signer's scope is rejected", async () => {
     const doc = await target.open<Doc>('fleet')
-    await expectRejected(
-      await forgeBatch(
-        doc,
-        target.fleetId,
-        fleet.operator,
-        d => {
-          d.evil = true
-        },
-        fleet.ed
-      ),
-      'OutOfScopeError'
-    )
-    await expectRejected(
-      await forgeBatch(
-        doc,
-        target.fleetId,
-        fleet.nodes[0]!,
-        d => {
-          d.evil = true
-        },
-        fleet.ed
-      ),
-      'OutOfScopeError'
-    )
+    await expectRejected(await forgeEvil(doc, fleet.operator), 'OutOfScopeError')
+    await expectRejected(await forgeEvil(doc, fleet.nodes[0]!), 'OutOfScopeError')
     const site = await target.open<Doc>('site/x')
-    await expectRejected(
-      await forgeBatch(
-        site,
-        target.fleetId,
-        fleet.nodes[0]!,
-        d => {
-          d.evil = true
-        },
-        fleet.ed
-      ),
-      'OutOfScopeError',
-      'site/x'
-    )
+    await expectRejected(await forgeEvil(site, fleet.nodes[0]!), 'OutOfScopeError', 'site/x')
     // The same operator, in scope, is accepted.
-    const ok = await forgeBatch(
-      site,
-      target.fleetId,
-      fleet.operator,
-      d => {
-        d.fine = true
-      },
-      fleet.ed
-    )
+    const ok = await forgeBatch(site, target.fleetId, fleet.operator, { fine: true }, fleet.ed)
     assert.equal((await target.accept(ok)).status, 'applied')
   })
 
   test("a change whose actor is not its signer's is rejected", async () => {
     const [a, b] = fleet.admins as [(typeof fleet.admins)[0], (typeof fleet.admins)[0]]
     const doc = await target.open<Doc>('fleet')
-    await expectRejected(
-      await forgeBatch(
-        doc,
-        target.fleetId,
-        a,
-        d => {
-          d.evil = true
-        },
-        fleet.ed,
-        { signWith: b }
-      ),
-      'ActorMismatchError'
-    )
+    await expectRejected(await forgeEvil(doc, a, { signWith: b }), 'ActorMismatchError')
     // An Automerge actor id that names no key at all.
-    await expectRejected(
-      await forgeBatch(
-        doc,
-        target.fleetId,
-        a,
-        d => {
-          d.evil = true
-        },
-        fleet.ed,
-        { actor: 'ab'.repeat(16) }
-      ),
-      'ActorMismatchError'
-    )
+    await expectRejected(await forgeEvil(doc, a, { actor: 'ab'.repeat(16) }), 'ActorMismatchError')
   })
 
   test('a batch for another document is rejected by that document', async () => {
@@ -457,15 +396,7 @@ describe('trust chain', () => {
     )
     assert.equal(await r.addTrustStatement(good), true)
     assert.equal((await f.stores[0]!.listTrust()).length, 2)
-    const batch = await forgeBatch(
-      doc,
-      r.fleetId,
-      f.admins[1]!,
-      d => {
-        d.after = true
-      },
-      f.ed
-    )
+    const batch = await forgeBatch(doc, r.fleetId, f.admins[1]!, { after: true }, f.ed)
     assert.equal((await r.accept(batch)).status, 'invalid')
     assert.equal(doc.value.after, undefined)
   })

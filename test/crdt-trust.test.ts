@@ -222,9 +222,7 @@ describe('trust statements', () => {
       await r0.open<Doc>('fleet'),
       r0.fleetId,
       f.admins[1]!,
-      d => {
-        d.stolen = true
-      },
+      { stolen: true },
       f.ed
     )
     assert.equal((await r0.accept(batch)).status, 'invalid')
@@ -285,6 +283,10 @@ describe('trust statements', () => {
 })
 
 describe('equivocation', () => {
+  /** A thief with admin 0's key sets `stolen` on `r` as `actor`, its honest holder's actor. */
+  const stolenWrite = async (f: TestFleet, r: Replica, actor: string) =>
+    forgeBatch(await r.open<Doc>('fleet'), r.fleetId, f.admins[0]!, { stolen: 1 }, f.ed, { actor })
+
   test('two changes with one actor and sequence number cut the actor before them, everywhere', async () => {
     const f = await makeFleet({ replicas: 3, admins: 2, label: 'equivocate' })
     const [r0, r1, r2] = f.replicas as [Replica, Replica, Replica]
@@ -293,16 +295,7 @@ describe('equivocation', () => {
     await exchange(r0, r1)
     // The honest holder writes seq 2; a thief with the key writes another seq 2 for the same actor.
     await write(f, 0, f.admins[0]!, 'honest', 1)
-    const theft = await forgeBatch(
-      await r1.open<Doc>('fleet'),
-      r1.fleetId,
-      f.admins[0]!,
-      d => {
-        d.stolen = 1
-      },
-      f.ed,
-      { actor: signer.actor }
-    )
+    const theft = await stolenWrite(f, r1, signer.actor)
     assert.equal((await r1.accept(theft)).status, 'applied')
     await write(f, 1, f.admins[1]!, 'onTheft', 1)
     const seen: string[] = []
@@ -334,16 +327,7 @@ describe('equivocation', () => {
     const [r0, r1] = f.replicas as [Replica, Replica]
     const signer = f.signer(0, f.admins[0]!)
     await write(f, 0, f.admins[0]!, 'honest', 1)
-    const theft = await forgeBatch(
-      await r1.open<Doc>('fleet'),
-      r1.fleetId,
-      f.admins[0]!,
-      d => {
-        d.stolen = 1
-      },
-      f.ed,
-      { actor: signer.actor }
-    )
+    const theft = await stolenWrite(f, r1, signer.actor)
     await r1.accept(theft)
     await exchange(r1, r0)
     assert.equal(r0.equivocations().length, 1)
@@ -395,9 +379,7 @@ async function convergesAfter(ops: readonly Op[], label: string): Promise<void> 
         await other.open<Doc>('fleet'),
         other.fleetId,
         g.admins[o.a]!,
-        d => {
-          d.forged = `${o.a}/${++forgeries}`
-        },
+        { forged: `${o.a}/${++forgeries}` },
         g.ed,
         { actor }
       )

@@ -7,6 +7,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import * as Automerge from '@automerge/automerge'
+import type { Stream } from '@libp2p/interface'
 import { generateKeyPair } from '../crdt/keys.ts'
 import { Replica } from '../crdt/replica.ts'
 import { MAX_DOCUMENTS } from '../crdt/replica.ts'
@@ -37,6 +38,26 @@ test('sync messages naming made-up documents create none, from a viewer or a sto
   const thief = await rawPeer(fleet.nodes[2]!)
   const answersFleet = (m: { type: string; docId?: string }): boolean =>
     m.type === 'sync' && m.docId === 'fleet'
+  const ids = Array.from({ length: PHANTOMS }, (_, i) => `phantom/${i}`)
+  /**
+   * A hello naming made-up ids, then a sync message for each on `stream`; then one about a
+   * document it may read, which is answered (after all the others, in order).
+   */
+  const sendPhantoms = async (stream: Stream): Promise<void> => {
+    stream.send(
+      encodeFrame(
+        encodeSyncWire({
+          type: 'hello',
+          fleetId: d.replica.fleetId,
+          trustVersion: 1,
+          docIds: ids.slice(0, 1000)
+        })
+      )
+    )
+    for (const id of ids) stream.send(emptySync(id))
+    stream.send(emptySync('fleet'))
+    await nextSyncMessage(stream, answersFleet)
+  }
   try {
     await (
       await d.replica.open('fleet')
@@ -53,38 +74,10 @@ test('sync messages naming made-up documents create none, from a viewer or a sto
     // A viewer: a hello naming made-up ids, then a sync message for each.
     const reply = await presentToken(viewer, addr, d.mesh.issueViewerToken())
     assert.equal(reply.ok, true)
-    const vs = await openStream(viewer, addr, SYNC_PROTOCOL)
-    const ids = Array.from({ length: PHANTOMS }, (_, i) => `phantom/${i}`)
-    vs.send(
-      encodeFrame(
-        encodeSyncWire({
-          type: 'hello',
-          fleetId: d.replica.fleetId,
-          trustVersion: 1,
-          docIds: ids.slice(0, 1000)
-        })
-      )
-    )
-    for (const id of ids) vs.send(emptySync(id))
-    // A message about a document it may read is answered (after all the others, in order).
-    vs.send(emptySync('fleet'))
-    await nextSyncMessage(vs, answersFleet)
+    await sendPhantoms(await openStream(viewer, addr, SYNC_PROTOCOL))
 
     // A stolen device: enrolled, so its streams are admitted and what it names is negotiated.
-    const ts = await openStream(thief, addr, SYNC_PROTOCOL)
-    ts.send(
-      encodeFrame(
-        encodeSyncWire({
-          type: 'hello',
-          fleetId: d.replica.fleetId,
-          trustVersion: 1,
-          docIds: ids.slice(0, 1000)
-        })
-      )
-    )
-    for (const id of ids) ts.send(emptySync(id))
-    ts.send(emptySync('fleet'))
-    await nextSyncMessage(ts, answersFleet)
+    await sendPhantoms(await openStream(thief, addr, SYNC_PROTOCOL))
 
     assert.deepEqual(d.replica.documentIds(), before, 'no document was created on the daemon')
     assert.deepEqual(h.replica.documentIds(), before, 'nor on its peer')

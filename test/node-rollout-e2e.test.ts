@@ -18,14 +18,14 @@
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { createServer, type AddressInfo, type Server } from 'node:net'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import {
-  daemonClient,
   daemonConfig,
+  enrolInOneBatch,
   freePort,
   getJson,
   rhizome,
@@ -38,9 +38,6 @@ import { startProxy, type TcpProxy } from './fixtures/tcp-proxy.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { RolloutDetail } from '../node/rollout-routes.ts'
 import { createIdentity } from '../node/identity.ts'
-import { DEVICES_DOC } from '../crdt/devices.ts'
-import { Replica } from '../crdt/replica.ts'
-import { decryptKeyFile, parseKeyFile } from '../crdt/keys.ts'
 import type { RolloutReport } from '../crdt/rollout-gate.ts'
 
 const PASS = 'correct horse battery'
@@ -185,21 +182,12 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
       await writeFile(cfgPath(n), stringify(cfg))
     }
     await start('lab1')
-    const client = daemonClient(daemons.lab1!)
-    const replica = await client.localReplica([DEVICES_DOC])
-    const admin = await decryptKeyFile(
-      parseKeyFile(await readFile(join(dir, 'fleet/admin.key'), 'utf8')),
-      PASS
+    await enrolInOneBatch(
+      daemons.lab1!,
+      dir,
+      PASS,
+      Object.fromEntries(NAMES.map(n => [ids[n]!.key, { name: n, labels: { site: SITES[n] } }]))
     )
-    const devices = await replica.open<{ devices?: Record<string, unknown> }>(DEVICES_DOC)
-    const batch = await devices.change(Replica.signer(admin), d => {
-      d.devices ??= {}
-      for (const n of NAMES) {
-        d.devices[ids[n]!.key] = { name: n, labels: { site: SITES[n] }, revoked: false }
-      }
-    })
-    await client.postBatch(batch!)
-    await replica.close()
     await Promise.all(RUNNING.filter(n => n !== 'lab1').map(start))
     await apply(fleet())
     for (const n of RUNNING) await servesVersion(n, '1')
