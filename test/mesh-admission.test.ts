@@ -10,27 +10,9 @@ import { MemoryStore } from '../crdt/store.ts'
 import { createBrowserMesh, signSessionVoucher } from '../mesh/browser.ts'
 import { SYNC_PROTOCOL } from '../mesh/sync-messages.ts'
 import { ed, makeFleet } from './fixtures/fleet.ts'
-import { startNode, headsOf, TEST_LIMITS } from './fixtures/mesh-node.ts'
-import { waitFor } from './fixtures/wait.ts'
+import { sameHeads, startNode, TEST_LIMITS } from './fixtures/mesh-node.ts'
+import { nextEvent, waitFor } from './fixtures/wait.ts'
 import { rawPeer, openStream, collect } from './fixtures/mesh-raw-peer.ts'
-
-function nextEvent(
-  target: EventTarget,
-  type: string,
-  ms = 10_000
-): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${type} event within ${ms} ms`)), ms)
-    target.addEventListener(
-      type,
-      e => {
-        clearTimeout(timer)
-        resolve((e as CustomEvent).detail)
-      },
-      { once: true }
-    )
-  })
-}
 
 test("admission: strangers get nothing, enrolled nodes and vouched browsers get the fleet's data", async () => {
   const fleet = await makeFleet({ nodes: 2, replicas: 0, label: 'mesh-admission' })
@@ -62,12 +44,7 @@ test("admission: strangers get nothing, enrolled nodes and vouched browsers get 
 
     // An enrolled node receives documents and status.
     const e = await startNode(fleet, fleet.nodes[1]!, { bootstrap: [tcpAddr] })
-    await waitFor(
-      'enrolled node to receive fleet',
-      async () =>
-        e.replica.documentIds().includes('fleet') &&
-        (await headsOf(e.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
-    )
+    await waitFor('enrolled node to receive fleet', () => sameHeads(e.replica, d.replica))
     await waitFor('enrolled node to receive status', () =>
       e.mesh.statuses().some(x => x.body.revision === 'r1')
     )
@@ -102,12 +79,7 @@ test("admission: strangers get nothing, enrolled nodes and vouched browsers get 
     const token = d.mesh.issueViewerToken()
     const viewer = await browser({ viewerToken: token })
     assert.equal(viewer.answer.admission, 'viewer')
-    await waitFor(
-      'viewer to receive fleet',
-      async () =>
-        viewer.replica.documentIds().includes('fleet') &&
-        (await headsOf(viewer.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
-    )
+    await waitFor('viewer to receive fleet', () => sameHeads(viewer.replica, d.replica))
     assert.equal((await viewer.replica.open('fleet')).value.secret, 'config')
     await waitFor('viewer to receive status', () => viewer.mesh.statuses().length === 1)
     await viewer.mesh.stop()
@@ -129,12 +101,7 @@ test("admission: strangers get nothing, enrolled nodes and vouched browsers get 
     )
     const adminTab = await browser({ voucher }, tab)
     assert.equal(adminTab.answer.admission, 'admin-session')
-    await waitFor(
-      'admin tab to receive fleet',
-      async () =>
-        adminTab.replica.documentIds().includes('fleet') &&
-        (await headsOf(adminTab.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
-    )
+    await waitFor('admin tab to receive fleet', () => sameHeads(adminTab.replica, d.replica))
     await (
       await adminTab.replica.open('fleet')
     ).change(Replica.signer(fleet.admins[0]!), x => {

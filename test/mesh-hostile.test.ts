@@ -16,28 +16,15 @@ import { encodeFrame } from '../mesh/frames.ts'
 import { MAX_PUSH_BYTES } from '../mesh/limits.ts'
 import { encodeSyncWire, SYNC_PROTOCOL } from '../mesh/sync-messages.ts'
 import { ed, makeFleet } from './fixtures/fleet.ts'
-import { startNode, headsOf, TEST_LIMITS } from './fixtures/mesh-node.ts'
-import { waitFor } from './fixtures/wait.ts'
+import { sameHeads, startNode, TEST_LIMITS } from './fixtures/mesh-node.ts'
+import { nextEvent, waitFor } from './fixtures/wait.ts'
 import { rawPeer, openStream } from './fixtures/mesh-raw-peer.ts'
 
 const MAX_FRAME = 1024 * 1024
 
-function nextRejection(
-  target: EventTarget,
-  ms = 10_000
-): Promise<{ peerId: string; error: string }> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no rejection within ' + ms + ' ms')), ms)
-    target.addEventListener(
-      'rejected',
-      e => {
-        clearTimeout(timer)
-        resolve((e as CustomEvent).detail)
-      },
-      { once: true }
-    )
-  })
-}
+/** The next peer `target` rejects, and why. */
+const nextRejection = (target: EventTarget) =>
+  nextEvent<{ peerId: string; error: string }>(target, 'rejected')
 
 test('hostile peers are disconnected and banned; honest sync continues; memory stays bounded', async () => {
   const fleet = await makeFleet({ nodes: 32, replicas: 0, label: 'mesh-hostile' })
@@ -53,12 +40,7 @@ test('hostile peers are disconnected and banned; honest sync continues; memory s
     ).change(admin, x => {
       x.a = 1
     })
-    await waitFor(
-      'honest peer in sync',
-      async () =>
-        h.replica.documentIds().includes('fleet') &&
-        (await headsOf(h.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
-    )
+    await waitFor('honest peer in sync', () => sameHeads(h.replica, d.replica))
 
     // 1. Forged change: a real admin change whose signature is tampered with.
     const scratch = await Replica.open({ store: new MemoryStore(), ed, genesis: fleet.genesis })
@@ -158,10 +140,7 @@ test('hostile peers are disconnected and banned; honest sync continues; memory s
     ).change(admin, x => {
       x.b = 2
     })
-    await waitFor(
-      'honest peer receives the next change',
-      async () => (await headsOf(h.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
-    )
+    await waitFor('honest peer receives the next change', () => sameHeads(h.replica, d.replica))
     assert.equal((await h.replica.open('fleet')).value.b, 2)
 
     // Memory: 24 more attackers each send a near-limit garbage frame.

@@ -15,7 +15,7 @@ import { encodeFrame } from '../mesh/frames.ts'
 import { encodeSyncWire, SYNC_PROTOCOL } from '../mesh/sync-messages.ts'
 import { makeFleet } from './fixtures/fleet.ts'
 import { nextSyncMessage, openStream, presentToken, rawPeer } from './fixtures/mesh-raw-peer.ts'
-import { headsOf, startNode } from './fixtures/mesh-node.ts'
+import { sameHeads, startNode } from './fixtures/mesh-node.ts'
 import { waitFor } from './fixtures/wait.ts'
 
 const PHANTOMS = MAX_DOCUMENTS + 76
@@ -88,12 +88,7 @@ test('sync messages naming made-up documents create none, from a viewer or a sto
     ).change(admin, x => {
       x.made = true
     })
-    await waitFor(
-      'the new document to reach h',
-      async () =>
-        h.replica.documentIds().includes('site/new') &&
-        (await headsOf(h.replica, 'site/new')) === (await headsOf(d.replica, 'site/new'))
-    )
+    await waitFor('the new document to reach h', () => sameHeads(h.replica, d.replica, 'site/new'))
   } finally {
     await viewer.stop()
     await thief.stop()

@@ -15,7 +15,7 @@ import { encodeSyncWire, SYNC_PROTOCOL } from '../mesh/sync-messages.ts'
 import type { PeerRejection } from '../mesh/types.ts'
 import { makeFleet } from './fixtures/fleet.ts'
 import { openStream, presentToken, rawPeer } from './fixtures/mesh-raw-peer.ts'
-import { headsOf, startNode } from './fixtures/mesh-node.ts'
+import { sameHeads, startNode } from './fixtures/mesh-node.ts'
 import { waitFor } from './fixtures/wait.ts'
 
 const CHANGES = 200
@@ -50,12 +50,7 @@ test('a viewer alternating two different need messages 50 times a second is cut 
         })
       )
     const spam = [need(hashes[1]!), need(hashes[2]!)]
-    await waitFor(
-      'h to hold fleet',
-      async () =>
-        h.replica.documentIds().includes('fleet') &&
-        (await headsOf(h.replica, 'fleet')) === (await headsOf(d.replica, 'fleet'))
-    )
+    await waitFor('h to hold fleet', () => sameHeads(h.replica, d.replica))
 
     assert.equal((await presentToken(viewer, addr, d.mesh.issueViewerToken())).ok, true)
     const stream = await openStream(viewer, addr, SYNC_PROTOCOL)

@@ -191,23 +191,23 @@ test('a peer that sends the same sync message again and again is answered a few 
     )
     const fleetSyncs = async (): Promise<number> =>
       (await messagesWritten(dToP)).filter(m => m.type === 'sync' && m.docId === 'fleet').length
+    /** p sets `marker` to `n` and pushes it straight into d's side; then waits for `what`. */
+    const pushMarker = async (n: number, what: string): Promise<void> => {
+      const marker = (await (
+        await p.open('fleet')
+      ).change(fleet.signer(0, fleet.admins[0]!), x => {
+        x.marker = n
+      }))!
+      pToD.write(
+        encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(marker) }))
+      )
+      await waitFor(what, async () => (await d.open('fleet')).value.marker === n, 5000)
+    }
     const before = await fleetSyncs()
     // Written straight into d's side of the stream, as p's session would, ten times running;
     // then a pushed change, which d handles after all ten.
     for (let i = 0; i < 10; i++) pToD.write(frame)
-    const marker = (await (
-      await p.open('fleet')
-    ).change(fleet.signer(0, fleet.admins[0]!), x => {
-      x.marker = 1
-    }))!
-    pToD.write(
-      encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(marker) }))
-    )
-    await waitFor(
-      'd to apply the marker',
-      async () => (await d.open('fleet')).value.marker === 1,
-      5000
-    )
+    await pushMarker(1, 'd to apply the marker')
     assert.equal(
       (await fleetSyncs()) - before,
       MAX_SYNC_REPEATS + 1,
@@ -215,19 +215,7 @@ test('a peer that sends the same sync message again and again is answered a few 
     )
     // Anti-entropy restarts the negotiation: the same message is answered again.
     sd.resync()
-    const marker2 = (await (
-      await p.open('fleet')
-    ).change(fleet.signer(0, fleet.admins[0]!), x => {
-      x.marker = 2
-    }))!
-    pToD.write(
-      encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(marker2) }))
-    )
-    await waitFor(
-      'd to apply the second marker (after its resync)',
-      async () => (await d.open('fleet')).value.marker === 2,
-      5000
-    )
+    await pushMarker(2, 'd to apply the second marker (after its resync)')
     const afterResync = await fleetSyncs()
     pToD.write(frame)
     await waitFor('d to answer again', async () => (await fleetSyncs()) > afterResync, 5000)

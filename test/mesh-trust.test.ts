@@ -19,7 +19,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { toHex } from '../crdt/bytes.ts'
-import { publicKeyHex } from '../crdt/keys.ts'
+import { publicKeyHex, type KeyPair } from '../crdt/keys.ts'
 import {
   encodeTrustStatement,
   nextStatement,
@@ -59,6 +59,12 @@ async function converged(ds: DaemonProcess[], docs: string[], ms = 45_000): Prom
     250
   )
   return last
+}
+
+/** Set `key` to 1 in the fleet document through `d`, signed by `signer` (default: `d`'s admin). */
+async function write(d: DaemonProcess, key: string, signer?: KeyPair): Promise<Event> {
+  const seed = signer === undefined ? {} : { signerSeed: toHex(signer.seed) }
+  return d.request({ cmd: 'change', docId: 'fleet', key, value: 1, ...seed })
 }
 
 async function trust(d: DaemonProcess, s: SignedTrustStatement): Promise<Event> {
@@ -134,14 +140,8 @@ test('revocation during a partition, concurrent with writes: one valid set every
     // bootstrap peer, and bootstraps from c.
     const { d: c, proxy } = await spawn('c', 2, [b], true)
     const { d: x } = await spawn('x', 3, [c])
-    await a.request({ cmd: 'change', docId: 'fleet', key: 'base', value: 1 })
-    await a.request({
-      cmd: 'change',
-      docId: 'fleet',
-      key: 'byOther',
-      value: 1,
-      signerSeed: toHex(f.admins[1]!.seed)
-    })
+    await write(a, 'base')
+    await write(a, 'byOther', f.admins[1]!)
     await converged([a, b, c, x], ['fleet'])
 
     proxy!.cut()
@@ -150,17 +150,11 @@ test('revocation during a partition, concurrent with writes: one valid set every
     const v2 = await removal(f, a, f.genesis.statement, admin1)
     assert.equal((await trust(a, v2)).added, true)
     await a.request({ cmd: 'revoke-device', key: publicKeyHex(f.nodes[3]!.publicKey) })
-    await a.request({ cmd: 'change', docId: 'fleet', key: 'a1', value: 1 })
+    await write(a, 'a1')
     // Side {c, x}: admin-0 writes, then the revoked admin key (on top: a change made after the
     // thief's would fall with it).
-    await c.request({ cmd: 'change', docId: 'fleet', key: 'c1', value: 1 })
-    await c.request({
-      cmd: 'change',
-      docId: 'fleet',
-      key: 'stolen',
-      value: 1,
-      signerSeed: toHex(f.admins[1]!.seed)
-    })
+    await write(c, 'c1')
+    await write(c, 'stolen', f.admins[1]!)
     await converged([c, x], ['fleet'])
 
     const xPeer = x.peerId
@@ -186,7 +180,7 @@ test('revocation during a partition, concurrent with writes: one valid set every
     assert.equal(v.stolen, undefined, "admin-1's change outside its cut is dropped everywhere")
     for (const s of await Promise.all([a, b, c].map(state))) assert.equal(s.trust.version, 2)
     // x is refused from now on, as a bootstrap peer too: it hears nothing more.
-    await a.request({ cmd: 'change', docId: 'fleet', key: 'after', value: 1 })
+    await write(a, 'after')
     await converged([a, b, c], ['fleet'])
     await new Promise(resolve => setTimeout(resolve, 3000))
     assert.equal((await state(x)).docs.fleet!.value.after, undefined)
@@ -207,7 +201,7 @@ test('a revoked device stays refused after signed changes that would readmit it:
     const { d: a } = await spawn('a', 0, [])
     const { d: b } = await spawn('b', 1, [a])
     const { d: x } = await spawn('x', 3, [a, b])
-    await a.request({ cmd: 'change', docId: 'fleet', key: 'base', value: 1 })
+    await write(a, 'base')
     await converged([a, b, x], ['fleet'])
     const xKey = publicKeyHex(f.nodes[3]!.publicKey)
     const fromB = b.events.length
@@ -220,7 +214,7 @@ test('a revoked device stays refused after signed changes that would readmit it:
     // x (wiped, same identity) and an enrolled device y start at once, both dialling a and b.
     const [sa, sb] = [a.events.length, b.events.length]
     const [{ d: x2 }, { d: y }] = await Promise.all([spawn('x2', 3, [a, b]), spawn('y', 4, [a, b])])
-    await a.request({ cmd: 'change', docId: 'fleet', key: 'after', value: 1 })
+    await write(a, 'after')
     const [, , sy] = await converged([a, b, y], ['fleet'])
     assert.equal(sy!.docs.fleet!.value.after, 1)
     assert.equal((await state(x2)).docs.fleet?.value.after, undefined, 'x learnt nothing')
@@ -241,7 +235,7 @@ test('a fork meets over the mesh: seen by every daemon, no bans, resolved by the
     const { d: a } = await spawn('a', 0, [])
     const { d: b } = await spawn('b', 1, [a])
     const { d: c } = await spawn('c', 2, [b])
-    await a.request({ cmd: 'change', docId: 'fleet', key: 'old', value: 1 })
+    await write(a, 'old')
     await converged([a, b, c], ['fleet'])
     // Two root-signed version-2 statements, one given to a, the other to c: they meet at b.
     const admin0 = publicKeyHex(f.admins[0]!.publicKey)
@@ -290,12 +284,12 @@ test('a key used for two changes with one sequence number on two sides of a part
     const { d: a } = await spawn('a', 0, [])
     const { d: b, proxy } = await spawn('b', 1, [a], true)
     const { d: c } = await spawn('c', 2, [b])
-    const first = await a.request({ cmd: 'change', docId: 'fleet', key: 'first', value: 1 })
+    const first = await write(a, 'first')
     await converged([a, b, c], ['fleet'])
     proxy!.cut()
     // a's admin session writes its second change; on the other side a thief with the admin key
     // writes another second change of the same session.
-    await a.request({ cmd: 'change', docId: 'fleet', key: 'honest', value: 1 })
+    await write(a, 'honest')
     const forged = await c.request({
       cmd: 'forge',
       docId: 'fleet',
