@@ -61,10 +61,14 @@ async function converged(ds: DaemonProcess[], docs: string[], ms = 45_000): Prom
   return last
 }
 
-/** Set `key` to 1 in the fleet document through `d`, signed by `signer` (default: `d`'s admin). */
-async function write(d: DaemonProcess, key: string, signer?: KeyPair): Promise<Event> {
-  const seed = signer === undefined ? {} : { signerSeed: toHex(signer.seed) }
-  return d.request({ cmd: 'change', docId: 'fleet', key, value: 1, ...seed })
+/** Set `key` to 1 in the fleet document through `d`, signed by `d`'s admin. */
+async function write(d: DaemonProcess, key: string): Promise<Event> {
+  return d.request({ cmd: 'change', docId: 'fleet', key, value: 1 })
+}
+
+/** Set `key` to 1 in the fleet document through `d`, signed by `signer`. */
+async function writeAs(d: DaemonProcess, key: string, signer: KeyPair): Promise<Event> {
+  return d.request({ cmd: 'change', docId: 'fleet', key, value: 1, signerSeed: toHex(signer.seed) })
 }
 
 async function trust(d: DaemonProcess, s: SignedTrustStatement): Promise<Event> {
@@ -141,7 +145,7 @@ test('revocation during a partition, concurrent with writes: one valid set every
     const { d: c, proxy } = await spawn('c', 2, [b], true)
     const { d: x } = await spawn('x', 3, [c])
     await write(a, 'base')
-    await write(a, 'byOther', f.admins[1]!)
+    await writeAs(a, 'byOther', f.admins[1]!)
     await converged([a, b, c, x], ['fleet'])
 
     proxy!.cut()
@@ -154,7 +158,7 @@ test('revocation during a partition, concurrent with writes: one valid set every
     // Side {c, x}: admin-0 writes, then the revoked admin key (on top: a change made after the
     // thief's would fall with it).
     await write(c, 'c1')
-    await write(c, 'stolen', f.admins[1]!)
+    await writeAs(c, 'stolen', f.admins[1]!)
     await converged([c, x], ['fleet'])
 
     const xPeer = x.peerId
