@@ -27,6 +27,7 @@ import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { stringify } from 'yaml'
 import {
+  applyFleet,
   daemonConfig,
   enrolAll,
   freePort,
@@ -215,13 +216,9 @@ async function transfer(
   f: Fleet,
   sampleRss?: string
 ): Promise<{ starts: number[]; ends: number[]; rssIdle: number; rssPeak: number }> {
-  const fleetFile = join(f.dir, 'fleet.yaml')
-  await writeFile(
-    fleetFile,
-    stringify({
-      fleet: { defaults: { files: { '/opt/rhizome/bench.bin': { artifact: f.digest } } } }
-    })
-  )
+  const fleet = {
+    fleet: { defaults: { files: { '/opt/rhizome/bench.bin': { artifact: f.digest } } } }
+  }
   const fetchers = Object.keys(f.daemons).filter(x => x !== 'src')
   let rssIdle = 0
   let rssPeak = 0
@@ -238,18 +235,7 @@ async function transfer(
       }
     })()
   }
-  const apply = await rhizome(
-    [
-      'apply',
-      '-f',
-      fleetFile,
-      '--key',
-      join(f.dir, 'fleet/admin.key'),
-      '--daemon',
-      f.daemons.src!.url
-    ],
-    env
-  )
+  const apply = await applyFleet(f.dir, fleet, f.daemons.src!.url, env)
   if (apply.code !== 0) throw new Error(apply.stderr)
   const starts: number[] = []
   const ends: number[] = []

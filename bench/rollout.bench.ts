@@ -28,6 +28,7 @@ import { stringify } from 'yaml'
 import { createIdentity } from '../node/identity.ts'
 import type { RolloutDetail } from '../node/rollout-routes.ts'
 import {
+  applyFleet,
   daemonConfig,
   enrolInOneBatch,
   freePort,
@@ -104,12 +105,7 @@ try {
   say(`  ${N} daemons up in ${ms(performance.now() - t0)}`)
 
   const apply = async (fleet: unknown): Promise<void> => {
-    const f = join(dir, 'fleet.yaml')
-    await writeFile(f, stringify(fleet))
-    const r = await rhizome(
-      ['apply', '-f', f, '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons[0]!.url],
-      env
-    )
+    const r = await applyFleet(dir, fleet, daemons[0]!.url, env)
     if (r.code !== 0) throw new Error(r.stderr)
   }
   const base = (version: string, rollouts?: Record<string, unknown>) => ({

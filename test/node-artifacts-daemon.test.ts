@@ -12,6 +12,7 @@ import { join } from 'node:path'
 import { stringify } from 'yaml'
 import { create } from 'tar'
 import {
+  applyFleet,
   daemonConfig,
   getJson,
   initFleet,
@@ -51,12 +52,7 @@ describe('artifacts in one daemon', { timeout: 120_000 }, () => {
     return /^(sha256:[0-9a-f]{64})$/m.exec(r.stdout)![1]!
   }
   const apply = async (fleet: unknown): Promise<void> => {
-    const f = join(dir, 'fleet.yaml')
-    await writeFile(f, stringify(fleet))
-    const r = await rhizome(
-      ['apply', '-f', f, '--key', join(dir, 'fleet/admin.key'), '--daemon', d.url],
-      env
-    )
+    const r = await applyFleet(dir, fleet, d.url, env)
     assert.equal(r.code, 0, r.stderr)
   }
   const root = (p: string): string => join(dir, 'root-n1', p)

@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import {
+  applyFleet,
   daemonConfig,
   enrolAll,
   freePort,
@@ -165,10 +166,9 @@ describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () =>
     digest = dg.stdout.trim()
     const nodes: Record<string, unknown> = {}
     for (const n of NAMES) nodes[n] = { workloads: { app: { env: { OUT: out(n) } } } }
-    const f = join(dir, 'fleet.yaml')
-    await writeFile(
-      f,
-      stringify({
+    const r = await applyFleet(
+      dir,
+      {
         fleet: {
           defaults: {
             files: {
@@ -181,10 +181,8 @@ describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () =>
           },
           nodes
         }
-      })
-    )
-    const r = await rhizome(
-      ['apply', '-f', f, '--key', join(dir, 'fleet/admin.key'), '--daemon', d.n1!.url],
+      },
+      d.n1!.url,
       env
     )
     assert.equal(r.code, 0, r.stderr)

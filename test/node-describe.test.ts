@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import {
+  applyFleet,
   daemonConfig,
   enrolAll,
   freePort,
@@ -51,10 +52,9 @@ describe('status and describe (two processes)', { timeout: 120_000 }, () => {
     )
     await startDaemon(join(dir, 'n2.yaml'))
     port = await freePort()
-    const fleet = join(dir, 'fleet.yaml')
-    await writeFile(
-      fleet,
-      stringify({
+    const r = await applyFleet(
+      dir,
+      {
         fleet: {
           defaults: { files: { '/etc/rhizome/motd': { content: 'hello\n', mode: '0644' } } },
           nodes: {
@@ -70,10 +70,8 @@ describe('status and describe (two processes)', { timeout: 120_000 }, () => {
             }
           }
         }
-      })
-    )
-    const r = await rhizome(
-      ['apply', '-f', fleet, '--key', join(dir, 'fleet/admin.key'), '--daemon', n1.url],
+      },
+      n1.url,
       env
     )
     assert.equal(r.code, 0, r.stderr)

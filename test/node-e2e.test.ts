@@ -11,11 +11,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import {
+  applyFleet,
   daemonConfig,
   enrolAll,
   freePort,
-  initFleet,
   getJson,
+  initFleet,
   rhizome,
   startDaemon,
   stopAll,
@@ -82,12 +83,7 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   }
 
   async function apply(yamlText: string, via = 'n1'): Promise<void> {
-    const f = join(dir, 'fleet.yaml')
-    await writeFile(f, yamlText)
-    const r = await rhizome(
-      ['apply', '-f', f, '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons[via]!.url],
-      env
-    )
+    const r = await applyFleet(dir, yamlText, daemons[via]!.url, env)
     assert.equal(r.code, 0, `apply failed: ${r.stderr}`)
   }
 

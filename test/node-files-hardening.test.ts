@@ -26,28 +26,35 @@ import { stringify } from 'yaml'
 import { FilesApplier } from '../node/appliers/files.ts'
 import { ProtectedPaths } from '../node/appliers/protected-paths.ts'
 import {
+  applyFleet,
   daemonConfig,
   getJson,
   initFleet,
-  rhizome,
   startDaemon,
   stopAll
 } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
 
-async function sandbox(): Promise<{ dir: string; root: string; outside: string }> {
+/**
+ * Run `fn` in a scratch directory holding `root` (the files root, with srv/app made) and
+ * `outside` (a directory beside it), removed afterwards.
+ */
+async function inSandbox(fn: (dirs: { root: string; outside: string }) => Promise<void>) {
   const dir = await mkdtemp(join(tmpdir(), 'rhizome-files-'))
-  const root = join(dir, 'root')
-  const outside = join(dir, 'outside')
-  await mkdir(join(root, 'srv/app'), { recursive: true })
-  await mkdir(outside)
-  return { dir, root, outside }
+  try {
+    const root = join(dir, 'root')
+    const outside = join(dir, 'outside')
+    await mkdir(join(root, 'srv/app'), { recursive: true })
+    await mkdir(outside)
+    await fn({ root, outside })
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
 }
 
 describe('managed files', () => {
   it('never writes through a symbolic link out of an allowed root', async () => {
-    const { dir, root, outside } = await sandbox()
-    try {
+    await inSandbox(async ({ root, outside }) => {
       await symlink(outside, join(root, 'srv/app/data'))
       await mkdir(join(root, 'srv/app/deep/er'), { recursive: true })
       await symlink(outside, join(root, 'srv/app/deep/er/link'))
@@ -64,14 +71,11 @@ describe('managed files', () => {
       // Drift checks go the same way: still nothing outside.
       await files.checkDrift()
       assert.deepEqual(await readdir(outside), [])
-    } finally {
-      await rm(dir, { recursive: true, force: true })
-    }
+    })
   })
 
   it('replaces a link at the file’s own name instead of writing where it points', async () => {
-    const { dir, root, outside } = await sandbox()
-    try {
+    await inSandbox(async ({ root, outside }) => {
       const victim = join(outside, 'victim')
       execFileSync('sh', ['-c', `printf original > ${victim}`])
       await symlink(victim, join(root, 'srv/app/conf'))
@@ -81,14 +85,11 @@ describe('managed files', () => {
       assert.equal(await readFile(victim, 'utf8'), 'original')
       assert.equal((await lstat(join(root, 'srv/app/conf'))).isFile(), true)
       assert.equal(await readFile(join(root, 'srv/app/conf'), 'utf8'), 'managed\n')
-    } finally {
-      await rm(dir, { recursive: true, force: true })
-    }
+    })
   })
 
   it('is not stalled by a FIFO planted at a managed name', async () => {
-    const { dir, root } = await sandbox()
-    try {
+    await inSandbox(async ({ root }) => {
       execFileSync('mkfifo', [join(root, 'srv/app/conf')])
       const files = new FilesApplier({ root, allowedRoots: ['/srv/app'] })
       const s = await Promise.race([
@@ -99,14 +100,11 @@ describe('managed files', () => {
       ])
       assert.deepEqual(s.errors, [])
       assert.equal(await readFile(join(root, 'srv/app/conf'), 'utf8'), 'managed\n')
-    } finally {
-      await rm(dir, { recursive: true, force: true })
-    }
+    })
   })
 
   it('refuses setuid, setgid and world-writable modes unless the config allows them', async () => {
-    const { dir, root } = await sandbox()
-    try {
+    await inSandbox(async ({ root }) => {
       const desired = {
         '/srv/app/suid': { content: '#!/bin/sh\n', mode: '4755' },
         '/srv/app/sgid': { content: '#!/bin/sh\n', mode: '2755' },
@@ -125,14 +123,11 @@ describe('managed files', () => {
       }).apply(desired)
       assert.deepEqual(lax.errors, [])
       assert.equal((await stat(join(root, 'srv/app/suid'))).mode & 0o7777, 0o4755)
-    } finally {
-      await rm(dir, { recursive: true, force: true })
-    }
+    })
   })
 
   it('never writes the daemon’s config file, trust file or data directory, whatever allowedRoots says, also through a linked allowed root', async () => {
-    const { dir, root } = await sandbox()
-    try {
+    await inSandbox(async ({ root }) => {
       const etc = join(root, 'etc/rhizome')
       const data = join(root, 'var/lib/rhizome')
       await mkdir(etc, { recursive: true })
@@ -182,9 +177,7 @@ describe('managed files', () => {
       // The rest applies.
       assert.equal(await readFile(join(etc, 'motd'), 'utf8'), 'hello\n')
       assert.equal(await readFile(join(root, 'var/lib/other/conf'), 'utf8'), 'ok\n')
-    } finally {
-      await rm(dir, { recursive: true, force: true })
-    }
+    })
   })
 })
 
@@ -202,9 +195,9 @@ describe('a daemon whose allowed root holds its own config', { timeout: 120_000 
       )
       await writeFile(config, text)
       const d = await startDaemon(config)
-      await writeFile(
-        join(dir, 'fleet.yaml'),
-        stringify({
+      const apply = await applyFleet(
+        dir,
+        {
           fleet: {
             defaults: {
               files: {
@@ -215,18 +208,8 @@ describe('a daemon whose allowed root holds its own config', { timeout: 120_000 
               }
             }
           }
-        })
-      )
-      const apply = await rhizome(
-        [
-          'apply',
-          '-f',
-          join(dir, 'fleet.yaml'),
-          '--key',
-          join(dir, 'fleet/admin.key'),
-          '--daemon',
-          d.url
-        ],
+        },
+        d.url,
         env
       )
       assert.equal(apply.code, 0, apply.stderr)

@@ -24,6 +24,7 @@ import { createServer, type AddressInfo, type Server } from 'node:net'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import {
+  applyFleet,
   daemonConfig,
   enrolInOneBatch,
   freePort,
@@ -117,12 +118,7 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
   }
 
   async function apply(text: string): Promise<string> {
-    const f = join(dir, 'fleet.yaml')
-    await writeFile(f, text)
-    const r = await rhizome(
-      ['apply', '-f', f, '--key', join(dir, 'fleet/admin.key'), '--daemon', daemons.lab1!.url],
-      env
-    )
+    const r = await applyFleet(dir, text, daemons.lab1!.url, env)
     assert.equal(r.code, 0, `apply failed: ${r.stderr}`)
     return r.stdout
   }

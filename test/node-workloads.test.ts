@@ -16,6 +16,7 @@ import { stringify } from 'yaml'
 import { ProcessesApplier } from '../node/appliers/processes.ts'
 import { isAlive } from '../node/child-processes.ts'
 import {
+  applyFleet,
   daemonConfig,
   freePort,
   initFleet,
@@ -71,6 +72,29 @@ async function openDir(prefix: string): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix))
   await chmod(dir, 0o777)
   return dir
+}
+
+/**
+ * Run `fn` with a ProcessesApplier made with `options` and a scratch directory (openDir), while
+ * this process, standing in for the daemon, holds `secret` as its RHIZOME_PASSPHRASE; then stop
+ * the applier's workloads, unset the passphrase and remove the directory.
+ */
+async function withDaemonSecret(
+  prefix: string,
+  secret: string,
+  options: ConstructorParameters<typeof ProcessesApplier>[0],
+  fn: (procs: ProcessesApplier, dir: string) => Promise<void>
+): Promise<void> {
+  const dir = await openDir(prefix)
+  process.env.RHIZOME_PASSPHRASE = secret
+  const procs = new ProcessesApplier(options)
+  try {
+    await fn(procs, dir)
+  } finally {
+    delete process.env.RHIZOME_PASSPHRASE
+    await procs.stopAll()
+    await rm(dir, { recursive: true, force: true })
+  }
 }
 
 /**
@@ -154,15 +178,13 @@ await p.stopAll()
 
 describe('workloads', { timeout: 120_000 }, () => {
   it('get a clean environment: their spec, PATH/HOME/USER, the RHIZOME_* identity, nothing of the daemon', async () => {
-    const dir = await openDir('rhizome-env-')
     const secret = 'daemon-passphrase-must-not-leak'
-    process.env.RHIZOME_PASSPHRASE = secret
     const root = process.getuid?.() === 0
-    const procs = new ProcessesApplier({
+    const options = {
       env: { RHIZOME_NODE_NAME: 'n1' },
       user: root ? ensureUser(WORKLOAD_USER) && WORKLOAD_USER : userInfo().username
-    })
-    try {
+    }
+    await withDaemonSecret('rhizome-env-', secret, options, async (procs, dir) => {
       const out = join(dir, 'env')
       const r = await procs.apply({
         w: { command: ['/bin/sh', '-c', `env > ${out}; exec sleep 60`], env: { FOO: 'bar' } }
@@ -190,11 +212,7 @@ describe('workloads', { timeout: 120_000 }, () => {
         'USER'
       ])
       assert.doesNotMatch(text, new RegExp(secret))
-    } finally {
-      delete process.env.RHIZOME_PASSPHRASE
-      await procs.stopAll()
-      await rm(dir, { recursive: true, force: true })
-    }
+    })
   })
 
   it(
@@ -245,11 +263,9 @@ describe('workloads', { timeout: 120_000 }, () => {
     },
     async () => {
       const wl = ensureUser(WORKLOAD_USER)
-      const dir = await openDir('rhizome-probe-')
       const secret = 'daemon-passphrase-must-not-reach-a-probe'
-      process.env.RHIZOME_PASSPHRASE = secret
-      const procs = new ProcessesApplier({ user: WORKLOAD_USER })
-      try {
+      const options = { user: WORKLOAD_USER }
+      await withDaemonSecret('rhizome-probe-', secret, options, async (procs, dir) => {
         // Written by the probe, then moved into place, so the test never reads half a file.
         const report = [
           `grep -E '^(Uid|Gid):' /proc/$$/status > ${dir}/r`,
@@ -289,11 +305,7 @@ describe('workloads', { timeout: 120_000 }, () => {
         assert.equal((await credentials(bg)).uid, wl.uid)
         await waitFor('the hanging probe’s group to be killed', () => !isAlive(bg), 10_000)
         assert.equal(procs.status().hang?.healthy, false)
-      } finally {
-        delete process.env.RHIZOME_PASSPHRASE
-        await procs.stopAll()
-        await rm(dir, { recursive: true, force: true })
-      }
+      })
     }
   )
 
@@ -551,9 +563,9 @@ describe('the data directory and a daemon killed under its workloads', { timeout
         }
         const tarDigest = await digestOf(join(parent, 'app.tar'))
         const fileDigest = await digestOf(join(parent, 'model.bin'))
-        await writeFile(
-          join(parent, 'fleet.yaml'),
-          stringify({
+        const apply = await applyFleet(
+          parent,
+          {
             fleet: {
               defaults: {
                 workloads: {
@@ -570,18 +582,8 @@ describe('the data directory and a daemon killed under its workloads', { timeout
                 }
               }
             }
-          })
-        )
-        const apply = await rhizome(
-          [
-            'apply',
-            '-f',
-            join(parent, 'fleet.yaml'),
-            '--key',
-            join(parent, 'fleet/admin.key'),
-            '--daemon',
-            d.url
-          ],
+          },
+          d.url,
           env
         )
         assert.equal(apply.code, 0, apply.stderr)

@@ -30,11 +30,12 @@ import {
   shot
 } from './fixtures/browser.ts'
 import {
+  applyFleet,
   daemonConfig,
   enrolAll,
   freePort,
-  initFleet,
   getJson,
+  initFleet,
   rhizome,
   startDaemon,
   stopAll,
@@ -169,24 +170,14 @@ describe(
       daemons.n1 = await startDaemon(join(dir, 'n1.yaml'), {}, 30_000)
       await enrolAll(dir, ids, daemons.n1.url, env)
       const motd = (n: string): string => join(dir, `root-${n}`, 'etc/rhizome/motd')
-      await writeFile(
-        join(dir, 'fleet.yaml'),
-        stringify({
+      const applied = await applyFleet(
+        dir,
+        {
           fleet: {
             defaults: { files: { '/etc/rhizome/motd': { content: 'hello v1\n', mode: '0644' } } }
           }
-        })
-      )
-      const applied = await rhizome(
-        [
-          'apply',
-          '-f',
-          join(dir, 'fleet.yaml'),
-          '--key',
-          join(dir, 'fleet/admin.key'),
-          '--daemon',
-          daemons.n1.url
-        ],
+        },
+        daemons.n1.url,
         env
       )
       assert.equal(applied.code, 0, applied.stderr)
@@ -321,19 +312,7 @@ describe(
           }
         })
       const applyFile = async (text: string): Promise<void> => {
-        await writeFile(join(dir, 'fleet.yaml'), text)
-        const r = await rhizome(
-          [
-            'apply',
-            '-f',
-            join(dir, 'fleet.yaml'),
-            '--key',
-            join(dir, 'fleet/admin.key'),
-            '--daemon',
-            daemons.n1!.url
-          ],
-          env
-        )
+        const r = await applyFleet(dir, text, daemons.n1!.url, env)
         assert.equal(r.code, 0, r.stderr)
       }
       const motdRollout = (content: string, soak: string, state?: string) => ({

@@ -15,6 +15,7 @@ import { stringify } from 'yaml'
 import type { BrowserContext, Page } from 'playwright-core'
 import { buildDashboard, haveChromium, launch, requireChromium, shot } from './fixtures/browser.ts'
 import {
+  applyFleet,
   daemonConfig,
   enrolAll,
   freePort,
@@ -87,9 +88,9 @@ describe(
       daemons.n1 = await startDaemon(join(dir, 'n1.yaml'), {}, 30_000)
       await enrolAll(dir, ids, daemons.n1.url, env)
       const port = await freePort()
-      await writeFile(
-        join(dir, 'fleet.yaml'),
-        stringify({
+      const applied = await applyFleet(
+        dir,
+        {
           fleet: {
             defaults: { files: { '/etc/rhizome/motd': { content: 'hello\n', mode: '0644' } } },
             nodes: {
@@ -106,18 +107,8 @@ describe(
               }
             }
           }
-        })
-      )
-      const applied = await rhizome(
-        [
-          'apply',
-          '-f',
-          join(dir, 'fleet.yaml'),
-          '--key',
-          join(dir, 'fleet/admin.key'),
-          '--daemon',
-          daemons.n1.url
-        ],
+        },
+        daemons.n1.url,
         env
       )
       assert.equal(applied.code, 0, applied.stderr)
