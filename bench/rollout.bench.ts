@@ -21,23 +21,12 @@
  * Usage: node bench/rollout.bench.ts. Env: ROLLOUT_NODES (30), ROLLOUT_SOAK_MS (2000),
  *   ROLLOUT_SEED (topology; random unless set), BENCH_VERBOSE=1.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { stringify } from 'yaml'
-import { createIdentity } from '../node/identity.ts'
 import type { RolloutDetail } from '../node/rollout-routes.ts'
-import {
-  applyFleet,
-  daemonConfig,
-  enrolInOneBatch,
-  freePort,
-  getJson,
-  rhizome,
-  startDaemon,
-  stopAll,
-  type RunningDaemon
-} from '../test/fixtures/node-harness.ts'
+import { DaemonFleet, type RunningDaemon } from '../test/fixtures/daemon-fleet.ts'
+import { freePort, getJson, stopAll } from '../test/fixtures/node-harness.ts'
 import { waitFor } from '../test/fixtures/wait.ts'
 
 const N = Number(process.env.ROLLOUT_NODES ?? 30)
@@ -65,47 +54,35 @@ try {
       .map(l => l.toFixed(1))
       .join(' ')}, node ${process.version}, ${new Date().toISOString()}`
   )
-  const init = await rhizome(['init', '--dir', join(dir, 'fleet'), '--fleet', 'bench'], env)
-  if (init.code !== 0) throw new Error(init.stderr)
-  const ids = await Promise.all(names.map(n => createIdentity(join(dir, `data-${n}`))))
+  const f = await DaemonFleet.init(dir, 'bench', names, env, { identitiesInProcess: true })
+  const ids = names.map(n => f.ids[n]!)
   const ports = await Promise.all(names.map(() => freePort()))
   for (const [i, n] of names.entries()) {
     const peers = new Set<number>()
     if (i > 0) for (let k = 0; k < 2; k++) peers.add(Math.floor(random() * i))
-    const cfg = {
-      ...daemonConfig(dir, n, {}),
+    await f.writeConfig(n, {
       labels: { site: 'bench' },
       listen: [`/ip4/127.0.0.1/tcp/${ports[i]}`],
       bootstrap: [...peers].map(p => `/ip4/127.0.0.1/tcp/${ports[p]}/p2p/${ids[p]!.peerId}`),
       statusIntervalMs: 5000,
       tryModeMs: 0
-    }
-    await writeFile(join(dir, `${n}.yaml`), stringify(cfg))
+    })
   }
   const t0 = performance.now()
-  daemons.push(await startDaemon(join(dir, `${names[0]}.yaml`), {}, 60_000))
+  daemons.push(await f.start(names[0]!, 60_000))
   // Enrol everyone in one signed batch, then start the rest a few at a time.
-  await enrolInOneBatch(
-    daemons[0]!,
-    dir,
-    PASS,
-    Object.fromEntries(
-      names.map((n, i) => [
-        ids[i]!.publicKeyHex,
-        { name: n, labels: { site: 'bench', lab: i === 0 ? 'yes' : 'no' } }
-      ])
-    )
-  )
+  await f.enrolInOneBatch(daemons[0]!, n => ({
+    site: 'bench',
+    lab: n === names[0] ? 'yes' : 'no'
+  }))
   for (let i = 1; i < N; i += 5) {
     const group = names.slice(i, i + 5)
-    daemons.push(
-      ...(await Promise.all(group.map(n => startDaemon(join(dir, `${n}.yaml`), {}, 120_000))))
-    )
+    daemons.push(...(await Promise.all(group.map(n => f.start(n, 120_000)))))
   }
   say(`  ${N} daemons up in ${ms(performance.now() - t0)}`)
 
   const apply = async (fleet: unknown): Promise<void> => {
-    const r = await applyFleet(dir, fleet, daemons[0]!.url, env)
+    const r = await f.apply(fleet, daemons[0]!)
     if (r.code !== 0) throw new Error(r.stderr)
   }
   const base = (version: string, rollouts?: Record<string, unknown>) => ({

@@ -9,18 +9,9 @@ import assert from 'node:assert/strict'
 import { mkdir, mkdtemp, readdir, readFile, readlink, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { stringify } from 'yaml'
 import { create } from 'tar'
-import {
-  applyFleet,
-  daemonConfig,
-  getJson,
-  initFleet,
-  rhizome,
-  startDaemon,
-  stopAll,
-  type RunningDaemon
-} from './fixtures/node-harness.ts'
+import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { getJson, rhizome, stopAll } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
 
 const PASS = 'correct horse battery'
@@ -44,6 +35,7 @@ async function appTar(dir: string, version: string): Promise<string> {
 describe('artifacts in one daemon', { timeout: 120_000 }, () => {
   let dir: string
   let env: Record<string, string>
+  let f: DaemonFleet
   let d: RunningDaemon
 
   const add = async (file: string, name: string): Promise<string> => {
@@ -52,7 +44,7 @@ describe('artifacts in one daemon', { timeout: 120_000 }, () => {
     return /^(sha256:[0-9a-f]{64})$/m.exec(r.stdout)![1]!
   }
   const apply = async (fleet: unknown): Promise<void> => {
-    const r = await applyFleet(dir, fleet, d.url, env)
+    const r = await f.apply(fleet, d)
     assert.equal(r.code, 0, r.stderr)
   }
   const root = (p: string): string => join(dir, 'root-n1', p)
@@ -60,18 +52,9 @@ describe('artifacts in one daemon', { timeout: 120_000 }, () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rhizome-art-daemon-'))
     env = { RHIZOME_PASSPHRASE: PASS }
-    await initFleet(dir, 'art', ['n1'], env)
-    const cfg = join(dir, 'n1.yaml')
-    await writeFile(
-      cfg,
-      stringify(
-        daemonConfig(dir, 'n1', {
-          listen: ['/ip4/127.0.0.1/tcp/0'],
-          allowedRoots: ['/opt/rhizome']
-        })
-      )
-    )
-    d = await startDaemon(cfg, {}, 30_000)
+    f = await DaemonFleet.init(dir, 'art', ['n1'], env)
+    await f.writeConfig('n1', { listen: ['/ip4/127.0.0.1/tcp/0'], allowedRoots: ['/opt/rhizome'] })
+    d = await f.start('n1')
   })
   after(async () => {
     await stopAll()

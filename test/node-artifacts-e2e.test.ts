@@ -18,20 +18,8 @@ import { createHash, randomBytes } from 'node:crypto'
 import { open, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { stringify } from 'yaml'
-import {
-  applyFleet,
-  daemonConfig,
-  enrolAll,
-  freePort,
-  getJson,
-  initFleet,
-  rhizome,
-  startDaemon,
-  stopAll,
-  type NodeIdentity,
-  type RunningDaemon
-} from './fixtures/node-harness.ts'
+import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { freePort, getJson, rhizome, stopAll } from './fixtures/node-harness.ts'
 import { startProxy, type TcpProxy } from './fixtures/tcp-proxy.ts'
 import { waitFor } from './fixtures/wait.ts'
 
@@ -59,16 +47,16 @@ interface Listed {
 describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () => {
   let dir: string
   let env: Record<string, string>
-  let ids: Record<string, NodeIdentity>
+  let daemonFleet: DaemonFleet
+  let ids: DaemonFleet['ids']
   let proxy: TcpProxy
   let digest: string
   let fileSha: string
   const d: Record<string, RunningDaemon> = {}
-  const cfg = (n: string): string => join(dir, `${n}.yaml`)
   const out = (n: string): string => join(dir, `out-${n}.txt`)
 
   const start = async (n: string): Promise<RunningDaemon> => {
-    d[n] = await startDaemon(cfg(n), {}, 30_000)
+    d[n] = await daemonFleet.start(n)
     return d[n]
   }
   const listed = async (n: string): Promise<Listed | undefined> =>
@@ -112,38 +100,34 @@ describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () =>
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rhizome-art-e2e-'))
     env = { RHIZOME_PASSPHRASE: PASS }
-    ids = await initFleet(dir, 'art', NAMES, env)
+    daemonFleet = await DaemonFleet.init(dir, 'art', NAMES, env)
+    ids = daemonFleet.ids
     const p1 = await freePort()
     const p3 = await freePort()
     proxy = await startProxy(p1)
     const addr = (n: string, port: number): string =>
       `/ip4/127.0.0.1/tcp/${port}/p2p/${ids[n]!.peerId}`
-    const base = (n: string, more: Record<string, unknown>): string =>
-      stringify(daemonConfig(dir, n, { allowedRoots: ['/opt/rhizome'], ...more }))
-    await writeFile(cfg('n1'), base('n1', { listen: [`/ip4/127.0.0.1/tcp/${p1}`] }))
+    const writeConfig = (n: string, more: Record<string, unknown>): Promise<void> =>
+      daemonFleet.writeConfig(n, { allowedRoots: ['/opt/rhizome'], ...more })
+    await writeConfig('n1', { listen: [`/ip4/127.0.0.1/tcp/${p1}`] })
     // n2 listens nowhere and reaches n1 only through the proxy: cutting it cuts n2 off.
-    await writeFile(
-      cfg('n2'),
-      base('n2', { listen: [], bootstrap: [addr('n1', proxy.port)], artifactFetchRate: FETCH_RATE })
-    )
-    await writeFile(
-      cfg('n3'),
-      base('n3', {
-        listen: [`/ip4/127.0.0.1/tcp/${p3}`],
-        bootstrap: [addr('n1', p1)],
-        artifactFetchRate: FETCH_RATE
-      })
-    )
-    await writeFile(
-      cfg('n4'),
-      base('n4', {
-        listen: [],
-        bootstrap: [addr('n3', p3), addr('n1', p1)],
-        artifactFetchRate: FETCH_RATE
-      })
-    )
+    await writeConfig('n2', {
+      listen: [],
+      bootstrap: [addr('n1', proxy.port)],
+      artifactFetchRate: FETCH_RATE
+    })
+    await writeConfig('n3', {
+      listen: [`/ip4/127.0.0.1/tcp/${p3}`],
+      bootstrap: [addr('n1', p1)],
+      artifactFetchRate: FETCH_RATE
+    })
+    await writeConfig('n4', {
+      listen: [],
+      bootstrap: [addr('n3', p3), addr('n1', p1)],
+      artifactFetchRate: FETCH_RATE
+    })
     // n5 listens nowhere and knows no peer: only a bundle reaches it.
-    await writeFile(cfg('n5'), base('n5', { listen: [], bootstrap: [] }))
+    await writeConfig('n5', { listen: [], bootstrap: [] })
     await writeFile(join(dir, 'app.mjs'), APP)
     const bytes = randomBytes(SIZE)
     fileSha = createHash('sha256').update(bytes).digest('hex')
@@ -158,7 +142,7 @@ describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () =>
 
   it('reports an artifact no peer holds as waiting, and applies the rest of the config', async () => {
     await start('n1')
-    await enrolAll(dir, ids, d.n1!.url, env)
+    await daemonFleet.enrol(d.n1!)
     await Promise.all([start('n2'), start('n3')])
     // The digest is known before anyone holds the file.
     const dg = await rhizome(['artifact', 'digest', join(dir, 'model.bin')], env)
@@ -166,8 +150,7 @@ describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () =>
     digest = dg.stdout.trim()
     const nodes: Record<string, unknown> = {}
     for (const n of NAMES) nodes[n] = { workloads: { app: { env: { OUT: out(n) } } } }
-    const r = await applyFleet(
-      dir,
+    const r = await daemonFleet.apply(
       {
         fleet: {
           defaults: {
@@ -182,8 +165,7 @@ describe('artifacts over the mesh (four processes)', { timeout: 240_000 }, () =>
           nodes
         }
       },
-      d.n1!.url,
-      env
+      d.n1!
     )
     assert.equal(r.code, 0, r.stderr)
     for (const n of ['n1', 'n2', 'n3']) {

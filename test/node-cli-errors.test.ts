@@ -14,15 +14,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
+import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
 import {
   daemonConfig,
-  enrolAll,
-  initFleet,
   rhizome,
   startDaemon,
   stopAll,
-  type CliResult,
-  type RunningDaemon
+  type CliResult
 } from './fixtures/node-harness.ts'
 import { program } from '../node/cli.ts'
 
@@ -46,17 +44,12 @@ describe('clear errors, through real processes', { timeout: 180_000 }, () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rhizome-cli-errors-'))
     env = { RHIZOME_PASSPHRASE: PASS }
-    const ids = await initFleet(dir, 'errors', ['n1', 'n2'], env)
-    for (const n of ['n1', 'n2']) {
-      await writeFile(
-        join(dir, `${n}.yaml`),
-        stringify(daemonConfig(dir, n, { listen: ['/ip4/127.0.0.1/tcp/0'] }))
-      )
-    }
-    daemon = await startDaemon(cfg())
+    const f = await DaemonFleet.init(dir, 'errors', ['n1', 'n2'], env)
+    for (const n of ['n1', 'n2']) await f.writeConfig(n, { listen: ['/ip4/127.0.0.1/tcp/0'] })
+    daemon = await f.start('n1')
     const addr = daemon.events.find(e => e.event === 'mesh.listening')?.addresses as string[]
     meshPort = Number(/\/tcp\/(\d+)\//.exec(addr[0] as string)?.[1])
-    await enrolAll(dir, { n1: ids.n1! }, daemon.url, env)
+    await f.enrol(daemon, ['n1'])
     env = { ...env, RHIZOME_DAEMON: daemon.url, RHIZOME_KEY: join(dir, 'fleet/admin.key') }
   })
 

@@ -9,21 +9,8 @@ import assert from 'node:assert/strict'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { stringify } from 'yaml'
-import {
-  applyFleet,
-  daemonConfig,
-  enrolAll,
-  freePort,
-  getJson,
-  initFleet,
-  rhizome,
-  startDaemon,
-  stopAll,
-  WEB_SERVER,
-  type NodeIdentity,
-  type RunningDaemon
-} from './fixtures/node-harness.ts'
+import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { freePort, getJson, rhizome, stopAll, WEB_SERVER } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { FleetStatus } from '../node/status-report.ts'
 import type { NodeDescription } from '../node/cli-describe.ts'
@@ -33,27 +20,24 @@ const PASS = 'correct horse battery'
 describe('status and describe (two processes)', { timeout: 120_000 }, () => {
   let dir: string
   const env = { RHIZOME_PASSPHRASE: PASS }
-  let ids: Record<string, NodeIdentity>
+  let ids: DaemonFleet['ids']
   let n1: RunningDaemon
   let port: number
   const motd = (): string => join(dir, 'root-n2/etc/rhizome/motd')
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rhizome-describe-'))
-    ids = await initFleet(dir, 'describe', ['n1', 'n2'], env)
-    await writeFile(join(dir, 'n1.yaml'), stringify(daemonConfig(dir, 'n1', {})))
-    n1 = await startDaemon(join(dir, 'n1.yaml'))
-    await enrolAll(dir, ids, n1.url, env)
+    const f = await DaemonFleet.init(dir, 'describe', ['n1', 'n2'], env)
+    ids = f.ids
+    await f.writeConfig('n1')
+    n1 = await f.start('n1')
+    await f.enrol(n1)
     const listen = n1.events.find(e => e.event === 'mesh.listening')?.addresses as string[]
     const tcp = listen.find(a => a.includes('/tcp/') && !a.includes('/ws'))!
-    await writeFile(
-      join(dir, 'n2.yaml'),
-      stringify(daemonConfig(dir, 'n2', { driftCheckMs: 200, bootstrap: [tcp] }))
-    )
-    await startDaemon(join(dir, 'n2.yaml'))
+    await f.writeConfig('n2', { driftCheckMs: 200, bootstrap: [tcp] })
+    await f.start('n2')
     port = await freePort()
-    const r = await applyFleet(
-      dir,
+    const r = await f.apply(
       {
         fleet: {
           defaults: { files: { '/etc/rhizome/motd': { content: 'hello\n', mode: '0644' } } },
@@ -71,8 +55,7 @@ describe('status and describe (two processes)', { timeout: 120_000 }, () => {
           }
         }
       },
-      n1.url,
-      env
+      n1
     )
     assert.equal(r.code, 0, r.stderr)
     // n1 holds a record of n2 that shows the workload running and the error.

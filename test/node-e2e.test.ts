@@ -10,19 +10,8 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
-import {
-  applyFleet,
-  daemonConfig,
-  enrolAll,
-  freePort,
-  getJson,
-  initFleet,
-  rhizome,
-  startDaemon,
-  stopAll,
-  WEB_SERVER,
-  type RunningDaemon
-} from './fixtures/node-harness.ts'
+import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { freePort, getJson, rhizome, stopAll, WEB_SERVER } from './fixtures/node-harness.ts'
 import { startProxy, type TcpProxy } from './fixtures/tcp-proxy.ts'
 import { waitFor } from './fixtures/wait.ts'
 
@@ -32,13 +21,13 @@ const NAMES = ['n1', 'n2', 'n3'] as const
 describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   let dir: string
   let env: Record<string, string>
+  let daemonFleet: DaemonFleet
   const ids: Record<string, { key: string; peerId: string }> = {}
   const ports: Record<string, number> = {}
   const daemons: Record<string, RunningDaemon> = {}
   let proxy: TcpProxy
   let meshPort: number
 
-  const cfgPath = (n: string): string => join(dir, `${n}.yaml`)
   const motd = (n: string): string => join(dir, `root-${n}`, 'etc/rhizome/motd')
   const served = async (n: string): Promise<{ node: string; version: string } | undefined> => {
     try {
@@ -83,38 +72,39 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   }
 
   async function apply(yamlText: string, via = 'n1'): Promise<void> {
-    const r = await applyFleet(dir, yamlText, daemons[via]!.url, env)
+    const r = await daemonFleet.apply(yamlText, daemons[via]!)
     assert.equal(r.code, 0, `apply failed: ${r.stderr}`)
   }
 
   async function start(n: string): Promise<RunningDaemon> {
-    daemons[n] = await startDaemon(cfgPath(n), {}, 30_000)
+    daemons[n] = await daemonFleet.start(n)
     return daemons[n]
   }
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rhizome-e2e-'))
     env = { RHIZOME_PASSPHRASE: PASS }
-    Object.assign(ids, await initFleet(dir, 'e2e', NAMES, env))
+    daemonFleet = await DaemonFleet.init(dir, 'e2e', NAMES, env)
+    Object.assign(ids, daemonFleet.ids)
     for (const n of NAMES) ports[n] = await freePort()
     meshPort = await freePort()
     proxy = await startProxy(meshPort)
     const n1Addr = (port: number): string => `/ip4/127.0.0.1/tcp/${port}/p2p/${ids.n1!.peerId}`
-    const base = (n: string) => daemonConfig(dir, n, { driftCheckMs: 300 })
-    await writeFile(
-      cfgPath('n1'),
-      stringify({ ...base('n1'), listen: [`/ip4/127.0.0.1/tcp/${meshPort}`] })
-    )
-    await writeFile(
-      cfgPath('n2'),
-      stringify({ ...base('n2'), listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [n1Addr(meshPort)] })
-    )
+    const base = { driftCheckMs: 300 }
+    await daemonFleet.writeConfig('n1', { ...base, listen: [`/ip4/127.0.0.1/tcp/${meshPort}`] })
+    await daemonFleet.writeConfig('n2', {
+      ...base,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: [n1Addr(meshPort)]
+    })
     // n3 listens nowhere and reaches n1 only through the proxy, so cutting the proxy cuts n3 off
     // (it makes no connections beyond its bootstrap peer: it would route around the cut).
-    await writeFile(
-      cfgPath('n3'),
-      stringify({ ...base('n3'), listen: [], bootstrap: [n1Addr(proxy.port)], extraPeers: 0 })
-    )
+    await daemonFleet.writeConfig('n3', {
+      ...base,
+      listen: [],
+      bootstrap: [n1Addr(proxy.port)],
+      extraPeers: 0
+    })
   })
 
   after(async () => {
@@ -135,7 +125,7 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
     )
     await d1.waitFor(e => e.event === 'dashboard.issued', 5000, 'the issue logged')
     assert.ok(!d1.stderr.some(l => l.includes(token)), 'the token is never logged in full')
-    await enrolAll(dir, ids, d1.url, env)
+    await daemonFleet.enrol(d1)
     await Promise.all([start('n2'), start('n3')])
     const want = (await getJson<{ heads: string[] }>(`${d1.url}/api/docs/devices`)).heads
     for (const n of ['n2', 'n3']) {

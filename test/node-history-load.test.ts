@@ -7,25 +7,14 @@
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { stringify } from 'yaml'
 import { decryptKeyFile, parseKeyFile } from '../crdt/keys.ts'
 import { Replica } from '../crdt/replica.ts'
 import type { HistoryPage } from '../crdt/change-history.ts'
-import {
-  daemonClient,
-  daemonConfig,
-  enrolAll,
-  fetchAgain,
-  freePort,
-  getJson,
-  initFleet,
-  startDaemon,
-  stopAll,
-  type RunningDaemon
-} from './fixtures/node-harness.ts'
+import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { daemonClient, fetchAgain, freePort, getJson, stopAll } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
 
 const PASS = 'correct horse battery'
@@ -39,24 +28,16 @@ describe('history under load (two processes)', { timeout: 240_000 }, () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rhizome-history-'))
     const env = { RHIZOME_PASSPHRASE: PASS }
-    const ids = await initFleet(dir, 'history', ['n1', 'n2'], env)
+    const f = await DaemonFleet.init(dir, 'history', ['n1', 'n2'], env)
     const port = await freePort()
-    await writeFile(
-      join(dir, 'n1.yaml'),
-      stringify(daemonConfig(dir, 'n1', { listen: [`/ip4/127.0.0.1/tcp/${port}`] }))
-    )
-    await writeFile(
-      join(dir, 'n2.yaml'),
-      stringify(
-        daemonConfig(dir, 'n2', {
-          listen: ['/ip4/127.0.0.1/tcp/0'],
-          bootstrap: [`/ip4/127.0.0.1/tcp/${port}/p2p/${ids.n1!.peerId}`]
-        })
-      )
-    )
-    d.n1 = await startDaemon(join(dir, 'n1.yaml'), {}, 30_000)
-    await enrolAll(dir, ids, d.n1.url, env)
-    d.n2 = await startDaemon(join(dir, 'n2.yaml'), {}, 30_000)
+    await f.writeConfig('n1', { listen: [`/ip4/127.0.0.1/tcp/${port}`] })
+    await f.writeConfig('n2', {
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: [`/ip4/127.0.0.1/tcp/${port}/p2p/${f.ids.n1!.peerId}`]
+    })
+    d.n1 = await f.start('n1')
+    await f.enrol(d.n1)
+    d.n2 = await f.start('n2')
   })
 
   after(async () => {

@@ -11,21 +11,13 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { chmod, copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { chmod, copyFile, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { stringify } from 'yaml'
 import { INVALID_WRITES_PER_WINDOW } from '../node/http-access.ts'
-import {
-  daemonConfig,
-  enrolAll,
-  initFleet,
-  rhizome,
-  startDaemon,
-  stopAll,
-  type RunningDaemon
-} from './fixtures/node-harness.ts'
+import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { rhizome, stopAll } from './fixtures/node-harness.ts'
 
 const PASS = 'correct horse battery'
 
@@ -60,19 +52,12 @@ describe('HTTP API access (one daemon process)', { timeout: 120_000 }, () => {
     // Directories others may pass through: only the token file's own mode keeps it private.
     await chmod(dir, 0o755)
     const env = { RHIZOME_PASSPHRASE: PASS }
-    const ids = await initFleet(dir, 'auth', ['n1'], env)
-    await writeFile(
-      join(dir, 'n1.yaml'),
-      stringify(
-        daemonConfig(dir, 'n1', {
-          listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws']
-        })
-      )
-    )
-    d = await startDaemon(join(dir, 'n1.yaml'), {}, 30_000)
+    const f = await DaemonFleet.init(dir, 'auth', ['n1'], env)
+    await f.writeConfig('n1', { listen: ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws'] })
+    d = await f.start('n1')
     await chmod(join(dir, 'data-n1'), 0o755)
     token = (await readFile(d.tokenFile, 'utf8')).trim()
-    await enrolAll(dir, ids, d.url, env)
+    await f.enrol(d)
   })
 
   after(async () => {

@@ -23,22 +23,11 @@ import { tmpdir } from 'node:os'
 import { createServer, type AddressInfo, type Server } from 'node:net'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
-import {
-  applyFleet,
-  daemonConfig,
-  enrolInOneBatch,
-  freePort,
-  getJson,
-  rhizome,
-  startDaemon,
-  stopAll,
-  WEB_SERVER,
-  type RunningDaemon
-} from './fixtures/node-harness.ts'
+import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { freePort, getJson, rhizome, stopAll, WEB_SERVER } from './fixtures/node-harness.ts'
 import { startProxy, type TcpProxy } from './fixtures/tcp-proxy.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { RolloutDetail } from '../node/rollout-routes.ts'
-import { createIdentity } from '../node/identity.ts'
 import type { RolloutReport } from '../crdt/rollout-gate.ts'
 
 const PASS = 'correct horse battery'
@@ -60,14 +49,14 @@ const RUNNING: Name[] = NAMES.filter(n => n !== 'late')
 describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () => {
   let dir: string
   const env = { RHIZOME_PASSPHRASE: PASS }
-  let ids: Record<string, { key: string; peerId: string }>
+  let daemonFleet: DaemonFleet
+  let ids: DaemonFleet['ids']
   const ports: Record<string, number> = {}
   const daemons: Partial<Record<Name, RunningDaemon>> = {}
   let ab: TcpProxy
   let lateLink: TcpProxy
   let breaker: Server | undefined
 
-  const cfgPath = (n: string): string => join(dir, `${n}.yaml`)
   const served = async (n: Name): Promise<{ version: string; message: string } | undefined> =>
     getJson<{ version: string; message: string }>(`http://127.0.0.1:${ports[n]}/`).catch(
       () => undefined
@@ -118,13 +107,13 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
   }
 
   async function apply(text: string): Promise<string> {
-    const r = await applyFleet(dir, text, daemons.lab1!.url, env)
+    const r = await daemonFleet.apply(text, daemons.lab1!)
     assert.equal(r.code, 0, `apply failed: ${r.stderr}`)
     return r.stdout
   }
 
   async function start(n: Name): Promise<RunningDaemon> {
-    daemons[n] = await startDaemon(cfgPath(n), {}, 30_000)
+    daemons[n] = await daemonFleet.start(n)
     return daemons[n]
   }
 
@@ -138,13 +127,10 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
     dir = await mkdtemp(join(tmpdir(), 'rhizome-rollout-e2e-'))
     // The fleet's keys by the CLI; the devices' identities and their enrolment in-process (one
     // signed batch), which is what `rhizome node init` and `rhizome enrol` do, minus 14 processes.
-    const init = await rhizome(['init', '--dir', join(dir, 'fleet'), '--fleet', 'rollout-e2e'], env)
-    assert.equal(init.code, 0, init.stderr)
-    ids = {}
-    for (const n of NAMES) {
-      const id = await createIdentity(join(dir, `data-${n}`))
-      ids[n] = { key: id.publicKeyHex, peerId: id.peerId }
-    }
+    daemonFleet = await DaemonFleet.init(dir, 'rollout-e2e', NAMES, env, {
+      identitiesInProcess: true
+    })
+    ids = daemonFleet.ids
     for (const n of NAMES) ports[n] = await freePort()
     const labPort = await freePort()
     const paPort = await freePort()
@@ -154,7 +140,6 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
       `/ip4/127.0.0.1/tcp/${port}/p2p/${ids[n]!.peerId}`
     for (const n of NAMES) {
       const cfg: Record<string, unknown> = {
-        ...daemonConfig(dir, n, {}),
         labels: { site: SITES[n] },
         listen: [],
         bootstrap: [addr('lab1', labPort)],
@@ -175,15 +160,10 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
       if (n === 'late') {
         Object.assign(cfg, { bootstrap: [addr('pa1', lateLink.port)], tryModeMs: 3000 })
       }
-      await writeFile(cfgPath(n), stringify(cfg))
+      await daemonFleet.writeConfig(n, cfg)
     }
     await start('lab1')
-    await enrolInOneBatch(
-      daemons.lab1!,
-      dir,
-      PASS,
-      Object.fromEntries(NAMES.map(n => [ids[n]!.key, { name: n, labels: { site: SITES[n] } }]))
-    )
+    await daemonFleet.enrolInOneBatch(daemons.lab1!, n => ({ site: SITES[n as Name] }))
     await Promise.all(RUNNING.filter(n => n !== 'lab1').map(start))
     await apply(fleet())
     for (const n of RUNNING) await servesVersion(n, '1')

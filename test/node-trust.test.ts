@@ -12,17 +12,8 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
-import {
-  authHeaders,
-  daemonConfig,
-  getJson,
-  initFleet,
-  rhizome,
-  startDaemon,
-  stopAll,
-  type NodeIdentity,
-  type RunningDaemon
-} from './fixtures/node-harness.ts'
+import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { authHeaders, getJson, rhizome, stopAll } from './fixtures/node-harness.ts'
 import type { TrustState } from '../node/trust-daemon.ts'
 
 const PASS = 'correct horse battery'
@@ -30,7 +21,7 @@ const PASS = 'correct horse battery'
 describe('trust lifecycle through the CLI (one daemon)', { timeout: 180_000 }, () => {
   let dir: string
   let env: Record<string, string>
-  let ids: Record<string, NodeIdentity>
+  let ids: DaemonFleet['ids']
   let daemon: RunningDaemon
   const file = (n: string): string => join(dir, n)
   const cli = async (args: string[], code = 0) => {
@@ -61,13 +52,11 @@ describe('trust lifecycle through the CLI (one daemon)', { timeout: 180_000 }, (
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rhizome-trust-'))
     env = { RHIZOME_PASSPHRASE: PASS, RHIZOME_DAEMON: '' }
-    ids = await initFleet(dir, 'trust-e2e', ['n1', 'n2', 'n3'], env)
+    const f = await DaemonFleet.init(dir, 'trust-e2e', ['n1', 'n2', 'n3'], env)
+    ids = f.ids
     // The mesh on a port of its own: the default one may be another test's.
-    await writeFile(
-      file('n1.yaml'),
-      stringify(daemonConfig(dir, 'n1', { listen: ['/ip4/127.0.0.1/tcp/0'] }))
-    )
-    daemon = await startDaemon(file('n1.yaml'), env)
+    await f.writeConfig('n1', { listen: ['/ip4/127.0.0.1/tcp/0'] })
+    daemon = await f.start('n1', 30_000, env)
     env.RHIZOME_DAEMON = daemon.url
   })
 
