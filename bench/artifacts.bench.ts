@@ -20,24 +20,13 @@
  */
 import { spawn } from 'node:child_process'
 import { createReadStream } from 'node:fs'
-import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, open, readFile, rm } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
-import { stringify } from 'yaml'
-import {
-  applyFleet,
-  daemonConfig,
-  enrolAll,
-  freePort,
-  initFleet,
-  rhizome,
-  startDaemon,
-  stopAll,
-  type NodeIdentity,
-  type RunningDaemon
-} from '../test/fixtures/node-harness.ts'
+import { DaemonFleet, type RunningDaemon } from '../test/fixtures/daemon-fleet.ts'
+import { freePort, rhizome, stopAll } from '../test/fixtures/node-harness.ts'
 
 const MIB = 1024 * 1024
 const SIZE = Number(process.env.ARTIFACT_BENCH_MIB ?? 256) * MIB
@@ -159,8 +148,8 @@ function rssOf(pid: number): Promise<number> {
 const at = (e: Record<string, unknown>): number => Date.parse(String(e.t))
 
 interface Fleet {
+  daemonFleet: DaemonFleet
   dir: string
-  ids: Record<string, NodeIdentity>
   daemons: Record<string, RunningDaemon>
   digest: string
 }
@@ -169,30 +158,26 @@ interface Fleet {
 async function fleetOf(n: number, file: string, serveRate: number): Promise<Fleet> {
   const dir = await mkdtemp(join(tmpdir(), 'rhizome-art-bench-'))
   const names = ['src', ...Array.from({ length: n }, (_, i) => `f${i + 1}`)]
-  const ids = await initFleet(dir, 'bench', names, env)
+  const daemonFleet = await DaemonFleet.init(dir, 'bench', names, env)
+  const ids = daemonFleet.ids
   const ports: Record<string, number> = {}
   for (const x of names) ports[x] = await freePort()
   const addr = (x: string): string => `/ip4/127.0.0.1/tcp/${ports[x]}/p2p/${ids[x]!.peerId}`
   for (const [i, x] of names.entries()) {
     const ring =
       x === 'src' ? [] : [names[1 + (i % n)]!, names[1 + ((i + 1) % n)]!].filter(y => y !== x)
-    await writeFile(
-      join(dir, `${x}.yaml`),
-      stringify(
-        daemonConfig(dir, x, {
-          listen: [`/ip4/127.0.0.1/tcp/${ports[x]}`],
-          bootstrap: x === 'src' ? [] : [addr('src'), ...[...new Set(ring)].map(addr)],
-          allowedRoots: ['/opt/rhizome'],
-          statusIntervalMs: 5000,
-          artifactServeRate: serveRate
-        })
-      )
-    )
+    await daemonFleet.writeConfig(x, {
+      listen: [`/ip4/127.0.0.1/tcp/${ports[x]}`],
+      bootstrap: x === 'src' ? [] : [addr('src'), ...[...new Set(ring)].map(addr)],
+      allowedRoots: ['/opt/rhizome'],
+      statusIntervalMs: 5000,
+      artifactServeRate: serveRate
+    })
   }
   const daemons: Record<string, RunningDaemon> = {}
-  daemons.src = await startDaemon(join(dir, 'src.yaml'), {}, 60_000)
-  await enrolAll(dir, ids, daemons.src.url, env)
-  for (const x of names.slice(1)) daemons[x] = await startDaemon(join(dir, `${x}.yaml`), {}, 60_000)
+  daemons.src = await daemonFleet.start('src', 60_000)
+  await daemonFleet.enrol(daemons.src)
+  for (const x of names.slice(1)) daemons[x] = await daemonFleet.start(x, 60_000)
   const add = await rhizome(
     ['artifact', 'add', file, '--name', 'bench', '--daemon', daemons.src.url],
     env
@@ -208,7 +193,7 @@ async function fleetOf(n: number, file: string, serveRate: number): Promise<Flee
     )
   }
   await new Promise(resolve => setTimeout(resolve, 3000))
-  return { dir, ids, daemons, digest }
+  return { daemonFleet, dir, daemons, digest }
 }
 
 /** Apply the config naming the artifact; resolve with per-fetcher [config arrived, complete] times. */
@@ -235,7 +220,7 @@ async function transfer(
       }
     })()
   }
-  const apply = await applyFleet(f.dir, fleet, f.daemons.src!.url, env)
+  const apply = await f.daemonFleet.apply(fleet, f.daemons.src!)
   if (apply.code !== 0) throw new Error(apply.stderr)
   const starts: number[] = []
   const ends: number[] = []
