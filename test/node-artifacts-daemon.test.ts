@@ -67,18 +67,19 @@ describe('artifacts in one daemon', { timeout: 120_000 }, () => {
     const model = await add(join(dir, 'model.bin'), 'model')
     const absent = `sha256:${'ab'.repeat(32)}`
     const out = join(dir, 'out.txt')
-    await apply({
+    /** The fleet: the tar artifact `app` unpacked and run as a workload, the model, `files`. */
+    const fleetWith = (app: string, files: Record<string, unknown>) => ({
       fleet: {
         defaults: {
           files: {
             '/opt/rhizome/model.bin': { artifact: model, mode: '0640' },
-            '/opt/rhizome/app': { artifact: v1, unpack: 'tar' },
-            '/opt/rhizome/later.bin': { artifact: absent },
+            '/opt/rhizome/app': { artifact: app, unpack: 'tar' },
+            ...files,
             '/opt/rhizome/plain.txt': { content: 'still applied\n' }
           },
           workloads: {
             app: {
-              artifact: v1,
+              artifact: app,
               unpack: 'tar',
               command: [process.execPath, './run.mjs'],
               env: { OUT: out }
@@ -87,6 +88,7 @@ describe('artifacts in one daemon', { timeout: 120_000 }, () => {
         }
       }
     })
+    await apply(fleetWith(v1, { '/opt/rhizome/later.bin': { artifact: absent } }))
     const ran = await waitFor('the workload to run from its artifact', async () => {
       const t = await readFile(out, 'utf8').catch(() => '')
       return t.startsWith('v1 ') ? t : undefined
@@ -123,26 +125,7 @@ describe('artifacts in one daemon', { timeout: 120_000 }, () => {
     const outside = join(dir, 'outside')
     await mkdir(outside)
     await symlink(outside, root('/opt/rhizome/evil'))
-    await apply({
-      fleet: {
-        defaults: {
-          files: {
-            '/opt/rhizome/model.bin': { artifact: model, mode: '0640' },
-            '/opt/rhizome/app': { artifact: v2, unpack: 'tar' },
-            '/opt/rhizome/evil/model.bin': { artifact: model },
-            '/opt/rhizome/plain.txt': { content: 'still applied\n' }
-          },
-          workloads: {
-            app: {
-              artifact: v2,
-              unpack: 'tar',
-              command: [process.execPath, './run.mjs'],
-              env: { OUT: out }
-            }
-          }
-        }
-      }
-    })
+    await apply(fleetWith(v2, { '/opt/rhizome/evil/model.bin': { artifact: model } }))
     await waitFor('the workload to run v2', async () =>
       (await readFile(out, 'utf8').catch(() => '')).startsWith('v2 ')
     )

@@ -19,7 +19,15 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { extname, join, normalize } from 'node:path'
 import { stringify } from 'yaml'
-import { BROWSER_SUITE, browserSuite, requireChromium, ROOT, shot } from './fixtures/browser.ts'
+import type { Page } from 'playwright-core'
+import {
+  BROWSER_SUITE,
+  browserSuite,
+  editorHolding,
+  requireChromium,
+  ROOT,
+  shot
+} from './fixtures/browser.ts'
 import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
 import { freePort, getJson, rhizome } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
@@ -60,6 +68,19 @@ async function staticServer(): Promise<{ url: string; server: Server }> {
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server }
 }
 
+/** Open the `tab` view, wait until it shows `shown`, and screenshot it as `name`. */
+async function showView(
+  page: Page,
+  tab: string,
+  shown: string,
+  name: string,
+  wait?: { timeout: number }
+): Promise<void> {
+  await page.click(`a.tab:has-text("${tab}")`)
+  await page.waitForSelector(shown, wait)
+  await shot(page, name)
+}
+
 describe('browser dashboard', BROWSER_SUITE, () => {
   const suite = browserSuite('rhizome-web-')
 
@@ -96,12 +117,8 @@ describe('browser dashboard', BROWSER_SUITE, () => {
       await page.click('[data-testid=review]')
       await page.waitForSelector('[data-testid=diff]')
       await shot(page, 'fake-config-diff')
-      await page.click('a.tab:has-text("History")')
-      await page.waitForSelector('.change')
-      await shot(page, 'fake-history')
-      await page.click('a.tab:has-text("Topology")')
-      await page.waitForSelector('svg.topology .vertex')
-      await shot(page, 'fake-topology')
+      await showView(page, 'History', '.change', 'fake-history')
+      await showView(page, 'Topology', 'svg.topology .vertex', 'fake-topology')
       assert.deepEqual(suite.pageErrors, [])
       await page.close()
     } finally {
@@ -190,16 +207,7 @@ describe('browser dashboard', BROWSER_SUITE, () => {
       })
 
     // edit the desired config, review the diff, sign and publish
-    await page.click('a.tab:has-text("Desired config")')
-    const editor = page.locator('[data-testid=yaml-editor]')
-    await page.waitForFunction(
-      () =>
-        document
-          .querySelector<HTMLTextAreaElement>('[data-testid=yaml-editor]')
-          ?.value.includes('hello v1') === true,
-      undefined,
-      { timeout: 10_000 }
-    )
+    const editor = await editorHolding(page, 'hello v1')
     await editor.fill((await editor.inputValue()).replace('hello v1', 'hello from the browser'))
     await page.click('[data-testid=review]')
     await page.waitForSelector('[data-testid=diff]')
@@ -234,12 +242,10 @@ describe('browser dashboard', BROWSER_SUITE, () => {
     )
     await shot(page, 'real-config-published')
 
-    await page.click('a.tab:has-text("History")')
-    await page.waitForSelector('.change:has-text("motd from the dashboard")', { timeout: 10_000 })
-    await shot(page, 'real-history')
-    await page.click('a.tab:has-text("Topology")')
-    await page.waitForSelector('svg.topology .vertex')
-    await shot(page, 'real-topology')
+    await showView(page, 'History', '.change:has-text("motd from the dashboard")', 'real-history', {
+      timeout: 10_000
+    })
+    await showView(page, 'Topology', 'svg.topology .vertex', 'real-topology')
     await page.click('a.tab:has-text("Fleet")')
     await page.click('tr[data-node=n2]')
     await page.waitForSelector('[data-testid=effective-config]')
@@ -268,17 +274,20 @@ describe('browser dashboard', BROWSER_SUITE, () => {
       ...(state === undefined ? {} : { state })
     })
     const card = (id: string) => `[data-testid="rollout-${id}"]`
+    /** Wait until rollout `id`'s card shows `text` in its `testid` element. */
+    const rolloutShown = (id: string, testid: string, text: string, timeout: number) =>
+      page.waitForFunction(
+        ([sel, t]) => document.querySelector(sel)?.textContent === t,
+        [`${card(id)} [data-testid=${testid}]`, text] as const,
+        { timeout }
+      )
     await applyFile(
       rolloutFile('hello from the browser\n', {
         'motd-v2': motdRollout('rolled out\n', '1s', 'paused')
       })
     )
     await page.click('a.tab:has-text("Rollouts")')
-    await page.waitForFunction(
-      sel => document.querySelector(`${sel} [data-testid=rollout-state]`)?.textContent === 'paused',
-      card('fleet:motd-v2'),
-      { timeout: 20_000 }
-    )
+    await rolloutShown('fleet:motd-v2', 'rollout-state', 'paused', 20_000)
     await page.click(`${card('fleet:motd-v2')} [data-testid=rollout-resume]`)
     for (const n of NAMES) {
       await waitFor(
@@ -288,12 +297,7 @@ describe('browser dashboard', BROWSER_SUITE, () => {
         200
       )
     }
-    await page.waitForFunction(
-      sel =>
-        document.querySelector(`${sel} [data-testid=rollout-state]`)?.textContent === 'completed',
-      card('fleet:motd-v2'),
-      { timeout: 30_000 }
-    )
+    await rolloutShown('fleet:motd-v2', 'rollout-state', 'completed', 30_000)
     assert.match(
       await page.locator(`${card('fleet:motd-v2')} [data-testid=wave-0]`).innerText(),
       /through/
@@ -335,17 +339,8 @@ describe('browser dashboard', BROWSER_SUITE, () => {
         200
       )
     }
-    await page.waitForFunction(
-      sel =>
-        document.querySelector(`${sel} [data-testid=rollout-state]`)?.textContent === 'aborted',
-      card('fleet:motd-v3'),
-      { timeout: 20_000 }
-    )
-    await page.waitForFunction(
-      sel => document.querySelector(`${sel} [data-testid=rollout-reverted]`)?.textContent === 'n1',
-      card('fleet:motd-v3'),
-      { timeout: 20_000 }
-    )
+    await rolloutShown('fleet:motd-v3', 'rollout-state', 'aborted', 20_000)
+    await rolloutShown('fleet:motd-v3', 'rollout-reverted', 'n1', 20_000)
     await shot(page, 'real-rollouts-aborted')
 
     // a node that falls silent turns down on the page, without a reload

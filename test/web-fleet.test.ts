@@ -11,7 +11,13 @@ import assert from 'node:assert/strict'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Page } from 'playwright-core'
-import { BROWSER_SUITE, browserSuite, requireChromium, shot } from './fixtures/browser.ts'
+import {
+  BROWSER_SUITE,
+  browserSuite,
+  editorHolding,
+  requireChromium,
+  shot
+} from './fixtures/browser.ts'
 import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
 import { freePort, getJson, rhizome, WEB_SERVER } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
@@ -149,16 +155,7 @@ describe('dashboard fleet views', BROWSER_SUITE, () => {
   })
 
   it('keeps the edit in progress while a key is unlocked', async () => {
-    await page.click('a.tab:has-text("Desired config")')
-    const editor = page.locator('[data-testid=yaml-editor]')
-    await page.waitForFunction(
-      () =>
-        document
-          .querySelector<HTMLTextAreaElement>('[data-testid=yaml-editor]')
-          ?.value.includes('hello') === true,
-      undefined,
-      { timeout: 10_000 }
-    )
+    const editor = await editorHolding(page, 'hello')
     const edited = (await editor.inputValue()).replace('hello', 'edited before the key')
     await editor.fill(edited)
     // Another view unmounts the editor; coming back finds the draft.
