@@ -18,7 +18,7 @@ import { decodeSyncWire, encodeSyncWire, type SyncWireMessage } from '../mesh/sy
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
-import { makeFleet } from './fixtures/fleet.ts'
+import { makeFleet, type TestFleet } from './fixtures/fleet.ts'
 import { waitFor } from './fixtures/wait.ts'
 import { Pipe, streamOf } from './fixtures/mesh-memory-stream.ts'
 
@@ -67,6 +67,20 @@ const push = (b: SignedBatch): { bytes: Uint8Array; hashes: string[] } => ({
   bytes: encodeBatch(b),
   hashes: b.signatures.map(s => s.hash)
 })
+
+/** A change of `r`'s fleet document setting `key` to `value`, by admin 0 as replica `slot`. */
+async function setOn(
+  fleet: TestFleet,
+  slot: number,
+  r: Replica,
+  key: string,
+  value: number
+): Promise<SignedBatch> {
+  const doc = await r.open<Record<string, number>>('fleet')
+  return (await doc.change(fleet.signer(slot, fleet.admins[0]!), x => {
+    x[key] = value
+  }))!
+}
 
 const newPeerId = async (): Promise<PeerId> =>
   peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
@@ -148,22 +162,14 @@ test('a pushed change whose dependency is missing starts a sync round with the p
 test('a change is not pushed back to the peer it came from', async () => {
   const { fleet, p, d, faults, dToP, sp, sd, stop } = await sessionPair('mesh-push-back')
   try {
-    const change = (await (
-      await p.open('fleet')
-    ).change(fleet.signer(0, fleet.admins[0]!), x => {
-      x.a = 1
-    }))!
+    const change = await setOn(fleet, 0, p, 'a', 1)
     sp.push('fleet', [push(change)])
     await waitFor('d to apply it', async () => (await d.open('fleet')).value.a === 1, 5000)
     // d relays what it accepted to every session; the one to p must stay quiet about it.
     const sentBefore = (await typesWritten(dToP)).filter(t => t === 'push').length
     sd.push('fleet', [push(change)])
     // A marker through the same ordered queue: once p has it, any push before it has arrived too.
-    const marker = (await (
-      await d.open('fleet')
-    ).change(fleet.signer(1, fleet.admins[0]!), x => {
-      x.b = 2
-    }))!
+    const marker = await setOn(fleet, 1, d, 'b', 2)
     sd.push('fleet', [push(marker)])
     await waitFor('p to apply the marker', async () => (await p.open('fleet')).value.b === 2, 5000)
     assert.equal(
@@ -193,11 +199,7 @@ test('a peer that sends the same sync message again and again is answered a few 
       (await messagesWritten(dToP)).filter(m => m.type === 'sync' && m.docId === 'fleet').length
     /** p sets `marker` to `n` and pushes it straight into d's side; then waits for `what`. */
     const pushMarker = async (n: number, what: string): Promise<void> => {
-      const marker = (await (
-        await p.open('fleet')
-      ).change(fleet.signer(0, fleet.admins[0]!), x => {
-        x.marker = n
-      }))!
+      const marker = await setOn(fleet, 0, p, 'marker', n)
       pToD.write(
         encodeFrame(encodeSyncWire({ type: 'push', docId: 'fleet', batch: encodeBatch(marker) }))
       )
