@@ -294,23 +294,18 @@ async function catchUp(k: number): Promise<void> {
     Automerge.getHeads(pa.doc).sort().join() === Automerge.getHeads(pb.doc).sort().join()
 
   // Rhizome: two meshes over loopback TCP.
-  const limits = { inboundConnectionsPerSecond: 1000 }
-  const ma = await createMesh({
-    replica: a,
-    identity: fleet.nodes[0]!,
+  const both = {
     listen: ['/ip4/127.0.0.1/tcp/0'],
     mdns: false,
-    limits,
+    limits: { inboundConnectionsPerSecond: 1000 },
     antiEntropyMs: 60_000
-  })
+  }
+  const ma = await createMesh({ ...both, replica: a, identity: fleet.nodes[0]! })
   await ma.start()
   const mb = await createMesh({
+    ...both,
     replica: b,
     identity: fleet.nodes[1]!,
-    listen: ['/ip4/127.0.0.1/tcp/0'],
-    mdns: false,
-    limits,
-    antiEntropyMs: 60_000,
     bootstrap: ma.addresses()
   })
   // Timed from the moment the connection is up (TCP, Noise, Yamux done), as plain Automerge's

@@ -207,6 +207,19 @@ const wavesArb = fc
     }))
   ])
 
+/** A property of a generated fleet, a rollout over all of it with generated waves, and its plan. */
+const planned = (
+  check: (nodes: Map<string, { site: string }>, s: RolloutSpec, plan: WavePlan) => void
+) =>
+  fc.property(fleetArb, wavesArb, (nodes, waves) => {
+    const s = spec({ waves }, [...nodes.keys()])
+    check(
+      nodes,
+      s,
+      planWaves(s, k => nodes.get(k))
+    )
+  })
+
 function shuffled<T>(xs: T[], seed: number): T[] {
   const out = [...xs]
   let s = seed
@@ -234,9 +247,7 @@ describe('wave assignment', () => {
 
   it('waves partition the eligible nodes: canaries by label, then cumulative percentages', () => {
     fc.assert(
-      fc.property(fleetArb, wavesArb, (nodes, waves) => {
-        const s = spec({ waves }, [...nodes.keys()])
-        const plan = planWaves(s, k => nodes.get(k))
+      planned((nodes, s, plan) => {
         const all = plan.waves.flat()
         assert.equal(all.length, nodes.size)
         assert.deepEqual([...all].sort(), [...nodes.keys()].sort())
@@ -366,9 +377,7 @@ describe('gating', () => {
 
   it('with no evidence at all, only the first wave may go', () => {
     fc.assert(
-      fc.property(fleetArb, wavesArb, (nodes, waves) => {
-        const s = spec({ waves }, [...nodes.keys()])
-        const plan = planWaves(s, k => nodes.get(k))
+      planned((nodes, s, plan) => {
         const view = viewRollout(s, plan, new Map())
         // Waves that need nobody soaked (threshold 0, or empty) pass without evidence.
         const first = view.waves.find(w => !w.passed)?.index ?? Infinity

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
-import { freePort, getJson, rhizome, stopAll, WEB_SERVER } from './fixtures/node-harness.ts'
+import { freePort, getJson, rhizome, stopAll, WEB_SERVER, webOn } from './fixtures/node-harness.ts'
 import { startProxy, type TcpProxy } from './fixtures/tcp-proxy.ts'
 import { waitFor } from './fixtures/wait.ts'
 
@@ -49,14 +49,7 @@ describe('daemon end to end (three processes)', { timeout: 180_000 }, () => {
   function fleet(version: string, text: string, message = 'hello'): string {
     const nodes: Record<string, unknown> = {}
     for (const n of NAMES) {
-      nodes[n] = {
-        workloads: {
-          web: {
-            env: { PORT: String(ports[n]) },
-            health: { http: `http://127.0.0.1:${ports[n]}/`, intervalMs: 500 }
-          }
-        }
-      }
+      nodes[n] = { workloads: { web: webOn(ports[n]!, 500) } }
     }
     return stringify({
       fleet: {

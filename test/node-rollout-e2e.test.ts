@@ -24,7 +24,7 @@ import { createServer, type AddressInfo, type Server } from 'node:net'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
 import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
-import { freePort, getJson, rhizome, stopAll, WEB_SERVER } from './fixtures/node-harness.ts'
+import { freePort, getJson, rhizome, stopAll, WEB_SERVER, webOn } from './fixtures/node-harness.ts'
 import { startProxy, type TcpProxy } from './fixtures/tcp-proxy.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { RolloutDetail } from '../node/rollout-routes.ts'
@@ -82,10 +82,7 @@ describe('staged rollouts end to end (seven daemons)', { timeout: 300_000 }, () 
     for (const n of NAMES) {
       nodes[n] = {
         workloads: {
-          web: {
-            env: { PORT: String(ports[n]) },
-            health: { http: `http://127.0.0.1:${ports[n]}/`, intervalMs: 200 }
-          },
+          web: webOn(ports[n]!, 200),
           ...(n === 'late' ? lateWorkloads : {})
         }
       }

@@ -19,7 +19,7 @@ import {
   shot
 } from './fixtures/browser.ts'
 import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
-import { freePort, getJson, rhizome, WEB_SERVER } from './fixtures/node-harness.ts'
+import { freePort, getJson, rhizome, WEB_SERVER, webOn } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { FleetStatus } from '../node/status-report.ts'
 
@@ -65,8 +65,7 @@ describe('dashboard fleet views', BROWSER_SUITE, () => {
               workloads: {
                 web: {
                   command: [process.execPath, WEB_SERVER],
-                  env: { PORT: String(port) },
-                  health: { http: `http://127.0.0.1:${port}/`, intervalMs: 500 }
+                  ...webOn(port, 500)
                 }
               }
             }
