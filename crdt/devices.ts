@@ -22,6 +22,7 @@
  * nothing of theirs to cut.
  */
 import * as Automerge from '@automerge/automerge'
+import { selectorMatches, writerScopes, type ConfigDocument } from './effective-config.ts'
 import type { Replica } from './replica.ts'
 import type { TrustChain } from './trust.ts'
 
@@ -42,6 +43,20 @@ export interface DeviceEntry {
 export interface EnrolledDevice extends DeviceEntry {
   key: string
   source: 'trust' | 'devices'
+}
+
+type Labels = Record<string, string>
+
+/** Labels come from a signed document, not from a type: keep scalar values, as text. */
+function scalarLabels(raw: unknown): Labels {
+  const labels: Labels = {}
+  if (typeof raw !== 'object' || raw === null) return labels
+  for (const [k, l] of Object.entries(raw as Record<string, unknown>)) {
+    if (typeof l === 'string' || typeof l === 'number' || typeof l === 'boolean') {
+      labels[k] = String(l)
+    }
+  }
+  return labels
 }
 
 function isEntry(v: unknown): v is DeviceEntry {
@@ -67,6 +82,10 @@ interface ChangeFacts {
   readonly entries: readonly (readonly [string, string, string])[]
   /** Objects this change set `revoked` to true in. */
   readonly marks: readonly string[]
+  /** Every object it made: [object id, parent object id, map key or '' in a list or text]. */
+  readonly made: readonly (readonly [string, string, string])[]
+  /** Where its operations write: `<object id> <map key>` (no key in a list or text), once each. */
+  readonly writes: readonly string[]
 }
 
 /**
@@ -83,21 +102,58 @@ function factsOf(change: Automerge.DecodedChange): ChangeFacts {
   const devicesMaps: string[] = []
   const entries: [string, string, string][] = []
   const marks: string[] = []
+  const made: [string, string, string][] = []
+  const writes = new Set<string>()
   change.ops.forEach((op, i) => {
-    if (op.action === 'makeMap' && op.key !== undefined) {
-      const id = `${change.startOp + i}@${change.actor}`
-      if (op.obj === '_root' && op.key === 'devices') devicesMaps.push(id)
-      else if (DEVICE_KEY.test(op.key)) entries.push([id, op.obj, op.key])
-    } else if (op.action === 'set' && op.key === 'revoked' && op.value === true) {
+    // Decoded list and text operations carry an element id, not a key, whatever the type says.
+    const key = (op.key as string | undefined) ?? ''
+    writes.add(`${op.obj} ${key}`)
+    const id = `${change.startOp + i}@${change.actor}`
+    if (op.action.startsWith('make')) made.push([id, op.obj, key])
+    if (op.action === 'makeMap' && key !== '') {
+      if (op.obj === '_root' && key === 'devices') devicesMaps.push(id)
+      else if (DEVICE_KEY.test(key)) entries.push([id, op.obj, key])
+    } else if (op.action === 'set' && key === 'revoked' && op.value === true) {
       marks.push(op.obj)
     }
   })
-  return { devicesMaps, entries, marks }
+  return { devicesMaps, entries, marks, made, writes: [...writes] }
 }
 
 function remember(hash: string, facts: ChangeFacts): void {
   if (factsByHash.size >= MAX_REVOCATION_MEMO) factsByHash.clear()
   factsByHash.set(hash, facts)
+}
+
+type ReadChanges = { metas: Automerge.ChangeMetadata[]; read: Map<string, ChangeFacts> }
+/** Per document value: `revokedDevices` and `outOfReach` read the same value one after the other. */
+const changesOf = new WeakMap<object, ReadChanges>()
+
+/** The document's changes and what each says, decoding only the changes not read before. */
+function readChanges(devicesDoc: DevicesDocument): ReadChanges {
+  const held = changesOf.get(devicesDoc)
+  if (held !== undefined) return held
+  const metas = Automerge.getChangesMetaSince(devicesDoc, [])
+  const unread = metas.filter(m => !factsByHash.has(m.hash))
+  const read = new Map<string, ChangeFacts>()
+  if (unread.length > BULK_DECODE_FROM) {
+    for (const bytes of Automerge.getAllChanges(devicesDoc)) {
+      const c = Automerge.decodeChange(bytes)
+      read.set(c.hash, factsOf(c))
+    }
+  } else {
+    for (const m of unread) {
+      const c = Automerge.inspectChange(devicesDoc, m.hash)
+      if (c !== null) read.set(m.hash, factsOf(c))
+    }
+  }
+  for (const [hash, facts] of read) remember(hash, facts)
+  for (const { hash } of metas) {
+    const f = factsByHash.get(hash)
+    if (f !== undefined && !read.has(hash)) read.set(hash, f)
+  }
+  changesOf.set(devicesDoc, { metas, read })
+  return { metas, read }
 }
 
 /**
@@ -115,26 +171,12 @@ export function revokedDevices(devicesDoc: DevicesDocument | undefined): Set<str
   if (devicesDoc === undefined) return new Set()
   const memo = revokedOf.get(devicesDoc)
   if (memo !== undefined) return new Set(memo)
-  const metas = Automerge.getChangesMetaSince(devicesDoc, [])
-  const unread = metas.filter(m => !factsByHash.has(m.hash))
-  const read = new Map<string, ChangeFacts>()
-  if (unread.length > BULK_DECODE_FROM) {
-    for (const bytes of Automerge.getAllChanges(devicesDoc)) {
-      const c = Automerge.decodeChange(bytes)
-      read.set(c.hash, factsOf(c))
-    }
-  } else {
-    for (const m of unread) {
-      const c = Automerge.inspectChange(devicesDoc, m.hash)
-      if (c !== null) read.set(m.hash, factsOf(c))
-    }
-  }
-  for (const [hash, facts] of read) remember(hash, facts)
+  const { metas, read } = readChanges(devicesDoc)
   const maps = new Set<string>()
   const entries = new Map<string, string>()
   const marked: string[] = []
   for (const { hash } of metas) {
-    const f = read.get(hash) ?? factsByHash.get(hash)
+    const f = read.get(hash)
     if (f === undefined) continue
     for (const id of f.devicesMaps) maps.add(id)
     marked.push(...f.marks)
@@ -170,13 +212,7 @@ export function enrolledDevices(
   if (typeof devices === 'object' && devices !== null) {
     for (const [key, v] of Object.entries(devices)) {
       if (!DEVICE_KEY.test(key) || !isEntry(v) || revoked.has(key)) continue
-      const labels: Record<string, string> = {}
-      // Labels come from a signed document, not from a type: keep scalar values, as text.
-      for (const [k, l] of Object.entries(v.labels as Record<string, unknown>)) {
-        if (typeof l === 'string' || typeof l === 'number' || typeof l === 'boolean') {
-          labels[k] = String(l)
-        }
-      }
+      const labels = scalarLabels(v.labels)
       out.set(key, {
         key,
         name: v.name,
@@ -196,4 +232,243 @@ export async function enrolledDevicesOf(replica: Replica): Promise<Map<string, E
     ? (await replica.open(DEVICES_DOC)).value
     : undefined
   return enrolledDevices(replica.trust, devices)
+}
+
+/**
+ * What one change did to one device's labels: the labels the device last had before it, in the
+ * change's own past (the document at the change's dependencies; for an entry deleted there, the
+ * labels it had where it was last seen on each path back, so deleting and re-adding launders
+ * nothing; none: the key never had an entry there), and the labels it has after it.
+ */
+interface LabelMove {
+  readonly device: string
+  readonly before: readonly Labels[]
+  /** Not read for a key new here (no `before`): only a trust-statement node needs it. */
+  readonly after?: Labels
+}
+
+/** Moves already worked out, by change hash (a change's past never changes, nor do they). */
+const movesByHash = new Map<string, readonly LabelMove[]>()
+/** Objects nested deeper than this under a device entry are not traced back to it. */
+const MAX_ENTRY_DEPTH = 64
+
+/** Which device entries each change touched, for one document (built once per document value). */
+interface History {
+  readonly metas: ReadonlyMap<string, Automerge.ChangeMetadata>
+  readonly facts: ReadonlyMap<string, ChangeFacts>
+  /** Device key → changes that wrote in its entry (or in the map holding it). */
+  readonly touchers: ReadonlyMap<string, ReadonlySet<string>>
+  /** Changes that replaced the whole `devices` map: they touch every entry. */
+  readonly replacers: ReadonlySet<string>
+  /** Change → the device keys it touched. */
+  readonly touched: ReadonlyMap<string, ReadonlySet<string>>
+  readonly backend: ReturnType<typeof Automerge.getBackend>
+}
+const historyOf = new WeakMap<object, History>()
+
+function history(devicesDoc: DevicesDocument): History {
+  const held = historyOf.get(devicesDoc)
+  if (held !== undefined) return held
+  const { metas, read } = readChanges(devicesDoc)
+  const devicesMaps = new Set<string>()
+  const parentOf = new Map<string, readonly [string, string]>()
+  for (const f of read.values()) {
+    for (const id of f.devicesMaps) devicesMaps.add(id)
+    for (const [id, parent, key] of f.made) parentOf.set(id, [parent, key])
+  }
+  const deviceOfObj = new Map<string, string | undefined>()
+  // The device entry an object sits in, whatever its depth: walk up to a `devices` map.
+  const deviceOf = (obj: string): string | undefined => {
+    if (deviceOfObj.has(obj)) return deviceOfObj.get(obj)
+    let at = obj
+    let found: string | undefined
+    for (let i = 0; i < MAX_ENTRY_DEPTH; i++) {
+      const up = parentOf.get(at)
+      if (up === undefined) break
+      if (devicesMaps.has(up[0])) {
+        if (DEVICE_KEY.test(up[1])) found = up[1]
+        break
+      }
+      at = up[0]
+    }
+    deviceOfObj.set(obj, found)
+    return found
+  }
+  const touchers = new Map<string, Set<string>>()
+  const replacers = new Set<string>()
+  const touched = new Map<string, Set<string>>()
+  for (const [hash, f] of read) {
+    const mine = new Set<string>()
+    for (const w of f.writes) {
+      const cut = w.indexOf(' ')
+      const obj = w.slice(0, cut)
+      const key = w.slice(cut + 1)
+      if (obj === '_root') {
+        if (key === 'devices') replacers.add(hash)
+        continue
+      }
+      const device = devicesMaps.has(obj) ? (DEVICE_KEY.test(key) ? key : undefined) : deviceOf(obj)
+      if (device !== undefined) mine.add(device)
+    }
+    touched.set(hash, mine)
+    for (const d of mine) {
+      const t = touchers.get(d) ?? new Set<string>()
+      t.add(hash)
+      touchers.set(d, t)
+    }
+  }
+  const h: History = {
+    metas: new Map(metas.map(m => [m.hash, m])),
+    facts: read,
+    touchers,
+    replacers,
+    touched,
+    backend: Automerge.getBackend(devicesDoc)
+  }
+  historyOf.set(devicesDoc, h)
+  return h
+}
+
+/** A device's labels in the document as of `heads`; undefined when it has no entry there. */
+function labelsAt(h: History, device: string, heads: string[]): Labels | undefined {
+  const devices = h.backend.getWithType('_root', 'devices', heads)
+  if (devices?.[0] !== 'map') return undefined
+  const entry = h.backend.getWithType(devices[1], device, heads)
+  if (entry?.[0] !== 'map') return undefined
+  const labels = h.backend.getWithType(entry[1], 'labels', heads)
+  return labels?.[0] === 'map' ? scalarLabels(h.backend.materialize(labels[1], heads)) : {}
+}
+
+/** The labels a device last had before a change, in that change's past (see `LabelMove`). */
+function labelsBefore(h: History, device: string, m: Automerge.ChangeMetadata): Labels[] {
+  // No other change ever wrote at its key (an entry, even in a new `devices` map, is made by a
+  // write there): a key new here, read without asking Automerge (most enrolments).
+  const others = h.touchers.get(device)
+  if (others === undefined || (others.size === 1 && others.has(m.hash))) return []
+  const at = labelsAt(h, device, m.deps)
+  if (at !== undefined) return [at]
+  // Deleted before this change: on each path back, the labels where the entry was last seen.
+  const out: Labels[] = []
+  const seen = new Set<string>()
+  const stack = [...m.deps]
+  while (stack.length > 0) {
+    const x = h.metas.get(stack.pop() as string)
+    if (x === undefined || seen.has(x.hash)) continue
+    seen.add(x.hash)
+    if (h.replacers.has(x.hash) || h.touched.get(x.hash)?.has(device) === true) {
+      const last = labelsAt(h, device, [x.hash]) ?? labelsAt(h, device, x.deps)
+      if (last !== undefined) {
+        out.push(last)
+        continue
+      }
+    }
+    stack.push(...x.deps)
+  }
+  return out
+}
+
+function sameLabels(a: Labels, b: Labels): boolean {
+  const ka = Object.keys(a)
+  return ka.length === Object.keys(b).length && ka.every(k => a[k] === b[k])
+}
+
+function movesOf(h: History, m: Automerge.ChangeMetadata): readonly LabelMove[] {
+  const held = movesByHash.get(m.hash)
+  if (held !== undefined) return held
+  let devices: Iterable<string> = h.touched.get(m.hash) ?? []
+  if (h.replacers.has(m.hash)) {
+    // A new `devices` map: every entry before or after it is touched.
+    const all = new Set<string>()
+    for (const heads of [m.deps, [m.hash]]) {
+      const map = h.backend.getWithType('_root', 'devices', heads)
+      if (map?.[0] === 'map') for (const k of h.backend.keys(map[1], heads)) all.add(k)
+    }
+    devices = [...all].filter(k => DEVICE_KEY.test(k))
+  }
+  const out: LabelMove[] = []
+  for (const device of devices) {
+    const before = labelsBefore(h, device, m)
+    if (before.length === 0) {
+      out.push({ device, before })
+      continue
+    }
+    const after = labelsAt(h, device, [m.hash])
+    if (after === undefined) continue
+    if (before.length === 1 && sameLabels(before[0] as Labels, after)) continue
+    out.push({ device, before, after })
+  }
+  if (movesByHash.size >= MAX_REVOCATION_MEMO) movesByHash.clear()
+  movesByHash.set(m.hash, out)
+  return out
+}
+
+const outOfReachOf = new WeakMap<
+  object,
+  { trust: object; epoch: number; out: ReadonlyMap<string, ReadonlySet<string>> }
+>()
+
+/**
+ * Node scope, read from the `devices` document's history: for each operator key, the devices it
+ * may not reach because one of its own changes moved them into its scope. A change signed by
+ * operator O moves device D into O's scope when D's labels after it match O's selector and the
+ * labels D last had before it (in the change's own past, see `LabelMove`; a key with no entry
+ * there: its trust-statement labels, if any) did not. Creating the entry of a key never seen,
+ * relabelling inside the scope and moving out of it are fine; changes by admins or by other
+ * operators never count against O. O's selector is the one `TrustChain.scopeOf` gives (the same
+ * the scope check uses), and the document holds valid changes only, so this is a pure function
+ * of the signed objects held, the same on every peer whatever order they came in.
+ *
+ * Cost: each change is read once (`revokedDevices` shares the decoding); an operator's change
+ * that touches an entry other changes touched reads that entry at the change's dependencies
+ * (and walks back through the history if it had been deleted), memoised by change hash.
+ */
+export function outOfReach(
+  trust: Pick<TrustChain, 'scopeOf' | 'latest' | 'epoch'>,
+  devicesDoc: DevicesDocument | undefined
+): ReadonlyMap<string, ReadonlySet<string>> {
+  if (devicesDoc === undefined) return new Map()
+  const memo = outOfReachOf.get(devicesDoc)
+  if (memo !== undefined && memo.trust === trust && memo.epoch === trust.epoch) return memo.out
+  const h = history(devicesDoc)
+  const statementLabels = new Map(trust.latest.nodes.map(n => [n.key, n.labels]))
+  const out = new Map<string, Set<string>>()
+  for (const m of h.metas.values()) {
+    const signer = m.actor.slice(0, 64)
+    const scope = trust.scopeOf(signer)
+    // An admin reaches every node anyway; an operator without a selector reaches none.
+    if (scope.all || scope.selector === undefined) continue
+    const selector = scope.selector
+    for (const move of movesOf(h, m)) {
+      const fromStatement = statementLabels.get(move.device)
+      const before =
+        move.before.length > 0 ? move.before : fromStatement === undefined ? [] : [fromStatement]
+      if (!before.some(b => !selectorMatches(selector, b))) continue
+      const after = move.after ?? labelsAt(h, move.device, [m.hash])
+      if (after === undefined || !selectorMatches(selector, after)) continue
+      const set = out.get(signer) ?? new Set<string>()
+      set.add(move.device)
+      out.set(signer, set)
+    }
+  }
+  outOfReachOf.set(devicesDoc, { trust, epoch: trust.epoch, out })
+  return out
+}
+
+/**
+ * What a config document may reach, for `ConfigDocument`: its writers' scopes
+ * (`writerScopes`), and the devices some operator among its writers moved into its own scope
+ * (`outOfReach`), which it reaches no more whatever their labels say.
+ */
+export function documentReach(
+  writerKeys: readonly string[],
+  trust: Pick<TrustChain, 'scopeOf' | 'latest' | 'epoch'>,
+  devicesDoc: DevicesDocument | undefined
+): Pick<ConfigDocument, 'writerScopes' | 'unreachable'> {
+  const taken = outOfReach(trust, devicesDoc)
+  const unreachable = new Set<string>()
+  for (const key of writerKeys) for (const d of taken.get(key) ?? []) unreachable.add(d)
+  const scopes = writerScopes(writerKeys, trust)
+  return unreachable.size === 0
+    ? { writerScopes: scopes }
+    : { writerScopes: scopes, unreachable: [...unreachable].sort() }
 }

@@ -20,8 +20,10 @@
  * such operator's selector (crdt/trust.ts: an operator without a selector reaches no node),
  * whatever selector, groups or node overrides the document itself names, so nothing an operator
  * signs can change the effective config of a node outside its scope. Admins reach every node.
- * The caller passes each document's writers' scopes (`writerScopes`); the reconciler derives them
- * from the document's history, so every peer computes the same.
+ * The caller passes each document's writers' scopes (`writerScopes`), from the document's history,
+ * and the devices it may not reach (`unreachable`): an operator that moved a device's labels into
+ * its own scope never reaches that device (crdt/devices.ts `documentReach` derives both from the
+ * histories of the document and of `devices`), so every peer computes the same.
  *
  * Layers, later over earlier: `fleet` defaults, then the defaults of each other matching
  * document in id order; then every matching group of every applicable document, in group name
@@ -54,6 +56,8 @@ export type ConfigObject = { [key: string]: ConfigValue }
 export interface NodeIdentity {
   name: string
   labels: Record<string, string>
+  /** Its public key (hex): needed to apply a document that names devices it may not reach. */
+  key?: string
 }
 
 export interface ConfigDocument {
@@ -64,6 +68,11 @@ export interface ConfigDocument {
    * that reaches no node); absent or empty when only admins did. See `writerScopes`.
    */
   writerScopes?: ReadonlyArray<LabelSelector | null>
+  /**
+   * Device keys (hex) the document reaches no more whatever their labels: an operator that
+   * wrote it moved them into its own scope (crdt/devices.ts `outOfReach`, `documentReach`).
+   */
+  unreachable?: readonly string[]
 }
 
 /** The scopes of a document's writers (`SignedDocument.writerKeys()`) under a trust chain. */
@@ -79,9 +88,25 @@ export function writerScopes(
   return out
 }
 
-/** Does a document apply to a node with these labels: its own selector and its writers' scopes? */
-function applies(d: ConfigDocument, labels: Record<string, string>): boolean {
-  if (!isObject(d.value) || !selectorMatches(d.value.selector, labels)) return false
+/** Does a document apply to a node: its own selector, its writers' scopes and reach? */
+function applies(d: ConfigDocument, node: NodeIdentity): boolean {
+  if (!isObject(d.value) || !selectorMatches(d.value.selector, node.labels)) return false
+  return inReach(d, node.labels, node.key)
+}
+
+/**
+ * Is a node inside the scope of every operator who wrote a document (or a rollout in it), and
+ * not among the devices they may not reach? A node whose key is not known is not reached by a
+ * document that names any device out of reach.
+ */
+export function inReach(
+  d: Pick<ConfigDocument, 'writerScopes' | 'unreachable'>,
+  labels: Record<string, string>,
+  key: string | undefined
+): boolean {
+  if (d.unreachable !== undefined && d.unreachable.length > 0) {
+    if (key === undefined || d.unreachable.includes(key)) return false
+  }
   return (d.writerScopes ?? []).every(s => s !== null && selectorMatches(s, labels))
 }
 
@@ -142,7 +167,7 @@ export function selectorMatches(selector: unknown, labels: Record<string, string
 
 export function effectiveConfig(docs: ConfigDocument[], node: NodeIdentity): ConfigObject {
   const applicable = docs
-    .filter(d => applies(d, node.labels))
+    .filter(d => applies(d, node))
     .sort((a, b) =>
       a.id === FLEET_DOC ? -1 : b.id === FLEET_DOC ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0
     )

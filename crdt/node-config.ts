@@ -3,7 +3,7 @@
  * effective config (effective-config.ts) for its name and labels, then the change of every
  * rollout it reports running, layered as its rollout agent layers them (node/rollout-agent.ts
  * `configFor`): switched, not failed or gone back, for the rollout's current digest, and inside
- * the rollout's writers' scope. `rhizome describe` and the dashboard's node view show this.
+ * the rollout's writers' reach. `rhizome describe` and the dashboard's node view show this.
  * Browser-safe, no I/O. What it cannot know: a config try mode rolled back on the node (the node
  * then runs its last known-good config, which only it holds; its status body says so).
  */
@@ -21,11 +21,16 @@ export function nodeConfig(
   node: {
     name: string
     labels: Record<string, string>
+    /**
+     * Its public key (hex): documents name the devices they may not reach by key (absent: a
+     * document that names any does not apply).
+     */
+    key?: string
     /** Its status body's reports, by rollout id. */
     rollouts?: Record<string, RolloutReport>
   }
 ): { config: ConfigObject; rollouts: string[]; errors: string[] } {
-  let config = effectiveConfig(docs, { name: node.name, labels: node.labels })
+  let config = effectiveConfig(docs, { name: node.name, labels: node.labels, key: node.key })
   const { rollouts, errors } = rolloutsOf(docs)
   const reports = node.rollouts ?? {}
   const applied: string[] = []
@@ -37,7 +42,7 @@ export function nodeConfig(
       r.switchedAt !== undefined &&
       r.failedAt === undefined &&
       r.revertedAt === undefined
-    if (!runs || !inWriterScope(spec, node.labels)) continue
+    if (!runs || !inWriterScope(spec, node.labels, node.key)) continue
     config = mergeConfig(config, spec.change)
     applied.push(spec.id)
   }

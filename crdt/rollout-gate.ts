@@ -367,7 +367,7 @@ export function decide(
   self: SelfInput,
   labelsOf: (key: string) => Record<string, string> | undefined
 ): Decision {
-  if (!inWriterScope(spec, self.labels)) {
+  if (!inWriterScope(spec, self.labels, self.key)) {
     return { run: 'old', why: 'outside the node scope of the operator who wrote the rollout' }
   }
   const me = view.nodes.find(n => n.key === self.key)
@@ -378,7 +378,7 @@ export function decide(
   if (view.state === 'aborted') return { run: 'old', why: view.abortReason ?? 'aborted' }
   if (me === undefined) {
     // Not in the frozen list: enrolled or relabelled since the start. Follow the final state.
-    return view.state === 'completed' && selects(spec, self.labels)
+    return view.state === 'completed' && selects(spec, self.labels, self.key)
       ? { run: 'new', why: 'the rollout completed before this node joined it' }
       : { run: 'old', why: 'not in this rollout (it joins once the rollout completes)' }
   }

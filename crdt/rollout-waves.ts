@@ -37,11 +37,11 @@ export function rankOf(spec: Pick<RolloutSpec, 'id' | 'digest'>, key: string): s
  * selectors match on them); a node no longer enrolled has none and is never a canary.
  */
 export function planWaves(
-  spec: Pick<RolloutSpec, 'id' | 'digest' | 'waves' | 'eligible' | 'writerScopes'>,
+  spec: Pick<RolloutSpec, 'id' | 'digest' | 'waves' | 'eligible' | 'writerScopes' | 'unreachable'>,
   labelsOf: (key: string) => Record<string, string> | undefined
 ): WavePlan {
   const eligible = [...new Set(spec.eligible ?? [])]
-    .filter(k => inWriterScope(spec, labelsOf(k) ?? {}))
+    .filter(k => inWriterScope(spec, labelsOf(k) ?? {}, k))
     .sort()
   const waves: string[][] = spec.waves.map(() => [])
   const waveOf = new Map<string, number>()

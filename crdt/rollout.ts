@@ -40,7 +40,12 @@ import { canonicalJson } from './canonical-json.ts'
 import { toHex, utf8 } from './bytes.ts'
 import { InvalidConfigError } from './errors.ts'
 import { checkKeys, isMap } from './config-shape.ts'
-import { selectorMatches, type ConfigDocument, type ConfigObject } from './effective-config.ts'
+import {
+  inReach,
+  selectorMatches,
+  type ConfigDocument,
+  type ConfigObject
+} from './effective-config.ts'
 import type { LabelSelector } from './trust.ts'
 
 /** Rollouts one document may hold. */
@@ -127,6 +132,8 @@ export interface RolloutSpec {
    * a rollout reaches no node outside any of them, whatever its eligible list says.
    */
   writerScopes?: ReadonlyArray<LabelSelector | null>
+  /** Devices the containing document may not reach (crdt/effective-config.ts `unreachable`). */
+  unreachable?: readonly string[]
   change: ConfigObject
   waves: RolloutWave[]
   abort: { minExecuted: number; maxFailedPercent: number }
@@ -458,6 +465,9 @@ export function rolloutsOf(docs: ConfigDocument[]): {
         if (d.writerScopes !== undefined && d.writerScopes.length > 0) {
           spec.writerScopes = d.writerScopes
         }
+        if (d.unreachable !== undefined && d.unreachable.length > 0) {
+          spec.unreachable = d.unreachable
+        }
         rollouts.push(spec)
       } catch (err) {
         errors.push((err as Error).message)
@@ -468,20 +478,25 @@ export function rolloutsOf(docs: ConfigDocument[]): {
   return { rollouts, errors }
 }
 
-/** Is a node with these labels inside the scope of every operator who wrote the rollout? */
+/** Is a node (labels, key) inside the reach of every operator who wrote the rollout? */
 export function inWriterScope(
-  spec: Pick<RolloutSpec, 'writerScopes'>,
-  labels: Record<string, string>
+  spec: Pick<RolloutSpec, 'writerScopes' | 'unreachable'>,
+  labels: Record<string, string>,
+  key: string | undefined
 ): boolean {
-  return (spec.writerScopes ?? []).every(s => s !== null && selectorMatches(s, labels))
+  return inReach(spec, labels, key)
 }
 
-/** Does the rollout (its document's selector, its own, its writers' scopes) select a node? */
-export function selects(spec: RolloutSpec, labels: Record<string, string>): boolean {
+/** Does the rollout (its document's selector, its own, its writers' reach) select a node? */
+export function selects(
+  spec: RolloutSpec,
+  labels: Record<string, string>,
+  key: string | undefined
+): boolean {
   return (
     selectorMatches(spec.docSelector, labels) &&
     selectorMatches(spec.selector, labels) &&
-    inWriterScope(spec, labels)
+    inWriterScope(spec, labels, key)
   )
 }
 
@@ -525,7 +540,7 @@ export function freezeRollouts(
     }
     if (out.eligible === undefined) {
       out.eligible = [...nodes]
-        .filter(([, labels]) => selects(spec, labels))
+        .filter(([key, labels]) => selects(spec, labels, key))
         .map(([k]) => k)
         .sort()
         .slice(0, MAX_ELIGIBLE)

@@ -110,6 +110,11 @@ export interface NodeDescription {
   rolloutsApplied: string[]
   /** Its effective config, computed from the documents the daemon holds. */
   config: ConfigObject
+  /**
+   * Documents that do not reach it whatever its labels say: an operator who wrote them moved
+   * its labels into the operator's own scope (crdt/devices.ts `outOfReach`).
+   */
+  outOfReach: string[]
   /** Problems found computing it here (rollout specs that do not parse). */
   configErrors: string[]
 }
@@ -121,6 +126,7 @@ export async function describeNode(client: DaemonClient, ref: string): Promise<N
   const { config, rollouts, errors } = nodeConfig(docs, {
     name: n.name,
     labels: n.labels,
+    key: n.key,
     rollouts: n.status?.rollouts
   })
   return {
@@ -140,6 +146,7 @@ export async function describeNode(client: DaemonClient, ref: string): Promise<N
     putBack: recentPutBacks(n, Date.now()),
     rolloutsApplied: rollouts,
     config,
+    outOfReach: docs.filter(d => d.unreachable?.includes(n.key) === true).map(d => d.id),
     configErrors: errors
   }
 }
@@ -156,6 +163,12 @@ export function describeLines(d: NodeDescription, now: number): string[] {
   row('key', d.key)
   row('peer id', d.peerId)
   row('labels', labels.join(' ') || '(none)')
+  if (d.outOfReach.length > 0) {
+    row(
+      'scope',
+      `not reached by ${d.outOfReach.join(', ')}: an operator who wrote them moved this node's labels into its own scope (only an admin may do that)`
+    )
+  }
   const seen =
     d.lastSeen === null
       ? 'never heard from'

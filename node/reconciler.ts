@@ -16,12 +16,11 @@ import { TypedEventEmitter } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
 import {
   effectiveConfig,
-  writerScopes,
   type ConfigDocument,
   type ConfigObject,
   type NodeIdentity
 } from '../crdt/effective-config.ts'
-import { DEVICES_DOC, enrolledDevicesOf } from '../crdt/devices.ts'
+import { DEVICES_DOC, documentReach, enrolledDevicesOf } from '../crdt/devices.ts'
 import type { ChangeEventDetail, Replica } from '../crdt/replica.ts'
 import type { FilesApplier } from './appliers/files.ts'
 import type { ProcessesApplier } from './appliers/processes.ts'
@@ -80,18 +79,21 @@ function isMap(v: unknown): v is Record<string, unknown> {
 
 /**
  * The config documents of a replica as effective-config.ts reads them (every document but
- * `devices`), each with its writers' scopes: operators' documents reach only the nodes in their
- * scope. What a node computes its config from, and what `rhizome describe` computes it from.
+ * `devices`), each with its writers' scopes and the devices it may not reach (crdt/devices.ts
+ * `documentReach`): operators' documents reach only the nodes in their scope. What a node computes its config from, and what `rhizome describe` computes it from.
  */
 export async function configDocuments(
   replica: Replica,
   ids: readonly string[] = replica.documentIds()
 ): Promise<ConfigDocument[]> {
   const docs: ConfigDocument[] = []
+  const devices = replica.documentIds().includes(DEVICES_DOC)
+    ? (await replica.open(DEVICES_DOC)).value
+    : undefined
   for (const id of ids) {
     if (id === DEVICES_DOC) continue
     const doc = await replica.open(id)
-    docs.push({ id, value: doc.value, writerScopes: writerScopes(doc.writerKeys(), replica.trust) })
+    docs.push({ id, value: doc.value, ...documentReach(doc.writerKeys(), replica.trust, devices) })
   }
   return docs
 }
@@ -147,8 +149,8 @@ export class Reconciler extends TypedEventEmitter<ReconcilerEvents> {
   async identity(): Promise<NodeIdentity & { enrolled: boolean }> {
     const me = (await enrolledDevicesOf(this.c.replica)).get(this.c.key)
     return me === undefined
-      ? { ...this.c.fallback, enrolled: false }
-      : { name: me.name, labels: me.labels, enrolled: true }
+      ? { ...this.c.fallback, key: this.c.key, enrolled: false }
+      : { name: me.name, labels: me.labels, key: this.c.key, enrolled: true }
   }
 
   /** The heads of every document this node holds. */

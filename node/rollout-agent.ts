@@ -245,7 +245,7 @@ export class RolloutAgent {
     const applied: string[] = []
     for (const spec of this.specs) {
       // Scopes are checked here too: an operator's rollout never reaches past them.
-      if (!this.runsNew(spec) || !inWriterScope(spec, identity.labels)) continue
+      if (!this.runsNew(spec) || !inWriterScope(spec, identity.labels, this.c.key)) continue
       config = mergeConfig(config, spec.change)
       applied.push(spec.id)
     }
@@ -380,7 +380,7 @@ export class RolloutAgent {
     let settleAt = Infinity
     for (const spec of this.specs) {
       const { plan, view, decision } = this.judge(spec)
-      const takesPart = plan.waveOf.has(this.c.key) || selects(spec, this.self.labels)
+      const takesPart = plan.waveOf.has(this.c.key) || selects(spec, this.self.labels, this.c.key)
       let r = this.ownReport(spec)
       if (r === undefined) {
         if (!takesPart) continue

@@ -54,7 +54,9 @@ export interface DocView {
   value: Record<string, unknown>
   heads: string[]
   /** Node selectors of the operators that wrote it (crdt/effective-config.ts `writerScopes`). */
-  writerScopes?: Array<LabelSelector | null>
+  writerScopes?: ReadonlyArray<LabelSelector | null>
+  /** Devices it may not reach (crdt/effective-config.ts `unreachable`). */
+  unreachable?: readonly string[]
 }
 
 export interface SignerInfo {

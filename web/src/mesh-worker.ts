@@ -26,7 +26,6 @@ import { ErrorCategory, RhizomeError } from '../../crdt/errors.ts'
 import { checkDocument } from '../../crdt/fleet-yaml.ts'
 import { diffDocument, formatOps, plainValue, signOps } from '../../crdt/config-diff.ts'
 import { historyPage } from '../../crdt/change-history.ts'
-import { writerScopes } from '../../crdt/effective-config.ts'
 import type {
   ConnectionInfo,
   DocView,
@@ -36,7 +35,7 @@ import type {
   SignerInfo
 } from './fleet-source.ts'
 import { fleetList } from './node-status.ts'
-import { enrolledDevicesOf } from '../../crdt/devices.ts'
+import { DEVICES_DOC, documentReach, enrolledDevicesOf } from '../../crdt/devices.ts'
 import { fromHex, toHex } from '../../crdt/bytes.ts'
 import type { WorkerMessage, WorkerRequest, WorkerResult } from './worker-protocol.ts'
 
@@ -96,21 +95,20 @@ setInterval(scheduleSnapshot, TICK_MS)
 async function docViews(): Promise<DocView[]> {
   if (replica === undefined) return []
   const out: DocView[] = []
+  const devices = replica.documentIds().includes(DEVICES_DOC)
+    ? (await replica.open(DEVICES_DOC)).value
+    : undefined
   for (const id of replica.documentIds()) {
     const doc = await replica.open(id)
     const heads = doc.heads
     let v = docCache.get(id)
     // converting an Automerge document to plain JSON costs; do it once per revision
     if (v === undefined || v.heads.join() !== heads.join()) {
-      v = {
-        id,
-        heads,
-        value: (plainValue(doc.value) ?? {}) as Record<string, unknown>,
-        writerScopes: writerScopes(doc.writerKeys(), replica.trust)
-      }
+      v = { id, heads, value: (plainValue(doc.value) ?? {}) as Record<string, unknown> }
       docCache.set(id, v)
     }
-    out.push(v)
+    // Its reach also follows the trust statement and the devices document (memoised there).
+    out.push({ ...v, ...documentReach(doc.writerKeys(), replica.trust, devices) })
   }
   return out
 }

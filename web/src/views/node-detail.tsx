@@ -27,7 +27,7 @@ export function NodeDetail({
       n === undefined
         ? { yaml: '', rollouts: [] }
         : (() => {
-            const c = nodeConfig(snap.docs, n)
+            const c = nodeConfig(snap.docs, { ...n, key: n.node })
             return { yaml: stringify(c.config, { lineWidth: 0 }), rollouts: c.rollouts }
           })(),
     [n?.name, n?.labels, n?.rollouts, snap.docs]

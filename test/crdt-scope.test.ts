@@ -1,0 +1,274 @@
+/**
+ * Node scope read from the `devices` document's history (crdt/devices.ts `outOfReach`): an
+ * operator that may write `devices` cannot move a device into its own scope by relabelling it.
+ * A device whose labels a change signed by the operator moved from outside its selector to inside
+ * is never reached by the documents the operator wrote, on every replica, whatever order the
+ * changes came in; enrolling a new device inside the scope, relabelling inside it, and an
+ * admin's relabelling still work.
+ */
+import { describe, test } from 'node:test'
+import assert from 'node:assert/strict'
+import fc from 'fast-check'
+import { toHex } from '../crdt/bytes.ts'
+import { DEVICES_DOC, documentReach, enrolledDevices, outOfReach } from '../crdt/devices.ts'
+import { effectiveConfig, type ConfigDocument } from '../crdt/effective-config.ts'
+import { publicKeyHex, type KeyPair } from '../crdt/keys.ts'
+import type { Replica } from '../crdt/replica.ts'
+import { decide, viewRollout } from '../crdt/rollout-gate.ts'
+import { planWaves } from '../crdt/rollout-waves.ts'
+import { rolloutsOf } from '../crdt/rollout.ts'
+import type { SignedBatch } from '../crdt/signed-change.ts'
+import { nextStatement } from '../crdt/trust.ts'
+import { makeFleet, testKey, type TestFleet } from './fixtures/fleet.ts'
+
+type Entry = { name: string; labels: Record<string, string> }
+type Devices = { devices: Record<string, Entry> }
+
+/** A fleet whose operator may write `site/berlin` and `devices`, scoped to site=berlin. */
+async function berlinFleet(label: string, replicas = 1): Promise<TestFleet> {
+  const f = await makeFleet({ replicas, admins: 1, label })
+  const op = f.replicas[0]!.trust.latest.operators[0]!
+  const statement = await nextStatement(
+    f.replicas[0]!.trust.latest,
+    { operators: [{ ...op, docs: ['site/berlin', DEVICES_DOC], selector: { site: 'berlin' } }] },
+    [f.root],
+    f.ed
+  )
+  for (const r of f.replicas) await r.addTrustStatement(statement)
+  return f
+}
+
+/** The workloads a device runs, computed as the reconciler does, from this replica's documents. */
+async function workloadsOf(r: Replica, key: string): Promise<unknown> {
+  const devices = (await r.open<Devices>(DEVICES_DOC)).value
+  const me = enrolledDevices(r.trust, devices).get(key)
+  assert.ok(me !== undefined, `${key.slice(0, 8)} is enrolled`)
+  const docs: ConfigDocument[] = []
+  for (const id of r.documentIds()) {
+    if (id === DEVICES_DOC) continue
+    const d = await r.open(id)
+    docs.push({ id, value: d.value, ...documentReach(d.writerKeys(), r.trust, devices) })
+  }
+  return effectiveConfig(docs, { name: me.name, labels: me.labels, key }).workloads
+}
+
+const deviceKey = (name: string): string => toHex(testKey(`scope/${name}`).publicKey)
+const munich = (name: string): Entry => ({ name, labels: { site: 'munich', role: 'pos' } })
+const berlin = (name: string): Entry => ({ name, labels: { site: 'berlin', role: 'pos' } })
+
+describe('operator scope and device labels', () => {
+  test('an operator cannot relabel a device into its scope; enrolling and relabelling inside it works', async () => {
+    const f = await berlinFleet('scope-relabel')
+    const r = f.replicas[0]!
+    const admin = f.signer(0, f.admins[0]!)
+    const operator = f.signer(0, f.operator)
+    const devices = await r.open<Devices>(DEVICES_DOC)
+    const [relabelled, readded, replaced, blessed, fresh, swapped] = [
+      'relabelled',
+      'readded',
+      'replaced',
+      'blessed',
+      'fresh',
+      'swapped'
+    ].map(deviceKey) as [string, string, string, string, string, string]
+    const trustNode = publicKeyHex(f.nodes[0]!.publicKey)
+    await devices.change(admin, d => {
+      d.devices = {}
+      for (const [k, n] of [
+        [relabelled, 'm-1'],
+        [readded, 'm-2'],
+        [replaced, 'm-3'],
+        [blessed, 'm-4'],
+        [swapped, 'm-5']
+      ] as const) {
+        d.devices[k] = munich(n)
+      }
+    })
+    await (
+      await r.open('site/berlin')
+    ).change(operator, d => {
+      d.defaults = { workloads: { miner: { command: ['/bin/miner'] } } }
+    })
+    const miner = { miner: { command: ['/bin/miner'] } }
+    assert.equal(await workloadsOf(r, relabelled), undefined, 'munich: out of scope')
+
+    // The escape: the operator writes site=berlin on a munich device.
+    await devices.change(operator, d => {
+      d.devices[relabelled]!.labels.site = 'berlin'
+    })
+    // Deleting the entry, then adding it again as berlin, in two changes.
+    await devices.change(operator, d => {
+      delete d.devices[readded]
+    })
+    await devices.change(operator, d => {
+      d.devices[readded] = berlin('m-2')
+    })
+    // Replacing the entry with a new one; and enrolling a trust-statement node (site=x) as berlin.
+    await devices.change(operator, d => {
+      d.devices[replaced] = berlin('m-3')
+      d.devices[trustNode] = berlin('node-0')
+    })
+    // A whole new `devices` map, a copy of the old one but for one munich device made berlin.
+    await devices.change(operator, d => {
+      const copy = JSON.parse(JSON.stringify(d.devices)) as Devices['devices']
+      copy[swapped]!.labels.site = 'berlin'
+      d.devices = copy
+    })
+    // An admin moves a munich device to berlin: the operator reaches it.
+    await devices.change(admin, d => {
+      d.devices[blessed]!.labels.site = 'berlin'
+    })
+    // The operator enrols a new berlin device, then relabels it inside berlin.
+    await devices.change(operator, d => {
+      d.devices[fresh] = berlin('b-1')
+    })
+    await devices.change(operator, d => {
+      d.devices[fresh]!.labels.role = 'kiosk'
+    })
+
+    const now = enrolledDevices(r.trust, devices.value)
+    for (const k of [relabelled, readded, replaced, trustNode, swapped]) {
+      assert.equal(now.get(k)?.labels.site, 'berlin', 'its labels say berlin')
+      assert.equal(await workloadsOf(r, k), undefined, `${now.get(k)?.name}: not reached`)
+    }
+    assert.deepEqual(await workloadsOf(r, blessed), miner, 'moved by an admin: reached')
+    assert.deepEqual(await workloadsOf(r, fresh), miner, 'enrolled and relabelled in berlin')
+    assert.deepEqual(
+      [
+        ...(outOfReach(r.trust, devices.value).get(publicKeyHex(f.operator.publicKey)) ?? [])
+      ].sort(),
+      [relabelled, readded, replaced, trustNode, swapped].sort()
+    )
+
+    // Moving a device out of its scope is fine: it just loses it.
+    await devices.change(operator, d => {
+      d.devices[fresh]!.labels.site = 'munich'
+    })
+    assert.equal(await workloadsOf(r, fresh), undefined)
+    // An admin's document still reaches the relabelled device.
+    await (
+      await r.open('fleet')
+    ).change(admin, d => {
+      d.defaults = { workloads: { agent: { command: ['/bin/agent'] } } }
+    })
+    assert.deepEqual(await workloadsOf(r, relabelled), { agent: { command: ['/bin/agent'] } })
+  })
+
+  test("an operator's rollout leaves out the device it relabelled, whatever its eligible list says", async () => {
+    const f = await berlinFleet('scope-rollout')
+    const r = f.replicas[0]!
+    const devices = await r.open<Devices>(DEVICES_DOC)
+    const [moved, own] = ['moved', 'own'].map(deviceKey) as [string, string]
+    await devices.change(f.signer(0, f.admins[0]!), d => {
+      d.devices = { [moved]: munich('m-1') }
+    })
+    await devices.change(f.signer(0, f.operator), d => {
+      d.devices[moved]!.labels.site = 'berlin'
+      d.devices[own] = berlin('b-1')
+    })
+    const site = await r.open('site/berlin')
+    await site.change(f.signer(0, f.operator), d => {
+      d.rollouts = {
+        'web-v2': {
+          change: { workloads: { web: { version: '2' } } },
+          waves: [{ percent: 100 }],
+          threshold: 0,
+          eligible: [moved, own].sort()
+        }
+      }
+    })
+    const { rollouts } = rolloutsOf([
+      {
+        id: 'site/berlin',
+        value: site.value,
+        ...documentReach(site.writerKeys(), r.trust, devices.value)
+      }
+    ])
+    const spec = rollouts[0]!
+    const labels = enrolledDevices(r.trust, devices.value)
+    const labelsOf = (k: string) => labels.get(k)?.labels
+    const plan = planWaves(spec, labelsOf)
+    assert.deepEqual(plan.waves, [[own]], 'the relabelled device is in no wave')
+    const view = viewRollout(spec, plan, new Map())
+    const run = (k: string) =>
+      decide(spec, plan, view, { key: k, labels: labelsOf(k)!, localMinutes: 0 }, labelsOf).run
+    assert.equal(run(own), 'new')
+    assert.equal(run(moved), 'old')
+  })
+
+  test('which devices an operator may not reach does not depend on the order changes arrive in', async () => {
+    const keys = ['d0', 'd1', 'd2'].map(deviceKey)
+    const op = fc.record({
+      replica: fc.integer({ min: 0, max: 1 }),
+      by: fc.constantFrom('admin', 'operator'),
+      device: fc.integer({ min: 0, max: keys.length - 1 }),
+      what: fc.constantFrom('berlin', 'munich', 'delete')
+    })
+    let run = 0
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(op, { minLength: 1, maxLength: 12 }),
+        fc.array(fc.nat(), { minLength: 40, maxLength: 40 }),
+        fc.boolean(),
+        async (drawn, shuffle, linear) => {
+          const ops = linear ? drawn.map(o => ({ ...o, replica: 0 })) : drawn
+          const f = await berlinFleet(`scope-order-${run++}`, 3)
+          const [a, b, c] = f.replicas as [Replica, Replica, Replica]
+          const batches: SignedBatch[] = []
+          const genesis = await (
+            await a.open<Devices>(DEVICES_DOC)
+          ).change(f.signer(0, f.admins[0]!), d => {
+            d.devices = {}
+            for (const k of keys) d.devices[k] = munich(k.slice(0, 4))
+          })
+          batches.push(genesis!)
+          await b.accept(genesis!)
+          // Two replicas write concurrently, then exchange what they wrote.
+          for (const o of ops) {
+            const r = o.replica === 0 ? a : b
+            const key: KeyPair = o.by === 'admin' ? f.admins[0]! : f.operator
+            const k = keys[o.device]!
+            const batch = await (
+              await r.open<Devices>(DEVICES_DOC)
+            ).change(f.signer(o.replica, key), d => {
+              if (o.what === 'delete') delete d.devices[k]
+              else if (d.devices[k] === undefined) d.devices[k] = { name: 'x', labels: {} }
+              if (o.what !== 'delete') d.devices[k]!.labels.site = o.what
+            })
+            if (batch !== undefined) batches.push(batch)
+          }
+          for (const batch of batches) {
+            await a.accept(batch)
+            await b.accept(batch)
+          }
+          // A third replica receives everything in a random order.
+          const order = batches.map((x, i) => [shuffle[i] ?? 0, x] as const)
+          order.sort((x, y) => x[0] - y[0])
+          for (const [, batch] of order) await c.accept(batch)
+          const results = []
+          for (const r of [a, b, c]) {
+            const d = await r.open<Devices>(DEVICES_DOC)
+            const taken = outOfReach(r.trust, d.value).get(publicKeyHex(f.operator.publicKey))
+            results.push({ heads: d.heads, taken: [...(taken ?? [])].sort() })
+          }
+          assert.deepEqual(results[1], results[0])
+          assert.deepEqual(results[2], results[0])
+          if (!linear) return
+          // One writer after another: the rule in plain terms. An operator's change that leaves a
+          // device on berlin when its last labels (before a delete, if it was deleted) were not.
+          const last = keys.map(() => 'munich')
+          const expected = new Set<string>()
+          for (const o of ops) {
+            if (o.what === 'delete') continue
+            if (o.by === 'operator' && o.what === 'berlin' && last[o.device] !== 'berlin') {
+              expected.add(keys[o.device]!)
+            }
+            last[o.device] = o.what
+          }
+          assert.deepEqual(results[0]!.taken, [...expected].sort())
+        }
+      ),
+      { numRuns: 25 }
+    )
+  })
+})

@@ -1,0 +1,146 @@
+/**
+ * Node scope against relabelling, through real daemons and the real CLI (issue 11): an operator
+ * scoped to site=berlin that may write `devices` relabels a munich device to berlin; its file
+ * reaches the berlin device but never the relabelled one, and `rhizome describe` says why.
+ */
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { stringify } from 'yaml'
+import {
+  daemonConfig,
+  getJson,
+  initFleet,
+  rhizome,
+  startDaemon,
+  stopAll,
+  type NodeIdentity,
+  type RunningDaemon
+} from './fixtures/node-harness.ts'
+import { waitFor } from './fixtures/wait.ts'
+import type { NodeDescription } from '../node/cli-describe.ts'
+
+const PASS = 'correct horse battery'
+
+describe(
+  'an operator relabelling a device into its scope (two daemons)',
+  { timeout: 180_000 },
+  () => {
+    let dir: string
+    let env: Record<string, string>
+    let ids: Record<string, NodeIdentity>
+    let n1: RunningDaemon
+    const file = (n: string): string => join(dir, n)
+    const cli = async (args: string[], code = 0) => {
+      const r = await rhizome(args, env)
+      assert.equal(r.code, code, `rhizome ${args.join(' ')}: ${r.stdout}\n${r.stderr}`)
+      return r
+    }
+    const apply = async (doc: string, value: unknown, key: string): Promise<void> => {
+      const f = file(`f-${Math.random().toString(36).slice(2)}.yaml`)
+      await writeFile(f, stringify({ [doc]: value }))
+      await cli(['apply', '-f', f, '--key', key])
+    }
+    const enrol = (node: string, site: string, key: string, more: string[] = []) =>
+      cli([
+        'enrol',
+        ids[node]!.key,
+        '--name',
+        node,
+        '--label',
+        `site=${site}`,
+        '--key',
+        key,
+        ...more
+      ])
+    const exists = (path: string): Promise<boolean> =>
+      access(path).then(
+        () => true,
+        () => false
+      )
+
+    before(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'rhizome-scope-'))
+      env = { RHIZOME_PASSPHRASE: PASS, RHIZOME_DAEMON: '' }
+      ids = await initFleet(dir, 'scope-e2e', ['n1', 'n2'], env)
+      await writeFile(file('n1.yaml'), stringify(daemonConfig(dir, 'n1', {})))
+      n1 = await startDaemon(file('n1.yaml'), env)
+      env.RHIZOME_DAEMON = n1.url
+      const listen = n1.events.find(e => e.event === 'mesh.listening')?.addresses as string[]
+      const tcp = listen.find(a => a.includes('/tcp/') && !a.includes('/ws'))!
+      await writeFile(file('n2.yaml'), stringify(daemonConfig(dir, 'n2', { bootstrap: [tcp] })))
+      await startDaemon(file('n2.yaml'), env)
+    })
+
+    after(async () => {
+      await stopAll()
+      await rm(dir, { recursive: true, force: true })
+    })
+
+    it("keeps the operator's file off the device it relabelled, and describe says why", async () => {
+      const admin = file('fleet/admin.key')
+      await enrol('n1', 'munich', admin)
+      await enrol('n2', 'berlin', admin)
+      const k = await cli(['keygen', '--out', file('ops.key'), '--label', 'berlin-ops'])
+      const op = /public key\s+([0-9a-f]{64})/.exec(k.stdout)![1]!
+      const p = file('p-operator.json')
+      await cli([
+        'trust',
+        'propose',
+        '--add-operator',
+        `${op}:berlin-ops`,
+        '--docs',
+        'site/berlin,devices',
+        '--selector',
+        'site=berlin',
+        '--out',
+        p
+      ])
+      await cli(['trust', 'sign', p, '--key', file('fleet/root.key')])
+      await cli(['trust', 'publish', p])
+
+      await apply(
+        'site/berlin',
+        { defaults: { files: { '/etc/rhizome/op': { content: 'op' } } } },
+        file('ops.key')
+      )
+      await waitFor('the berlin device to write the operator’s file', () =>
+        exists(file('root-n2/etc/rhizome/op'))
+      )
+      // The escape: the operator's key is allowed to write `devices`, and writes site=berlin on n1.
+      await enrol('n1', 'berlin', file('ops.key'), ['--replace'])
+      const labels = await getJson<{ value: { devices: Record<string, { labels: unknown }> } }>(
+        `${n1.url}/api/docs/devices`
+      )
+      assert.deepEqual(labels.value.devices[ids.n1!.key]?.labels, { site: 'berlin' })
+      // A later admin change, then n1's pass that applied it: it ran with the relabelling held.
+      await apply(
+        'fleet',
+        { defaults: { files: { '/etc/rhizome/marker': { content: 'm' } } } },
+        admin
+      )
+      await waitFor('n1 to apply the admin’s file', () =>
+        exists(file('root-n1/etc/rhizome/marker'))
+      )
+      assert.equal(
+        await exists(file('root-n1/etc/rhizome/op')),
+        false,
+        'n1 runs nothing of the operator'
+      )
+      assert.equal(await readFile(file('root-n2/etc/rhizome/op'), 'utf8'), 'op')
+
+      const json = await cli(['describe', 'n1', '--json'])
+      const d = JSON.parse(json.stdout) as NodeDescription
+      assert.deepEqual(d.labels, { site: 'berlin' })
+      assert.deepEqual(d.outOfReach, ['site/berlin'])
+      assert.deepEqual(Object.keys(d.config.files as object), ['/etc/rhizome/marker'])
+      const text = await cli(['describe', 'n1'])
+      assert.match(
+        text.stdout,
+        /scope +not reached by site\/berlin: an operator who wrote them moved/
+      )
+    })
+  }
+)
