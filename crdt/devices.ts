@@ -255,6 +255,12 @@ const MAX_ENTRY_DEPTH = 64
 /** Which device entries each change touched, for one document (built once per document value). */
 interface History {
   readonly metas: ReadonlyMap<string, Automerge.ChangeMetadata>
+  /**
+   * Each change's place in the document's history, which Automerge keeps in causal order (a
+   * change comes after everything it depends on): a change placed after another is not in its
+   * past.
+   */
+  readonly order: ReadonlyMap<string, number>
   readonly facts: ReadonlyMap<string, ChangeFacts>
   /** Device key → changes that wrote in its entry (or in the map holding it). */
   readonly touchers: ReadonlyMap<string, ReadonlySet<string>>
@@ -319,6 +325,7 @@ function history(devicesDoc: DevicesDocument): History {
   }
   const h: History = {
     metas: new Map(metas.map(m => [m.hash, m])),
+    order: new Map(metas.map((m, i) => [m.hash, i])),
     facts: read,
     touchers,
     replacers,
@@ -341,10 +348,12 @@ function labelsAt(h: History, device: string, heads: string[]): Labels | undefin
 
 /** The labels a device last had before a change, in that change's past (see `LabelMove`). */
 function labelsBefore(h: History, device: string, m: Automerge.ChangeMetadata): Labels[] {
-  // No other change ever wrote at its key (an entry, even in a new `devices` map, is made by a
-  // write there): a key new here, read without asking Automerge (most enrolments).
-  const others = h.touchers.get(device)
-  if (others === undefined || (others.size === 1 && others.has(m.hash))) return []
+  // No change placed before this one wrote at its key (an entry, even in a new `devices` map, is
+  // made by a write there): a key new here, read without asking Automerge (most enrolments).
+  const place = h.order.get(m.hash) ?? Infinity
+  let first = Infinity
+  for (const t of h.touchers.get(device) ?? []) first = Math.min(first, h.order.get(t) ?? Infinity)
+  if (first >= place) return []
   const at = labelsAt(h, device, m.deps)
   if (at !== undefined) return [at]
   // Deleted before this change: on each path back, the labels where the entry was last seen.
@@ -353,7 +362,8 @@ function labelsBefore(h: History, device: string, m: Automerge.ChangeMetadata): 
   const stack = [...m.deps]
   while (stack.length > 0) {
     const x = h.metas.get(stack.pop() as string)
-    if (x === undefined || seen.has(x.hash)) continue
+    // Nothing placed before the first change that wrote the entry can say anything of it.
+    if (x === undefined || seen.has(x.hash) || (h.order.get(x.hash) ?? 0) < first) continue
     seen.add(x.hash)
     if (h.replacers.has(x.hash) || h.touched.get(x.hash)?.has(device) === true) {
       const last = labelsAt(h, device, [x.hash]) ?? labelsAt(h, device, x.deps)
