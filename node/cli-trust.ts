@@ -22,7 +22,7 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { Option, type Command } from 'commander'
 import { fromHex, toHex } from '../crdt/bytes.ts'
-import { DEVICES_DOC, enrolledDevices, revokedDevices } from '../crdt/devices.ts'
+import { DEVICES_DOC, enrolledDevices, outOfReach, revokedDevices } from '../crdt/devices.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { signOps } from '../crdt/config-diff.ts'
 import { TrustForkError } from '../crdt/errors.ts'
@@ -636,6 +636,8 @@ async function cmdEnrol(key: string, opts: EnrolOptions): Promise<void> {
   }
   const before = enrolled.get(hex)?.labels ?? {}
   const dropped = Object.keys(before).filter(k => !(k in labels))
+  const signer = toHex(pair.publicKey)
+  const outBefore = outOfReach(replica.trust, doc.value).get(signer)?.has(hex) === true
   const batch = await doc.change(
     Replica.signer(pair),
     d => {
@@ -653,6 +655,13 @@ async function cmdEnrol(key: string, opts: EnrolOptions): Promise<void> {
     },
     `enrol ${opts.name}`
   )
+  // Peers would keep this operator's documents off the device anyway (crdt/devices.ts
+  // `outOfReach`): say so here, before anything is published, rather than move it for nothing.
+  if (!outBefore && outOfReach(replica.trust, doc.value).get(signer)?.has(hex) === true) {
+    throw new UsageError(
+      `device ${fingerprint(pub)} had labels outside your operator key's reach ${JSON.stringify(scope.all ? {} : scope.selector)}${enrolled.has(hex) ? ` (${JSON.stringify(before)})` : ' before it was unenrolled'}; an operator cannot move a device into its own scope (its documents would never reach it): nothing was published; ask an admin to relabel it`
+    )
+  }
   say(`enrolled ${opts.name} (${fingerprint(pub)}) labels ${JSON.stringify(labels)}`)
   if (dropped.length > 0) say(`  labels dropped from its previous entry: ${dropped.join(', ')}`)
   if (sameName !== undefined) {

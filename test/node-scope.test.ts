@@ -1,7 +1,8 @@
 /**
  * Node scope against relabelling, through real daemons and the real CLI (issue 11): an operator
  * scoped to site=berlin that may write `devices` relabels a munich device to berlin; its file
- * reaches the berlin device but never the relabelled one, and `rhizome describe` says why.
+ * reaches the berlin device but never the relabelled one, and `rhizome describe` says why;
+ * `rhizome enrol` refuses to make that move in the first place.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -9,7 +10,11 @@ import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
+import { DEVICES_DOC } from '../crdt/devices.ts'
+import { decryptKeyFile, parseKeyFile } from '../crdt/keys.ts'
+import { Replica } from '../crdt/replica.ts'
 import {
+  daemonClient,
   daemonConfig,
   getJson,
   initFleet,
@@ -109,8 +114,34 @@ describe(
       await waitFor('the berlin device to write the operator’s file', () =>
         exists(file('root-n2/etc/rhizome/op'))
       )
-      // The escape: the operator's key is allowed to write `devices`, and writes site=berlin on n1.
-      await enrol('n1', 'berlin', file('ops.key'), ['--replace'])
+      // `rhizome enrol` refuses to move n1 into the operator's scope, and publishes nothing.
+      const refused = await cli(
+        [
+          'enrol',
+          ids.n1!.key,
+          '--name',
+          'n1',
+          '--label',
+          'site=berlin',
+          '--replace',
+          '--key',
+          file('ops.key')
+        ],
+        1
+      )
+      assert.match(refused.stderr, /an operator cannot move a device into its own scope/)
+      // The escape, by a client of its own: the operator's key may write `devices`, and writes
+      // site=berlin on n1, signed and posted to the daemon.
+      const pair = await decryptKeyFile(parseKeyFile(await readFile(file('ops.key'), 'utf8')), PASS)
+      const client = daemonClient(n1)
+      const replica = await client.localReplica([DEVICES_DOC])
+      const devices = await replica.open<{
+        devices: Record<string, { labels: Record<string, string> }>
+      }>(DEVICES_DOC)
+      const batch = await devices.change(Replica.signer(pair), d => {
+        d.devices[ids.n1!.key]!.labels.site = 'berlin'
+      })
+      await client.postBatch(batch!)
       const labels = await getJson<{ value: { devices: Record<string, { labels: unknown }> } }>(
         `${n1.url}/api/docs/devices`
       )
