@@ -5,6 +5,7 @@
 import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto'
 import { concatBytes } from './bytes.ts'
 import { seedToPkcs8, type Ed25519 } from './ed25519.ts'
+import { keyPairFromSeed, type KeyPair } from './keys.ts'
 
 const SPKI_PREFIX = Uint8Array.from([
   0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00
@@ -45,4 +46,19 @@ export const nodeCryptoEd25519: Ed25519 = {
       return false
     }
   }
+}
+
+/**
+ * `keyPairFromSeed` with the public key derived by OpenSSL: tweetnacl's pure JavaScript takes
+ * ~20 ms the first time, at every daemon start (the device identity). The seed is checked there.
+ */
+export function keyPairFromSeedFast(seed: Uint8Array): KeyPair {
+  if (seed.length !== 32) return keyPairFromSeed(seed)
+  const secret = createPrivateKey({
+    key: Buffer.from(seedToPkcs8(seed)),
+    format: 'der',
+    type: 'pkcs8'
+  })
+  const spki = createPublicKey(secret).export({ format: 'der', type: 'spki' })
+  return { seed, publicKey: new Uint8Array(spki.subarray(SPKI_PREFIX.length)) }
 }

@@ -8,7 +8,8 @@ import { join } from 'node:path'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { fromHex, toHex } from '../crdt/bytes.ts'
-import { fingerprint, generateKeyPair, keyPairFromSeed, type KeyPair } from '../crdt/keys.ts'
+import { keyPairFromSeedFast } from '../crdt/ed25519-node.ts'
+import { fingerprint, generateKeyPair, type KeyPair } from '../crdt/keys.ts'
 import { InvalidConfigError } from './errors.ts'
 
 export const IDENTITY_FILE = 'identity.key'
@@ -54,7 +55,7 @@ export async function readIdentity(dataDir: string): Promise<DeviceIdentity | un
       `${join(dataDir, IDENTITY_FILE)} is not a device identity (64 hex characters); remove it and run \`rhizome node init --data ${dataDir}\``
     )
   }
-  return describe(keyPairFromSeed(fromHex(hex)))
+  return describe(keyPairFromSeedFast(fromHex(hex)))
 }
 
 /** Create an identity in `dataDir` (which may not hold one yet). */

@@ -12,7 +12,7 @@ import {
   tweetnaclEd25519,
   type Ed25519
 } from '../crdt/ed25519.ts'
-import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
+import { keyPairFromSeedFast, nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { keyPairFromSeed } from '../crdt/keys.ts'
 
 const IMPLS: Ed25519[] = [
@@ -111,4 +111,14 @@ test('wrong lengths and garbage give false, never an exception', async () => {
 
 test('the platform choice in Node is WebCrypto', async () => {
   assert.equal((await platformEd25519()).name, 'webcrypto')
+})
+
+test('the device identity derives the same public key through OpenSSL as through tweetnacl', () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 32, maxLength: 32 }), seed => {
+      assert.deepEqual(keyPairFromSeedFast(seed).publicKey, keyPairFromSeed(seed).publicKey)
+    }),
+    { numRuns: 200 }
+  )
+  assert.throws(() => keyPairFromSeedFast(new Uint8Array(31)), /32 bytes/)
 })
