@@ -16,7 +16,10 @@
  *
  * ARTIFACT_BENCH_MIB (default 256) sizes the artifact; ARTIFACT_BENCH_FETCHERS (10) the swarm;
  * ARTIFACT_BENCH_SERVE_MIBPS (4) the thin-link limit (0 skips item 4), ARTIFACT_BENCH_THIN_MIB
- * (64) its artifact. Prints; asserts nothing.
+ * (64) its artifact. Prints; asserts nothing. Item 4's ten fetchers run twice, A/B: the old scheduling
+ * (RHIZOME_ARTIFACT_SCHEDULING=rarest: rarest first from any holder) and the deployed one (a chunk
+ * a fetcher holds is taken from a fetcher); each prints how many bytes the source served and how
+ * many the fetchers served each other.
  */
 import { spawn } from 'node:child_process'
 import { createReadStream } from 'node:fs'
@@ -155,7 +158,12 @@ interface Fleet {
 }
 
 /** A source and `n` fetchers (a ring among themselves, each also bootstrapping to the source). */
-async function fleetOf(n: number, file: string, serveRate: number): Promise<Fleet> {
+async function fleetOf(
+  n: number,
+  file: string,
+  serveRate: number,
+  scheduling: Record<string, string> = {}
+): Promise<Fleet> {
   const dir = await mkdtemp(join(tmpdir(), 'rhizome-art-bench-'))
   const names = ['src', ...Array.from({ length: n }, (_, i) => `f${i + 1}`)]
   const daemonFleet = await DaemonFleet.init(dir, 'bench', names, env)
@@ -177,7 +185,7 @@ async function fleetOf(n: number, file: string, serveRate: number): Promise<Flee
   const daemons: Record<string, RunningDaemon> = {}
   daemons.src = await daemonFleet.start('src', 60_000)
   await daemonFleet.enrol(daemons.src)
-  for (const x of names.slice(1)) daemons[x] = await daemonFleet.start(x, 60_000)
+  for (const x of names.slice(1)) daemons[x] = await daemonFleet.start(x, 60_000, scheduling)
   const add = await rhizome(
     ['artifact', 'add', file, '--name', 'bench', '--daemon', daemons.src.url],
     env
@@ -243,6 +251,16 @@ async function transfer(
   return { starts, ends, rssIdle, rssPeak }
 }
 
+/** Artifact bytes each daemon served to its peers (its /metrics counter). */
+async function served(f: Fleet): Promise<Record<string, number>> {
+  const out: Record<string, number> = {}
+  for (const [x, d] of Object.entries(f.daemons)) {
+    const text = await (await fetch(`${d.url}/metrics`)).text()
+    out[x] = Number(/^rhizome_artifact_bytes_served_total\S* (\d+)/m.exec(text)?.[1] ?? 0)
+  }
+  return out
+}
+
 async function close(f: Fleet): Promise<void> {
   await Promise.all(Object.values(f.daemons).map(d => d.stop()))
   await rm(f.dir, { recursive: true, force: true })
@@ -293,15 +311,29 @@ try {
           : '') +
         `\n  fetcher RSS: idle ${(r1.rssIdle / MIB).toFixed(0)} MB, peak ${(r1.rssPeak / MIB).toFixed(0)} MB, +${((r1.rssPeak - r1.rssIdle) / MIB).toFixed(0)} MB (target < 50 MB)\n`
     )
-    const many = await fleetOf(FETCHERS, f, serve)
-    const rN = await transfer(many)
-    await close(many)
-    const total = Math.max(...rN.ends) - Math.min(...rN.starts)
-    const each = rN.ends.map((e, i) => e - rN.starts[i]!).sort((a, b) => a - b)
-    process.stdout.write(
-      `${FETCHERS} fetchers from one source: last done after ${total} ms, ${(total / single).toFixed(2)}x the one transfer (target < 2x); ` +
-        `per fetcher ${each[0]}..${each[each.length - 1]} ms\n`
-    )
+    // A/B in the same run: the fetchers' scheduling before partial holders were preferred
+    // (rarest first, any holder), then as deployed.
+    const schedulings = serve === 0 ? ['peers first'] : ['rarest', 'peers first']
+    for (const scheduling of schedulings) {
+      const many = await fleetOf(
+        FETCHERS,
+        f,
+        serve,
+        scheduling === 'rarest' ? { RHIZOME_ARTIFACT_SCHEDULING: 'rarest' } : {}
+      )
+      const rN = await transfer(many)
+      const bytes = await served(many)
+      await close(many)
+      const total = Math.max(...rN.ends) - Math.min(...rN.starts)
+      const each = rN.ends.map((e, i) => e - rN.starts[i]!).sort((a, b) => a - b)
+      const fromSrc = bytes.src ?? 0
+      const fromPeers = Object.entries(bytes).reduce((n, [x, b]) => (x === 'src' ? n : n + b), 0)
+      process.stdout.write(
+        `${FETCHERS} fetchers from one source (${scheduling}): last done after ${total} ms, ${(total / single).toFixed(2)}x the one transfer (target < 2x); ` +
+          `per fetcher ${each[0]}..${each[each.length - 1]} ms; ` +
+          `source served ${(fromSrc / MIB).toFixed(0)} MiB (${(fromSrc / size).toFixed(2)}x the artifact), fetchers each other ${(fromPeers / MIB).toFixed(0)} MiB\n`
+      )
+    }
   }
 } finally {
   await stopAll()

@@ -240,6 +240,30 @@ describe('artifact fetch engine', () => {
     assert.equal(target.state(m.digest), 'complete')
   })
 
+  it('takes a chunk another fetcher holds from that fetcher, and only the rest from the seed', async () => {
+    const origin = await tempStore()
+    const m = await origin.add(pieces(randomBytes(24 * CHUNK)), { chunkSize: CHUNK })
+    // A peer that fetched all but the last two chunks so far.
+    const partial = await tempStore()
+    await partial.putManifest(m)
+    for (let i = 0; i < 22; i++) {
+      await (
+        await partial.stageChunk(m.digest, i, (await origin.readChunk(m.digest, i))!)
+      ).durable
+    }
+    const seed = storeSource('seed', origin)
+    const peer = storeSource('peer', partial)
+    const target = await tempStore()
+    await new ArtifactFetch(m.digest, target, () => [seed, peer]).run()
+    assert.equal(target.state(m.digest), 'complete')
+    assert.deepEqual(
+      seed.requests.sort(),
+      [22, 23],
+      'the seed is asked only for what the peer lacks'
+    )
+    assert.equal(peer.requests.length, 22)
+  })
+
   it('keeps to the bandwidth limit', async () => {
     const origin = await tempStore()
     const size = 24 * CHUNK

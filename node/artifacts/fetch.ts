@@ -75,6 +75,12 @@ export interface FetchOptions {
   rate?: RateLimiter
   /** A source sent a wrong manifest or chunk (the caller bans it). */
   onFaulty?: (source: ChunkSource, err: Error) => void
+  /**
+   * Take a chunk that a partial holder (another fetcher) has from a partial holder, and keep the
+   * complete holders (the seed) for chunks only they have (default true; false is the old
+   * scheduling, kept for the benchmark's A/B).
+   */
+  preferPartial?: boolean
 }
 
 const shuffle = <T>(a: T[]): T[] => {
@@ -121,6 +127,7 @@ export class ArtifactFetch {
     this.opts = {
       concurrency: DEFAULT_FETCH_CONCURRENCY,
       perSource: DEFAULT_PER_SOURCE_CONCURRENCY,
+      preferPartial: true,
       ...opts
     }
   }
@@ -310,21 +317,37 @@ export class ArtifactFetch {
       if (this.committing.size >= 4 * this.opts.concurrency) break
       const i = this.order[k] as number
       if (this.inflight.has(i) || this.committing.has(i) || this.held(i)) continue
-      let best: ChunkSource | undefined
-      let bestLoad = Infinity
-      for (const h of shuffle(holders.slice())) {
-        if (h.have.all !== true && !bitSet(h.have.bits, i)) continue
-        const l = this.load.get(h.source.id) ?? 0
-        if (l < this.opts.perSource && l < bestLoad) {
-          best = h.source
-          bestLoad = l
-        }
-      }
+      const best = this.pick(holders, i)
       if (best === undefined) continue
       this.request(best, i, m)
       issued++
     }
     return issued
+  }
+
+  /**
+   * The least loaded holder of chunk `i` with a free slot. A seed's upload is the swarm's scarce
+   * resource: when any partial holder (a fetcher like us) has the chunk, only partial holders are
+   * asked, even if they are busy now (the chunk waits for their next free slot, and the scan goes
+   * on to chunks only a seed has), so the seed spends its upload on chunks nobody else has yet.
+   */
+  private pick(
+    holders: Array<{ source: ChunkSource; have: Have }>,
+    i: number
+  ): ChunkSource | undefined {
+    const has = holders.filter(h => h.have.all === true || bitSet(h.have.bits, i))
+    const partial = has.filter(h => h.have.all !== true)
+    const pool = this.opts.preferPartial && partial.length > 0 ? partial : has
+    let best: ChunkSource | undefined
+    let bestLoad = Infinity
+    for (const h of shuffle(pool)) {
+      const l = this.load.get(h.source.id) ?? 0
+      if (l < this.opts.perSource && l < bestLoad) {
+        best = h.source
+        bestLoad = l
+      }
+    }
+    return best
   }
 
   private held(i: number): boolean {

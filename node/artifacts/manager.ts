@@ -162,6 +162,8 @@ export class Artifacts extends EventTarget {
       if (this.fetches.has(d) || this.isComplete(d)) continue
       const f = new ArtifactFetch(d, this.store, () => this.sources(), {
         rate: this.fetchRate,
+        // The benchmark's A/B switch: 'rarest' is the scheduling before partial holders were preferred.
+        preferPartial: process.env.RHIZOME_ARTIFACT_SCHEDULING !== 'rarest',
         onFaulty: (s, err) => this.onFaulty(s, err)
       })
       this.fetches.set(d, f)
