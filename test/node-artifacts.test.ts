@@ -257,7 +257,7 @@ describe('artifact fetch engine', () => {
     await new ArtifactFetch(m.digest, target, () => [seed, peer]).run()
     assert.equal(target.state(m.digest), 'complete')
     assert.deepEqual(
-      seed.requests.sort(),
+      seed.requests.sort((a, b) => a - b),
       [22, 23],
       'the seed is asked only for what the peer lacks'
     )
