@@ -19,9 +19,12 @@
  *    so the spread of `abortedAt` (first to last) is printed beside it: the gossip's own share.
  *
  * Usage: node bench/rollout.bench.ts. Env: ROLLOUT_NODES (30), ROLLOUT_SOAK_MS (2000),
- *   ROLLOUT_SEED (topology; random unless set), BENCH_VERBOSE=1.
+ *   ROLLOUT_SEED (topology; random unless set), BENCH_VERBOSE=1, ROLLOUT_TRACE=DIR (each daemon's
+ *   trace lines, `rhizome:trace:*`, to DIR/<name>.log, and DIR/nodes.json naming their keys: read
+ *   them with bench/rollout-trace.ts).
  */
-import { mkdtemp, rm } from 'node:fs/promises'
+import { createWriteStream } from 'node:fs'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { RolloutDetail } from '../node/rollout-routes.ts'
@@ -32,6 +35,7 @@ import { waitFor } from '../test/fixtures/wait.ts'
 const N = Number(process.env.ROLLOUT_NODES ?? 30)
 const SOAK_MS = Number(process.env.ROLLOUT_SOAK_MS ?? 2000)
 const VERBOSE = process.env.BENCH_VERBOSE === '1'
+const TRACE = process.env.ROLLOUT_TRACE
 const PASS = 'bench passphrase'
 const env = { RHIZOME_PASSPHRASE: PASS }
 
@@ -56,6 +60,19 @@ try {
   )
   const f = await DaemonFleet.init(dir, 'bench', names, env, { identitiesInProcess: true })
   const ids = names.map(n => f.ids[n]!)
+  const daemonEnv: Record<string, string> = TRACE === undefined ? {} : { DEBUG: 'rhizome:trace:*' }
+  /** Start one daemon; with ROLLOUT_TRACE, its stderr from then on goes to DIR/<name>.log too. */
+  const start = async (n: string, timeoutMs: number): Promise<RunningDaemon> => {
+    const d = await f.start(n, timeoutMs, daemonEnv)
+    if (TRACE !== undefined) d.proc.stderr?.pipe(createWriteStream(join(TRACE, `${n}.log`)))
+    return d
+  }
+  if (TRACE !== undefined) {
+    await mkdir(TRACE, { recursive: true })
+    const keys = Object.fromEntries(names.map((n, i) => [n, ids[i]!.key]))
+    const peers = Object.fromEntries(names.map((n, i) => [n, ids[i]!.peerId]))
+    await writeFile(join(TRACE, 'nodes.json'), JSON.stringify({ keys, peers }))
+  }
   const ports = await Promise.all(names.map(() => freePort()))
   for (const [i, n] of names.entries()) {
     const peers = new Set<number>()
@@ -69,7 +86,7 @@ try {
     })
   }
   const t0 = performance.now()
-  daemons.push(await f.start(names[0]!, 60_000))
+  daemons.push(await start(names[0]!, 60_000))
   // Enrol everyone in one signed batch, then start the rest a few at a time.
   await f.enrolInOneBatch(daemons[0]!, n => ({
     site: 'bench',
@@ -77,7 +94,7 @@ try {
   }))
   for (let i = 1; i < N; i += 5) {
     const group = names.slice(i, i + 5)
-    daemons.push(...(await Promise.all(group.map(n => f.start(n, 120_000)))))
+    daemons.push(...(await Promise.all(group.map(n => start(n, 120_000)))))
   }
   say(`  ${N} daemons up in ${ms(performance.now() - t0)}`)
 
@@ -170,6 +187,14 @@ try {
     120_000,
     200
   )
+  if (TRACE !== undefined) {
+    const facts = (d: RolloutDetail) =>
+      d.nodes.map(x => ({ name: x.name, wave: x.wave, ...x.report }))
+    await writeFile(
+      join(TRACE, 'reports.json'),
+      JSON.stringify({ good: facts(good), broken: facts(broken) })
+    )
+  }
   const canary = broken.nodes.find(x => x.report?.failedAt !== undefined)!
   const F = canary.report!.failedAt!
   const known = broken.nodes.map(x => x.report!.abortedAt!)

@@ -49,6 +49,9 @@ import type { StatusBody, StatusRecord } from './types.ts'
 import { TokenBucket } from './work-budget.ts'
 
 const log = logger('rhizome:mesh:status')
+/** One line per record received, waited, kept and relayed: where a record's time goes per hop. */
+const trace = logger('rhizome:trace:status')
+const short = (key: string): string => key.slice(0, 8)
 const STATUS_META_PREFIX = 'mesh/status/'
 
 export interface StatusComponents {
@@ -186,8 +189,10 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     )
     const held: HeldStatus = { signed, peerId: peerIdOfKey(this.ownKey), receivedAt: Date.now() }
     await this.keep(held)
+    trace('published %s %d', short(this.ownKey), seq)
     await this.paced(signed, undefined, async () => {
       for (const s of this.components.sync.streams()) s.sendStatus(signed.bytes)
+      trace('sent %s %d', short(this.ownKey), seq)
     })
     return this.toRecord(held)
   }
@@ -208,15 +213,33 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     }
     if (seq <= (this.held.get(node)?.signed.seq ?? -1)) return
     if (seq <= (this.waiting.get(node)?.signed.seq ?? -1)) return
+    const t0 = performance.now()
+    trace('recv %s %d from %s', short(node), seq, from.peerId.toString().slice(-8))
     this.checkPace(from, node)
     const replica = this.init.replica
     const signed = await verifyStatus(record, replica.fleetId, replica.ed, k =>
       admission.isEnrolledKey(k)
     )
     if (signed === undefined) return
+    trace('verified %s %d in %d ms', short(node), seq, Math.round(performance.now() - t0))
     await this.paced(signed, from, async () => {
+      const t1 = performance.now()
       await this.keep({ signed, peerId: peerIdOfKey(node), receivedAt: Date.now() })
-      for (const s of this.components.sync.streams()) if (s !== from) s.sendStatus(signed.bytes)
+      const t2 = performance.now()
+      let n = 0
+      for (const s of this.components.sync.streams()) {
+        if (s === from) continue
+        s.sendStatus(signed.bytes)
+        n++
+      }
+      trace(
+        'relayed %s %d to %d, kept in %d ms, %d ms after recv',
+        short(node),
+        seq,
+        n,
+        Math.round(t2 - t1),
+        Math.round(performance.now() - t0)
+      )
     })
   }
 
@@ -299,8 +322,10 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
       clearTimeout(before.timer)
       this.waiting.delete(node)
       this.init.counters.statusRecordsCoalesced++
+      trace('coalesced %s %d (by %d)', short(node), before.signed.seq, signed.seq)
     }
     const wait = pace.msUntil(1, now)
+    if (wait > 0) trace('wait %s %d %d ms for a token', short(node), signed.seq, Math.round(wait))
     if (wait === 0) {
       pace.take(1, now)
       await go()

@@ -58,6 +58,8 @@ import {
 } from './rollout-state.ts'
 
 const log = logger('rhizome:node:rollout')
+/** When evidence arrives and what the agent decides on it: the agent's share of a rollout's time. */
+const trace = logger('rhizome:trace:rollout')
 
 export interface RolloutAgentOptions {
   /** A config after which no peer is reached for this long is rolled back; 0 turns try mode off. */
@@ -297,9 +299,21 @@ export class RolloutAgent {
   }
 
   /** A status record arrived or was published: re-decide on the new evidence. */
-  onStatus(record: { node: string }): void {
+  onStatus(record: { node: string; seq?: number }): void {
     if (record.node !== this.c.key) this.lastPeerRecordAt = this.now()
-    if (this.specs.length > 0) void this.serial(() => this.evaluate(true))
+    if (this.specs.length === 0) return
+    const t0 = performance.now()
+    void this.serial(async () => {
+      const t1 = performance.now()
+      await this.evaluate(true)
+      trace(
+        'evaluated on %s %d: queued %d ms, ran %d ms',
+        record.node.slice(0, 8),
+        record.seq ?? 0,
+        Math.round(t1 - t0),
+        Math.round(performance.now() - t1)
+      )
+    })
   }
 
   /** Stop the timers; resolves once what is being decided is on disk. */
@@ -393,6 +407,7 @@ export class RolloutAgent {
         }
       }
       if (view.state === 'aborted' && r.abortedAt === undefined) {
+        trace('aborted %s: %s', spec.id, view.abortReason)
         r.abortedAt = now
         changed = true
         this.c.events('warn', 'rollout.aborted', { rollout: spec.id, reason: view.abortReason })
@@ -406,6 +421,7 @@ export class RolloutAgent {
           continue
         }
         const wave = spec.waves[decision.wave ?? spec.waves.length - 1]!
+        trace('switch %s wave %d: %s', spec.id, decision.wave ?? -1, decision.why)
         Object.assign(r, {
           switchedAt: now,
           until: now + spec.health.startTimeoutMs + 2 * wave.soakMs
@@ -435,6 +451,7 @@ export class RolloutAgent {
     if (Object.keys(this.state.reports).length > MAX_REPORTS) this.prune()
     if (changed) {
       await this.save()
+      trace('saved, publishing')
       this.c.publish()
     }
     const running = this.specs.filter(s => this.runsNew(s)).map(s => s.id)
@@ -537,10 +554,12 @@ export class RolloutAgent {
                 ? `did not stay healthy for ${since(wave.soakMs)} before its update claim ran out`
                 : undefined
       if (fail !== undefined) {
+        trace('failed %s: %s', spec.id, fail)
         this.fail(spec, r, fail, now)
         changed = true
         wantPass = true
       } else if (r.healthySince !== undefined && now - r.healthySince >= wave.soakMs) {
+        trace('soaked %s', spec.id)
         r.soakedAt = now
         delete r.until
         this.watches.delete(spec.id)
@@ -578,6 +597,7 @@ export class RolloutAgent {
     }
     if (changed) {
       await this.save()
+      trace('saved, publishing')
       this.c.publish()
     }
     if (wantPass) this.c.reconcile('rollout')
