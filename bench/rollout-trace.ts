@@ -99,7 +99,8 @@ function follow(
       if (words[0] === 'verified') hop.verify = Number(words[4])
       if (words[0] === 'wait') hop.wait += Number(words[3])
       if (words[0] === 'relayed') {
-        hop.keep = Number(words[7])
+        // Before the relay stopped waiting for the store: "kept in N ms".
+        if (words[5] === 'kept') hop.keep = Number(words[7])
         hop.out = l.t
         break
       }

@@ -148,9 +148,9 @@ export class LevelStore implements Store {
     this.check()
     return this.db.get(`m!${key}`)
   }
-  async putMeta(key: string, value: Uint8Array): Promise<void> {
+  async putMeta(key: string, value: Uint8Array, opts?: { durable?: boolean }): Promise<void> {
     this.check()
-    await this.db.put(`m!${key}`, value, { sync: true })
+    await this.db.put(`m!${key}`, value, { sync: opts?.durable ?? true })
   }
   async deleteMeta(key: string): Promise<void> {
     this.check()

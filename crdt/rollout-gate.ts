@@ -97,6 +97,36 @@ export function parseReports(v: unknown, max: number): Record<string, RolloutRep
   return out
 }
 
+/** The times whose first appearance in a node's report is news for the rollout (`until` is not). */
+const FACTS = [
+  'switchedAt',
+  'healthySince',
+  'soakedAt',
+  'failedAt',
+  'abortedAt',
+  'revertedAt'
+] as const
+
+/**
+ * Does status body `next` report something about a rollout that `prev`, the same node's body
+ * before it, did not: a rollout (or digest) it had no report on, or a time it lacked? Such a
+ * record moves a rollout on (a wave through, a failure, an abort), so the mesh relays it on a
+ * budget of its own rather than behind the node's routine records (mesh/status-service.ts).
+ * Both bodies are a peer's JSON (hostile); at most `max` reports of each are read.
+ */
+export function bringsNews(prev: unknown, next: unknown, max: number): boolean {
+  const rolloutsOf = (b: unknown): unknown => (b as { rollouts?: unknown } | null)?.rollouts
+  const after = parseReports(rolloutsOf(next), max)
+  const ids = Object.keys(after)
+  if (ids.length === 0) return false
+  const before = parseReports(rolloutsOf(prev), max)
+  return ids.some(id => {
+    const a = after[id]!
+    const b = before[id]
+    return b?.digest !== a.digest || FACTS.some(k => a[k] !== undefined && b[k] === undefined)
+  })
+}
+
 /**
  * This rollout's report from a status body (a peer's JSON: hostile). Anything malformed, or a
  * report for another digest, is no evidence at all.

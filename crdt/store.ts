@@ -40,7 +40,11 @@ export interface Store {
   putTrust(version: number, bytes: Uint8Array): Promise<void>
   listTrust(): Promise<Uint8Array[]>
   getMeta(key: string): Promise<Uint8Array | undefined>
-  putMeta(key: string, value: Uint8Array): Promise<void>
+  /**
+   * `durable: false`: resolve once written, without waiting for the disk to flush (what a crash
+   * of the machine, not of the process, may lose: records a peer will send again).
+   */
+  putMeta(key: string, value: Uint8Array, opts?: { durable?: boolean }): Promise<void>
   deleteMeta(key: string): Promise<void>
   /** Metadata entries whose key starts with `prefix`. */
   listMeta(prefix: string): Promise<Array<[string, Uint8Array]>>

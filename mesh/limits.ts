@@ -105,10 +105,21 @@ export const STATUS_MIN_INTERVAL_MS = 1_000
 export const STATUS_RELAY_BURST = 3
 
 /**
- * A peer that sends newer records of one node faster than one per `STATUS_MIN_INTERVAL_MS`, by
- * more than this many, is flooding (honest peers relay only what they kept) and is cut off.
+ * A record that brings rollout news (a rollout step the node's previous record did not report:
+ * switched, healthy, soaked, failed, aborted, reverted; `bringsNews` in crdt/rollout-gate.ts)
+ * and finds the pace above spent goes on a budget of its own: one more per interval, bursts of up
+ * to this many. One rollout makes at most six such steps per node, so a rollout's steps never wait
+ * behind the routine records (workload states, reconcile passes) that spend the pace above; a
+ * flooding node gets at most one more record per interval through, after this many.
  */
-export const STATUS_FLOOD_BURST = 10
+export const STATUS_NEWS_BURST = 8
+
+/**
+ * A peer that sends newer records of one node faster than both paces above together (two per
+ * `STATUS_MIN_INTERVAL_MS`), by more than this many, is flooding (honest peers relay only what
+ * they kept: at most STATUS_RELAY_BURST + STATUS_NEWS_BURST at once) and is cut off.
+ */
+export const STATUS_FLOOD_BURST = 20
 
 /**
  * Records of nodes not enrolled (yet) here, held unverified until the enrolment arrives: a new

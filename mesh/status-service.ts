@@ -6,7 +6,13 @@
  * - `publish` signs this node's record (sequence: its clock in ms, strictly increasing) and sends
  *   it to every peer.
  * - A record from a peer is verified (enrolled key, signature, fleet), kept if newer than the one
- *   held, and relayed to every other peer.
+ *   held, and relayed to every other peer, then written to the store (a record lost to a crash
+ *   comes again on the next anti-entropy round, so the relay does not wait for the disk).
+ * - Per node, records are kept and relayed at a pace (`STATUS_MIN_INTERVAL_MS`, bursts of
+ *   `STATUS_RELAY_BURST`); one sooner waits and is replaced by a newer one meanwhile. A record
+ *   that brings rollout news (`bringsNews`) and finds that pace spent goes on a second budget of
+ *   the same rate (`STATUS_NEWS_BURST`), so a rollout step is not held up a second per hop behind
+ *   the node's routine records, and a flooding node still gets a bounded rate through.
  * - A peer's first hello and every anti-entropy round with it send it every record held.
  * - A record of a node not enrolled here (yet) is held aside, unverified (at most
  *   STATUS_PENDING_MAX nodes, for STATUS_PENDING_MS), and received again when a document or the
@@ -22,6 +28,8 @@ import { isLoopback } from '@libp2p/utils'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { fromHex, toHex } from '../crdt/bytes.ts'
+import { STATUS_LIMITS } from '../crdt/fleet-status.ts'
+import { bringsNews } from '../crdt/rollout-gate.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { MeshCounters } from './counters.ts'
@@ -29,6 +37,7 @@ import { StatusFloodError } from './errors.ts'
 import {
   STATUS_FLOOD_BURST,
   STATUS_MIN_INTERVAL_MS,
+  STATUS_NEWS_BURST,
   STATUS_PENDING_MAX,
   STATUS_PENDING_MS,
   STATUS_RELAY_BURST
@@ -105,6 +114,22 @@ interface Waiting {
   timer: ReturnType<typeof setTimeout>
 }
 
+/** The token bucket of `node` in `map` (one record per `intervalMs`, `burst` at once). */
+function bucketOf(
+  map: Map<string, TokenBucket>,
+  node: string,
+  intervalMs: number,
+  burst: number,
+  now: number
+): TokenBucket {
+  let bucket = map.get(node)
+  if (bucket === undefined) {
+    bucket = new TokenBucket(1000 / intervalMs, burst, now)
+    map.set(node, bucket)
+  }
+  return bucket
+}
+
 export class StatusService extends TypedEventEmitter<StatusEvents> implements Startable {
   private readonly components: StatusComponents
   private readonly init: StatusInit
@@ -112,9 +137,14 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   private readonly ownKey: string
   private ownSeq = 0
   private readonly intervalMs: number
-  /** Per node: when its last record was kept (others') or sent (ours), performance.now(). */
   /** Per node, its records' relay pace (`STATUS_MIN_INTERVAL_MS`, `STATUS_RELAY_BURST`). */
   private readonly relayPace = new Map<string, TokenBucket>()
+  /** Per node, the second budget of records bringing rollout news (`STATUS_NEWS_BURST`). */
+  private readonly newsPace = new Map<string, TokenBucket>()
+  /** Our own last record sent (others': the one held is the one relayed). */
+  private ownSent: SignedStatus | undefined
+  /** Records being written to the store: `stop` waits for them. */
+  private readonly writes = new Set<Promise<void>>()
   private readonly waiting = new Map<string, Waiting>()
   /** Per sending stream, per node: newer records of that node it sent, against the pace. */
   private readonly pace = new WeakMap<SyncStream, Map<string, TokenBucket>>()
@@ -160,6 +190,7 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     this.init.replica.removeEventListener('change', this.onChange)
     this.init.replica.removeEventListener('trust', this.onChange)
     this.pending.clear()
+    await Promise.all(this.writes)
   }
 
   get size(): number {
@@ -188,12 +219,15 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
       replica.ed
     )
     const held: HeldStatus = { signed, peerId: peerIdOfKey(this.ownKey), receivedAt: Date.now() }
-    await this.keep(held)
+    this.remember(held)
     trace('published %s %d', short(this.ownKey), seq)
-    await this.paced(signed, undefined, async () => {
+    const persisted = this.persist(held)
+    await this.paced(signed, this.ownSent, undefined, async () => {
+      this.ownSent = signed
       for (const s of this.components.sync.streams()) s.sendStatus(signed.bytes)
       trace('sent %s %d', short(this.ownKey), seq)
     })
+    await persisted
     return this.toRecord(held)
   }
 
@@ -214,32 +248,36 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     if (seq <= (this.held.get(node)?.signed.seq ?? -1)) return
     if (seq <= (this.waiting.get(node)?.signed.seq ?? -1)) return
     const t0 = performance.now()
-    trace('recv %s %d from %s', short(node), seq, from.peerId.toString().slice(-8))
+    if (trace.enabled) {
+      trace('recv %s %d from %s', short(node), seq, from.peerId.toString().slice(-8))
+    }
     this.checkPace(from, node)
     const replica = this.init.replica
     const signed = await verifyStatus(record, replica.fleetId, replica.ed, k =>
       admission.isEnrolledKey(k)
     )
-    if (signed === undefined) return
+    // A newer one may have come in while this one was verified.
+    if (signed === undefined || seq <= (this.held.get(node)?.signed.seq ?? -1)) return
     trace('verified %s %d in %d ms', short(node), seq, Math.round(performance.now() - t0))
-    await this.paced(signed, from, async () => {
-      const t1 = performance.now()
-      await this.keep({ signed, peerId: peerIdOfKey(node), receivedAt: Date.now() })
-      const t2 = performance.now()
+    const held: HeldStatus = { signed, peerId: peerIdOfKey(node), receivedAt: Date.now() }
+    await this.paced(signed, this.held.get(node)?.signed, from, async () => {
       let n = 0
       for (const s of this.components.sync.streams()) {
         if (s === from) continue
         s.sendStatus(signed.bytes)
         n++
       }
+      held.receivedAt = Date.now()
+      this.remember(held)
       trace(
-        'relayed %s %d to %d, kept in %d ms, %d ms after recv',
+        'relayed %s %d to %d, %d ms after recv',
         short(node),
         seq,
         n,
-        Math.round(t2 - t1),
         Math.round(performance.now() - t0)
       )
+      // Not awaited: the stream's next message need not wait for the disk.
+      void this.persist(held)
     })
   }
 
@@ -291,46 +329,55 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     const now = performance.now()
     let bucket = perNode.get(node)
     if (bucket === undefined) {
-      bucket = new TokenBucket(1000 / this.intervalMs, STATUS_FLOOD_BURST, now)
+      // Both paces a relay keeps (paced below) together.
+      bucket = new TokenBucket(2000 / this.intervalMs, STATUS_FLOOD_BURST, now)
       perNode.set(node, bucket)
     }
     if (!bucket.take(1, now)) {
       throw new StatusFloodError(
-        `peer ${from.peerId.toString()} sent status records of node ${node.slice(0, 16)}… faster than one per ${this.intervalMs} ms (more than ${STATUS_FLOOD_BURST} ahead); cut off`
+        `peer ${from.peerId.toString()} sent status records of node ${node.slice(0, 16)}… faster than two per ${this.intervalMs} ms (more than ${STATUS_FLOOD_BURST} ahead); cut off`
       )
     }
   }
 
   /**
-   * Run `go` for this record now if its node's last record went out at least the interval ago;
-   * otherwise when the interval is up, unless a newer one has replaced it by then.
+   * Run `go` for this record now if its node's pace has room, or its news budget has and it brings
+   * rollout news over `before` (the node's last record sent on); otherwise when the pace has room,
+   * unless a newer record has replaced it by then (what `go` does after it sends is then not
+   * waited for).
    */
   private async paced(
     signed: SignedStatus,
+    before: SignedStatus | undefined,
     from: SyncStream | undefined,
     go: () => Promise<void>
   ): Promise<void> {
     const node = signed.node
     const now = performance.now()
-    let pace = this.relayPace.get(node)
-    if (pace === undefined) {
-      pace = new TokenBucket(1000 / this.intervalMs, STATUS_RELAY_BURST, now)
-      this.relayPace.set(node, pace)
-    }
-    const before = this.waiting.get(node)
-    if (before !== undefined) {
-      clearTimeout(before.timer)
+    const pace = bucketOf(this.relayPace, node, this.intervalMs, STATUS_RELAY_BURST, now)
+    const waiting = this.waiting.get(node)
+    if (waiting !== undefined) {
+      clearTimeout(waiting.timer)
       this.waiting.delete(node)
       this.init.counters.statusRecordsCoalesced++
-      trace('coalesced %s %d (by %d)', short(node), before.signed.seq, signed.seq)
+      trace('coalesced %s %d (by %d)', short(node), waiting.signed.seq, signed.seq)
     }
     const wait = pace.msUntil(1, now)
-    if (wait > 0) trace('wait %s %d %d ms for a token', short(node), signed.seq, Math.round(wait))
     if (wait === 0) {
       pace.take(1, now)
       await go()
       return
     }
+    if (bringsNews(before?.body, signed.body, STATUS_LIMITS.rollouts)) {
+      const news = bucketOf(this.newsPace, node, this.intervalMs, STATUS_NEWS_BURST, now)
+      if (news.msUntil(1, now) === 0) {
+        news.take(1, now)
+        trace('news %s %d goes on its own budget', short(node), signed.seq)
+        await go()
+        return
+      }
+    }
+    trace('wait %s %d %d ms for a token', short(node), signed.seq, Math.round(wait))
     const timer = setTimeout(() => {
       if (this.waiting.get(node)?.timer !== timer) return
       this.waiting.delete(node)
@@ -344,17 +391,33 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     for (const h of this.held.values()) to.sendStatus(h.signed.bytes)
   }
 
-  private async keep(h: HeldStatus): Promise<void> {
+  /** Hold `h` as its node's newest record and say so. */
+  private remember(h: HeldStatus): void {
     this.held.set(h.signed.node, h)
+    this.safeDispatchEvent('status', { detail: this.toRecord(h) })
+  }
+
+  /** Write `h` to the store, if it is still its node's newest (a restart starts from it). */
+  private async persist(h: HeldStatus): Promise<void> {
+    if (this.held.get(h.signed.node) !== h) return
+    const write = this.write(h)
+    this.writes.add(write)
+    await write
+    this.writes.delete(write)
+  }
+
+  private async write(h: HeldStatus): Promise<void> {
     try {
       await this.init.replica.store.putMeta(
         STATUS_META_PREFIX + h.signed.node,
-        encodeStoredStatus(h.signed.bytes, h.receivedAt)
+        encodeStoredStatus(h.signed.bytes, h.receivedAt),
+        // Not worth a flush: every node writes every node's records, and a record lost to a
+        // power cut comes again from a peer on its next anti-entropy round.
+        { durable: false }
       )
     } catch (err) {
       log.error('could not persist status of %s: %s', h.signed.node.slice(0, 16), errMessage(err))
     }
-    this.safeDispatchEvent('status', { detail: this.toRecord(h) })
   }
 
   private async load(): Promise<void> {

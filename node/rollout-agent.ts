@@ -166,6 +166,8 @@ export class RolloutAgent {
   private settleTimer: NodeJS.Timeout | undefined
   /** Evaluations run one at a time: each reads and writes the state. */
   private queue: Promise<void> = Promise.resolve()
+  /** An evaluation on new evidence is queued and has not started. */
+  private evaluationWaiting = false
   private stopped = false
 
   constructor(c: RolloutAgentComponents) {
@@ -301,9 +303,13 @@ export class RolloutAgent {
   /** A status record arrived or was published: re-decide on the new evidence. */
   onStatus(record: { node: string; seq?: number }): void {
     if (record.node !== this.c.key) this.lastPeerRecordAt = this.now()
-    if (this.specs.length === 0) return
+    // One evaluation waiting is enough: it reads every record held when it runs. (One per
+    // record queued behind a slow save, and a burst of records kept the decisions seconds late.)
+    if (this.specs.length === 0 || this.evaluationWaiting) return
+    this.evaluationWaiting = true
     const t0 = performance.now()
     void this.serial(async () => {
+      this.evaluationWaiting = false
       const t1 = performance.now()
       await this.evaluate(true)
       trace(

@@ -11,6 +11,7 @@ import { parseFleetYaml } from '../crdt/fleet-yaml.ts'
 import { freezeRollouts, parseRollout, rolloutsOf, type RolloutSpec } from '../crdt/rollout.ts'
 import { planWaves, type WavePlan } from '../crdt/rollout-waves.ts'
 import {
+  bringsNews,
   decide,
   evidenceFrom,
   inWindow,
@@ -636,5 +637,46 @@ describe('gating', () => {
       ),
       { numRuns: 100 }
     )
+  })
+})
+
+describe('rollout news in a status record', () => {
+  const body = (reports: Record<string, Record<string, unknown>>) => ({ at: 5, rollouts: reports })
+  const r = (facts: Record<string, unknown> = {}) => ({ digest: 'd', seenAt: 1, ...facts })
+
+  it('is a rollout, a digest or a step the previous record did not report', () => {
+    assert.equal(bringsNews(undefined, body({ a: r() }), 32), true)
+    assert.equal(bringsNews(body({ a: r() }), body({ a: r(), b: r() }), 32), true)
+    assert.equal(bringsNews(body({ a: r() }), body({ a: r({ digest: 'e' }) }), 32), true)
+    for (const step of [
+      'switchedAt',
+      'healthySince',
+      'soakedAt',
+      'failedAt',
+      'abortedAt',
+      'revertedAt'
+    ]) {
+      assert.equal(bringsNews(body({ a: r() }), body({ a: r({ [step]: 9 }) }), 32), true, step)
+    }
+  })
+
+  it('is not the same steps again, a changed claim, another field, or anything malformed', () => {
+    const switched = body({ a: r({ switchedAt: 2, until: 10 }) })
+    assert.equal(bringsNews(switched, body({ a: r({ switchedAt: 2, until: 10 }) }), 32), false)
+    assert.equal(bringsNews(switched, body({ a: r({ switchedAt: 2, until: 99 }) }), 32), false)
+    assert.equal(bringsNews(switched, { ...switched, workloads: { x: 1 } }, 32), false)
+    assert.equal(
+      bringsNews(switched, body({ a: r({ switchedAt: 2, healthySince: 'x' }) }), 32),
+      false
+    )
+    assert.equal(bringsNews(undefined, { rollouts: 'x' }, 32), false)
+    assert.equal(bringsNews(undefined, null, 32), false)
+    assert.equal(bringsNews(undefined, body({ a: { seenAt: 1 } }), 32), false)
+  })
+
+  it('reads at most the given number of reports', () => {
+    const many = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`r${i}`, r()]))
+    const first32 = Object.fromEntries(Object.entries(many).slice(0, 32))
+    assert.equal(bringsNews(body(first32), body(many), 32), false)
   })
 })

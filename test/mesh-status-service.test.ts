@@ -4,7 +4,8 @@
  * is neither; a record of a key not enrolled here is dropped without blaming the messenger, a
  * forged one is a fault; records outlive a restart; a peer's first hello and every anti-entropy
  * round send it what is held; a record of a node enrolled only later is held aside (bounded)
- * and kept once the enrolment arrives.
+ * and kept once the enrolment arrives; a record bringing rollout news is not held up behind its
+ * node's routine records, within a bounded budget of its own.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
@@ -16,7 +17,7 @@ import { toHex } from '../crdt/bytes.ts'
 import { generateKeyPair, type KeyPair } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
 import { MeshCounters } from '../mesh/counters.ts'
-import { STATUS_PENDING_MAX } from '../mesh/limits.ts'
+import { STATUS_NEWS_BURST, STATUS_PENDING_MAX, STATUS_RELAY_BURST } from '../mesh/limits.ts'
 import { signStatus } from '../mesh/status-record.ts'
 import { StatusService, type StatusComponents } from '../mesh/status-service.ts'
 import type { StatusReceiver, SyncEvents } from '../mesh/sync-service.ts'
@@ -207,5 +208,86 @@ test(
     replica.safeDispatchEvent('trust', { detail: {} as never })
     assert.equal(await keptToo, 7)
     await s.stop()
+  }
+)
+
+test('a record bringing rollout news is relayed at once when its node has spent its pace; news from a flooding node is still bounded', async () => {
+  const fleet = await makeFleet({ replicas: 1, nodes: 2, label: 'status-service-news' })
+  const replica = fleet.replicas[0]!
+  const [me, other] = fleet.nodes as [KeyPair, KeyPair]
+  const enrolled = new Set(fleet.nodes.map(k => toHex(k.publicKey)))
+  const { s, sync } = await service(replica, me, enrolled)
+  const from = fakeStream()
+  const to = fakeStream()
+  sync.list = [from, to]
+  let seq = 0
+  const receive = async (body: Record<string, unknown>) =>
+    sync.receiver!((await signStatus(other, replica.fleetId, ++seq, body, fleet.ed)).bytes, from)
+  const report = (facts: Record<string, number>) => ({
+    rollouts: { 'fleet:app': { digest: 'd1', seenAt: 1, ...facts } }
+  })
+
+  // A rollout's first steps and a workload restarting spend the node's burst …
+  await receive(report({}))
+  await receive(report({ switchedAt: 2 }))
+  await receive({ ...report({ switchedAt: 2 }), workloads: { app: 'restarting' } })
+  assert.equal(to.sent.length, STATUS_RELAY_BURST)
+  // … so a routine record waits for the pace,
+  await receive({ ...report({ switchedAt: 2 }), workloads: { app: 'crashed' } })
+  assert.equal(to.sent.length, STATUS_RELAY_BURST, 'a routine record waits')
+  // but the failure goes on at once (and the routine one waiting is dropped: this one is newer).
+  await receive(report({ switchedAt: 2, failedAt: 3 }))
+  assert.equal(to.sent.length, STATUS_RELAY_BURST + 1, 'the failure is relayed at once')
+  assert.equal(s.records()[0]?.seq, seq)
+  // Nothing new since: waits like any other.
+  await receive({ ...report({ switchedAt: 2, failedAt: 3 }), workloads: { app: 'stopped' } })
+  assert.equal(to.sent.length, STATUS_RELAY_BURST + 1)
+
+  // A stolen device making up news in every record (a new rollout each time) gets its news
+  // budget through and no more, then waits for the pace like the rest.
+  for (let i = 0; i < 10; i++) {
+    await receive({ rollouts: { [`fleet:made-up-${i}`]: { digest: 'x', seenAt: 1 } } })
+  }
+  assert.equal(to.sent.length, STATUS_RELAY_BURST + STATUS_NEWS_BURST)
+  await s.stop()
+})
+
+test(
+  'a record is relayed, and the stream reads on, without waiting for the disk',
+  { timeout: 10_000 },
+  async () => {
+    const fleet = await makeFleet({ replicas: 1, nodes: 2, label: 'status-service-disk' })
+    const replica = fleet.replicas[0]!
+    const [me, other] = fleet.nodes as [KeyPair, KeyPair]
+    const { s, sync } = await service(
+      replica,
+      me,
+      new Set(fleet.nodes.map(k => toHex(k.publicKey)))
+    )
+    const from = fakeStream()
+    const to = fakeStream()
+    sync.list = [from, to]
+    // A slow disk (an SD card flushing, or every daemon on one machine writing at once).
+    const store = replica.store
+    const put = store.putMeta.bind(store)
+    let release: () => void = () => {}
+    const slow = new Promise<void>(resolve => {
+      release = resolve
+    })
+    store.putMeta = async (...args) => {
+      await slow
+      return put(...args)
+    }
+    const record = await signStatus(other, replica.fleetId, 1, { revision: 'r1' }, fleet.ed)
+    await sync.receiver!(record.bytes, from)
+    assert.equal(to.sent.length, 1, 'relayed before the write finished')
+    assert.equal(s.records().length, 1)
+    release()
+    await s.stop()
+    assert.ok((await put.call(store, 'x', new Uint8Array())) === undefined)
+    assert.ok(
+      (await store.listMeta('mesh/status/')).length === 1,
+      'written once the disk caught up'
+    )
   }
 )

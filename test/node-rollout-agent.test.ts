@@ -40,6 +40,8 @@ describe('rollout agent', () => {
   let dir: string
   let workloads: Record<string, WorkloadStatus>
   let statuses: Array<{ node: string; body: unknown }>
+  /** How many times the agent read the records held. */
+  let statusReads: number
   let connected: boolean
   let reconciles: string[]
   let agents: RolloutAgent[]
@@ -51,6 +53,7 @@ describe('rollout agent', () => {
     dir = await mkdtemp(join(tmpdir(), 'rhizome-rollout-agent-'))
     workloads = {}
     statuses = []
+    statusReads = 0
     connected = true
     reconciles = []
     agents = []
@@ -66,7 +69,10 @@ describe('rollout agent', () => {
     const agent = await RolloutAgent.open({
       key: SELF,
       dataDir: dir,
-      statuses: () => statuses,
+      statuses: () => {
+        statusReads++
+        return statuses
+      },
       enrolled: async () =>
         new Map([
           [SELF, { site: 'x' }],
@@ -172,6 +178,29 @@ describe('rollout agent', () => {
     assert.ok(r.revertedAt !== undefined && r.abortedAt !== undefined)
     assert.equal(version(await pass(agent, docs)), '1')
     assert.equal(agent.status()[0]?.view.state, 'aborted')
+  })
+
+  it('a burst of status records is decided on once, not once per record', async () => {
+    const agent = await open()
+    await pass(agent, [fleetDoc(rollout({ soak: '10s' }))])
+    const digest = agent.reports()['fleet:web-v2']!.digest
+    statuses = [
+      {
+        node: PEER,
+        body: {
+          at: Date.now(),
+          rollouts: { 'fleet:web-v2': { digest, seenAt: 1, switchedAt: 2, failedAt: 3 } }
+        }
+      }
+    ]
+    statusReads = 0
+    // A fleet's records arriving together (every node's "aborted" after a canary fails, say):
+    // one evaluation per record queued up behind each save kept decisions seconds late.
+    for (let i = 0; i < 200; i++) agent.onStatus({ node: PEER })
+    await waitFor('the abort', () => agent.reports()['fleet:web-v2']?.abortedAt !== undefined)
+    await agent.stop()
+    // Every evaluation reads the records held once per rollout.
+    assert.ok(statusReads <= 2, `200 records arriving together cost ${statusReads} evaluations`)
   })
 
   it('try mode: a config after which no peer is reached is rolled back to the last known-good one', async () => {
