@@ -97,15 +97,12 @@ export function parseReports(v: unknown, max: number): Record<string, RolloutRep
   return out
 }
 
-/** The times whose first appearance in a node's report is news for the rollout (`until` is not). */
-const FACTS = [
-  'switchedAt',
-  'healthySince',
-  'soakedAt',
-  'failedAt',
-  'abortedAt',
-  'revertedAt'
-] as const
+/**
+ * The times whose first appearance in a node's report moves a rollout on. Not `healthySince`: a
+ * flapping workload sets it again and again, and only `soakedAt` or `failedAt` decides; nor
+ * `until`, a claim that changes.
+ */
+const FACTS = ['switchedAt', 'soakedAt', 'failedAt', 'abortedAt', 'revertedAt'] as const
 
 /**
  * Does status body `next` report something about a rollout that `prev`, the same node's body

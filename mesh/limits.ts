@@ -105,12 +105,13 @@ export const STATUS_MIN_INTERVAL_MS = 1_000
 export const STATUS_RELAY_BURST = 3
 
 /**
- * A record that brings rollout news (a rollout step the node's previous record did not report:
- * switched, healthy, soaked, failed, aborted, reverted; `bringsNews` in crdt/rollout-gate.ts)
- * and finds the pace above spent goes on a budget of its own: one more per interval, bursts of up
- * to this many. One rollout makes at most six such steps per node, so a rollout's steps never wait
- * behind the routine records (workload states, reconcile passes) that spend the pace above; a
- * flooding node gets at most one more record per interval through, after this many.
+ * A record that brings rollout news (a rollout the node's previous record did not report, or a
+ * step it did not: switched, soaked, failed, aborted, reverted; `bringsNews`,
+ * crdt/rollout-gate.ts) and finds the pace above spent goes on a budget of its own: one more per
+ * interval, bursts of up to this many. One rollout makes at most six such records per node, so
+ * its steps do not wait behind the routine records (workload states, reconcile passes) that spend
+ * the pace above; a flooding node gets at most one more record per interval through, after this
+ * many.
  */
 export const STATUS_NEWS_BURST = 8
 

@@ -648,20 +648,17 @@ describe('rollout news in a status record', () => {
     assert.equal(bringsNews(undefined, body({ a: r() }), 32), true)
     assert.equal(bringsNews(body({ a: r() }), body({ a: r(), b: r() }), 32), true)
     assert.equal(bringsNews(body({ a: r() }), body({ a: r({ digest: 'e' }) }), 32), true)
-    for (const step of [
-      'switchedAt',
-      'healthySince',
-      'soakedAt',
-      'failedAt',
-      'abortedAt',
-      'revertedAt'
-    ]) {
+    for (const step of ['switchedAt', 'soakedAt', 'failedAt', 'abortedAt', 'revertedAt']) {
       assert.equal(bringsNews(body({ a: r() }), body({ a: r({ [step]: 9 }) }), 32), true, step)
     }
   })
 
-  it('is not the same steps again, a changed claim, another field, or anything malformed', () => {
+  it('is not the same steps again, a changed claim, health coming and going, another field, or anything malformed', () => {
     const switched = body({ a: r({ switchedAt: 2, until: 10 }) })
+    assert.equal(
+      bringsNews(switched, body({ a: r({ switchedAt: 2, until: 10, healthySince: 3 }) }), 32),
+      false
+    )
     assert.equal(bringsNews(switched, body({ a: r({ switchedAt: 2, until: 10 }) }), 32), false)
     assert.equal(bringsNews(switched, body({ a: r({ switchedAt: 2, until: 99 }) }), 32), false)
     assert.equal(bringsNews(switched, { ...switched, workloads: { x: 1 } }, 32), false)
