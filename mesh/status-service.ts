@@ -143,8 +143,9 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   private readonly newsPace = new Map<string, TokenBucket>()
   /** Our own last record sent (others': the one held is the one relayed). */
   private ownSent: SignedStatus | undefined
-  /** Records being written to the store: `stop` waits for them. */
-  private readonly writes = new Set<Promise<void>>()
+  /** Records to write to the store, by node (`persist`), and the write under way. */
+  private readonly dirty = new Map<string, HeldStatus>()
+  private flushing: Promise<void> | undefined
   private readonly waiting = new Map<string, Waiting>()
   /** Per sending stream, per node: newer records of that node it sent, against the pace. */
   private readonly pace = new WeakMap<SyncStream, Map<string, TokenBucket>>()
@@ -190,7 +191,7 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     this.init.replica.removeEventListener('change', this.onChange)
     this.init.replica.removeEventListener('trust', this.onChange)
     this.pending.clear()
-    await Promise.all(this.writes)
+    await this.flushing
   }
 
   get size(): number {
@@ -397,13 +398,25 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     this.safeDispatchEvent('status', { detail: this.toRecord(h) })
   }
 
-  /** Write `h` to the store, if it is still its node's newest (a restart starts from it). */
-  private async persist(h: HeldStatus): Promise<void> {
-    if (this.held.get(h.signed.node) !== h) return
-    const write = this.write(h)
-    this.writes.add(write)
-    await write
-    this.writes.delete(write)
+  /**
+   * Write `h` to the store (a restart starts from it), one record at a time, the newest of each
+   * node: a burst of records makes a queue of one write per node, not one per record in flight
+   * at once (those filled the thread pool the daemon's other file work waits for, and held up
+   * the rollout agent's own saves by seconds).
+   */
+  private persist(h: HeldStatus): Promise<void> {
+    this.dirty.set(h.signed.node, h)
+    this.flushing ??= this.flush()
+    return this.flushing
+  }
+
+  private async flush(): Promise<void> {
+    for (const [node, h] of this.dirty) {
+      this.dirty.delete(node)
+      // A newer one of this node is queued behind, or has been written.
+      if (this.held.get(node) === h) await this.write(h)
+    }
+    this.flushing = undefined
   }
 
   private async write(h: HeldStatus): Promise<void> {
