@@ -357,7 +357,11 @@ function labelsBefore(h: History, device: string, m: Automerge.ChangeMetadata): 
   const at = labelsAt(h, device, m.deps)
   if (at !== undefined) return [at]
   // Deleted before this change: on each path back, the labels where the entry was last seen.
-  const out: Labels[] = []
+  // Only the latest changes that touched the entry count: one an ancestor of another such change
+  // is seen through it (a change's dependencies also name its actor's previous change, which is
+  // often an ancestor of another dependency). The change's past is visited latest first (the
+  // history is in causal order), and whatever lies behind a touching change is covered by it.
+  const past: Automerge.ChangeMetadata[] = []
   const seen = new Set<string>()
   const stack = [...m.deps]
   while (stack.length > 0) {
@@ -365,14 +369,24 @@ function labelsBefore(h: History, device: string, m: Automerge.ChangeMetadata): 
     // Nothing placed before the first change that wrote the entry can say anything of it.
     if (x === undefined || seen.has(x.hash) || (h.order.get(x.hash) ?? 0) < first) continue
     seen.add(x.hash)
+    past.push(x)
+    stack.push(...x.deps)
+  }
+  past.sort((x, y) => (h.order.get(y.hash) ?? 0) - (h.order.get(x.hash) ?? 0))
+  const out: Labels[] = []
+  const covered = new Set<string>()
+  for (const x of past) {
+    if (covered.has(x.hash)) {
+      for (const d of x.deps) covered.add(d)
+      continue
+    }
     if (h.replacers.has(x.hash) || h.touched.get(x.hash)?.has(device) === true) {
       const last = labelsAt(h, device, [x.hash]) ?? labelsAt(h, device, x.deps)
       if (last !== undefined) {
         out.push(last)
-        continue
+        for (const d of x.deps) covered.add(d)
       }
     }
-    stack.push(...x.deps)
   }
   return out
 }

@@ -196,6 +196,35 @@ describe('operator scope and device labels', () => {
     assert.equal(run(moved), 'old')
   })
 
+  test('a device an admin moved to berlin and deleted may be enrolled again by the berlin operator', async () => {
+    // Found by the property below: the operator's re-enrolment names as dependencies both the
+    // delete and its own earlier change, an ancestor of the delete; the labels seen through that
+    // older path (munich, before the admin's move) must not count, the entry's last labels do.
+    const f = await berlinFleet('scope-last-labels')
+    const r = f.replicas[0]!
+    const admin = f.signer(0, f.admins[0]!)
+    const operator = f.signer(0, f.operator)
+    const devices = await r.open<Devices>(DEVICES_DOC)
+    const [moved, other] = ['moved', 'other'].map(deviceKey) as [string, string]
+    await devices.change(admin, d => {
+      d.devices = { [moved]: munich('m-1'), [other]: berlin('b-1') }
+    })
+    await devices.change(operator, d => {
+      d.devices[other]!.labels.role = 'kiosk'
+    })
+    await devices.change(admin, d => {
+      d.devices[moved]!.labels.site = 'berlin'
+    })
+    await devices.change(admin, d => {
+      delete d.devices[moved]
+    })
+    await devices.change(operator, d => {
+      d.devices[moved] = berlin('m-1')
+    })
+    const taken = outOfReach(r.trust, devices.value).get(publicKeyHex(f.operator.publicKey))
+    assert.equal(taken?.has(moved) ?? false, false, 'last labelled berlin by an admin: not a move')
+  })
+
   test('which devices an operator may not reach does not depend on the order changes arrive in', async () => {
     const keys = ['d0', 'd1', 'd2'].map(deviceKey)
     const op = fc.record({
