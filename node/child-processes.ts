@@ -2,7 +2,8 @@
  * Process helpers shared by the workloads applier, the demo fleet and the test harness, which
  * all stop what they started by its pid.
  */
-import type { ChildProcess } from 'node:child_process'
+import type { ChildProcess, ChildProcessByStdio } from 'node:child_process'
+import type { Readable } from 'node:stream'
 
 /** Whether `pid` is a process this one may signal (signal 0 only checks). */
 export function isAlive(pid: number): boolean {
@@ -36,4 +37,21 @@ export async function stopChildren(
         })
     )
   )
+}
+
+/** What a child spawned with piped stdout and stderr printed (as UTF-8), once it has exited. */
+export function outputOf(
+  p: ChildProcessByStdio<null, Readable, Readable>
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise(resolve => {
+    let stdout = ''
+    let stderr = ''
+    p.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d
+    })
+    p.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d
+    })
+    p.once('exit', code => resolve({ code, stdout, stderr }))
+  })
 }

@@ -16,7 +16,7 @@ import { userInfo } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
-import { isAlive, stopChildren } from './child-processes.ts'
+import { isAlive, outputOf, stopChildren } from './child-processes.ts'
 
 /** Demos that may run from one directory at once, each in its own .rhizome-demo[-N]. */
 const MAX_DEMOS = 9
@@ -67,33 +67,19 @@ async function claimDirectory(): Promise<string> {
 /** The API token file of the daemon the demo talks to (the first), once it is known. */
 let tokenFile: string | undefined
 
-function cli(args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [CLI, ...args], {
-      env: {
-        ...process.env,
-        RHIZOME_PASSPHRASE: PASSPHRASE,
-        ...(tokenFile === undefined ? {} : { RHIZOME_TOKEN_FILE: tokenFile })
-      },
-      stdio: ['ignore', 'pipe', 'pipe']
-    })
-    let stdout = ''
-    let stderr = ''
-    p.stdout.setEncoding('utf8').on('data', (d: string) => {
-      stdout += d
-    })
-    p.stderr.setEncoding('utf8').on('data', (d: string) => {
-      stderr += d
-    })
-    p.once('exit', code => {
-      if (code === 0) {
-        resolve(stdout)
-        return
-      }
-      const what = `rhizome ${args.slice(0, 2).join(' ')}`
-      reject(new Error(`${what} failed (${code}): ${stderr.trim()}`))
-    })
+async function cli(args: string[]): Promise<string> {
+  const p = spawn(process.execPath, [CLI, ...args], {
+    env: {
+      ...process.env,
+      RHIZOME_PASSPHRASE: PASSPHRASE,
+      ...(tokenFile === undefined ? {} : { RHIZOME_TOKEN_FILE: tokenFile })
+    },
+    stdio: ['ignore', 'pipe', 'pipe']
   })
+  const { code, stdout, stderr } = await outputOf(p)
+  if (code === 0) return stdout
+  const what = `rhizome ${args.slice(0, 2).join(' ')}`
+  throw new Error(`${what} failed (${code}): ${stderr.trim()}`)
 }
 
 interface Started {
