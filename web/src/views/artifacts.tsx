@@ -3,6 +3,7 @@
  * the fetch is, from how many peers, how fast, and when it should be done.
  */
 import type { ArtifactStatus } from '../../../crdt/fleet-status.ts'
+import { TableHead } from './parts.tsx'
 
 const mib = (n: number): string => `${(n / 1048576).toFixed(n < 10 * 1048576 ? 1 : 0)} MiB`
 
@@ -17,16 +18,7 @@ export function ArtifactsPanel({
     <>
       <h3>Artifacts</h3>
       <table class='grid compact' data-testid='artifacts'>
-        <thead>
-          <tr>
-            <th>Artifact</th>
-            <th>State</th>
-            <th>Progress</th>
-            <th>Peers</th>
-            <th>Rate</th>
-            <th>ETA</th>
-          </tr>
-        </thead>
+        <TableHead columns={['Artifact', 'State', 'Progress', 'Peers', 'Rate', 'ETA']} />
         <tbody>
           {list.map(([digest, a]) => {
             const pct =

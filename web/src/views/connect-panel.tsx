@@ -8,6 +8,7 @@ import { useEffect, useState } from 'preact/hooks'
 import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
 import { readHash, writeHash } from '../hash-params.ts'
 import { WorkerFleetSource } from '../worker-source.ts'
+import { ActionForm } from './parts.tsx'
 
 async function discoverAddress(): Promise<string | undefined> {
   // A daemon serving this page may list its addresses in /api/health; use a WebSocket one.
@@ -86,12 +87,7 @@ export function ConnectPanel({ source, snap }: { source: FleetSource; snap: Flee
         then syncs signed changes and status like any node. Nothing is shown before a daemon admits
         it.
       </p>
-      <form
-        onSubmit={e => {
-          e.preventDefault()
-          void connect()
-        }}
-      >
+      <ActionForm action={connect}>
         <label class='field'>
           Daemon WebSocket address
           <input
@@ -142,7 +138,7 @@ export function ConnectPanel({ source, snap }: { source: FleetSource; snap: Flee
             {busy || snap.connection.state === 'connecting' ? 'Connecting…' : 'Connect'}
           </button>
         </div>
-      </form>
+      </ActionForm>
       {shownError !== undefined && (
         <div class='alert bad' data-testid='connect-error'>
           {shownError}

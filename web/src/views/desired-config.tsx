@@ -11,7 +11,7 @@ import { documentSchema } from '../../../crdt/document-schema.ts'
 import { DEVICES_DOC } from '../../../crdt/devices.ts'
 import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
 import { shortHeads } from '../../../crdt/fleet-status.ts'
-import { navigate } from '../navigation.ts'
+import { DocChips } from './parts.tsx'
 
 const MAX_EDIT_BYTES = 1024 * 1024
 
@@ -142,15 +142,7 @@ export function DesiredConfig({
         {docs.length === 0 && (
           <span class='muted'>No config documents yet: write the first one below.</span>
         )}
-        {docs.map(d => (
-          <button
-            key={d.id}
-            class={d.id === id ? 'chip active' : 'chip'}
-            onClick={() => navigate({ view: 'config', doc: d.id })}
-          >
-            {d.id}
-          </button>
-        ))}
+        <DocChips docs={docs} current={id} view='config' />
         <span class='muted small'>
           revision <code>{shortHeads(current?.heads)}</code>
         </span>

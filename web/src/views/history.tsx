@@ -4,7 +4,7 @@
  */
 import { useEffect, useState } from 'preact/hooks'
 import type { FleetSnapshot, FleetSource, HistoryItem } from '../fleet-source.ts'
-import { navigate } from '../navigation.ts'
+import { DocChips } from './parts.tsx'
 
 /** Changes kept on the page at most (pages of older changes are appended up to it). */
 const MAX_SHOWN = 1000
@@ -58,15 +58,7 @@ export function History({
   return (
     <section data-testid='history'>
       <div class='doc-tabs'>
-        {snap.docs.map(d => (
-          <button
-            key={d.id}
-            class={d.id === id ? 'chip active' : 'chip'}
-            onClick={() => navigate({ view: 'history', doc: d.id })}
-          >
-            {d.id}
-          </button>
-        ))}
+        <DocChips docs={snap.docs} current={id} view='history' />
       </div>
       {error !== undefined && (
         <div class='alert bad'>

@@ -4,6 +4,7 @@
  */
 import { useState } from 'preact/hooks'
 import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
+import { ActionForm } from './parts.tsx'
 
 export function KeyPanel({
   source,
@@ -65,12 +66,7 @@ export function KeyPanel({
           </button>
         </div>
       ) : (
-        <form
-          onSubmit={e => {
-            e.preventDefault()
-            void unlock()
-          }}
-        >
+        <ActionForm action={unlock}>
           <p class='muted small'>
             An admin or operator key file. It is decrypted and used only inside this tab; closing
             the tab forgets it.
@@ -100,7 +96,7 @@ export function KeyPanel({
           <button class='btn primary' type='submit' disabled={busy} data-testid='key-unlock'>
             {busy ? 'Unlocking…' : 'Unlock'}
           </button>
-        </form>
+        </ActionForm>
       )}
       {error !== undefined && (
         <div class='alert bad' data-testid='key-error'>

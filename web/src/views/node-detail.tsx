@@ -11,6 +11,7 @@ import { ago, health, healthLabel, shortHeads } from '../../../crdt/fleet-status
 import { putBacks, seenLabel, syncState } from '../node-status.ts'
 import { navigate } from '../navigation.ts'
 import { ArtifactsPanel } from './artifacts.tsx'
+import { TableHead } from './parts.tsx'
 
 export function NodeDetail({
   snap,
@@ -136,16 +137,7 @@ export function NodeDetail({
             <p class='muted'>No workloads in this node's effective config.</p>
           ) : (
             <table class='grid compact'>
-              <thead>
-                <tr>
-                  <th>Name</th>
-                  <th>State</th>
-                  <th>Health</th>
-                  <th>Restarts</th>
-                  <th>Version</th>
-                  <th>PID</th>
-                </tr>
-              </thead>
+              <TableHead columns={['Name', 'State', 'Health', 'Restarts', 'Version', 'PID']} />
               <tbody>
                 {Object.entries(n.workloads).map(([name, w]) => (
                   <tr key={name}>
@@ -187,14 +179,7 @@ export function NodeDetail({
           )}
           <h3>Revisions</h3>
           <table class='grid compact'>
-            <thead>
-              <tr>
-                <th>Document</th>
-                <th>Latest here</th>
-                <th>Node holds</th>
-                <th>Node applied</th>
-              </tr>
-            </thead>
+            <TableHead columns={['Document', 'Latest here', 'Node holds', 'Node applied']} />
             <tbody>
               {snap.docs.map(d => (
                 <tr key={d.id}>

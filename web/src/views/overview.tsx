@@ -2,6 +2,7 @@
  * Fleet overview: every node with name, labels, online or last seen, applied revision against
  * the latest, workload health. Filter by text or `key=value`, sort by any column.
  */
+import type { ComponentChildren } from 'preact'
 import { useMemo, useState } from 'preact/hooks'
 import type { FleetSnapshot, NodeStatus } from '../fleet-source.ts'
 import {
@@ -73,6 +74,28 @@ function compare(a: Row, b: Row, key: SortKey): number {
   }
 }
 
+/** One figure of the summary row; `tone` (ok, warn, bad) colours it. */
+function Card({
+  count,
+  tone = '',
+  testid,
+  children
+}: {
+  count: number
+  tone?: string
+  testid?: string
+  children: ComponentChildren
+}) {
+  return (
+    <div class={tone === '' ? 'card' : `card ${tone}`}>
+      <div class='num' data-testid={testid}>
+        {count}
+      </div>
+      <div>{children}</div>
+    </div>
+  )
+}
+
 export function Overview({ snap, now }: { snap: FleetSnapshot; now: number }) {
   const [filter, setFilter] = useState('')
   const [sort, setSort] = useState<{ key: SortKey; dir: 1 | -1 }>({ key: 'name', dir: 1 })
@@ -127,34 +150,21 @@ export function Overview({ snap, now }: { snap: FleetSnapshot; now: number }) {
   return (
     <section data-testid='overview'>
       <div class='cards'>
-        <div class='card'>
-          <div class='num' data-testid='count-nodes'>
-            {rows.length}
-          </div>
-          <div>nodes</div>
-        </div>
-        <div class='card ok'>
-          <div class='num' data-testid='count-online'>
-            {summary.online}
-          </div>
-          <div>online</div>
-        </div>
-        <div class={summary.stale > 0 ? 'card warn' : 'card'}>
-          <div class='num' data-testid='count-stale'>
-            {summary.stale}
-          </div>
-          <div>down</div>
-        </div>
-        <div class={summary.behind > 0 ? 'card warn' : 'card'}>
-          <div class='num'>{summary.behind}</div>
-          <div>
-            behind latest <code>{shortHeads(fleetHeads)}</code>
-          </div>
-        </div>
-        <div class={summary.failing > 0 ? 'card bad' : 'card'}>
-          <div class='num'>{summary.failing}</div>
-          <div>degraded or failing</div>
-        </div>
+        <Card count={rows.length} testid='count-nodes'>
+          nodes
+        </Card>
+        <Card count={summary.online} tone='ok' testid='count-online'>
+          online
+        </Card>
+        <Card count={summary.stale} tone={summary.stale > 0 ? 'warn' : ''} testid='count-stale'>
+          down
+        </Card>
+        <Card count={summary.behind} tone={summary.behind > 0 ? 'warn' : ''}>
+          behind latest <code>{shortHeads(fleetHeads)}</code>
+        </Card>
+        <Card count={summary.failing} tone={summary.failing > 0 ? 'bad' : ''}>
+          degraded or failing
+        </Card>
       </div>
       <div class='toolbar'>
         <input

@@ -11,6 +11,7 @@ import { rolloutsOf, RolloutState, type RolloutSpec } from '../../../crdt/rollou
 import { planWaves } from '../../../crdt/rollout-waves.ts'
 import { evidenceFrom, viewRollout, type RolloutView } from '../../../crdt/rollout-gate.ts'
 import { enrolledNodes } from '../node-status.ts'
+import { TableHead } from './parts.tsx'
 
 const clock = (ms: number | undefined): string =>
   ms === undefined ? '?' : new Date(ms).toLocaleTimeString()
@@ -83,6 +84,11 @@ function RolloutCard({
   }
   const by = (phase: string) => view.nodes.filter(n => n.phase === phase)
   const open = view.state === 'running' || view.state === 'paused' || view.state === 'not-started'
+  const actions = [
+    { verb: 'pause', label: 'Pause', to: RolloutState.Paused, shown: view.state === 'running' },
+    { verb: 'resume', label: 'Resume', to: RolloutState.Running, shown: view.state === 'paused' },
+    { verb: 'abort', label: 'Abort', to: RolloutState.Aborted, shown: open }
+  ]
   return (
     <div class='panel rollout' data-testid={`rollout-${spec.id}`}>
       <div class='detail-head'>
@@ -94,36 +100,19 @@ function RolloutCard({
           {spec.eligible?.length ?? 0} eligible · started {spec.startedAt ?? 'not yet'}
         </span>
         <div class='actions'>
-          {view.state === 'running' && (
-            <button
-              class='btn small'
-              disabled={busy}
-              onClick={() => void set(RolloutState.Paused, 'pause')}
-              data-testid='rollout-pause'
-            >
-              Pause
-            </button>
-          )}
-          {view.state === 'paused' && (
-            <button
-              class='btn small'
-              disabled={busy}
-              onClick={() => void set(RolloutState.Running, 'resume')}
-              data-testid='rollout-resume'
-            >
-              Resume
-            </button>
-          )}
-          {open && (
-            <button
-              class='btn small'
-              disabled={busy}
-              onClick={() => void set(RolloutState.Aborted, 'abort')}
-              data-testid='rollout-abort'
-            >
-              Abort
-            </button>
-          )}
+          {actions
+            .filter(a => a.shown)
+            .map(a => (
+              <button
+                key={a.verb}
+                class='btn small'
+                disabled={busy}
+                onClick={() => void set(a.to, a.verb)}
+                data-testid={`rollout-${a.verb}`}
+              >
+                {a.label}
+              </button>
+            ))}
         </div>
       </div>
       {view.abortReason !== undefined && <div class='alert bad'>Aborted: {view.abortReason}</div>}
@@ -136,18 +125,9 @@ function RolloutCard({
       {error !== undefined && <div class='alert bad'>{error}</div>}
       <p class='muted mono small'>change {JSON.stringify(spec.change)}</p>
       <table class='grid compact' data-testid='rollout-waves'>
-        <thead>
-          <tr>
-            <th>wave</th>
-            <th>nodes</th>
-            <th>progress</th>
-            <th>switched</th>
-            <th>soaked</th>
-            <th>failed</th>
-            <th>needed</th>
-            <th></th>
-          </tr>
-        </thead>
+        <TableHead
+          columns={['wave', 'nodes', 'progress', 'switched', 'soaked', 'failed', 'needed', '']}
+        />
         <tbody>
           {view.waves.map(w => (
             <tr key={w.index} data-testid={`wave-${w.index}`}>
