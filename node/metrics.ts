@@ -13,6 +13,46 @@ export interface MetricsSources {
   workloads: () => Record<string, WorkloadStatus>
 }
 
+/** A gauge read when scraped: `read` gives its value. */
+export function readGauge(
+  registry: Registry,
+  name: string,
+  help: string,
+  read: () => number
+): void {
+  void new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.set(read())
+    }
+  })
+}
+
+/**
+ * A gauge with labels, rebuilt from nothing when scraped (`fill` sets its values), so a workload,
+ * rollout or artifact that is gone no longer shows.
+ */
+export function labelledGauge<L extends string>(
+  registry: Registry,
+  name: string,
+  help: string,
+  labelNames: readonly L[],
+  fill: (gauge: Gauge<L>) => void
+): void {
+  void new Gauge({
+    name,
+    help,
+    labelNames,
+    registers: [registry],
+    collect() {
+      this.reset()
+      fill(this)
+    }
+  })
+}
+
 export class DaemonMetrics {
   readonly registry = new Registry()
   readonly reconcileSeconds: Histogram
@@ -23,14 +63,9 @@ export class DaemonMetrics {
     // Node's own: resident memory, V8 heap, buffers, GC pauses, event-loop lag, open files.
     collectDefaultMetrics({ register: r })
     const meshGauge = (name: string, help: string, pick: (m: MeshMetrics) => number): void => {
-      void new Gauge({
-        name,
-        help,
-        registers: [r],
-        collect() {
-          const m = src.mesh()
-          this.set(m === undefined ? 0 : pick(m))
-        }
+      readGauge(r, name, help, () => {
+        const m = src.mesh()
+        return m === undefined ? 0 : pick(m)
       })
     }
     meshGauge('rhizome_peers', 'Connected peers', m => m.peers)
@@ -82,38 +117,31 @@ export class DaemonMetrics {
       'Inbound connections refused before their handshake (per-host or reserved slots)',
       m => m.inboundRefused
     )
-    void new Gauge({
-      name: 'rhizome_revision_lag',
-      help: 'Documents whose held revision is not yet applied',
-      registers: [r],
-      collect() {
-        this.set(src.revisionLag())
-      }
-    })
-    void new Gauge({
-      name: 'rhizome_workload_state',
-      help: '1 for the state each workload is in',
-      labelNames: ['workload', 'state'],
-      registers: [r],
-      collect() {
-        this.reset()
+    readGauge(r, 'rhizome_revision_lag', 'Documents whose held revision is not yet applied', () =>
+      src.revisionLag()
+    )
+    labelledGauge(
+      r,
+      'rhizome_workload_state',
+      '1 for the state each workload is in',
+      ['workload', 'state'],
+      g => {
         for (const [name, w] of Object.entries(src.workloads())) {
-          this.set({ workload: name, state: w.state }, 1)
+          g.set({ workload: name, state: w.state }, 1)
         }
       }
-    })
-    void new Gauge({
-      name: 'rhizome_workload_healthy',
-      help: '1 healthy, 0 unhealthy, -1 no probe',
-      labelNames: ['workload'],
-      registers: [r],
-      collect() {
-        this.reset()
+    )
+    labelledGauge(
+      r,
+      'rhizome_workload_healthy',
+      '1 healthy, 0 unhealthy, -1 no probe',
+      ['workload'],
+      g => {
         for (const [name, w] of Object.entries(src.workloads())) {
-          this.set({ workload: name }, w.healthy === null ? -1 : w.healthy ? 1 : 0)
+          g.set({ workload: name }, w.healthy === null ? -1 : w.healthy ? 1 : 0)
         }
       }
-    })
+    )
     this.apiChanges = new Counter({
       name: 'rhizome_api_batches_total',
       help: 'Batches posted to the HTTP API, by result',

@@ -1,32 +1,31 @@
 /** Rollout metrics on the daemon's registry (read when scraped): this node's part, and the fleet's as its evidence shows. */
-import { Gauge, type Registry } from 'prom-client'
+import type { Registry } from 'prom-client'
+import { labelledGauge } from './metrics.ts'
 import type { RolloutAgent } from './rollout-agent.ts'
 
 const PHASES = ['pending', 'updating', 'soaked', 'failed', 'reverted'] as const
 const STATES = ['not-started', 'running', 'paused', 'aborted', 'completed'] as const
 
 export function registerRolloutMetrics(registry: Registry, agent: RolloutAgent): void {
-  void new Gauge({
-    name: 'rhizome_rollout_state',
-    help: 'Per rollout: 1 for its state as this node sees it (not-started, running, paused, aborted, completed)',
-    labelNames: ['rollout', 'state'],
-    registers: [registry],
-    collect() {
-      this.reset()
+  labelledGauge(
+    registry,
+    'rhizome_rollout_state',
+    'Per rollout: 1 for its state as this node sees it (not-started, running, paused, aborted, completed)',
+    ['rollout', 'state'],
+    g => {
       for (const s of agent.status()) {
         for (const state of STATES) {
-          this.set({ rollout: s.spec.id, state }, state === s.view.state ? 1 : 0)
+          g.set({ rollout: s.spec.id, state }, state === s.view.state ? 1 : 0)
         }
       }
     }
-  })
-  void new Gauge({
-    name: 'rhizome_rollout_node_phase',
-    help: "Per rollout: 1 for this node's phase (pending, updating, soaked, failed, reverted)",
-    labelNames: ['rollout', 'phase'],
-    registers: [registry],
-    collect() {
-      this.reset()
+  )
+  labelledGauge(
+    registry,
+    'rhizome_rollout_node_phase',
+    "Per rollout: 1 for this node's phase (pending, updating, soaked, failed, reverted)",
+    ['rollout', 'phase'],
+    g => {
       for (const s of agent.status()) {
         const r = s.report
         const phase =
@@ -39,33 +38,31 @@ export function registerRolloutMetrics(registry: Registry, agent: RolloutAgent):
                 : r.soakedAt !== undefined
                   ? 'soaked'
                   : 'updating'
-        for (const p of PHASES) this.set({ rollout: s.spec.id, phase: p }, p === phase ? 1 : 0)
+        for (const p of PHASES) g.set({ rollout: s.spec.id, phase: p }, p === phase ? 1 : 0)
       }
     }
-  })
-  void new Gauge({
-    name: 'rhizome_rollout_nodes',
-    help: 'Per rollout: eligible nodes by phase, as this node holds the evidence',
-    labelNames: ['rollout', 'phase'],
-    registers: [registry],
-    collect() {
-      this.reset()
+  )
+  labelledGauge(
+    registry,
+    'rhizome_rollout_nodes',
+    'Per rollout: eligible nodes by phase, as this node holds the evidence',
+    ['rollout', 'phase'],
+    g => {
       for (const s of agent.status()) {
-        for (const p of PHASES) this.set({ rollout: s.spec.id, phase: p }, 0)
-        for (const n of s.view.nodes) this.inc({ rollout: s.spec.id, phase: n.phase })
+        for (const p of PHASES) g.set({ rollout: s.spec.id, phase: p }, 0)
+        for (const n of s.view.nodes) g.inc({ rollout: s.spec.id, phase: n.phase })
       }
     }
-  })
-  void new Gauge({
-    name: 'rhizome_rollout_waves_passed',
-    help: 'Per rollout: waves through (their threshold soaked on the new version)',
-    labelNames: ['rollout'],
-    registers: [registry],
-    collect() {
-      this.reset()
+  )
+  labelledGauge(
+    registry,
+    'rhizome_rollout_waves_passed',
+    'Per rollout: waves through (their threshold soaked on the new version)',
+    ['rollout'],
+    g => {
       for (const s of agent.status()) {
-        this.set({ rollout: s.spec.id }, s.view.waves.filter(w => w.passed).length)
+        g.set({ rollout: s.spec.id }, s.view.waves.filter(w => w.passed).length)
       }
     }
-  })
+  )
 }

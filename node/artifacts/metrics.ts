@@ -1,17 +1,11 @@
 /** The artifact subsystem's Prometheus metrics, on the daemon's registry (read when scraped). */
-import { Gauge, type Registry } from 'prom-client'
+import type { Registry } from 'prom-client'
+import { labelledGauge, readGauge } from '../metrics.ts'
 import type { Artifacts, ArtifactCounters } from './manager.ts'
 
 export function registerArtifactMetrics(registry: Registry, artifacts: Artifacts): void {
   const counter = (name: string, help: string, pick: (c: ArtifactCounters) => number): void => {
-    void new Gauge({
-      name,
-      help,
-      registers: [registry],
-      collect() {
-        this.set(pick(artifacts.counters()))
-      }
-    })
+    readGauge(registry, name, help, () => pick(artifacts.counters()))
   }
   counter(
     'rhizome_artifact_bytes_fetched_total',
@@ -33,36 +27,32 @@ export function registerArtifactMetrics(registry: Registry, artifacts: Artifacts
     'Artifact bytes served to peers',
     c => c.bytesServed
   )
-  void new Gauge({
-    name: 'rhizome_artifact_bytes',
-    help: 'Per referenced artifact: verified bytes held (held) and its size (size)',
-    labelNames: ['digest', 'kind'],
-    registers: [registry],
-    collect() {
-      this.reset()
+  labelledGauge(
+    registry,
+    'rhizome_artifact_bytes',
+    'Per referenced artifact: verified bytes held (held) and its size (size)',
+    ['digest', 'kind'],
+    g => {
       for (const [d, s] of Object.entries(artifacts.statuses())) {
-        this.set({ digest: d, kind: 'held' }, s.held)
-        if (s.size !== undefined) this.set({ digest: d, kind: 'size' }, s.size)
+        g.set({ digest: d, kind: 'held' }, s.held)
+        if (s.size !== undefined) g.set({ digest: d, kind: 'size' }, s.size)
       }
     }
-  })
-  void new Gauge({
-    name: 'rhizome_artifacts',
-    help: 'Referenced artifacts by state (complete, fetching, waiting, failed)',
-    labelNames: ['state'],
-    registers: [registry],
-    collect() {
-      this.reset()
-      for (const state of ['complete', 'fetching', 'waiting', 'failed']) this.set({ state }, 0)
-      for (const s of Object.values(artifacts.statuses())) this.inc({ state: s.state })
+  )
+  labelledGauge(
+    registry,
+    'rhizome_artifacts',
+    'Referenced artifacts by state (complete, fetching, waiting, failed)',
+    ['state'],
+    g => {
+      for (const state of ['complete', 'fetching', 'waiting', 'failed']) g.set({ state }, 0)
+      for (const s of Object.values(artifacts.statuses())) g.inc({ state: s.state })
     }
-  })
-  void new Gauge({
-    name: 'rhizome_artifact_store_bytes',
-    help: 'Bytes the artifact store holds on disk (complete and partial)',
-    registers: [registry],
-    collect() {
-      this.set(artifacts.store.usedBytes())
-    }
-  })
+  )
+  readGauge(
+    registry,
+    'rhizome_artifact_store_bytes',
+    'Bytes the artifact store holds on disk (complete and partial)',
+    () => artifacts.store.usedBytes()
+  )
 }
