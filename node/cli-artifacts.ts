@@ -7,7 +7,8 @@ import { createReadStream } from 'node:fs'
 import { stat } from 'node:fs/promises'
 import { basename } from 'node:path'
 import { Readable } from 'node:stream'
-import { Option, type Command } from 'commander'
+import type { Command } from 'commander'
+import { daemonOption, say, sayList } from './cli-common.ts'
 import { DaemonClient } from './daemon-client.ts'
 import { DaemonUnreachableError, RejectedByDaemonError, UsageError } from './errors.ts'
 import { manifestOf } from './artifacts/store.ts'
@@ -18,17 +19,6 @@ import {
   MAX_CHUNK_SIZE,
   MIN_CHUNK_SIZE
 } from './artifacts/limits.ts'
-
-const say = (s = ''): void => {
-  process.stdout.write(s + '\n')
-}
-
-function daemonOpt(): Option {
-  return new Option('--daemon <url>', "the daemon's HTTP API").default(
-    process.env.RHIZOME_DAEMON ?? 'http://127.0.0.1:8080',
-    '$RHIZOME_DAEMON or http://127.0.0.1:8080'
-  )
-}
 
 const mib = (n: number): string => `${(n / 1048576).toFixed(n < 10 * 1048576 ? 1 : 0)} MiB`
 
@@ -149,21 +139,14 @@ interface Listed {
 
 async function cmdList(opts: { daemon: string; json?: boolean }): Promise<void> {
   const list = await new DaemonClient(opts.daemon).json<Listed[]>('/api/artifacts')
-  if (opts.json === true) {
-    say(JSON.stringify(list, null, 2))
-    return
-  }
-  if (list.length === 0) say('no artifacts')
-  for (const a of list) {
+  sayList(list, opts.json, 'no artifacts', a => {
     const pct = a.size === undefined ? 0 : a.size === 0 ? 100 : Math.floor((100 * a.held) / a.size)
     const progress =
       a.state === 'complete'
         ? 'complete'
         : `${a.status.state} ${pct}% ${a.status.rate > 0 ? `${mib(a.status.rate)}/s` : ''}${a.status.eta === undefined ? '' : ` eta ${a.status.eta}s`} ${a.status.peers} peer(s)`
-    say(
-      `${a.digest.slice(0, 19)}…  ${(a.name ?? '').padEnd(20)} ${(a.size === undefined ? 'size ?' : mib(a.size)).padStart(10)}  ${progress}${a.pinnedBy.length > 0 ? `  pinned by ${a.pinnedBy.join(',')}` : ''}`
-    )
-  }
+    return `${a.digest.slice(0, 19)}…  ${(a.name ?? '').padEnd(20)} ${(a.size === undefined ? 'size ?' : mib(a.size)).padStart(10)}  ${progress}${a.pinnedBy.length > 0 ? `  pinned by ${a.pinnedBy.join(',')}` : ''}`
+  })
 }
 
 /** `rhizome status` lines for a node's artifacts that are not complete yet. */
@@ -195,7 +178,7 @@ export function registerArtifactCommands(p: Command, exitHelp: string): void {
     .argument('<file>')
     .option('--name <name>', 'a name shown in listings and status (default: the file name)')
     .option('--chunk-size <bytes>', 'chunk size (16384 to 4194304; default 1048576)')
-    .addOption(daemonOpt())
+    .addOption(daemonOption())
     .addHelpText('after', exitHelp)
     .action(cmdAdd)
   a.command('digest')
@@ -209,7 +192,7 @@ export function registerArtifactCommands(p: Command, exitHelp: string): void {
   a.command('list')
     .description('artifacts this daemon holds or is fetching, with progress')
     .option('--json', 'machine-readable output (GET /api/artifacts)')
-    .addOption(daemonOpt())
+    .addOption(daemonOption())
     .addHelpText('after', exitHelp)
     .action(cmdList)
 }

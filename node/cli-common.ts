@@ -47,6 +47,21 @@ export const say = (s = ''): void => {
   process.stdout.write(s + '\n')
 }
 
+/** A list command's output: with --json the list as JSON, else `none` when it is empty, else a line an item. */
+export function sayList<T>(
+  items: T[],
+  json: boolean | undefined,
+  none: string,
+  line: (item: T) => string
+): void {
+  if (json === true) {
+    say(JSON.stringify(items, null, 2))
+    return
+  }
+  if (items.length === 0) say(none)
+  for (const item of items) say(line(item))
+}
+
 export function daemonOption(): Option {
   return new Option('--daemon <url>', "the daemon's HTTP API").default(
     process.env.RHIZOME_DAEMON ?? 'http://127.0.0.1:8080',

@@ -17,7 +17,8 @@ import {
   keyOption,
   loadSigningKey,
   passphraseOption,
-  say
+  say,
+  sayList
 } from './cli-common.ts'
 import type { FleetDocuments } from '../crdt/fleet-yaml.ts'
 
@@ -115,17 +116,10 @@ export function rolloutLines(d: RolloutDetail): string[] {
 
 async function cmdList(opts: { daemon: string; json?: boolean }): Promise<void> {
   const all = await new DaemonClient(opts.daemon).json<RolloutSummary[]>('/api/rollouts')
-  if (opts.json === true) {
-    say(JSON.stringify(all, null, 2))
-    return
-  }
-  if (all.length === 0) say('no rollouts in the desired config')
-  for (const r of all) {
+  sayList(all, opts.json, 'no rollouts in the desired config', r => {
     const passed = r.waves.filter(w => w.passed).length
-    say(
-      `${r.id.padEnd(28)} ${r.state.padEnd(11)} waves ${passed}/${r.waves.length}  switched ${r.executed}  failed ${r.failed}  waiting for ${r.waiting}`
-    )
-  }
+    return `${r.id.padEnd(28)} ${r.state.padEnd(11)} waves ${passed}/${r.waves.length}  switched ${r.executed}  failed ${r.failed}  waiting for ${r.waiting}`
+  })
 }
 
 const detailOf = (client: DaemonClient, name: string): Promise<RolloutDetail> =>
