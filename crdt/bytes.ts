@@ -166,3 +166,24 @@ export class ByteReader {
     return new MalformedInputError(`${this.what}: truncated input (${this.buf.length} bytes)`)
   }
 }
+
+/**
+ * Decode one whole message: `read` takes its fields from a reader over `bytes` (named `what` in
+ * errors), then no byte may be left over. Whatever goes wrong is thrown as `fail(err)`, so each
+ * protocol reports the error class its callers act on.
+ */
+export function readWhole<T>(
+  bytes: Uint8Array,
+  what: string,
+  fail: (err: unknown) => Error,
+  read: (r: ByteReader) => T
+): T {
+  try {
+    const r = new ByteReader(bytes, what)
+    const out = read(r)
+    r.end()
+    return out
+  } catch (err) {
+    throw fail(err)
+  }
+}

@@ -30,7 +30,7 @@
  * (`signerStanding`, re-checked by the admission service whenever a trust statement arrives).
  */
 import { sha256 } from '@noble/hashes/sha2.js'
-import { ByteReader, ByteWriter, fleetDigestInput, toHex } from '../crdt/bytes.ts'
+import { ByteReader, ByteWriter, fleetDigestInput, readWhole, toHex } from '../crdt/bytes.ts'
 import type { Ed25519 } from '../crdt/ed25519.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 import type { TrustChain } from '../crdt/trust.ts'
@@ -200,19 +200,17 @@ export function encodeSessionRequest(req: SessionRequest): Uint8Array {
 }
 
 export function decodeSessionRequest(bytes: Uint8Array): SessionRequest {
-  try {
-    const r = new ByteReader(bytes, 'session request')
+  return readWhole<SessionRequest>(bytes, 'session request', refusedAsMalformed, r => {
     const kind = r.u8()
-    let out: SessionRequest
-    if (kind === 1) out = { kind: 'token', token: r.string(128) }
-    else if (kind === 2) out = { kind: 'voucher', voucher: r.bytes(1024) }
-    else throw new SessionRefusedError(`unknown session request kind ${kind}`)
-    r.end()
-    return out
-  } catch (err) {
-    if (err instanceof SessionRefusedError) throw err
-    throw new SessionRefusedError(`malformed session request: ${(err as Error).message}`)
-  }
+    if (kind === 1) return { kind: 'token', token: r.string(128) }
+    if (kind === 2) return { kind: 'voucher', voucher: r.bytes(1024) }
+    throw new SessionRefusedError(`unknown session request kind ${kind}`)
+  })
+}
+
+function refusedAsMalformed(err: unknown): SessionRefusedError {
+  if (err instanceof SessionRefusedError) return err
+  return new SessionRefusedError(`malformed session request: ${(err as Error).message}`)
 }
 
 export type SessionReply = { ok: true; admission: Admission } | { ok: false; reason: string }

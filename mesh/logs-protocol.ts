@@ -13,7 +13,7 @@
  *
  * Served to enrolled nodes and admin sessions only, at most LOG_REQUESTS_PER_SECOND per peer.
  */
-import { ByteReader, ByteWriter, utf8 } from '../crdt/bytes.ts'
+import { ByteReader, ByteWriter, readWhole, utf8 } from '../crdt/bytes.ts'
 import { MalformedMessageError } from './errors.ts'
 
 export const LOGS_PROTOCOL = '/rhizome/logs/1.0.0'
@@ -82,25 +82,21 @@ export function encodeLogsReply(reply: LogsReply): Uint8Array {
 }
 
 export function decodeLogsReply(bytes: Uint8Array): LogsReply {
-  try {
-    const r = new ByteReader(bytes, 'logs reply')
-    const kind = r.u8()
-    let out: LogsReply
-    if (kind === KIND.lines) {
-      const n = r.varint(MAX_LOG_LINES)
-      const lines: string[] = []
-      for (let i = 0; i < n; i++) lines.push(r.string(MAX_LOG_LINE_BYTES))
-      out = { kind: 'lines', lines }
-    } else if (kind === KIND['no-such-workload']) {
-      out = { kind: 'no-such-workload' }
-    } else if (kind === KIND.refused) {
-      out = { kind: 'refused', reason: r.string(1024) }
-    } else {
+  return readWhole<LogsReply>(
+    bytes,
+    'logs reply',
+    err => malformed('reply', err),
+    r => {
+      const kind = r.u8()
+      if (kind === KIND.lines) {
+        const n = r.varint(MAX_LOG_LINES)
+        const lines: string[] = []
+        for (let i = 0; i < n; i++) lines.push(r.string(MAX_LOG_LINE_BYTES))
+        return { kind: 'lines', lines }
+      }
+      if (kind === KIND['no-such-workload']) return { kind: 'no-such-workload' }
+      if (kind === KIND.refused) return { kind: 'refused', reason: r.string(1024) }
       throw new MalformedMessageError(`unknown logs reply kind ${kind}`)
     }
-    r.end()
-    return out
-  } catch (err) {
-    throw malformed('reply', err)
-  }
+  )
 }

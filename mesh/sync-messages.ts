@@ -30,7 +30,7 @@
  * statement reaches the peer before changes signed by keys it introduces.
  */
 import * as Automerge from '@automerge/automerge'
-import { ByteReader, ByteWriter } from '../crdt/bytes.ts'
+import { ByteReader, ByteWriter, readWhole } from '../crdt/bytes.ts'
 import { MAX_BATCH_BYTES } from '../crdt/signed-change.ts'
 import { MAX_TRUST_STATEMENT_BYTES } from '../crdt/trust.ts'
 import { MAX_EQUIVOCATION_BYTES } from '../crdt/equivocation.ts'
@@ -89,10 +89,8 @@ export function encodeSyncWire(m: SyncWireMessage): Uint8Array {
 }
 
 export function decodeSyncWire(bytes: Uint8Array): SyncWireMessage {
-  try {
-    const r = new ByteReader(bytes, 'sync protocol message')
+  return readWhole<SyncWireMessage>(bytes, 'sync protocol message', malformedSyncWire, r => {
     const type = r.u8()
-    let out: SyncWireMessage
     switch (type) {
       case TYPE.hello: {
         const version = r.varint()
@@ -106,43 +104,36 @@ export function decodeSyncWire(bytes: Uint8Array): SyncWireMessage {
         const n = r.varint(MAX_DOCS_PER_HELLO)
         const docIds: string[] = []
         for (let i = 0; i < n; i++) docIds.push(r.string(MAX_ID))
-        out = { type: 'hello', fleetId, trustVersion, docIds }
-        break
+        return { type: 'hello', fleetId, trustVersion, docIds }
       }
       case TYPE.trust:
-        out = { type: 'trust', statement: r.bytes(MAX_TRUST_STATEMENT_BYTES) }
-        break
+        return { type: 'trust', statement: r.bytes(MAX_TRUST_STATEMENT_BYTES) }
       case TYPE.sync:
-        out = {
+        return {
           type: 'sync',
           docId: r.string(MAX_ID),
           message: r.bytes(MAX_SYNC_MESSAGE_BYTES),
           batch: r.bytes(MAX_BATCH_BYTES)
         }
-        break
       case TYPE.status:
-        out = { type: 'status', record: r.bytes(MAX_STATUS_BYTES + 1024) }
-        break
+        return { type: 'status', record: r.bytes(MAX_STATUS_BYTES + 1024) }
       case TYPE.push:
-        out = { type: 'push', docId: r.string(MAX_ID), batch: r.bytes(MAX_PUSH_BYTES) }
-        break
+        return { type: 'push', docId: r.string(MAX_ID), batch: r.bytes(MAX_PUSH_BYTES) }
       case TYPE.evidence:
-        out = { type: 'evidence', evidence: r.bytes(MAX_EQUIVOCATION_BYTES) }
-        break
+        return { type: 'evidence', evidence: r.bytes(MAX_EQUIVOCATION_BYTES) }
       case TYPE.beacon:
-        out = { type: 'beacon', beacon: r.bytes(MAX_BEACON_BYTES) }
-        break
+        return { type: 'beacon', beacon: r.bytes(MAX_BEACON_BYTES) }
       default:
         throw new MalformedMessageError(`unknown sync protocol message type ${type}`)
     }
-    r.end()
-    return out
-  } catch (err) {
-    if (err instanceof MalformedMessageError) throw err
-    throw new MalformedMessageError(
-      `a peer sent a malformed sync protocol message: ${(err as Error).message}`
-    )
-  }
+  })
+}
+
+function malformedSyncWire(err: unknown): MalformedMessageError {
+  if (err instanceof MalformedMessageError) return err
+  return new MalformedMessageError(
+    `a peer sent a malformed sync protocol message: ${(err as Error).message}`
+  )
 }
 
 /**
