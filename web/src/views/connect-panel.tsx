@@ -8,7 +8,7 @@ import { useEffect, useState } from 'preact/hooks'
 import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
 import { readHash, writeHash } from '../hash-params.ts'
 import { WorkerFleetSource } from '../worker-source.ts'
-import { ActionForm } from './parts.tsx'
+import { ActionForm, ErrorAlert } from './parts.tsx'
 
 async function discoverAddress(): Promise<string | undefined> {
   // A daemon serving this page may list its addresses in /api/health; use a WebSocket one.
@@ -139,11 +139,7 @@ export function ConnectPanel({ source, snap }: { source: FleetSource; snap: Flee
           </button>
         </div>
       </ActionForm>
-      {shownError !== undefined && (
-        <div class='alert bad' data-testid='connect-error'>
-          {shownError}
-        </div>
-      )}
+      <ErrorAlert message={shownError} testid='connect-error' />
     </section>
   )
 }

@@ -11,7 +11,7 @@ import { documentSchema } from '../../../crdt/document-schema.ts'
 import { DEVICES_DOC } from '../../../crdt/devices.ts'
 import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
 import { shortHeads } from '../../../crdt/fleet-status.ts'
-import { DocChips } from './parts.tsx'
+import { DocChips, ErrorAlert } from './parts.tsx'
 
 const MAX_EDIT_BYTES = 1024 * 1024
 
@@ -192,11 +192,7 @@ export function DesiredConfig({
         </div>
         <div class='panel'>
           <h3>Before publishing</h3>
-          {error !== undefined && (
-            <div class='alert bad' data-testid='config-error'>
-              {error}
-            </div>
-          )}
+          <ErrorAlert message={error} testid='config-error' />
           {review === undefined && error === undefined && published === undefined && (
             <p class='muted'>
               Edit the YAML, then “Review changes” to see exactly what will change. Nothing leaves

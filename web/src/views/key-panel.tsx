@@ -4,7 +4,7 @@
  */
 import { useState } from 'preact/hooks'
 import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
-import { ActionForm } from './parts.tsx'
+import { ActionForm, ErrorAlert } from './parts.tsx'
 
 export function KeyPanel({
   source,
@@ -98,11 +98,7 @@ export function KeyPanel({
           </button>
         </ActionForm>
       )}
-      {error !== undefined && (
-        <div class='alert bad' data-testid='key-error'>
-          {error}
-        </div>
-      )}
+      <ErrorAlert message={error} testid='key-error' />
     </div>
   )
 }

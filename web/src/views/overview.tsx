@@ -82,7 +82,7 @@ function Card({
   children
 }: {
   count: number
-  tone?: string
+  tone?: '' | 'ok' | 'warn' | 'bad'
   testid?: string
   children: ComponentChildren
 }) {

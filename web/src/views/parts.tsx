@@ -1,6 +1,6 @@
 /**
  * Small pieces of markup several views repeat: a table's header row, the document chips, a form
- * that runs an action in the page.
+ * that runs an action in the page, an error shown in red.
  */
 import type { ComponentChildren } from 'preact'
 import { navigate, type ViewName } from '../navigation.ts'
@@ -60,5 +60,15 @@ export function ActionForm({
     >
       {children}
     </form>
+  )
+}
+
+/** What went wrong, in a red alert; nothing while `message` is undefined. */
+export function ErrorAlert({ message, testid }: { message: string | undefined; testid?: string }) {
+  if (message === undefined) return null
+  return (
+    <div class='alert bad' data-testid={testid}>
+      {message}
+    </div>
   )
 }

@@ -11,7 +11,7 @@ import { rolloutsOf, RolloutState, type RolloutSpec } from '../../../crdt/rollou
 import { planWaves } from '../../../crdt/rollout-waves.ts'
 import { evidenceFrom, viewRollout, type RolloutView } from '../../../crdt/rollout-gate.ts'
 import { enrolledNodes } from '../node-status.ts'
-import { TableHead } from './parts.tsx'
+import { ErrorAlert, TableHead } from './parts.tsx'
 
 const clock = (ms: number | undefined): string =>
   ms === undefined ? '?' : new Date(ms).toLocaleTimeString()
@@ -122,7 +122,7 @@ function RolloutCard({
           it, or lower its threshold.
         </div>
       )}
-      {error !== undefined && <div class='alert bad'>{error}</div>}
+      <ErrorAlert message={error} />
       <p class='muted mono small'>change {JSON.stringify(spec.change)}</p>
       <table class='grid compact' data-testid='rollout-waves'>
         <TableHead
