@@ -36,3 +36,34 @@ it('a file put back is reported with its time, then ages out', async () => {
     await rm(dir, { recursive: true, force: true })
   }
 })
+
+it('a file changed by hand that a reconcile pass puts back, before the drift check, is drift too', async () => {
+  // The daemon's periodic reconcile rewrites whatever differs; a hand edit it reverted went
+  // unreported (a race with the drift check, seen in the end-to-end test).
+  const dir = await mkdtemp(join(tmpdir(), 'rhizome-drift-'))
+  try {
+    await mkdir(join(dir, 'srv/app'), { recursive: true })
+    const seen: string[] = []
+    const files = new FilesApplier({
+      root: dir,
+      allowedRoots: ['/srv/app'],
+      now: () => 5_000,
+      onDrift: p => seen.push(p)
+    })
+    const desired = { '/srv/app/a': { content: 'a\n' } }
+    await files.apply(desired)
+    await writeFile(join(dir, 'srv/app/a'), 'by hand\n')
+    const s = await files.apply(desired)
+    assert.equal(await readFile(join(dir, 'srv/app/a'), 'utf8'), 'a\n')
+    assert.deepEqual(s.drifted, ['/srv/app/a'])
+    assert.deepEqual(s.putBackAt, { '/srv/app/a': 5_000 })
+    assert.deepEqual(seen, ['/srv/app/a'])
+    // A new spec is a change, not drift.
+    assert.deepEqual((await files.apply({ '/srv/app/a': { content: 'v2\n' } })).drifted, [
+      '/srv/app/a'
+    ])
+    assert.deepEqual(seen, ['/srv/app/a'], 'the config changing the file is not reported')
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+})

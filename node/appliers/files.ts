@@ -130,6 +130,7 @@ export class FilesApplier {
   /** Make the managed files equal `desired` (path → {content, mode?}). */
   async apply(desired: Record<string, unknown>): Promise<FileStatus> {
     const errors: string[] = []
+    const put: string[] = []
     const next = new Map<string, Managed>()
     const entries = Object.entries(desired).slice(0, MAX_MANAGED_FILES)
     if (Object.keys(desired).length > MAX_MANAGED_FILES) {
@@ -153,7 +154,11 @@ export class FilesApplier {
         if (refused !== undefined) throw new Error(refused)
         const target = this.target(path)
         await this.protect?.check(target.root, [...target.dirs, target.name], path)
-        await this.writeIfDifferent(target, spec)
+        const held = this.managed.get(path)
+        const wrote = await this.writeIfDifferent(target, spec)
+        // The same spec as the last pass, and yet the file had to be written: changed by hand
+        // since, and put back by this pass rather than by `checkDrift`. Drift all the same.
+        if (wrote && held?.hash === sha(content) && held.spec.mode === spec.mode) put.push(path)
         next.set(path, { spec, hash: sha(content) })
       } catch (err) {
         errors.push(`${path}: ${(err as Error).message}`)
@@ -169,6 +174,7 @@ export class FilesApplier {
     }
     this.managed = next
     this.errors = errors
+    this.putBack(put)
     return this.status()
   }
 
@@ -201,15 +207,19 @@ export class FilesApplier {
         log.error('drift check of %s failed: %e', path, err)
       }
     }
-    if (put.length > 0) {
-      const now = this.now()
-      const older = [...this.drifted].filter(([p]) => !put.includes(p))
-      this.drifted = new Map(
-        [...put.map(p => [p, now] as const), ...older].slice(0, MAX_DRIFT_REPORTED)
-      )
-      for (const p of put) this.onDrift(p)
-    }
+    this.putBack(put)
     return put
+  }
+
+  /** Record files put back after a change by hand, newest first, and say so. */
+  private putBack(put: readonly string[]): void {
+    if (put.length === 0) return
+    const now = this.now()
+    const older = [...this.drifted].filter(([p]) => !put.includes(p))
+    this.drifted = new Map(
+      [...put.map(p => [p, now] as const), ...older].slice(0, MAX_DRIFT_REPORTED)
+    )
+    for (const p of put) this.onDrift(p)
   }
 
   status(): FileStatus {
