@@ -5,6 +5,7 @@
  * Arrays and scalars are leaves: a changed one is replaced whole.
  */
 import { stringify } from 'yaml'
+import { isMap } from './config-shape.ts'
 import { documentSchema } from './document-schema.ts'
 import type { SignedDocument, Signer } from './document.ts'
 import type { SignedBatch } from './signed-change.ts'
@@ -14,9 +15,9 @@ export type DiffOp =
   | { op: 'set'; path: Path; value: unknown; old?: unknown; had: boolean }
   | { op: 'delete'; path: Path; old: unknown }
 
-function isMap(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array)
-}
+/** A mapping, not Automerge bytes (a Uint8Array is an object too, and is compared whole). */
+const isMapNotBytes = (v: unknown): v is Record<string, unknown> =>
+  isMap(v) && !(v instanceof Uint8Array)
 
 /** A plain JSON-like copy (Automerge proxies, text and counters become plain values). */
 export function plainValue(v: unknown): unknown {
@@ -29,7 +30,7 @@ function deepEqual(a: unknown, b: unknown): boolean {
   if (Array.isArray(a) && Array.isArray(b)) {
     return a.length === b.length && a.every((x, i) => deepEqual(x, b[i]))
   }
-  if (isMap(a) && isMap(b)) {
+  if (isMapNotBytes(a) && isMapNotBytes(b)) {
     const ka = Object.keys(a)
     if (ka.length !== Object.keys(b).length) return false
     return ka.every(k => Object.hasOwn(b, k) && deepEqual(a[k], b[k]))
@@ -55,7 +56,7 @@ export function diffMaps(
     }
     const a = current[k]
     const b = desired[k]
-    if (has && isMap(a) && isMap(b)) ops.push(...diffMaps(a, b, p))
+    if (has && isMapNotBytes(a) && isMapNotBytes(b)) ops.push(...diffMaps(a, b, p))
     else if (!has || !deepEqual(a, b)) {
       ops.push(
         has
@@ -73,7 +74,7 @@ export function applyOps(target: Record<string, unknown>, ops: DiffOp[]): void {
     let node = target
     for (const seg of o.path.slice(0, -1)) {
       let next = node[seg]
-      if (!isMap(next)) {
+      if (!isMapNotBytes(next)) {
         node[seg] = {}
         next = node[seg]
       }
@@ -86,7 +87,7 @@ export function applyOps(target: Record<string, unknown>, ops: DiffOp[]): void {
 }
 
 function show(v: unknown): string {
-  if (isMap(v) || Array.isArray(v)) return JSON.stringify(v)
+  if (isMapNotBytes(v) || Array.isArray(v)) return JSON.stringify(v)
   return stringify(v, { lineWidth: 0 }).trimEnd()
 }
 

@@ -26,6 +26,7 @@
  * `parseStatusBody` checks and bounds every field, and never throws.
  */
 import { parseReports, type RolloutReport } from './rollout-gate.ts'
+import { isMap } from './config-shape.ts'
 
 /** Bounds on a parsed body: entries per map or list, characters per string. */
 export const STATUS_LIMITS = {
@@ -128,9 +129,6 @@ export interface TryModeStatus {
   rolledBack?: { digest: string; at: number; reason: string }
 }
 
-function isMap(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
 const text = (v: unknown, fallback = ''): string =>
   typeof v === 'string' ? v.slice(0, STATUS_LIMITS.text) : fallback
 /** Paths put back that a body may list (the daemon reports at most 20: node/appliers/files.ts). */

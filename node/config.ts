@@ -45,6 +45,7 @@ import { parseYamlInput } from '../crdt/yaml-input.ts'
 import { InvalidConfigError } from './errors.ts'
 import { DEFAULT_DISK_BUDGET_BYTES, DEFAULT_GC_GRACE_MS } from './artifacts/limits.ts'
 import { EXTRA_PEERS } from '../mesh/limits.ts'
+import { isMap } from '../crdt/config-shape.ts'
 
 /** Try mode (node/rollout-agent.ts): a config after which no peer is reached this long is rolled back. */
 export const DEFAULT_TRY_MODE_MS = 120_000
@@ -133,10 +134,6 @@ const ENV: Record<string, (typeof CONFIG_FILE_KEYS)[number] | 'http.host' | 'htt
 }
 
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024
-
-function isMap(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
 
 function fail(where: string, msg: string): never {
   throw new InvalidConfigError(`${where}: ${msg}`)

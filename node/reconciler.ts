@@ -26,6 +26,7 @@ import type { FilesApplier } from './appliers/files.ts'
 import type { ProcessesApplier } from './appliers/processes.ts'
 import type { ManifestsApplier } from './appliers/manifests.ts'
 import type { ArtifactApplier } from './artifacts/apply.ts'
+import { isMap } from '../crdt/config-shape.ts'
 
 const log = logger('rhizome:node:reconciler')
 
@@ -71,10 +72,6 @@ export interface ReconcilerComponents {
   fallback: NodeIdentity
   /** A pass runs at least this often, ms (default 30 s). */
   intervalMs?: number
-}
-
-function isMap(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 /**

@@ -56,6 +56,7 @@ import {
   ROLLOUT_STATE_FILE,
   type RolloutState
 } from './rollout-state.ts'
+import { isMap } from '../crdt/config-shape.ts'
 
 const log = logger('rhizome:node:rollout')
 /** When evidence arrives and what the agent decides on it: the agent's share of a rollout's time. */
@@ -132,10 +133,6 @@ interface Trial {
 
 function digestOf(config: ConfigObject): string {
   return toHex(sha256(utf8(canonicalJson(config)))).slice(0, 32)
-}
-
-function isMap(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 const since = (ms: number): string =>

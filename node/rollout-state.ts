@@ -20,6 +20,7 @@
 import { open, readFile, rename } from 'node:fs/promises'
 import type { ConfigObject } from '../crdt/effective-config.ts'
 import type { RolloutReport } from '../crdt/rollout-gate.ts'
+import { isMap } from '../crdt/config-shape.ts'
 
 export const ROLLOUT_STATE_FILE = 'rollouts.json'
 /** Reports kept (and published) at most; the oldest of rollouts no longer configured go first. */
@@ -38,10 +39,6 @@ export interface RolloutState {
 
 export function emptyState(): RolloutState {
   return { version: 1, reports: {}, bad: [], badConfigs: [] }
-}
-
-function isMap(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
 const strings = (v: unknown): string[] =>

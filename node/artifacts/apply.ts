@@ -32,6 +32,7 @@ import { belowAllowedRoot, openBelow, removeEntry, type OpenDir } from '../appli
 import { isDigest, parseDigest, type ArtifactDigest } from './manifest.ts'
 import { writeFileAtomic } from './store.ts'
 import type { Artifacts } from './manager.ts'
+import { isMap } from '../../crdt/config-shape.ts'
 
 const log = logger('rhizome:node:artifacts:apply')
 
@@ -53,10 +54,6 @@ export interface ArtifactPass {
 }
 
 type Ref = { digest: ArtifactDigest; unpack: 'tar' | undefined }
-
-function isMap(v: unknown): v is Record<string, ConfigValue> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
 
 function ref(v: Record<string, ConfigValue>, where: string): Ref {
   const digest = parseDigest(v.artifact, where)
