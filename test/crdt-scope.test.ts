@@ -13,6 +13,7 @@ import { toHex } from '../crdt/bytes.ts'
 import { DEVICES_DOC, documentReach, enrolledDevices, outOfReach } from '../crdt/devices.ts'
 import { effectiveConfig, type ConfigDocument } from '../crdt/effective-config.ts'
 import { publicKeyHex, type KeyPair } from '../crdt/keys.ts'
+import type { SignedDocument, Signer } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import { decide, viewRollout } from '../crdt/rollout-gate.ts'
 import { planWaves } from '../crdt/rollout-waves.ts'
@@ -38,6 +39,14 @@ async function berlinFleet(label: string, replicas = 1): Promise<TestFleet> {
   return f
 }
 
+/** A `berlinFleet`'s one replica, its admin's and operator's signers there, and its `devices`. */
+async function berlinDevices(label: string) {
+  const f = await berlinFleet(label)
+  const r = f.replicas[0]!
+  const devices = await r.open<Devices>(DEVICES_DOC)
+  return { f, r, admin: f.signer(0, f.admins[0]!), operator: f.signer(0, f.operator), devices }
+}
+
 /** The workloads a device runs, computed as the reconciler does, from this replica's documents. */
 async function workloadsOf(r: Replica, key: string): Promise<unknown> {
   const devices = (await r.open<Devices>(DEVICES_DOC)).value
@@ -56,13 +65,30 @@ const deviceKey = (name: string): string => toHex(testKey(`scope/${name}`).publi
 const munich = (name: string): Entry => ({ name, labels: { site: 'munich', role: 'pos' } })
 const berlin = (name: string): Entry => ({ name, labels: { site: 'berlin', role: 'pos' } })
 
+/** `by` sets device `key`'s site label, in a change of its own. */
+const relabel = (devices: SignedDocument<Devices>, by: Signer, key: string, site: string) =>
+  devices.change(by, d => {
+    d.devices[key]!.labels.site = site
+  })
+
+/** Device `key` deleted in a change by `deleter`, then enrolled again as `entry` in one by `enroller`. */
+async function deleteAndEnrolAgain(
+  devices: SignedDocument<Devices>,
+  [deleter, enroller]: [Signer, Signer],
+  key: string,
+  entry: Entry
+): Promise<void> {
+  await devices.change(deleter, d => {
+    delete d.devices[key]
+  })
+  await devices.change(enroller, d => {
+    d.devices[key] = entry
+  })
+}
+
 describe('operator scope and device labels', () => {
   test('an operator cannot relabel a device into its scope; enrolling and relabelling inside it works', async () => {
-    const f = await berlinFleet('scope-relabel')
-    const r = f.replicas[0]!
-    const admin = f.signer(0, f.admins[0]!)
-    const operator = f.signer(0, f.operator)
-    const devices = await r.open<Devices>(DEVICES_DOC)
+    const { f, r, admin, operator, devices } = await berlinDevices('scope-relabel')
     const [relabelled, readded, replaced, blessed, fresh, swapped] = [
       'relabelled',
       'readded',
@@ -93,16 +119,9 @@ describe('operator scope and device labels', () => {
     assert.equal(await workloadsOf(r, relabelled), undefined, 'munich: out of scope')
 
     // The escape: the operator writes site=berlin on a munich device.
-    await devices.change(operator, d => {
-      d.devices[relabelled]!.labels.site = 'berlin'
-    })
+    await relabel(devices, operator, relabelled, 'berlin')
     // Deleting the entry, then adding it again as berlin, in two changes.
-    await devices.change(operator, d => {
-      delete d.devices[readded]
-    })
-    await devices.change(operator, d => {
-      d.devices[readded] = berlin('m-2')
-    })
+    await deleteAndEnrolAgain(devices, [operator, operator], readded, berlin('m-2'))
     // Replacing the entry with a new one; and enrolling a trust-statement node (site=x) as berlin.
     await devices.change(operator, d => {
       d.devices[replaced] = berlin('m-3')
@@ -115,9 +134,7 @@ describe('operator scope and device labels', () => {
       d.devices = copy
     })
     // An admin moves a munich device to berlin: the operator reaches it.
-    await devices.change(admin, d => {
-      d.devices[blessed]!.labels.site = 'berlin'
-    })
+    await relabel(devices, admin, blessed, 'berlin')
     // The operator enrols a new berlin device, then relabels it inside berlin.
     await devices.change(operator, d => {
       d.devices[fresh] = berlin('b-1')
@@ -141,9 +158,7 @@ describe('operator scope and device labels', () => {
     )
 
     // Moving a device out of its scope is fine: it just loses it.
-    await devices.change(operator, d => {
-      d.devices[fresh]!.labels.site = 'munich'
-    })
+    await relabel(devices, operator, fresh, 'munich')
     assert.equal(await workloadsOf(r, fresh), undefined)
     // An admin's document still reaches the relabelled device.
     await (
@@ -155,19 +170,17 @@ describe('operator scope and device labels', () => {
   })
 
   test("an operator's rollout leaves out the device it relabelled, whatever its eligible list says", async () => {
-    const f = await berlinFleet('scope-rollout')
-    const r = f.replicas[0]!
-    const devices = await r.open<Devices>(DEVICES_DOC)
+    const { r, admin, operator, devices } = await berlinDevices('scope-rollout')
     const [moved, own] = ['moved', 'own'].map(deviceKey) as [string, string]
-    await devices.change(f.signer(0, f.admins[0]!), d => {
+    await devices.change(admin, d => {
       d.devices = { [moved]: munich('m-1') }
     })
-    await devices.change(f.signer(0, f.operator), d => {
+    await devices.change(operator, d => {
       d.devices[moved]!.labels.site = 'berlin'
       d.devices[own] = berlin('b-1')
     })
     const site = await r.open('site/berlin')
-    await site.change(f.signer(0, f.operator), d => {
+    await site.change(operator, d => {
       d.rollouts = {
         'web-v2': {
           change: { workloads: { web: { version: '2' } } },
@@ -200,11 +213,7 @@ describe('operator scope and device labels', () => {
     // Found by the property below: the operator's re-enrolment names as dependencies both the
     // delete and its own earlier change, an ancestor of the delete; the labels seen through that
     // older path (munich, before the admin's move) must not count, the entry's last labels do.
-    const f = await berlinFleet('scope-last-labels')
-    const r = f.replicas[0]!
-    const admin = f.signer(0, f.admins[0]!)
-    const operator = f.signer(0, f.operator)
-    const devices = await r.open<Devices>(DEVICES_DOC)
+    const { f, r, admin, operator, devices } = await berlinDevices('scope-last-labels')
     const [moved, other] = ['moved', 'other'].map(deviceKey) as [string, string]
     await devices.change(admin, d => {
       d.devices = { [moved]: munich('m-1'), [other]: berlin('b-1') }
@@ -212,15 +221,8 @@ describe('operator scope and device labels', () => {
     await devices.change(operator, d => {
       d.devices[other]!.labels.role = 'kiosk'
     })
-    await devices.change(admin, d => {
-      d.devices[moved]!.labels.site = 'berlin'
-    })
-    await devices.change(admin, d => {
-      delete d.devices[moved]
-    })
-    await devices.change(operator, d => {
-      d.devices[moved] = berlin('m-1')
-    })
+    await relabel(devices, admin, moved, 'berlin')
+    await deleteAndEnrolAgain(devices, [admin, operator], moved, berlin('m-1'))
     const taken = outOfReach(r.trust, devices.value).get(publicKeyHex(f.operator.publicKey))
     assert.equal(taken?.has(moved) ?? false, false, 'last labelled berlin by an admin: not a move')
   })

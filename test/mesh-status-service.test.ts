@@ -67,19 +67,28 @@ async function service(replica: Replica, identity: KeyPair, enrolled: Set<string
   return { s, sync }
 }
 
-test('a newer record is kept and relayed to every other peer; an older one, an unknown key and a forgery are not', async () => {
-  const fleet = await makeFleet({ replicas: 1, nodes: 3, label: 'status-service' })
+/**
+ * A one-replica fleet of `nodes` node keys, the first `enrolledNodes` of them enrolled, and the
+ * first node's status service started on it; `record` signs a status record in this fleet.
+ */
+async function started(label: string, nodes: number, enrolledNodes = nodes) {
+  const fleet = await makeFleet({ replicas: 1, nodes, label })
   const replica = fleet.replicas[0]!
+  const enrolled = new Set(fleet.nodes.slice(0, enrolledNodes).map(k => toHex(k.publicKey)))
+  const { s, sync } = await service(replica, fleet.nodes[0]!, enrolled)
+  const record = async (key: KeyPair, seq: number, body: Record<string, unknown> = {}) =>
+    (await signStatus(key, replica.fleetId, seq, body, fleet.ed)).bytes
+  return { fleet, replica, enrolled, s, sync, record }
+}
+
+test('a newer record is kept and relayed to every other peer; an older one, an unknown key and a forgery are not', async () => {
+  const { fleet, s, sync, record } = await started('status-service', 3)
   const [me, other, third] = fleet.nodes as [KeyPair, KeyPair, KeyPair]
-  const enrolled = new Set(fleet.nodes.map(k => toHex(k.publicKey)))
-  const { s, sync } = await service(replica, me, enrolled)
   const from = fakeStream()
   const to = fakeStream()
   sync.list = [from, to]
   const events: number[] = []
   s.addEventListener('status', e => events.push(e.detail.seq))
-  const record = async (key: KeyPair, seq: number, body = {}) =>
-    (await signStatus(key, replica.fleetId, seq, body, fleet.ed)).bytes
 
   await sync.receiver!(await record(other, 10, { revision: 'r10' }), from)
   assert.deepEqual(
@@ -135,16 +144,11 @@ test('a newer record is kept and relayed to every other peer; an older one, an u
 })
 
 test('records outlive a restart; a first hello and an anti-entropy round send what is held', async () => {
-  const fleet = await makeFleet({ replicas: 1, nodes: 2, label: 'status-service-restart' })
-  const replica = fleet.replicas[0]!
+  const first = await started('status-service-restart', 2)
+  const { fleet, replica, enrolled } = first
   const [me, other] = fleet.nodes as [KeyPair, KeyPair]
-  const enrolled = new Set(fleet.nodes.map(k => toHex(k.publicKey)))
-  const first = await service(replica, me, enrolled)
   const published = await first.s.publish({ revision: 'r1' })
-  await first.sync.receiver!(
-    (await signStatus(other, replica.fleetId, 5, { revision: 'o5' }, fleet.ed)).bytes,
-    fakeStream()
-  )
+  await first.sync.receiver!(await first.record(other, 5, { revision: 'o5' }), fakeStream())
   await first.s.stop()
 
   const again = await service(replica, me, enrolled)
@@ -172,15 +176,12 @@ test(
   { timeout: 10_000 },
   async () => {
     // A browser gets every record on its first hello, before the devices document has synced.
-    const fleet = await makeFleet({ replicas: 1, nodes: 2, label: 'status-service-pending' })
-    const replica = fleet.replicas[0]!
-    const [me, late] = fleet.nodes as [KeyPair, KeyPair]
-    const enrolled = new Set([toHex(me.publicKey)])
-    const { s, sync } = await service(replica, me, enrolled)
+    const pending = await started('status-service-pending', 2, 1)
+    const { fleet, replica, enrolled, s, sync, record: signed } = pending
+    const late = fleet.nodes[1]!
     const from = fakeStream()
     sync.list = [from]
-    const record = async (key: KeyPair, seq: number) =>
-      (await signStatus(key, replica.fleetId, seq, { revision: `r${seq}` }, fleet.ed)).bytes
+    const record = (key: KeyPair, seq: number) => signed(key, seq, { revision: `r${seq}` })
     await sync.receiver!(await record(late, 5), from)
     await sync.receiver!(await record(late, 4), from)
     // Strangers fill the held-aside set to its bound (the oldest make room), then `late` sends again.
@@ -212,17 +213,14 @@ test(
 )
 
 test('a record bringing rollout news is relayed at once when its node has spent its pace; news from a flooding node is still bounded', async () => {
-  const fleet = await makeFleet({ replicas: 1, nodes: 2, label: 'status-service-news' })
-  const replica = fleet.replicas[0]!
-  const [me, other] = fleet.nodes as [KeyPair, KeyPair]
-  const enrolled = new Set(fleet.nodes.map(k => toHex(k.publicKey)))
-  const { s, sync } = await service(replica, me, enrolled)
+  const { fleet, s, sync, record } = await started('status-service-news', 2)
+  const other = fleet.nodes[1]!
   const from = fakeStream()
   const to = fakeStream()
   sync.list = [from, to]
   let seq = 0
   const receive = async (body: Record<string, unknown>) =>
-    sync.receiver!((await signStatus(other, replica.fleetId, ++seq, body, fleet.ed)).bytes, from)
+    sync.receiver!(await record(other, ++seq, body), from)
   const report = (facts: Record<string, number>) => ({
     rollouts: { 'fleet:app': { digest: 'd1', seenAt: 1, ...facts } }
   })
@@ -256,14 +254,8 @@ test(
   'a record is relayed, and the stream reads on, without waiting for the disk',
   { timeout: 10_000 },
   async () => {
-    const fleet = await makeFleet({ replicas: 1, nodes: 2, label: 'status-service-disk' })
-    const replica = fleet.replicas[0]!
-    const [me, other] = fleet.nodes as [KeyPair, KeyPair]
-    const { s, sync } = await service(
-      replica,
-      me,
-      new Set(fleet.nodes.map(k => toHex(k.publicKey)))
-    )
+    const { fleet, replica, s, sync, record } = await started('status-service-disk', 2)
+    const other = fleet.nodes[1]!
     const from = fakeStream()
     const to = fakeStream()
     sync.list = [from, to]
@@ -278,8 +270,7 @@ test(
       await slow
       return put(...args)
     }
-    const record = await signStatus(other, replica.fleetId, 1, { revision: 'r1' }, fleet.ed)
-    await sync.receiver!(record.bytes, from)
+    await sync.receiver!(await record(other, 1, { revision: 'r1' }), from)
     assert.equal(to.sent.length, 1, 'relayed before the write finished')
     assert.equal(s.records().length, 1)
     release()

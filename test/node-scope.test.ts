@@ -18,12 +18,13 @@ import {
   daemonConfig,
   getJson,
   initFleet,
-  rhizome,
+  rhizomeExits,
   startDaemon,
   stopAll,
   type NodeIdentity,
   type RunningDaemon
 } from './fixtures/node-harness.ts'
+import { proposeOperator } from './fixtures/daemon-fleet.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { NodeDescription } from '../node/cli-describe.ts'
 
@@ -38,11 +39,7 @@ describe(
     let ids: Record<string, NodeIdentity>
     let n1: RunningDaemon
     const file = (n: string): string => join(dir, n)
-    const cli = async (args: string[], code = 0) => {
-      const r = await rhizome(args, env)
-      assert.equal(r.code, code, `rhizome ${args.join(' ')}: ${r.stdout}\n${r.stderr}`)
-      return r
-    }
+    const cli = (args: string[], code = 0) => rhizomeExits(args, env, code)
     const apply = async (doc: string, value: unknown, key: string): Promise<void> => {
       const f = file(`f-${Math.random().toString(36).slice(2)}.yaml`)
       await writeFile(f, stringify({ [doc]: value }))
@@ -91,19 +88,9 @@ describe(
       const k = await cli(['keygen', '--out', file('ops.key'), '--label', 'berlin-ops'])
       const op = /public key\s+([0-9a-f]{64})/.exec(k.stdout)![1]!
       const p = file('p-operator.json')
-      await cli([
-        'trust',
-        'propose',
-        '--add-operator',
-        `${op}:berlin-ops`,
-        '--docs',
-        'site/berlin,devices',
-        '--selector',
-        'site=berlin',
-        '--out',
-        p
-      ])
-      await cli(['trust', 'sign', p, '--key', file('fleet/root.key')])
+      const docs = ['site/berlin', 'devices']
+      const grant = { key: op, label: 'berlin-ops', docs, selector: 'site=berlin' }
+      await proposeOperator(dir, env, grant, p)
       await cli(['trust', 'publish', p])
 
       await apply(

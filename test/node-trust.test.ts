@@ -12,8 +12,8 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { stringify } from 'yaml'
-import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
-import { authHeaders, getJson, rhizome, stopAll } from './fixtures/node-harness.ts'
+import { DaemonFleet, proposeOperator, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { authHeaders, getJson, rhizomeExits, stopAll } from './fixtures/node-harness.ts'
 import type { TrustState } from '../node/trust-daemon.ts'
 
 const PASS = 'correct horse battery'
@@ -24,11 +24,7 @@ describe('trust lifecycle through the CLI (one daemon)', { timeout: 180_000 }, (
   let ids: DaemonFleet['ids']
   let daemon: RunningDaemon
   const file = (n: string): string => join(dir, n)
-  const cli = async (args: string[], code = 0) => {
-    const r = await rhizome(args, env)
-    assert.equal(r.code, code, `rhizome ${args.join(' ')}: ${r.stdout}\n${r.stderr}`)
-    return r
-  }
+  const cli = (args: string[], code = 0) => rhizomeExits(args, env, code)
   const keygen = async (name: string): Promise<string> => {
     const r = await cli(['keygen', '--out', file(`${name}.key`), '--label', name])
     return /public key\s+([0-9a-f]{64})/.exec(r.stdout)![1]!
@@ -120,19 +116,8 @@ describe('trust lifecycle through the CLI (one daemon)', { timeout: 180_000 }, (
     await statement(['--add-root', root2, '--threshold', '2'], [file('fleet/root.key')])
     const op = await keygen('berlin-ops')
     const out = file('p-operator.json')
-    await cli([
-      'trust',
-      'propose',
-      '--add-operator',
-      `${op}:berlin-ops`,
-      '--docs',
-      'site/berlin',
-      '--selector',
-      'site=berlin',
-      '--out',
-      out
-    ])
-    await cli(['trust', 'sign', out, '--key', file('fleet/root.key')])
+    const grant = { key: op, label: 'berlin-ops', docs: ['site/berlin'], selector: 'site=berlin' }
+    await proposeOperator(dir, env, grant, out)
     const short = await cli(['trust', 'publish', out], 1)
     assert.match(short.stderr, /1 valid root signature\(s\); version 3 requires 2/)
     await cli(['trust', 'sign', out, '--key', file('root2.key')])
