@@ -7,7 +7,7 @@
  *                                                 by name when only one document has it
  */
 import { HttpError, type Route } from './http-api.ts'
-import type { NodePhase, RolloutPhase, RolloutReport } from '../crdt/rollout-gate.ts'
+import type { NodePhase, RolloutPhase, RolloutReport, WaveView } from '../crdt/rollout-gate.ts'
 import type { RolloutAgent, RolloutStatus } from './rollout-agent.ts'
 
 export interface RolloutSummary {
@@ -20,20 +20,16 @@ export interface RolloutSummary {
   startedAt: string | null
   eligible: number
   change: unknown
-  waves: Array<{
-    index: number
-    canary: Record<string, string | string[]> | null
-    percent: number | null
-    threshold: number
-    soakMs: number
-    members: number
-    needed: number
-    switched: number
-    soaked: number
-    failed: number
-    passed: boolean
-    open: boolean
-  }>
+  /** Each wave as the gate sees it, with its spec's settings and its member count. */
+  waves: Array<
+    Pick<WaveView, 'index' | 'needed' | 'switched' | 'soaked' | 'failed' | 'passed' | 'open'> & {
+      canary: Record<string, string | string[]> | null
+      percent: number | null
+      threshold: number
+      soakMs: number
+      members: number
+    }
+  >
   executed: number
   failed: number
   stuck: boolean
