@@ -22,7 +22,7 @@
  */
 import { sha256 } from '@noble/hashes/sha2.js'
 import { ByteReader, ByteWriter, concatBytes, fromHex, toHex, utf8 } from './bytes.ts'
-import { InvalidSignatureError, MalformedInputError, UnsupportedVersionError } from './errors.ts'
+import { InvalidSignatureError, MalformedInputError } from './errors.ts'
 import type { Ed25519 } from './ed25519.ts'
 import type { KeyPair } from './keys.ts'
 import type { TrustChain } from './trust.ts'
@@ -86,18 +86,7 @@ export async function signBeacon(b: BeaconContent, key: KeyPair, ed: Ed25519): P
 
 /** Decode a beacon's shape (its signature and signer are checked by `verifyBeacon`). */
 export function decodeBeacon(bytes: Uint8Array): Beacon {
-  if (bytes.length > MAX_BEACON_BYTES) {
-    throw new MalformedInputError(
-      `a beacon is at most ${MAX_BEACON_BYTES} bytes; got ${bytes.length}`
-    )
-  }
-  const r = new ByteReader(bytes, 'beacon')
-  const version = r.u8()
-  if (version !== BEACON_VERSION) {
-    throw new UnsupportedVersionError(
-      `beacon version ${version} is not supported (this build reads ${BEACON_VERSION}); upgrade this node`
-    )
-  }
+  const r = ByteReader.versioned(bytes, 'beacon', MAX_BEACON_BYTES, BEACON_VERSION)
   const fleetId = toHex(r.raw(32))
   const trustVersion = r.varint(1 << 30)
   const issued = r.varint()

@@ -4,7 +4,7 @@
  * checked against the remaining input and a caller-supplied cap, so a decoder built on
  * `ByteReader` cannot be made to allocate more than its caps or read past its input.
  */
-import { MalformedInputError, OversizedInputError } from './errors.ts'
+import { MalformedInputError, OversizedInputError, UnsupportedVersionError } from './errors.ts'
 
 const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'))
 
@@ -106,6 +106,25 @@ export class ByteReader {
   constructor(buf: Uint8Array, what: string) {
     this.buf = buf
     this.what = what
+  }
+
+  /**
+   * A reader after the version byte of one message of a versioned format (`what`, e.g. `beacon`):
+   * a message over `maxBytes` is refused before anything is read, and one of another version
+   * than `version` with the advice to upgrade (a newer peer may speak a newer version).
+   */
+  static versioned(buf: Uint8Array, what: string, maxBytes: number, version: number): ByteReader {
+    if (buf.length > maxBytes) {
+      throw new OversizedInputError(`${what} is at most ${maxBytes} bytes; got ${buf.length}`)
+    }
+    const r = new ByteReader(buf, what)
+    const got = r.u8()
+    if (got !== version) {
+      throw new UnsupportedVersionError(
+        `${what} version ${got} is not supported (this build reads ${version}); upgrade this node`
+      )
+    }
+    return r
   }
 
   get remaining(): number {

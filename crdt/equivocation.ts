@@ -21,7 +21,7 @@
  */
 import * as Automerge from '@automerge/automerge'
 import { ByteReader, ByteWriter, fromHex, toHex } from './bytes.ts'
-import { MalformedInputError, OversizedInputError, UnsupportedVersionError } from './errors.ts'
+import { MalformedInputError } from './errors.ts'
 import {
   decodeBatch,
   encodeBatch,
@@ -67,18 +67,7 @@ export function decodeEquivocation(
   bytes: Uint8Array,
   max = MAX_EQUIVOCATION_BYTES
 ): Omit<Equivocation, 'hashes' | 'docId'> {
-  if (bytes.length > max) {
-    throw new OversizedInputError(
-      `equivocation evidence is at most ${max} bytes; got ${bytes.length}`
-    )
-  }
-  const r = new ByteReader(bytes, 'equivocation evidence')
-  const version = r.u8()
-  if (version !== EQUIVOCATION_VERSION) {
-    throw new UnsupportedVersionError(
-      `equivocation evidence version ${version} is not supported (this build reads ${EQUIVOCATION_VERSION}); upgrade this node`
-    )
-  }
+  const r = ByteReader.versioned(bytes, 'equivocation evidence', max, EQUIVOCATION_VERSION)
   const actor = toHex(r.raw(40))
   const seq = r.varint()
   if (seq < 1) throw new MalformedInputError('equivocation evidence names sequence number 0')

@@ -37,8 +37,7 @@ import {
   InvalidSignatureError,
   MalformedInputError,
   OversizedInputError,
-  UnsignedChangeError,
-  UnsupportedVersionError
+  UnsignedChangeError
 } from './errors.ts'
 import type { Ed25519 } from './ed25519.ts'
 import type { KeyPair } from './keys.ts'
@@ -140,18 +139,7 @@ export function encodeBatch(batch: SignedBatch): Uint8Array {
 }
 
 export function decodeBatch(bytes: Uint8Array): SignedBatch {
-  if (bytes.length > MAX_BATCH_BYTES) {
-    throw new OversizedInputError(
-      `a signed batch is at most ${MAX_BATCH_BYTES} bytes; got ${bytes.length}`
-    )
-  }
-  const r = new ByteReader(bytes, 'signed batch')
-  const version = r.u8()
-  if (version !== BATCH_VERSION) {
-    throw new UnsupportedVersionError(
-      `signed batch version ${version} is not supported (this build reads version ${BATCH_VERSION}); upgrade this node`
-    )
-  }
+  const r = ByteReader.versioned(bytes, 'signed batch', MAX_BATCH_BYTES, BATCH_VERSION)
   const docId = r.string(MAX_DOC_ID_BYTES)
   const chunks: Uint8Array[] = []
   const nChunks = r.varint(MAX_CHUNKS_PER_BATCH)
