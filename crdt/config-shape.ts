@@ -10,6 +10,20 @@ export function isMap(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
 
+/**
+ * Throws `InvalidConfigError` naming `where` when `v` is not a mapping (saying it expected
+ * `expected`) or has a key outside `valid`.
+ */
+export function checkMap(
+  v: unknown,
+  valid: readonly string[],
+  where: string,
+  expected: string
+): asserts v is Record<string, unknown> {
+  if (!isMap(v)) throw new InvalidConfigError(`${where}: expected ${expected}`)
+  checkKeys(v, valid, where)
+}
+
 /** Throws `InvalidConfigError` naming `where` when `v` has a key outside `valid`. */
 export function checkKeys(
   v: Record<string, unknown>,

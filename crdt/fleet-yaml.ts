@@ -23,7 +23,7 @@ import { parseYamlInput } from './yaml-input.ts'
 import { checkDocId } from './replica.ts'
 import { DEVICES_DOC } from './devices.ts'
 import { InvalidConfigError } from './errors.ts'
-import { checkKeys, isMap } from './config-shape.ts'
+import { checkKeys, checkMap, isMap } from './config-shape.ts'
 import { checkRollouts } from './rollout.ts'
 import { parseMode } from './file-mode.ts'
 
@@ -66,20 +66,14 @@ function checkArtifact(v: Record<string, unknown>, where: string): void {
 /** Check the shape of one node's (partial) config: files, workloads, manifests. */
 export function checkNodeConfig(cfg: unknown, where: string): void {
   if (cfg === null || cfg === undefined) return
-  if (!isMap(cfg)) {
-    throw new InvalidConfigError(`${where}: expected a map with ${CONFIG_KEYS.join(', ')}`)
-  }
-  checkKeys(cfg, CONFIG_KEYS, where)
+  checkMap(cfg, CONFIG_KEYS, where, `a map with ${CONFIG_KEYS.join(', ')}`)
   if (isMap(cfg.files)) {
     for (const [path, f] of Object.entries(cfg.files)) {
       if (f === null) continue
       if (!path.startsWith('/')) {
         throw new InvalidConfigError(`${where}.files: "${path}" is not an absolute path`)
       }
-      if (!isMap(f)) {
-        throw new InvalidConfigError(`${where}.files["${path}"]: expected { content, mode? }`)
-      }
-      checkKeys(f, FILE_KEYS, `${where}.files["${path}"]`)
+      checkMap(f, FILE_KEYS, `${where}.files["${path}"]`, '{ content, mode? }')
       checkArtifact(f, `${where}.files["${path}"]`)
       try {
         parseMode(f.mode)
@@ -91,12 +85,8 @@ export function checkNodeConfig(cfg: unknown, where: string): void {
   if (isMap(cfg.workloads)) {
     for (const [name, w] of Object.entries(cfg.workloads)) {
       if (w === null) continue
-      if (!isMap(w)) {
-        throw new InvalidConfigError(
-          `${where}.workloads.${name}: expected { command, env?, cwd?, version?, health? }`
-        )
-      }
-      checkKeys(w, WORKLOAD_KEYS, `${where}.workloads.${name}`)
+      const shape = '{ command, env?, cwd?, version?, health? }'
+      checkMap(w, WORKLOAD_KEYS, `${where}.workloads.${name}`, shape)
       if (w.command !== undefined && (!Array.isArray(w.command) || w.command.length === 0)) {
         throw new InvalidConfigError(
           `${where}.workloads.${name}.command: expected a non-empty list, e.g. [node, server.js]`
@@ -110,19 +100,11 @@ export function checkNodeConfig(cfg: unknown, where: string): void {
 
 /** Check one document's content. */
 export function checkDocument(id: string, doc: unknown): void {
-  if (!isMap(doc)) {
-    throw new InvalidConfigError(
-      `document "${id}": expected a map with ${DOCUMENT_KEYS.join(', ')}`
-    )
-  }
-  checkKeys(doc, DOCUMENT_KEYS, `document "${id}"`)
+  checkMap(doc, DOCUMENT_KEYS, `document "${id}"`, `a map with ${DOCUMENT_KEYS.join(', ')}`)
   checkNodeConfig(doc.defaults, `${id}.defaults`)
   if (isMap(doc.groups)) {
     for (const [g, group] of Object.entries(doc.groups)) {
-      if (!isMap(group)) {
-        throw new InvalidConfigError(`${id}.groups.${g}: expected { selector, config }`)
-      }
-      checkKeys(group, ['selector', 'config'], `${id}.groups.${g}`)
+      checkMap(group, ['selector', 'config'], `${id}.groups.${g}`, '{ selector, config }')
       checkNodeConfig(group.config, `${id}.groups.${g}.config`)
     }
   }

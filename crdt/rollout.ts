@@ -39,7 +39,7 @@ import { sha256 } from '@noble/hashes/sha2.js'
 import { canonicalJson } from './canonical-json.ts'
 import { toHex, utf8 } from './bytes.ts'
 import { InvalidConfigError } from './errors.ts'
-import { checkKeys, isMap } from './config-shape.ts'
+import { checkKeys, checkMap, isMap } from './config-shape.ts'
 import {
   inReach,
   selectorMatches,
@@ -283,10 +283,7 @@ export function parseRollout(
       `${where}: "${name}" is not a rollout name (lower-case letters, digits, . _ -, at most 64)`
     )
   }
-  if (!isMap(raw)) {
-    throw new InvalidConfigError(`${where}: expected a map with ${ROLLOUT_KEYS.join(', ')}`)
-  }
-  checkKeys(raw, ROLLOUT_KEYS, where)
+  checkMap(raw, ROLLOUT_KEYS, where, `a map with ${ROLLOUT_KEYS.join(', ')}`)
   const change = checkChange(raw.change, `${where}.change`)
   const threshold =
     raw.threshold === undefined
@@ -302,10 +299,7 @@ export function parseRollout(
   let lastPercent = 0
   raw.waves.forEach((w: unknown, i: number) => {
     const at = `${where}.waves[${i}]`
-    if (!isMap(w)) {
-      throw new InvalidConfigError(`${at}: expected { canary: <selector> } or { percent: N }`)
-    }
-    checkKeys(w, WAVE_KEYS, at)
+    checkMap(w, WAVE_KEYS, at, '{ canary: <selector> } or { percent: N }')
     if ((w.canary === undefined) === (w.percent === undefined)) {
       throw new InvalidConfigError(`${at}: a wave has either canary: <selector> or percent: N`)
     }
@@ -339,10 +333,7 @@ export function parseRollout(
     )
   }
   const abortRaw = raw.abort ?? {}
-  if (!isMap(abortRaw)) {
-    throw new InvalidConfigError(`${where}.abort: expected { minExecuted: M, maxFailedPercent: P }`)
-  }
-  checkKeys(abortRaw, ABORT_KEYS, `${where}.abort`)
+  checkMap(abortRaw, ABORT_KEYS, `${where}.abort`, '{ minExecuted: M, maxFailedPercent: P }')
   const abort = {
     minExecuted:
       abortRaw.minExecuted === undefined
@@ -357,12 +348,8 @@ export function parseRollout(
     throw new InvalidConfigError(`${where}.groupBy: expected a label name such as site`)
   }
   const healthRaw = raw.health ?? {}
-  if (!isMap(healthRaw)) {
-    throw new InvalidConfigError(
-      `${where}.health: expected { failedChecks: N, restarts: N, startTimeout: 2m }`
-    )
-  }
-  checkKeys(healthRaw, HEALTH_KEYS, `${where}.health`)
+  const healthShape = '{ failedChecks: N, restarts: N, startTimeout: 2m }'
+  checkMap(healthRaw, HEALTH_KEYS, `${where}.health`, healthShape)
   const health = {
     failedChecks:
       healthRaw.failedChecks === undefined
@@ -416,10 +403,7 @@ export function parseRollout(
   }
   if (raw.selector !== undefined) spec.selector = selectorOf(raw.selector, `${where}.selector`)
   if (raw.budget !== undefined) {
-    if (!isMap(raw.budget)) {
-      throw new InvalidConfigError(`${where}.budget: expected { maxUnavailable: N }`)
-    }
-    checkKeys(raw.budget, ['maxUnavailable'], `${where}.budget`)
+    checkMap(raw.budget, ['maxUnavailable'], `${where}.budget`, '{ maxUnavailable: N }')
     spec.budget = {
       maxUnavailable: countOf(raw.budget.maxUnavailable, `${where}.budget.maxUnavailable`, 1)
     }
