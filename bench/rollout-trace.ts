@@ -139,13 +139,14 @@ function report(
   targets: string[],
   agentRe: RegExp
 ): void {
-  // The fact is in the first record the origin publishes after its agent saved it.
-  const saved = after(origin, factAt, /^saved, publishing/)
+  // The fact is in the first record the origin publishes after its agent recorded it: a switch
+  // once it is saved ("saved, publishing"), any other step at once ("publishing, saving behind").
+  const saved = after(origin, factAt, /^(saved, publishing|publishing, saving behind)/)
   const published = saved === undefined ? undefined : after(origin, saved.t, /^published /)
   const { sent, seq, hops } = follow(origin, Number(published?.msg.split(' ')[2] ?? factAt))
   console.log(`\n${title}: origin ${origin}, fact at 0, record ${seq}`)
   console.log(
-    `  origin: saved +${r(saved === undefined ? undefined : saved.t - factAt)}, signed +${seq - factAt}, published +${r(published === undefined ? undefined : published.t - factAt)}, sent +${r(sent - factAt)}`
+    `  origin: recorded +${r(saved === undefined ? undefined : saved.t - factAt)}, signed +${seq - factAt}, published +${r(published === undefined ? undefined : published.t - factAt)}, sent +${r(sent - factAt)}`
   )
   console.log('  node  from  recv  link verify wait keep  out | agent')
   const rows = [...hops.values()].sort((a, b) => a.recv - b.recv)

@@ -19,8 +19,8 @@
  *   good here and never applied again; nothing proves a config bad on a node that had no peer to
  *   begin with.
  *
- * Everything it reported stays reported, across restarts (rollout-state.ts): a report's final
- * facts are written to disk before the daemon acts on them or publishes them.
+ * Everything it reported stays reported, across restarts (rollout-state.ts). When a step goes
+ * out and when it is on disk: see `record`.
  */
 import { sha256 } from '@noble/hashes/sha2.js'
 import { join } from 'node:path'
@@ -102,6 +102,8 @@ export interface RolloutAgentComponents {
   /** Publish this node's status now: its rollout reports changed. */
   publish: () => void
   events: EventLog
+  /** Writes the state file (default `saveRolloutState`: temp file, fsync, rename); tests slow it. */
+  saveState?: (file: string, state: RolloutState) => Promise<void>
   now?: () => number
   /** Minutes since midnight, local time (maintenance windows). */
   localMinutes?: () => number
@@ -144,8 +146,13 @@ export class RolloutAgent {
   private readonly file: string
   private readonly now: () => number
   private readonly localMinutes: () => number
+  private readonly saveState: (file: string, state: RolloutState) => Promise<void>
   private state: RolloutState
-  private saved: Record<string, RolloutReport>
+  /** The reports as last published (`record`): what this node's status records carry. */
+  private published: Record<string, RolloutReport>
+  /** The state write under way (never rejects), and the one queued behind it, if any. */
+  private writing: Promise<void> = Promise.resolve()
+  private nextWrite: Promise<void> | undefined
   private specs: RolloutSpec[] = []
   private self: NodeIdentity = { name: '', labels: {} }
   private labels = new Map<string, Record<string, string>>()
@@ -178,8 +185,9 @@ export class RolloutAgent {
         const d = new Date()
         return d.getHours() * 60 + d.getMinutes()
       })
+    this.saveState = c.saveState ?? saveRolloutState
     this.state = emptyState()
-    this.saved = {}
+    this.published = {}
   }
 
   /** Read what this node decided and reported before (call once, before the first pass). */
@@ -187,7 +195,7 @@ export class RolloutAgent {
     const { state, problem } = await loadRolloutState(this.file)
     if (problem !== undefined) this.c.events('error', 'rollout.state-lost', { problem })
     this.state = state
-    this.saved = structuredClone(state.reports)
+    this.published = structuredClone(state.reports)
   }
 
   static async open(c: RolloutAgentComponents): Promise<RolloutAgent> {
@@ -197,11 +205,11 @@ export class RolloutAgent {
   }
 
   /**
-   * The reports this node publishes in its status body (`rollouts`): as last written to disk,
-   * so a record never carries a fact that a crash could take back.
+   * The reports this node publishes in its status body (`rollouts`): as last recorded (`record`),
+   * so a record never says this node switched before that is on disk.
    */
   reports(): Record<string, RolloutReport> {
-    return structuredClone(this.saved)
+    return structuredClone(this.published)
   }
 
   /** Try mode's last rollback, and the last known-good config's digest, for the status body. */
@@ -325,6 +333,7 @@ export class RolloutAgent {
     clearTimeout(this.timer)
     clearTimeout(this.settleTimer)
     await this.queue
+    await this.writing
   }
 
   // ---- internals -------------------------------------------------------------------------
@@ -393,6 +402,7 @@ export class RolloutAgent {
     if (this.stopped) return
     const now = this.now()
     let changed = false
+    let switched = false
     let wantPass = false
     let settleAt = Infinity
     for (const spec of this.specs) {
@@ -430,6 +440,7 @@ export class RolloutAgent {
           until: now + spec.health.startTimeoutMs + 2 * wave.soakMs
         })
         changed = true
+        switched = true
         wantPass = true
         this.c.events('info', 'rollout.switch', {
           rollout: spec.id,
@@ -452,11 +463,7 @@ export class RolloutAgent {
       }
     }
     if (Object.keys(this.state.reports).length > MAX_REPORTS) this.prune()
-    if (changed) {
-      await this.save()
-      trace('saved, publishing')
-      this.c.publish()
-    }
+    if (changed) await this.record(switched)
     const running = this.specs.filter(s => this.runsNew(s)).map(s => s.id)
     if (fromEvidence && (wantPass || running.join() !== this.applied.join())) {
       this.c.reconcile('rollout')
@@ -598,11 +605,8 @@ export class RolloutAgent {
         wantPass = true
       }
     }
-    if (changed) {
-      await this.save()
-      trace('saved, publishing')
-      this.c.publish()
-    }
+    // Healthy, soaked, failed, try mode's rollback: what happened here, never a switch.
+    if (changed) await this.record(false)
     if (wantPass) this.c.reconcile('rollout')
     this.schedule()
   }
@@ -635,11 +639,68 @@ export class RolloutAgent {
   private async keepAsGood(digest: string, config: ConfigObject): Promise<void> {
     if (this.state.lastKnownGood?.digest === digest) return
     this.state.lastKnownGood = { digest, at: this.now(), config }
-    await this.save()
+    // Not waited for: what must find it on disk is the next switch, whose own write (`record`)
+    // comes after this one and carries it too.
+    this.saveSoon()
   }
 
-  private async save(): Promise<void> {
-    await saveRolloutState(this.file, this.state)
-    this.saved = structuredClone(this.state.reports)
+  /**
+   * Publish the reports as they are now, and write the state to disk: first the write, then the
+   * record, when `switched` (a rollout was just switched to); otherwise the record at once and
+   * the write behind it.
+   *
+   * Why a switch waits for the disk and nothing else does. The write is atomic (old file or new),
+   * so a crash before it is flushed puts the node back in the state before this step, and the
+   * step is lost, not half-kept. For each step, what a peer that received the record then holds:
+   * - switched: the claim is about to come true (the reconcile pass that switches runs after
+   *   this). Lost to a crash, the node would restart on the old version having told the fleet
+   *   it updated, and the claim would hold budget and count as executed for nothing: false. So
+   *   the record goes, and the pass that acts on it runs (`configFor` waits for this queue),
+   *   only once the switch is on disk; the last known-good config is in that same write.
+   * - healthy, soaked, failed, aborted, reverted: each says what this node observed or decided
+   *   about what it already runs, true when sent. Lost to a crash, the node restarts switched,
+   *   watches the new version again and reports the step again (or, after an abort, holds the
+   *   peers' `abortedAt` and goes back again); its next records lack the step meanwhile. That is
+   *   a fact retracted for a while, never one invented: a wave a peer counted through was
+   *   through, and an abort is kept by every peer that saw it (`abortedAt` is theirs). Going back
+   *   to the old version on a failure does not wait either: the old version is what ran before
+   *   the switch, and a crash before the write leaves the node to fail the new one again.
+   * The write took from 3 ms to 7 s on a disk shared with 30 daemons' stores; a failure or a
+   * wave's last "soaked" waited that long before it left the origin.
+   */
+  private async record(switched: boolean): Promise<void> {
+    if (switched) {
+      await this.persist()
+      trace('saved, publishing')
+    } else {
+      this.saveSoon()
+      trace('publishing, saving behind')
+    }
+    this.published = structuredClone(this.state.reports)
+    this.c.publish()
+  }
+
+  /** Write the state; a failed write is logged and said (the next write carries it again). */
+  private saveSoon(): void {
+    this.persist().catch((err: unknown) => {
+      log.error('rollout state not saved: %e', err)
+      this.c.events('error', 'rollout.error', { error: err as Error })
+    })
+  }
+
+  /**
+   * Write the state as it is when the write starts, after the write under way; resolves once it
+   * is on disk. Calls while a write waits share it: a burst of steps makes one write, not one
+   * each (each an fsync, behind the others).
+   */
+  private persist(): Promise<void> {
+    if (this.nextWrite !== undefined) return this.nextWrite
+    const next = this.writing.then(() => {
+      this.nextWrite = undefined
+      return this.saveState(this.file, this.state)
+    })
+    this.nextWrite = next
+    this.writing = next.catch(() => {})
+    return next
   }
 }

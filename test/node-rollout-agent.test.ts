@@ -6,11 +6,12 @@
  */
 import { afterEach, beforeEach, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { effectiveConfig, type ConfigObject } from '../crdt/effective-config.ts'
 import { RolloutAgent, type RolloutAgentComponents } from '../node/rollout-agent.ts'
+import { ROLLOUT_STATE_FILE, saveRolloutState } from '../node/rollout-state.ts'
 import type { WorkloadStatus } from '../crdt/fleet-status.ts'
 import { waitFor } from './fixtures/wait.ts'
 
@@ -44,6 +45,8 @@ describe('rollout agent', () => {
   let statusReads: number
   let connected: boolean
   let reconciles: string[]
+  /** How many times the agent published its status. */
+  let publishes: number
   let agents: RolloutAgent[]
   let events: Array<{ event: string; fields: Record<string, unknown> }>
   /** Added to the agent's clock: a test moves time on without waiting for it. */
@@ -56,6 +59,7 @@ describe('rollout agent', () => {
     statusReads = 0
     connected = true
     reconciles = []
+    publishes = 0
     agents = []
     events = []
     skew = 0
@@ -65,8 +69,12 @@ describe('rollout agent', () => {
     await rm(dir, { recursive: true, force: true })
   })
 
-  async function open(options: RolloutAgentComponents['options'] = {}): Promise<RolloutAgent> {
+  async function open(
+    options: RolloutAgentComponents['options'] = {},
+    saveState?: RolloutAgentComponents['saveState']
+  ): Promise<RolloutAgent> {
     const agent = await RolloutAgent.open({
+      ...(saveState === undefined ? {} : { saveState }),
       key: SELF,
       dataDir: dir,
       statuses: () => {
@@ -83,7 +91,9 @@ describe('rollout agent', () => {
       reconcile: reason => {
         reconciles.push(reason)
       },
-      publish: () => {},
+      publish: () => {
+        publishes++
+      },
       events: (_level, event, fields = {}) => {
         events.push({ event, fields })
       },
@@ -132,6 +142,50 @@ describe('rollout agent', () => {
     const again = await open()
     assert.equal(version(await pass(again, docs)), '1')
     assert.equal(again.status()[0]?.self.run, 'old')
+  })
+
+  it('a failure goes out and goes back before its save reaches the disk; a switch only after', async () => {
+    // The state file's writes held until released: a disk busy with other daemons' stores.
+    let held = false
+    let release = (): void => {}
+    const agent = await open({}, async (file, state) => {
+      if (held) await new Promise<void>(resolve => (release = resolve))
+      await saveRolloutState(file, state)
+    })
+    const docs = [fleetDoc(rollout({ soak: '10s' }))]
+    try {
+      held = true
+      const switching = pass(agent, docs)
+      await waitFor('the switch decided', () => events.some(e => e.event === 'rollout.switch'))
+      // Not said, nor acted on, before it is on disk.
+      assert.equal(agent.reports()['fleet:web-v2']?.switchedAt, undefined)
+      assert.equal(publishes, 0)
+      held = false
+      release()
+      assert.equal(version(await switching), '2')
+      assert.ok(agent.reports()['fleet:web-v2']?.switchedAt !== undefined)
+      assert.equal(publishes, 1)
+
+      held = true
+      workloads.web = { state: 'crashed', healthy: false, restarts: 2, version: '2', log: [] }
+      // Published and acted on while the write still waits (before: not until it was flushed).
+      await waitFor('the failure published', () => agent.reports()['fleet:web-v2']?.failedAt, 3000)
+      assert.equal(publishes, 2)
+      await waitFor('a pass to go back', () => reconciles.includes('rollout'), 3000)
+      assert.equal(version(await pass(agent, docs)), '1')
+      const onDisk = JSON.parse(await readFile(join(dir, ROLLOUT_STATE_FILE), 'utf8')) as {
+        reports: Record<string, { failedAt?: number }>
+      }
+      assert.equal(onDisk.reports['fleet:web-v2']?.failedAt, undefined)
+    } finally {
+      // Never leaves a write waiting (stop() waits for it), whatever failed above.
+      held = false
+      release()
+    }
+    await agent.stop()
+    const again = await open()
+    assert.ok(again.reports()['fleet:web-v2']?.failedAt !== undefined)
+    assert.equal(version(await pass(again, docs)), '1')
   })
 
   it('a rollout written by an operator whose scope excludes this node is never applied here', async () => {
