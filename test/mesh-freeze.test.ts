@@ -122,7 +122,13 @@ test('a frozen peer makes its victim report stale within one beacon period after
       30_000,
       100
     )
-    assert.equal((await victim.replica.open<{ v?: number }>('fleet')).value.v, 2)
+    // The beacon and the document come on their own messages: fresh can be said first.
+    await waitFor(
+      'the victim to receive the change made while it was frozen',
+      async () => (await victim.replica.open<{ v?: number }>('fleet')).value.v === 2,
+      30_000,
+      100
+    )
   } finally {
     clearInterval(timer)
     await watch.stop()
