@@ -196,7 +196,15 @@ async function cmdGet(opts: { daemon: string; doc?: string }): Promise<void> {
   const docs = await currentDocs(await client.localReplica())
   if (opts.doc !== undefined) {
     process.stdout.write(fleetYaml({ [opts.doc]: docs[opts.doc] ?? {} }))
-  } else process.stdout.write(fleetYaml(docs))
+    return
+  }
+  if (Object.keys(docs).length === 0) {
+    // A comment, so that `rhizome get > fleet.yaml` still writes a file apply reads.
+    say(
+      '# no desired config yet: write a fleet.yaml and sign it with `rhizome apply -f fleet.yaml`'
+    )
+  }
+  process.stdout.write(fleetYaml(docs))
 }
 
 async function cmdStatus(opts: { daemon: string; json?: boolean }): Promise<void> {

@@ -13,7 +13,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { stringify } from 'yaml'
+import { parse, stringify } from 'yaml'
 import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
 import {
   daemonConfig,
@@ -95,6 +95,13 @@ describe('clear errors, through real processes', { timeout: 180_000 }, () => {
     for (const r of results) refused(r, 1, /holds no document "nope"; it holds "devices"/)
     assert.equal(new Set(results.map(r => r.stderr)).size, 1, 'one message')
     refused(await rhizome(['logs', 'nope'], env), 1, /no workload "nope"/)
+  })
+
+  it('get on a fleet with no desired config says how to write one', async () => {
+    const get = await rhizome(['get'], env)
+    assert.equal(get.code, 0, get.stderr)
+    assert.match(get.stdout, /^# no desired config yet: .*rhizome apply -f fleet\.yaml/)
+    assert.deepEqual(parse(get.stdout), {}, 'still a file apply reads')
   })
 
   it('get --doc devices shows the document that history lists', async () => {
