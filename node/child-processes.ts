@@ -3,15 +3,26 @@
  * all stop what they started by its pid.
  */
 import type { ChildProcess, ChildProcessByStdio } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
 import type { Readable } from 'node:stream'
 
-/** Whether `pid` is a process this one may signal (signal 0 only checks). */
+/**
+ * Whether `pid` is a running process this one may signal (signal 0 only checks). A zombie (exited,
+ * not yet reaped by its parent: an orphan's is init, which may take a moment) answers signal 0 but
+ * runs nothing and holds no port, so on Linux it counts as gone.
+ */
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
-    return true
   } catch {
     return false
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z'
+  } catch {
+    // No /proc (not Linux), or it went between the two reads.
+    return !existsSync('/proc/self/stat')
   }
 }
 

@@ -467,6 +467,27 @@ describe('workloads', { timeout: 120_000 }, () => {
     }
   })
 
+  it('a process that has exited but is not yet reaped (a zombie) counts as stopped', async t => {
+    if (process.platform !== 'linux') return t.skip('zombies are read from /proc')
+    // The shell's background child exits at once; the exec'd sleep, its parent now, never reaps it.
+    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], {
+      stdio: ['ignore', 'pipe', 'ignore']
+    })
+    try {
+      const zombie = Number(
+        await new Promise<string>(resolve => parent.stdout.once('data', b => resolve(String(b))))
+      )
+      await waitFor('the child to exit unreaped', async () =>
+        (await readFile(`/proc/${zombie}/stat`, 'utf8')).includes(') Z ')
+      )
+      assert.doesNotThrow(() => process.kill(zombie, 0), 'signal 0 still answers for a zombie')
+      assert.equal(isAlive(zombie), false)
+      assert.equal(isAlive(parent.pid as number), true)
+    } finally {
+      parent.kill('SIGKILL')
+    }
+  })
+
   it('health probes of a workload that never comes up slow down, and their log lines fold', async () => {
     const port = await freePort()
     const seen: number[] = []

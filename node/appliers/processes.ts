@@ -590,7 +590,12 @@ export class ProcessesApplier {
     for (let i = 0; i < 50 && stopped.some(isAlive); i++) {
       await new Promise(resolve => setTimeout(resolve, 100))
     }
-    for (const pid of stopped.filter(isAlive)) signalGroup(pid, 'SIGKILL')
+    const stubborn = stopped.filter(isAlive)
+    for (const pid of stubborn) signalGroup(pid, 'SIGKILL')
+    // SIGKILL is not instant either: the replacements may want the same ports.
+    for (let i = 0; i < 20 && stubborn.some(isAlive); i++) {
+      await new Promise(resolve => setTimeout(resolve, 100))
+    }
     return stopped
   }
 
