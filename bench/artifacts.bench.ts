@@ -16,10 +16,12 @@
  *
  * ARTIFACT_BENCH_MIB (default 256) sizes the artifact; ARTIFACT_BENCH_FETCHERS (10) the swarm;
  * ARTIFACT_BENCH_SERVE_MIBPS (4) the thin-link limit (0 skips item 4), ARTIFACT_BENCH_THIN_MIB
- * (64) its artifact. Prints; asserts nothing. Item 4's ten fetchers run twice, A/B: the old scheduling
- * (RHIZOME_ARTIFACT_SCHEDULING=rarest: rarest first from any holder) and the deployed one (a chunk
- * a fetcher holds is taken from a fetcher); each prints how many bytes the source served and how
- * many the fetchers served each other.
+ * (64) its artifact. Prints; asserts nothing. Item 4's ten fetchers run twice, A/B: the previous
+ * scheduling (RHIZOME_ARTIFACT_SCHEDULING=partial: a chunk a fetcher holds is taken from a
+ * fetcher, learnt by a 1 s poll) and the deployed one (have-announcements pushed as chunks land,
+ * and a saturated source super-seeding: each chunk once, "busy" for the rest); each prints how
+ * many bytes the source served (ideally 1x the artifact) and how many the fetchers served each
+ * other. ARTIFACT_BENCH_SCHEDULINGS (comma-separated, e.g. rarest,partial,swarm) changes the set.
  */
 import { spawn } from 'node:child_process'
 import { createReadStream } from 'node:fs'
@@ -311,16 +313,13 @@ try {
           : '') +
         `\n  fetcher RSS: idle ${(r1.rssIdle / MIB).toFixed(0)} MB, peak ${(r1.rssPeak / MIB).toFixed(0)} MB, +${((r1.rssPeak - r1.rssIdle) / MIB).toFixed(0)} MB (target < 50 MB)\n`
     )
-    // A/B in the same run: the fetchers' scheduling before partial holders were preferred
-    // (rarest first, any holder), then as deployed.
-    const schedulings = serve === 0 ? ['peers first'] : ['rarest', 'peers first']
+    // A/B in the same run: the scheduling before announcements and super-seeding, then as deployed.
+    const schedulings =
+      serve === 0
+        ? ['swarm']
+        : (process.env.ARTIFACT_BENCH_SCHEDULINGS ?? 'partial,swarm').split(',')
     for (const scheduling of schedulings) {
-      const many = await fleetOf(
-        FETCHERS,
-        f,
-        serve,
-        scheduling === 'rarest' ? { RHIZOME_ARTIFACT_SCHEDULING: 'rarest' } : {}
-      )
+      const many = await fleetOf(FETCHERS, f, serve, { RHIZOME_ARTIFACT_SCHEDULING: scheduling })
       const rN = await transfer(many)
       const bytes = await served(many)
       await close(many)

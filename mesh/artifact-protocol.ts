@@ -1,17 +1,28 @@
 /**
  * The artifact protocol, `/rhizome/artifact/1.0.0`: "which chunks of artifact D do you hold",
- * "send me D's manifest", "send me chunk i of D". One request per stream: the asker opens a
+ * "send me D's manifest", "send me chunk i of D", and the push "I now hold chunks i, j… of D"
+ * (a fetcher announces what it completes to the peers fetching the same artifact, so they need
+ * not wait for their next "which chunks" poll). One request per stream: the asker opens a
  * stream on a connection it already holds, sends one request frame, reads one reply, and the
  * stream ends. A peer's concurrent requests are therefore bounded by the protocol's inbound
  * stream limit per connection (`MAX_ARTIFACT_STREAMS`).
  *
  * Frames are those of frames.ts (varint length ‖ payload). Digests travel as their 32 raw bytes.
  *
- *   request  = u8 kind (1 have · 2 manifest · 3 chunk) ‖ 32 digest ‖ [varint index, kind 3 only]
- *   reply    = u8 status (0 ok · 1 not held) ‖ body (status 0 only):
+ *   request  = u8 kind ‖ 32 digest ‖ rest
+ *     kind 1 have · 2 manifest: no rest
+ *     kind 3 chunk · 5 chunk-insist: varint index
+ *     kind 4 announce: varint n (1…MAX_ANNOUNCE_ENTRIES) ‖ n × varint index
+ *   reply    = u8 status (0 ok · 1 not held · 2 busy) ‖ body (status 0 only):
  *     have     u8 form (1 all · 2 bitfield) ‖ [bytes(bitfield), form 2: bit i of byte i>>3, LSB first]
  *     manifest the encoded manifest (node/artifacts/manifest.ts), the rest of the frame
  *     chunk    the chunk's bytes, the rest of the frame
+ *     announce no body; status 1 means "ignored" (over the per-peer rate, or not fetching it)
+ *
+ * Busy (chunk only): super-seeding. A complete holder whose upload is saturated serves each chunk
+ * once and answers "busy, ask elsewhere" for a chunk it has already sent to another peer that is
+ * still connected; the asker takes it from that peer once announced. Kind 5 (chunk-insist) is
+ * the asker's fall-back after waiting: it is never answered busy, so nothing stalls for good.
  *
  * Nothing in a reply is trusted: the asker checks a manifest against the digest and every chunk
  * against the manifest, and a peer whose reply does not decode or check out is banned.
@@ -24,19 +35,36 @@ export const ARTIFACT_PROTOCOL = '/rhizome/artifact/1.0.0'
 
 /** Concurrent artifact requests one peer may have open with us, per connection. */
 export const MAX_ARTIFACT_STREAMS = 8
-/** A request is a kind, a digest and an index. */
-export const MAX_ARTIFACT_REQUEST_BYTES = 64
+/** Chunk indices in one announce message (a fetcher batches what it completed meanwhile). */
+export const MAX_ANNOUNCE_ENTRIES = 64
+/** A request is a kind, a digest and an index, or up to MAX_ANNOUNCE_ENTRIES indices (3 bytes each). */
+export const MAX_ARTIFACT_REQUEST_BYTES = 40 + 3 * MAX_ANNOUNCE_ENTRIES
 /** Largest reply: a 4 MiB chunk (the largest chunk a manifest may name) or a 2 MiB manifest, plus a header. */
 export const MAX_ARTIFACT_REPLY_BYTES = 4 * 1024 * 1024 + 64
+/**
+ * Announce messages taken from one peer per second (a fetcher sends at most one per 100 ms per
+ * peer); the rest are answered "ignored" unread. An announce costs at most MAX_ANNOUNCE_ENTRIES
+ * bit sets, so a hostile peer's announcements cost bounded work, and no memory beyond the
+ * bitfield the fetch already keeps for it.
+ */
+export const MAX_ANNOUNCES_PER_SECOND = 20
+/**
+ * Super-seeding: a complete holder with this many chunk replies queued or being sent counts as
+ * saturated, and answers "busy" for chunks it already sent to a peer still connected.
+ */
+export const SUPERSEED_BUSY_SERVES = 4
+/** Artifacts whose "which chunk went to whom" a holder remembers for super-seeding (oldest go first). */
+export const MAX_SUPERSEED_ARTIFACTS = 4
 /** Chunks per artifact (a have bitfield is at most this many bits). */
 const MAX_CHUNKS = 65_536
 
 export type ArtifactRequest =
   | { kind: 'have'; digest: string }
   | { kind: 'manifest'; digest: string }
-  | { kind: 'chunk'; digest: string; index: number }
+  | { kind: 'chunk'; digest: string; index: number; insist?: boolean }
+  | { kind: 'announce'; digest: string; indices: number[] }
 
-const KINDS = { have: 1, manifest: 2, chunk: 3 } as const
+const KINDS = { have: 1, manifest: 2, chunk: 3, announce: 4, insist: 5 } as const
 
 function digestBytes(d: string): Uint8Array {
   if (!/^sha256:[0-9a-f]{64}$/.test(d)) throw new RangeError(`not an artifact digest: ${d}`)
@@ -44,8 +72,16 @@ function digestBytes(d: string): Uint8Array {
 }
 
 export function encodeArtifactRequest(r: ArtifactRequest): Uint8Array {
-  const w = new ByteWriter().u8(KINDS[r.kind]).raw(digestBytes(r.digest))
+  const kind = r.kind === 'chunk' && r.insist === true ? KINDS.insist : KINDS[r.kind]
+  const w = new ByteWriter().u8(kind).raw(digestBytes(r.digest))
   if (r.kind === 'chunk') w.varint(r.index)
+  if (r.kind === 'announce') {
+    if (r.indices.length < 1 || r.indices.length > MAX_ANNOUNCE_ENTRIES) {
+      throw new RangeError(`an announce carries 1 to ${MAX_ANNOUNCE_ENTRIES} chunk indices`)
+    }
+    w.varint(r.indices.length)
+    for (const i of r.indices) w.varint(i)
+  }
   return w.finish()
 }
 
@@ -58,7 +94,15 @@ export function decodeArtifactRequest(bytes: Uint8Array): ArtifactRequest {
     if (kind === KINDS.have) out = { kind: 'have', digest }
     else if (kind === KINDS.manifest) out = { kind: 'manifest', digest }
     else if (kind === KINDS.chunk) out = { kind: 'chunk', digest, index: r.varint(MAX_CHUNKS - 1) }
-    else throw new MalformedMessageError(`artifact request of unknown kind ${kind}`)
+    else if (kind === KINDS.insist) {
+      out = { kind: 'chunk', digest, index: r.varint(MAX_CHUNKS - 1), insist: true }
+    } else if (kind === KINDS.announce) {
+      const n = r.varint(MAX_ANNOUNCE_ENTRIES)
+      if (n === 0) throw new MalformedMessageError('an announce of no chunks')
+      const indices: number[] = []
+      for (let k = 0; k < n; k++) indices.push(r.varint(MAX_CHUNKS - 1))
+      out = { kind: 'announce', digest, indices }
+    } else throw new MalformedMessageError(`artifact request of unknown kind ${kind}`)
     r.end()
     return out
   } catch (err) {
@@ -72,6 +116,7 @@ export function decodeArtifactRequest(bytes: Uint8Array): ArtifactRequest {
 /** The header of a reply that carries a body of raw bytes after it (manifest, chunk). */
 export const REPLY_OK = Uint8Array.of(0)
 export const REPLY_NOT_HELD = Uint8Array.of(1)
+export const REPLY_BUSY = Uint8Array.of(2)
 
 export function encodeHaveReply(h: ArtifactHave | undefined): Uint8Array {
   if (h === undefined) return REPLY_NOT_HELD
@@ -101,11 +146,12 @@ export function decodeHaveReply(bytes: Uint8Array): ArtifactHave | undefined {
   }
 }
 
-/** The body of a manifest or chunk reply, or undefined for "not held". */
-export function decodeBodyReply(bytes: Uint8Array, what: string): Uint8Array | undefined {
+/** The body of a manifest or chunk reply, undefined for "not held", 'busy' for busy. */
+export function decodeBodyReply(bytes: Uint8Array): Uint8Array | 'busy' | undefined {
   if (bytes.length === 1 && bytes[0] === 1) return undefined
+  if (bytes.length === 1 && bytes[0] === 2) return 'busy'
   if (bytes.length < 1 || bytes[0] !== 0) {
-    throw new MalformedMessageError(`a peer sent a malformed ${what} reply`)
+    throw new MalformedMessageError('a peer sent a malformed artifact reply')
   }
   return bytes.subarray(1)
 }

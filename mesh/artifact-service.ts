@@ -12,6 +12,12 @@
  * - A peer that sends a malformed request or reply is rejected (banned) through admission; one
  *   that sends a wrong manifest or chunk is reported by the fetch engine through `faulty()`.
  * - Streams only on connections already held: fetching never dials.
+ * - Announcements ("I now hold chunks …") are taken at MAX_ANNOUNCES_PER_SECOND per peer and
+ *   handed to the holder (the fetch engine marks the chunks held by that peer).
+ * - Super-seeding: while SUPERSEED_BUSY_SERVES chunk replies are queued or going out, a request
+ *   for a chunk of an artifact held complete that was already sent to another peer still
+ *   connected is answered busy (unless it insists): the seed's thin upload carries each chunk
+ *   once, and the fetchers pass it on among themselves.
  */
 import { logger } from '@libp2p/logger'
 import type { Connection, PeerId, Startable, Stream } from '@libp2p/interface'
@@ -28,9 +34,13 @@ import {
   encodeHaveReply,
   MAX_ARTIFACT_REPLY_BYTES,
   MAX_ARTIFACT_REQUEST_BYTES,
+  MAX_ANNOUNCES_PER_SECOND,
   MAX_ARTIFACT_STREAMS,
+  MAX_SUPERSEED_ARTIFACTS,
+  REPLY_BUSY,
   REPLY_NOT_HELD,
   REPLY_OK,
+  SUPERSEED_BUSY_SERVES,
   type ArtifactRequest
 } from './artifact-protocol.ts'
 import { streamOnConnection } from './connections.ts'
@@ -57,7 +67,13 @@ export interface ArtifactServiceInit {
 export class ArtifactService implements Startable, MeshArtifacts {
   private readonly components: ArtifactServiceComponents
   private readonly init: ArtifactServiceInit
-  readonly served = { chunks: 0, bytes: 0, refused: 0 }
+  readonly served = { chunks: 0, bytes: 0, refused: 0, busy: 0 }
+  /** Chunk replies queued (serve rate) or being sent: how full the upload is. */
+  private serving = 0
+  /** Per artifact held complete: which peer each chunk went to (super-seeding), oldest first. */
+  private readonly sentTo = new Map<string, Map<number, string>>()
+  /** Per peer: announce messages taken in the current second. */
+  private readonly announces = new Map<string, { second: number; n: number }>()
 
   constructor(components: ArtifactServiceComponents, init: ArtifactServiceInit) {
     this.components = components
@@ -106,13 +122,17 @@ export class ArtifactService implements Startable, MeshArtifacts {
       id: peer.toString(),
       have: async (digest, signal) =>
         decodeHaveReply(await this.ask(peer, { kind: 'have', digest }, signal)),
-      manifest: async (digest, signal) =>
-        decodeBodyReply(await this.ask(peer, { kind: 'manifest', digest }, signal), 'manifest'),
-      chunk: async (digest, index, signal) => {
-        const body = decodeBodyReply(
-          await this.ask(peer, { kind: 'chunk', digest, index }, signal),
-          'chunk'
-        )
+      manifest: async (digest, signal) => {
+        const body = decodeBodyReply(await this.ask(peer, { kind: 'manifest', digest }, signal))
+        return body === 'busy' ? undefined : body
+      },
+      announce: async (digest, indices, signal) => {
+        await this.ask(peer, { kind: 'announce', digest, indices }, signal)
+      },
+      chunk: async (digest, index, signal, opts) => {
+        const req: ArtifactRequest = { kind: 'chunk', digest, index }
+        if (opts?.insist === true) req.insist = true
+        const body = decodeBodyReply(await this.ask(peer, req, signal))
         if (body === undefined) {
           throw new SessionRefusedError(
             `${peer.toString()} no longer holds chunk ${index} of ${digest}`
@@ -167,18 +187,29 @@ export class ArtifactService implements Startable, MeshArtifacts {
       const holder = this.init.holder
       if (req.kind === 'have') {
         await sendFrame(stream, encodeHaveReply(holder?.have(req.digest)), timeoutMs)
-      } else {
-        const body =
-          req.kind === 'manifest'
-            ? holder?.manifest(req.digest)
-            : await holder?.chunk(req.digest, req.index)
+      } else if (req.kind === 'announce') {
+        const taken = holder?.announced !== undefined && this.takeAnnounce(peer.toString())
+        if (taken) holder.announced?.(peer.toString(), req.digest, req.indices)
+        await sendFrame(stream, taken ? REPLY_OK : REPLY_NOT_HELD, timeoutMs)
+      } else if (req.kind === 'manifest') {
+        const body = holder?.manifest(req.digest)
         if (body === undefined) await sendFrame(stream, REPLY_NOT_HELD, timeoutMs)
-        else {
-          await sendParts(stream, [REPLY_OK, body], timeoutMs)
-          if (req.kind === 'chunk') {
+        else await sendParts(stream, [REPLY_OK, body], timeoutMs)
+      } else if (holder !== undefined && this.busy(holder, req, peer.toString())) {
+        this.served.busy++
+        await sendFrame(stream, REPLY_BUSY, timeoutMs)
+      } else {
+        this.serving++
+        try {
+          const body = await holder?.chunk(req.digest, req.index)
+          if (body === undefined) await sendFrame(stream, REPLY_NOT_HELD, timeoutMs)
+          else {
+            await sendParts(stream, [REPLY_OK, body], timeoutMs)
             this.served.chunks++
             this.served.bytes += body.length
           }
+        } finally {
+          this.serving--
         }
       }
       await stream.close({ signal: AbortSignal.timeout(timeoutMs) })
@@ -187,6 +218,64 @@ export class ArtifactService implements Startable, MeshArtifacts {
       else log('artifact request from %s: %s', peer, (err as Error).message)
       stream.abort(err as Error)
     })
+  }
+
+  /**
+   * Super-seeding: should this chunk request be answered busy? Only for an artifact held
+   * complete, while the upload is saturated, when the chunk already went to another peer that is
+   * still connected (so the asker can get it there). Otherwise the chunk is recorded as going to
+   * the asker.
+   */
+  private busy(
+    holder: NonNullable<ArtifactServiceInit['holder']>,
+    req: { digest: string; index: number; insist?: boolean },
+    asker: string
+  ): boolean {
+    if (holder.superSeed === false || holder.have(req.digest)?.all !== true) return false
+    let sent = this.sentTo.get(req.digest)
+    if (sent === undefined) {
+      sent = new Map()
+      this.sentTo.set(req.digest, sent)
+      for (const d of this.sentTo.keys()) {
+        if (this.sentTo.size <= MAX_SUPERSEED_ARTIFACTS) break
+        this.sentTo.delete(d)
+      }
+    }
+    const to = sent.get(req.index)
+    if (
+      req.insist !== true &&
+      this.serving >= SUPERSEED_BUSY_SERVES &&
+      to !== undefined &&
+      to !== asker &&
+      this.connected(to)
+    ) {
+      return true
+    }
+    sent.set(req.index, asker)
+    return false
+  }
+
+  private connected(peerId: string): boolean {
+    try {
+      return this.components.connectionManager
+        .getConnections(peerIdFromString(peerId))
+        .some(c => c.status === 'open')
+    } catch {
+      return false
+    }
+  }
+
+  /** One more announce from `peer` this second, within MAX_ANNOUNCES_PER_SECOND? */
+  private takeAnnounce(peer: string): boolean {
+    const second = Math.floor(performance.now() / 1000)
+    const a = this.announces.get(peer)
+    if (a === undefined || a.second !== second) {
+      // Entries of past seconds are worthless: the map holds only this second's announcers.
+      if (a === undefined && this.announces.size >= 1024) this.announces.clear()
+      this.announces.set(peer, { second, n: 1 })
+      return true
+    }
+    return ++a.n <= MAX_ANNOUNCES_PER_SECOND
   }
 }
 

@@ -139,6 +139,10 @@ export interface ArtifactHolder {
   manifest(digest: string): Uint8Array | undefined
   /** A verified chunk, or undefined if not held; may wait (the serve rate limit). */
   chunk(digest: string, index: number): Promise<Uint8Array | undefined>
+  /** A peer says it now holds these chunks of `digest` (unchecked: the chunk itself is checked). */
+  announced?(peerId: string, digest: string, indices: number[]): void
+  /** Super-seed the artifacts held complete while the upload is saturated (default true). */
+  readonly superSeed?: boolean
 }
 
 /** A connected enrolled peer as a source of artifact chunks. Replies are unchecked. */
@@ -146,7 +150,15 @@ export interface ArtifactSource {
   readonly id: string
   have(digest: string, signal: AbortSignal): Promise<ArtifactHave | undefined>
   manifest(digest: string, signal: AbortSignal): Promise<Uint8Array | undefined>
-  chunk(digest: string, index: number, signal: AbortSignal): Promise<Uint8Array>
+  /** The chunk, or 'busy': a super-seeding holder says to take it from the peer it went to. */
+  chunk(
+    digest: string,
+    index: number,
+    signal: AbortSignal,
+    opts?: { insist?: boolean }
+  ): Promise<Uint8Array | 'busy'>
+  /** Tell the peer we now hold these chunks of `digest` (at most MAX_ANNOUNCE_ENTRIES). */
+  announce(digest: string, indices: number[], signal: AbortSignal): Promise<void>
 }
 
 /** The artifact exchange as the daemon uses it. */

@@ -89,3 +89,62 @@ test('artifacts: enrolled peers get chunks, strangers and viewers get nothing', 
     await d.mesh.stop()
   }
 })
+
+test('artifacts: a saturated seed answers busy for a chunk it sent to a connected peer; announcements reach the holder', async () => {
+  const fleet = await makeFleet({ nodes: 3, replicas: 0, label: 'mesh-artifacts-seed' })
+  const chunk = randomBytes(1000)
+  let open = (): void => {}
+  const gate = new Promise<void>(resolve => {
+    open = resolve
+  })
+  const announced: Array<{ peer: string; indices: number[] }> = []
+  let asked = 0
+  const holder: ArtifactHolder = {
+    have: d => (d === DIGEST ? { all: true } : undefined),
+    manifest: () => undefined,
+    // The upload is saturated: every reply waits for the gate.
+    chunk: async d => {
+      asked++
+      await gate
+      return d === DIGEST ? chunk : undefined
+    },
+    announced: (peer, d, indices) => {
+      if (d === DIGEST) announced.push({ peer, indices })
+    }
+  }
+  const seed = await startNode(fleet, fleet.nodes[0]!, { artifacts: holder })
+  const addr = seed.mesh.addresses()[0]!
+  const a = await startNode(fleet, fleet.nodes[1]!, { bootstrap: [addr] })
+  const b = await startNode(fleet, fleet.nodes[2]!, { bootstrap: [addr] })
+  try {
+    const signal = AbortSignal.timeout(15_000)
+    const fromA = await waitFor('the seed as a source of a', () =>
+      a.mesh.artifacts.sources().find(s => s.id === seed.mesh.peerId)
+    )
+    const fromB = await waitFor('the seed as a source of b', () =>
+      b.mesh.artifacts.sources().find(s => s.id === seed.mesh.peerId)
+    )
+    // a asks for chunks 0-3: the seed's upload queue is full.
+    const toA = [0, 1, 2, 3].map(i => fromA.chunk(DIGEST, i, signal))
+    await waitFor("a's requests to reach the seed", () => asked === 4)
+    // b asks for chunk 0, gone to a (still connected): busy.
+    assert.equal(await fromB.chunk(DIGEST, 0, signal), 'busy')
+    // A chunk not sent to anyone yet is served, and so is chunk 0 when b insists.
+    const fresh = fromB.chunk(DIGEST, 5, signal)
+    const insisted = fromB.chunk(DIGEST, 0, signal, { insist: true })
+    // a announces what it received; the holder hears it with a's id.
+    await fromA.announce(DIGEST, [0, 1], signal)
+    open()
+    for (const c of [...(await Promise.all(toA)), await fresh, await insisted]) {
+      assert.deepEqual(Buffer.from(c as Uint8Array), chunk)
+    }
+    assert.deepEqual(announced, [{ peer: a.mesh.peerId, indices: [0, 1] }])
+    // Not saturated any more: chunk 1 (gone to a) is served to b.
+    assert.deepEqual(Buffer.from((await fromB.chunk(DIGEST, 1, signal)) as Uint8Array), chunk)
+    assert.equal(seed.mesh.metrics().peersBanned, 0)
+  } finally {
+    await b.mesh.stop()
+    await a.mesh.stop()
+    await seed.mesh.stop()
+  }
+})

@@ -15,7 +15,8 @@ import { ArtifactStore, type Have } from '../node/artifacts/store.ts'
 import { ArtifactFetch, type ChunkSource } from '../node/artifacts/fetch.ts'
 import { RateLimiter } from '../node/artifacts/rate-limit.ts'
 import { decodeManifest, parseDigest, type ArtifactDigest } from '../node/artifacts/manifest.ts'
-import { MIN_CHUNK_SIZE } from '../node/artifacts/limits.ts'
+import { MIN_CHUNK_SIZE, SUPERSEED_FALLBACK_MS } from '../node/artifacts/limits.ts'
+import { waitFor } from './fixtures/wait.ts'
 
 const CHUNK = MIN_CHUNK_SIZE
 
@@ -262,6 +263,107 @@ describe('artifact fetch engine', () => {
       'the seed is asked only for what the peer lacks'
     )
     assert.equal(peer.requests.length, 22)
+  })
+
+  it('takes a chunk a seed answered busy for from the fetcher that announces it, not the seed', async () => {
+    const origin = await tempStore()
+    const m = await origin.add(pieces(randomBytes(8 * CHUNK)), { chunkSize: CHUNK })
+    // The seed already sent chunks 0-3 to another fetcher, and is saturated: busy for those.
+    const base = storeSource('seed', origin)
+    const busy: number[] = []
+    const seed: ChunkSource = {
+      ...base,
+      chunk: async (d, i, signal, opts) => {
+        if (i < 4 && opts?.insist !== true) {
+          busy.push(i)
+          return 'busy'
+        }
+        return base.chunk(d, i, signal)
+      }
+    }
+    // That fetcher: its poll answer is stale (it held nothing then); only its announcement tells.
+    const other = await tempStore()
+    await other.putManifest(m)
+    const peer = storeSource('peer', other)
+    peer.have = async () => ({ bits: new Uint8Array(1) })
+    const target = await tempStore()
+    const fetch = new ArtifactFetch(m.digest, target, () => [seed, peer])
+    const t0 = performance.now()
+    const done = fetch.run()
+    await waitFor('the seed to answer busy for chunks 0-3', () => new Set(busy).size === 4, 5000, 5)
+    for (let i = 0; i < 4; i++) {
+      await (
+        await other.stageChunk(m.digest, i, (await origin.readChunk(m.digest, i))!)
+      ).durable
+    }
+    fetch.announced('peer', [0, 1, 2, 3])
+    await done
+    assert.equal(target.state(m.digest), 'complete')
+    assert.deepEqual(
+      peer.requests.sort((a, b) => a - b),
+      [0, 1, 2, 3]
+    )
+    assert.ok(
+      base.requests.every(i => i >= 4),
+      `the seed sent only chunks nobody else had: ${base.requests}`
+    )
+    assert.ok(performance.now() - t0 < SUPERSEED_FALLBACK_MS, 'no fall-back wait')
+  })
+
+  it('falls back to a busy seed, insisting, when no fetcher has the chunk', async () => {
+    const origin = await tempStore()
+    const m = await origin.add(pieces(randomBytes(3 * CHUNK)), { chunkSize: CHUNK })
+    const base = storeSource('seed', origin)
+    const insisted: number[] = []
+    const seed: ChunkSource = {
+      ...base,
+      chunk: async (d, i, signal, opts) => {
+        if (opts?.insist !== true) return 'busy'
+        insisted.push(i)
+        return base.chunk(d, i, signal)
+      }
+    }
+    const target = await tempStore()
+    await new ArtifactFetch(m.digest, target, () => [seed]).run()
+    assert.equal(target.state(m.digest), 'complete')
+    assert.deepEqual(
+      insisted.sort((a, b) => a - b),
+      [0, 1, 2]
+    )
+  })
+
+  it('does not stall on a peer that announces chunks it cannot serve, and stops believing it', async () => {
+    const origin = await tempStore()
+    const m = await origin.add(pieces(randomBytes(12 * CHUNK)), { chunkSize: CHUNK })
+    let open = (): void => {}
+    const gate = new Promise<void>(resolve => {
+      open = resolve
+    })
+    const seed = storeSource('seed', origin, { gate: () => gate })
+    const empty = await tempStore()
+    await empty.putManifest(m)
+    const liar = storeSource('liar', empty)
+    let polls = 0
+    liar.have = async d => {
+      polls++
+      return empty.have(d)
+    }
+    const target = await tempStore()
+    const fetch = new ArtifactFetch(m.digest, target, () => [seed, liar])
+    const done = fetch.run()
+    const all = Array.from({ length: 12 }, (_, i) => i)
+    await waitFor('the liar to be polled', () => polls > 0, 5000, 5)
+    fetch.announced('liar', all)
+    await waitFor('the liar to fail requests', () => liar.requests.length > 0, 5000, 5)
+    const asked = liar.requests.length
+    // Back among the sources after its pause, it announces again: not believed.
+    const seen = polls
+    await waitFor('the liar to be polled again', () => polls > seen, 10_000, 5)
+    fetch.announced('liar', all)
+    open()
+    await done
+    assert.equal(target.state(m.digest), 'complete')
+    assert.equal(liar.requests.length, asked, 'the liar was not asked again')
   })
 
   it('keeps to the bandwidth limit', async () => {

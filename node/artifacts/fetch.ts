@@ -12,6 +12,13 @@
  * - Memory: at most `concurrency` chunks are held at once, never the whole artifact.
  * - Resumable: the store remembers which chunks count, so a fetch restarted after a cut or a
  *   crash asks only for the rest.
+ * - Have-announcements: a chunk made durable is announced, batched every ANNOUNCE_BATCH_MS, to
+ *   the partial holders among our sources (fetchers of the same artifact), and theirs mark
+ *   chunks held by them at once rather than at the next 1 s poll. An announcement is a hint: a
+ *   source that then fails a request has its announcements ignored for ANNOUNCE_DISTRUST_MS.
+ * - Super-seeding (mesh/artifact-service.ts): a saturated seed answers 'busy' for a chunk it
+ *   already sent to another fetcher; the chunk is then asked of partial holders only, and of a
+ *   seed again (insisting: never busy) only after SUPERSEED_FALLBACK_MS.
  * - No source holding what is missing is not an error: the fetch is `waiting`, and looks again
  *   when `poke()`d (a new peer) or after WAITING_RETRY_MS.
  */
@@ -22,11 +29,15 @@ import { chunkLength, decodeManifest, type ArtifactDigest, type Manifest } from 
 import { bitSet, type ArtifactStore, type Have } from './store.ts'
 import type { RateLimiter } from './rate-limit.ts'
 import {
+  ANNOUNCE_BATCH_MS,
+  ANNOUNCE_DISTRUST_MS,
   CHUNK_TIMEOUT_MS,
   DEFAULT_FETCH_CONCURRENCY,
   DEFAULT_PER_SOURCE_CONCURRENCY,
   HAVE_REFRESH_MS,
+  MAX_ANNOUNCE_ENTRIES,
   SOURCE_RETRY_MS,
+  SUPERSEED_FALLBACK_MS,
   WAITING_RETRY_MS
 } from './limits.ts'
 
@@ -40,8 +51,18 @@ export interface ChunkSource {
   have(digest: ArtifactDigest, signal: AbortSignal): Promise<Have | undefined>
   /** The encoded manifest, unchecked (the fetcher checks it against the digest). */
   manifest(digest: ArtifactDigest, signal: AbortSignal): Promise<Uint8Array | undefined>
-  /** Chunk `index`, unchecked. Rejects if the source cannot send it. */
-  chunk(digest: ArtifactDigest, index: number, signal: AbortSignal): Promise<Uint8Array>
+  /**
+   * Chunk `index`, unchecked, or 'busy' (a super-seeding seed: ask the fetcher it went to).
+   * `insist`: never answer busy. Rejects if the source cannot send it.
+   */
+  chunk(
+    digest: ArtifactDigest,
+    index: number,
+    signal: AbortSignal,
+    opts?: { insist?: boolean }
+  ): Promise<Uint8Array | 'busy'>
+  /** Tell the source we now hold these chunks (at most MAX_ANNOUNCE_ENTRIES). */
+  announce?(digest: ArtifactDigest, indices: number[], signal: AbortSignal): Promise<void>
 }
 
 export type FetchState = 'waiting' | 'fetching' | 'complete' | 'failed'
@@ -81,6 +102,8 @@ export interface FetchOptions {
    * scheduling, kept for the benchmark's A/B).
    */
   preferPartial?: boolean
+  /** Announce completed chunks to partial holders (default true; false for the benchmark's A/B). */
+  announce?: boolean
 }
 
 const shuffle = <T>(a: T[]): T[] => {
@@ -109,6 +132,13 @@ export class ArtifactFetch {
   /** Chunks written, waiting to be durable: not asked for again, not counted as in flight. */
   private readonly committing = new Set<number>()
   private order: number[] = []
+  /** Chunks made durable, not yet announced (bounded by the artifact's chunk count). */
+  private toAnnounce: number[] = []
+  private announceTimer: ReturnType<typeof setTimeout> | undefined
+  /** Sources whose announcements are ignored until then (one failed a request since). */
+  private readonly distrust = new Map<string, number>()
+  /** Chunks a seed answered busy for: asked of partial holders only until then. */
+  private readonly deferred = new Map<number, number>()
   private wake: (() => void) | undefined
   private poked = false
   private counters = { fetched: 0, refetched: 0, rejected: 0 }
@@ -128,6 +158,7 @@ export class ArtifactFetch {
       concurrency: DEFAULT_FETCH_CONCURRENCY,
       perSource: DEFAULT_PER_SOURCE_CONCURRENCY,
       preferPartial: true,
+      announce: true,
       ...opts
     }
   }
@@ -140,6 +171,7 @@ export class ArtifactFetch {
 
   stop(): void {
     this.abort.abort()
+    clearTimeout(this.announceTimer)
     this.poke()
   }
 
@@ -151,6 +183,28 @@ export class ArtifactFetch {
     // Not asleep: the next sleep returns at once, so a poke is never lost.
     if (w === undefined) this.poked = true
     w?.()
+  }
+
+  /**
+   * Source `id` says it now holds `indices`: mark them in what we know it has, and ask for them
+   * now. Costs one bit per index (already bounded by the protocol); indices beyond the manifest,
+   * sources we do not know yet and distrusted ones are ignored.
+   */
+  announced(id: string, indices: readonly number[]): void {
+    const m = this.manifest
+    const h = this.haves.get(id)
+    if (m === undefined || h === undefined || h.have.all === true) return
+    if ((this.distrust.get(id) ?? 0) > performance.now()) return
+    const n = m.chunks.length
+    let bits = h.have.bits
+    if (bits.length < Math.ceil(n / 8)) {
+      const grown = new Uint8Array(Math.ceil(n / 8))
+      grown.set(bits.subarray(0, grown.length))
+      bits = grown
+      h.have = { bits }
+    }
+    for (const i of indices) if (i < n) bits[i >> 3] = (bits[i >> 3] as number) | (1 << (i & 7))
+    if (!this.signal.aborted) this.schedule()
   }
 
   progress(): FetchProgress {
@@ -319,7 +373,7 @@ export class ArtifactFetch {
       if (this.inflight.has(i) || this.committing.has(i) || this.held(i)) continue
       const best = this.pick(holders, i)
       if (best === undefined) continue
-      this.request(best, i, m)
+      this.request(best.source, i, m, best.insist)
       issued++
     }
     return issued
@@ -334,9 +388,13 @@ export class ArtifactFetch {
   private pick(
     holders: Array<{ source: ChunkSource; have: Have }>,
     i: number
-  ): ChunkSource | undefined {
-    const has = holders.filter(h => h.have.all === true || bitSet(h.have.bits, i))
+  ): { source: ChunkSource; insist: boolean } | undefined {
+    let has = holders.filter(h => h.have.all === true || bitSet(h.have.bits, i))
     const partial = has.filter(h => h.have.all !== true)
+    // A seed said busy for it: wait for the fetcher it went to, then insist on a seed.
+    const until = this.deferred.get(i)
+    const insist = until !== undefined && until <= performance.now()
+    if (until !== undefined && !insist) has = partial
     const pool = this.opts.preferPartial && partial.length > 0 ? partial : has
     let best: ChunkSource | undefined
     let bestLoad = Infinity
@@ -347,14 +405,14 @@ export class ArtifactFetch {
         bestLoad = l
       }
     }
-    return best
+    return best === undefined ? undefined : { source: best, insist }
   }
 
   private held(i: number): boolean {
     return this.store.holds(this.digest, i)
   }
 
-  private request(source: ChunkSource, i: number, m: Manifest): void {
+  private request(source: ChunkSource, i: number, m: Manifest, insist: boolean): void {
     this.inflight.add(i)
     this.load.set(source.id, (this.load.get(source.id) ?? 0) + 1)
     const len = chunkLength(m, i)
@@ -372,12 +430,23 @@ export class ArtifactFetch {
     void (async () => {
       try {
         await this.opts.rate?.take(len, this.signal)
-        const bytes = await source.chunk(this.digest, i, this.timeout(CHUNK_TIMEOUT_MS))
+        const bytes = await source.chunk(
+          this.digest,
+          i,
+          this.timeout(CHUNK_TIMEOUT_MS),
+          insist ? { insist } : undefined
+        )
+        if (bytes === 'busy') {
+          this.deferred.set(i, performance.now() + SUPERSEED_FALLBACK_MS)
+          return
+        }
+        this.deferred.delete(i)
         const { durable } = await this.store.stageChunk(this.digest, i, bytes)
         this.committing.add(i)
         release()
         try {
           if (await durable) {
+            this.queueAnnounce(i)
             this.counters.fetched += len
             this.samples.push({ t: performance.now(), bytes: this.counters.fetched })
             if (this.samples.length > 256) this.samples.shift()
@@ -388,12 +457,49 @@ export class ArtifactFetch {
           this.committing.delete(i)
         }
       } catch (err) {
-        if (!this.signal.aborted) this.failed(source, err as Error)
+        if (!this.signal.aborted) {
+          // It may have announced this chunk: its announcements are not believed for a while.
+          this.distrust.set(source.id, performance.now() + ANNOUNCE_DISTRUST_MS)
+          this.failed(source, err as Error)
+        }
       } finally {
         release()
         if (this.inflight.size === 0 && this.committing.size === 0) this.poke()
       }
     })()
+  }
+
+  /** Announce chunk `i` with the others made durable within ANNOUNCE_BATCH_MS. */
+  private queueAnnounce(i: number): void {
+    if (!this.opts.announce) return
+    this.toAnnounce.push(i)
+    this.announceTimer ??= setTimeout(() => {
+      this.announceTimer = undefined
+      this.flushAnnounce()
+    }, ANNOUNCE_BATCH_MS)
+  }
+
+  /**
+   * One announce message to each partial holder we know (fetchers of this artifact; seeds need
+   * nothing), at most MAX_ANNOUNCE_ENTRIES chunks; the rest go in the next batch, so a peer gets
+   * at most one message per ANNOUNCE_BATCH_MS from this fetch.
+   */
+  private flushAnnounce(): void {
+    if (this.signal.aborted || this.toAnnounce.length === 0) return
+    const batch = this.toAnnounce.slice(0, MAX_ANNOUNCE_ENTRIES)
+    this.toAnnounce = this.toAnnounce.slice(MAX_ANNOUNCE_ENTRIES)
+    for (const { source, have } of this.haves.values()) {
+      if (have.all === true || source.announce === undefined) continue
+      source.announce(this.digest, batch, this.timeout(CHUNK_TIMEOUT_MS / 6)).catch(err => {
+        log('announce to %s: %s', source.id, (err as Error).message)
+      })
+    }
+    if (this.toAnnounce.length > 0) {
+      this.announceTimer = setTimeout(() => {
+        this.announceTimer = undefined
+        this.flushAnnounce()
+      }, ANNOUNCE_BATCH_MS)
+    }
   }
 
   /** A source failed us: a wrong manifest or chunk is its fault (banned); anything else is a pause. */

@@ -16,6 +16,17 @@ export const DEFAULT_FETCH_CONCURRENCY = 8
 export const DEFAULT_PER_SOURCE_CONCURRENCY = 4
 /** How often a running fetch asks its sources again which chunks they hold (partial holders grow). */
 export const HAVE_REFRESH_MS = 1000
+/** A fetch announces the chunks it completed to its peers fetching the same artifact this often, batched. */
+export const ANNOUNCE_BATCH_MS = 100
+/** Chunk indices in one announce message (the protocol's bound, mesh/artifact-protocol.ts). */
+export { MAX_ANNOUNCE_ENTRIES } from '../../mesh/artifact-protocol.ts'
+/** A source that failed a request has its announcements ignored this long (it may have lied). */
+export const ANNOUNCE_DISTRUST_MS = 30_000
+/**
+ * A chunk a seed answered busy for is asked of other fetchers only, this long; then of a seed,
+ * insisting (never busy): the seed stays the source of last resort.
+ */
+export const SUPERSEED_FALLBACK_MS = 4000
 /** A source that failed a request (not a wrong chunk: a timeout, a hang-up) is left alone this long. */
 export const SOURCE_RETRY_MS = 2000
 /** A fetch with no source for what it misses looks again at least this often (also on any new peer). */

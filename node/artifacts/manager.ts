@@ -31,6 +31,16 @@ import {
 
 const log = logger('rhizome:node:artifacts')
 
+/**
+ * The benchmark's A/B switch, RHIZOME_ARTIFACT_SCHEDULING: 'rarest' is the scheduling before
+ * partial holders were preferred; 'partial' prefers them but without have-announcements or
+ * super-seeding; unset (or anything else) is the deployed one, 'swarm'.
+ */
+const SCHEDULING = ((): 'rarest' | 'partial' | 'swarm' => {
+  const s = process.env.RHIZOME_ARTIFACT_SCHEDULING
+  return s === 'rarest' || s === 'partial' ? s : 'swarm'
+})()
+
 export interface ArtifactsOptions {
   /** `<dataDir>/artifacts` */
   dir: string
@@ -103,8 +113,14 @@ export class Artifacts extends EventTarget {
     have(digest: string): ReturnType<ArtifactStore['have']>
     manifest(digest: string): Uint8Array | undefined
     chunk(digest: string, index: number): Promise<Uint8Array | undefined>
+    announced(peerId: string, digest: string, indices: number[]): void
+    readonly superSeed: boolean
   } {
     return {
+      superSeed: SCHEDULING === 'swarm',
+      announced: (peerId, d, indices) => {
+        if (isDigest(d)) this.fetches.get(d)?.announced(peerId, indices)
+      },
       have: d => (isDigest(d) ? this.store.have(d) : undefined),
       manifest: d => (isDigest(d) ? this.store.manifest(d)?.bytes : undefined),
       chunk: async (d, i) => {
@@ -162,8 +178,8 @@ export class Artifacts extends EventTarget {
       if (this.fetches.has(d) || this.isComplete(d)) continue
       const f = new ArtifactFetch(d, this.store, () => this.sources(), {
         rate: this.fetchRate,
-        // The benchmark's A/B switch: 'rarest' is the scheduling before partial holders were preferred.
-        preferPartial: process.env.RHIZOME_ARTIFACT_SCHEDULING !== 'rarest',
+        preferPartial: SCHEDULING !== 'rarest',
+        announce: SCHEDULING === 'swarm',
         onFaulty: (s, err) => this.onFaulty(s, err)
       })
       this.fetches.set(d, f)
