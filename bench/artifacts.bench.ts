@@ -185,7 +185,8 @@ async function fleetOf(
     })
   }
   const daemons: Record<string, RunningDaemon> = {}
-  daemons.src = await daemonFleet.start('src', 60_000)
+  // The source too: super-seeding is the source's half of the scheduling.
+  daemons.src = await daemonFleet.start('src', 60_000, scheduling)
   await daemonFleet.enrol(daemons.src)
   for (const x of names.slice(1)) daemons[x] = await daemonFleet.start(x, 60_000, scheduling)
   const add = await rhizome(

@@ -305,7 +305,7 @@ describe('artifact fetch engine', () => {
     )
     assert.ok(
       base.requests.every(i => i >= 4),
-      `the seed sent only chunks nobody else had: ${base.requests}`
+      `the seed sent only chunks nobody else had: ${base.requests.join(',')}`
     )
     assert.ok(performance.now() - t0 < SUPERSEED_FALLBACK_MS, 'no fall-back wait')
   })

@@ -26,7 +26,7 @@ export const ANNOUNCE_DISTRUST_MS = 30_000
  * A chunk a seed answered busy for is asked of other fetchers only, this long; then of a seed,
  * insisting (never busy): the seed stays the source of last resort.
  */
-export const SUPERSEED_FALLBACK_MS = 4000
+export const SUPERSEED_FALLBACK_MS = 8000
 /** A source that failed a request (not a wrong chunk: a timeout, a hang-up) is left alone this long. */
 export const SOURCE_RETRY_MS = 2000
 /** A fetch with no source for what it misses looks again at least this often (also on any new peer). */
