@@ -10,15 +10,28 @@ import { randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, stat, writeFile, mkdir, appendFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { create } from 'tar'
 import { ArtifactStore, type Have } from '../node/artifacts/store.ts'
 import { ArtifactFetch, type ChunkSource } from '../node/artifacts/fetch.ts'
 import { RateLimiter } from '../node/artifacts/rate-limit.ts'
 import { decodeManifest, parseDigest, type ArtifactDigest } from '../node/artifacts/manifest.ts'
-import { MIN_CHUNK_SIZE, SUPERSEED_FALLBACK_MS } from '../node/artifacts/limits.ts'
+import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SUPERSEED_FALLBACK_MS } from '../node/artifacts/limits.ts'
 import { waitFor } from './fixtures/wait.ts'
 
 const CHUNK = MIN_CHUNK_SIZE
+
+// A full garbage collection on demand, to see what memory is still referenced.
+setFlagsFromString('--expose-gc')
+const gc = runInNewContext('gc') as () => void
+async function collect(): Promise<void> {
+  // Array buffers are freed after the collection that finds them dead: collect, let it sweep.
+  for (let k = 0; k < 3; k++) {
+    gc()
+    await new Promise(resolve => setTimeout(resolve, 10))
+  }
+}
 
 async function* pieces(bytes: Uint8Array, size = 7000): AsyncGenerator<Uint8Array> {
   for (let o = 0; o < bytes.length; o += size) yield bytes.subarray(o, o + size)
@@ -364,6 +377,56 @@ describe('artifact fetch engine', () => {
     await done
     assert.equal(target.state(m.digest), 'complete')
     assert.equal(liar.requests.length, asked, 'the liar was not asked again')
+  })
+
+  it('holds no chunk in memory while it waits for the disk, and takes chunks as the pieces they arrived in', async () => {
+    const big = MAX_CHUNK_SIZE
+    const origin = await tempStore()
+    const m = await origin.add(pieces(randomBytes(8 * big)), { chunkSize: big })
+    const target = await tempStore()
+    // Every chunk's fdatasync is held back until all eight are written.
+    const stage = target.stageChunk.bind(target)
+    let staged = 0
+    let sync: () => void = () => {}
+    const synced = new Promise<void>(resolve => {
+      sync = resolve
+    })
+    let allStaged: () => void = () => {}
+    const eight = new Promise<void>(resolve => {
+      allStaged = resolve
+    })
+    target.stageChunk = async (d, i, bytes) => {
+      const { durable } = await stage(d, i, bytes)
+      if (++staged === 8) allStaged()
+      return { durable: synced.then(() => durable) }
+    }
+    // Fresh bytes per reply, in three pieces as a peer's reply arrives.
+    const source: ChunkSource = {
+      id: 'p',
+      have: async d => origin.have(d),
+      manifest: async d => origin.manifest(d)?.bytes,
+      chunk: async (d, i) => {
+        const c = (await origin.readChunk(d, i))!.slice()
+        return [c.subarray(0, 1), c.subarray(1, 70_000), c.subarray(70_000)]
+      }
+    }
+    await collect()
+    const before = process.memoryUsage().arrayBuffers
+    const f = new ArtifactFetch(m.digest, target, () => [source], { concurrency: 8, perSource: 8 })
+    const done = f.run()
+    await eight
+    await collect()
+    const held = process.memoryUsage().arrayBuffers - before
+    sync()
+    await done
+    assert.deepEqual(
+      await readFile(target.blobPath(m.digest)!),
+      await readFile(origin.blobPath(m.digest)!)
+    )
+    assert.ok(
+      held < 2 * big,
+      `${(held / 2 ** 20).toFixed(1)} MiB held while 8 chunks of 4 MiB await the disk`
+    )
   })
 
   it('keeps to the bandwidth limit', async () => {

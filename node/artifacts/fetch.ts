@@ -24,6 +24,7 @@
  */
 import { logger } from '@libp2p/logger'
 import { isPeerFault } from '../../crdt/errors.ts'
+import type { ChunkBytes } from '../../mesh/types.ts'
 import { ChunkMismatchError } from './errors.ts'
 import { chunkLength, decodeManifest, type ArtifactDigest, type Manifest } from './manifest.ts'
 import { bitSet, type ArtifactStore, type Have } from './store.ts'
@@ -60,7 +61,7 @@ export interface ChunkSource {
     index: number,
     signal: AbortSignal,
     opts?: { insist?: boolean }
-  ): Promise<Uint8Array | 'busy'>
+  ): Promise<ChunkBytes | 'busy'>
   /** Tell the source we now hold these chunks (at most MAX_ANNOUNCE_ENTRIES). */
   announce?(digest: ArtifactDigest, indices: number[], signal: AbortSignal): Promise<void>
 }
@@ -430,7 +431,7 @@ export class ArtifactFetch {
     void (async () => {
       try {
         await this.opts.rate?.take(len, this.signal)
-        const bytes = await source.chunk(
+        let bytes: ChunkBytes | 'busy' | undefined = await source.chunk(
           this.digest,
           i,
           this.timeout(CHUNK_TIMEOUT_MS),
@@ -441,7 +442,11 @@ export class ArtifactFetch {
           return
         }
         this.deferred.delete(i)
-        const { durable } = await this.store.stageChunk(this.digest, i, bytes)
+        const staged = this.store.stageChunk(this.digest, i, bytes)
+        // Let go of the bytes before waiting: a local stays alive in the suspended function
+        // until its fdatasync, up to 4 × concurrency chunks of memory.
+        bytes = undefined
+        const { durable } = await staged
         this.committing.add(i)
         release()
         try {
