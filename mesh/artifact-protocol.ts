@@ -55,6 +55,12 @@ export const MAX_ANNOUNCES_PER_SECOND = 20
 export const SUPERSEED_BUSY_SERVES = 4
 /** Artifacts whose "which chunk went to whom" a holder remembers for super-seeding (oldest go first). */
 export const MAX_SUPERSEED_ARTIFACTS = 4
+/**
+ * A reply body is handed on as the pieces it arrived in (transport messages, 64 KiB each from an
+ * honest peer) and hashed and written piece by piece; one in more pieces than this (a peer
+ * sending tiny messages) is joined first, so the calls per chunk stay bounded.
+ */
+export const MAX_REPLY_PIECES = 1024
 /** Chunks per artifact (a have bitfield is at most this many bits). */
 const MAX_CHUNKS = 65_536
 
@@ -144,6 +150,34 @@ export function decodeHaveReply(bytes: Uint8Array): ArtifactHave | undefined {
     if (err instanceof MalformedMessageError) throw err
     throw new MalformedMessageError(`a peer sent a malformed have reply: ${(err as Error).message}`)
   }
+}
+
+/** `decodeBodyReply` for a reply read as the pieces it arrived in: the body's pieces, not joined. */
+export function decodeBodyPieces(
+  pieces: readonly Uint8Array[],
+  what: string
+): Uint8Array[] | 'busy' | undefined {
+  const first = pieces.find(p => p.length > 0)
+  const size = pieces.reduce((n, p) => n + p.length, 0)
+  if (first === undefined) throw new MalformedMessageError(`a peer sent an empty ${what} reply`)
+  if (size === 1 && first[0] === 1) return undefined
+  if (size === 1 && first[0] === 2) return 'busy'
+  if (first[0] !== 0) throw new MalformedMessageError(`a peer sent a malformed ${what} reply`)
+  const body: Uint8Array[] = []
+  let skip = 1
+  for (const p of pieces) {
+    const rest = p.subarray(Math.min(skip, p.length))
+    skip -= p.length - rest.length
+    if (rest.length > 0) body.push(rest)
+  }
+  if (body.length <= MAX_REPLY_PIECES) return body
+  const joined = new Uint8Array(size - 1)
+  let at = 0
+  for (const b of body) {
+    joined.set(b, at)
+    at += b.length
+  }
+  return [joined]
 }
 
 /** The body of a manifest or chunk reply, undefined for "not held", 'busy' for busy. */

@@ -28,6 +28,7 @@ import { ByteWriter } from '../crdt/bytes.ts'
 import {
   ARTIFACT_PROTOCOL,
   decodeArtifactRequest,
+  decodeBodyPieces,
   decodeBodyReply,
   decodeHaveReply,
   encodeArtifactRequest,
@@ -45,7 +46,7 @@ import {
 } from './artifact-protocol.ts'
 import { streamOnConnection } from './connections.ts'
 import { ExchangeTimeoutError, SessionRefusedError } from './errors.ts'
-import { readOneFrame, sendFrame } from './frames.ts'
+import { readOneFrame, readOneFramePieces, sendFrame } from './frames.ts'
 import type { PeerAdmission } from './admission-service.ts'
 import type { ArtifactHolder, ArtifactSource, MeshArtifacts, MeshLimits } from './types.ts'
 
@@ -132,7 +133,10 @@ export class ArtifactService implements Startable, MeshArtifacts {
       chunk: async (digest, index, signal, opts) => {
         const req: ArtifactRequest = { kind: 'chunk', digest, index }
         if (opts?.insist === true) req.insist = true
-        const body = decodeBodyReply(await this.ask(peer, req, signal))
+        const body = decodeBodyPieces(
+          await this.ask(peer, req, signal, readOneFramePieces),
+          'chunk'
+        )
         if (body === undefined) {
           throw new SessionRefusedError(
             `${peer.toString()} no longer holds chunk ${index} of ${digest}`
@@ -143,7 +147,19 @@ export class ArtifactService implements Startable, MeshArtifacts {
     }
   }
 
-  private async ask(peer: PeerId, req: ArtifactRequest, signal: AbortSignal): Promise<Uint8Array> {
+  private async ask(peer: PeerId, req: ArtifactRequest, signal: AbortSignal): Promise<Uint8Array>
+  private async ask<T>(
+    peer: PeerId,
+    req: ArtifactRequest,
+    signal: AbortSignal,
+    read: (stream: Stream, max: number, timeoutMs: number) => Promise<T>
+  ): Promise<T>
+  private async ask(
+    peer: PeerId,
+    req: ArtifactRequest,
+    signal: AbortSignal,
+    read: (stream: Stream, max: number, timeoutMs: number) => Promise<unknown> = readOneFrame
+  ): Promise<unknown> {
     const timeoutMs = this.init.limits.exchangeTimeoutMs
     const stream = await streamOnConnection(
       this.components.connectionManager,
@@ -161,7 +177,7 @@ export class ArtifactService implements Startable, MeshArtifacts {
     signal.addEventListener('abort', onAbort, { once: true })
     try {
       await sendFrame(stream, encodeArtifactRequest(req), timeoutMs)
-      const reply = await readOneFrame(stream, MAX_ARTIFACT_REPLY_BYTES, timeoutMs)
+      const reply = await read(stream, MAX_ARTIFACT_REPLY_BYTES, timeoutMs)
       void stream.close().catch(() => {})
       return reply
     } catch (err) {

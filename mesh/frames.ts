@@ -28,13 +28,18 @@ export function encodeFrame(payload: Uint8Array): Uint8Array {
 /** A chunk as streams yield it: bytes, or a list of byte arrays (uint8arraylist). */
 export type Chunk = Uint8Array | { subarray(): Uint8Array }
 
+/** A decoded frame: its bytes as the pieces they arrived in (uint8arraylist), not yet joined. */
+type FrameList = ReturnType<LengthPrefixedDecoder['decode']> extends Generator<infer T> ? T : never
+type DecoderInput = Parameters<LengthPrefixedDecoder['decode']>[0]
+/** How uint8arraylist marks its lists (across its versions): one is taken as is, not joined. */
+const LIST = Symbol.for('@achingbrain/uint8arraylist')
+
 /** Split a stream's bytes into frames; throws FrameTooLargeError for one over the cap. */
 export async function* decodeFrames(
   source: AsyncIterable<Chunk>,
   maxFrameBytes: number
 ): AsyncGenerator<Uint8Array> {
-  const decoder = frameDecoder(maxFrameBytes)
-  for await (const chunk of source) yield* decodeChunk(decoder, chunk, maxFrameBytes)
+  for await (const frame of frameLists(source, maxFrameBytes)) yield frame.subarray()
 }
 
 /**
@@ -53,11 +58,19 @@ export async function* readFrames(
     if (frames.length === 0) continue
     if (stream.readStatus === 'readable') stream.pause()
     try {
-      yield* frames
+      for (const frame of frames) yield frame.subarray()
     } finally {
       if (stream.readStatus === 'paused') stream.resume()
     }
   }
+}
+
+async function* frameLists(
+  source: AsyncIterable<Chunk>,
+  maxFrameBytes: number
+): AsyncGenerator<FrameList> {
+  const decoder = frameDecoder(maxFrameBytes)
+  for await (const chunk of source) yield* decodeChunk(decoder, chunk, maxFrameBytes)
 }
 
 function frameDecoder(maxFrameBytes: number): LengthPrefixedDecoder {
@@ -71,13 +84,11 @@ function decodeChunk(
   decoder: LengthPrefixedDecoder,
   chunk: Chunk,
   maxFrameBytes: number
-): Uint8Array[] {
+): FrameList[] {
   try {
-    const out: Uint8Array[] = []
-    for (const frame of decoder.decode(chunk instanceof Uint8Array ? chunk : chunk.subarray())) {
-      out.push(frame.subarray())
-    }
-    return out
+    // A list is appended as its pieces (no copy); a frame is joined only by its reader, if at all.
+    const input = chunk instanceof Uint8Array || LIST in chunk ? chunk : chunk.subarray()
+    return [...decoder.decode(input as DecoderInput)]
   } catch (err) {
     const name = (err as Error).name
     if (
@@ -120,7 +131,27 @@ export async function readOneFrame(
   maxFrameBytes: number,
   timeoutMs: number
 ): Promise<Uint8Array> {
-  const it = decodeFrames(stream, maxFrameBytes)[Symbol.asyncIterator]()
+  return (await readOneFrameList(stream, maxFrameBytes, timeoutMs)).subarray()
+}
+
+/**
+ * `readOneFrame`, the frame as the pieces it arrived in (decrypted transport messages), not
+ * copied into one buffer: a large reply (an artifact chunk) is hashed and written piece by piece.
+ */
+export async function readOneFramePieces(
+  stream: Stream,
+  maxFrameBytes: number,
+  timeoutMs: number
+): Promise<Uint8Array[]> {
+  return [...(await readOneFrameList(stream, maxFrameBytes, timeoutMs))]
+}
+
+async function readOneFrameList(
+  stream: Stream,
+  maxFrameBytes: number,
+  timeoutMs: number
+): Promise<FrameList> {
+  const it = frameLists(stream, maxFrameBytes)[Symbol.asyncIterator]()
   let timer: ReturnType<typeof setTimeout> | undefined
   const timeout = new Promise<never>((_resolve, reject) => {
     timer = setTimeout(

@@ -145,6 +145,12 @@ export interface ArtifactHolder {
   readonly superSeed?: boolean
 }
 
+/**
+ * A chunk's bytes: one buffer, or the pieces it arrived in over the wire (in order), which the
+ * store hashes and writes without joining them.
+ */
+export type ChunkBytes = Uint8Array | readonly Uint8Array[]
+
 /** A connected enrolled peer as a source of artifact chunks. Replies are unchecked. */
 export interface ArtifactSource {
   readonly id: string
@@ -156,7 +162,7 @@ export interface ArtifactSource {
     index: number,
     signal: AbortSignal,
     opts?: { insist?: boolean }
-  ): Promise<Uint8Array | 'busy'>
+  ): Promise<ChunkBytes | 'busy'>
   /** Tell the peer we now hold these chunks of `digest` (at most MAX_ANNOUNCE_ENTRIES). */
   announce(digest: string, indices: number[], signal: AbortSignal): Promise<void>
 }

@@ -10,9 +10,14 @@ import { generateKeyPair } from '../crdt/keys.ts'
 import { Replica } from '../crdt/replica.ts'
 import { MemoryStore } from '../crdt/store.ts'
 import { createBrowserMesh } from '../mesh/browser.ts'
-import { ARTIFACT_PROTOCOL, encodeArtifactRequest } from '../mesh/artifact-protocol.ts'
+import {
+  ARTIFACT_PROTOCOL,
+  decodeBodyPieces,
+  encodeArtifactRequest,
+  MAX_REPLY_PIECES
+} from '../mesh/artifact-protocol.ts'
 import { encodeFrame } from '../mesh/frames.ts'
-import type { ArtifactHolder } from '../mesh/types.ts'
+import type { ArtifactHolder, ChunkBytes } from '../mesh/types.ts'
 import { ed, makeFleet } from './fixtures/fleet.ts'
 import { startNode, TEST_LIMITS } from './fixtures/mesh-node.ts'
 import { waitFor } from './fixtures/wait.ts'
@@ -21,9 +26,16 @@ import { collect, openStream, rawPeer } from './fixtures/mesh-raw-peer.ts'
 const DIGEST = `sha256:${'12'.repeat(32)}`
 const OTHER = `sha256:${'34'.repeat(32)}`
 
+/** A chunk as a source returned it (one buffer, or the pieces it arrived in) as one buffer. */
+function joinChunk(c: ChunkBytes | 'busy'): Buffer {
+  if (c === 'busy') assert.fail('the source answered busy')
+  return Buffer.concat([c].flat())
+}
+
 test('artifacts: enrolled peers get chunks, strangers and viewers get nothing', async () => {
   const fleet = await makeFleet({ nodes: 2, replicas: 0, label: 'mesh-artifacts' })
-  const chunks = [randomBytes(1000), randomBytes(1000), randomBytes(500)]
+  // The last chunk spans several transport messages: it arrives, and is handed on, in pieces.
+  const chunks = [randomBytes(1000), randomBytes(1000), randomBytes(300_000)]
   const manifest = randomBytes(200)
   const holder: ArtifactHolder = {
     have: d => (d === DIGEST ? { bits: Uint8Array.of(0b101) } : undefined),
@@ -47,7 +59,7 @@ test('artifacts: enrolled peers get chunks, strangers and viewers get nothing', 
     assert.equal(await src.have(OTHER, signal), undefined)
     assert.deepEqual(Buffer.from((await src.manifest(DIGEST, signal))!), manifest)
     assert.equal(await src.manifest(OTHER, signal), undefined)
-    assert.deepEqual(Buffer.from(await src.chunk(DIGEST, 2, signal)), chunks[2])
+    assert.deepEqual(joinChunk(await src.chunk(DIGEST, 2, signal)), chunks[2])
     await assert.rejects(src.chunk(DIGEST, 1, signal), { name: 'SessionRefusedError' })
     assert.equal(d.mesh.metrics().peersBanned, 0, 'asking for what is not held bans no one')
     assert.equal(e.mesh.metrics().peersBanned, 0)
@@ -136,15 +148,39 @@ test('artifacts: a saturated seed answers busy for a chunk it sent to a connecte
     await fromA.announce(DIGEST, [0, 1], signal)
     open()
     for (const c of [...(await Promise.all(toA)), await fresh, await insisted]) {
-      assert.deepEqual(Buffer.from(c as Uint8Array), chunk)
+      assert.deepEqual(joinChunk(c), chunk)
     }
     assert.deepEqual(announced, [{ peer: a.mesh.peerId, indices: [0, 1] }])
     // Not saturated any more: chunk 1 (gone to a) is served to b.
-    assert.deepEqual(Buffer.from((await fromB.chunk(DIGEST, 1, signal)) as Uint8Array), chunk)
+    assert.deepEqual(joinChunk(await fromB.chunk(DIGEST, 1, signal)), chunk)
     assert.equal(seed.mesh.metrics().peersBanned, 0)
   } finally {
     await b.mesh.stop()
     await a.mesh.stop()
     await seed.mesh.stop()
   }
+})
+
+test('artifacts: a reply read in pieces is its body in pieces, and a reply in too many is joined', () => {
+  const body = randomBytes(5000)
+  const join = (p: Uint8Array[] | 'busy' | undefined): Buffer =>
+    Buffer.concat(Array.isArray(p) ? p : [])
+  // The status byte alone in the first piece, or at the start of a longer one.
+  assert.deepEqual(
+    join(decodeBodyPieces([Uint8Array.of(0), body.subarray(0, 10), body.subarray(10)], 'chunk')),
+    body
+  )
+  assert.deepEqual(join(decodeBodyPieces([Buffer.concat([Uint8Array.of(0), body])], 'chunk')), body)
+  assert.equal(decodeBodyPieces([Uint8Array.of(1)], 'chunk'), undefined)
+  assert.equal(decodeBodyPieces([Uint8Array.of(2)], 'chunk'), 'busy')
+  assert.throws(() => decodeBodyPieces([Uint8Array.of(2), body], 'chunk'), {
+    name: 'MalformedMessageError'
+  })
+  assert.throws(() => decodeBodyPieces([], 'chunk'), { name: 'MalformedMessageError' })
+  // A peer that sends a chunk one byte per message: joined, so hashing it is one call, not 5000.
+  const tiny = [Uint8Array.of(0), ...[...body].map(b => Uint8Array.of(b))]
+  const joined = decodeBodyPieces(tiny, 'chunk')
+  assert.ok(tiny.length > MAX_REPLY_PIECES)
+  assert.equal(joined?.length, 1)
+  assert.deepEqual(join(joined), body)
 })

@@ -19,6 +19,7 @@
  */
 import { createHash } from 'node:crypto'
 import { ByteReader, ByteWriter, toHex, utf8 } from '../../crdt/bytes.ts'
+import type { ChunkBytes } from '../../mesh/types.ts'
 import { InvalidDigestError, InvalidManifestError } from './errors.ts'
 import {
   MAX_ARTIFACT_BYTES,
@@ -167,10 +168,21 @@ export function decodeManifest(bytes: Uint8Array, expected?: ArtifactDigest): Ma
 }
 
 /** Does `bytes` hash to chunk `i` of the manifest? */
-export function chunkMatches(m: Manifest, i: number, bytes: Uint8Array): boolean {
+export function chunkMatches(m: Manifest, i: number, bytes: ChunkBytes): boolean {
   const want = m.chunks[i]
-  if (want === undefined || bytes.length !== chunkLength(m, i)) return false
-  const got = sha256(bytes)
+  if (want === undefined || byteLength(bytes) !== chunkLength(m, i)) return false
+  // Hashed piece by piece as it arrived: no joined copy of the chunk.
+  const h = createHash('sha256')
+  for (const p of bytes instanceof Uint8Array ? [bytes] : bytes) h.update(p)
+  const got = h.digest()
   for (let k = 0; k < 32; k++) if (got[k] !== want[k]) return false
   return true
+}
+
+/** How many bytes a chunk holds, over all its pieces. */
+export function byteLength(bytes: ChunkBytes): number {
+  if (bytes instanceof Uint8Array) return bytes.length
+  let n = 0
+  for (const p of bytes) n += p.length
+  return n
 }

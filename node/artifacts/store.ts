@@ -37,7 +37,9 @@ import {
   ChunkMismatchError,
   UnpackError
 } from './errors.ts'
+import type { ChunkBytes } from '../../mesh/types.ts'
 import {
+  byteLength,
   chunkLength,
   chunkMatches,
   decodeManifest,
@@ -320,7 +322,7 @@ export class ArtifactStore extends EventTarget {
    * the caller knows who sent it), then written, made durable with the other chunks that arrive
    * meanwhile, and only then counted. Resolves false if the chunk was already held.
    */
-  async writeChunk(d: ArtifactDigest, i: number, bytes: Uint8Array): Promise<boolean> {
+  async writeChunk(d: ArtifactDigest, i: number, bytes: ChunkBytes): Promise<boolean> {
     return (await this.stageChunk(d, i, bytes)).durable
   }
 
@@ -332,13 +334,13 @@ export class ArtifactStore extends EventTarget {
   async stageChunk(
     d: ArtifactDigest,
     i: number,
-    bytes: Uint8Array
+    bytes: ChunkBytes
   ): Promise<{ durable: Promise<boolean> }> {
     const e = this.entries.get(digestHex(d))
     if (e === undefined) throw new ArtifactNotHeldError(`no manifest for ${d}; fetch it first`)
     if (!chunkMatches(e.manifest, i, bytes)) {
       throw new ChunkMismatchError(
-        `chunk ${i} of ${d} (${bytes.length} bytes) does not match the sha-256 its manifest names`
+        `chunk ${i} of ${d} (${byteLength(bytes)} bytes) does not match the sha-256 its manifest names`
       )
     }
     if (e.state === 'complete') return { durable: Promise.resolve(false) }
@@ -346,7 +348,10 @@ export class ArtifactStore extends EventTarget {
     if (bitSet(p.bits, i) || p.writing.has(i)) return { durable: Promise.resolve(false) }
     p.writing.add(i)
     try {
-      await p.data.write(bytes, 0, bytes.length, i * e.manifest.chunkSize)
+      // Straight from the pieces it arrived in (one writev), not from a joined copy.
+      const at = i * e.manifest.chunkSize
+      if (bytes instanceof Uint8Array) await p.data.write(bytes, 0, bytes.length, at)
+      else await p.data.writev(bytes, at)
     } catch (err) {
       p.writing.delete(i)
       throw err
