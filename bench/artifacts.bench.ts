@@ -14,7 +14,7 @@
  *     link at each node, and an artifact small enough that the machine's CPU is not what limits
  *     ten transfers at once: here serving each other is what keeps ten close to one.
  *
- * ARTIFACT_BENCH_MIB (default 256) sizes the artifact; ARTIFACT_BENCH_FETCHERS (10) the swarm;
+ * ARTIFACT_BENCH_MIB (default 256) sizes the artifact; ARTIFACT_BENCH_FETCHERS (10) the swarm (0: the single transfer only);
  * ARTIFACT_BENCH_SERVE_MIBPS (4) the thin-link limit (0 skips item 4), ARTIFACT_BENCH_THIN_MIB
  * (64) its artifact. Prints; asserts nothing. Item 4's ten fetchers run twice, A/B: the previous
  * scheduling (RHIZOME_ARTIFACT_SCHEDULING=partial: a chunk a fetcher holds is taken from a
@@ -143,6 +143,18 @@ async function plainCopy(file: string, dir: string): Promise<number> {
   return ms
 }
 
+/** A daemon's V8 heap (committed) and external memory, from its /metrics. */
+async function memoryOf(url: string): Promise<{ heap: number; external: number }> {
+  try {
+    const text = await (await fetch(`${url}/metrics`)).text()
+    const v = (name: string): number =>
+      Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? 0)
+    return { heap: v('nodejs_heap_size_total_bytes'), external: v('nodejs_external_memory_bytes') }
+  } catch {
+    return { heap: 0, external: 0 }
+  }
+}
+
 function rssOf(pid: number): Promise<number> {
   return readFile(`/proc/${pid}/status`, 'utf8').then(
     t => Number(/VmRSS:\s+(\d+)/.exec(t)?.[1] ?? 0) * 1024,
@@ -151,6 +163,19 @@ function rssOf(pid: number): Promise<number> {
 }
 
 const at = (e: Record<string, unknown>): number => Date.parse(String(e.t))
+
+/**
+ * The environment the systemd unit gives the daemon (deploy/rhizome.service `Environment=`: V8's
+ * young generation bound, malloc arenas), but for its compile cache directory.
+ */
+async function deployedEnv(): Promise<Record<string, string>> {
+  const unit = await readFile(new URL('../deploy/rhizome.service', import.meta.url), 'utf8')
+  const out: Record<string, string> = {}
+  for (const m of unit.matchAll(/^Environment=([A-Z_]+)=(.*)$/gm)) {
+    if (m[1] !== 'NODE_COMPILE_CACHE') out[m[1]!] = m[2]!
+  }
+  return out
+}
 
 interface Fleet {
   daemonFleet: DaemonFleet
@@ -164,7 +189,7 @@ async function fleetOf(
   n: number,
   file: string,
   serveRate: number,
-  scheduling: Record<string, string> = {}
+  daemonEnv: Record<string, string> = {}
 ): Promise<Fleet> {
   const dir = await mkdtemp(join(tmpdir(), 'rhizome-art-bench-'))
   const names = ['src', ...Array.from({ length: n }, (_, i) => `f${i + 1}`)]
@@ -186,9 +211,9 @@ async function fleetOf(
   }
   const daemons: Record<string, RunningDaemon> = {}
   // The source too: super-seeding is the source's half of the scheduling.
-  daemons.src = await daemonFleet.start('src', 60_000, scheduling)
+  daemons.src = await daemonFleet.start('src', 60_000, daemonEnv)
   await daemonFleet.enrol(daemons.src)
-  for (const x of names.slice(1)) daemons[x] = await daemonFleet.start(x, 60_000, scheduling)
+  for (const x of names.slice(1)) daemons[x] = await daemonFleet.start(x, 60_000, daemonEnv)
   const add = await rhizome(
     ['artifact', 'add', file, '--name', 'bench', '--daemon', daemons.src.url],
     env
@@ -211,22 +236,46 @@ async function fleetOf(
 async function transfer(
   f: Fleet,
   sampleRss?: string
-): Promise<{ starts: number[]; ends: number[]; rssIdle: number; rssPeak: number }> {
+): Promise<{
+  starts: number[]
+  ends: number[]
+  rssIdle: number
+  rssPeak: number
+  heapIdle: number
+  heapPeak: number
+  externalIdle: number
+  externalPeak: number
+}> {
   const fleet = {
     fleet: { defaults: { files: { '/opt/rhizome/bench.bin': { artifact: f.digest } } } }
   }
   const fetchers = Object.keys(f.daemons).filter(x => x !== 'src')
   let rssIdle = 0
   let rssPeak = 0
+  let heapIdle = 0
+  let heapPeak = 0
+  let externalIdle = 0
+  let externalPeak = 0
   const sampling = { on: false }
   let sampler: Promise<void> = Promise.resolve()
   if (sampleRss !== undefined) {
     const pid = f.daemons[sampleRss]!.proc.pid!
     rssIdle = await rssOf(pid)
+    const idle = await memoryOf(f.daemons[sampleRss]!.url)
+    heapIdle = idle.heap
+    externalIdle = idle.external
     sampling.on = true
+    const url = f.daemons[sampleRss]!.url
     sampler = (async () => {
-      while (sampling.on) {
+      for (let k = 0; sampling.on; k++) {
         rssPeak = Math.max(rssPeak, await rssOf(pid))
+        // Where it goes (every 0.5 s, the scrape costs the fetcher some CPU): V8 heap and
+        // external memory (Buffers, ArrayBuffers) from its /metrics.
+        if (k % 5 === 0) {
+          const m = await memoryOf(url)
+          heapPeak = Math.max(heapPeak, m.heap)
+          externalPeak = Math.max(externalPeak, m.external)
+        }
         await new Promise(resolve => setTimeout(resolve, 100))
       }
     })()
@@ -251,7 +300,7 @@ async function transfer(
       )
     }
   }
-  return { starts, ends, rssIdle, rssPeak }
+  return { starts, ends, rssIdle, rssPeak, heapIdle, heapPeak, externalIdle, externalPeak }
 }
 
 /** Artifact bytes each daemon served to its peers (its /metrics counter). */
@@ -292,6 +341,12 @@ try {
     `libp2p alone (one Noise + Yamux stream, other process, from memory, no disk): ${raw.toFixed(0)} ms, ${mbps(raw)}, ${(plain / raw).toFixed(2)}x the plain copy's throughput\n`
   )
 
+  const deployed = await deployedEnv()
+  process.stdout.write(
+    `daemons as deployed: ${Object.entries(deployed)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')}\n`
+  )
   const variants = [{ serve: 0, size: SIZE, file }]
   if (THIN > 0) {
     const thinFile = join(work, 'thin.bin')
@@ -303,24 +358,43 @@ try {
       serve === 0
         ? `${size / MIB} MiB, no rate limit`
         : `${size / MIB} MiB, upload limited to ${serve / MIB} MiB/s per daemon`
-    const one = await fleetOf(1, f, serve)
-    const r1 = await transfer(one, 'f1')
-    await close(one)
-    const single = r1.ends[0]! - r1.starts[0]!
-    process.stdout.write(
-      `\n[${label}]\none transfer between two daemons: ${single} ms, ${mbps(single, size)}` +
-        (serve === 0
-          ? `, ${(plain / single).toFixed(2)}x the plain copy's throughput (target >= 0.5x), ${(raw / single).toFixed(2)}x libp2p alone`
-          : '') +
-        `\n  fetcher RSS: idle ${(r1.rssIdle / MIB).toFixed(0)} MB, peak ${(r1.rssPeak / MIB).toFixed(0)} MB, +${((r1.rssPeak - r1.rssIdle) / MIB).toFixed(0)} MB (target < 50 MB)\n`
-    )
+    process.stdout.write(`\n[${label}]\n`)
+    // Unlimited: the one transfer with Node's defaults, then as deployed; the rest as deployed.
+    const envs: Array<[string, Record<string, string>]> =
+      serve === 0
+        ? [
+            ["Node's defaults", {}],
+            ['as deployed', deployed]
+          ]
+        : [['as deployed', deployed]]
+    let single = 0
+    for (const [how, daemonEnv] of envs) {
+      const one = await fleetOf(1, f, serve, daemonEnv)
+      const r1 = await transfer(one, 'f1')
+      await close(one)
+      single = r1.ends[0]! - r1.starts[0]!
+      process.stdout.write(
+        `one transfer between two daemons (${how}): ${single} ms, ${mbps(single, size)}` +
+          (serve === 0
+            ? `, ${(plain / single).toFixed(2)}x the plain copy's throughput (target >= 0.5x), ${(raw / single).toFixed(2)}x libp2p alone`
+            : '') +
+          `\n  fetcher RSS: idle ${(r1.rssIdle / MIB).toFixed(0)} MB, peak ${(r1.rssPeak / MIB).toFixed(0)} MB, +${((r1.rssPeak - r1.rssIdle) / MIB).toFixed(0)} MB (target < 50 MB); ` +
+          `V8 heap ${(r1.heapIdle / MIB).toFixed(0)} -> ${(r1.heapPeak / MIB).toFixed(0)} MB, ` +
+          `external (buffers) ${(r1.externalIdle / MIB).toFixed(0)} -> ${(r1.externalPeak / MIB).toFixed(0)} MB (idle -> peak)\n`
+      )
+    }
     // A/B in the same run: the scheduling before announcements and super-seeding, then as deployed.
     const schedulings =
-      serve === 0
-        ? ['swarm']
-        : (process.env.ARTIFACT_BENCH_SCHEDULINGS ?? 'partial,swarm').split(',')
+      FETCHERS === 0
+        ? []
+        : serve === 0
+          ? ['swarm']
+          : (process.env.ARTIFACT_BENCH_SCHEDULINGS ?? 'partial,swarm').split(',')
     for (const scheduling of schedulings) {
-      const many = await fleetOf(FETCHERS, f, serve, { RHIZOME_ARTIFACT_SCHEDULING: scheduling })
+      const many = await fleetOf(FETCHERS, f, serve, {
+        ...deployed,
+        RHIZOME_ARTIFACT_SCHEDULING: scheduling
+      })
       const rN = await transfer(many)
       const bytes = await served(many)
       await close(many)
