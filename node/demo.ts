@@ -10,7 +10,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream, rmSync } from 'node:fs'
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, type AddressInfo } from 'node:net'
 import { userInfo } from 'node:os'
 import { join, resolve } from 'node:path'
@@ -44,24 +44,43 @@ async function freePort(): Promise<number> {
   return p
 }
 
-/** Claim .rhizome-demo (or -2, -3, … if another demo holds it) by a pid file beside it. */
+/**
+ * Claim .rhizome-demo (or -2, -3, … if another demo holds it) by a pid file beside it. The pid
+ * file appears whole (written aside, then hard-linked into place, which fails if it exists): a
+ * demo started at the same moment never reads it empty and takes it for a stale one.
+ */
 async function claimDirectory(): Promise<string> {
   for (let i = 1; i <= MAX_DEMOS; i++) {
     const dir = resolve(i === 1 ? '.rhizome-demo' : `.rhizome-demo-${i}`)
     const lock = `${dir}.pid`
-    try {
-      await writeFile(lock, String(process.pid), { flag: 'wx' })
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-      const holder = Number(await readFile(lock, 'utf8').catch(() => ''))
-      if (Number.isInteger(holder) && holder > 0 && isAlive(holder)) continue
-      // Left by a demo that did not stop cleanly.
-      await writeFile(lock, String(process.pid))
-    }
+    if (!(await takeLock(lock))) continue
     process.once('exit', () => rmSync(lock, { force: true }))
     return dir
   }
   throw new Error(`${MAX_DEMOS} demos are running from this directory already; stop one first`)
+}
+
+async function takeLock(lock: string): Promise<boolean> {
+  const mine = `${lock}.${process.pid}`
+  await writeFile(mine, String(process.pid))
+  try {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await link(mine, lock)
+        return true
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      }
+      const holder = await readFile(lock, 'utf8').catch(() => '')
+      const pid = Number(holder)
+      if (holder === '' || (Number.isInteger(pid) && pid > 0 && isAlive(pid))) return false
+      // Left by a demo that did not stop cleanly: remove it if it still names the dead one.
+      if ((await readFile(lock, 'utf8').catch(() => '')) === holder) await rm(lock, { force: true })
+    }
+    return false
+  } finally {
+    await rm(mine, { force: true })
+  }
 }
 
 /** The API token file of the daemon the demo talks to (the first), once it is known. */
