@@ -28,6 +28,7 @@ import { preSharedKey } from '@libp2p/pnet'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p, type Libp2pOptions } from 'libp2p'
 import { concatBytes, fromHex } from '../crdt/bytes.ts'
+import { InvalidConfigError } from '../crdt/errors.ts'
 import type { KeyPair } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
 import { AdmissionControl, peerKeyHex } from './admission.ts'
@@ -83,7 +84,7 @@ function parseBootstrap(addrs: readonly string[]): BootstrapPeer[] {
     const addr = multiaddr(a)
     const id = addr.getComponents().findLast(c => c.name === 'p2p')?.value
     if (id === undefined) {
-      throw new RangeError(
+      throw new InvalidConfigError(
         `bootstrap address ${a} has no /p2p/<PeerId>; add the peer's id so its identity can be checked`
       )
     }

@@ -46,6 +46,7 @@ import { InvalidConfigError } from './errors.ts'
 import { DEFAULT_DISK_BUDGET_BYTES, DEFAULT_GC_GRACE_MS } from './artifacts/limits.ts'
 import { EXTRA_PEERS } from '../mesh/limits.ts'
 import { isMap } from '../crdt/config-shape.ts'
+import { multiaddr } from '@multiformats/multiaddr'
 
 /** Try mode (node/rollout-agent.ts): a config after which no peer is reached this long is rolled back. */
 export const DEFAULT_TRY_MODE_MS = 120_000
@@ -154,6 +155,33 @@ function list(v: unknown, where: string): string[] {
   }
   if (Array.isArray(v)) return v.map((x, i) => str(x, `${where}[${i}]`))
   return fail(where, 'expected a list of strings')
+}
+
+/**
+ * A list of multiaddrs, each parsed here so a typo is a configuration error naming the entry, not
+ * a failure deep in the mesh's start; `peerId`: each must end in /p2p/<PeerId> (a bootstrap
+ * peer's identity is checked when it is dialled).
+ */
+function addresses(v: unknown, where: string, peerId: boolean): string[] {
+  const all = list(v, where)
+  all.forEach((a, i) => {
+    let components
+    try {
+      components = multiaddr(a).getComponents()
+    } catch (err) {
+      fail(
+        `${where}[${i}]`,
+        `"${a}" is not a multiaddr (${(err as Error).message}); write e.g. /ip4/10.0.0.2/tcp/4001`
+      )
+    }
+    if (peerId && !components.some(c => c.name === 'p2p')) {
+      fail(
+        `${where}[${i}]`,
+        `"${a}" has no /p2p/<PeerId>; append the peer's id (\`rhizome node init\` and \`rhizome describe\` print it), e.g. ${a}/p2p/12D3KooW…`
+      )
+    }
+  })
+  return all
 }
 
 function bool(v: unknown, where: string): boolean {
@@ -273,8 +301,9 @@ export function parseDaemonConfig(
     listen:
       raw.listen === undefined
         ? ['/ip4/0.0.0.0/tcp/4001', '/ip4/0.0.0.0/tcp/4002/ws']
-        : list(raw.listen, envWhere('listen')),
-    bootstrap: raw.bootstrap === undefined ? [] : list(raw.bootstrap, envWhere('bootstrap')),
+        : addresses(raw.listen, envWhere('listen'), false),
+    bootstrap:
+      raw.bootstrap === undefined ? [] : addresses(raw.bootstrap, envWhere('bootstrap'), true),
     mdns: raw.mdns === undefined ? true : bool(raw.mdns, envWhere('mdns')),
     extraPeers:
       raw.extraPeers === undefined

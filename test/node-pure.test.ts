@@ -118,6 +118,10 @@ describe('fleet file', () => {
   })
 })
 
+/** Two well-formed peer ids (bootstrap addresses must name one). */
+const PEER_A = '12D3KooWADXfS4pCXE6LRgcL6kVmtAaDSpCMNKu8WzMNpyxgRZGu'
+const PEER_B = '12D3KooWPE46R9vB51tmYocPzB2UX7dFs1dcLhapsyPVark1mnn3'
+
 describe('daemon config', () => {
   it('reads the file, resolves relative paths, lets RHIZOME_* override', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'rhizome-cfg-'))
@@ -129,7 +133,7 @@ describe('daemon config', () => {
     const c = loadDaemonConfig(f, {
       RHIZOME_HTTP_PORT: '9100',
       RHIZOME_LABELS: 'site=y,role=pos',
-      RHIZOME_BOOTSTRAP: '/ip4/1.2.3.4/tcp/1/p2p/x, /ip4/1.2.3.5/tcp/1/p2p/y'
+      RHIZOME_BOOTSTRAP: `/ip4/1.2.3.4/tcp/1/p2p/${PEER_A}, /ip4/1.2.3.5/tcp/1/p2p/${PEER_B}`
     })
     assert.equal(c.dataDir, join(dir, 'data'))
     assert.equal(c.http.port, 9100)
@@ -161,6 +165,37 @@ describe('daemon config', () => {
     assert.throws(() => loadDaemonConfig(undefined, {}), { message: /dataDir is required/ })
     await writeFile(f, 'dataDir: [oops\n')
     assert.throws(() => loadDaemonConfig(f, {}), { message: /not valid YAML/ })
+  })
+
+  it('refuses at load a bootstrap address without its peer id, and a listen typo', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'rhizome-cfg-'))
+    const f = join(dir, 'd.yaml')
+    // What a new operator writes first: the address alone. The daemon used to get as far as
+    // starting the mesh and die with a stack trace and "this is a bug" (exit 4).
+    await writeFile(
+      f,
+      `dataDir: d\nbootstrap: [/ip4/127.0.0.1/tcp/5101/p2p/${PEER_A}, /ip4/127.0.0.1/tcp/5102]\n`
+    )
+    assert.throws(() => loadDaemonConfig(f, {}), {
+      name: 'InvalidConfigError',
+      message:
+        /bootstrap\[1\]: "\/ip4\/127.0.0.1\/tcp\/5102" has no \/p2p\/<PeerId>; append the peer's id/
+    })
+    await writeFile(f, 'dataDir: d\nlisten: [tcp:4001]\n')
+    assert.throws(() => loadDaemonConfig(f, {}), {
+      name: 'InvalidConfigError',
+      message: /listen\[0\]: "tcp:4001" is not a multiaddr/
+    })
+    assert.throws(
+      () =>
+        loadDaemonConfig(f, {
+          RHIZOME_LISTEN: '/ip4/0.0.0.0/tcp/4001',
+          RHIZOME_BOOTSTRAP: '/dns4/x'
+        }),
+      {
+        message: /RHIZOME_BOOTSTRAP\[0\]: "\/dns4\/x" has no \/p2p/
+      }
+    )
   })
 })
 
