@@ -8,7 +8,11 @@
  * devices inside berlin, moves 20 munich devices to berlin, and deletes and re-adds 10 more as
  * berlin. Figures, each one synchronous call (the event loop is blocked for that long):
  * - cold: the first read of the document in the process (every change decoded once);
- * - a new revision: one more operator change, the whole walk again on the new value.
+ * - a new revision: one more operator change, the whole walk again on the new value;
+ * - revocation marks (`revokedDevices` now asks who signed each): a new revision whose change is
+ *   an admin's mark, an operator's mark inside its scope, and one outside it, each on a device
+ *   other changes touched (its labels before the mark are read from the history), beside a new
+ *   revision without a mark measured in the same run.
  *
  * Usage: node bench/devices.bench.ts [devices, default 2000]
  */
@@ -104,7 +108,7 @@ const changes = Automerge.getAllChanges(doc).length
 say(`built the document (${changes} changes)`, `${buildMs.toFixed(0)} ms`)
 // Loaded from its bytes, as a daemon holds it: no memo of this value anywhere.
 const loaded = Automerge.load<Doc>(Automerge.save(doc)) as DevicesDocument
-const [revoked, revokedWall, revokedCpu] = timed(() => revokedDevices(loaded))
+const [revoked, revokedWall, revokedCpu] = timed(() => revokedDevices(trust, loaded))
 const [taken, scopeWall, scopeCpu] = timed(() => outOfReach(trust, loaded))
 say('cold: revokedDevices (baseline; decodes every change)', ms(revokedWall, revokedCpu))
 say('cold: outOfReach after it (decoded changes shared)', ms(scopeWall, scopeCpu))
@@ -120,7 +124,7 @@ for (let r = 0; r < REVISIONS; r++) {
     d.devices[deviceKey(DEVICES - 1)]!.labels.role = `till-${r}`
   })
   const next = doc as DevicesDocument
-  const [, bw, bc] = timed(() => revokedDevices(next))
+  const [, bw, bc] = timed(() => revokedDevices(trust, next))
   const [, sw, sc] = timed(() => outOfReach(trust, next))
   base.push(bc)
   scope.push(sc)
@@ -140,3 +144,41 @@ const [, memoMs] = timed(() => outOfReach(trust, doc as DevicesDocument))
 say('same revision again (memoised)', `${memoMs.toFixed(2)} ms`)
 say('devices the operator may not reach (expected 30)', String(taken.get(OPERATOR)?.size ?? 0))
 say('revoked devices (expected 0)', String(revoked.size))
+
+// Marks: REVISIONS new revisions of each kind, on devices relabelled before (not new keys).
+// The operator's own changes above relabelled devices adminCount.. to role=kiosk (berlin).
+const adminCount = Math.floor((DEVICES * 3) / 4)
+const kinds = [
+  ['no mark (an operator relabel, baseline)', OPERATOR, (r: number) => adminCount + 100 + r, false],
+  ["an admin's mark", ADMIN, (r: number) => 100 + 2 * r, true],
+  ["an operator's mark inside its scope", OPERATOR, (r: number) => adminCount + r, true],
+  ["an operator's mark outside it (munich)", OPERATOR, (r: number) => 200 + 2 * r, true]
+] as const
+const rows: [string, number, number, number, number][] = []
+for (const [what, signer, device, mark] of kinds) {
+  const [rWall, rCpu, bWall, bCpu]: [number[], number[], number[], number[]] = [[], [], [], []]
+  for (let r = 0; r < REVISIONS; r++) {
+    if (Automerge.getActorId(doc) !== actor(signer)) doc = Automerge.clone(doc, actor(signer))
+    doc = Automerge.change(doc, d => {
+      const e = d.devices[deviceKey(device(r))]!
+      if (mark) e.revoked = true
+      else e.labels.role = `kiosk-${r}`
+    })
+    const next = doc as DevicesDocument
+    const [, w1, c1] = timed(() => revokedDevices(trust, next))
+    const [, w2, c2] = timed(() => outOfReach(trust, next))
+    rWall.push(w1)
+    rCpu.push(c1)
+    bWall.push(w1 + w2)
+    bCpu.push(c1 + c2)
+  }
+  rows.push([what, median(rWall), median(rCpu), median(bWall), median(bCpu)])
+}
+const [, , baseCpu, , baseBothCpu] = rows[0]!
+for (const [what, w, c, bw, bc] of rows) {
+  say(`new revision, ${what}: revokedDevices`, ms(w, c))
+  say(`  ratio to no mark (cpu)`, `${(c / baseCpu).toFixed(2)}×`)
+  say(`  revokedDevices + outOfReach (a daemon reads both)`, ms(bw, bc))
+  say(`  ratio to no mark (cpu)`, `${(bc / baseBothCpu).toFixed(2)}×`)
+}
+say(`revoked devices (expected ${2 * REVISIONS})`, String(revokedDevices(trust, doc).size))

@@ -15,11 +15,13 @@
  * ```
  *
  * Revocation is final as a function of the document's history, not of its current value: a key
- * whose entry any held change marked `revoked: true` stays revoked (`revokedDevices`), whatever
- * later changes write. A revoked device is refused as a peer by every daemon that holds the entry, even one that has
- * it as a bootstrap peer, its sessions are closed and its status records ignored; a revoked key is
- * never enrolled again (give the device a new identity). Devices write no documents, so there is
- * nothing of theirs to cut.
+ * whose entry a held change marked `revoked: true` stays revoked (`revokedDevices`), whatever
+ * later changes write, provided the change's signer could reach the device when it made the mark
+ * (an admin, or an operator whose selector the device's labels matched then). A revoked device is
+ * refused as a peer by every daemon that holds the entry, even one that has it as a bootstrap
+ * peer, its sessions are closed and its status records ignored; a revoked key is never enrolled
+ * again (give the device a new identity). Devices write no documents, so there is nothing of
+ * theirs to cut.
  */
 import * as Automerge from '@automerge/automerge'
 import { selectorMatches, writerScopes, type ConfigDocument } from './effective-config.ts'
@@ -94,7 +96,6 @@ interface ChangeFacts {
  */
 export const MAX_REVOCATION_MEMO = 65_536
 const factsByHash = new Map<string, ChangeFacts>()
-const revokedOf = new WeakMap<object, ReadonlySet<string>>()
 /** Above this many changes not read yet, all changes are decoded in one pass (cheaper). */
 const BULK_DECODE_FROM = 64
 
@@ -156,41 +157,143 @@ function readChanges(devicesDoc: DevicesDocument): ReadChanges {
   return { metas, read }
 }
 
-/**
- * The public keys (hex) of revoked devices: every key whose entry any change the `devices`
- * document holds marked `revoked: true`, whatever later changes say. The document holds valid
- * changes only (crdt/validity.ts), so this is a pure function of the signed changes held, the
- * same on every peer whatever order they came in, and a key once revoked stays revoked: a later
- * change setting `revoked: false`, deleting the entry or enrolling the key again (a rollback of
- * the document, a careless or hostile writer) readmits nothing.
- *
- * Each change's operations are read once (memoised by hash), so a new change costs a read of
- * that change only; the first read of a document of n changes decodes all n (about 0.1 ms each).
- */
-export function revokedDevices(devicesDoc: DevicesDocument | undefined): Set<string> {
-  if (devicesDoc === undefined) return new Set()
-  const memo = revokedOf.get(devicesDoc)
-  if (memo !== undefined) return new Set(memo)
+/** A revocation mark a change held made: the device, the change, and the key that signed it. */
+interface Mark {
+  readonly device: string
+  readonly hash: string
+  readonly signer: string
+}
+
+/** Per document value: every mark its changes made, whoever signed them (trust not asked yet). */
+const marksOf = new WeakMap<object, readonly Mark[]>()
+
+function marksIn(devicesDoc: DevicesDocument): readonly Mark[] {
+  const held = marksOf.get(devicesDoc)
+  if (held !== undefined) return held
   const { metas, read } = readChanges(devicesDoc)
   const maps = new Set<string>()
   const entries = new Map<string, string>()
-  const marked: string[] = []
-  for (const { hash } of metas) {
-    const f = read.get(hash)
+  const marked: (readonly [string, Automerge.ChangeMetadata])[] = []
+  for (const m of metas) {
+    const f = read.get(m.hash)
     if (f === undefined) continue
     for (const id of f.devicesMaps) maps.add(id)
-    marked.push(...f.marks)
+    for (const obj of f.marks) marked.push([obj, m])
     for (const [id, parent, key] of f.entries) entries.set(id, `${parent} ${key}`)
   }
-  const out = new Set<string>()
-  for (const obj of marked) {
+  const out: Mark[] = []
+  for (const [obj, m] of marked) {
     const at = entries.get(obj)
     if (at === undefined) continue
-    const [parent, key] = at.split(' ') as [string, string]
-    if (maps.has(parent)) out.add(key)
+    const [parent, device] = at.split(' ') as [string, string]
+    if (maps.has(parent)) out.push({ device, hash: m.hash, signer: m.actor.slice(0, 64) })
   }
-  revokedOf.set(devicesDoc, new Set(out))
+  marksOf.set(devicesDoc, out)
   return out
+}
+
+/** What `revokedDevices` and `outOfReach` ask of the trust chain. */
+type ScopeTrust = Pick<TrustChain, 'scopeOf' | 'latest' | 'epoch'>
+
+const revokedOf = new WeakMap<object, { trust: object; epoch: number; out: ReadonlySet<string> }>()
+
+/**
+ * The public keys (hex) of revoked devices: every key whose entry some change the `devices`
+ * document holds marked `revoked: true`, whatever later changes say, provided the change's
+ * signer could reach the device when it made the mark (`markCounts`): an admin always, an
+ * operator when every set of labels the device had in the change's own past (see `LabelMove`;
+ * with no entry there, its trust-statement labels; a key the fleet never knew: always) matched
+ * the operator's selector, and no change of the operator's own in that past moved the device
+ * into its scope (`outOfReach`). So a leaked operator key for one site cannot cut off a device
+ * of another, and cannot relabel a device into its scope to revoke it either.
+ *
+ * A pure function of the signed objects held, the same on every peer whatever order they came
+ * in: the document holds valid changes only (crdt/validity.ts), a change's signer is the key its
+ * actor id names, "before" is the change's own dependencies (never arrival order), and the
+ * selector is the one `TrustChain.scopeOf` gives: the operator's latest grant on the chain, which
+ * is itself a function of the statements held (forks included: a branch grants nothing until it
+ * is the chain). A new statement can change the verdict, but only by joining the chain, so the
+ * same way on every peer that holds it; narrowing an operator discounts its marks outside the new
+ * selector (authority lost applies to the past too, as for node scope: an admin revokes such a
+ * device again if it must stay out). Once a mark counts, later changes cannot undo it: setting
+ * `revoked: false`, deleting the entry or enrolling the key again (a rollback of the document, a
+ * careless or hostile writer) readmits nothing.
+ *
+ * Each change's operations are read once (memoised by hash), so a new change costs a read of
+ * that change only; the first read of a document of n changes decodes all n (about 0.1 ms each).
+ * An admin's mark costs nothing more; an operator's reads the document's history as `outOfReach`
+ * does (shared, memoised per document value and trust epoch).
+ */
+export function revokedDevices(
+  trust: ScopeTrust,
+  devicesDoc: DevicesDocument | undefined
+): Set<string> {
+  if (devicesDoc === undefined) return new Set()
+  const memo = revokedOf.get(devicesDoc)
+  if (memo !== undefined && memo.trust === trust && memo.epoch === trust.epoch) {
+    return new Set(memo.out)
+  }
+  const out = new Set<string>()
+  for (const mark of marksIn(devicesDoc)) {
+    if (!out.has(mark.device) && markCounts(trust, devicesDoc, mark)) out.add(mark.device)
+  }
+  revokedOf.set(devicesDoc, { trust, epoch: trust.epoch, out: new Set(out) })
+  return out
+}
+
+/** A marked device's labels before the mark, by `<change hash> <device>` (a change's past is fixed). */
+const beforeByMark = new Map<string, readonly Labels[]>()
+
+function beforeMark(h: History, mark: Mark, m: Automerge.ChangeMetadata): readonly Labels[] {
+  const id = `${mark.hash} ${mark.device}`
+  const held = beforeByMark.get(id)
+  if (held !== undefined) return held
+  const before = labelsBefore(h, mark.device, m)
+  if (beforeByMark.size >= MAX_REVOCATION_MEMO) beforeByMark.clear()
+  beforeByMark.set(id, before)
+  return before
+}
+
+/** Does this mark revoke its device: could its signer reach the device when it made it? */
+function markCounts(trust: ScopeTrust, devicesDoc: DevicesDocument, mark: Mark): boolean {
+  const scope = trust.scopeOf(mark.signer)
+  if (scope.all) return true
+  if (scope.selector === undefined) return false
+  const h = history(devicesDoc)
+  const m = h.metas.get(mark.hash)
+  if (m === undefined) return false
+  let before = beforeMark(h, mark, m)
+  if (before.length === 0) {
+    const fromStatement = trust.latest.nodes.find(n => n.key === mark.device)
+    // A key the fleet never knew: revoking it harms nobody.
+    if (fromStatement === undefined) return true
+    before = [fromStatement.labels]
+  }
+  const selector = scope.selector
+  if (!before.every(b => selectorMatches(selector, b))) return false
+  const moves = movesInto(trust, devicesDoc).get(mark.signer)?.get(mark.device) ?? []
+  return !moves.some(x => inPast(h, x, m))
+}
+
+/**
+ * Would a `revoked: true` on `device`'s entry, signed by `signer` on top of the document as it
+ * is, revoke it (`revokedDevices`)? What `rhizome revoke-device` asks before it signs.
+ */
+export function mayRevoke(
+  trust: ScopeTrust,
+  devicesDoc: DevicesDocument | undefined,
+  signer: string,
+  device: string
+): boolean {
+  const scope = trust.scopeOf(signer)
+  if (scope.all) return true
+  if (scope.selector === undefined) return false
+  const entry = (devicesDoc?.devices as Record<string, unknown> | undefined)?.[device]
+  const labels = isEntry(entry)
+    ? scalarLabels(entry.labels)
+    : trust.latest.nodes.find(n => n.key === device)?.labels
+  if (labels !== undefined && !selectorMatches(scope.selector, labels)) return false
+  return outOfReach(trust, devicesDoc).get(signer)?.has(device) !== true
 }
 
 /**
@@ -202,7 +305,7 @@ export function enrolledDevices(
   trust: TrustChain,
   devicesDoc: DevicesDocument | undefined
 ): Map<string, EnrolledDevice> {
-  const revoked = revokedDevices(devicesDoc)
+  const revoked = revokedDevices(trust, devicesDoc)
   const out = new Map<string, EnrolledDevice>()
   for (const n of trust.latest.nodes) {
     if (revoked.has(n.key)) continue
@@ -426,9 +529,12 @@ function movesOf(h: History, m: Automerge.ChangeMetadata): readonly LabelMove[] 
   return out
 }
 
+/** Per operator key, per device: the changes of its own that moved the device into its scope. */
+type Moves = ReadonlyMap<string, ReadonlyMap<string, readonly string[]>>
+
 const outOfReachOf = new WeakMap<
   object,
-  { trust: object; epoch: number; out: ReadonlyMap<string, ReadonlySet<string>> }
+  { trust: object; epoch: number; moves: Moves; out: ReadonlyMap<string, ReadonlySet<string>> }
 >()
 
 /**
@@ -447,15 +553,27 @@ const outOfReachOf = new WeakMap<
  * (and walks back through the history if it had been deleted), memoised by change hash.
  */
 export function outOfReach(
-  trust: Pick<TrustChain, 'scopeOf' | 'latest' | 'epoch'>,
+  trust: ScopeTrust,
   devicesDoc: DevicesDocument | undefined
 ): ReadonlyMap<string, ReadonlySet<string>> {
   if (devicesDoc === undefined) return new Map()
+  return scopeMoves(trust, devicesDoc).out
+}
+
+/** `outOfReach`, with the changes that made each move (`revokedDevices` asks which came first). */
+function movesInto(trust: ScopeTrust, devicesDoc: DevicesDocument): Moves {
+  return scopeMoves(trust, devicesDoc).moves
+}
+
+function scopeMoves(
+  trust: ScopeTrust,
+  devicesDoc: DevicesDocument
+): { moves: Moves; out: ReadonlyMap<string, ReadonlySet<string>> } {
   const memo = outOfReachOf.get(devicesDoc)
-  if (memo !== undefined && memo.trust === trust && memo.epoch === trust.epoch) return memo.out
+  if (memo !== undefined && memo.trust === trust && memo.epoch === trust.epoch) return memo
   const h = history(devicesDoc)
   const statementLabels = new Map(trust.latest.nodes.map(n => [n.key, n.labels]))
-  const out = new Map<string, Set<string>>()
+  const moves = new Map<string, Map<string, string[]>>()
   for (const m of h.metas.values()) {
     const signer = m.actor.slice(0, 64)
     const scope = trust.scopeOf(signer)
@@ -469,13 +587,35 @@ export function outOfReach(
       if (!before.some(b => !selectorMatches(selector, b))) continue
       const after = move.after ?? labelsAt(h, move.device, [m.hash])
       if (after === undefined || !selectorMatches(selector, after)) continue
-      const set = out.get(signer) ?? new Set<string>()
-      set.add(move.device)
-      out.set(signer, set)
+      const mine = moves.get(signer) ?? new Map<string, string[]>()
+      mine.set(move.device, [...(mine.get(move.device) ?? []), m.hash])
+      moves.set(signer, mine)
     }
   }
-  outOfReachOf.set(devicesDoc, { trust, epoch: trust.epoch, out })
-  return out
+  const out = new Map([...moves].map(([signer, ds]) => [signer, new Set(ds.keys())]))
+  const held = { trust, epoch: trust.epoch, moves, out }
+  outOfReachOf.set(devicesDoc, held)
+  return held
+}
+
+/**
+ * Is change `ancestor` in the past of change `m` (reachable through its dependencies)? The walk
+ * stops at changes placed before `ancestor` in the history (causal order: they cannot lead to
+ * it), so it visits at most the changes between the two.
+ */
+function inPast(h: History, ancestor: string, m: Automerge.ChangeMetadata): boolean {
+  const floor = h.order.get(ancestor)
+  if (floor === undefined || floor >= (h.order.get(m.hash) ?? Infinity)) return false
+  const seen = new Set<string>()
+  const stack = [...m.deps]
+  while (stack.length > 0) {
+    const x = stack.pop() as string
+    if (x === ancestor) return true
+    if (seen.has(x) || (h.order.get(x) ?? -1) < floor) continue
+    seen.add(x)
+    stack.push(...(h.metas.get(x)?.deps ?? []))
+  }
+  return false
 }
 
 /**
@@ -485,7 +625,7 @@ export function outOfReach(
  */
 export function documentReach(
   writerKeys: readonly string[],
-  trust: Pick<TrustChain, 'scopeOf' | 'latest' | 'epoch'>,
+  trust: ScopeTrust,
   devicesDoc: DevicesDocument | undefined
 ): Pick<ConfigDocument, 'writerScopes' | 'unreachable'> {
   const taken = outOfReach(trust, devicesDoc)

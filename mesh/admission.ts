@@ -70,7 +70,7 @@ export class AdmissionControl {
       value = (await this.replica.open(DEVICES_DOC)).value
     }
     this.enrolled = enrolledDevices(this.replica.trust, value)
-    this.revoked = revokedDevices(value)
+    this.revoked = revokedDevices(this.replica.trust, value)
     const ended: PeerId[] = []
     for (const [peer, s] of this.sessions) {
       if (s.signer !== undefined && signerStanding(this.replica.trust, s.signer) !== undefined) {

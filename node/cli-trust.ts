@@ -22,7 +22,13 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { Option, type Command } from 'commander'
 import { fromHex, toHex } from '../crdt/bytes.ts'
-import { DEVICES_DOC, enrolledDevices, outOfReach, revokedDevices } from '../crdt/devices.ts'
+import {
+  DEVICES_DOC,
+  enrolledDevices,
+  mayRevoke,
+  outOfReach,
+  revokedDevices
+} from '../crdt/devices.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
 import { signOps } from '../crdt/config-diff.ts'
 import { TrustForkError } from '../crdt/errors.ts'
@@ -53,7 +59,7 @@ import {
 import { selectorMatches } from '../crdt/effective-config.ts'
 import { parseLabelArgs } from './config.ts'
 import { DaemonClient } from './daemon-client.ts'
-import { UsageError } from './errors.ts'
+import { DeviceOutOfReachError, UsageError } from './errors.ts'
 import { readPassphrase } from './passphrase.ts'
 import { daemonOption, keyOption, loadSigningKey, passphraseOption, say } from './cli-common.ts'
 import type { InvalidatedRecord, TrustState } from './trust-daemon.ts'
@@ -609,7 +615,7 @@ async function cmdEnrol(key: string, opts: EnrolOptions): Promise<void> {
   const replica = await client.localReplica([DEVICES_DOC])
   const pair = await loadSigningKey(opts)
   const doc = await replica.open<{ devices?: Record<string, Record<string, unknown>> }>(DEVICES_DOC)
-  if (revokedDevices(doc.value).has(hex)) {
+  if (revokedDevices(replica.trust, doc.value).has(hex)) {
     throw new UsageError(
       `device ${fingerprint(pub)} was revoked; a revoked identity is never readmitted: give the device a new one (rhizome node init on a fresh data directory)`
     )
@@ -634,9 +640,15 @@ async function cmdEnrol(key: string, opts: EnrolOptions): Promise<void> {
       `your operator key reaches nodes ${scope.selector === undefined ? '(none)' : JSON.stringify(scope.selector)}; labels ${JSON.stringify(labels)} are outside it`
     )
   }
+  // Moving the name revokes the device that had it: only if this key may (see revoke-device).
+  const signer = toHex(pair.publicKey)
+  if (sameName !== undefined && !mayRevoke(replica.trust, doc.value, signer, sameName.key)) {
+    throw new DeviceOutOfReachError(
+      revokeRefusal(replica.trust, doc.value, signer, opts.name, sameName.key)
+    )
+  }
   const before = enrolled.get(hex)?.labels ?? {}
   const dropped = Object.keys(before).filter(k => !(k in labels))
-  const signer = toHex(pair.publicKey)
   const outBefore = outOfReach(replica.trust, doc.value).get(signer)?.has(hex) === true
   const batch = await doc.change(
     Replica.signer(pair),
@@ -690,18 +702,47 @@ async function deviceByName(client: DaemonClient, name: string) {
   return { replica, doc, key: (entries[0] as [string, unknown])[0] }
 }
 
+/** Why `signer` may not revoke device `key`, and who may. */
+function revokeRefusal(
+  trust: Replica['trust'],
+  devices: Parameters<typeof mayRevoke>[1],
+  signer: string,
+  name: string,
+  key: string
+): string {
+  const scope = trust.scopeOf(signer)
+  const reach = scope.all ? {} : scope.selector
+  const labels = enrolledDevices(trust, devices).get(key)?.labels ?? {}
+  const why =
+    reach === undefined
+      ? 'your key reaches no node (its operator entry has no selector)'
+      : outOfReach(trust, devices).get(signer)?.has(key) === true
+        ? `your operator key moved ${name} into its own scope ${JSON.stringify(reach)} and so never reaches it`
+        : `${name} has labels ${JSON.stringify(labels)}, outside your operator key's reach ${JSON.stringify(reach)}`
+  return `refusing to revoke ${name} (${fp(key)}): ${why}; peers would not count the mark. An admin key, or an operator key whose selector matches the device, may revoke it: rhizome revoke-device ${name} --key <that key>`
+}
+
 async function cmdRevokeDevice(
   name: string,
   opts: { key?: string; passphraseFile?: string; daemon: string; reason?: string }
 ) {
   const client = new DaemonClient(opts.daemon)
-  const { doc, key } = await deviceByName(client, name)
+  const { replica, doc, key } = await deviceByName(client, name)
   const pair = await loadSigningKey(opts)
+  const signer = toHex(pair.publicKey)
+  // Peers count an operator's mark only on a device inside its selector (crdt/devices.ts
+  // `revokedDevices`): refuse here, before anything is signed, rather than publish a dead mark.
+  if (!mayRevoke(replica.trust, doc.value, signer, key)) {
+    throw new DeviceOutOfReachError(revokeRefusal(replica.trust, doc.value, signer, name, key))
+  }
   const batch = await doc.change(
     Replica.signer(pair),
     d => {
       const e = d.devices?.[key]
       if (e === undefined) return
+      // An entry may say revoked already by a mark that does not count (an operator's, outside
+      // its scope); Automerge writes nothing for an unchanged value, so write a mark of our own.
+      if (e.revoked === true) e.revoked = false
       e.revoked = true
       e.revokedAt = new Date().toISOString()
       e.revokedBy = toHex(pair.publicKey)

@@ -13,6 +13,16 @@ export class UsageError extends RhizomeError {
   readonly category = ErrorCategory.Usage
 }
 
+/**
+ * A key asked to revoke a device it cannot reach: an operator whose selector the device's labels
+ * are outside of (crdt/devices.ts `mayRevoke`). Peers would not count the mark.
+ */
+export class DeviceOutOfReachError extends RhizomeError {
+  static override name = 'DeviceOutOfReachError'
+  override name = 'DeviceOutOfReachError'
+  readonly category = ErrorCategory.Unauthorised
+}
+
 /** The daemon's HTTP API could not be reached. */
 export class DaemonUnreachableError extends RhizomeError {
   static override name = 'DaemonUnreachableError'

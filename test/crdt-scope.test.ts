@@ -12,32 +12,21 @@ import fc from 'fast-check'
 import { toHex } from '../crdt/bytes.ts'
 import { DEVICES_DOC, documentReach, enrolledDevices, outOfReach } from '../crdt/devices.ts'
 import { effectiveConfig, type ConfigDocument } from '../crdt/effective-config.ts'
-import { publicKeyHex, type KeyPair } from '../crdt/keys.ts'
+import { publicKeyHex } from '../crdt/keys.ts'
 import type { SignedDocument, Signer } from '../crdt/document.ts'
 import type { Replica } from '../crdt/replica.ts'
 import { decide, viewRollout } from '../crdt/rollout-gate.ts'
 import { planWaves } from '../crdt/rollout-waves.ts'
 import { rolloutsOf } from '../crdt/rollout.ts'
-import type { SignedBatch } from '../crdt/signed-change.ts'
-import { nextStatement } from '../crdt/trust.ts'
-import { makeFleet, testKey, type TestFleet } from './fixtures/fleet.ts'
-
-type Entry = { name: string; labels: Record<string, string> }
-type Devices = { devices: Record<string, Entry> }
-
-/** A fleet whose operator may write `site/berlin` and `devices`, scoped to site=berlin. */
-async function berlinFleet(label: string, replicas = 1): Promise<TestFleet> {
-  const f = await makeFleet({ replicas, admins: 1, label })
-  const op = f.replicas[0]!.trust.latest.operators[0]!
-  const statement = await nextStatement(
-    f.replicas[0]!.trust.latest,
-    { operators: [{ ...op, docs: ['site/berlin', DEVICES_DOC], selector: { site: 'berlin' } }] },
-    [f.root],
-    f.ed
-  )
-  for (const r of f.replicas) await r.addTrustStatement(statement)
-  return f
-}
+import {
+  berlinFleet,
+  drawHistory,
+  playHistory,
+  writeSite,
+  type Devices,
+  type Entry
+} from './fixtures/devices-history.ts'
+import { testKey } from './fixtures/fleet.ts'
 
 /** A `berlinFleet`'s one replica, its admin's and operator's signers there, and its `devices`. */
 async function berlinDevices(label: string) {
@@ -229,55 +218,16 @@ describe('operator scope and device labels', () => {
 
   test('which devices an operator may not reach does not depend on the order changes arrive in', async () => {
     const keys = ['d0', 'd1', 'd2'].map(deviceKey)
-    const op = fc.record({
-      replica: fc.integer({ min: 0, max: 1 }),
-      by: fc.constantFrom('admin', 'operator'),
-      device: fc.integer({ min: 0, max: keys.length - 1 }),
-      what: fc.constantFrom('berlin', 'munich', 'delete')
-    })
     let run = 0
     await fc.assert(
       fc.asyncProperty(
-        fc.array(op, { minLength: 1, maxLength: 12 }),
-        fc.array(fc.nat(), { minLength: 40, maxLength: 40 }),
-        fc.boolean(),
+        ...drawHistory(keys.length, ['berlin', 'munich', 'delete'] as const),
         async (drawn, shuffle, linear) => {
           const ops = linear ? drawn.map(o => ({ ...o, replica: 0 })) : drawn
           const f = await berlinFleet(`scope-order-${run++}`, 3)
-          const [a, b, c] = f.replicas as [Replica, Replica, Replica]
-          const batches: SignedBatch[] = []
-          const genesis = await (
-            await a.open<Devices>(DEVICES_DOC)
-          ).change(f.signer(0, f.admins[0]!), d => {
-            d.devices = {}
-            for (const k of keys) d.devices[k] = munich(k.slice(0, 4))
-          })
-          batches.push(genesis!)
-          await b.accept(genesis!)
-          // Two replicas write concurrently, then exchange what they wrote.
-          for (const o of ops) {
-            const r = o.replica === 0 ? a : b
-            const key: KeyPair = o.by === 'admin' ? f.admins[0]! : f.operator
-            const k = keys[o.device]!
-            const batch = await (
-              await r.open<Devices>(DEVICES_DOC)
-            ).change(f.signer(o.replica, key), d => {
-              if (o.what === 'delete') delete d.devices[k]
-              else if (d.devices[k] === undefined) d.devices[k] = { name: 'x', labels: {} }
-              if (o.what !== 'delete') d.devices[k]!.labels.site = o.what
-            })
-            if (batch !== undefined) batches.push(batch)
-          }
-          for (const batch of batches) {
-            await a.accept(batch)
-            await b.accept(batch)
-          }
-          // A third replica receives everything in a random order.
-          const order = batches.map((x, i) => [shuffle[i] ?? 0, x] as const)
-          order.sort((x, y) => x[0] - y[0])
-          for (const [, batch] of order) await c.accept(batch)
+          const replicas = await playHistory(f, keys, ops, shuffle, writeSite)
           const results = []
-          for (const r of [a, b, c]) {
+          for (const r of replicas) {
             const d = await r.open<Devices>(DEVICES_DOC)
             const taken = outOfReach(r.trust, d.value).get(publicKeyHex(f.operator.publicKey))
             results.push({ heads: d.heads, taken: [...(taken ?? [])].sort() })
