@@ -160,7 +160,7 @@ function list(v: unknown, where: string): string[] {
 /**
  * A list of multiaddrs, each parsed here so a typo is a configuration error naming the entry, not
  * a failure deep in the mesh's start; `peerId`: each must end in /p2p/<PeerId> (a bootstrap
- * peer's identity is checked when it is dialled).
+ * peer's identity is checked when it is dialled); else none may name one (a listen address).
  */
 function addresses(v: unknown, where: string, peerId: boolean): string[] {
   const all = list(v, where)
@@ -173,6 +173,9 @@ function addresses(v: unknown, where: string, peerId: boolean): string[] {
         `${where}[${i}]`,
         `"${a}" is not a multiaddr (${(err as Error).message}); write e.g. /ip4/10.0.0.2/tcp/4001`
       )
+    }
+    if (!peerId && components.some(c => c.name === 'p2p')) {
+      fail(`${where}[${i}]`, `"${a}": a listen address names no peer id; remove its /p2p/… part`)
     }
     if (peerId && !components.some(c => c.name === 'p2p')) {
       fail(

@@ -167,7 +167,7 @@ describe('daemon config', () => {
     assert.throws(() => loadDaemonConfig(f, {}), { message: /not valid YAML/ })
   })
 
-  it('refuses at load a bootstrap address without its peer id, and a listen typo', async () => {
+  it('refuses at load a bootstrap address without its peer id, a listen typo or peer id', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'rhizome-cfg-'))
     const f = join(dir, 'd.yaml')
     // What a new operator writes first: the address alone. The daemon used to get as far as
@@ -185,6 +185,10 @@ describe('daemon config', () => {
     assert.throws(() => loadDaemonConfig(f, {}), {
       name: 'InvalidConfigError',
       message: /listen\[0\]: "tcp:4001" is not a multiaddr/
+    })
+    await writeFile(f, `dataDir: d\nlisten: [/ip4/0.0.0.0/tcp/4001/p2p/${PEER_A}]\n`)
+    assert.throws(() => loadDaemonConfig(f, {}), {
+      message: /listen\[0\]: .* a listen address names no peer id; remove its \/p2p\/… part/
     })
     assert.throws(
       () =>
