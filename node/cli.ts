@@ -96,7 +96,7 @@ async function cmdNodeInit(opts: { data: string }): Promise<void> {
   const held = await readIdentity(dir)
   if (held !== undefined) {
     throw new UsageError(
-      `${dir} already holds a device identity (${held.peerId}); a device keeps its identity. Use another --data`
+      `${dir} already holds a device identity (public key ${held.publicKeyHex}, peer id ${held.peerId}); a device keeps its identity: enrol that key, or use another --data`
     )
   }
   const id = await createIdentity(dir)

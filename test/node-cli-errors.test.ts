@@ -3,7 +3,8 @@
  * processes: a data directory or a port already taken (a clear error and exit 1, never "this is
  * a bug", and a daemon that cannot serve its API exits), a document that does not exist (the
  * same answer from every command), arguments and fleet files refused before anything is sent,
- * damaged bundles and bundles of another fleet refused before anything is applied, and error
+ * damaged bundles and bundles of another fleet refused before anything is applied, a bootstrap
+ * address without its peer id refused at start, `node init` twice naming the key to enrol, and error
  * messages that name only commands that exist.
  */
 import { after, before, describe, it } from 'node:test'
@@ -18,6 +19,7 @@ import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
 import {
   daemonConfig,
   rhizome,
+  rhizomeExits,
   startDaemon,
   stopAll,
   type CliResult
@@ -84,6 +86,28 @@ describe('clear errors, through real processes', { timeout: 180_000 }, () => {
     // Without the fix this process runs on (mesh up, no API) until the harness's timeout kills it.
     const r = await rhizome(['start', '--config', join(dir, 'n2-http.yaml')], {}, 30_000)
     refused(r, 1, new RegExp(`http://127.0.0.1:${port} for the HTTP API: the port is in use`))
+  })
+
+  it('a bootstrap address without the peer id is refused at start, naming the entry', async () => {
+    // What a new operator writes first. It used to fail in the mesh's start: stack trace,
+    // "this is a bug", exit 4.
+    const n2 = daemonConfig(dir, 'n2', { bootstrap: [`/ip4/127.0.0.1/tcp/${meshPort}`] })
+    await writeFile(join(dir, 'n2-bootstrap.yaml'), stringify(n2))
+    const r = await rhizome(['start', '--config', join(dir, 'n2-bootstrap.yaml')], {}, 30_000)
+    refused(r, 1, /bootstrap\[0\]: "\/ip4\/127\.0\.0\.1\/tcp\/\d+" has no \/p2p\/<PeerId>/)
+  })
+
+  it('node init on a directory that holds an identity prints the key to enrol', async () => {
+    const data = join(dir, 'data-twice')
+    const first = await rhizomeExits(['node', 'init', '--data', data], {})
+    const key = /public key\s+([0-9a-f]{64})/.exec(first.stdout)?.[1]
+    assert.ok(key !== undefined, first.stdout)
+    const again = await rhizome(['node', 'init', '--data', data], {})
+    refused(
+      again,
+      1,
+      new RegExp(`already holds a device identity \\(public key ${key}, .*enrol that key`)
+    )
   })
 
   it('a document that does not exist gets the same answer from get, history and rollback', async () => {
