@@ -36,6 +36,7 @@ import {
 import { inWriterScope, rolloutsOf, selects, type RolloutSpec } from '../crdt/rollout.ts'
 import { planWaves, type WavePlan } from '../crdt/rollout-waves.ts'
 import {
+  bringsNews,
   DEFAULT_GATE_OPTIONS,
   decide,
   evidenceFrom,
@@ -522,6 +523,7 @@ export class RolloutAgent {
     const now = this.now()
     const workloads = this.c.workloads()
     let changed = false
+    let triedBack = false
     let wantPass = false
     for (const spec of this.specs) {
       const w = this.watches.get(spec.id)
@@ -601,12 +603,13 @@ export class RolloutAgent {
           }
         }
         this.c.events('error', 'trymode.rollback', { config: t.digest, reason })
+        triedBack = true
         changed = true
         wantPass = true
       }
     }
     // Healthy, soaked, failed, try mode's rollback: what happened here, never a switch.
-    if (changed) await this.record(false)
+    if (changed) await this.record(false, triedBack)
     if (wantPass) this.c.reconcile('rollout')
     this.schedule()
   }
@@ -647,7 +650,14 @@ export class RolloutAgent {
   /**
    * Publish the reports as they are now, and write the state to disk: first the write, then the
    * record, when `switched` (a rollout was just switched to); otherwise the record at once and
-   * the write behind it.
+   * the write behind it. A record goes out at once only when it brings a step another node's
+   * gate or abort rule needs (`bringsNews`: switched, soaked, failed, reverted), or when `always`
+   * (try mode's rollback, which no report carries); any other step (taking part, healthy, aborted)
+   * is carried by this node's next record, whatever sends it (a reconcile pass, a workload's
+   * state, the status interval). At 30 daemons each node's "taking part" and "aborted" records,
+   * each flooded over every link, were two thirds of the records in flight while a canary's
+   * failure crossed the mesh (docs/benchmarks.md), and no peer decides anything on them: a
+   * peer learns of an abort from the same evidence that made this node report it.
    *
    * Why a switch waits for the disk and nothing else does. The write is atomic (old file or new),
    * so a crash before it is flushed puts the node back in the state before this step, and the
@@ -668,16 +678,24 @@ export class RolloutAgent {
    * The write took from 3 ms to 7 s on a disk shared with 30 daemons' stores; a failure or a
    * wave's last "soaked" waited that long before it left the origin.
    */
-  private async record(switched: boolean): Promise<void> {
+  private async record(switched: boolean, always = false): Promise<void> {
     if (switched) {
       await this.persist()
       trace('saved, publishing')
     } else {
       this.saveSoon()
-      trace('publishing, saving behind')
     }
+    const news =
+      switched ||
+      always ||
+      bringsNews({ rollouts: this.published }, { rollouts: this.state.reports }, MAX_REPORTS)
     this.published = structuredClone(this.state.reports)
-    this.c.publish()
+    if (news) {
+      if (!switched) trace('publishing, saving behind')
+      this.c.publish()
+    } else {
+      trace('no news: the next record carries it, saving behind')
+    }
   }
 
   /** Write the state; a failed write is logged and said (the next write carries it again). */

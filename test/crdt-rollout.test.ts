@@ -644,16 +644,23 @@ describe('rollout news in a status record', () => {
   const body = (reports: Record<string, Record<string, unknown>>) => ({ at: 5, rollouts: reports })
   const r = (facts: Record<string, unknown> = {}) => ({ digest: 'd', seenAt: 1, ...facts })
 
-  it('is a rollout, a digest or a step the previous record did not report', () => {
-    assert.equal(bringsNews(undefined, body({ a: r() }), 32), true)
-    assert.equal(bringsNews(body({ a: r() }), body({ a: r(), b: r() }), 32), true)
-    assert.equal(bringsNews(body({ a: r() }), body({ a: r({ digest: 'e' }) }), 32), true)
-    for (const step of ['switchedAt', 'soakedAt', 'failedAt', 'abortedAt', 'revertedAt']) {
+  it('is a step the previous record did not report that moves a gate or the abort rule on', () => {
+    for (const step of ['switchedAt', 'soakedAt', 'failedAt', 'revertedAt']) {
       assert.equal(bringsNews(body({ a: r() }), body({ a: r({ [step]: 9 }) }), 32), true, step)
+      assert.equal(bringsNews(undefined, body({ a: r({ [step]: 9 }) }), 32), true, step)
+      assert.equal(bringsNews(body({ a: r() }), body({ a: r(), b: r({ [step]: 9 }) }), 32), true)
     }
+    // The same step under another digest is another rollout's.
+    const failed = r({ switchedAt: 2, failedAt: 3 })
+    assert.equal(bringsNews(body({ a: failed }), body({ a: { ...failed, digest: 'e' } }), 32), true)
   })
 
-  it('is not the same steps again, a changed claim, health coming and going, another field, or anything malformed', () => {
+  it('is not taking part, health, an abort seen, the same steps again, a changed claim, another field, or anything malformed', () => {
+    // Nobody's gate or abort rule waits for these: each rides the node's next record.
+    assert.equal(bringsNews(undefined, body({ a: r() }), 32), false)
+    assert.equal(bringsNews(body({ a: r() }), body({ a: r(), b: r() }), 32), false)
+    assert.equal(bringsNews(body({ a: r() }), body({ a: r({ digest: 'e' }) }), 32), false)
+    assert.equal(bringsNews(body({ a: r() }), body({ a: r({ abortedAt: 9 }) }), 32), false)
     const switched = body({ a: r({ switchedAt: 2, until: 10 }) })
     assert.equal(
       bringsNews(switched, body({ a: r({ switchedAt: 2, until: 10, healthySince: 3 }) }), 32),
@@ -668,11 +675,13 @@ describe('rollout news in a status record', () => {
     )
     assert.equal(bringsNews(undefined, { rollouts: 'x' }, 32), false)
     assert.equal(bringsNews(undefined, null, 32), false)
-    assert.equal(bringsNews(undefined, body({ a: { seenAt: 1 } }), 32), false)
+    assert.equal(bringsNews(undefined, body({ a: { seenAt: 1, switchedAt: 2 } }), 32), false)
   })
 
   it('reads at most the given number of reports', () => {
-    const many = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`r${i}`, r()]))
+    const many = Object.fromEntries(
+      Array.from({ length: 40 }, (_, i) => [`r${i}`, r({ switchedAt: 2 })])
+    )
     const first32 = Object.fromEntries(Object.entries(many).slice(0, 32))
     assert.equal(bringsNews(body(first32), body(many), 32), false)
   })

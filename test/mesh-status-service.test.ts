@@ -244,7 +244,9 @@ test('a record bringing rollout news is relayed at once when its node has spent 
   // A stolen device making up news in every record (a new rollout each time) gets its news
   // budget through and no more, then waits for the pace like the rest.
   for (let i = 0; i < 10; i++) {
-    await receive({ rollouts: { [`fleet:made-up-${i}`]: { digest: 'x', seenAt: 1 } } })
+    await receive({
+      rollouts: { [`fleet:made-up-${i}`]: { digest: 'x', seenAt: 1, switchedAt: 2 } }
+    })
   }
   assert.equal(to.sent.length, STATUS_RELAY_BURST + STATUS_NEWS_BURST)
   await s.stop()

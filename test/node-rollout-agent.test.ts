@@ -226,11 +226,47 @@ describe('rollout agent', () => {
         }
       }
     ]
+    const published = publishes
     agent.onStatus({ node: PEER })
     await waitFor('a pass to go back', () => reconciles.includes('rollout'))
     const r = agent.reports()['fleet:web-v2']!
     assert.ok(r.revertedAt !== undefined && r.abortedAt !== undefined)
+    // Going back frees budget and can leave a wave unable to pass: said at once.
+    assert.equal(publishes, published + 1)
     assert.equal(version(await pass(agent, docs)), '1')
+    assert.equal(agent.status()[0]?.view.state, 'aborted')
+  })
+
+  it('taking part and seeing an abort ride the next record, published by nothing of their own', async () => {
+    // Paused: this node takes part but does not switch yet.
+    const agent = await open()
+    await pass(agent, [fleetDoc(rollout({ state: 'paused', soak: '10s' }))])
+    const seen = agent.reports()['fleet:web-v2']
+    assert.ok(seen?.seenAt !== undefined, 'the next record says it takes part')
+    assert.equal(publishes, 0, 'no record of its own for taking part')
+
+    // A peer's failure aborts the rollout here; this node never switched, so nothing it runs
+    // changes and no peer needs its word: the failure that aborted it reaches them too.
+    statuses = [
+      {
+        node: PEER,
+        body: {
+          at: Date.now(),
+          rollouts: {
+            'fleet:web-v2': {
+              digest: seen.digest,
+              seenAt: 1,
+              switchedAt: 2,
+              failedAt: 3,
+              reason: 'probe'
+            }
+          }
+        }
+      }
+    ]
+    agent.onStatus({ node: PEER })
+    await waitFor('the abort', () => agent.reports()['fleet:web-v2']?.abortedAt)
+    assert.equal(publishes, 0, 'no record of its own for the abort')
     assert.equal(agent.status()[0]?.view.state, 'aborted')
   })
 
