@@ -105,10 +105,10 @@ export const STATUS_MIN_INTERVAL_MS = 1_000
 export const STATUS_RELAY_BURST = 3
 
 /**
- * A record that brings rollout news (a rollout the node's previous record did not report, or a
- * step it did not: switched, soaked, failed, aborted, reverted; `bringsNews`,
+ * A record that brings rollout news (a step the node's previous record did not report that moves
+ * a gate or the abort rule on: switched, soaked, failed, reverted; `bringsNews`,
  * crdt/rollout-gate.ts) and finds the pace above spent goes on a budget of its own: one more per
- * interval, bursts of up to this many. One rollout makes at most six such records per node, so
+ * interval, bursts of up to this many. One rollout makes at most four such records per node, so
  * its steps do not wait behind the routine records (workload states, reconcile passes) that spend
  * the pace above; a flooding node gets at most one more record per interval through, after this
  * many.
@@ -121,6 +121,20 @@ export const STATUS_NEWS_BURST = 8
  * they kept: at most STATUS_RELAY_BURST + STATUS_NEWS_BURST at once) and is cut off.
  */
 export const STATUS_FLOOD_BURST = 20
+
+/**
+ * A relayed record that brings no rollout news goes on to at most this many of the relay's other
+ * peers, chosen at random per record, rather than to all of them; a node's own records go to all
+ * its peers, and news goes to all at every hop. Flooded, every record crossed every link (at 30
+ * daemons with ~8 links each, ~200 sends and as many decrypts per record, most of them
+ * duplicates), and the routine records of a config change (one per node) took the CPU a canary's
+ * failure needed to cross the mesh. Pushed to 3 of ~7 others, a node is missed by all its
+ * neighbours with a probability of about (1 − 3/7)^8 ≈ 1 %; it gets the record at its next
+ * anti-entropy round (every record held goes to each peer then) or with the node's next one. No
+ * gate waits for a routine record (what one waits for is news), and a node is judged silent only
+ * after 30 s without a record.
+ */
+export const STATUS_RELAY_FANOUT = 3
 
 /**
  * Records of nodes not enrolled (yet) here, held unverified until the enrolment arrives: a new

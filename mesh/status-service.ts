@@ -6,8 +6,12 @@
  * - `publish` signs this node's record (sequence: its clock in ms, strictly increasing) and sends
  *   it to every peer.
  * - A record from a peer is verified (enrolled key, signature, fleet), kept if newer than the one
- *   held, and relayed to every other peer, then written to the store (a record lost to a crash
- *   comes again on the next anti-entropy round, so the relay does not wait for the disk).
+ *   held, and relayed, then written to the store (a record lost to a crash comes again on the
+ *   next anti-entropy round, so the relay does not wait for the disk). A record that brings
+ *   rollout news goes to every other peer; any other to every session (a dashboard relays
+ *   nothing on) and to `STATUS_RELAY_FANOUT` of the other devices at random (push gossip: the few a record misses get it at their next anti-entropy round, or with its
+ *   node's next record), so a config change's routine records from every node do not cross every
+ *   link while a rollout step needs the CPU.
  * - Per node, records are kept and relayed at a pace (`STATUS_MIN_INTERVAL_MS`, bursts of
  *   `STATUS_RELAY_BURST`); one sooner waits and is replaced by a newer one meanwhile. A record
  *   that brings rollout news (`bringsNews`) and finds that pace spent goes on a second budget of
@@ -22,7 +26,7 @@
  */
 import { TypedEventEmitter } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
-import type { AbortOptions, Startable, TypedEventTarget } from '@libp2p/interface'
+import type { AbortOptions, PeerId, Startable, TypedEventTarget } from '@libp2p/interface'
 import type { AddressManager } from '@libp2p/interface-internal'
 import { isLoopback } from '@libp2p/utils'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
@@ -40,7 +44,8 @@ import {
   STATUS_NEWS_BURST,
   STATUS_PENDING_MAX,
   STATUS_PENDING_MS,
-  STATUS_RELAY_BURST
+  STATUS_RELAY_BURST,
+  STATUS_RELAY_FANOUT
 } from './limits.ts'
 import {
   decodeStoredStatus,
@@ -71,7 +76,11 @@ export interface StatusComponents {
     streams(): Iterable<SyncStream>
     setStatusReceiver(receiver: StatusReceiver): void
   }
-  admission: { isEnrolledKey(keyHex: string): boolean }
+  admission: {
+    isEnrolledKey(keyHex: string): boolean
+    /** What a peer is admitted as: only devices relay records on. */
+    admissionOf?(peer: PeerId): string
+  }
 }
 
 export interface StatusInit {
@@ -105,6 +114,17 @@ function peerIdOfKey(keyHex: string): string {
   } catch {
     return ''
   }
+}
+
+/** At most `n` of `all`, chosen at random (a partial Fisher-Yates shuffle of a copy). */
+function pickAtRandom<T>(all: readonly T[], n: number): T[] {
+  const a = [...all]
+  const k = Math.min(n, a.length)
+  for (let i = 0; i < k; i++) {
+    const j = i + Math.floor(Math.random() * (a.length - i))
+    ;[a[i], a[j]] = [a[j]!, a[i]!]
+  }
+  return a.slice(0, k)
 }
 
 /** A newer record that came before its node's interval was up: kept when it is. */
@@ -223,7 +243,8 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     this.remember(held)
     trace('published %s %d', short(this.ownKey), seq)
     const persisted = this.persist(held)
-    await this.paced(signed, this.ownSent, undefined, async () => {
+    const news = bringsNews(this.ownSent?.body, signed.body, STATUS_LIMITS.rollouts)
+    await this.paced(signed, news, undefined, async () => {
       this.ownSent = signed
       for (const s of this.components.sync.streams()) s.sendStatus(signed.bytes)
       trace('sent %s %d', short(this.ownKey), seq)
@@ -261,13 +282,20 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     if (signed === undefined || seq <= (this.held.get(node)?.signed.seq ?? -1)) return
     trace('verified %s %d in %d ms', short(node), seq, Math.round(performance.now() - t0))
     const held: HeldStatus = { signed, peerId: peerIdOfKey(node), receivedAt: Date.now() }
-    await this.paced(signed, this.held.get(node)?.signed, from, async () => {
-      let n = 0
-      for (const s of this.components.sync.streams()) {
-        if (s === from) continue
-        s.sendStatus(signed.bytes)
-        n++
-      }
+    const news = bringsNews(this.held.get(node)?.signed.body, signed.body, STATUS_LIMITS.rollouts)
+    await this.paced(signed, news, from, async () => {
+      const others = [...this.components.sync.streams()].filter(s => s !== from)
+      // A session (a dashboard) relays nothing on, so the push cannot reach it another way.
+      const relays = (s: SyncStream): boolean =>
+        (this.components.admission.admissionOf?.(s.peerId) ?? 'node') === 'node'
+      const to = news
+        ? others
+        : [
+            ...others.filter(s => !relays(s)),
+            ...pickAtRandom(others.filter(relays), STATUS_RELAY_FANOUT)
+          ]
+      for (const s of to) s.sendStatus(signed.bytes)
+      const n = to.length
       held.receivedAt = Date.now()
       this.remember(held)
       trace(
@@ -343,13 +371,13 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
 
   /**
    * Run `go` for this record now if its node's pace has room, or its news budget has and it brings
-   * rollout news over `before` (the node's last record sent on); otherwise when the pace has room,
+   * rollout news (`news`, over the node's last record sent on); otherwise when the pace has room,
    * unless a newer record has replaced it by then (what `go` does after it sends is then not
    * waited for).
    */
   private async paced(
     signed: SignedStatus,
-    before: SignedStatus | undefined,
+    news: boolean,
     from: SyncStream | undefined,
     go: () => Promise<void>
   ): Promise<void> {
@@ -369,10 +397,10 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
       await go()
       return
     }
-    if (bringsNews(before?.body, signed.body, STATUS_LIMITS.rollouts)) {
-      const news = bucketOf(this.newsPace, node, this.intervalMs, STATUS_NEWS_BURST, now)
-      if (news.msUntil(1, now) === 0) {
-        news.take(1, now)
+    if (news) {
+      const budget = bucketOf(this.newsPace, node, this.intervalMs, STATUS_NEWS_BURST, now)
+      if (budget.msUntil(1, now) === 0) {
+        budget.take(1, now)
         trace('news %s %d goes on its own budget', short(node), signed.seq)
         await go()
         return

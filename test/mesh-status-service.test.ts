@@ -5,19 +5,25 @@
  * forged one is a fault; records outlive a restart; a peer's first hello and every anti-entropy
  * round send it what is held; a record of a node enrolled only later is held aside (bounded)
  * and kept once the enrolment arrives; a record bringing rollout news is not held up behind its
- * node's routine records, within a bounded budget of its own.
+ * node's routine records, within a bounded budget of its own; a routine record goes on to a few
+ * devices and every session, news and a node's own records to every peer.
  */
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
-import { TypedEventEmitter } from '@libp2p/interface'
+import { TypedEventEmitter, type PeerId } from '@libp2p/interface'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { toHex } from '../crdt/bytes.ts'
 import { generateKeyPair, type KeyPair } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
 import { MeshCounters } from '../mesh/counters.ts'
-import { STATUS_NEWS_BURST, STATUS_PENDING_MAX, STATUS_RELAY_BURST } from '../mesh/limits.ts'
+import {
+  STATUS_NEWS_BURST,
+  STATUS_PENDING_MAX,
+  STATUS_RELAY_BURST,
+  STATUS_RELAY_FANOUT
+} from '../mesh/limits.ts'
 import { signStatus } from '../mesh/status-record.ts'
 import { StatusService, type StatusComponents } from '../mesh/status-service.ts'
 import type { StatusReceiver, SyncEvents } from '../mesh/sync-service.ts'
@@ -25,10 +31,11 @@ import type { SyncStream } from '../mesh/sync-stream.ts'
 import { makeFleet } from './fixtures/fleet.ts'
 
 /** A sync stream that only records the status records sent on it. */
-function fakeStream(): SyncStream & { sent: Uint8Array[] } {
+function fakeStream(peerId?: string): SyncStream & { sent: Uint8Array[] } {
   const sent: Uint8Array[] = []
   return {
     sent,
+    peerId,
     sendStatus: (r: Uint8Array) => {
       sent.push(r)
     }
@@ -48,14 +55,22 @@ class FakeSync extends TypedEventEmitter<SyncEvents> {
 
 const peerOf = (k: KeyPair): string => peerIdFromPublicKey(publicKeyFromRaw(k.publicKey)).toString()
 
-async function service(replica: Replica, identity: KeyPair, enrolled: Set<string>) {
+async function service(
+  replica: Replica,
+  identity: KeyPair,
+  enrolled: Set<string>,
+  admissionOf?: (peer: PeerId) => string
+) {
   const sync = new FakeSync()
   const components: StatusComponents = {
     addressManager: {
       getAddresses: () => [multiaddr('/ip4/192.0.2.7/tcp/4001/p2p/' + peerOf(identity))]
     },
     sync,
-    admission: { isEnrolledKey: k => enrolled.has(k) }
+    admission: {
+      isEnrolledKey: k => enrolled.has(k),
+      ...(admissionOf === undefined ? {} : { admissionOf })
+    }
   }
   const s = new StatusService(components, {
     replica,
@@ -71,11 +86,16 @@ async function service(replica: Replica, identity: KeyPair, enrolled: Set<string
  * A one-replica fleet of `nodes` node keys, the first `enrolledNodes` of them enrolled, and the
  * first node's status service started on it; `record` signs a status record in this fleet.
  */
-async function started(label: string, nodes: number, enrolledNodes = nodes) {
+async function started(
+  label: string,
+  nodes: number,
+  enrolledNodes = nodes,
+  admissionOf?: (peer: PeerId) => string
+) {
   const fleet = await makeFleet({ replicas: 1, nodes, label })
   const replica = fleet.replicas[0]!
   const enrolled = new Set(fleet.nodes.slice(0, enrolledNodes).map(k => toHex(k.publicKey)))
-  const { s, sync } = await service(replica, fleet.nodes[0]!, enrolled)
+  const { s, sync } = await service(replica, fleet.nodes[0]!, enrolled, admissionOf)
   const record = async (key: KeyPair, seq: number, body: Record<string, unknown> = {}) =>
     (await signStatus(key, replica.fleetId, seq, body, fleet.ed)).bytes
   return { fleet, replica, enrolled, s, sync, record }
@@ -249,6 +269,49 @@ test('a record bringing rollout news is relayed at once when its node has spent 
     })
   }
   assert.equal(to.sent.length, STATUS_RELAY_BURST + STATUS_NEWS_BURST)
+  await s.stop()
+})
+
+test('a routine record is relayed to a few devices at random and to every session; news and our own records to every peer', async () => {
+  const kinds = new Map<unknown, string>()
+  const { fleet, s, sync, record } = await started(
+    'status-service-fanout',
+    2,
+    2,
+    p => kinds.get(p) ?? 'none'
+  )
+  const other = fleet.nodes[1]!
+  const from = fakeStream('from')
+  const devices = Array.from({ length: 6 }, (_, i) => fakeStream(`device-${i}`))
+  const dashboard = fakeStream('dashboard')
+  for (const d of [from, ...devices]) kinds.set(d.peerId, 'node')
+  kinds.set(dashboard.peerId, 'viewer')
+  sync.list = [from, ...devices, dashboard]
+  const reached = () => devices.filter(d => d.sent.length > 0).length
+
+  await sync.receiver!(await record(other, 1, { revision: 'r1' }), from)
+  assert.equal(reached(), STATUS_RELAY_FANOUT, 'a routine record: a few devices')
+  assert.equal(dashboard.sent.length, 1, 'and the dashboard, which relays nothing on')
+  assert.equal(from.sent.length, 0)
+
+  const failed = {
+    rollouts: { 'fleet:app': { digest: 'd', seenAt: 1, switchedAt: 2, failedAt: 3 } }
+  }
+  await sync.receiver!(await record(other, 2, failed), from)
+  assert.equal(
+    devices.reduce((n, d) => n + d.sent.length, 0),
+    STATUS_RELAY_FANOUT + devices.length,
+    'news: every device'
+  )
+  assert.equal(reached(), devices.length)
+  assert.equal(dashboard.sent.length, 2)
+
+  for (const d of [from, ...devices, dashboard]) d.sent.length = 0
+  await s.publish({ revision: 'mine' })
+  assert.ok(
+    [from, ...devices, dashboard].every(d => d.sent.length === 1),
+    'our own: every peer'
+  )
   await s.stop()
 })
 
