@@ -101,24 +101,49 @@ export function parseReports(v: unknown, max: number): Record<string, RolloutRep
  * The times whose first appearance in a node's report moves another node's gate or abort rule on:
  * a switch (the wave's executed count and its group's budget), a soak (a wave through), a
  * failure (the abort rule), a revert (budget freed, a wave that cannot get through). Not
- * `seenAt` (a node taking part decides nothing for anyone), `healthySince` (a flapping workload
- * sets it again and again; the "soaked" record carries it), `until` (a claim that changes) nor
- * `abortedAt`: a node reports that only once it holds the evidence of the abort (the failures,
- * each news itself, or an admin's abort in the signed config), and that evidence reaches every
- * peer on its own; an `abortedAt` still counts (`viewRollout`) when it arrives at the normal pace.
+ * `healthySince` (a flapping workload sets it again and again; the "soaked" record carries it),
+ * `until` (a claim that changes) nor `abortedAt`: a node reports that only once it holds the
+ * evidence of the abort (the failures, each news itself, or an admin's abort in the signed
+ * config), and that evidence reaches every peer on its own; an `abortedAt` still counts
+ * (`viewRollout`) when it arrives at the normal pace.
  */
 const FACTS = ['switchedAt', 'soakedAt', 'failedAt', 'revertedAt'] as const
 
 /**
- * Does status body `next` report a step about a rollout that `prev`, the same node's body before
- * it, did not (`FACTS`; under a digest it had no report on, any of them)? Such a record moves a
- * rollout on (a wave through, a failure), so the node publishes it at once and the mesh relays it
- * on a budget of its own rather than behind the node's routine records (mesh/status-service.ts);
- * a record without one waits for the normal pace, and a step without news is carried by the
- * node's next record (node/rollout-agent.ts). Both bodies are a peer's JSON (hostile); at most
- * `max` reports of each are read.
+ * Does status body `next` report a step of a rollout (`FACTS`) that `prev`, the same node's body
+ * before it, did not (under a digest it had no report on: any of them)? Both bodies are a peer's
+ * JSON (hostile); at most `max` reports of each are read.
+ */
+export function bringsStep(prev: unknown, next: unknown, max: number): boolean {
+  return changedReports(prev, next, max, (a, b) =>
+    FACTS.some(k => a[k] !== undefined && b?.[k] === undefined)
+  )
+}
+
+/**
+ * Does status body `next` bring rollout news over `prev`, the same node's body before it: a step
+ * (`bringsStep`), or a rollout (or digest) it had no report on? A node taking part counts toward
+ * its group's disruption budget (`decide`: the nodes ahead of it), so that is news too. Such a
+ * record moves a rollout on, and the mesh relays it to every peer, on a budget of its own rather
+ * than behind the node's routine records (mesh/status-service.ts). Both bodies are a peer's JSON
+ * (hostile); at most `max` reports of each are read.
  */
 export function bringsNews(prev: unknown, next: unknown, max: number): boolean {
+  return changedReports(
+    prev,
+    next,
+    max,
+    (a, b) => b === undefined || FACTS.some(k => a[k] !== undefined && b[k] === undefined)
+  )
+}
+
+/** Is `news` true of some report of `next` and the same node's report before it (same digest)? */
+function changedReports(
+  prev: unknown,
+  next: unknown,
+  max: number,
+  news: (after: RolloutReport, before: RolloutReport | undefined) => boolean
+): boolean {
   const rolloutsOf = (b: unknown): unknown => (b as { rollouts?: unknown } | null)?.rollouts
   const after = parseReports(rolloutsOf(next), max)
   const ids = Object.keys(after)
@@ -126,8 +151,7 @@ export function bringsNews(prev: unknown, next: unknown, max: number): boolean {
   const before = parseReports(rolloutsOf(prev), max)
   return ids.some(id => {
     const a = after[id]!
-    const b = before[id]?.digest === a.digest ? before[id] : undefined
-    return FACTS.some(k => a[k] !== undefined && b?.[k] === undefined)
+    return news(a, before[id]?.digest === a.digest ? before[id] : undefined)
   })
 }
 

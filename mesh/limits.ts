@@ -105,10 +105,10 @@ export const STATUS_MIN_INTERVAL_MS = 1_000
 export const STATUS_RELAY_BURST = 3
 
 /**
- * A record that brings rollout news (a step the node's previous record did not report that moves
- * a gate or the abort rule on: switched, soaked, failed, reverted; `bringsNews`,
- * crdt/rollout-gate.ts) and finds the pace above spent goes on a budget of its own: one more per
- * interval, bursts of up to this many. One rollout makes at most four such records per node, so
+ * A record that brings rollout news (a rollout the node's previous record did not report, or a
+ * step it did not that moves a gate or the abort rule on: switched, soaked, failed, reverted;
+ * `bringsNews`, crdt/rollout-gate.ts) and finds the pace above spent goes on a budget of its own:
+ * one more per interval, bursts of up to this many. One rollout makes at most five per node, so
  * its steps do not wait behind the routine records (workload states, reconcile passes) that spend
  * the pace above; a flooding node gets at most one more record per interval through, after this
  * many.

@@ -36,7 +36,7 @@ import {
 import { inWriterScope, rolloutsOf, selects, type RolloutSpec } from '../crdt/rollout.ts'
 import { planWaves, type WavePlan } from '../crdt/rollout-waves.ts'
 import {
-  bringsNews,
+  bringsStep,
   DEFAULT_GATE_OPTIONS,
   decide,
   evidenceFrom,
@@ -404,6 +404,7 @@ export class RolloutAgent {
     const now = this.now()
     let changed = false
     let switched = false
+    let takingPart = false
     let wantPass = false
     let settleAt = Infinity
     for (const spec of this.specs) {
@@ -415,6 +416,8 @@ export class RolloutAgent {
         r = { digest: spec.digest, seenAt: now }
         this.state.reports[spec.id] = r
         changed = true
+        // Its group's budget counts this node ahead of later ones once they see it take part.
+        if (spec.budget !== undefined) takingPart = true
         if (this.state.bad.includes(spec.digest)) {
           // Failed here before (the report was pruned since): stays failed.
           Object.assign(r, { switchedAt: now, failedAt: now, reason: 'failed on this node before' })
@@ -464,7 +467,7 @@ export class RolloutAgent {
       }
     }
     if (Object.keys(this.state.reports).length > MAX_REPORTS) this.prune()
-    if (changed) await this.record(switched)
+    if (changed) await this.record(switched, takingPart)
     const running = this.specs.filter(s => this.runsNew(s)).map(s => s.id)
     if (fromEvidence && (wantPass || running.join() !== this.applied.join())) {
       this.c.reconcile('rollout')
@@ -651,13 +654,15 @@ export class RolloutAgent {
    * Publish the reports as they are now, and write the state to disk: first the write, then the
    * record, when `switched` (a rollout was just switched to); otherwise the record at once and
    * the write behind it. A record goes out at once only when it brings a step another node's
-   * gate or abort rule needs (`bringsNews`: switched, soaked, failed, reverted), or when `always`
-   * (try mode's rollback, which no report carries); any other step (taking part, healthy, aborted)
-   * is carried by this node's next record, whatever sends it (a reconcile pass, a workload's
-   * state, the status interval). At 30 daemons each node's "taking part" and "aborted" records,
-   * each flooded over every link, were two thirds of the records in flight while a canary's
-   * failure crossed the mesh (docs/benchmarks.md), and no peer decides anything on them: a
-   * peer learns of an abort from the same evidence that made this node report it.
+   * gate or abort rule needs (`bringsStep`: switched, soaked, failed, reverted), or when `always`
+   * (taking part in a rollout with a disruption budget: its group counts this node ahead of
+   * them; try mode's rollback, which no report carries). Any other step (taking part in a rollout
+   * without a budget, healthy, aborted) is carried by this node's next record, whatever sends it
+   * (the reconcile pass that follows every config change, a workload's state, the status
+   * interval). At 30 daemons each node's "taking part" and "aborted" records, each flooded over
+   * every link, were two thirds of the records in flight while a canary's failure crossed the
+   * mesh (docs/benchmarks.md), and no peer decided anything on them: a peer learns of an abort
+   * from the same evidence that made this node report it.
    *
    * Why a switch waits for the disk and nothing else does. The write is atomic (old file or new),
    * so a crash before it is flushed puts the node back in the state before this step, and the
@@ -688,7 +693,7 @@ export class RolloutAgent {
     const news =
       switched ||
       always ||
-      bringsNews({ rollouts: this.published }, { rollouts: this.state.reports }, MAX_REPORTS)
+      bringsStep({ rollouts: this.published }, { rollouts: this.state.reports }, MAX_REPORTS)
     this.published = structuredClone(this.state.reports)
     if (news) {
       if (!switched) trace('publishing, saving behind')

@@ -12,6 +12,7 @@ import { freezeRollouts, parseRollout, rolloutsOf, type RolloutSpec } from '../c
 import { planWaves, type WavePlan } from '../crdt/rollout-waves.ts'
 import {
   bringsNews,
+  bringsStep,
   decide,
   evidenceFrom,
   inWindow,
@@ -644,38 +645,42 @@ describe('rollout news in a status record', () => {
   const body = (reports: Record<string, Record<string, unknown>>) => ({ at: 5, rollouts: reports })
   const r = (facts: Record<string, unknown> = {}) => ({ digest: 'd', seenAt: 1, ...facts })
 
-  it('is a step the previous record did not report that moves a gate or the abort rule on', () => {
+  it('is a step the previous record did not report that moves a gate or the abort rule on, or a rollout it did not report', () => {
     for (const step of ['switchedAt', 'soakedAt', 'failedAt', 'revertedAt']) {
-      assert.equal(bringsNews(body({ a: r() }), body({ a: r({ [step]: 9 }) }), 32), true, step)
-      assert.equal(bringsNews(undefined, body({ a: r({ [step]: 9 }) }), 32), true, step)
-      assert.equal(bringsNews(body({ a: r() }), body({ a: r(), b: r({ [step]: 9 }) }), 32), true)
+      for (const f of [bringsNews, bringsStep]) {
+        assert.equal(f(body({ a: r() }), body({ a: r({ [step]: 9 }) }), 32), true, step)
+        assert.equal(f(undefined, body({ a: r({ [step]: 9 }) }), 32), true, step)
+        assert.equal(f(body({ a: r() }), body({ a: r(), b: r({ [step]: 9 }) }), 32), true)
+      }
     }
     // The same step under another digest is another rollout's.
     const failed = r({ switchedAt: 2, failedAt: 3 })
-    assert.equal(bringsNews(body({ a: failed }), body({ a: { ...failed, digest: 'e' } }), 32), true)
+    assert.equal(bringsStep(body({ a: failed }), body({ a: { ...failed, digest: 'e' } }), 32), true)
+    // Taking part counts toward a group's disruption budget: news, but not a step.
+    assert.equal(bringsNews(undefined, body({ a: r() }), 32), true)
+    assert.equal(bringsNews(body({ a: r() }), body({ a: r(), b: r() }), 32), true)
+    assert.equal(bringsNews(body({ a: r() }), body({ a: r({ digest: 'e' }) }), 32), true)
+    assert.equal(bringsStep(undefined, body({ a: r() }), 32), false)
+    assert.equal(bringsStep(body({ a: r() }), body({ a: r(), b: r() }), 32), false)
   })
 
-  it('is not taking part, health, an abort seen, the same steps again, a changed claim, another field, or anything malformed', () => {
-    // Nobody's gate or abort rule waits for these: each rides the node's next record.
-    assert.equal(bringsNews(undefined, body({ a: r() }), 32), false)
-    assert.equal(bringsNews(body({ a: r() }), body({ a: r(), b: r() }), 32), false)
-    assert.equal(bringsNews(body({ a: r() }), body({ a: r({ digest: 'e' }) }), 32), false)
-    assert.equal(bringsNews(body({ a: r() }), body({ a: r({ abortedAt: 9 }) }), 32), false)
-    const switched = body({ a: r({ switchedAt: 2, until: 10 }) })
-    assert.equal(
-      bringsNews(switched, body({ a: r({ switchedAt: 2, until: 10, healthySince: 3 }) }), 32),
-      false
-    )
-    assert.equal(bringsNews(switched, body({ a: r({ switchedAt: 2, until: 10 }) }), 32), false)
-    assert.equal(bringsNews(switched, body({ a: r({ switchedAt: 2, until: 99 }) }), 32), false)
-    assert.equal(bringsNews(switched, { ...switched, workloads: { x: 1 } }, 32), false)
-    assert.equal(
-      bringsNews(switched, body({ a: r({ switchedAt: 2, healthySince: 'x' }) }), 32),
-      false
-    )
-    assert.equal(bringsNews(undefined, { rollouts: 'x' }, 32), false)
-    assert.equal(bringsNews(undefined, null, 32), false)
-    assert.equal(bringsNews(undefined, body({ a: { seenAt: 1, switchedAt: 2 } }), 32), false)
+  it('is not health, an abort seen, the same steps again, a changed claim, another field, or anything malformed', () => {
+    // Nobody's gate waits for these: an abort is known from the evidence that made it.
+    for (const f of [bringsNews, bringsStep]) {
+      assert.equal(f(body({ a: r() }), body({ a: r({ abortedAt: 9 }) }), 32), false)
+      const switched = body({ a: r({ switchedAt: 2, until: 10 }) })
+      assert.equal(
+        f(switched, body({ a: r({ switchedAt: 2, until: 10, healthySince: 3 }) }), 32),
+        false
+      )
+      assert.equal(f(switched, body({ a: r({ switchedAt: 2, until: 10 }) }), 32), false)
+      assert.equal(f(switched, body({ a: r({ switchedAt: 2, until: 99 }) }), 32), false)
+      assert.equal(f(switched, { ...switched, workloads: { x: 1 } }, 32), false)
+      assert.equal(f(switched, body({ a: r({ switchedAt: 2, healthySince: 'x' }) }), 32), false)
+      assert.equal(f(undefined, { rollouts: 'x' }, 32), false)
+      assert.equal(f(undefined, null, 32), false)
+      assert.equal(f(undefined, body({ a: { seenAt: 1, switchedAt: 2 } }), 32), false)
+    }
   })
 
   it('reads at most the given number of reports', () => {

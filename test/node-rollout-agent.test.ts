@@ -270,6 +270,15 @@ describe('rollout agent', () => {
     assert.equal(agent.status()[0]?.view.state, 'aborted')
   })
 
+  it('taking part in a rollout with a disruption budget is said at once: the group counts this node ahead', async () => {
+    const agent = await open()
+    await pass(agent, [
+      fleetDoc(rollout({ state: 'paused', groupBy: 'site', budget: { maxUnavailable: 1 } }))
+    ])
+    assert.ok(agent.reports()['fleet:web-v2']?.seenAt !== undefined)
+    assert.equal(publishes, 1)
+  })
+
   it('a burst of status records is decided on once, not once per record', async () => {
     const agent = await open()
     await pass(agent, [fleetDoc(rollout({ soak: '10s' }))])
