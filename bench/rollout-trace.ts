@@ -11,7 +11,11 @@
  *
  * Per hop: link (the sender's send to this node's receive: the wire, and this node's event loop
  * being busy), verify, the wait for a pace token, the store write, and the agent (queued behind
- * other evaluations, then its own run). All clocks are one machine's. Prints; asserts nothing.
+ * other evaluations, then its own run). Then the traffic around the abort, per 250 ms: status
+ * records published (a rollout step sent at once, or any other), new records kept, and records
+ * sent (copies over links, duplicates included: each costs the receiver a decrypt and a decode
+ * even when it drops it unverified), and the mesh degree. All clocks are one machine's. Prints;
+ * asserts nothing.
  *
  * Usage: node bench/rollout-trace.ts DIR
  */
@@ -33,6 +37,7 @@ const nodes = JSON.parse(await readFile(join(dir, 'nodes.json'), 'utf8')) as {
 interface Fact {
   name: string
   wave: number
+  seenAt?: number
   switchedAt?: number
   healthySince?: number
   soakedAt?: number
@@ -206,5 +211,68 @@ for (const [j, k] of waves.slice(0, -1).entries()) {
     lastIn.soakedAt!,
     [first.name],
     /^switch /
+  )
+}
+
+// Traffic around the abort: from a second before the first node saw the broken rollout to half a
+// second after the last knew it aborted.
+{
+  const seen = Math.min(...reports.broken.map(x => x.seenAt ?? Infinity))
+  const known = Math.max(
+    ...[...logs.keys()].map(n => after(n, canary.failedAt!, /^aborted /)?.t ?? canary.failedAt!)
+  )
+  const from = seen - 1000
+  const to = known + 500
+  const B = 250
+  const n = Math.ceil((to - from) / B)
+  const steps = new Array<number>(n).fill(0)
+  const other = new Array<number>(n).fill(0)
+  const kept = new Array<number>(n).fill(0)
+  const sends = new Array<number>(n).fill(0)
+  const degrees: number[] = []
+  for (const lines of logs.values()) {
+    let step = false
+    let degree = 0
+    for (const l of lines) {
+      const words = l.msg.split(' ')
+      if (l.msg.startsWith('publishing, saving behind') || l.msg.startsWith('saved, publishing')) {
+        step = true
+      }
+      const copies = / to (\d+)/.exec(l.msg)
+      if (words[0] === 'sent' && copies !== null) degree = Number(copies[1])
+      // Traces from before "sent … to N": a relay's peers but the sender, and the sender.
+      if (words[0] === 'relayed' && copies !== null) {
+        degree = Math.max(degree, Number(copies[1]) + 1)
+      }
+      if (l.t < from || l.t >= to) {
+        if (words[0] === 'published') step = false
+        continue
+      }
+      const b = Math.floor((l.t - from) / B)
+      if (words[0] === 'published') {
+        if (step) steps[b]!++
+        else other[b]!++
+        step = false
+      }
+      if (words[0] === 'recv') kept[b]!++
+      if ((words[0] === 'sent' || words[0] === 'relayed') && copies !== null) {
+        sends[b]! += Number(copies[1])
+      } else if (words[0] === 'sent') sends[b]! += degree
+    }
+    degrees.push(degree)
+  }
+  const sum = (a: number[]): number => a.reduce((x, y) => x + y, 0)
+  console.log(
+    `\ntraffic around the abort (0 = the first node seeing the rollout; the canary failed at +${canary.failedAt! - seen} ms, the last node knew at +${known - seen} ms); mesh degree ${(sum(degrees) / degrees.length).toFixed(1)} (${Math.min(...degrees)}–${Math.max(...degrees)})`
+  )
+  console.log('      t  published (step at once / other)  kept  sent')
+  for (let i = 0; i < n; i++) {
+    const t = from + i * B - seen
+    console.log(
+      `  ${String(t).padStart(5)}  ${String(steps[i]).padStart(4)} / ${String(other[i]).padEnd(4)}  ${String(kept[i]).padStart(6)}  ${String(sends[i]).padStart(5)}`
+    )
+  }
+  console.log(
+    `  total  ${sum(steps)} / ${sum(other)}  ${sum(kept)}  ${sum(sends)} (${(sum(sends) / Math.max(1, sum(steps) + sum(other))).toFixed(0)} sent per record published)`
   )
 }

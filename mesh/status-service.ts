@@ -246,8 +246,12 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     const news = bringsNews(this.ownSent?.body, signed.body, STATUS_LIMITS.rollouts)
     await this.paced(signed, news, undefined, async () => {
       this.ownSent = signed
-      for (const s of this.components.sync.streams()) s.sendStatus(signed.bytes)
-      trace('sent %s %d', short(this.ownKey), seq)
+      let n = 0
+      for (const s of this.components.sync.streams()) {
+        s.sendStatus(signed.bytes)
+        n++
+      }
+      trace('sent %s %d to %d', short(this.ownKey), seq, n)
     })
     await persisted
     return this.toRecord(held)
