@@ -225,10 +225,10 @@ for (const [j, k] of waves.slice(0, -1).entries()) {
   const to = known + 500
   const B = 250
   const n = Math.ceil((to - from) / B)
-  const steps = new Array<number>(n).fill(0)
-  const other = new Array<number>(n).fill(0)
-  const kept = new Array<number>(n).fill(0)
-  const sends = new Array<number>(n).fill(0)
+  const steps = Array.from({ length: n }, () => 0)
+  const other = Array.from({ length: n }, () => 0)
+  const kept = Array.from({ length: n }, () => 0)
+  const sends = Array.from({ length: n }, () => 0)
   const degrees: number[] = []
   for (const lines of logs.values()) {
     let step = false
