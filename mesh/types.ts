@@ -151,20 +151,30 @@ export interface ArtifactHolder {
  */
 export type ChunkBytes = Uint8Array | readonly Uint8Array[]
 
-/** A connected enrolled peer as a source of artifact chunks. Replies are unchecked. */
-export interface ArtifactSource {
+/**
+ * A connected enrolled peer as a source of artifact chunks. Replies are unchecked: the fetcher
+ * (node/artifacts/fetch.ts) checks the manifest against the digest and every chunk against it.
+ * `Digest`: how digests are typed (the daemon brands them).
+ */
+export interface ArtifactSource<Digest extends string = string> {
+  /** Stable name of the source (a PeerId), for reports and bans. */
   readonly id: string
-  have(digest: string, signal: AbortSignal): Promise<ArtifactHave | undefined>
-  manifest(digest: string, signal: AbortSignal): Promise<Uint8Array | undefined>
-  /** The chunk, or 'busy': a super-seeding holder says to take it from the peer it went to. */
+  /** Which chunks of `digest` it holds; undefined if none (or it does not know the artifact). */
+  have(digest: Digest, signal: AbortSignal): Promise<ArtifactHave | undefined>
+  /** The encoded manifest. */
+  manifest(digest: Digest, signal: AbortSignal): Promise<Uint8Array | undefined>
+  /**
+   * Chunk `index`, or 'busy': a super-seeding holder says to take it from the peer it went to.
+   * `insist`: never answer busy. Rejects if the source cannot send it.
+   */
   chunk(
-    digest: string,
+    digest: Digest,
     index: number,
     signal: AbortSignal,
     opts?: { insist?: boolean }
   ): Promise<ChunkBytes | 'busy'>
   /** Tell the peer we now hold these chunks of `digest` (at most MAX_ANNOUNCE_ENTRIES). */
-  announce(digest: string, indices: number[], signal: AbortSignal): Promise<void>
+  announce(digest: Digest, indices: number[], signal: AbortSignal): Promise<void>
 }
 
 /** The artifact exchange as the daemon uses it. */

@@ -24,7 +24,7 @@
  */
 import { logger } from '@libp2p/logger'
 import { isPeerFault } from '../../crdt/errors.ts'
-import type { ChunkBytes } from '../../mesh/types.ts'
+import type { ArtifactSource, ChunkBytes } from '../../mesh/types.ts'
 import { ChunkMismatchError } from './errors.ts'
 import { chunkLength, decodeManifest, type ArtifactDigest, type Manifest } from './manifest.ts'
 import { bitSet, type ArtifactStore, type Have } from './store.ts'
@@ -44,27 +44,12 @@ import {
 
 const log = logger('rhizome:node:artifacts:fetch')
 
-/** Something that may hold chunks of artifacts: a peer, in production. */
-export interface ChunkSource {
-  /** Stable name of the source (a PeerId), for reports and bans. */
-  readonly id: string
-  /** Which chunks of `digest` it holds; undefined if none (or it does not know the artifact). */
-  have(digest: ArtifactDigest, signal: AbortSignal): Promise<Have | undefined>
-  /** The encoded manifest, unchecked (the fetcher checks it against the digest). */
-  manifest(digest: ArtifactDigest, signal: AbortSignal): Promise<Uint8Array | undefined>
-  /**
-   * Chunk `index`, unchecked, or 'busy' (a super-seeding seed: ask the fetcher it went to).
-   * `insist`: never answer busy. Rejects if the source cannot send it.
-   */
-  chunk(
-    digest: ArtifactDigest,
-    index: number,
-    signal: AbortSignal,
-    opts?: { insist?: boolean }
-  ): Promise<ChunkBytes | 'busy'>
-  /** Tell the source we now hold these chunks (at most MAX_ANNOUNCE_ENTRIES). */
-  announce?(digest: ArtifactDigest, indices: number[], signal: AbortSignal): Promise<void>
-}
+/**
+ * Something that may hold chunks of artifacts: a mesh peer (mesh/types.ts `ArtifactSource`) in
+ * production, an in-memory fake in tests, which need not take announcements.
+ */
+export type ChunkSource = Omit<ArtifactSource<ArtifactDigest>, 'announce'> &
+  Partial<Pick<ArtifactSource<ArtifactDigest>, 'announce'>>
 
 export type FetchState = 'waiting' | 'fetching' | 'complete' | 'failed'
 

@@ -37,7 +37,7 @@ import {
   ChunkMismatchError,
   UnpackError
 } from './errors.ts'
-import type { ChunkBytes } from '../../mesh/types.ts'
+import type { ArtifactHave, ChunkBytes } from '../../mesh/types.ts'
 import {
   byteLength,
   chunkLength,
@@ -59,8 +59,8 @@ const log = logger('rhizome:node:artifacts:store')
 
 export type ArtifactState = 'absent' | 'partial' | 'complete'
 
-/** Which chunks a holder has: all of them, or a bitfield (bit i of byte i>>3, LSB first). */
-export type Have = { all: true } | { all?: false; bits: Uint8Array }
+/** Which chunks a holder has: what the artifact protocol says (bit i of byte i>>3, LSB first). */
+export type Have = ArtifactHave
 
 export interface ArtifactInfo {
   digest: ArtifactDigest
