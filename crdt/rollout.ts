@@ -150,8 +150,12 @@ export interface RolloutSpec {
 
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3600_000, d: 86_400_000 }
 
-/** A duration: a number of milliseconds, or text such as `30s`, `10m`, `2h`. */
-export function parseDuration(v: unknown, where: string): number {
+/**
+ * A duration: a number of milliseconds, or text such as `30s`, `10m`, `2h`. Left out (undefined):
+ * `fallback`, if given.
+ */
+export function parseDuration(v: unknown, where: string, fallback?: number): number {
+  if (v === undefined && fallback !== undefined) return fallback
   let ms: number | undefined
   if (typeof v === 'number') ms = v
   else if (typeof v === 'string') {
@@ -166,7 +170,9 @@ export function parseDuration(v: unknown, where: string): number {
   return Math.round(ms)
 }
 
-function percentOf(v: unknown, where: string, min: number): number {
+/** A percentage from `min` to 100; left out (undefined): `fallback`, if given. */
+function percentOf(v: unknown, where: string, min: number, fallback?: number): number {
+  if (v === undefined && fallback !== undefined) return fallback
   if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > 100) {
     throw new InvalidConfigError(
       `${where}: ${JSON.stringify(v)} is not a percentage; expected a number from ${min} to 100`
@@ -175,7 +181,9 @@ function percentOf(v: unknown, where: string, min: number): number {
   return v
 }
 
-function countOf(v: unknown, where: string, min: number): number {
+/** A whole number of at least `min`; left out (undefined): `fallback`, if given. */
+function countOf(v: unknown, where: string, min: number, fallback?: number): number {
+  if (v === undefined && fallback !== undefined) return fallback
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > 1_000_000) {
     throw new InvalidConfigError(
       `${where}: ${JSON.stringify(v)} is not a whole number of at least ${min}`
@@ -285,11 +293,8 @@ export function parseRollout(
   }
   checkMap(raw, ROLLOUT_KEYS, where, `a map with ${ROLLOUT_KEYS.join(', ')}`)
   const change = checkChange(raw.change, `${where}.change`)
-  const threshold =
-    raw.threshold === undefined
-      ? DEFAULTS.threshold
-      : percentOf(raw.threshold, `${where}.threshold`, 0)
-  const soakMs = raw.soak === undefined ? DEFAULTS.soakMs : parseDuration(raw.soak, `${where}.soak`)
+  const threshold = percentOf(raw.threshold, `${where}.threshold`, 0, DEFAULTS.threshold)
+  const soakMs = parseDuration(raw.soak, `${where}.soak`, DEFAULTS.soakMs)
   if (!Array.isArray(raw.waves) || raw.waves.length === 0 || raw.waves.length > MAX_WAVES) {
     throw new InvalidConfigError(
       `${where}.waves: expected 1 to ${MAX_WAVES} waves, e.g. [{ canary: { site: lab } }, { percent: 50 }, { percent: 100 }]`
@@ -304,9 +309,8 @@ export function parseRollout(
       throw new InvalidConfigError(`${at}: a wave has either canary: <selector> or percent: N`)
     }
     const wave: RolloutWave = {
-      threshold:
-        w.threshold === undefined ? threshold : percentOf(w.threshold, `${at}.threshold`, 0),
-      soakMs: w.soak === undefined ? soakMs : parseDuration(w.soak, `${at}.soak`)
+      threshold: percentOf(w.threshold, `${at}.threshold`, 0, threshold),
+      soakMs: parseDuration(w.soak, `${at}.soak`, soakMs)
     }
     if (w.canary !== undefined) {
       if (lastPercent > 0) {
@@ -335,14 +339,18 @@ export function parseRollout(
   const abortRaw = raw.abort ?? {}
   checkMap(abortRaw, ABORT_KEYS, `${where}.abort`, '{ minExecuted: M, maxFailedPercent: P }')
   const abort = {
-    minExecuted:
-      abortRaw.minExecuted === undefined
-        ? DEFAULTS.minExecuted
-        : countOf(abortRaw.minExecuted, `${where}.abort.minExecuted`, 1),
-    maxFailedPercent:
-      abortRaw.maxFailedPercent === undefined
-        ? DEFAULTS.maxFailedPercent
-        : percentOf(abortRaw.maxFailedPercent, `${where}.abort.maxFailedPercent`, 0)
+    minExecuted: countOf(
+      abortRaw.minExecuted,
+      `${where}.abort.minExecuted`,
+      1,
+      DEFAULTS.minExecuted
+    ),
+    maxFailedPercent: percentOf(
+      abortRaw.maxFailedPercent,
+      `${where}.abort.maxFailedPercent`,
+      0,
+      DEFAULTS.maxFailedPercent
+    )
   }
   if (raw.groupBy !== undefined && (typeof raw.groupBy !== 'string' || raw.groupBy === '')) {
     throw new InvalidConfigError(`${where}.groupBy: expected a label name such as site`)
@@ -351,18 +359,18 @@ export function parseRollout(
   const healthShape = '{ failedChecks: N, restarts: N, startTimeout: 2m }'
   checkMap(healthRaw, HEALTH_KEYS, `${where}.health`, healthShape)
   const health = {
-    failedChecks:
-      healthRaw.failedChecks === undefined
-        ? DEFAULTS.failedChecks
-        : countOf(healthRaw.failedChecks, `${where}.health.failedChecks`, 1),
-    restarts:
-      healthRaw.restarts === undefined
-        ? DEFAULTS.restarts
-        : countOf(healthRaw.restarts, `${where}.health.restarts`, 0),
-    startTimeoutMs:
-      healthRaw.startTimeout === undefined
-        ? DEFAULTS.startTimeoutMs
-        : parseDuration(healthRaw.startTimeout, `${where}.health.startTimeout`)
+    failedChecks: countOf(
+      healthRaw.failedChecks,
+      `${where}.health.failedChecks`,
+      1,
+      DEFAULTS.failedChecks
+    ),
+    restarts: countOf(healthRaw.restarts, `${where}.health.restarts`, 0, DEFAULTS.restarts),
+    startTimeoutMs: parseDuration(
+      healthRaw.startTimeout,
+      `${where}.health.startTimeout`,
+      DEFAULTS.startTimeoutMs
+    )
   }
   const state = raw.state ?? RolloutState.Running
   if (!Object.values(RolloutState).includes(state as RolloutState)) {
