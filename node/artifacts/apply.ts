@@ -75,6 +75,23 @@ export function referencedArtifacts(config: ConfigObject): ArtifactDigest[] {
   return [...new Set(out)]
 }
 
+/**
+ * A copy of a config section (files or workloads): an entry that names an artifact is replaced by
+ * what `take` makes of it (left out when that is undefined), the others are kept as they are, in
+ * their order.
+ */
+async function withArtifacts(
+  section: ConfigObject,
+  take: (key: string, v: ConfigObject) => Promise<ConfigValue | undefined>
+): Promise<ConfigObject> {
+  const out: ConfigObject = {}
+  for (const [key, v] of Object.entries(section)) {
+    const taken = isMap(v) && v.artifact !== undefined ? await take(key, v) : v
+    if (taken !== undefined) out[key] = taken
+  }
+  return out
+}
+
 export class ArtifactApplier {
   private readonly artifacts: Artifacts
   private readonly root: string
@@ -134,28 +151,18 @@ export class ArtifactApplier {
     this.artifacts.want(referencedArtifacts(config), await this.kept())
     this.pendingFiles = []
     if (isMap(config.files)) {
-      const files: ConfigObject = {}
-      for (const [path, v] of Object.entries(config.files)) {
-        if (!isMap(v) || v.artifact === undefined) {
-          files[path] = v
-          continue
-        }
+      out.files = await withArtifacts(config.files, async (path, v) => {
         try {
           this.pendingFiles.push({ path, ref: ref(v, `files["${path}"]`), mode: parseMode(v.mode) })
         } catch (err) {
           errors.push(`${path}: ${(err as Error).message}`)
         }
-      }
-      out.files = files
+        return undefined
+      })
     }
     const managedWorkloads = new Set<string>()
     if (isMap(config.workloads)) {
-      const workloads: ConfigObject = {}
-      for (const [name, v] of Object.entries(config.workloads)) {
-        if (!isMap(v) || v.artifact === undefined) {
-          workloads[name] = v
-          continue
-        }
+      out.workloads = await withArtifacts(config.workloads, async (name, v) => {
         const key = `workload:${name}`
         managedWorkloads.add(key)
         try {
@@ -163,22 +170,19 @@ export class ArtifactApplier {
           const prev = applied[key]
           if (this.artifacts.isComplete(r.digest)) {
             const spec = await this.plainSpec(v, r)
-            workloads[name] = spec
             if (prev?.digest !== r.digest || JSON.stringify(prev.spec) !== JSON.stringify(spec)) {
               applied[key] = { digest: r.digest, spec, ...previousOf(prev, r.digest) }
             }
-          } else {
-            waiting.push(key)
-            // Keep running what ran before, if it is still on disk.
-            if (prev?.spec !== undefined && this.artifacts.isComplete(prev.digest)) {
-              workloads[name] = prev.spec
-            }
+            return spec
           }
+          waiting.push(key)
+          // Keep running what ran before, if it is still on disk.
+          if (prev?.spec !== undefined && this.artifacts.isComplete(prev.digest)) return prev.spec
         } catch (err) {
           errors.push(`workload "${name}": ${(err as Error).message}`)
         }
-      }
-      out.workloads = workloads
+        return undefined
+      })
     }
     for (const key of Object.keys(applied)) {
       if (key.startsWith('workload:') && !managedWorkloads.has(key)) delete applied[key]
