@@ -41,20 +41,34 @@ async function tempStore(): Promise<ArtifactStore> {
   return ArtifactStore.open(await mkdtemp(join(tmpdir(), 'rhizome-art-')))
 }
 
-/** A source serving from a store, counting requests; `corrupt` flips a byte of every chunk. */
+/**
+ * A source serving from a store, counting the chunk requests it serves; `corrupt` flips a byte of
+ * every chunk; `busy`: a saturated super-seeding seed, which answers busy for chunk i when busy(i)
+ * unless the fetcher insists (those answers are counted in `busied`).
+ */
 function storeSource(
   id: string,
   store: ArtifactStore,
-  opts: { corrupt?: boolean; gate?: () => Promise<void> } = {}
-): ChunkSource & { requests: number[]; maxConcurrent: number } {
+  opts: { corrupt?: boolean; gate?: () => Promise<void>; busy?: (i: number) => boolean } = {}
+): ChunkSource & { requests: number[]; busied: number[]; maxConcurrent: number } {
   let now = 0
   const s = {
     id,
     requests: [] as number[],
+    busied: [] as number[],
     maxConcurrent: 0,
     have: async (d: ArtifactDigest): Promise<Have | undefined> => store.have(d),
     manifest: async (d: ArtifactDigest) => store.manifest(d)?.bytes,
-    chunk: async (d: ArtifactDigest, i: number) => {
+    chunk: async (
+      d: ArtifactDigest,
+      i: number,
+      _signal: AbortSignal,
+      chunkOpts?: { insist?: boolean }
+    ): Promise<Uint8Array | 'busy'> => {
+      if (opts.busy?.(i) === true && chunkOpts?.insist !== true) {
+        s.busied.push(i)
+        return 'busy'
+      }
       s.requests.push(i)
       now++
       s.maxConcurrent = Math.max(s.maxConcurrent, now)
@@ -282,18 +296,7 @@ describe('artifact fetch engine', () => {
     const origin = await tempStore()
     const m = await origin.add(pieces(randomBytes(8 * CHUNK)), { chunkSize: CHUNK })
     // The seed already sent chunks 0-3 to another fetcher, and is saturated: busy for those.
-    const base = storeSource('seed', origin)
-    const busy: number[] = []
-    const seed: ChunkSource = {
-      ...base,
-      chunk: async (d, i, signal, opts) => {
-        if (i < 4 && opts?.insist !== true) {
-          busy.push(i)
-          return 'busy'
-        }
-        return base.chunk(d, i, signal)
-      }
-    }
+    const seed = storeSource('seed', origin, { busy: i => i < 4 })
     // That fetcher: its poll answer is stale (it held nothing then); only its announcement tells.
     const other = await tempStore()
     await other.putManifest(m)
@@ -303,7 +306,12 @@ describe('artifact fetch engine', () => {
     const fetch = new ArtifactFetch(m.digest, target, () => [seed, peer])
     const t0 = performance.now()
     const done = fetch.run()
-    await waitFor('the seed to answer busy for chunks 0-3', () => new Set(busy).size === 4, 5000, 5)
+    await waitFor(
+      'the seed to answer busy for chunks 0-3',
+      () => new Set(seed.busied).size === 4,
+      5000,
+      5
+    )
     for (let i = 0; i < 4; i++) {
       await (
         await other.stageChunk(m.digest, i, (await origin.readChunk(m.digest, i))!)
@@ -317,8 +325,8 @@ describe('artifact fetch engine', () => {
       [0, 1, 2, 3]
     )
     assert.ok(
-      base.requests.every(i => i >= 4),
-      `the seed sent only chunks nobody else had: ${base.requests.join(',')}`
+      seed.requests.every(i => i >= 4),
+      `the seed sent only chunks nobody else had: ${seed.requests.join(',')}`
     )
     assert.ok(performance.now() - t0 < SUPERSEED_FALLBACK_MS, 'no fall-back wait')
   })
@@ -326,21 +334,13 @@ describe('artifact fetch engine', () => {
   it('falls back to a busy seed, insisting, when no fetcher has the chunk', async () => {
     const origin = await tempStore()
     const m = await origin.add(pieces(randomBytes(3 * CHUNK)), { chunkSize: CHUNK })
-    const base = storeSource('seed', origin)
-    const insisted: number[] = []
-    const seed: ChunkSource = {
-      ...base,
-      chunk: async (d, i, signal, opts) => {
-        if (opts?.insist !== true) return 'busy'
-        insisted.push(i)
-        return base.chunk(d, i, signal)
-      }
-    }
+    const seed = storeSource('seed', origin, { busy: () => true })
     const target = await tempStore()
     await new ArtifactFetch(m.digest, target, () => [seed]).run()
     assert.equal(target.state(m.digest), 'complete')
+    // Served only when insisted on: every chunk.
     assert.deepEqual(
-      insisted.sort((a, b) => a - b),
+      seed.requests.sort((a, b) => a - b),
       [0, 1, 2]
     )
   })

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { DaemonFleet, motdAndWebOnN2, type RunningDaemon } from './fixtures/daemon-fleet.ts'
 import { freePort, getJson, rhizome, stopAll, WEB_SERVER } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { FleetStatus } from '../node/status-report.ts'
@@ -37,26 +37,12 @@ describe('status and describe (two processes)', { timeout: 120_000 }, () => {
     await f.writeConfig('n2', { driftCheckMs: 200, bootstrap: [tcp] })
     await f.start('n2')
     port = await freePort()
-    const r = await f.apply(
-      {
-        fleet: {
-          defaults: { files: { '/etc/rhizome/motd': { content: 'hello\n', mode: '0644' } } },
-          nodes: {
-            n2: {
-              files: { '/etc/elsewhere/x': { content: 'not allowed here\n' } },
-              workloads: {
-                web: {
-                  command: [process.execPath, WEB_SERVER],
-                  version: '7',
-                  env: { PORT: String(port) }
-                }
-              }
-            }
-          }
-        }
-      },
-      n1
-    )
+    const web = {
+      command: [process.execPath, WEB_SERVER],
+      version: '7',
+      env: { PORT: String(port) }
+    }
+    const r = await f.apply(motdAndWebOnN2(web), n1)
     assert.equal(r.code, 0, r.stderr)
     // n1 holds a record of n2 that shows the workload running and the error.
     await waitFor(

@@ -18,7 +18,7 @@ import {
   requireChromium,
   shot
 } from './fixtures/browser.ts'
-import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import { DaemonFleet, motdAndWebOnN2, type RunningDaemon } from './fixtures/daemon-fleet.ts'
 import { freePort, getJson, rhizome, WEB_SERVER, webOn } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { FleetStatus } from '../node/status-report.ts'
@@ -54,26 +54,8 @@ describe('dashboard fleet views', BROWSER_SUITE, () => {
     daemons.n1 = await f.start('n1')
     await f.enrol(daemons.n1)
     const port = await freePort()
-    const applied = await f.apply(
-      {
-        fleet: {
-          defaults: { files: { '/etc/rhizome/motd': { content: 'hello\n', mode: '0644' } } },
-          nodes: {
-            n2: {
-              // outside n2's allowed roots: a config error on n2
-              files: { '/etc/elsewhere/x': { content: 'x\n' } },
-              workloads: {
-                web: {
-                  command: [process.execPath, WEB_SERVER],
-                  ...webOn(port, 500)
-                }
-              }
-            }
-          }
-        }
-      },
-      daemons.n1
-    )
+    const web = { command: [process.execPath, WEB_SERVER], ...webOn(port, 500) }
+    const applied = await f.apply(motdAndWebOnN2(web), daemons.n1)
     assert.equal(applied.code, 0, applied.stderr)
     daemons.n2 = await f.start('n2')
     await waitFor(
