@@ -26,11 +26,11 @@ import type {
   Stream,
   TypedEventTarget
 } from '@libp2p/interface'
-import type { ConnectionManager, Registrar } from '@libp2p/interface-internal'
+import type { ConnectionManager } from '@libp2p/interface-internal'
 import type { PeerSet } from '@libp2p/peer-collections'
 import { PeerMap } from '@libp2p/peer-collections'
 import { DEVICES_DOC, type EnrolledDevice } from '../crdt/devices.ts'
-import type { ChangeEventDetail, Replica } from '../crdt/replica.ts'
+import type { Replica } from '../crdt/replica.ts'
 import { type AdmissionControl, peerKeyHex } from './admission.ts'
 import {
   decodeSessionReply,
@@ -43,7 +43,7 @@ import {
   verifySessionVoucher,
   type SessionReply
 } from './browser-session.ts'
-import { streamOnConnection } from './connections.ts'
+import { streamOnConnection, type ProtocolComponents } from './connections.ts'
 import type { MeshCounters } from './counters.ts'
 import { SessionRefusedError } from './errors.ts'
 import { readOneFrame, sendFrame } from './frames.ts'
@@ -58,8 +58,8 @@ import type {
 
 const log = logger('rhizome:mesh:admission')
 
-export interface AdmissionComponents {
-  registrar: Pick<Registrar, 'handle' | 'unhandle'>
+export interface AdmissionComponents extends ProtocolComponents {
+  /** A banned or revoked peer's connections are closed. */
   connectionManager: Pick<ConnectionManager, 'getConnections' | 'closeConnections'>
   events: TypedEventTarget<Libp2pEvents>
 }
@@ -117,18 +117,8 @@ export class AdmissionService
   private readonly control: AdmissionControl
   private readonly graceTimers = new PeerMap<ReturnType<typeof setTimeout>>()
   private running = false
-  private readonly onConnect = (e: CustomEvent<PeerId>): void => {
-    this.connected(e.detail)
-  }
-  private readonly onDisconnect = (e: CustomEvent<PeerId>): void => {
-    this.clearGrace(e.detail)
-  }
-  private readonly onChange = (e: Event): void => {
-    if ((e as CustomEvent<ChangeEventDetail>).detail.docId === DEVICES_DOC) this.reread()
-  }
-  private readonly onTrust = (): void => {
-    this.reread()
-  }
+  /** The event listeners start adds, all removed by stop's abort. */
+  private listening = new AbortController()
 
   constructor(components: AdmissionComponents, init: AdmissionInit) {
     super()
@@ -157,10 +147,18 @@ export class AdmissionService
         maxOutboundStreams: this.init.limits.maxInboundStreams
       }
     )
-    this.components.events.addEventListener('peer:connect', this.onConnect)
-    this.components.events.addEventListener('peer:disconnect', this.onDisconnect)
-    this.init.replica.addEventListener('change', this.onChange)
-    this.init.replica.addEventListener('trust', this.onTrust)
+    this.listening = new AbortController()
+    const on = { signal: this.listening.signal }
+    this.components.events.addEventListener('peer:connect', e => this.connected(e.detail), on)
+    this.components.events.addEventListener('peer:disconnect', e => this.clearGrace(e.detail), on)
+    this.init.replica.addEventListener(
+      'change',
+      e => {
+        if (e.detail.docId === DEVICES_DOC) this.reread()
+      },
+      on
+    )
+    this.init.replica.addEventListener('trust', () => this.reread(), on)
     this.running = true
   }
 
@@ -168,10 +166,7 @@ export class AdmissionService
     this.running = false
     for (const t of this.graceTimers.values()) clearTimeout(t)
     this.graceTimers.clear()
-    this.components.events.removeEventListener('peer:connect', this.onConnect)
-    this.components.events.removeEventListener('peer:disconnect', this.onDisconnect)
-    this.init.replica.removeEventListener('change', this.onChange)
-    this.init.replica.removeEventListener('trust', this.onTrust)
+    this.listening.abort()
     await this.components.registrar.unhandle(SESSION_PROTOCOL)
   }
 

@@ -21,7 +21,6 @@
  */
 import { logger } from '@libp2p/logger'
 import type { Connection, PeerId, Startable, Stream } from '@libp2p/interface'
-import type { ConnectionManager, Registrar } from '@libp2p/interface-internal'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { isPeerFault } from '../crdt/errors.ts'
 import { ByteWriter } from '../crdt/bytes.ts'
@@ -44,7 +43,7 @@ import {
   SUPERSEED_BUSY_SERVES,
   type ArtifactRequest
 } from './artifact-protocol.ts'
-import { streamOnConnection } from './connections.ts'
+import { streamOnConnection, type ProtocolComponents } from './connections.ts'
 import { ExchangeTimeoutError, SessionRefusedError } from './errors.ts'
 import { readOneFrame, readOneFramePieces, sendFrame } from './frames.ts'
 import type { PeerAdmission } from './admission-service.ts'
@@ -52,9 +51,7 @@ import type { ArtifactHolder, ArtifactSource, MeshArtifacts, MeshLimits } from '
 
 const log = logger('rhizome:mesh:artifacts')
 
-export interface ArtifactServiceComponents {
-  registrar: Pick<Registrar, 'handle' | 'unhandle'>
-  connectionManager: Pick<ConnectionManager, 'getConnections'>
+export interface ArtifactServiceComponents extends ProtocolComponents {
   /** Who a peer is (only `node`, an enrolled device, is served or asked), and how to ban one. */
   admission: Pick<PeerAdmission, 'admissionOf' | 'reject'>
 }

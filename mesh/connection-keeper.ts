@@ -20,7 +20,6 @@ import type {
   Connection,
   Libp2pEvents,
   PeerId,
-  PeerInfo,
   Startable,
   TypedEventTarget
 } from '@libp2p/interface'
@@ -99,20 +98,8 @@ export class ConnectionKeeper implements Startable {
   private extraDialing = 0
   private timer: ReturnType<typeof setInterval> | undefined
   private running = false
-  private readonly onDisconnect = (e: CustomEvent<PeerId>): void => {
-    const d = this.find(e.detail)
-    if (d !== undefined) d.next = Date.now() + d.backoff
-  }
-  private readonly onStreamOpen = (e: CustomEvent<{ peerId: PeerId }>): void => {
-    const d = this.find(e.detail.peerId)
-    if (d !== undefined) d.backoff = this.minMs
-  }
-  private readonly onDiscovery = (e: CustomEvent<PeerInfo>): void => {
-    this.discovered(e.detail.id)
-  }
-  private readonly onStatus = (e: CustomEvent<StatusRecord>): void => {
-    this.learn(e.detail)
-  }
+  /** The event listeners start adds, all removed by stop's abort. */
+  private listening = new AbortController()
 
   constructor(components: KeeperComponents, init: KeeperInit) {
     this.components = components
@@ -133,10 +120,28 @@ export class ConnectionKeeper implements Startable {
   readonly [Symbol.toStringTag] = '@rhizome/connection-keeper'
 
   async start(): Promise<void> {
-    this.components.events.addEventListener('peer:disconnect', this.onDisconnect)
-    this.components.events.addEventListener('peer:discovery', this.onDiscovery)
-    this.components.sync.addEventListener('stream:open', this.onStreamOpen)
-    this.components.status.addEventListener('status', this.onStatus)
+    this.listening = new AbortController()
+    const on = { signal: this.listening.signal }
+    const { events, sync, status } = this.components
+    events.addEventListener(
+      'peer:disconnect',
+      e => {
+        const d = this.find(e.detail)
+        if (d !== undefined) d.next = Date.now() + d.backoff
+      },
+      on
+    )
+    events.addEventListener('peer:discovery', e => this.discovered(e.detail.id), on)
+    // A running sync stream proves the link useful: its back-off starts again from the least.
+    sync.addEventListener(
+      'stream:open',
+      e => {
+        const d = this.find(e.detail.peerId)
+        if (d !== undefined) d.backoff = this.minMs
+      },
+      on
+    )
+    status.addEventListener('status', e => this.learn(e.detail), on)
     this.running = true
   }
 
@@ -152,10 +157,7 @@ export class ConnectionKeeper implements Startable {
   async stop(): Promise<void> {
     this.running = false
     clearInterval(this.timer)
-    this.components.events.removeEventListener('peer:disconnect', this.onDisconnect)
-    this.components.events.removeEventListener('peer:discovery', this.onDiscovery)
-    this.components.sync.removeEventListener('stream:open', this.onStreamOpen)
-    this.components.status.removeEventListener('status', this.onStatus)
+    this.listening.abort()
   }
 
   /** Peers whose advertised addresses are known (not counting the bootstrap list). */

@@ -2,8 +2,18 @@
  * Opening protocol streams to a peer on a connection we already hold.
  */
 import type { AbortOptions, PeerId, Stream } from '@libp2p/interface'
-import type { ConnectionManager } from '@libp2p/interface-internal'
+import type { ConnectionManager, Registrar } from '@libp2p/interface-internal'
 import { PeerGoneError } from './errors.ts'
+
+/**
+ * What a service that speaks a protocol of its own (sync, session, logs, artifacts) takes from
+ * libp2p at the least: the registrar, to answer the protocol, and the connections already held, to
+ * open its streams on (`streamOnConnection`).
+ */
+export interface ProtocolComponents {
+  registrar: Pick<Registrar, 'handle' | 'unhandle'>
+  connectionManager: Pick<ConnectionManager, 'getConnections'>
+}
 
 /**
  * A protocol stream on a connection we already hold to `peer`. Never `dialProtocol(peer)`: that
@@ -12,7 +22,7 @@ import { PeerGoneError } from './errors.ts'
  * keeper (`connection-keeper.ts`) and discovery make connections.
  */
 export async function streamOnConnection(
-  connectionManager: Pick<ConnectionManager, 'getConnections'>,
+  connectionManager: ProtocolComponents['connectionManager'],
   peer: PeerId,
   protocol: string,
   options: AbortOptions & { signal: AbortSignal; negotiateFully?: boolean }

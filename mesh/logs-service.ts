@@ -9,8 +9,8 @@
  */
 import { logger } from '@libp2p/logger'
 import type { AbortOptions, Connection, PeerId, Startable, Stream } from '@libp2p/interface'
-import type { ConnectionManager, Registrar } from '@libp2p/interface-internal'
 import { PeerMap } from '@libp2p/peer-collections'
+import type { ProtocolComponents } from './connections.ts'
 import { LogsRefusedError, PeerGoneError } from './errors.ts'
 import { readOneFrame, sendFrame } from './frames.ts'
 import {
@@ -35,9 +35,7 @@ import { TokenBucket } from './work-budget.ts'
 
 const log = logger('rhizome:mesh:logs')
 
-export interface LogsComponents {
-  registrar: Pick<Registrar, 'handle' | 'unhandle'>
-  connectionManager: Pick<ConnectionManager, 'getConnections'>
+export interface LogsComponents extends ProtocolComponents {
   admission: { admissionOf(peer: PeerId): Admission }
   /** Opens a connection to an enrolled node at the addresses it advertised. */
   keeper: { connect(peer: PeerId, options: AbortOptions): Promise<Connection> }

@@ -169,17 +169,10 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   private readonly waiting = new Map<string, Waiting>()
   /** Per sending stream, per node: newer records of that node it sent, against the pace. */
   private readonly pace = new WeakMap<SyncStream, Map<string, TokenBucket>>()
-  private readonly onGreeted = (e: CustomEvent<SyncStream>): void => {
-    this.sendAll(e.detail)
-  }
-  private readonly onResync = (e: CustomEvent<SyncStream>): void => {
-    this.sendAll(e.detail)
-  }
   /** Records of nodes not enrolled here yet, by node: the newest seen, with when it came. */
   private readonly pending = new Map<string, { record: Uint8Array; from: SyncStream; at: number }>()
-  private readonly onChange = (): void => {
-    this.retryPending()
-  }
+  /** The event listeners start adds, all removed by stop's abort. */
+  private listening = new AbortController()
 
   constructor(components: StatusComponents, init: StatusInit) {
     super()
@@ -195,21 +188,19 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     await this.load()
     const sync = this.components.sync
     sync.setStatusReceiver((record, from) => this.receive(record, from))
-    sync.addEventListener('stream:greeted', this.onGreeted)
-    sync.addEventListener('stream:resync', this.onResync)
+    this.listening = new AbortController()
+    const on = { signal: this.listening.signal }
+    sync.addEventListener('stream:greeted', e => this.sendAll(e.detail), on)
+    sync.addEventListener('stream:resync', e => this.sendAll(e.detail), on)
     // Enrolments arrive in the devices document or in a trust statement's node list.
-    this.init.replica.addEventListener('change', this.onChange)
-    this.init.replica.addEventListener('trust', this.onChange)
+    this.init.replica.addEventListener('change', () => this.retryPending(), on)
+    this.init.replica.addEventListener('trust', () => this.retryPending(), on)
   }
 
   async stop(): Promise<void> {
     for (const w of this.waiting.values()) clearTimeout(w.timer)
     this.waiting.clear()
-    const sync = this.components.sync
-    sync.removeEventListener('stream:greeted', this.onGreeted)
-    sync.removeEventListener('stream:resync', this.onResync)
-    this.init.replica.removeEventListener('change', this.onChange)
-    this.init.replica.removeEventListener('trust', this.onChange)
+    this.listening.abort()
     this.pending.clear()
     await this.flushing
   }

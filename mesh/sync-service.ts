@@ -25,14 +25,11 @@ import type {
   Stream,
   TypedEventTarget
 } from '@libp2p/interface'
-import type { ConnectionManager, Registrar } from '@libp2p/interface-internal'
 import { PeerMap, PeerSet } from '@libp2p/peer-collections'
 import { encodeBatch } from '../crdt/signed-change.ts'
 import type { ChangeEventDetail, Replica } from '../crdt/replica.ts'
-import type { Equivocation } from '../crdt/equivocation.ts'
-import type { Beacon } from '../crdt/beacon.ts'
 import type { AdmissionEvents, PeerAdmission } from './admission-service.ts'
-import { streamOnConnection } from './connections.ts'
+import { streamOnConnection, type ProtocolComponents } from './connections.ts'
 import type { MeshCounters, SyncCount } from './counters.ts'
 import { SessionRefusedError } from './errors.ts'
 import { MAX_PUSH_BYTES, MAX_REMEMBERED_PEERS, WORK_BUDGETS, type WorkBudget } from './limits.ts'
@@ -45,10 +42,8 @@ const log = logger('rhizome:mesh:sync')
 /** How long the higher PeerId waits before opening its own stream: usually the lower one's arrives first. */
 const OPEN_DELAY_MS = 100
 
-export interface SyncComponents {
+export interface SyncComponents extends ProtocolComponents {
   peerId: PeerId
-  registrar: Pick<Registrar, 'handle' | 'unhandle'>
-  connectionManager: Pick<ConnectionManager, 'getConnections'>
   events: TypedEventTarget<Libp2pEvents>
   admission: PeerAdmission & TypedEventTarget<AdmissionEvents>
 }
@@ -85,30 +80,8 @@ export class SyncService
   private statusReceiver: StatusReceiver = async () => {}
   private timer: ReturnType<typeof setInterval> | undefined
   private running = false
-  private readonly onChange = (e: Event): void => {
-    this.changed((e as CustomEvent<ChangeEventDetail>).detail)
-  }
-  private readonly onTrust = (): void => {
-    for (const s of this.open.values()) s.resync()
-  }
-  private readonly onEquivocation = (e: CustomEvent<Equivocation>): void => {
-    for (const s of this.open.values()) s.sendEvidence(e.detail)
-  }
-  private readonly onBeacon = (e: CustomEvent<Beacon>): void => {
-    for (const s of this.open.values()) s.sendBeacon(e.detail.bytes)
-  }
-  private readonly onAdmitted = (e: CustomEvent<PeerId>): void => {
-    this.openTo(e.detail)
-  }
-  private readonly onDismissed = (e: CustomEvent<PeerId>): void => {
-    this.open.get(e.detail)?.close()
-  }
-  private readonly onRejected = (e: CustomEvent<{ peer: PeerId; reason: string }>): void => {
-    this.open.get(e.detail.peer)?.close(new SessionRefusedError(e.detail.reason))
-  }
-  private readonly onDisconnect = (e: CustomEvent<PeerId>): void => {
-    this.open.get(e.detail)?.close()
-  }
+  /** The event listeners start adds, all removed by stop's abort. */
+  private listening = new AbortController()
 
   constructor(components: SyncComponents, init: SyncInit) {
     super()
@@ -131,15 +104,26 @@ export class SyncService
         maxOutboundStreams: this.limits.maxInboundStreams
       }
     )
+    this.listening = new AbortController()
+    const on = { signal: this.listening.signal }
     const admission = this.components.admission
-    admission.addEventListener('peer:admitted', this.onAdmitted)
-    admission.addEventListener('peer:dismissed', this.onDismissed)
-    admission.addEventListener('rejected', this.onRejected)
-    this.components.events.addEventListener('peer:disconnect', this.onDisconnect)
-    this.replica.addEventListener('change', this.onChange)
-    this.replica.addEventListener('trust', this.onTrust)
-    this.replica.addEventListener('equivocation', this.onEquivocation)
-    this.replica.addEventListener('beacon', this.onBeacon)
+    const close = (peer: PeerId, err?: Error): void => this.open.get(peer)?.close(err)
+    admission.addEventListener('peer:admitted', e => this.openTo(e.detail), on)
+    admission.addEventListener('peer:dismissed', e => close(e.detail), on)
+    admission.addEventListener(
+      'rejected',
+      e => close(e.detail.peer, new SessionRefusedError(e.detail.reason)),
+      on
+    )
+    this.components.events.addEventListener('peer:disconnect', e => close(e.detail), on)
+    const replica = this.replica
+    const toAll = (send: (s: SyncStream) => void): void => {
+      for (const s of this.open.values()) send(s)
+    }
+    replica.addEventListener('change', e => this.changed(e.detail), on)
+    replica.addEventListener('trust', () => toAll(s => s.resync()), on)
+    replica.addEventListener('equivocation', e => toAll(s => s.sendEvidence(e.detail)), on)
+    replica.addEventListener('beacon', e => toAll(s => s.sendBeacon(e.detail.bytes)), on)
     this.timer = setInterval(() => {
       this.antiEntropy()
     }, this.init.antiEntropyMs)
@@ -149,15 +133,7 @@ export class SyncService
   async stop(): Promise<void> {
     this.running = false
     clearInterval(this.timer)
-    const admission = this.components.admission
-    admission.removeEventListener('peer:admitted', this.onAdmitted)
-    admission.removeEventListener('peer:dismissed', this.onDismissed)
-    admission.removeEventListener('rejected', this.onRejected)
-    this.components.events.removeEventListener('peer:disconnect', this.onDisconnect)
-    this.replica.removeEventListener('change', this.onChange)
-    this.replica.removeEventListener('trust', this.onTrust)
-    this.replica.removeEventListener('equivocation', this.onEquivocation)
-    this.replica.removeEventListener('beacon', this.onBeacon)
+    this.listening.abort()
     for (const s of [...this.open.values()]) s.close()
     await this.components.registrar.unhandle(SYNC_PROTOCOL)
   }
