@@ -9,7 +9,12 @@ import assert from 'node:assert/strict'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { DaemonFleet, motdAndWebOnN2, type RunningDaemon } from './fixtures/daemon-fleet.ts'
+import {
+  DaemonFleet,
+  motdAndWebOnN2,
+  tcpAddressOf,
+  type RunningDaemon
+} from './fixtures/daemon-fleet.ts'
 import { freePort, getJson, rhizome, stopAll, WEB_SERVER } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { FleetStatus } from '../node/status-report.ts'
@@ -32,9 +37,7 @@ describe('status and describe (two processes)', { timeout: 120_000 }, () => {
     await f.writeConfig('n1')
     n1 = await f.start('n1')
     await f.enrol(n1)
-    const listen = n1.events.find(e => e.event === 'mesh.listening')?.addresses as string[]
-    const tcp = listen.find(a => a.includes('/tcp/') && !a.includes('/ws'))!
-    await f.writeConfig('n2', { driftCheckMs: 200, bootstrap: [tcp] })
+    await f.writeConfig('n2', { driftCheckMs: 200, bootstrap: [tcpAddressOf(n1)] })
     await f.start('n2')
     port = await freePort()
     const web = {

@@ -24,7 +24,7 @@ import {
   type NodeIdentity,
   type RunningDaemon
 } from './fixtures/node-harness.ts'
-import { proposeOperator } from './fixtures/daemon-fleet.ts'
+import { proposeOperator, tcpAddressOf } from './fixtures/daemon-fleet.ts'
 import { waitFor } from './fixtures/wait.ts'
 import type { NodeDescription } from '../node/cli-describe.ts'
 
@@ -70,9 +70,8 @@ describe(
       await writeFile(file('n1.yaml'), stringify(daemonConfig(dir, 'n1', {})))
       n1 = await startDaemon(file('n1.yaml'), env)
       env.RHIZOME_DAEMON = n1.url
-      const listen = n1.events.find(e => e.event === 'mesh.listening')?.addresses as string[]
-      const tcp = listen.find(a => a.includes('/tcp/') && !a.includes('/ws'))!
-      await writeFile(file('n2.yaml'), stringify(daemonConfig(dir, 'n2', { bootstrap: [tcp] })))
+      const bootstrap = [tcpAddressOf(n1)]
+      await writeFile(file('n2.yaml'), stringify(daemonConfig(dir, 'n2', { bootstrap })))
       await startDaemon(file('n2.yaml'), env)
     })
 
