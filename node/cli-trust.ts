@@ -654,8 +654,11 @@ async function cmdEnrol(key: string, opts: EnrolOptions): Promise<void> {
     Replica.signer(pair),
     d => {
       d.devices ??= {}
-      if (sameName !== undefined && d.devices[sameName.key] !== undefined) {
-        d.devices[sameName.key]!.revoked = true
+      const previous = sameName === undefined ? undefined : d.devices[sameName.key]
+      if (previous !== undefined) {
+        // A fresh mark even on an entry already marked by one that did not count (revoke-device).
+        if (previous.revoked === true) previous.revoked = false
+        previous.revoked = true
       }
       d.devices[hex] = {
         name: opts.name,

@@ -3,7 +3,8 @@
  * operator scoped to site=berlin that may write `devices` cannot cut off the munich device.
  * `rhizome revoke-device` refuses (exit 2, unauthorised) before signing; a mark the operator's
  * key signs anyway and posts revokes nothing: the munich device stays enrolled, online, a peer,
- * and keeps syncing. The berlin device, inside the scope, the operator does revoke.
+ * and keeps syncing. The berlin device, inside the scope, the operator does revoke; and an admin
+ * revokes the munich device, its entry marked already by the mark that did not count.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -117,10 +118,23 @@ describe(
         return me?.enrolled === true && me.online
       })
 
+      // Moving n1's name to another device would revoke n1: refused too, nothing published.
+      const stranger = '7'.repeat(64)
+      const args = ['enrol', stranger, '--name', 'n1', '--label', 'site=berlin', '--replace']
+      const moved = await cli([...args, '--key', file('ops.key')], 2)
+      assert.match(moved.stderr, /refusing to revoke n1 .*outside your operator key's reach/)
+
       // Inside its scope, the operator revokes: n1 drops n2 from its enrolled nodes.
       await cli(['revoke-device', 'n2', '--key', file('ops.key')])
       await waitFor('n1 to drop the revoked n2', async () => {
         const n = (await nodesOf(n1)).find(x => x.key === fleet.ids.n2!.key)
+        return n === undefined || !n.enrolled
+      })
+
+      // An admin revokes n1, whose entry says revoked already (the operator's mark): it counts.
+      await cli(['revoke-device', 'n1', '--key', admin])
+      await waitFor('n1 to count the admin’s revocation of itself', async () => {
+        const n = (await nodesOf(n1)).find(x => x.key === fleet.ids.n1!.key)
         return n === undefined || !n.enrolled
       })
     })
