@@ -22,6 +22,11 @@
  * and a saturated source super-seeding: each chunk once, "busy" for the rest); each prints how
  * many bytes the source served (ideally 1x the artifact) and how many the fetchers served each
  * other. ARTIFACT_BENCH_SCHEDULINGS (comma-separated, e.g. rarest,partial,swarm) changes the set.
+ * ARTIFACT_BENCH_CPU_PROF=DIR: the one transfer's two daemons write CPU profiles (--cpu-prof) there.
+ *
+ * Every figure comes with the CPU time both processes used (user + system, from /proc), which a
+ * loaded machine disturbs far less than the wall time: the ratio of CPU times says how much more
+ * work a path does per byte than the plain copy, whatever else runs.
  */
 import { spawn } from 'node:child_process'
 import { createReadStream } from 'node:fs'
@@ -31,6 +36,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { DaemonFleet, type RunningDaemon } from '../test/fixtures/daemon-fleet.ts'
+import { transport } from './artifacts-transport.ts'
 import { freePort, rhizome, stopAll } from '../test/fixtures/node-harness.ts'
 
 const MIB = 1024 * 1024
@@ -48,35 +54,48 @@ const s = createServer(sock => {
   const fd = openSync(process.argv.at(-1), 'w')
   let n = 0
   sock.on('data', b => { writeSync(fd, b); n += b.length })
-  sock.on('end', () => { fsyncSync(fd); closeSync(fd); process.stdout.write(JSON.stringify({ bytes: n }) + '\\n'); process.exit(0) })
+  sock.on('end', () => { fsyncSync(fd); closeSync(fd); const u = process.cpuUsage(); process.stdout.write(JSON.stringify({ bytes: n, cpuMs: (u.user + u.system) / 1000 }) + '\\n'); process.exit(0) })
 })
 s.listen(0, '127.0.0.1', () => process.stdout.write(JSON.stringify({ port: s.address().port }) + '\\n'))
 `
 
-/** libp2p itself: one Noise + Yamux stream between two processes, the same bytes from memory. */
+/**
+ * libp2p itself: one Noise + Yamux stream between two processes, the same bytes from memory.
+ * `asDaemon`: with the daemons' transport settings (mesh.ts: Noise's ciphers from
+ * noise-crypto.ts, the Yamux options of `meshMuxer`), else libp2p's defaults.
+ */
 const LIBP2P_SERVER = `
-import { noise } from '@chainsafe/libp2p-noise'
-import { yamux } from '@chainsafe/libp2p-yamux'
 import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
-const n = await createLibp2p({ addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] }, transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()] })
-const size = Number(process.argv.at(-1)), chunk = new Uint8Array(1 << 20)
+const [size, asDaemon] = process.argv.slice(-2).map(Number)
+const { transport } = await import(new URL('bench/artifacts-transport.ts', 'file://' + process.cwd() + '/').href)
+const n = await createLibp2p({ addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] }, transports: [tcp()], ...transport(asDaemon === 1) })
+const chunk = new Uint8Array(1 << 20)
 await n.handle('/bench/1', async stream => {
-  for (let o = 0; o < size; o += chunk.length) if (!stream.send(chunk)) await stream.onDrain()
+  for (let o = 0; o < size; o += chunk.length) {
+    if (!stream.send(chunk)) await stream.onDrain()
+    // send() answers true while an earlier send is still being processed: hold at most 8 MiB
+    // queued (the daemons' Yamux refuses a write buffer over 32 MiB), as a server would.
+    if (stream.writeBufferLength > 8 * chunk.length) await new Promise(r => stream.addEventListener('idle', r, { once: true }))
+  }
   await stream.close()
 })
 process.stdout.write(n.getMultiaddrs()[0].toString() + '\\n')
 `
 
-async function libp2pStream(): Promise<number> {
+/** Wall time and CPU time of both processes, ms. */
+interface Timed {
+  ms: number
+  cpuMs: number
+}
+
+async function libp2pStream(asDaemon: boolean): Promise<Timed> {
   const { createLibp2p } = await import('libp2p')
-  const { noise } = await import('@chainsafe/libp2p-noise')
-  const { yamux } = await import('@chainsafe/libp2p-yamux')
   const { tcp } = await import('@libp2p/tcp')
   const { multiaddr } = await import('@multiformats/multiaddr')
   const child = spawn(
     process.execPath,
-    ['--input-type=module', '-e', LIBP2P_SERVER, String(SIZE)],
+    ['--input-type=module', '-e', LIBP2P_SERVER, String(SIZE), asDaemon ? '1' : '0'],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
       cwd: new URL('..', import.meta.url).pathname
@@ -87,23 +106,25 @@ async function libp2pStream(): Promise<number> {
   )
   const node = await createLibp2p({
     transports: [tcp()],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()]
+    ...transport(asDaemon)
   })
   try {
+    const cpu0 = await cpuOf(child.pid!)
+    const own0 = process.cpuUsage()
     const t0 = performance.now()
     const stream = await node.dialProtocol(multiaddr(addr), '/bench/1')
     let n = 0
     for await (const c of stream) n += c.byteLength
     if (n !== SIZE) throw new Error(`libp2p stream moved ${n} bytes`)
-    return performance.now() - t0
+    const ms = performance.now() - t0
+    return { ms, cpuMs: ownCpu(own0) + (await cpuOf(child.pid!)) - cpu0 }
   } finally {
     await node.stop()
     child.kill()
   }
 }
 
-async function plainCopy(file: string, dir: string): Promise<number> {
+async function plainCopy(file: string, dir: string): Promise<Timed> {
   const child = spawn(
     process.execPath,
     ['--input-type=module', '-e', RECEIVER, join(dir, 'copy.bin')],
@@ -129,6 +150,8 @@ async function plainCopy(file: string, dir: string): Promise<number> {
     lines.push(...parts)
   })
   const { port } = await next()
+  const cpu0 = await cpuOf(child.pid!)
+  const own0 = process.cpuUsage()
   const t0 = performance.now()
   const sock = connect(port!, '127.0.0.1')
   await new Promise<void>((resolve, reject) => {
@@ -140,7 +163,7 @@ async function plainCopy(file: string, dir: string): Promise<number> {
   const done = await next()
   const ms = performance.now() - t0
   if (done.bytes !== SIZE) throw new Error(`plain copy moved ${done.bytes} bytes`)
-  return ms
+  return { ms, cpuMs: ownCpu(own0) + done.cpuMs! - cpu0 }
 }
 
 /** A daemon's V8 heap (committed) and external memory, from its /metrics. */
@@ -153,6 +176,24 @@ async function memoryOf(url: string): Promise<{ heap: number; external: number }
   } catch {
     return { heap: 0, external: 0 }
   }
+}
+
+/** CPU time (user + system, ms) a process has used so far, from /proc (Linux). */
+async function cpuOf(pid: number): Promise<number> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // utime and stime are fields 14 and 15 (1-based) of stat, in clock ticks (100 per second).
+    return (Number(f[11]) + Number(f[12])) * 10
+  } catch {
+    return 0
+  }
+}
+
+/** CPU ms the main process used since `since` (process.cpuUsage()). */
+const ownCpu = (since: NodeJS.CpuUsage): number => {
+  const u = process.cpuUsage(since)
+  return (u.user + u.system) / 1000
 }
 
 function rssOf(pid: number): Promise<number> {
@@ -245,6 +286,8 @@ async function transfer(
   heapPeak: number
   externalIdle: number
   externalPeak: number
+  /** CPU ms the source and the sampled fetcher used from the config's apply to completion. */
+  cpuMs: number
 }> {
   const fleet = {
     fleet: { defaults: { files: { '/opt/rhizome/bench.bin': { artifact: f.digest } } } }
@@ -280,6 +323,9 @@ async function transfer(
       }
     })()
   }
+  const pids =
+    sampleRss === undefined ? [] : [f.daemons.src!.proc.pid!, f.daemons[sampleRss]!.proc.pid!]
+  const cpu0 = (await Promise.all(pids.map(cpuOf))).reduce((a, b) => a + b, 0)
   const apply = await f.daemonFleet.apply(fleet, f.daemons.src!)
   if (apply.code !== 0) throw new Error(apply.stderr)
   const starts: number[] = []
@@ -291,6 +337,7 @@ async function transfer(
     starts.push(at(start))
     ends.push(at(end))
   }
+  const cpuMs = (await Promise.all(pids.map(cpuOf))).reduce((a, b) => a + b, 0) - cpu0
   sampling.on = false
   await sampler
   if (process.env.ARTIFACT_BENCH_DEBUG !== undefined) {
@@ -300,7 +347,7 @@ async function transfer(
       )
     }
   }
-  return { starts, ends, rssIdle, rssPeak, heapIdle, heapPeak, externalIdle, externalPeak }
+  return { starts, ends, rssIdle, rssPeak, heapIdle, heapPeak, externalIdle, externalPeak, cpuMs }
 }
 
 /** Artifact bytes each daemon served to its peers (its /metrics counter). */
@@ -333,13 +380,24 @@ try {
   process.stdout.write(`artifact: ${SIZE / MIB} MiB of random bytes, 1 MiB chunks\n`)
 
   const plain = await plainCopy(file, work)
+  const cpu = (t: Timed | number): string =>
+    `CPU ${(typeof t === 'number' ? t : t.cpuMs).toFixed(0)} ms (both processes, ${((typeof t === 'number' ? t : t.cpuMs) / plain.cpuMs).toFixed(1)}x the plain copy's)`
   process.stdout.write(
-    `plain TCP copy (other process, fsync at the end): ${plain.toFixed(0)} ms, ${mbps(plain)}\n`
+    `plain TCP copy (other process, fsync at the end): ${plain.ms.toFixed(0)} ms, ${mbps(plain.ms)}, CPU ${plain.cpuMs.toFixed(0)} ms (both processes)\n`
   )
-  const raw = await libp2pStream()
-  process.stdout.write(
-    `libp2p alone (one Noise + Yamux stream, other process, from memory, no disk): ${raw.toFixed(0)} ms, ${mbps(raw)}, ${(plain / raw).toFixed(2)}x the plain copy's throughput\n`
-  )
+  // libp2p alone twice: its defaults, and the daemons' transport settings (the ceiling shown).
+  const raws: Timed[] = []
+  for (const [how, asDaemon] of [
+    ["libp2p's defaults", false],
+    ["the daemons' settings", true]
+  ] as const) {
+    const r = await libp2pStream(asDaemon)
+    raws.push(r)
+    process.stdout.write(
+      `libp2p alone, ${how} (one Noise + Yamux stream, other process, from memory, no disk): ${r.ms.toFixed(0)} ms, ${mbps(r.ms)}, ${(plain.ms / r.ms).toFixed(2)}x the plain copy's throughput, ${cpu(r)}\n`
+    )
+  }
+  const raw = Math.min(...raws.map(r => r.ms))
 
   const deployed = await deployedEnv()
   process.stdout.write(
@@ -359,24 +417,42 @@ try {
         ? `${size / MIB} MiB, no rate limit`
         : `${size / MIB} MiB, upload limited to ${serve / MIB} MiB/s per daemon`
     process.stdout.write(`\n[${label}]\n`)
-    // Unlimited: the one transfer with Node's defaults, then as deployed; the rest as deployed.
+    // Unlimited: the one transfer with Node's defaults, as deployed but with the Noise library's
+    // own ciphers (RHIZOME_NOISE_CRYPTO=library, the A/B of mesh/noise-crypto.ts), then as
+    // deployed (last: the ten fetchers' ratios are to it); the rest as deployed.
     const envs: Array<[string, Record<string, string>]> =
       serve === 0
         ? [
             ["Node's defaults", {}],
+            [
+              "as deployed, the Noise library's ciphers",
+              { ...deployed, RHIZOME_NOISE_CRYPTO: 'library' }
+            ],
             ['as deployed', deployed]
           ]
         : [['as deployed', deployed]]
     let single = 0
     for (const [how, daemonEnv] of envs) {
-      const one = await fleetOf(1, f, serve, daemonEnv)
+      // ARTIFACT_BENCH_CPU_PROF=DIR: both daemons of the one transfer write a CPU profile there.
+      const prof = process.env.ARTIFACT_BENCH_CPU_PROF
+      const one = await fleetOf(
+        1,
+        f,
+        serve,
+        prof === undefined
+          ? daemonEnv
+          : {
+              ...daemonEnv,
+              NODE_OPTIONS: `${daemonEnv.NODE_OPTIONS ?? ''} --cpu-prof --cpu-prof-dir=${prof}`
+            }
+      )
       const r1 = await transfer(one, 'f1')
       await close(one)
       single = r1.ends[0]! - r1.starts[0]!
       process.stdout.write(
         `one transfer between two daemons (${how}): ${single} ms, ${mbps(single, size)}` +
           (serve === 0
-            ? `, ${(plain / single).toFixed(2)}x the plain copy's throughput (target >= 0.5x), ${(raw / single).toFixed(2)}x libp2p alone`
+            ? `, ${(plain.ms / single).toFixed(2)}x the plain copy's throughput (target >= 0.5x), ${(raw / single).toFixed(2)}x libp2p alone (its faster run); ${cpu(r1.cpuMs)}`
             : '') +
           `\n  fetcher RSS: idle ${(r1.rssIdle / MIB).toFixed(0)} MB, peak ${(r1.rssPeak / MIB).toFixed(0)} MB, +${((r1.rssPeak - r1.rssIdle) / MIB).toFixed(0)} MB (target < 50 MB); ` +
           `V8 heap ${(r1.heapIdle / MIB).toFixed(0)} -> ${(r1.heapPeak / MIB).toFixed(0)} MB, ` +

@@ -15,7 +15,7 @@
  * (types.ts) to the daemon and the dashboard. Browser-safe: the transports and discovery come
  * from a `MeshPlatform` (`transports-node.ts` for daemons, `browser.ts` for the dashboard).
  */
-import { noise } from '@chainsafe/libp2p-noise'
+import { noise, type ICryptoInterface } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { privateKeyFromRaw, publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { identify } from '@libp2p/identify'
@@ -68,6 +68,8 @@ export interface MeshPlatform {
   /** Discovery modules besides the bootstrap list (mDNS for daemons). */
   discovery?: (opts: { mdns: boolean }) => Discovery
   defaultListen?: string[]
+  /** Noise's ciphers (daemons: node/crypto without re-importing the key per message, noise-crypto.ts). */
+  noiseCrypto?: ICryptoInterface
 }
 
 interface RhizomeServices extends Record<string, unknown> {
@@ -139,7 +141,9 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
       privateKey: libp2pPrivateKey(opts.identity),
       addresses: { listen: opts.listen ?? this.platform.defaultListen ?? [] },
       transports: this.platform.transports(),
-      connectionEncrypters: [noise()],
+      connectionEncrypters: [
+        noise(this.platform.noiseCrypto !== undefined ? { crypto: this.platform.noiseCrypto } : {})
+      ],
       streamMuxers: [meshMuxer(limits)],
       ...(opts.psk !== undefined ? { connectionProtector: preSharedKey({ psk: opts.psk }) } : {}),
       connectionGater: {
