@@ -15,17 +15,9 @@
  *
  * Who is admitted is decided by `AdmissionControl` (`admission.ts`), pure state with no network.
  */
-import { TypedEventEmitter } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
-import type {
-  AbortOptions,
-  Connection,
-  Libp2pEvents,
-  PeerId,
-  Startable,
-  Stream,
-  TypedEventTarget
-} from '@libp2p/interface'
+import { MeshService } from './service.ts'
+import type { AbortOptions, Connection, PeerId, Startable, Stream } from '@libp2p/interface'
 import type { ConnectionManager } from '@libp2p/interface-internal'
 import type { PeerSet } from '@libp2p/peer-collections'
 import { PeerMap } from '@libp2p/peer-collections'
@@ -43,7 +35,7 @@ import {
   verifySessionVoucher,
   type SessionReply
 } from './browser-session.ts'
-import { streamOnConnection, type ProtocolComponents } from './connections.ts'
+import { streamOnConnection, type NodeEvents, type ProtocolComponents } from './connections.ts'
 import type { MeshCounters } from './counters.ts'
 import { SessionRefusedError } from './errors.ts'
 import { readOneFrame, sendFrame } from './frames.ts'
@@ -61,7 +53,7 @@ const log = logger('rhizome:mesh:admission')
 export interface AdmissionComponents extends ProtocolComponents {
   /** A banned or revoked peer's connections are closed. */
   connectionManager: Pick<ConnectionManager, 'getConnections' | 'closeConnections'>
-  events: TypedEventTarget<Libp2pEvents>
+  events: NodeEvents
 }
 
 export interface AdmissionInit {
@@ -109,21 +101,15 @@ function errMessage(err: unknown): string {
 }
 
 export class AdmissionService
-  extends TypedEventEmitter<AdmissionEvents>
+  extends MeshService<AdmissionEvents, AdmissionComponents, AdmissionInit>
   implements PeerAdmission, Startable
 {
-  private readonly components: AdmissionComponents
-  private readonly init: AdmissionInit
   private readonly control: AdmissionControl
   private readonly graceTimers = new PeerMap<ReturnType<typeof setTimeout>>()
   private running = false
-  /** The event listeners start adds, all removed by stop's abort. */
-  private listening = new AbortController()
 
   constructor(components: AdmissionComponents, init: AdmissionInit) {
-    super()
-    this.components = components
-    this.init = init
+    super(components, init)
     this.control = init.control
   }
 
@@ -147,8 +133,7 @@ export class AdmissionService
         maxOutboundStreams: this.init.limits.maxInboundStreams
       }
     )
-    this.listening = new AbortController()
-    const on = { signal: this.listening.signal }
+    const on = this.listen()
     this.components.events.addEventListener('peer:connect', e => this.connected(e.detail), on)
     this.components.events.addEventListener('peer:disconnect', e => this.clearGrace(e.detail), on)
     this.init.replica.addEventListener(
@@ -166,7 +151,7 @@ export class AdmissionService
     this.running = false
     for (const t of this.graceTimers.values()) clearTimeout(t)
     this.graceTimers.clear()
-    this.listening.abort()
+    this.unlisten()
     await this.components.registrar.unhandle(SESSION_PROTOCOL)
   }
 

@@ -18,7 +18,6 @@ import { logger } from '@libp2p/logger'
 import type {
   AbortOptions,
   Connection,
-  Libp2pEvents,
   PeerId,
   Startable,
   TypedEventTarget
@@ -35,6 +34,7 @@ import {
   REDIAL_MAX_MS,
   REDIAL_MIN_MS
 } from './limits.ts'
+import type { NodeEvents } from './connections.ts'
 import type { StatusEvents } from './status-service.ts'
 import type { SyncEvents } from './sync-service.ts'
 import type { MeshLimits, StatusRecord } from './types.ts'
@@ -44,7 +44,7 @@ const log = logger('rhizome:mesh:keeper')
 export interface KeeperComponents {
   peerId: PeerId
   connectionManager: Pick<ConnectionManager, 'getConnections' | 'openConnection'>
-  events: TypedEventTarget<Libp2pEvents>
+  events: NodeEvents
   /** A running sync stream is what proves a link useful. */
   sync: TypedEventTarget<SyncEvents>
   /** Where enrolled nodes said they can be dialled. */

@@ -1,7 +1,13 @@
 /**
  * Opening protocol streams to a peer on a connection we already hold.
  */
-import type { AbortOptions, PeerId, Stream } from '@libp2p/interface'
+import type {
+  AbortOptions,
+  Libp2pEvents,
+  PeerId,
+  Stream,
+  TypedEventTarget
+} from '@libp2p/interface'
 import type { ConnectionManager, Registrar } from '@libp2p/interface-internal'
 import { PeerGoneError } from './errors.ts'
 
@@ -14,6 +20,9 @@ export interface ProtocolComponents {
   registrar: Pick<Registrar, 'handle' | 'unhandle'>
   connectionManager: Pick<ConnectionManager, 'getConnections'>
 }
+
+/** libp2p's own events (`peer:connect`, `peer:disconnect`, …), as a service receives them. */
+export type NodeEvents = TypedEventTarget<Libp2pEvents>
 
 /**
  * A protocol stream on a connection we already hold to `peer`. Never `dialProtocol(peer)`: that

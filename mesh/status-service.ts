@@ -24,8 +24,8 @@
  *   a new peer gets every record on its first hello, before the devices document naming those
  *   nodes has synced, and would otherwise wait for each node's next record.
  */
-import { TypedEventEmitter } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
+import { MeshService } from './service.ts'
 import type { AbortOptions, PeerId, Startable, TypedEventTarget } from '@libp2p/interface'
 import type { AddressManager } from '@libp2p/interface-internal'
 import { isLoopback } from '@libp2p/utils'
@@ -150,9 +150,10 @@ function bucketOf(
   return bucket
 }
 
-export class StatusService extends TypedEventEmitter<StatusEvents> implements Startable {
-  private readonly components: StatusComponents
-  private readonly init: StatusInit
+export class StatusService
+  extends MeshService<StatusEvents, StatusComponents, StatusInit>
+  implements Startable
+{
   private readonly held = new Map<string, HeldStatus>()
   private readonly ownKey: string
   private ownSeq = 0
@@ -171,13 +172,9 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   private readonly pace = new WeakMap<SyncStream, Map<string, TokenBucket>>()
   /** Records of nodes not enrolled here yet, by node: the newest seen, with when it came. */
   private readonly pending = new Map<string, { record: Uint8Array; from: SyncStream; at: number }>()
-  /** The event listeners start adds, all removed by stop's abort. */
-  private listening = new AbortController()
 
   constructor(components: StatusComponents, init: StatusInit) {
-    super()
-    this.components = components
-    this.init = init
+    super(components, init)
     this.ownKey = toHex(init.identity.publicKey)
     this.intervalMs = init.minIntervalMs ?? STATUS_MIN_INTERVAL_MS
   }
@@ -188,8 +185,7 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
     await this.load()
     const sync = this.components.sync
     sync.setStatusReceiver((record, from) => this.receive(record, from))
-    this.listening = new AbortController()
-    const on = { signal: this.listening.signal }
+    const on = this.listen()
     sync.addEventListener('stream:greeted', e => this.sendAll(e.detail), on)
     sync.addEventListener('stream:resync', e => this.sendAll(e.detail), on)
     // Enrolments arrive in the devices document or in a trust statement's node list.
@@ -200,7 +196,7 @@ export class StatusService extends TypedEventEmitter<StatusEvents> implements St
   async stop(): Promise<void> {
     for (const w of this.waiting.values()) clearTimeout(w.timer)
     this.waiting.clear()
-    this.listening.abort()
+    this.unlisten()
     this.pending.clear()
     await this.flushing
   }

@@ -15,21 +15,14 @@
  * `setStatusReceiver`, and follows `stream:greeted` and `stream:resync`.
  */
 import * as Automerge from '@automerge/automerge'
-import { TypedEventEmitter } from '@libp2p/interface'
 import { logger } from '@libp2p/logger'
-import type {
-  Connection,
-  Libp2pEvents,
-  PeerId,
-  Startable,
-  Stream,
-  TypedEventTarget
-} from '@libp2p/interface'
+import { MeshService } from './service.ts'
+import type { Connection, PeerId, Startable, Stream, TypedEventTarget } from '@libp2p/interface'
 import { PeerMap, PeerSet } from '@libp2p/peer-collections'
 import { encodeBatch } from '../crdt/signed-change.ts'
 import type { ChangeEventDetail, Replica } from '../crdt/replica.ts'
 import type { AdmissionEvents, PeerAdmission } from './admission-service.ts'
-import { streamOnConnection, type ProtocolComponents } from './connections.ts'
+import { streamOnConnection, type NodeEvents, type ProtocolComponents } from './connections.ts'
 import type { MeshCounters, SyncCount } from './counters.ts'
 import { SessionRefusedError } from './errors.ts'
 import { MAX_PUSH_BYTES, MAX_REMEMBERED_PEERS, WORK_BUDGETS, type WorkBudget } from './limits.ts'
@@ -44,7 +37,7 @@ const OPEN_DELAY_MS = 100
 
 export interface SyncComponents extends ProtocolComponents {
   peerId: PeerId
-  events: TypedEventTarget<Libp2pEvents>
+  events: NodeEvents
   admission: PeerAdmission & TypedEventTarget<AdmissionEvents>
 }
 
@@ -67,26 +60,20 @@ export interface SyncEvents {
 export type StatusReceiver = (record: Uint8Array, from: SyncStream) => Promise<void>
 
 export class SyncService
-  extends TypedEventEmitter<SyncEvents>
+  extends MeshService<SyncEvents, SyncComponents, SyncInit>
   implements Startable, SyncStreamHost
 {
   readonly replica: Replica
   readonly limits: MeshLimits
-  private readonly components: SyncComponents
-  private readonly init: SyncInit
   private readonly open = new PeerMap<SyncStream>()
   private readonly opening = new PeerSet()
   private readonly syncStates = new PeerMap<Map<string, Uint8Array>>()
   private statusReceiver: StatusReceiver = async () => {}
   private timer: ReturnType<typeof setInterval> | undefined
   private running = false
-  /** The event listeners start adds, all removed by stop's abort. */
-  private listening = new AbortController()
 
   constructor(components: SyncComponents, init: SyncInit) {
-    super()
-    this.components = components
-    this.init = init
+    super(components, init)
     this.replica = init.replica
     this.limits = init.limits
   }
@@ -104,8 +91,7 @@ export class SyncService
         maxOutboundStreams: this.limits.maxInboundStreams
       }
     )
-    this.listening = new AbortController()
-    const on = { signal: this.listening.signal }
+    const on = this.listen()
     const admission = this.components.admission
     const close = (peer: PeerId, err?: Error): void => this.open.get(peer)?.close(err)
     admission.addEventListener('peer:admitted', e => this.openTo(e.detail), on)
@@ -133,7 +119,7 @@ export class SyncService
   async stop(): Promise<void> {
     this.running = false
     clearInterval(this.timer)
-    this.listening.abort()
+    this.unlisten()
     for (const s of [...this.open.values()]) s.close()
     await this.components.registrar.unhandle(SYNC_PROTOCOL)
   }
