@@ -424,6 +424,19 @@ export interface FleetNode {
   status: StatusBody | null
 }
 
+/** `GET /api/status` (a daemon's HTTP API): the fleet as that daemon sees it. */
+export interface FleetStatus {
+  fleet: string
+  fleetId: string
+  /** The PeerId of the daemon that answered. */
+  self: string
+  /** false: the daemon runs without networking and knows only its own status. */
+  mesh: boolean
+  /** The heads of every document that daemon holds: what "up to date" is judged against. */
+  latest: Record<string, string[]>
+  nodes: FleetNode[]
+}
+
 export interface FleetInput {
   /** Enrolled devices by key (crdt/devices.ts `enrolledDevices`). */
   enrolled: ReadonlyMap<string, { name: string; labels: Record<string, string> }>

@@ -17,7 +17,8 @@ import {
   SYNC_LABEL,
   type FleetNode,
   type PutBack,
-  type StatusBody
+  type StatusBody,
+  type FleetStatus
 } from '../crdt/fleet-status.ts'
 import { UnknownNodeError } from '../mesh/errors.ts'
 import { artifactLines } from './cli-artifacts.ts'
@@ -25,7 +26,6 @@ import { daemonOption, say } from './cli-common.ts'
 import { DaemonClient } from './daemon-client.ts'
 import { UsageError } from './errors.ts'
 import { configDocuments } from './reconciler.ts'
-import type { FleetStatus } from './status-report.ts'
 
 /** A key prefix must be at least this long to name a node. */
 const MIN_KEY_PREFIX = 8

@@ -18,7 +18,7 @@ import { toHex } from '../crdt/bytes.ts'
 import { DaemonClient } from './daemon-client.ts'
 import { diffDocument, formatOps, plainValue, signOps, type DiffOp } from '../crdt/config-diff.ts'
 import type { SignedDocument } from '../crdt/document.ts'
-import { ago, recentPutBacks, SYNC_LABEL } from '../crdt/fleet-status.ts'
+import { ago, recentPutBacks, SYNC_LABEL, type FleetStatus } from '../crdt/fleet-status.ts'
 import { fleetYaml, parseFleetYaml, type FleetDocuments } from '../crdt/fleet-yaml.ts'
 import { loadDaemonConfig } from './config.ts'
 import { createIdentity, readIdentity } from './identity.ts'
@@ -40,7 +40,6 @@ import { freezeForApply, registerRolloutCommands } from './cli-rollout.ts'
 import { artifactLines, registerArtifactCommands } from './cli-artifacts.ts'
 import { registerDashboardCommand } from './cli-dashboard.ts'
 import { errorLines, putBackText, registerDescribeCommand } from './cli-describe.ts'
-import type { FleetStatus } from './status-report.ts'
 
 async function exists(p: string): Promise<boolean> {
   try {

@@ -6,7 +6,7 @@
  *
  *   GET  /api/health                 HealthReply {ok, peerId, name, uptimeMs, mesh}   [loopback]
  *   GET  /metrics                    Prometheus text                                  [loopback]
- *   GET  /api/status                 FleetStatus (status-report.ts): every node, online or last
+ *   GET  /api/status                 FleetStatus (crdt/fleet-status.ts): every node, online or last
  *                                    seen, up to date or not, with its status body
  *   GET  /api/trust                  every trust statement held, JSON array of signed statements in
  *                                    version order (genesis first; a fork's branches too)
@@ -43,7 +43,7 @@ import { HttpError, type Route } from './http-api.ts'
 import type { ApiAccess } from './http-access.ts'
 import type { EventLog } from './logger.ts'
 import type { DaemonMetrics } from './metrics.ts'
-import type { FleetStatus } from './status-report.ts'
+import type { FleetStatus } from '../crdt/fleet-status.ts'
 
 export interface HealthReply {
   ok: true

@@ -8,7 +8,7 @@ import { logger } from '@libp2p/logger'
 import { enrolledDevicesOf } from '../crdt/devices.ts'
 import {
   fleetNodes,
-  type FleetNode,
+  type FleetStatus,
   type ArtifactStatus,
   type StatusBody,
   type TryModeStatus,
@@ -26,19 +26,6 @@ const log = logger('rhizome:node:status')
 
 /** How long a burst of changes is collected into one published record, ms. */
 const COALESCE_MS = 200
-
-/** `GET /api/status`: the fleet as one daemon sees it. */
-export interface FleetStatus {
-  fleet: string
-  fleetId: string
-  /** The PeerId of the daemon that answered. */
-  self: string
-  /** false: the daemon runs without networking and knows only its own status. */
-  mesh: boolean
-  /** The heads of every document that daemon holds: what "up to date" is judged against. */
-  latest: Record<string, string[]>
-  nodes: FleetNode[]
-}
 
 export interface StatusReporterComponents {
   replica: Replica

@@ -17,7 +17,7 @@ import {
 } from './fixtures/daemon-fleet.ts'
 import { freePort, getJson, rhizome, stopAll, WEB_SERVER } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
-import type { FleetStatus } from '../node/status-report.ts'
+import type { FleetStatus } from '../crdt/fleet-status.ts'
 import type { NodeDescription } from '../node/cli-describe.ts'
 
 const PASS = 'correct horse battery'

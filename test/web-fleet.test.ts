@@ -21,7 +21,7 @@ import {
 import { DaemonFleet, motdAndWebOnN2, type RunningDaemon } from './fixtures/daemon-fleet.ts'
 import { freePort, getJson, rhizome, WEB_SERVER, webOn } from './fixtures/node-harness.ts'
 import { waitFor } from './fixtures/wait.ts'
-import type { FleetStatus } from '../node/status-report.ts'
+import type { FleetStatus } from '../crdt/fleet-status.ts'
 
 const PASS = 'correct horse battery'
 
