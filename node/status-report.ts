@@ -1,8 +1,16 @@
 /**
  * This node's status, in the shape crdt/fleet-status.ts defines: the body it publishes (from
  * the reconciler, the appliers and the mesh, kept under MAX_STATUS_BYTES), published soon after
- * anything changes (coalesced) and every `intervalMs`, and the fleet as this daemon sees it
- * (`GET /api/status`).
+ * anything in it changes (coalesced) and every `intervalMs` whatever changed, and the fleet as
+ * this daemon sees it (`GET /api/status`).
+ *
+ * Why the interval publishes an unchanged body and nothing else does: a peer reads a node's
+ * freshness from its records alone (stale after no newer record for a while; silent in a
+ * rollout, and "updating" budget claims expiring, against the newest record time among the
+ * evidence, `crdt/rollout-gate.ts`), so records must keep coming at that pace. Every other
+ * trigger (each reconcile pass, a workload's state, files put back) asks for one "soon", which
+ * is published only when something another node reads changed: at 30 daemons a record per pass
+ * that said nothing new crossed the mesh ~100 times.
  */
 import { logger } from '@libp2p/logger'
 import { enrolledDevicesOf } from '../crdt/devices.ts'
@@ -50,6 +58,12 @@ export interface StatusReporterComponents {
 
 const size = (v: unknown): number => new TextEncoder().encode(JSON.stringify(v)).length
 
+/** What a body says, its time aside: two bodies with the same content say the same. */
+function contentOf(body: StatusBody): string {
+  const { at: _at, ...rest } = body
+  return JSON.stringify(rest)
+}
+
 /** Trim logs (then peers and errors) until the body fits in a status record. */
 export function fitStatus(body: StatusBody): StatusBody {
   if (size(body) <= MAX_STATUS_BYTES - 1024) return body
@@ -70,6 +84,8 @@ export class StatusReporter {
   private stopped = false
   /** Our own record when there is no mesh to hold it. */
   private own: StatusRecord | undefined
+  /** The last body published, without its time (`contentOf`). */
+  private lastContent: string | undefined
 
   constructor(components: StatusReporterComponents) {
     this.c = components
@@ -88,12 +104,15 @@ export class StatusReporter {
     clearTimeout(this.soon)
   }
 
-  /** Publish soon: several calls within COALESCE_MS make one record. */
+  /**
+   * Publish soon if anything in the body changed: several calls within COALESCE_MS make one
+   * record, none if the body is the one last published (its time aside).
+   */
   schedule(): void {
     if (this.soon !== undefined || this.stopped) return
     this.soon = setTimeout(() => {
       this.soon = undefined
-      void this.publish()
+      void this.publish({ ifChanged: true })
     }, COALESCE_MS)
     this.soon.unref()
   }
@@ -108,7 +127,8 @@ export class StatusReporter {
       applied: last?.applied ?? {},
       workloads: this.c.workloads(),
       files: this.c.files(),
-      peers: this.c.mesh?.peers().map(p => p.peerId) ?? [],
+      // Sorted: the same peers in another order are no change.
+      peers: (this.c.mesh?.peers().map(p => p.peerId) ?? []).sort(),
       errors: (last?.errors ?? []).slice(0, 20),
       startedAt: this.c.startedAt,
       at: Date.now()
@@ -124,10 +144,17 @@ export class StatusReporter {
     return fitStatus(body)
   }
 
-  async publish(): Promise<void> {
+  /**
+   * Sign and send this node's status now (the interval, and a rollout step that must go at once);
+   * with `ifChanged`, only if the body differs from the last published in more than its time.
+   */
+  async publish(opts: { ifChanged?: boolean } = {}): Promise<void> {
     if (this.stopped) return
     try {
       const body = await this.body()
+      const content = contentOf(body)
+      if (opts.ifChanged === true && content === this.lastContent) return
+      this.lastContent = content
       const json = body as unknown as Record<string, unknown>
       if (this.c.mesh !== undefined) {
         await this.c.mesh.publishStatus(json)
@@ -142,6 +169,8 @@ export class StatusReporter {
         }
       }
     } catch (err) {
+      // The next call publishes whatever the body is then.
+      this.lastContent = undefined
       log.error('publishing status failed: %e', err)
     }
   }
