@@ -122,18 +122,29 @@ export function bringsStep(prev: unknown, next: unknown, max: number): boolean {
 
 /**
  * Does status body `next` bring rollout news over `prev`, the same node's body before it: a step
- * (`bringsStep`), or a rollout (or digest) it had no report on? A node taking part counts toward
- * its group's disruption budget (`decide`: the nodes ahead of it), so that is news too. Such a
+ * (`bringsStep`), or a rollout (or digest) it had no report on whose order `budgeted` says a
+ * disruption budget reads? A node taking part counts toward its group's budget (`decide`: the
+ * nodes ahead of it), so that is news there; in a rollout without a budget no gate reads it, and
+ * every node's first report of a rollout just applied, flooded, was ~30 records crossing every
+ * link at 30 daemons while a canary's failure needed the CPU. `budgeted` answers from the
+ * rollout as held by the judge; one it does not hold yet must answer true (the old rule). Such a
  * record moves a rollout on, and the mesh relays it to every peer, on a budget of its own rather
  * than behind the node's routine records (mesh/status-service.ts). Both bodies are a peer's JSON
  * (hostile); at most `max` reports of each are read.
  */
-export function bringsNews(prev: unknown, next: unknown, max: number): boolean {
+export function bringsNews(
+  prev: unknown,
+  next: unknown,
+  max: number,
+  budgeted: (rolloutId: string) => boolean = () => true
+): boolean {
   return changedReports(
     prev,
     next,
     max,
-    (a, b) => b === undefined || FACTS.some(k => a[k] !== undefined && b[k] === undefined)
+    (a, b, id) =>
+      (b === undefined && budgeted(id)) ||
+      FACTS.some(k => a[k] !== undefined && b?.[k] === undefined)
   )
 }
 
@@ -142,7 +153,7 @@ function changedReports(
   prev: unknown,
   next: unknown,
   max: number,
-  news: (after: RolloutReport, before: RolloutReport | undefined) => boolean
+  news: (after: RolloutReport, before: RolloutReport | undefined, id: string) => boolean
 ): boolean {
   const rolloutsOf = (b: unknown): unknown => (b as { rollouts?: unknown } | null)?.rollouts
   const after = parseReports(rolloutsOf(next), max)
@@ -151,7 +162,7 @@ function changedReports(
   const before = parseReports(rolloutsOf(prev), max)
   return ids.some(id => {
     const a = after[id]!
-    return news(a, before[id]?.digest === a.digest ? before[id] : undefined)
+    return news(a, before[id]?.digest === a.digest ? before[id] : undefined, id)
   })
 }
 

@@ -185,7 +185,8 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
           replica: this.replica,
           identity: opts.identity,
           staleAfterMs: opts.staleAfterMs ?? DEFAULT_STALE_AFTER_MS,
-          counters: this.counters
+          counters: this.counters,
+          ...(opts.rolloutBudgeted !== undefined ? { rolloutBudgeted: opts.rolloutBudgeted } : {})
         }),
         keeper: connectionKeeper({
           bootstrap: this.bootstrap,

@@ -9,9 +9,11 @@
  *   held, and relayed, then written to the store (a record lost to a crash comes again on the
  *   next anti-entropy round, so the relay does not wait for the disk). A record that brings
  *   rollout news goes to every other peer; any other to every session (a dashboard relays
- *   nothing on) and to `STATUS_RELAY_FANOUT` of the other devices at random (push gossip: the few a record misses get it at their next anti-entropy round, or with its
- *   node's next record), so a config change's routine records from every node do not cross every
- *   link while a rollout step needs the CPU.
+ *   nothing on) and to `STATUS_RELAY_FANOUT` of the other devices at random (push gossip: the
+ *   few a record misses get it at their next anti-entropy round, or with its node's next record),
+ *   so a config change's routine records from every node do not cross every link while a rollout
+ *   step needs the CPU. A node's first report of a rollout is news only when the rollout (as
+ *   held here: `rolloutBudgeted`) has a disruption budget, whose order reads it.
  * - Per node, records are kept and relayed at a pace (`STATUS_MIN_INTERVAL_MS`, bursts of
  *   `STATUS_RELAY_BURST`); one sooner waits and is replaced by a newer one meanwhile. A record
  *   that brings rollout news (`bringsNews`) and finds that pace spent goes on a second budget of
@@ -91,6 +93,11 @@ export interface StatusInit {
   counters: MeshCounters
   /** One record per node per this long is kept and relayed (default `STATUS_MIN_INTERVAL_MS`). */
   minIntervalMs?: number
+  /**
+   * Does the rollout of this id, as held here, have a disruption budget (so a node first taking
+   * part in it is news, `bringsNews`)? One not held here: true. Default: true for every rollout.
+   */
+  rolloutBudgeted?: (rolloutId: string) => boolean
 }
 
 export interface StatusEvents {
@@ -230,7 +237,7 @@ export class StatusService
     this.remember(held)
     trace('published %s %d', short(this.ownKey), seq)
     const persisted = this.persist(held)
-    const news = bringsNews(this.ownSent?.body, signed.body, STATUS_LIMITS.rollouts)
+    const news = this.bringsNews(this.ownSent?.body, signed.body)
     await this.paced(signed, news, undefined, async () => {
       this.ownSent = signed
       let n = 0
@@ -273,7 +280,7 @@ export class StatusService
     if (signed === undefined || seq <= (this.held.get(node)?.signed.seq ?? -1)) return
     trace('verified %s %d in %d ms', short(node), seq, Math.round(performance.now() - t0))
     const held: HeldStatus = { signed, peerId: peerIdOfKey(node), receivedAt: Date.now() }
-    const news = bringsNews(this.held.get(node)?.signed.body, signed.body, STATUS_LIMITS.rollouts)
+    const news = this.bringsNews(this.held.get(node)?.signed.body, signed.body)
     await this.paced(signed, news, from, async () => {
       const others = [...this.components.sync.streams()].filter(s => s !== from)
       // A session (a dashboard) relays nothing on, so the push cannot reach it another way.
@@ -299,6 +306,11 @@ export class StatusService
       // Not awaited: the stream's next message need not wait for the disk.
       void this.persist(held)
     })
+  }
+
+  /** Does `next` bring rollout news over `prev`, its node's record before it (`bringsNews`)? */
+  private bringsNews(prev: unknown, next: unknown): boolean {
+    return bringsNews(prev, next, STATUS_LIMITS.rollouts, this.init.rolloutBudgeted)
   }
 
   /** Keep a record of a node not enrolled here, in case its enrolment is on its way. */

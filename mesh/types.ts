@@ -113,6 +113,12 @@ export interface MeshOptions {
   antiEntropyMs?: number
   /** A status record with no newer one for this long is stale, ms (default 30 s). */
   staleAfterMs?: number
+  /**
+   * Does the rollout of this id, as this node holds it, have a disruption budget? A node's first
+   * report of a rollout is relayed as news (to every peer) only then. One not held: true.
+   * Default: true for every rollout (the daemon's rollout agent answers).
+   */
+  rolloutBudgeted?: (rolloutId: string) => boolean
   limits?: Partial<MeshLimits>
   /**
    * Browsers: the credential presented to each bootstrap daemon (session protocol,

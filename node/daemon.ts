@@ -253,9 +253,12 @@ export class Daemon {
       gcGraceMs: config.artifactGcGraceMs
     })
     let mesh: Mesh | undefined
+    // The rollout agent, made with the daemon below, answers once it exists.
+    let budgeted = (_rolloutId: string): boolean => true
     if (opts.mesh !== false) {
       try {
         mesh = await createMesh({
+          rolloutBudgeted: id => budgeted(id),
           replica,
           identity: identity.pair,
           listen: config.listen,
@@ -290,6 +293,7 @@ export class Daemon {
       artifacts,
       time
     })
+    budgeted = id => d.rollouts.budgeted(id)
     try {
       await d.run()
     } catch (err) {

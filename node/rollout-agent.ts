@@ -213,6 +213,16 @@ export class RolloutAgent {
     return structuredClone(this.published)
   }
 
+  /**
+   * Does the rollout of this id, as this node holds it, have a disruption budget? One it does not
+   * hold (its config not synced here yet, or gone): true, so a relay errs towards flooding a
+   * node's first report of it (`bringsNews`).
+   */
+  budgeted(rolloutId: string): boolean {
+    const spec = this.specs.find(s => s.id === rolloutId)
+    return spec === undefined || spec.budget !== undefined
+  }
+
   /** Try mode's last rollback, and the last known-good config's digest, for the status body. */
   tryMode(): { lastKnownGood?: string; rolledBack?: RolloutState['tryMode'] } {
     const out: { lastKnownGood?: string; rolledBack?: RolloutState['tryMode'] } = {}

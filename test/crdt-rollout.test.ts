@@ -683,6 +683,21 @@ describe('rollout news in a status record', () => {
     }
   })
 
+  it('is taking part only in a rollout the judge holds with a disruption budget', () => {
+    const budgeted = (id: string) => id === 'a'
+    // No order reads a node taking part in rollout b, which has no budget here.
+    assert.equal(bringsNews(undefined, body({ b: r() }), 32, budgeted), false)
+    assert.equal(bringsNews(body({ a: r() }), body({ a: r(), b: r() }), 32, budgeted), false)
+    assert.equal(bringsNews(body({ b: r() }), body({ b: r({ digest: 'e' }) }), 32, budgeted), false)
+    // Taking part in a: news; a step in b: news all the same.
+    assert.equal(bringsNews(body({ b: r() }), body({ a: r(), b: r() }), 32, budgeted), true)
+    assert.equal(bringsNews(undefined, body({ b: r({ switchedAt: 2 }) }), 32, budgeted), true)
+    assert.equal(
+      bringsNews(body({ b: r() }), body({ b: r({ switchedAt: 2 }) }), 32, budgeted),
+      true
+    )
+  })
+
   it('reads at most the given number of reports', () => {
     const many = Object.fromEntries(
       Array.from({ length: 40 }, (_, i) => [`r${i}`, r({ switchedAt: 2 })])

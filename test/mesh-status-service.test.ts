@@ -25,7 +25,7 @@ import {
   STATUS_RELAY_FANOUT
 } from '../mesh/limits.ts'
 import { signStatus } from '../mesh/status-record.ts'
-import { StatusService, type StatusComponents } from '../mesh/status-service.ts'
+import { StatusService, type StatusComponents, type StatusInit } from '../mesh/status-service.ts'
 import type { StatusReceiver, SyncEvents } from '../mesh/sync-service.ts'
 import type { SyncStream } from '../mesh/sync-stream.ts'
 import { makeFleet } from './fixtures/fleet.ts'
@@ -59,7 +59,8 @@ async function service(
   replica: Replica,
   identity: KeyPair,
   enrolled: Set<string>,
-  admissionOf?: (peer: PeerId) => string
+  admissionOf?: (peer: PeerId) => string,
+  init: Partial<StatusInit> = {}
 ) {
   const sync = new FakeSync()
   const components: StatusComponents = {
@@ -76,7 +77,8 @@ async function service(
     replica,
     identity,
     staleAfterMs: 30_000,
-    counters: new MeshCounters()
+    counters: new MeshCounters(),
+    ...init
   })
   await s.start()
   return { s, sync }
@@ -90,12 +92,13 @@ async function started(
   label: string,
   nodes: number,
   enrolledNodes = nodes,
-  admissionOf?: (peer: PeerId) => string
+  admissionOf?: (peer: PeerId) => string,
+  init: Partial<StatusInit> = {}
 ) {
   const fleet = await makeFleet({ replicas: 1, nodes, label })
   const replica = fleet.replicas[0]!
   const enrolled = new Set(fleet.nodes.slice(0, enrolledNodes).map(k => toHex(k.publicKey)))
-  const { s, sync } = await service(replica, fleet.nodes[0]!, enrolled, admissionOf)
+  const { s, sync } = await service(replica, fleet.nodes[0]!, enrolled, admissionOf, init)
   const record = async (key: KeyPair, seq: number, body: Record<string, unknown> = {}) =>
     (await signStatus(key, replica.fleetId, seq, body, fleet.ed)).bytes
   return { fleet, replica, enrolled, s, sync, record }
@@ -312,6 +315,34 @@ test('a routine record is relayed to a few devices at random and to every sessio
     [from, ...devices, dashboard].every(d => d.sent.length === 1),
     'our own: every peer'
   )
+  await s.stop()
+})
+
+test('a first report of a rollout goes to every device only when the rollout has a disruption budget here', async () => {
+  const kinds = new Map<unknown, string>()
+  const { fleet, s, sync, record } = await started(
+    'status-service-taking-part',
+    3,
+    3,
+    p => kinds.get(p) ?? 'none',
+    { rolloutBudgeted: id => id === 'fleet:budgeted' }
+  )
+  const [, one, two] = fleet.nodes as [KeyPair, KeyPair, KeyPair]
+  const from = fakeStream('from')
+  const devices = Array.from({ length: 6 }, (_, i) => fakeStream(`device-${i}`))
+  for (const d of [from, ...devices]) kinds.set(d.peerId, 'node')
+  sync.list = [from, ...devices]
+  const reached = () => devices.filter(d => d.sent.length > 0).length
+  const takingPart = (id: string) => ({ rollouts: { [id]: { digest: 'd', seenAt: 1 } } })
+
+  // Every node's reconcile record after a rollout is applied says it takes part: no order reads
+  // that without a budget, so it goes on like any routine record.
+  await sync.receiver!(await record(one, 1, takingPart('fleet:plain')), from)
+  assert.equal(reached(), STATUS_RELAY_FANOUT, 'no budget: a few devices')
+  for (const d of devices) d.sent.length = 0
+  // With a budget, the nodes behind count this one ahead of them: every device, at once.
+  await sync.receiver!(await record(two, 1, takingPart('fleet:budgeted')), from)
+  assert.equal(reached(), devices.length, 'a budget: every device')
   await s.stop()
 })
 

@@ -277,6 +277,11 @@ describe('rollout agent', () => {
     ])
     assert.ok(agent.reports()['fleet:web-v2']?.seenAt !== undefined)
     assert.equal(publishes, 1)
+    // What a relay asks before it floods a node's first report of the rollout (`bringsNews`).
+    assert.equal(agent.budgeted('fleet:web-v2'), true)
+    assert.equal(agent.budgeted('fleet:not-held-here'), true, 'not held: errs towards news')
+    await pass(agent, [fleetDoc(rollout({ state: 'paused' }))])
+    assert.equal(agent.budgeted('fleet:web-v2'), false, 'no budget: no order reads taking part')
   })
 
   it('a burst of status records is decided on once, not once per record', async () => {
