@@ -29,9 +29,10 @@
  *
  * Soak is judged from the times inside the reporting node's own record (`soakedAt -
  * healthySince` must cover its wave's soak); the judge's clock never enters. Budget claims expire
- * against the newest record time among the evidence (not the judge's clock either), so a node
- * that went silent mid-update stops holding its group's budget once the rest of the fleet has
- * moved on past its `until`.
+ * against the time several nodes' records have reached (`evidenceClock`; not the judge's clock
+ * either, nor one node's, which a stolen device could date ahead), so a node that went silent
+ * mid-update stops holding its group's budget once the rest of the fleet has moved on past its
+ * `until`.
  */
 import { inWriterScope, selects, RolloutState, type RolloutSpec } from './rollout.ts'
 import type { WavePlan } from './rollout-waves.ts'
@@ -202,11 +203,11 @@ export interface NodeView {
   key: string
   wave: number
   phase: NodePhase
-  /** No record, or none for `silentAfterMs` before the newest evidence. */
+  /** No record, or none for `silentAfterMs` before the evidence clock (`evidenceClock`). */
   silent: boolean
   /** The node holds the rollout and takes part (its report is there). */
   seen: boolean
-  /** Updating, and its claim ran out before the newest evidence: it no longer holds budget. */
+  /** Updating, and its claim ran out before the evidence clock: it no longer holds budget. */
   expired: boolean
   report?: RolloutReport
 }
@@ -237,7 +238,7 @@ export interface RolloutView {
   /** Nodes that switched, and of those that failed (the abort rule's counts). */
   executed: number
   failed: number
-  /** The newest record time among the evidence (ms): the clock budget claims expire against. */
+  /** The time enough nodes' records reached (`evidenceClock`): budget claims expire against it. */
   evidenceTime: number
   nodes: NodeView[]
   /** Who the rollout waits for: unsoaked members of the first wave not yet through. */
@@ -254,6 +255,24 @@ export interface GateOptions {
 export const DEFAULT_GATE_OPTIONS: Readonly<GateOptions> = Object.freeze({
   silentAfterMs: 30_000
 })
+
+/**
+ * Nodes whose records a time must have reached before budget claims expire against it and other
+ * nodes count as silent. One node's clock is not enough: a stolen or broken device that dates its
+ * records years ahead would otherwise expire every claim in the fleet (every group's budget free
+ * at once) and make every other node look silent. It takes this many to move the clock.
+ */
+export const EVIDENCE_CLOCK_WITNESSES = 3
+
+/**
+ * The time at least `EVIDENCE_CLOCK_WITNESSES` nodes' records have reached (all of them, when
+ * fewer nodes have records): the k-th newest record time, a pure function of the records held.
+ */
+export function evidenceClock(evidence: ReadonlyMap<string, Evidence>): number {
+  const times = [...evidence.values()].map(e => e.at).sort((a, b) => b - a)
+  if (times.length === 0) return 0
+  return times[Math.min(EVIDENCE_CLOCK_WITNESSES, times.length) - 1]!
+}
 
 /** Did this report soak for at least `soakMs`, judged from the node's own times? */
 function soaked(r: RolloutReport | undefined, soakMs: number): boolean {
@@ -283,8 +302,7 @@ export function viewRollout(
   evidence: ReadonlyMap<string, Evidence>,
   opts: GateOptions = DEFAULT_GATE_OPTIONS
 ): RolloutView {
-  let evidenceTime = 0
-  for (const e of evidence.values()) evidenceTime = Math.max(evidenceTime, e.at)
+  const evidenceTime = evidenceClock(evidence)
   const nodes: NodeView[] = []
   let executed = 0
   let failed = 0

@@ -504,6 +504,49 @@ describe('gating', () => {
     assert.equal(d.run, 'new')
   })
 
+  it("one node dating its records years ahead neither frees a group's budget nor silences the fleet", () => {
+    const nodes = Array.from({ length: 6 }, (_, i) => key(i + 1))
+    const s = spec({ waves: [{ percent: 100 }], soak: '1m', budget: { maxUnavailable: 1 } }, nodes)
+    const plan = planWaves(s, () => ({ site: 'berlin' }))
+    const [updating, liar, next] = plan.waves[0]!.filter(k => k !== undefined) as [
+      string,
+      string,
+      string
+    ]
+    const ev = new Map<string, Evidence>()
+    for (const k of nodes) ev.set(k, { at: 100_000, report: report(s, 0, 99_000, 60_000) })
+    // One node switched and is soaking: its claim holds berlin's budget until 160 s.
+    ev.set(updating, { at: 100_000, report: report(s, 2, 99_000, 60_000) })
+    // A stolen device's record, dated a year ahead.
+    ev.set(liar, { at: 100_000 + 365 * 24 * 3600_000, report: report(s, 0, 99_000, 60_000) })
+    const view = viewRollout(s, plan, ev)
+    const u = view.nodes.find(n => n.key === updating)!
+    assert.equal(u.phase, 'updating')
+    assert.equal(u.expired, false, 'the claim still holds the budget')
+    assert.deepEqual(
+      view.nodes.filter(n => n.silent).map(n => n.key),
+      [],
+      'nobody is silent because one clock ran ahead'
+    )
+    const d = decide(
+      s,
+      plan,
+      view,
+      { key: next, labels: { site: 'berlin' }, localMinutes: 0 },
+      () => ({
+        site: 'berlin'
+      })
+    )
+    assert.equal(d.run, 'old')
+    assert.match(d.why, /^budget: site=berlin has 1 updating/)
+    // Three nodes past the claim's end: it has run out, honestly.
+    const later = new Map(ev)
+    for (const k of nodes.filter(n => n !== updating).slice(0, 3)) {
+      later.set(k, { ...ev.get(k)!, at: 200_000 })
+    }
+    assert.equal(viewRollout(s, plan, later).nodes.find(n => n.key === updating)!.expired, true)
+  })
+
   it("an operator's rollout reaches no node outside its scope, whatever its eligible list says", () => {
     const labels = new Map([
       [key(1), { site: 'berlin' }],
