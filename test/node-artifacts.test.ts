@@ -7,7 +7,16 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { mkdtemp, readFile, stat, writeFile, mkdir, appendFile } from 'node:fs/promises'
+import {
+  mkdtemp,
+  readFile,
+  stat,
+  writeFile,
+  mkdir,
+  appendFile,
+  readdir,
+  readlink
+} from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setFlagsFromString } from 'node:v8'
@@ -17,7 +26,12 @@ import { ArtifactStore, type Have } from '../node/artifacts/store.ts'
 import { ArtifactFetch, type ChunkSource } from '../node/artifacts/fetch.ts'
 import { RateLimiter } from '../node/artifacts/rate-limit.ts'
 import { decodeManifest, parseDigest, type ArtifactDigest } from '../node/artifacts/manifest.ts'
-import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SUPERSEED_FALLBACK_MS } from '../node/artifacts/limits.ts'
+import {
+  MAX_CHUNK_SIZE,
+  MAX_OPEN_READERS,
+  MIN_CHUNK_SIZE,
+  SUPERSEED_FALLBACK_MS
+} from '../node/artifacts/limits.ts'
 import { waitFor } from './fixtures/wait.ts'
 
 const CHUNK = MIN_CHUNK_SIZE
@@ -180,6 +194,34 @@ describe('artifact store', () => {
     await store.unpin(c.digest, 'rollout:last-known-good')
     assert.deepEqual(await store.gc(new Set(), { ...big, graceMs: 1000 }), [c.digest])
     assert.deepEqual(store.list(), [])
+  })
+
+  it('keeps a served artifact open between chunk reads, at most MAX_OPEN_READERS files, closed when it goes', async () => {
+    const store = await tempStore()
+    const added = []
+    for (let k = 0; k < MAX_OPEN_READERS + 2; k++) {
+      added.push(await store.add(pieces(randomBytes(2 * CHUNK)), { chunkSize: CHUNK }))
+    }
+    // This process's open files under the store's complete artifacts (b/), by path.
+    const open = async (): Promise<string[]> => {
+      const fds = await readdir('/proc/self/fd')
+      const paths = await Promise.all(
+        fds.map(fd => readlink(`/proc/self/fd/${fd}`).catch(() => ''))
+      )
+      return paths.filter(p => p.startsWith(join(store.dir, 'b')))
+    }
+    const [a] = added
+    assert.equal((await store.readChunk(a!.digest, 0))?.length, CHUNK)
+    assert.equal((await store.readChunk(a!.digest, 1))?.length, CHUNK)
+    assert.equal((await open()).length, 1, "one file kept open for the artifact's reads")
+    for (const m of added) for (const i of [0, 1]) await store.readChunk(m.digest, i)
+    assert.equal((await open()).length, MAX_OPEN_READERS)
+    // An artifact removed is closed with it (its disk space is not held by an open file).
+    const last = added.at(-1)!
+    assert.equal((await store.gc(new Set(), { graceMs: 0, budgetBytes: 0 })).length, added.length)
+    await waitFor('every removed artifact closed', async () => (await open()).length === 0)
+    assert.equal(store.state(last.digest), 'absent')
+    await store.close()
   })
 
   it('parses digests strictly', () => {

@@ -11,6 +11,12 @@ export const MAX_ARTIFACT_BYTES = 64 * 1024 * 1024 * 1024
 export const MAX_CHUNKS = 65_536
 /** Encoded manifest bound (header + MAX_CHUNKS hashes). */
 export const MAX_MANIFEST_BYTES = 64 + MAX_CHUNKS * 32
+/**
+ * Complete artifacts whose file a daemon keeps open while serving their chunks (one file
+ * descriptor each), and how long one stays open after its last chunk read.
+ */
+export const MAX_OPEN_READERS = 8
+export const READER_IDLE_MS = 2000
 /** Chunk requests in flight for one fetch, over all sources, and to one source. */
 export const DEFAULT_FETCH_CONCURRENCY = 8
 export const DEFAULT_PER_SOURCE_CONCURRENCY = 4

@@ -51,7 +51,9 @@ import {
 import {
   DEFAULT_CHUNK_SIZE,
   MAX_ARTIFACT_BYTES,
+  MAX_OPEN_READERS,
   MAX_TAR_ENTRIES,
+  READER_IDLE_MS,
   MAX_UNPACK_RATIO
 } from './limits.ts'
 
@@ -110,9 +112,19 @@ function setBit(bits: Uint8Array, i: number): void {
   bits[i >> 3] = (bits[i >> 3] ?? 0) | (1 << (i & 7))
 }
 
+/** A complete artifact's file kept open while its chunks are being served (`readChunk`). */
+interface Reader {
+  fh: Promise<FileHandle>
+  /** Reads in progress; the idle timer runs only at zero. */
+  users: number
+  idle?: ReturnType<typeof setTimeout>
+}
+
 export class ArtifactStore extends EventTarget {
   readonly dir: string
   private readonly entries = new Map<string, Entry>()
+  /** Per complete artifact being served (hex digest): its open file, at most MAX_OPEN_READERS. */
+  private readonly readers = new Map<string, Reader>()
   private meta: Meta = { names: {}, pins: {}, lastWanted: {} }
   private metaWrite: Promise<void> = Promise.resolve()
 
@@ -279,14 +291,56 @@ export class ArtifactStore extends EventTarget {
     } else return undefined
     const len = chunkLength(e.manifest, i)
     const buf = Buffer.allocUnsafe(len)
-    const fh = await open(file, 'r')
-    try {
-      const { bytesRead } = await fh.read(buf, 0, len, i * e.manifest.chunkSize)
-      if (bytesRead !== len) return undefined
-    } finally {
-      await fh.close()
-    }
+    const at = i * e.manifest.chunkSize
+    const bytesRead =
+      e.state === 'complete'
+        ? await this.readKept(digestHex(d), file, buf, at)
+        : await readOnce(file, buf, at)
+    if (bytesRead !== len) return undefined
     return new Uint8Array(buf.buffer, buf.byteOffset, len)
+  }
+
+  /**
+   * Read from a complete artifact's file, kept open between reads (a peer fetching it asks for
+   * one chunk after another: an open and a close per chunk cost more than the read). At most
+   * MAX_OPEN_READERS files are kept, each closed READER_IDLE_MS after its last read, or when the
+   * artifact is removed; beyond that many in use, a read opens and closes its own.
+   */
+  private async readKept(hex: string, file: string, buf: Buffer, at: number): Promise<number> {
+    let r = this.readers.get(hex)
+    if (r === undefined) {
+      if (this.readers.size >= MAX_OPEN_READERS) {
+        const idle = [...this.readers].find(([, x]) => x.users === 0)
+        if (idle === undefined) return readOnce(file, buf, at)
+        this.closeReader(idle[0])
+      }
+      r = { fh: open(file, 'r'), users: 0 }
+      this.readers.set(hex, r)
+    }
+    const reader = r
+    clearTimeout(reader.idle)
+    reader.users++
+    try {
+      const fh = await reader.fh
+      return (await fh.read(buf, 0, buf.length, at)).bytesRead
+    } catch (err) {
+      this.closeReader(hex, reader)
+      throw err
+    } finally {
+      if (--reader.users === 0 && this.readers.get(hex) === reader) {
+        reader.idle = setTimeout(() => this.closeReader(hex, reader), READER_IDLE_MS)
+        reader.idle.unref()
+      }
+    }
+  }
+
+  /** Close a kept file (FileHandle.close waits for reads in progress on it). */
+  private closeReader(hex: string, only?: Reader): void {
+    const r = this.readers.get(hex)
+    if (r === undefined || (only !== undefined && r !== only)) return
+    this.readers.delete(hex)
+    clearTimeout(r.idle)
+    void r.fh.then(fh => fh.close()).catch(() => {})
   }
 
   /** Stream a complete artifact's bytes (bundle export), without holding it in memory. */
@@ -642,6 +696,8 @@ export class ArtifactStore extends EventTarget {
       await e.partial.have.close().catch(() => {})
     }
     this.entries.delete(digestHex(d))
+    // After the entry is gone, so no read can open it again.
+    this.closeReader(digestHex(d))
     await rm(this.path('u', d), { recursive: true, force: true })
     await rm(this.path('b', d), { force: true })
     await rm(this.partPath(d, 'part'), { force: true })
@@ -654,6 +710,7 @@ export class ArtifactStore extends EventTarget {
   }
 
   async close(): Promise<void> {
+    for (const hex of [...this.readers.keys()]) this.closeReader(hex)
     for (const e of this.entries.values()) {
       const p = e.partial
       if (p === undefined) continue
@@ -738,4 +795,14 @@ export async function manifestOf(
   }
   if (inChunk > 0) chunks.push(new Uint8Array(cur.digest()))
   return encodeManifest({ size, chunkSize, fileSha256: new Uint8Array(whole.digest()), chunks })
+}
+
+/** Read once from `file` at `at`, opening and closing it. */
+async function readOnce(file: string, buf: Buffer, at: number): Promise<number> {
+  const fh = await open(file, 'r')
+  try {
+    return (await fh.read(buf, 0, buf.length, at)).bytesRead
+  } finally {
+    await fh.close()
+  }
 }
