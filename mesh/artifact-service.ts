@@ -207,7 +207,7 @@ export class ArtifactService implements Startable, MeshArtifacts {
       } else if (req.kind === 'manifest') {
         const body = holder?.manifest(req.digest)
         if (body === undefined) await sendFrame(stream, REPLY_NOT_HELD, timeoutMs)
-        else await sendParts(stream, [REPLY_OK, body], timeoutMs)
+        else await sendOkReply(stream, body, timeoutMs)
       } else if (holder !== undefined && this.busy(holder, req, peer.toString())) {
         this.served.busy++
         await sendFrame(stream, REPLY_BUSY, timeoutMs)
@@ -217,7 +217,7 @@ export class ArtifactService implements Startable, MeshArtifacts {
           const body = await holder?.chunk(req.digest, req.index)
           if (body === undefined) await sendFrame(stream, REPLY_NOT_HELD, timeoutMs)
           else {
-            await sendParts(stream, [REPLY_OK, body], timeoutMs)
+            await sendOkReply(stream, body, timeoutMs)
             this.served.chunks++
             this.served.bytes += body.length
           }
@@ -292,11 +292,17 @@ export class ArtifactService implements Startable, MeshArtifacts {
   }
 }
 
-/** One frame made of several parts, sent without copying them into one buffer. */
-async function sendParts(stream: Stream, parts: Uint8Array[], timeoutMs: number): Promise<void> {
-  const len = parts.reduce((n, p) => n + p.length, 0)
-  let ok = stream.send(new ByteWriter().varint(len).finish())
-  for (const p of parts) ok = stream.send(p) && ok
+/**
+ * A status-0 reply: the frame's length and status as one piece, then the body as it is (not
+ * copied): two sends, so the muxer frames them as two data frames at most (they were three).
+ */
+async function sendOkReply(stream: Stream, body: Uint8Array, timeoutMs: number): Promise<void> {
+  const head = new ByteWriter()
+    .varint(body.length + 1)
+    .u8(0)
+    .finish()
+  // Both sent, whatever the first answers: the second only queues behind it.
+  const ok = [stream.send(head), stream.send(body)].every(Boolean)
   if (!ok) {
     try {
       await stream.onDrain({ signal: AbortSignal.timeout(timeoutMs) })

@@ -34,6 +34,7 @@ import type { Replica } from '../crdt/replica.ts'
 import { AdmissionControl, peerKeyHex } from './admission.ts'
 import { admission, type AdmissionService } from './admission-service.ts'
 import { artifactExchange, type ArtifactService } from './artifact-service.ts'
+import { corkedEncrypter } from './corked-writes.ts'
 import { connectionKeeper, type BootstrapPeer, type ConnectionKeeper } from './connection-keeper.ts'
 import { MeshCounters } from './counters.ts'
 import { MeshNotRunningError, UnknownNodeError } from './errors.ts'
@@ -142,7 +143,11 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
       addresses: { listen: opts.listen ?? this.platform.defaultListen ?? [] },
       transports: this.platform.transports(),
       connectionEncrypters: [
-        noise(this.platform.noiseCrypto !== undefined ? { crypto: this.platform.noiseCrypto } : {})
+        corkedEncrypter(
+          noise(
+            this.platform.noiseCrypto !== undefined ? { crypto: this.platform.noiseCrypto } : {}
+          )
+        )
       ],
       streamMuxers: [meshMuxer(limits)],
       ...(opts.psk !== undefined ? { connectionProtector: preSharedKey({ psk: opts.psk }) } : {}),
