@@ -229,6 +229,7 @@ for (const [j, k] of waves.slice(0, -1).entries()) {
   const other = Array.from({ length: n }, () => 0)
   const kept = Array.from({ length: n }, () => 0)
   const sends = Array.from({ length: n }, () => 0)
+  const resent = Array.from({ length: n }, () => 0)
   const degrees: number[] = []
   for (const lines of logs.values()) {
     let step = false
@@ -258,6 +259,7 @@ for (const [j, k] of waves.slice(0, -1).entries()) {
       if ((words[0] === 'sent' || words[0] === 'relayed') && copies !== null) {
         sends[b]! += Number(copies[1])
       } else if (words[0] === 'sent') sends[b]! += degree
+      if (words[0] === 'resent') resent[b]! += Number(words[2])
     }
     degrees.push(degree)
   }
@@ -265,14 +267,43 @@ for (const [j, k] of waves.slice(0, -1).entries()) {
   console.log(
     `\ntraffic around the abort (0 = the first node seeing the rollout; the canary failed at +${canary.failedAt! - seen} ms, the last node knew at +${known - seen} ms); mesh degree ${(sum(degrees) / degrees.length).toFixed(1)} (${Math.min(...degrees)}–${Math.max(...degrees)})`
   )
-  console.log('      t  published (step at once / other)  kept  sent')
+  console.log(
+    '      t  published (step at once / other)  kept  sent  resent (anti-entropy and first hellos)'
+  )
   for (let i = 0; i < n; i++) {
     const t = from + i * B - seen
     console.log(
-      `  ${String(t).padStart(5)}  ${String(steps[i]).padStart(4)} / ${String(other[i]).padEnd(4)}  ${String(kept[i]).padStart(6)}  ${String(sends[i]).padStart(5)}`
+      `  ${String(t).padStart(5)}  ${String(steps[i]).padStart(4)} / ${String(other[i]).padEnd(4)}  ${String(kept[i]).padStart(6)}  ${String(sends[i]).padStart(5)}  ${String(resent[i]).padStart(6)}`
     )
   }
   console.log(
-    `  total  ${sum(steps)} / ${sum(other)}  ${sum(kept)}  ${sum(sends)} (${(sum(sends) / Math.max(1, sum(steps) + sum(other))).toFixed(0)} sent per record published)`
+    `  total  ${sum(steps)} / ${sum(other)}  ${sum(kept)}  ${sum(sends)} (${(sum(sends) / Math.max(1, sum(steps) + sum(other))).toFixed(0)} sent per record published)  ${sum(resent)}`
+  )
+}
+
+// Status copies over the whole run, per second: pushed (published and relayed) and resent whole
+// (a peer's first hello and every anti-entropy round send it every record held).
+{
+  let start = Infinity
+  let end = 0
+  let pushed = 0
+  let resent = 0
+  for (const lines of logs.values()) {
+    let degree = 0
+    for (const l of lines) {
+      start = Math.min(start, l.t)
+      end = Math.max(end, l.t)
+      const words = l.msg.split(' ')
+      const copies = / to (\d+)/.exec(l.msg)
+      if ((words[0] === 'sent' || words[0] === 'relayed') && copies !== null) {
+        if (words[0] === 'sent') degree = Number(copies[1])
+        pushed += Number(copies[1])
+      } else if (words[0] === 'sent') pushed += degree
+      if (words[0] === 'resent') resent += Number(words[2])
+    }
+  }
+  const s = Math.max(1, end - start) / 1000
+  console.log(
+    `\nstatus copies over the whole run (${s.toFixed(0)} s, ${logs.size} nodes): pushed ${(pushed / s).toFixed(0)}/s, resent whole ${(resent / s).toFixed(0)}/s`
   )
 }

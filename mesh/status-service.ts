@@ -421,6 +421,7 @@ export class StatusService
 
   private sendAll(to: SyncStream): void {
     for (const h of this.held.values()) to.sendStatus(h.signed.bytes)
+    trace('resent all %d to %s', this.held.size, String(to.peerId).slice(-8))
   }
 
   /** Hold `h` as its node's newest record and say so. */
