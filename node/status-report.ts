@@ -6,11 +6,11 @@
  *
  * Why the interval publishes an unchanged body and nothing else does: a peer reads a node's
  * freshness from its records alone (stale after no newer record for a while; silent in a
- * rollout, and "updating" budget claims expiring, against the newest record time among the
- * evidence, `crdt/rollout-gate.ts`), so records must keep coming at that pace. Every other
- * trigger (each reconcile pass, a workload's state, files put back) asks for one "soon", which
- * is published only when something another node reads changed: at 30 daemons a record per pass
- * that said nothing new crossed the mesh ~100 times.
+ * rollout, and "updating" budget claims expiring, against the time the records held have
+ * reached, `evidenceClock` in `crdt/rollout-gate.ts`), so records must keep coming at that
+ * pace. Every other trigger (each reconcile pass, a workload's state, files put back) asks for
+ * one "soon", which is published only when something another node reads changed: at 30 daemons
+ * a record per pass that said nothing new crossed the mesh ~100 times.
  */
 import { logger } from '@libp2p/logger'
 import { enrolledDevicesOf } from '../crdt/devices.ts'
