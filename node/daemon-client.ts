@@ -8,7 +8,10 @@
  * `token` option, $RHIZOME_API_TOKEN, the file $RHIZOME_TOKEN_FILE, $RHIZOME_DATA_DIR/api.token,
  * /var/lib/rhizome/api.token (the packaged daemon's data directory). Reading that file is what
  * proves the caller is the daemon's user: run the CLI as that user (or root), or pass the file.
+ * Before the token is first sent, the daemon proves it holds it too (`GET /api/proof` with a fresh
+ * nonce, http-access.ts `apiProof`): a program squatting the daemon's port gets nothing secret.
  */
+import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { AbortOptions } from '@libp2p/interface'
@@ -18,8 +21,9 @@ import { trustStatementFromJson, type SignedTrustStatement } from '../crdt/trust
 import { Replica } from '../crdt/replica.ts'
 import { MemoryStore } from '../crdt/store.ts'
 import { nodeCryptoEd25519 } from '../crdt/ed25519-node.ts'
-import { DaemonUnreachableError, RejectedByDaemonError } from './errors.ts'
-import type { BatchReply, DashboardReply, DocSummary } from './http-routes.ts'
+import { DaemonNotProvenError, DaemonUnreachableError, RejectedByDaemonError } from './errors.ts'
+import { apiProof } from './http-access.ts'
+import type { BatchReply, DashboardReply, DocSummary, ProofReply } from './http-routes.ts'
 
 export const REQUEST_TIMEOUT_MS = 30_000
 
@@ -51,6 +55,8 @@ export async function findApiToken(
 export class DaemonClient {
   readonly base: string
   private token: Promise<{ token: string | undefined; from: string }> | undefined
+  /** The daemon's proof that it holds the token, checked once per client. */
+  private proven: Promise<void> | undefined
 
   constructor(url: string, opts: { token?: string } = {}) {
     this.base = url.replace(/\/+$/, '')
@@ -60,23 +66,57 @@ export class DaemonClient {
   }
 
   /** The headers that authenticate a request to this daemon (for callers that fetch themselves). */
-  async authHeaders(): Promise<Record<string, string>> {
+  async authHeaders(options?: AbortOptions): Promise<Record<string, string>> {
     this.token ??= findApiToken()
     const { token } = await this.token
-    return token === undefined ? {} : { authorization: `Bearer ${token}` }
+    if (token === undefined) return {}
+    this.proven ??= this.prove(token, options)
+    try {
+      await this.proven
+    } catch (err) {
+      this.proven = undefined
+      throw err
+    }
+    return { authorization: `Bearer ${token}` }
+  }
+
+  /**
+   * Ask the process at `base` to prove it holds `token` (an HMAC of a fresh nonce under it)
+   * before the token goes anywhere: a program that took the daemon's port gets nothing secret.
+   */
+  private async prove(token: string, options?: AbortOptions): Promise<void> {
+    const nonce = randomBytes(32).toString('hex')
+    let res: Response
+    try {
+      res = await this.request(`/api/proof?nonce=${nonce}`, {}, options, false)
+    } catch (err) {
+      if (!(err instanceof RejectedByDaemonError)) throw err
+      throw new DaemonNotProvenError(
+        `the program answering at ${this.base} refused to prove it holds the daemon's API token (${err.message}), so nothing secret was sent to it: a daemon older than this CLI (restart it after upgrading), or another program on the daemon's port (see who listens there: ss -ltnp)`
+      )
+    }
+    const { proof } = ((await res.json().catch(() => ({}))) ?? {}) as Partial<ProofReply>
+    const want = Buffer.from(apiProof(token, nonce), 'hex')
+    const got = typeof proof === 'string' ? Buffer.from(proof, 'hex') : Buffer.alloc(0)
+    if (got.length !== want.length || !timingSafeEqual(got, want)) {
+      throw new DaemonNotProvenError(
+        `the program answering at ${this.base} could not prove it holds the daemon's API token, so nothing secret was sent to it: another program may have taken the daemon's port while the daemon was down (see who listens there: ss -ltnp), or the token this CLI read is another daemon's`
+      )
+    }
   }
 
   private async request(
     path: string,
     init: RequestInit = {},
-    options?: AbortOptions
+    options?: AbortOptions,
+    authenticated = true
   ): Promise<Response> {
     const timeout = AbortSignal.timeout(REQUEST_TIMEOUT_MS)
     const signal =
       options?.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal])
     const headers = {
       ...(init.headers as Record<string, string> | undefined),
-      ...(await this.authHeaders())
+      ...(authenticated ? await this.authHeaders(options) : {})
     }
     init = { ...init, headers }
     let res: Response

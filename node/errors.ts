@@ -31,6 +31,17 @@ export class DaemonUnreachableError extends RhizomeError {
 }
 
 /**
+ * The process answering at the daemon's address could not prove it holds the daemon's API token
+ * (`GET /api/proof`): another program may have taken the port while the daemon was down. The
+ * CLI sent it nothing secret.
+ */
+export class DaemonNotProvenError extends RhizomeError {
+  static override name = 'DaemonNotProvenError'
+  override name = 'DaemonNotProvenError'
+  readonly category = ErrorCategory.Unavailable
+}
+
+/**
  * The daemon refused what was sent (invalid signature, out of scope, no such document, ...):
  * `remote` is its error name, and the category is the one the daemon gave it.
  */

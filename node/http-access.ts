@@ -19,8 +19,12 @@
  *   `application/json` bodies only (a cross-site form or `text/plain` POST needs no preflight).
  * - Senders of invalid writes are refused for a while (InvalidSenders), as mesh peers are banned.
  * - Tokens are never logged in full (`tokenHint`).
+ * - The daemon proves it holds the token before the CLI sends it (`GET /api/proof?nonce=N`,
+ *   open to anyone: `apiProof`, an HMAC of the client's fresh nonce under the token). Another
+ *   local program that took the daemon's port while the daemon was down (a squatter) cannot
+ *   answer, so the CLI refuses to send it the token (daemon-client.ts).
  */
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { chmod, readFile, writeFile } from 'node:fs/promises'
 import type { IncomingMessage } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -38,8 +42,22 @@ export const INVALID_SENDER_REFUSAL_MS = 60_000
 /** Senders remembered at most. */
 export const MAX_TRACKED_SENDERS = 1024
 
-/** Who a route is for: everyone on this machine, the dashboard page too, or token holders. */
-export type RouteAccess = 'loopback' | 'dashboard' | 'token'
+/**
+ * Who a route is for: anyone (Host and Origin checks still apply), everyone on this machine, the
+ * dashboard page too, or token holders.
+ */
+export type RouteAccess = 'open' | 'loopback' | 'dashboard' | 'token'
+
+/** A proof nonce: 32 bytes, hex. */
+export const PROOF_NONCE = /^[0-9a-f]{64}$/
+
+/**
+ * The daemon's answer to a proof nonce: HMAC-SHA256 under the API token of a domain tag and the
+ * nonce, hex. Only a holder of the token can make it; it tells nothing of the token.
+ */
+export function apiProof(token: string, nonce: string): string {
+  return createHmac('sha256', token).update(`rhizome/api-proof/v1\0${nonce}`).digest('hex')
+}
 
 /** The first characters of a token, for logs. */
 export function tokenHint(token: string): string {
@@ -165,6 +183,11 @@ export class ApiAccess {
     this.dashboard.add(token)
   }
 
+  /** `apiProof` under this daemon's token. */
+  proof(nonce: string): string {
+    return apiProof(this.token, nonce)
+  }
+
   /** Who sent this request, for InvalidSenders. */
   sender(req: IncomingMessage): string {
     return req.socket.remoteAddress ?? 'unknown'
@@ -202,7 +225,7 @@ export class ApiAccess {
         )
       }
     }
-    if (access === 'static') return
+    if (access === 'static' || access === 'open') return
     if (access === 'loopback' && isLoopback(req.socket.remoteAddress)) return
     const auth = req.headers.authorization
     const bearer = auth?.startsWith('Bearer ') === true ? auth.slice(7).trim() : undefined

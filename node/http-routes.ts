@@ -6,6 +6,8 @@
  *
  *   GET  /api/health                 HealthReply {ok, peerId, name, uptimeMs, mesh}   [loopback]
  *   GET  /metrics                    Prometheus text                                  [loopback]
+ *   GET  /api/proof?nonce=HEX64      ProofReply {proof}: `apiProof(token, nonce)`, the daemon's proof
+ *                                    that it holds the API token, asked before sending it  [open]
  *   GET  /api/status                 FleetStatus (crdt/fleet-status.ts): every node, online or last
  *                                    seen, up to date or not, with its status body
  *   GET  /api/trust                  every trust statement held, JSON array of signed statements in
@@ -40,7 +42,7 @@ import { decodeBatch, encodeBatch } from '../crdt/signed-change.ts'
 import { decodeTrustStatement } from '../crdt/trust.ts'
 import { categoryOf, ErrorCategory } from '../crdt/errors.ts'
 import { HttpError, type Route } from './http-api.ts'
-import type { ApiAccess } from './http-access.ts'
+import { PROOF_NONCE, type ApiAccess } from './http-access.ts'
 import type { EventLog } from './logger.ts'
 import type { DaemonMetrics } from './metrics.ts'
 import type { FleetStatus } from '../crdt/fleet-status.ts'
@@ -51,6 +53,10 @@ export interface HealthReply {
   name: string
   uptimeMs: number
   mesh: boolean
+}
+/** `GET /api/proof`: the daemon's proof that it holds the API token (http-access.ts `apiProof`). */
+export interface ProofReply {
+  proof: string
 }
 export interface DocSummary {
   id: string
@@ -135,6 +141,19 @@ export function apiRoutes(c: ApiComponents): Route[] {
           uptimeMs: Date.now() - c.startedAt,
           mesh: c.mesh
         }
+        return { json }
+      }
+    },
+    {
+      method: 'GET',
+      pattern: /^\/api\/proof$/,
+      access: 'open',
+      handler: async (_m, _req, url) => {
+        const nonce = url.searchParams.get('nonce') ?? ''
+        if (!PROOF_NONCE.test(nonce)) {
+          throw new HttpError(400, 'BadNonce', 'nonce: 32 random bytes as 64 lower-case hex digits')
+        }
+        const json: ProofReply = { proof: c.access.proof(nonce) }
         return { json }
       }
     },

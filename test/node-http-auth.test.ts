@@ -12,7 +12,8 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { chmod, copyFile, mkdtemp, readFile, rm } from 'node:fs/promises'
-import { request } from 'node:http'
+import { createServer, request } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { INVALID_WRITES_PER_WINDOW } from '../node/http-access.ts'
@@ -190,5 +191,42 @@ describe('HTTP API access (one daemon process)', { timeout: 120_000 }, () => {
     })
     assert.equal(r.code, 2)
     assert.match(r.stderr, /no-such-file \(ENOENT\)/)
+  })
+
+  it('the CLI sends its token only to a daemon that proves it holds it, not to a program squatting the port', async () => {
+    // Another local program listening where the CLI looks for the daemon (it took the port while
+    // the daemon was down): it answers everything, proves nothing, and keeps what it is sent.
+    const seen: string[] = []
+    for (const proof of ['0'.repeat(64), undefined]) {
+      const squatter = createServer((req, res) => {
+        seen.push(`${req.url} ${req.headers.authorization ?? ''}`)
+        if (req.url?.startsWith('/api/proof') === true && proof === undefined) {
+          res.writeHead(404, { 'content-type': 'application/json' })
+          res.end('{"error":"NotFound","message":"no such route"}')
+          return
+        }
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.end(JSON.stringify(req.url?.startsWith('/api/proof') === true ? { proof } : {}))
+      })
+      await new Promise<void>(resolve => squatter.listen(0, '127.0.0.1', resolve))
+      const url = `http://127.0.0.1:${(squatter.address() as AddressInfo).port}`
+      try {
+        const r = await rhizome(['status', '--daemon', url], { RHIZOME_TOKEN_FILE: d.tokenFile })
+        assert.equal(r.code, 3, `exit ${r.code}: ${r.stdout}\n${r.stderr}`)
+        assert.match(r.stderr, /could not prove|refused to prove/)
+        assert.match(r.stderr, /nothing secret was sent/)
+      } finally {
+        await new Promise(resolve => squatter.close(resolve))
+      }
+    }
+    assert.ok(seen.length > 0, 'the CLI asked the squatter')
+    assert.deepEqual(
+      seen.filter(l => l.includes(token)),
+      [],
+      `the token reached the squatter: ${seen.join('; ')}`
+    )
+    // The real daemon proves it, and the same command works.
+    const ok = await rhizome(['status', '--daemon', d.url], { RHIZOME_TOKEN_FILE: d.tokenFile })
+    assert.equal(ok.code, 0, ok.stderr)
   })
 })
