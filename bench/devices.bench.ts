@@ -6,9 +6,12 @@
  * The document: DEVICES devices, three quarters enrolled by an admin (half munich, half berlin),
  * one quarter by a berlin operator, one change each; then the operator relabels 200 of its own
  * devices inside berlin, moves 20 munich devices to berlin, and deletes and re-adds 10 more as
- * berlin. Figures, each one synchronous call (the event loop is blocked for that long):
+ * berlin; and it relabels 100 munich devices to hamburg and renames each, writes outside its scope
+ * that do not count. Figures, each one synchronous call (the event loop is blocked for that long):
  * - cold: the first read of the document in the process (every change decoded once);
  * - a new revision: one more operator change, the whole walk again on the new value;
+ * - which writes count (`enrolledDevices`, after both walks, which it shares): cold and on a new
+ *   revision, as a ratio to `revokedDevices` in the same run;
  * - revocation marks (`revokedDevices` now asks who signed each): a new revision whose change is
  *   an admin's mark, an operator's mark inside its scope, and one outside it, each on a device
  *   other changes touched (its labels before the mark are read from the history), beside a new
@@ -18,10 +21,17 @@
  */
 import * as Automerge from '@automerge/automerge'
 import { availableParallelism, loadavg } from 'node:os'
-import { outOfReach, revokedDevices, type DevicesDocument } from '../crdt/devices.ts'
+import {
+  enrolledDevices,
+  outOfReach,
+  revokedDevices,
+  type DevicesDocument
+} from '../crdt/devices.ts'
 import type { TrustChain, TrustStatement } from '../crdt/trust.ts'
 
 const DEVICES = Number(process.argv[2] ?? 2000)
+/** The first of the munich devices (even numbers) the operator relabels out of munich. */
+const HAMBURG_FROM = 300
 const ADMIN = 'aa'.repeat(32)
 const OPERATOR = 'bb'.repeat(32)
 const actor = (key: string): string => `${key}0000000000000001`
@@ -30,12 +40,14 @@ const deviceKey = (i: number): string => i.toString(16).padStart(64, '0')
 type Entry = { name: string; labels: Record<string, string>; revoked: boolean }
 type Doc = { devices: Record<string, Entry> }
 
-const trust: Pick<TrustChain, 'scopeOf' | 'latest' | 'epoch'> = {
+const scopeTrust: Pick<TrustChain, 'scopeOf' | 'latest' | 'epoch'> = {
   scopeOf: (key: string) =>
     key === ADMIN ? { all: true } : { all: false, selector: { site: 'berlin' } },
   latest: { nodes: [] } as unknown as TrustStatement,
   epoch: 0
 }
+// `enrolledDevices` asks a trust chain of nothing more.
+const trust = scopeTrust as TrustChain
 
 function say(what: string, figure: string): void {
   process.stdout.write(`  ${what.padEnd(62)} ${figure.padStart(12)}\n`)
@@ -81,6 +93,16 @@ function build(): Automerge.Doc<Doc> {
       d.devices[deviceKey(i)] = { name: `d${i}`, labels: { site: 'berlin' }, revoked: false }
     })
   }
+  // Writes that do not count: 100 munich devices relabelled to hamburg, then renamed (a second
+  // write, judged on the labels the writes that count left).
+  for (let i = HAMBURG_FROM; i < HAMBURG_FROM + 200 && i < adminCount; i += 2) {
+    op(d => {
+      d.devices[deviceKey(i)]!.labels.site = 'hamburg'
+    })
+    op(d => {
+      d.devices[deviceKey(i)]!.name = `taken-${i}`
+    })
+  }
   return doc
 }
 
@@ -113,12 +135,20 @@ const [taken, scopeWall, scopeCpu] = timed(() => outOfReach(trust, loaded))
 say('cold: revokedDevices (baseline; decodes every change)', ms(revokedWall, revokedCpu))
 say('cold: outOfReach after it (decoded changes shared)', ms(scopeWall, scopeCpu))
 say('cold: ratio outOfReach / revokedDevices (cpu)', `${(scopeCpu / revokedCpu).toFixed(2)}×`)
+const [enrolled, enrolledWall, enrolledCpu] = timed(() => enrolledDevices(trust, loaded))
+say('cold: enrolledDevices after both (which writes count)', ms(enrolledWall, enrolledCpu))
+say(
+  'cold: ratio enrolledDevices / revokedDevices (cpu)',
+  `${(enrolledCpu / revokedCpu).toFixed(2)}×`
+)
 // A new revision, REVISIONS times: one more operator change, then both walks on the new value.
 const REVISIONS = 7
 const base: number[] = []
 const scope: number[] = []
 const baseWall: number[] = []
 const scopeWall2: number[] = []
+const writes: number[] = []
+const writesWall: number[] = []
 for (let r = 0; r < REVISIONS; r++) {
   doc = Automerge.change(doc, d => {
     d.devices[deviceKey(DEVICES - 1)]!.labels.role = `till-${r}`
@@ -126,10 +156,13 @@ for (let r = 0; r < REVISIONS; r++) {
   const next = doc as DevicesDocument
   const [, bw, bc] = timed(() => revokedDevices(trust, next))
   const [, sw, sc] = timed(() => outOfReach(trust, next))
+  const [, ew, ec] = timed(() => enrolledDevices(trust, next))
   base.push(bc)
   scope.push(sc)
   baseWall.push(bw)
   scopeWall2.push(sw)
+  writes.push(ec)
+  writesWall.push(ew)
 }
 say(
   `new revision, median of ${REVISIONS}: revokedDevices (baseline)`,
@@ -140,10 +173,23 @@ say(
   'new revision: ratio outOfReach / revokedDevices (cpu)',
   `${(median(scope) / median(base)).toFixed(2)}×`
 )
+say(
+  `new revision, median of ${REVISIONS}: enrolledDevices after both`,
+  ms(median(writesWall), median(writes))
+)
+say(
+  'new revision: ratio enrolledDevices / revokedDevices (cpu)',
+  `${(median(writes) / median(base)).toFixed(2)}×`
+)
 const [, memoMs] = timed(() => outOfReach(trust, doc as DevicesDocument))
 say('same revision again (memoised)', `${memoMs.toFixed(2)} ms`)
 say('devices the operator may not reach (expected 30)', String(taken.get(OPERATOR)?.size ?? 0))
 say('revoked devices (expected 0)', String(revoked.size))
+say(`enrolled devices (expected ${DEVICES})`, String(enrolled.size))
+say(
+  'enrolled devices labelled hamburg (0: those writes do not count)',
+  String([...enrolled.values()].filter(e => e.labels.site === 'hamburg').length)
+)
 
 // Marks: REVISIONS new revisions of each kind, on devices relabelled before (not new keys).
 // The operator's own changes above relabelled devices adminCount.. to role=kiosk (berlin).

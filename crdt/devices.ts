@@ -241,16 +241,18 @@ export function revokedDevices(
   return out
 }
 
-/** A marked device's labels before the mark, by `<change hash> <device>` (a change's past is fixed). */
-const beforeByMark = new Map<string, readonly Labels[]>()
+/** A device's labels before a change, by `<change hash> <device>` (a change's past is fixed). */
+const beforeByChange = new Map<string, readonly Labels[]>()
 
-function beforeMark(h: History, mark: Mark, m: Automerge.ChangeMetadata): readonly Labels[] {
-  const id = `${mark.hash} ${mark.device}`
-  const held = beforeByMark.get(id)
+/** `labelsBefore`, memoised (a change not in the history, `m.hash` '', is not remembered). */
+function beforeOf(h: History, device: string, m: Automerge.ChangeMetadata): readonly Labels[] {
+  if (m.hash === '') return labelsBefore(h, device, m)
+  const id = `${m.hash} ${device}`
+  const held = beforeByChange.get(id)
   if (held !== undefined) return held
-  const before = labelsBefore(h, mark.device, m)
-  if (beforeByMark.size >= MAX_REVOCATION_MEMO) beforeByMark.clear()
-  beforeByMark.set(id, before)
+  const before = labelsBefore(h, device, m)
+  if (beforeByChange.size >= MAX_REVOCATION_MEMO) beforeByChange.clear()
+  beforeByChange.set(id, before)
   return before
 }
 
@@ -259,10 +261,12 @@ function markCounts(trust: ScopeTrust, devicesDoc: DevicesDocument, mark: Mark):
   const scope = trust.scopeOf(mark.signer)
   if (scope.all) return true
   if (scope.selector === undefined) return false
+  // A mark in a write to the entry that does not count (`deviceWrites`) does not count either.
+  if (deviceWrites(trust, devicesDoc).voided.get(mark.device)?.has(mark.hash) === true) return false
   const h = history(devicesDoc)
   const m = h.metas.get(mark.hash)
   if (m === undefined) return false
-  let before = beforeMark(h, mark, m)
+  let before = beforeOf(h, mark.device, m)
   if (before.length === 0) {
     const fromStatement = trust.latest.nodes.find(n => n.key === mark.device)
     // A key the fleet never knew: revoking it harms nobody.
@@ -293,6 +297,7 @@ export function mayRevoke(
     ? scalarLabels(entry.labels)
     : trust.latest.nodes.find(n => n.key === device)?.labels
   if (labels !== undefined && !selectorMatches(scope.selector, labels)) return false
+  if (!mayWrite(trust, devicesDoc, signer, device, labels)) return false
   return outOfReach(trust, devicesDoc).get(signer)?.has(device) !== true
 }
 
@@ -324,6 +329,19 @@ export function enrolledDevices(
         enrolledAt: v.enrolledAt,
         source: 'devices'
       })
+    }
+  }
+  if (devicesDoc === undefined) return out
+  // An entry some write did not count for: as the writes that count made it (`deviceWrites`).
+  for (const [key, e] of deviceWrites(trust, devicesDoc).entries) {
+    out.delete(key)
+    if (revoked.has(key)) continue
+    const n = trust.latest.nodes.find(x => x.key === key)
+    if (e !== undefined) {
+      const { name, labels, enrolledBy, enrolledAt } = e
+      out.set(key, { key, name, labels, enrolledBy, enrolledAt, source: 'devices' })
+    } else if (n !== undefined) {
+      out.set(key, { key, name: n.name, labels: { ...n.labels }, source: 'trust' })
     }
   }
   return out
@@ -371,6 +389,10 @@ interface History {
   readonly replacers: ReadonlySet<string>
   /** Change → the device keys it touched. */
   readonly touched: ReadonlyMap<string, ReadonlySet<string>>
+  /** Every map made at the document's root key `devices`. */
+  readonly devicesMaps: ReadonlySet<string>
+  /** The device entry an object sits in, if any. */
+  readonly deviceOf: (obj: string) => string | undefined
   readonly backend: ReturnType<typeof Automerge.getBackend>
 }
 const historyOf = new WeakMap<object, History>()
@@ -433,6 +455,8 @@ function history(devicesDoc: DevicesDocument): History {
     touchers,
     replacers,
     touched,
+    devicesMaps,
+    deviceOf,
     backend: Automerge.getBackend(devicesDoc)
   }
   historyOf.set(devicesDoc, h)
@@ -494,6 +518,24 @@ function labelsBefore(h: History, device: string, m: Automerge.ChangeMetadata): 
   return out
 }
 
+/** The device entries a change wrote in: a new `devices` map writes every entry before or after it. */
+const writtenByHash = new Map<string, readonly string[]>()
+
+function devicesWritten(h: History, m: Automerge.ChangeMetadata): readonly string[] {
+  if (!h.replacers.has(m.hash)) return [...(h.touched.get(m.hash) ?? [])]
+  const held = writtenByHash.get(m.hash)
+  if (held !== undefined) return held
+  const all = new Set<string>(h.touched.get(m.hash))
+  for (const heads of [m.deps, [m.hash]]) {
+    const map = h.backend.getWithType('_root', 'devices', heads)
+    if (map?.[0] === 'map') for (const k of h.backend.keys(map[1], heads)) all.add(k)
+  }
+  const out = [...all].filter(k => DEVICE_KEY.test(k))
+  if (writtenByHash.size >= MAX_REVOCATION_MEMO) writtenByHash.clear()
+  writtenByHash.set(m.hash, out)
+  return out
+}
+
 function sameLabels(a: Labels, b: Labels): boolean {
   const ka = Object.keys(a)
   return ka.length === Object.keys(b).length && ka.every(k => a[k] === b[k])
@@ -502,19 +544,9 @@ function sameLabels(a: Labels, b: Labels): boolean {
 function movesOf(h: History, m: Automerge.ChangeMetadata): readonly LabelMove[] {
   const held = movesByHash.get(m.hash)
   if (held !== undefined) return held
-  let devices: Iterable<string> = h.touched.get(m.hash) ?? []
-  if (h.replacers.has(m.hash)) {
-    // A new `devices` map: every entry before or after it is touched.
-    const all = new Set<string>()
-    for (const heads of [m.deps, [m.hash]]) {
-      const map = h.backend.getWithType('_root', 'devices', heads)
-      if (map?.[0] === 'map') for (const k of h.backend.keys(map[1], heads)) all.add(k)
-    }
-    devices = [...all].filter(k => DEVICE_KEY.test(k))
-  }
   const out: LabelMove[] = []
-  for (const device of devices) {
-    const before = labelsBefore(h, device, m)
+  for (const device of devicesWritten(h, m)) {
+    const before = beforeOf(h, device, m)
     if (before.length === 0) {
       out.push({ device, before })
       continue
@@ -616,6 +648,338 @@ function inPast(h: History, ancestor: string, m: Automerge.ChangeMetadata): bool
     stack.push(...(h.metas.get(x)?.deps ?? []))
   }
   return false
+}
+
+// ---- writes to a device entry: only a writer that reaches the device counts ----------------------
+
+/** One operation at a map key in a device's entry, or at the `devices` keys that hold the entry. */
+interface KeyOp {
+  /** Its id (`counter@actor`); for a make operation, the id of the object it made. */
+  readonly id: string
+  readonly counter: number
+  readonly actor: string
+  readonly obj: string
+  readonly key: string
+  /** `map`, `text`: it made that object; `set`: a scalar; `del`: a deletion; `other`: the rest. */
+  readonly kind: 'map' | 'text' | 'set' | 'del' | 'other'
+  readonly value?: unknown
+  /** The change it is in. */
+  readonly change: string
+}
+
+/** A change's map-key operations, by device (`''`: at the root key `devices`), by change hash. */
+const keyOpsByHash = new Map<string, ReadonlyMap<string, readonly KeyOp[]>>()
+
+function keyOpsOf(h: History, hash: string, device: string): readonly KeyOp[] {
+  let held = keyOpsByHash.get(hash)
+  if (held === undefined) {
+    const bytes = h.backend.getChangeByHash(hash)
+    const byDevice = new Map<string, KeyOp[]>()
+    if (bytes !== null) {
+      const c = Automerge.decodeChange(bytes)
+      c.ops.forEach((op, i) => {
+        const key = op.key as string | undefined
+        if (key === undefined) return
+        const at =
+          op.obj === '_root'
+            ? key === 'devices'
+              ? ''
+              : undefined
+            : h.devicesMaps.has(op.obj)
+              ? DEVICE_KEY.test(key)
+                ? key
+                : undefined
+              : h.deviceOf(op.obj)
+        if (at === undefined) return
+        const kind =
+          op.action === 'makeMap'
+            ? 'map'
+            : op.action === 'makeText'
+              ? 'text'
+              : op.action === 'set' || op.action === 'del'
+                ? op.action
+                : 'other'
+        const counter = c.startOp + i
+        const list = byDevice.get(at) ?? []
+        list.push({
+          id: `${counter}@${c.actor}`,
+          counter,
+          actor: c.actor,
+          obj: op.obj,
+          key,
+          kind,
+          value: op.value,
+          change: hash
+        })
+        byDevice.set(at, list)
+      })
+    }
+    held = byDevice
+    if (keyOpsByHash.size >= MAX_REVOCATION_MEMO) keyOpsByHash.clear()
+    keyOpsByHash.set(hash, held)
+  }
+  return [...(held.get('') ?? []), ...(held.get(device) ?? [])]
+}
+
+/** Automerge's order of concurrent writes to one key: the larger id wins (counter, then actor). */
+function later(a: KeyOp, b: KeyOp): boolean {
+  return a.counter !== b.counter ? a.counter > b.counter : a.actor > b.actor
+}
+
+/**
+ * A device's entry as the `counted` changes alone made it, read by path (`name`, `labels.site`,
+ * …) rather than by object, so a write that counts lands even in an entry or labels map a write
+ * that does not count had made. Each path holds the value of the latest write to it among them
+ * (the largest operation id, which is how Automerge itself orders writes: one made after another
+ * has the larger id), provided it came after the latest making or deletion of the entry (of the
+ * labels map, for a label); a new `devices` map deletes the entries it does not make again. So a
+ * change left out undoes nothing it did not write and hides nothing written after it. With
+ * `lastSeen`, a deleted entry is read as it was where it was last made. Text is read as the change
+ * that made it wrote it (edits inside it are not followed). `all`: every change that wrote in the
+ * entry, counted or not (they made the objects the paths run through).
+ */
+function entryFrom(
+  h: History,
+  device: string,
+  all: readonly string[],
+  counted: ReadonlySet<string>,
+  lastSeen = false
+): DeviceEntry | undefined {
+  const entries = new Set<string>()
+  const labelMaps = new Set<string>()
+  const ops: KeyOp[] = []
+  const every: KeyOp[] = []
+  for (const c of new Set(all)) {
+    for (const op of keyOpsOf(h, c, device)) {
+      if (op.kind === 'map' && op.key === device && h.devicesMaps.has(op.obj)) entries.add(op.id)
+      every.push(op)
+      if (counted.has(c)) ops.push(op)
+    }
+  }
+  for (const op of every) {
+    if (op.kind === 'map' && op.key === 'labels' && entries.has(op.obj)) labelMaps.add(op.id)
+  }
+  const latest = (ok: (op: KeyOp) => boolean, after?: KeyOp): KeyOp | undefined => {
+    let w: KeyOp | undefined
+    for (const op of ops) {
+      if (
+        ok(op) &&
+        (after === undefined || later(op, after)) &&
+        (w === undefined || later(op, w))
+      ) {
+        w = op
+      }
+    }
+    return w
+  }
+  const entry = latest(op =>
+    op.key === device && h.devicesMaps.has(op.obj)
+      ? !lastSeen || op.kind === 'map'
+      : op.obj === '_root' && !lastSeen
+  )
+  if (entry?.kind !== 'map' || entry.key !== device) return undefined
+  const value = (w: KeyOp | undefined): string | undefined => {
+    if (w?.kind === 'text') {
+      const t = h.backend.materialize(w.id, [w.change])
+      return typeof t === 'string' ? t : undefined
+    }
+    const v = w?.kind === 'set' ? w.value : undefined
+    return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean'
+      ? String(v)
+      : undefined
+  }
+  const field = (key: string): string | undefined =>
+    value(latest(op => op.key === key && entries.has(op.obj), entry))
+  const name = field('name')
+  const labelsMap = latest(op => op.key === 'labels' && entries.has(op.obj), entry)
+  if (name === undefined || labelsMap?.kind !== 'map') return undefined
+  const labels: Labels = {}
+  const keys = new Set(ops.filter(op => labelMaps.has(op.obj)).map(op => op.key))
+  for (const k of keys) {
+    const v = value(latest(op => op.key === k && labelMaps.has(op.obj), labelsMap))
+    if (v !== undefined) labels[k] = v
+  }
+  const out: DeviceEntry = { name, labels }
+  const enrolledBy = field('enrolledBy')
+  const enrolledAt = field('enrolledAt')
+  if (enrolledBy !== undefined) out.enrolledBy = enrolledBy
+  if (enrolledAt !== undefined) out.enrolledAt = enrolledAt
+  if (field('revoked') === 'true') out.revoked = true
+  return out
+}
+
+/** The changes in `m`'s past (its dependencies, theirs, and so on). */
+function pastOf(h: History, m: Automerge.ChangeMetadata): Set<string> {
+  const seen = new Set<string>()
+  const stack = [...m.deps]
+  while (stack.length > 0) {
+    const x = stack.pop() as string
+    if (seen.has(x)) continue
+    seen.add(x)
+    stack.push(...(h.metas.get(x)?.deps ?? []))
+  }
+  return seen
+}
+
+/** The changes that may say something of a device's entry: those that wrote in it, and new `devices` maps. */
+function writersOf(h: History, device: string): string[] {
+  return [...new Set([...(h.touchers.get(device) ?? []), ...h.replacers])]
+}
+
+/**
+ * Does a write by an operator with `selector` to `device`'s entry, made by change `m`, count? It
+ * does when the labels the device had in the change's own past, as the changes that counted made
+ * them (see `LabelMove` for an entry deleted there), match the selector; with no entry there,
+ * its trust-statement labels, or for a key the fleet never knew the labels the change wrote
+ * (`written`). `voided` are the changes already found not to count for the device.
+ */
+function writeCounts(
+  h: History,
+  selector: unknown,
+  statement: Labels | undefined,
+  voided: ReadonlySet<string> | undefined,
+  device: string,
+  m: Automerge.ChangeMetadata,
+  written: () => Labels | undefined
+): boolean {
+  if (selector === undefined) return false
+  let before: readonly Labels[]
+  let after = written
+  if (voided === undefined || ![...voided].some(v => inPast(h, v, m))) {
+    // Every write in its past counted: the document as of its past is what they made.
+    before = beforeOf(h, device, m)
+  } else {
+    const past = pastOf(h, m)
+    const all = writersOf(h, device).filter(c => past.has(c))
+    const counted = new Set(all.filter(c => !voided.has(c)))
+    const was = entryFrom(h, device, all, counted) ?? entryFrom(h, device, all, counted, true)
+    before = was === undefined ? [] : [was.labels]
+    if (m.hash !== '') {
+      after = () => entryFrom(h, device, [...all, m.hash], counted.add(m.hash))?.labels
+    }
+  }
+  if (before.length > 0) return before.every(b => selectorMatches(selector, b))
+  if (statement !== undefined) return selectorMatches(selector, statement)
+  const labels = after()
+  return labels === undefined || selectorMatches(selector, labels)
+}
+
+interface DeviceWrites {
+  /** Per device: the changes whose writes to its entry do not count. */
+  readonly voided: ReadonlyMap<string, ReadonlySet<string>>
+  /** Per device with such changes: its entry as the changes that count made it (none: undefined). */
+  readonly entries: ReadonlyMap<string, DeviceEntry | undefined>
+}
+
+const writesOf = new WeakMap<object, { trust: object; epoch: number; out: DeviceWrites }>()
+
+/**
+ * Whether a change's write to a device counts, by `<change hash> <device>`, and the entries read
+ * from the writes that count, for one trust chain at one epoch: a change's past never changes,
+ * so neither does its verdict until the chain does (then both are emptied).
+ */
+const verdicts = {
+  trust: undefined as object | undefined,
+  epoch: -1,
+  counts: new Map<string, boolean>(),
+  entries: new Map<string, DeviceEntry | undefined>()
+}
+
+/**
+ * Which writes to device entries count: every admin's; an operator's only to a device inside its
+ * selector in the change's own past (`writeCounts`). A pure function of the changes held (their
+ * signers and dependencies) and the trust chain's selectors, the same on every replica whatever
+ * order the changes came in: a change is judged by its past alone, which holds only changes
+ * judged before it (the history is in causal order).
+ *
+ * Cost: an admin's change costs nothing; an operator's reads, per device it wrote, the labels
+ * before it (shared with `outOfReach` and `revokedDevices`, memoised by change hash); only a device
+ * some write did not count for is read again from the operations of the changes that wrote it.
+ */
+function deviceWrites(trust: ScopeTrust, devicesDoc: DevicesDocument): DeviceWrites {
+  const memo = writesOf.get(devicesDoc)
+  if (memo !== undefined && memo.trust === trust && memo.epoch === trust.epoch) return memo.out
+  const h = history(devicesDoc)
+  if (verdicts.trust !== trust || verdicts.epoch !== trust.epoch) {
+    Object.assign(verdicts, { trust, epoch: trust.epoch })
+    verdicts.counts.clear()
+    verdicts.entries.clear()
+  }
+  const statement = new Map(trust.latest.nodes.map(n => [n.key, n.labels]))
+  const voided = new Map<string, Set<string>>()
+  for (const m of h.metas.values()) {
+    const scope = trust.scopeOf(m.actor.slice(0, 64))
+    if (scope.all) continue
+    for (const device of devicesWritten(h, m)) {
+      const id = `${m.hash} ${device}`
+      const mine = voided.get(device)
+      let counts = verdicts.counts.get(id)
+      if (counts === undefined) {
+        const written = (): Labels | undefined => writtenBy(h, device, m)
+        counts = writeCounts(h, scope.selector, statement.get(device), mine, device, m, written)
+        if (verdicts.counts.size >= MAX_REVOCATION_MEMO) verdicts.counts.clear()
+        verdicts.counts.set(id, counts)
+      }
+      if (!counts) voided.set(device, (mine ?? new Set<string>()).add(m.hash))
+    }
+  }
+  const entries = new Map<string, DeviceEntry | undefined>()
+  for (const [device, v] of voided) {
+    const all = writersOf(h, device)
+    // The same writes, the same verdicts: the same entry (most revisions touch other devices).
+    const id = `${device} ${all.map(c => (v.has(c) ? `-${c}` : c)).join(' ')}`
+    if (!verdicts.entries.has(id)) {
+      if (verdicts.entries.size >= MAX_REVOCATION_MEMO) verdicts.entries.clear()
+      verdicts.entries.set(id, entryFrom(h, device, all, new Set(all.filter(c => !v.has(c)))))
+    }
+    entries.set(device, verdicts.entries.get(id))
+  }
+  const out = { voided, entries }
+  writesOf.set(devicesDoc, { trust, epoch: trust.epoch, out })
+  return out
+}
+
+/** A device's labels as a change left them, by `<change hash> <device>`. */
+const writtenByChange = new Map<string, Labels | undefined>()
+
+function writtenBy(h: History, device: string, m: Automerge.ChangeMetadata): Labels | undefined {
+  const id = `${m.hash} ${device}`
+  if (writtenByChange.has(id)) return writtenByChange.get(id)
+  const labels = labelsAt(h, device, [m.hash])
+  if (writtenByChange.size >= MAX_REVOCATION_MEMO) writtenByChange.clear()
+  writtenByChange.set(id, labels)
+  return labels
+}
+
+/**
+ * Would a write to `device`'s entry, signed by `signer` on top of the document as it is, count
+ * (see `deviceWrites`)? `labels`: the labels it writes, asked of a key with no entry before. What
+ * `rhizome enrol` and `rhizome unenrol` ask before they sign.
+ */
+export function mayWrite(
+  trust: ScopeTrust,
+  devicesDoc: DevicesDocument | undefined,
+  signer: string,
+  device: string,
+  labels?: Labels
+): boolean {
+  const scope = trust.scopeOf(signer)
+  if (scope.all) return true
+  const statement = trust.latest.nodes.find(n => n.key === device)?.labels
+  if (devicesDoc === undefined) {
+    const judged = statement ?? labels
+    return (
+      scope.selector !== undefined &&
+      (judged === undefined || selectorMatches(scope.selector, judged))
+    )
+  }
+  const h = history(devicesDoc)
+  const next = {
+    hash: '',
+    deps: Automerge.getHeads(devicesDoc)
+  } as unknown as Automerge.ChangeMetadata
+  const voided = deviceWrites(trust, devicesDoc).voided.get(device)
+  return writeCounts(h, scope.selector, statement, voided, device, next, () => labels)
 }
 
 /**

@@ -26,6 +26,7 @@ import {
   DEVICES_DOC,
   enrolledDevices,
   mayRevoke,
+  mayWrite,
   outOfReach,
   revokedDevices
 } from '../crdt/devices.ts'
@@ -634,22 +635,36 @@ async function cmdEnrol(key: string, opts: EnrolOptions): Promise<void> {
       )
     }
   }
-  const scope = replica.trust.scopeOf(toHex(pair.publicKey))
+  const signer = toHex(pair.publicKey)
+  // Peers ignore a write to an entry the key cannot reach (crdt/devices.ts `mayWrite`): refuse
+  // here, before anything is signed.
+  const reenrol = [
+    `rhizome enrol ${hex} --name ${opts.name}`,
+    ...opts.label.map(l => `--label ${l}`),
+    '--replace'
+  ].join(' ')
+  if (!mayWrite(replica.trust, doc.value, signer, hex, labels)) {
+    throw new DeviceOutOfReachError(
+      reachRefusal(replica.trust, doc.value, signer, opts.name, hex, ['change', reenrol])
+    )
+  }
+  const scope = replica.trust.scopeOf(signer)
   if (!scope.all && (scope.selector === undefined || !selectorMatches(scope.selector, labels))) {
-    throw new UsageError(
-      `your operator key reaches nodes ${scope.selector === undefined ? '(none)' : JSON.stringify(scope.selector)}; labels ${JSON.stringify(labels)} are outside it`
+    throw new DeviceOutOfReachError(
+      `refusing to enrol ${opts.name} (${fingerprint(pub)}) with labels ${JSON.stringify(labels)}: your operator key reaches nodes ${scope.selector === undefined ? '(none)' : JSON.stringify(scope.selector)} only (peers ignore a new entry outside it; an enrolled device would leave your reach); give it labels inside that, or use an admin key: ${reenrol} --key <admin key>`
     )
   }
   // Moving the name revokes the device that had it: only if this key may (see revoke-device).
-  const signer = toHex(pair.publicKey)
   if (sameName !== undefined && !mayRevoke(replica.trust, doc.value, signer, sameName.key)) {
     throw new DeviceOutOfReachError(
-      revokeRefusal(replica.trust, doc.value, signer, opts.name, sameName.key)
+      reachRefusal(replica.trust, doc.value, signer, opts.name, sameName.key, [
+        'revoke',
+        `rhizome revoke-device ${opts.name}`
+      ])
     )
   }
   const before = enrolled.get(hex)?.labels ?? {}
   const dropped = Object.keys(before).filter(k => !(k in labels))
-  const outBefore = outOfReach(replica.trust, doc.value).get(signer)?.has(hex) === true
   const batch = await doc.change(
     Replica.signer(pair),
     d => {
@@ -670,13 +685,6 @@ async function cmdEnrol(key: string, opts: EnrolOptions): Promise<void> {
     },
     `enrol ${opts.name}`
   )
-  // Peers would keep this operator's documents off the device anyway (crdt/devices.ts
-  // `outOfReach`): say so here, before anything is published, rather than move it for nothing.
-  if (!outBefore && outOfReach(replica.trust, doc.value).get(signer)?.has(hex) === true) {
-    throw new UsageError(
-      `device ${fingerprint(pub)} had labels outside your operator key's reach ${JSON.stringify(scope.all ? {} : scope.selector)}${enrolled.has(hex) ? ` (${JSON.stringify(before)})` : ' before it was unenrolled'}; an operator cannot move a device into its own scope (its documents would never reach it): nothing was published; ask an admin to relabel it`
-    )
-  }
   say(`enrolled ${opts.name} (${fingerprint(pub)}) labels ${JSON.stringify(labels)}`)
   if (dropped.length > 0) say(`  labels dropped from its previous entry: ${dropped.join(', ')}`)
   if (sameName !== undefined) {
@@ -688,9 +696,17 @@ async function cmdEnrol(key: string, opts: EnrolOptions): Promise<void> {
 async function deviceByName(client: DaemonClient, name: string) {
   const replica = await client.localReplica([DEVICES_DOC])
   const doc = await replica.open<{ devices?: Record<string, Record<string, unknown>> }>(DEVICES_DOC)
-  const entries = Object.entries(doc.value.devices ?? {}).filter(
-    ([k, v]) => v.name === name || k === name.toLowerCase() || fp(k) === name
+  const named = (k: string, n: unknown): boolean =>
+    n === name || k === name.toLowerCase() || fp(k) === name
+  // The names writes that count gave (crdt/devices.ts `enrolledDevices`); a revoked device's
+  // entry, which enrols nothing, by what the document says.
+  const enrolled = [...enrolledDevices(replica.trust, doc.value)].filter(
+    ([k, e]) => e.source === 'devices' && named(k, e.name)
   )
+  const entries =
+    enrolled.length > 0
+      ? enrolled
+      : Object.entries(doc.value.devices ?? {}).filter(([k, v]) => named(k, v.name))
   if (entries.length === 0) {
     const inTrust = replica.trust.latest.nodes.find(n => n.name === name)
     throw new UsageError(
@@ -705,24 +721,31 @@ async function deviceByName(client: DaemonClient, name: string) {
   return { replica, doc, key: (entries[0] as [string, unknown])[0] }
 }
 
-/** Why `signer` may not revoke device `key`, and who may. */
-function revokeRefusal(
+/**
+ * Why `signer` may not `act` (revoke, change, unenrol) device `key`, and who may, with the command
+ * that key would run.
+ */
+function reachRefusal(
   trust: Replica['trust'],
   devices: Parameters<typeof mayRevoke>[1],
   signer: string,
   name: string,
-  key: string
+  key: string,
+  [act, command]: readonly [string, string]
 ): string {
   const scope = trust.scopeOf(signer)
   const reach = scope.all ? {} : scope.selector
-  const labels = enrolledDevices(trust, devices).get(key)?.labels ?? {}
+  const labels = enrolledDevices(trust, devices).get(key)?.labels
   const why =
     reach === undefined
       ? 'your key reaches no node (its operator entry has no selector)'
       : outOfReach(trust, devices).get(signer)?.has(key) === true
         ? `your operator key moved ${name} into its own scope ${JSON.stringify(reach)} and so never reaches it`
-        : `${name} has labels ${JSON.stringify(labels)}, outside your operator key's reach ${JSON.stringify(reach)}`
-  return `refusing to revoke ${name} (${fp(key)}): ${why}; peers would not count the mark. An admin key, or an operator key whose selector matches the device, may revoke it: rhizome revoke-device ${name} --key <that key>`
+        : labels === undefined
+          ? `${name}'s entry was deleted while outside your operator key's reach ${JSON.stringify(reach)}`
+          : `${name} has labels ${JSON.stringify(labels)}, outside your operator key's reach ${JSON.stringify(reach)}`
+  const what = act === 'revoke' ? 'the mark' : 'the change'
+  return `refusing to ${act} ${name} (${fp(key)}): ${why}; peers would not count ${what}. An admin key, or an operator key whose selector matches the device, may ${act} it: ${command} --key <that key>`
 }
 
 async function cmdRevokeDevice(
@@ -736,7 +759,12 @@ async function cmdRevokeDevice(
   // Peers count an operator's mark only on a device inside its selector (crdt/devices.ts
   // `revokedDevices`): refuse here, before anything is signed, rather than publish a dead mark.
   if (!mayRevoke(replica.trust, doc.value, signer, key)) {
-    throw new DeviceOutOfReachError(revokeRefusal(replica.trust, doc.value, signer, name, key))
+    throw new DeviceOutOfReachError(
+      reachRefusal(replica.trust, doc.value, signer, name, key, [
+        'revoke',
+        `rhizome revoke-device ${name}`
+      ])
+    )
   }
   const batch = await doc.change(
     Replica.signer(pair),
@@ -764,9 +792,20 @@ async function cmdUnenrol(
   opts: { key?: string; passphraseFile?: string; daemon: string }
 ) {
   const client = new DaemonClient(opts.daemon)
-  const { doc, key } = await deviceByName(client, name)
+  const { replica, doc, key } = await deviceByName(client, name)
+  const pair = await loadSigningKey(opts)
+  const signer = toHex(pair.publicKey)
+  // Peers ignore a deletion of an entry the key cannot reach (crdt/devices.ts `mayWrite`).
+  if (!mayWrite(replica.trust, doc.value, signer, key)) {
+    throw new DeviceOutOfReachError(
+      reachRefusal(replica.trust, doc.value, signer, name, key, [
+        'unenrol',
+        `rhizome unenrol ${name}`
+      ])
+    )
+  }
   const batch = await doc.change(
-    Replica.signer(await loadSigningKey(opts)),
+    Replica.signer(pair),
     d => {
       if (d.devices !== undefined) delete d.devices[key]
     },

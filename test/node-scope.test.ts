@@ -1,8 +1,9 @@
 /**
  * Node scope against relabelling, through real daemons and the real CLI (issue 11): an operator
  * scoped to site=berlin that may write `devices` relabels a munich device to berlin; its file
- * reaches the berlin device but never the relabelled one, and `rhizome describe` says why;
- * `rhizome enrol` refuses to make that move in the first place.
+ * reaches the berlin device but never the relabelled one, whose labels stay munich (the relabelling
+ * does not count), and `rhizome describe` says why; `rhizome enrol` refuses to make that move in
+ * the first place.
  */
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -113,9 +114,12 @@ describe(
           '--key',
           file('ops.key')
         ],
-        1
+        2
       )
-      assert.match(refused.stderr, /an operator cannot move a device into its own scope/)
+      assert.match(
+        refused.stderr,
+        /refusing to change n1 .*outside your operator key's reach \{"site":"berlin"\}/
+      )
       // The escape, by a client of its own: the operator's key may write `devices`, and writes
       // site=berlin on n1, signed and posted to the daemon.
       const pair = await decryptKeyFile(parseKeyFile(await readFile(file('ops.key'), 'utf8')), PASS)
@@ -150,7 +154,7 @@ describe(
 
       const json = await cli(['describe', 'n1', '--json'])
       const d = JSON.parse(json.stdout) as NodeDescription
-      assert.deepEqual(d.labels, { site: 'berlin' })
+      assert.deepEqual(d.labels, { site: 'munich' }, 'the operator’s relabelling does not count')
       assert.deepEqual(d.outOfReach, ['site/berlin'])
       assert.deepEqual(Object.keys(d.config.files as object), ['/etc/rhizome/marker'])
       const text = await cli(['describe', 'n1'])
