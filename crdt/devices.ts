@@ -22,6 +22,10 @@
  * peer, its sessions are closed and its status records ignored; a revoked key is never enrolled
  * again (give the device a new identity). Devices write no documents, so there is nothing of
  * theirs to cut.
+ *
+ * Writes are scoped like documents: an operator's change to the entry of a device outside its
+ * selector (in the change's own past) counts for nothing, and every entry is read from the writes
+ * that count (`deviceWrites`), so such an operator cannot relabel, rename, delete or re-add it.
  */
 import * as Automerge from '@automerge/automerge'
 import { selectorMatches, writerScopes, type ConfigDocument } from './effective-config.ts'
