@@ -11,6 +11,16 @@ export function isMap(v: unknown): v is Record<string, unknown> {
 }
 
 /**
+ * A hostile mapping's entries, at most `max`, without `__proto__`: assigning that key to a plain
+ * object sets the object's prototype instead of adding an entry (JSON.parse makes it an own key).
+ */
+export function entriesOf(v: Record<string, unknown>, max: number): Array<[string, unknown]> {
+  return Object.entries(v)
+    .filter(([k]) => k !== '__proto__')
+    .slice(0, max)
+}
+
+/**
  * Throws `InvalidConfigError` naming `where` when `v` is not a mapping (saying it expected
  * `expected`) or has a key outside `valid`.
  */

@@ -26,7 +26,7 @@
  * `parseStatusBody` checks and bounds every field, and never throws.
  */
 import { parseReports, type RolloutReport } from './rollout-gate.ts'
-import { isMap } from './config-shape.ts'
+import { entriesOf, isMap } from './config-shape.ts'
 
 /** Bounds on a parsed body: entries per map or list, characters per string. */
 export const STATUS_LIMITS = {
@@ -145,7 +145,7 @@ const texts = (v: unknown, max: number = STATUS_LIMITS.entries): string[] =>
 function headsMap(v: unknown): Record<string, string[]> {
   const out: Record<string, string[]> = {}
   if (isMap(v)) {
-    for (const [k, h] of Object.entries(v).slice(0, STATUS_LIMITS.entries)) out[k] = texts(h).sort()
+    for (const [k, h] of entriesOf(v, STATUS_LIMITS.entries)) out[k] = texts(h).sort()
   }
   return out
 }
@@ -199,13 +199,13 @@ export function parseStatusBody(v: unknown, fallbackName = ''): StatusBody {
   const b = isMap(v) ? v : {}
   const labels: Record<string, string> = {}
   if (isMap(b.labels)) {
-    for (const [k, l] of Object.entries(b.labels).slice(0, STATUS_LIMITS.labels)) {
+    for (const [k, l] of entriesOf(b.labels, STATUS_LIMITS.labels)) {
       labels[k] = text(String(l))
     }
   }
   const workloads: Record<string, WorkloadStatus> = {}
   if (isMap(b.workloads)) {
-    for (const [k, w] of Object.entries(b.workloads).slice(0, STATUS_LIMITS.workloads)) {
+    for (const [k, w] of entriesOf(b.workloads, STATUS_LIMITS.workloads)) {
       workloads[k] = workload(w)
     }
   }
@@ -223,7 +223,7 @@ export function parseStatusBody(v: unknown, fallbackName = ''): StatusBody {
   }
   if (isMap(b.artifacts)) {
     const artifacts: Record<string, ArtifactStatus> = {}
-    for (const [k, a] of Object.entries(b.artifacts).slice(0, STATUS_LIMITS.artifacts)) {
+    for (const [k, a] of entriesOf(b.artifacts, STATUS_LIMITS.artifacts)) {
       const parsed = artifact(a)
       if (parsed !== undefined) artifacts[k] = parsed
     }

@@ -36,6 +36,7 @@
  */
 import { inWriterScope, selects, RolloutState, type RolloutSpec } from './rollout.ts'
 import type { WavePlan } from './rollout-waves.ts'
+import { entriesOf } from './config-shape.ts'
 
 /** The longest reason text kept in a report. */
 export const MAX_REASON_CHARS = 200
@@ -91,7 +92,7 @@ function parseReport(v: unknown): RolloutReport | undefined {
 export function parseReports(v: unknown, max: number): Record<string, RolloutReport> {
   const out: Record<string, RolloutReport> = {}
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return out
-  for (const [id, r] of Object.entries(v).slice(0, max)) {
+  for (const [id, r] of entriesOf(v as Record<string, unknown>, max)) {
     const parsed = parseReport(r)
     if (parsed !== undefined && id.length <= 200) out[id] = parsed
   }

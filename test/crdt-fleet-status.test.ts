@@ -63,6 +63,28 @@ describe('status body', () => {
     assert.equal(b.errors.length, STATUS_LIMITS.errors)
     assert.equal(b.errors[0]?.length, STATUS_LIMITS.text)
   })
+  it('keeps a peer-chosen "__proto__" key from setting an object\'s prototype', () => {
+    const report = { digest: 'd'.repeat(64), seenAt: 1 }
+    const b = parseStatusBody(
+      JSON.parse(
+        JSON.stringify({ name: 'n', at: 1 }).replace(
+          /}$/,
+          `,"revision":{"__proto__":["${h('a')}"]},"workloads":{"__proto__":{"state":"running"}},"artifacts":{"__proto__":{"state":"complete"}},"rollouts":{"__proto__":${JSON.stringify(report)}},"labels":{"__proto__":{"site":"x"}}}`
+        )
+      )
+    )
+    for (const [what, o] of Object.entries({
+      revision: b.revision,
+      workloads: b.workloads,
+      labels: b.labels,
+      artifacts: b.artifacts ?? {},
+      rollouts: b.rollouts ?? {}
+    })) {
+      assert.equal(Object.getPrototypeOf(o), Object.prototype, what)
+    }
+    // A document named like an array method is not read from a planted prototype.
+    assert.equal(b.revision.push, undefined)
+  })
 })
 
 describe('up to date', () => {
