@@ -748,27 +748,44 @@ function reachRefusal(
   return `refusing to ${act} ${name} (${fp(key)}): ${why}; peers would not count ${what}. An admin key, or an operator key whose selector matches the device, may ${act} it: ${command} --key <that key>`
 }
 
-async function cmdRevokeDevice(
+type DeviceEntries = { devices?: Record<string, Record<string, unknown>> }
+
+/**
+ * Sign and publish a change to device `name`'s entry (`edit`, given the entry's key and the
+ * signer's), saying `done` once made. Peers do not count a change the key cannot make (`may`:
+ * crdt/devices.ts `mayRevoke` for a mark, `mayWrite` for any other write): refused here, before
+ * anything is signed, rather than published dead.
+ */
+async function changeDevice(
   name: string,
-  opts: { key?: string; passphraseFile?: string; daemon: string; reason?: string }
+  opts: { key?: string; passphraseFile?: string; daemon: string },
+  [act, command, may]: ['revoke' | 'unenrol', string, typeof mayRevoke],
+  edit: (d: DeviceEntries, key: string, signer: string) => void,
+  done: (key: string) => string
 ) {
   const client = new DaemonClient(opts.daemon)
   const { replica, doc, key } = await deviceByName(client, name)
   const pair = await loadSigningKey(opts)
   const signer = toHex(pair.publicKey)
-  // Peers count an operator's mark only on a device inside its selector (crdt/devices.ts
-  // `revokedDevices`): refuse here, before anything is signed, rather than publish a dead mark.
-  if (!mayRevoke(replica.trust, doc.value, signer, key)) {
+  if (!may(replica.trust, doc.value, signer, key)) {
     throw new DeviceOutOfReachError(
-      reachRefusal(replica.trust, doc.value, signer, name, key, [
-        'revoke',
-        `rhizome revoke-device ${name}`
-      ])
+      reachRefusal(replica.trust, doc.value, signer, name, key, [act, `${command} ${name}`])
     )
   }
-  const batch = await doc.change(
-    Replica.signer(pair),
-    d => {
+  const batch = await doc.change(Replica.signer(pair), d => edit(d, key, signer), `${act} ${name}`)
+  say(done(key))
+  await publishBatch(client, batch)
+}
+
+function cmdRevokeDevice(
+  name: string,
+  opts: { key?: string; passphraseFile?: string; daemon: string; reason?: string }
+) {
+  return changeDevice(
+    name,
+    opts,
+    ['revoke', 'rhizome revoke-device', mayRevoke],
+    (d, key, signer) => {
       const e = d.devices?.[key]
       if (e === undefined) return
       // An entry may say revoked already by a mark that does not count (an operator's, outside
@@ -776,43 +793,24 @@ async function cmdRevokeDevice(
       if (e.revoked === true) e.revoked = false
       e.revoked = true
       e.revokedAt = new Date().toISOString()
-      e.revokedBy = toHex(pair.publicKey)
+      e.revokedBy = signer
       if (opts.reason !== undefined) e.revokedReason = opts.reason
     },
-    `revoke ${name}`
+    key =>
+      `revoked ${name} (${fp(key)}): every daemon that learns it closes its sessions, refuses it as a peer and ignores its status`
   )
-  say(
-    `revoked ${name} (${fp(key)}): every daemon that learns it closes its sessions, refuses it as a peer and ignores its status`
-  )
-  await publishBatch(client, batch)
 }
 
-async function cmdUnenrol(
-  name: string,
-  opts: { key?: string; passphraseFile?: string; daemon: string }
-) {
-  const client = new DaemonClient(opts.daemon)
-  const { replica, doc, key } = await deviceByName(client, name)
-  const pair = await loadSigningKey(opts)
-  const signer = toHex(pair.publicKey)
-  // Peers ignore a deletion of an entry the key cannot reach (crdt/devices.ts `mayWrite`).
-  if (!mayWrite(replica.trust, doc.value, signer, key)) {
-    throw new DeviceOutOfReachError(
-      reachRefusal(replica.trust, doc.value, signer, name, key, [
-        'unenrol',
-        `rhizome unenrol ${name}`
-      ])
-    )
-  }
-  const batch = await doc.change(
-    Replica.signer(pair),
-    d => {
+function cmdUnenrol(name: string, opts: { key?: string; passphraseFile?: string; daemon: string }) {
+  return changeDevice(
+    name,
+    opts,
+    ['unenrol', 'rhizome unenrol', mayWrite],
+    (d, key) => {
       if (d.devices !== undefined) delete d.devices[key]
     },
-    `unenrol ${name}`
+    key => `unenrolled ${name} (${fp(key)})`
   )
-  say(`unenrolled ${name} (${fp(key)})`)
-  await publishBatch(client, batch)
 }
 
 // ---- wiring ------------------------------------------------------------------------------------
