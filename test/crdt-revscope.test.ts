@@ -15,6 +15,7 @@ import type { Replica } from '../crdt/replica.ts'
 import type { SignedBatch } from '../crdt/signed-change.ts'
 import {
   berlinFleet,
+  scopeCase,
   deviceKey,
   tillAt,
   assertOrderFree,
@@ -46,34 +47,24 @@ async function revokedOn(r: Replica): Promise<string[]> {
 
 describe('an operator revokes only the devices inside its scope', () => {
   test('outside its selector a mark does not revoke, inside it does, an admin’s always does', async () => {
-    const f = await berlinFleet('revscope-unit', 2, [DEVICES_DOC])
-    const [a, b] = f.replicas as [Replica, Replica]
-    const admin = f.signer(0, f.admins[0]!)
-    const operator = f.signer(0, f.operator)
-    const opKey = publicKeyHex(f.operator.publicKey)
-    const [munich, berlin, byAdmin, laundered, stranger] = [
-      'munich',
-      'berlin',
-      'by-admin',
-      'laundered',
-      'stranger'
-    ].map(deviceKey) as [string, string, string, string, string]
-    const trustNode = publicKeyHex(f.nodes[0]!.publicKey)
-    const devices = await a.open<Devices>(DEVICES_DOC)
-    const batches: SignedBatch[] = []
-    const keep = (batch: SignedBatch | undefined): void => {
-      assert.ok(batch !== undefined, 'the change wrote something')
-      batches.push(batch)
-    }
-    keep(
-      await devices.change(admin, d => {
-        d.devices = {}
-        d.devices[munich] = tillAt('munich', 'm-1')
-        d.devices[berlin] = tillAt('berlin', 'b-1')
-        d.devices[byAdmin] = tillAt('munich', 'm-2')
-        d.devices[laundered] = tillAt('munich', 'm-3')
-      })
+    const { f, a, b, admin, operator, opKey, keys, devices, batches, keep } = await scopeCase(
+      'revscope-unit',
+      ['munich', 'berlin', 'by-admin', 'laundered', 'stranger'],
+      {
+        munich: 'munich m-1',
+        berlin: 'berlin b-1',
+        'by-admin': 'munich m-2',
+        laundered: 'munich m-3'
+      }
     )
+    const [munich, berlin, byAdmin, laundered, stranger] = keys as [
+      string,
+      string,
+      string,
+      string,
+      string
+    ]
+    const trustNode = publicKeyHex(f.nodes[0]!.publicKey)
     assert.equal(mayRevoke(a.trust, devices.value, opKey, munich), false)
     assert.equal(mayRevoke(a.trust, devices.value, opKey, berlin), true)
     keep(await revoke(devices, operator, munich))

@@ -10,12 +10,12 @@ import { describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { DEVICES_DOC, enrolledDevices, mayWrite } from '../crdt/devices.ts'
 import type { SignedDocument, Signer } from '../crdt/document.ts'
-import { publicKeyHex } from '../crdt/keys.ts'
 import type { Replica } from '../crdt/replica.ts'
 import type { SignedBatch } from '../crdt/signed-change.ts'
 import {
   assertOrderFree,
   berlinFleet,
+  scopeCase,
   deviceKey,
   tillAt,
   workloadsOf,
@@ -52,35 +52,26 @@ async function munichConfig(r: Replica, admin: Signer): Promise<SignedBatch> {
 
 describe('an operator writes only the device entries inside its scope', () => {
   test('relabel out, rename, delete and re-add of a munich device count for nothing; an admin’s do', async () => {
-    const f = await berlinFleet('writescope-unit', 2, [DEVICES_DOC])
-    const [a, b] = f.replicas as [Replica, Replica]
-    const admin = f.signer(0, f.admins[0]!)
-    const operator = f.signer(0, f.operator)
-    const opKey = publicKeyHex(f.operator.publicKey)
-    const [relabelled, renamed, deleted, readded, own, created] = [
-      'relabelled',
-      'renamed',
-      'deleted',
-      'readded',
-      'own',
-      'created'
-    ].map(deviceKey) as [string, string, string, string, string, string]
-    const devices = await a.open<Devices>(DEVICES_DOC)
-    const batches: SignedBatch[] = [await munichConfig(a, admin)]
-    const keep = (batch: SignedBatch | undefined): void => {
-      assert.ok(batch !== undefined, 'the change wrote something')
-      batches.push(batch)
-    }
-    keep(
-      await devices.change(admin, d => {
-        d.devices = {}
-        d.devices[relabelled] = tillAt('munich', 'm-1')
-        d.devices[renamed] = tillAt('munich', 'm-2')
-        d.devices[deleted] = tillAt('munich', 'm-3')
-        d.devices[readded] = tillAt('munich', 'm-4')
-        d.devices[own] = tillAt('berlin', 'b-1')
-      })
+    const { a, b, admin, operator, opKey, keys, devices, batches, keep } = await scopeCase(
+      'writescope-unit',
+      ['relabelled', 'renamed', 'deleted', 'readded', 'own', 'created'],
+      {
+        relabelled: 'munich m-1',
+        renamed: 'munich m-2',
+        deleted: 'munich m-3',
+        readded: 'munich m-4',
+        own: 'berlin b-1'
+      }
     )
+    const [relabelled, renamed, deleted, readded, own, created] = keys as [
+      string,
+      string,
+      string,
+      string,
+      string,
+      string
+    ]
+    keep(await munichConfig(a, admin))
     for (const k of [relabelled, renamed, deleted, readded]) {
       assert.equal(mayWrite(a.trust, devices.value, opKey, k), false, 'the CLI would refuse')
     }
