@@ -270,9 +270,16 @@ export const EVIDENCE_CLOCK_WITNESSES = 3
  * fewer nodes have records): the k-th newest record time, a pure function of the records held.
  */
 export function evidenceClock(evidence: ReadonlyMap<string, Evidence>): number {
-  const times = [...evidence.values()].map(e => e.at).sort((a, b) => b - a)
-  if (times.length === 0) return 0
-  return times[Math.min(EVIDENCE_CLOCK_WITNESSES, times.length) - 1]!
+  // The newest few, newest first: one pass, no sort of every node's time on each evaluation.
+  const newest: number[] = []
+  for (const { at } of evidence.values()) {
+    if (newest.length === EVIDENCE_CLOCK_WITNESSES && at <= newest.at(-1)!) continue
+    let i = newest.length
+    while (i > 0 && newest[i - 1]! < at) i--
+    newest.splice(i, 0, at)
+    if (newest.length > EVIDENCE_CLOCK_WITNESSES) newest.pop()
+  }
+  return newest.at(-1) ?? 0
 }
 
 /** Did this report soak for at least `soakMs`, judged from the node's own times? */
