@@ -27,6 +27,40 @@ import type { BatchReply, DashboardReply, DocSummary, ProofReply } from './http-
 
 export const REQUEST_TIMEOUT_MS = 30_000
 
+/**
+ * The most of a proof reply the CLI reads (the daemon's is ~90 bytes): a program squatting the
+ * daemon's port could otherwise stream a body into the CLI's memory until the request timed out.
+ */
+export const PROOF_REPLY_MAX_BYTES = 4096
+
+/** The body of `res` as text, or undefined (the rest cancelled) once it passes `maxBytes`. */
+async function textUpTo(res: Response, maxBytes: number): Promise<string | undefined> {
+  if (res.body === null) return ''
+  const reader = res.body.getReader()
+  const parts: Uint8Array[] = []
+  let n = 0
+  for (;;) {
+    const { done, value } = await reader.read()
+    if (done) break
+    n += value.length
+    if (n > maxBytes) {
+      await reader.cancel()
+      return undefined
+    }
+    parts.push(value)
+  }
+  return Buffer.concat(parts).toString('utf8')
+}
+
+/** `text` as JSON, or undefined. */
+function jsonOrUndefined(text: string | undefined): unknown {
+  try {
+    return text === undefined ? undefined : JSON.parse(text)
+  } catch {
+    return undefined
+  }
+}
+
 /** Where the CLI looks for the API token when none is given. */
 export const DEFAULT_TOKEN_FILE = '/var/lib/rhizome/api.token'
 
@@ -95,7 +129,8 @@ export class DaemonClient {
         `the program answering at ${this.base} refused to prove it holds the daemon's API token (${err.message}), so nothing secret was sent to it: a daemon older than this CLI (restart it after upgrading), or another program on the daemon's port (see who listens there: ss -ltnp)`
       )
     }
-    const { proof } = ((await res.json().catch(() => ({}))) ?? {}) as Partial<ProofReply>
+    const reply = jsonOrUndefined(await textUpTo(res, PROOF_REPLY_MAX_BYTES))
+    const { proof } = (reply ?? {}) as Partial<ProofReply>
     const want = Buffer.from(apiProof(token, nonce), 'hex')
     const got = typeof proof === 'string' ? Buffer.from(proof, 'hex') : Buffer.alloc(0)
     if (got.length !== want.length || !timingSafeEqual(got, want)) {

@@ -220,6 +220,33 @@ describe('HTTP API access (one daemon process)', { timeout: 120_000 }, () => {
       }
     }
     assert.ok(seen.length > 0, 'the CLI asked the squatter')
+    // A squatter that answers the proof with an endless body: the CLI reads a few KiB, not all.
+    let streamed = 0
+    const flood = createServer((req, res) => {
+      seen.push(`${req.url} ${req.headers.authorization ?? ''}`)
+      res.writeHead(200, { 'content-type': 'application/json' })
+      const piece = Buffer.alloc(64 * 1024, 0x20)
+      // Bounded: at most 256 MiB, and only while the CLI keeps reading.
+      const more = (): void => {
+        while (streamed < 256 * 1024 * 1024 && !res.destroyed) {
+          streamed += piece.length
+          if (!res.write(piece)) return void res.once('drain', more)
+        }
+        res.end()
+      }
+      more()
+    })
+    await new Promise<void>(resolve => flood.listen(0, '127.0.0.1', resolve))
+    try {
+      const url = `http://127.0.0.1:${(flood.address() as AddressInfo).port}`
+      const r = await rhizome(['status', '--daemon', url], { RHIZOME_TOKEN_FILE: d.tokenFile })
+      assert.equal(r.code, 3, `exit ${r.code}: ${r.stdout}\n${r.stderr}`)
+      assert.match(r.stderr, /could not prove/)
+      assert.ok(streamed < 16 * 1024 * 1024, `the CLI read ${streamed} bytes of a proof reply`)
+    } finally {
+      flood.closeAllConnections()
+      await new Promise(resolve => flood.close(resolve))
+    }
     assert.deepEqual(
       seen.filter(l => l.includes(token)),
       [],
