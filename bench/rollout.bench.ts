@@ -12,13 +12,19 @@
  *    (its `healthySince`), T = when the first node of wave k+1 switched (`switchedAt`). Target:
  *    T − H < S + 1 s. Printed: T − H − S (the machinery's part), and T − that node's `soakedAt`
  *    (from its soak ending to the next wave going: its record crossing the mesh and the gate).
- * 2. Abort: a rollout whose new version exits at once (`false`, restarts 0: the first restart fails
- *    it), canary first. F = the canary's `failedAt`; each node records when it learned of the abort
- *    (`abortedAt`). Target: max(abortedAt) − F < 1 s. Baseline in the same run: how long the
- *    canary's `switchedAt` record took to reach every node's view is not observable from reports,
- *    so the spread of `abortedAt` (first to last) is printed beside it: the gossip's own share.
+ * 2. Abort: a rollout whose new version crashes (restarts 0: its first exit fails it), canary
+ *    first. F = the canary's `failedAt`; each node records when it learned of the abort
+ *    (`abortedAt`). Target: max(abortedAt) − F < 1 s. Run twice:
+ *    - a version that crashes `ROLLOUT_CRASH_AFTER_MS` (3000) after it starts, by which time every
+ *      node holds the rollout (each report's `seenAt` says when it did; printed): the abort's own
+ *      spread, what the target is about;
+ *    - a version that exits at once (`false`), the canary failing while the rollout itself is
+ *      still reaching the fleet: a node cannot know a rollout aborted before it holds it, so
+ *      this figure is the later of the two spreads, the config's and the abort's.
+ *    The spread of `abortedAt` (first to last) is printed beside each: the gossip's own share.
  *
  * Usage: node bench/rollout.bench.ts. Env: ROLLOUT_NODES (30), ROLLOUT_SOAK_MS (2000),
+ *   ROLLOUT_CRASH_AFTER_MS (3000),
  *   ROLLOUT_SEED (topology; random unless set), BENCH_VERBOSE=1, ROLLOUT_TRACE=DIR (each daemon's
  *   trace lines, `rhizome:trace:*`, to DIR/<name>.log, and DIR/nodes.json naming their keys: read
  *   them with bench/rollout-trace.ts).
@@ -34,6 +40,7 @@ import { waitFor } from '../test/fixtures/wait.ts'
 
 const N = Number(process.env.ROLLOUT_NODES ?? 30)
 const SOAK_MS = Number(process.env.ROLLOUT_SOAK_MS ?? 2000)
+const CRASH_AFTER_MS = Number(process.env.ROLLOUT_CRASH_AFTER_MS ?? 3000)
 const VERBOSE = process.env.BENCH_VERBOSE === '1'
 const TRACE = process.env.ROLLOUT_TRACE
 const PASS = 'bench passphrase'
@@ -167,47 +174,63 @@ try {
     )
   }
 
-  // 2. Abort.
-  await apply(
-    base('2', {
-      broken: {
-        change: { workloads: { app: { command: ['false'], version: '3-broken' } } },
-        waves,
-        soak: '1m',
-        health: { restarts: 0, startTimeout: '30s' }
-      }
-    })
-  )
-  const broken = await waitFor(
-    'every node to record the abort',
-    async () => {
-      const d = await detail(daemons[0]!, 'broken')
-      return d.nodes.every(x => x.report?.abortedAt !== undefined) ? d : undefined
+  // 2. Abort, twice: a version that crashes after a while (the rollout held everywhere by then),
+  // and one that exits at once (the canary fails while the rollout is still spreading).
+  const aborts: Array<{ id: string; title: string; command: string[]; version: string }> = [
+    {
+      id: 'broken',
+      title: `crashes ${CRASH_AFTER_MS} ms after it starts`,
+      command: ['sh', '-c', `sleep ${CRASH_AFTER_MS / 1000}; exit 1`],
+      version: '3-broken'
     },
-    120_000,
-    200
-  )
+    { id: 'broken-at-once', title: 'exits at once', command: ['false'], version: '4-broken' }
+  ]
+  const brokenDetails: Record<string, RolloutDetail> = {}
+  say(`  abort (target: every node knows < 1 s after the canary failed):`)
+  for (const a of aborts) {
+    await apply(
+      base('2', {
+        [a.id]: {
+          change: { workloads: { app: { command: a.command, version: a.version } } },
+          waves,
+          soak: '1m',
+          health: { restarts: 0, startTimeout: '30s' }
+        }
+      })
+    )
+    const broken = await waitFor(
+      `every node to record the abort of ${a.id}`,
+      async () => {
+        const d = await detail(daemons[0]!, a.id)
+        return d.nodes.every(x => x.report?.abortedAt !== undefined) ? d : undefined
+      },
+      120_000,
+      200
+    )
+    brokenDetails[a.id] = broken
+    const canary = broken.nodes.find(x => x.report?.failedAt !== undefined)!
+    const F = canary.report!.failedAt!
+    const known = broken.nodes.map(x => x.report!.abortedAt!)
+    const sorted = [...known].sort((x, y) => x - y)
+    const lastSeen = Math.max(...broken.nodes.map(x => x.report!.seenAt))
+    const seen = lastSeen <= F ? `${ms(F - lastSeen)} before` : `${ms(lastSeen - F)} after`
+    say(
+      `    version that ${a.title}: the canary failed ${ms(F - canary.report!.switchedAt!)} after it switched (${canary.report!.reason}); the last node took the rollout in ${seen} the failure`
+    )
+    say(
+      `      the whole fleet knew ${ms(Math.max(...known) - F)} after the failure (median node ${ms(sorted[Math.floor(N / 2)]! - F)}; first ${ms(sorted[0]! - F)}, spread ${ms(sorted.at(-1)! - sorted[0]!)}); switched outside the canary: ${broken.nodes.filter(x => x.report?.switchedAt !== undefined).length - 1}`
+    )
+    if (VERBOSE) {
+      for (const x of broken.nodes) say(`      ${x.name} abortedAt +${x.report!.abortedAt! - F} ms`)
+    }
+  }
   if (TRACE !== undefined) {
     const facts = (d: RolloutDetail) =>
       d.nodes.map(x => ({ name: x.name, wave: x.wave, ...x.report }))
     await writeFile(
       join(TRACE, 'reports.json'),
-      JSON.stringify({ good: facts(good), broken: facts(broken) })
+      JSON.stringify({ good: facts(good), broken: facts(brokenDetails.broken!) })
     )
-  }
-  const canary = broken.nodes.find(x => x.report?.failedAt !== undefined)!
-  const F = canary.report!.failedAt!
-  const known = broken.nodes.map(x => x.report!.abortedAt!)
-  const sorted = [...known].sort((a, b) => a - b)
-  say(`  abort (target: every node knows < 1 s after the canary failed):`)
-  say(
-    `    canary failed ${ms(F - canary.report!.switchedAt!)} after it switched (${canary.report!.reason}); the whole fleet knew ${ms(Math.max(...known) - F)} after the failure (median node ${ms(sorted[Math.floor(N / 2)]! - F)}; first ${ms(sorted[0]! - F)}, spread ${ms(sorted.at(-1)! - sorted[0]!)})`
-  )
-  say(
-    `    switched outside the canary: ${broken.nodes.filter(x => x.report?.switchedAt !== undefined).length - 1}`
-  )
-  if (VERBOSE) {
-    for (const x of broken.nodes) say(`      ${x.name} abortedAt +${x.report!.abortedAt! - F} ms`)
   }
 } finally {
   await stopAll()
