@@ -388,6 +388,8 @@ export function viewRollout(
       if (n.phase === 'failed' || n.phase === 'reverted') lost++
       const since = (t: number | undefined): string =>
         t === undefined ? '' : ` since ${new Date(t).toISOString()}`
+      const at = (t: number | undefined): string =>
+        t === undefined ? '' : ` at ${new Date(t).toISOString()}`
       const why =
         n.phase === 'failed'
           ? `failed: ${n.report?.reason ?? 'health watch'}`
@@ -396,7 +398,9 @@ export function viewRollout(
             : n.silent
               ? `silent (no status record${since(evidence.get(n.key)?.at)})`
               : n.phase === 'updating'
-                ? `soaking${since(n.report?.healthySince ?? n.report?.switchedAt)}`
+                ? n.report?.healthySince === undefined
+                  ? `starting: switched${at(n.report?.switchedAt)}, not healthy yet`
+                  : `soaking${since(n.report.healthySince)}`
                 : !n.seen
                   ? 'has not reported the rollout yet'
                   : state === 'paused'

@@ -95,10 +95,14 @@ export function rolloutLines(d: RolloutDetail): string[] {
   }
   const by = (phase: string) => d.nodes.filter(n => n.phase === phase)
   const list = (xs: string[]): string => (xs.length === 0 ? '-' : xs.join(', '))
+  // Switched and healthy (soaking), or switched and not healthy yet (its probe has not passed).
+  const soaking = by('updating').filter(n => n.report?.healthySince !== undefined)
+  const starting = by('updating').filter(n => n.report?.healthySince === undefined)
   out.push(
     `  switched     ${list(d.nodes.filter(n => n.report?.switchedAt !== undefined).map(label))}`,
     `  healthy      ${list(by('soaked').map(n => `${label(n)} (soaked ${time(n.report?.soakedAt)})`))}`,
-    `  soaking      ${list(by('updating').map(n => `${label(n)} (since ${time(n.report?.healthySince ?? n.report?.switchedAt)})`))}`,
+    `  soaking      ${list(soaking.map(n => `${label(n)} (since ${time(n.report?.healthySince)})`))}`,
+    `  starting     ${list(starting.map(n => `${label(n)} (switched ${time(n.report?.switchedAt)}, not healthy yet)`))}`,
     `  rolled back  ${list(by('failed').map(n => `${label(n)}: ${n.report?.reason ?? 'failed'}`))}`,
     `  went back    ${list(by('reverted').map(label))}`,
     `  waiting for  ${list(d.waitingFor.map(w => `${label(w)} (wave ${w.wave}: ${w.why})`))}`

@@ -496,6 +496,13 @@ describe('gating', () => {
       view.waitingFor.map(w => `${w.key} ${w.why.split(' ')[0]}`).sort(),
       nodes.map(k => `${k} ${k === nodes[0] ? 'silent' : 'soaking'}`)
     )
+    // Switched but not healthy yet: starting, not soaking.
+    ev.set(nodes[1]!, { at: 50_000, report: report(s, 1, 1, 0) })
+    view = viewRollout(s, plan, ev)
+    assert.match(
+      view.waitingFor.find(w => w.key === nodes[1])!.why,
+      /^starting: switched at .*, not healthy yet$/
+    )
     for (const k of nodes.slice(1)) ev.set(k, { at: 50_000, report: report(s, 3, 1, 0) })
     view = viewRollout(s, plan, ev)
     assert.equal(view.state, 'completed')

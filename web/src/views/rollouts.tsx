@@ -172,9 +172,15 @@ function RolloutCard({
         <dt>Soaking</dt>
         <dd>
           {by('updating')
-            .map(
-              n => `${name(n.key)} (since ${clock(n.report?.healthySince ?? n.report?.switchedAt)})`
-            )
+            .filter(n => n.report?.healthySince !== undefined)
+            .map(n => `${name(n.key)} (since ${clock(n.report?.healthySince)})`)
+            .join(', ') || '—'}
+        </dd>
+        <dt>Starting</dt>
+        <dd data-testid='rollout-starting'>
+          {by('updating')
+            .filter(n => n.report?.healthySince === undefined)
+            .map(n => `${name(n.key)} (switched ${clock(n.report?.switchedAt)}, not healthy yet)`)
             .join(', ') || '—'}
         </dd>
         <dt>Rolled back</dt>
