@@ -14,6 +14,12 @@ async function cmdDashboard(opts: { daemon: string }): Promise<void> {
   say(
     `(one page load; the token expires at ${new Date(r.expiresAt).toLocaleTimeString()} if unused; run this again for another)`
   )
+  if (r.joinsThrough === null) {
+    // The page would open on its connect form with nothing to connect to.
+    process.stderr.write(
+      `rhizome: this daemon listens on no WebSocket address, and the dashboard joins the mesh over one: add one to "listen:" in its config (e.g. /ip4/127.0.0.1/tcp/4002/ws) and restart it, or enter another daemon's WebSocket address in the page\n`
+    )
+  }
 }
 
 export function registerDashboardCommand(program: Command, exitHelp: string): void {

@@ -29,7 +29,7 @@ import { ManifestsApplier } from './appliers/manifests.ts'
 import { Reconciler } from './reconciler.ts'
 import { DaemonMetrics } from './metrics.ts'
 import { createApiServer } from './http-api.ts'
-import { apiRoutes } from './http-routes.ts'
+import { apiRoutes, type DashboardReply } from './http-routes.ts'
 import { loadOrCreateIdentity, type DeviceIdentity } from './identity.ts'
 import { eventLogger, type EventLog } from './logger.ts'
 import { StatusReporter } from './status-report.ts'
@@ -440,7 +440,7 @@ export class Daemon {
    * the mesh through, a loopback one first, as the page is opened from this machine's HTTP
    * address); undefined without a mesh. Logged with a hint of the token only.
    */
-  private dashboardUrl(): { url: string; expiresAt: number } | undefined {
+  private dashboardUrl(): DashboardReply | undefined {
     if (this.mesh === undefined) return undefined
     const token = this.mesh.issueViewerToken()
     this.access.dashboardToken(token)
@@ -448,7 +448,11 @@ export class Daemon {
     const addr = ws.find(a => a.startsWith('/ip4/127.')) ?? ws[0]
     const hash = `token=${encodeURIComponent(token)}${addr === undefined ? '' : `&addr=${encodeURIComponent(addr)}`}`
     this.events('info', 'dashboard.issued', { token: tokenHint(token) })
-    return { url: `${this.httpUrl}/#${hash}`, expiresAt: Date.now() + VIEWER_TOKEN_TTL_MS }
+    return {
+      url: `${this.httpUrl}/#${hash}`,
+      expiresAt: Date.now() + VIEWER_TOKEN_TTL_MS,
+      joinsThrough: addr ?? null
+    }
   }
 
   /** Stop workloads, snapshot, close the mesh, the HTTP server and the store. */

@@ -26,7 +26,7 @@
  *                                    older page, null at the oldest
  *   GET  /api/workloads/:name/logs   LogsReply {name, lines}; ?node=NAME asks that node through
  *                                    the mesh (name, PeerId or key), ?lines=N (1-500) the newest N
- *   POST /api/dashboard              DashboardReply {url, expiresAt}: a dashboard URL with a new
+ *   POST /api/dashboard              DashboardReply {url, expiresAt, joinsThrough}: a dashboard URL with a new
  *                                    one-time viewer token (`rhizome dashboard`)
  *
  * POST /api/batches takes signed batches, verified exactly as if a peer had sent them, so nothing
@@ -79,6 +79,11 @@ export interface DashboardReply {
   url: string
   /** When the token stops working if unused, ms since the epoch. */
   expiresAt: number
+  /**
+   * The daemon's WebSocket address the page joins the mesh through (in the URL), or null: the
+   * daemon listens on none, and a browser can join a mesh over WebSockets only.
+   */
+  joinsThrough: string | null
 }
 
 /** What the routes read of the daemon, and nothing more. */

@@ -16,7 +16,7 @@ import { createServer, request } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { INVALID_WRITES_PER_WINDOW } from '../node/http-access.ts'
+import { apiProof, INVALID_WRITES_PER_WINDOW } from '../node/http-access.ts'
 import { DaemonFleet, type RunningDaemon } from './fixtures/daemon-fleet.ts'
 import { rhizome, stopAll } from './fixtures/node-harness.ts'
 
@@ -180,9 +180,39 @@ describe('HTTP API access (one daemon process)', { timeout: 120_000 }, () => {
     const as = { authorization: `Bearer ${viewer}` }
     assert.equal((await raw(`${d.url}/api/trust`, { headers: as })).status, 200)
     assert.equal((await raw(`${d.url}/api/status`, { headers: as })).status, 403)
+    assert.doesNotMatch(r.stderr, /WebSocket/)
     await d.waitFor(e => e.event === 'dashboard.issued', 5000, 'the issue logged')
     assert.ok(!d.stderr.some(l => l.includes(viewer)), 'the viewer token is not in the log')
     assert.ok(!d.stderr.some(l => l.includes(token)), 'the API token is not in the log')
+  })
+
+  it('rhizome dashboard says so when the daemon listens on no WebSocket address', async () => {
+    // A daemon (it proves the token) whose mesh listens on plain TCP only.
+    const fake = createServer((req, res) => {
+      const nonce = new URL(req.url ?? '/', 'http://x').searchParams.get('nonce') ?? ''
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(
+        JSON.stringify(
+          req.url?.startsWith('/api/proof') === true
+            ? { proof: apiProof(token, nonce) }
+            : {
+                url: 'http://127.0.0.1:1/#token=ab',
+                expiresAt: Date.now() + 60_000,
+                joinsThrough: null
+              }
+        )
+      )
+    })
+    await new Promise<void>(resolve => fake.listen(0, '127.0.0.1', resolve))
+    try {
+      const url = `http://127.0.0.1:${(fake.address() as AddressInfo).port}`
+      const r = await rhizome(['dashboard', '--daemon', url], { RHIZOME_TOKEN_FILE: d.tokenFile })
+      assert.equal(r.code, 0, r.stderr)
+      assert.match(r.stdout, /#token=ab/)
+      assert.match(r.stderr, /listens on no WebSocket address.*\/ws/)
+    } finally {
+      await new Promise(resolve => fake.close(resolve))
+    }
   })
 
   it('the CLI says which token file it could not read', async () => {
