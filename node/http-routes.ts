@@ -26,8 +26,8 @@
  *                                    older page, null at the oldest
  *   GET  /api/workloads/:name/logs   LogsReply {name, lines}; ?node=NAME asks that node through
  *                                    the mesh (name, PeerId or key), ?lines=N (1-500) the newest N
- *   POST /api/dashboard              DashboardReply {url, expiresAt, joinsThrough}: a dashboard URL with a new
- *                                    one-time viewer token (`rhizome dashboard`)
+ *   POST /api/dashboard              DashboardReply {url, expiresAt, joinsThrough}: a dashboard
+ *                                    URL with a new one-time viewer token (`rhizome dashboard`)
  *
  * POST /api/batches takes signed batches, verified exactly as if a peer had sent them, so nothing
  * unsigned or unauthorised can be applied through it even with the token; a client whose
