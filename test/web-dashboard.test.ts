@@ -341,6 +341,11 @@ describe('browser dashboard', BROWSER_SUITE, () => {
     }
     await rolloutShown('fleet:motd-v3', 'rollout-state', 'aborted', 20_000)
     await rolloutShown('fleet:motd-v3', 'rollout-reverted', 'n1', 20_000)
+    // Its waves say aborted, not waiting (as `rhizome rollout status` does).
+    assert.match(
+      await page.locator(`${card('fleet:motd-v3')} [data-testid=wave-1]`).innerText(),
+      /aborted/
+    )
     await shot(page, 'real-rollouts-aborted')
 
     // a node that falls silent turns down on the page, without a reload

@@ -152,7 +152,9 @@ function RolloutCard({
               <td>
                 {w.passed ? (
                   <span class='badge health-healthy'>through</span>
-                ) : w.open && view.state !== 'aborted' ? (
+                ) : view.state === 'aborted' ? (
+                  <span class='badge health-failing'>aborted</span>
+                ) : w.open ? (
                   <span class='badge health-degraded'>open</span>
                 ) : (
                   <span class='muted'>waiting</span>
