@@ -23,6 +23,9 @@
  * many bytes the source served (ideally 1x the artifact) and how many the fetchers served each
  * other. ARTIFACT_BENCH_SCHEDULINGS (comma-separated, e.g. rarest,partial,swarm) changes the set.
  * ARTIFACT_BENCH_CPU_PROF=DIR: the one transfer's two daemons write CPU profiles (--cpu-prof) there.
+ * ARTIFACT_BENCH_CHUNK_KIB: the artifact is added in chunks of that many KiB (default 1024, as
+ * `rhizome artifact add`). ARTIFACT_BENCH_ONLY_DEPLOYED=1: the one transfer as deployed only, not
+ * also with Node's defaults and the Noise library's ciphers (a shorter run for A/B series).
  *
  * Every figure comes with the CPU time the sending and the receiving process used (user + system,
  * from /proc), which a loaded machine disturbs far less than the wall time: the ratio to the
@@ -259,7 +262,18 @@ async function fleetOf(
   await daemonFleet.enrol(daemons.src)
   for (const x of names.slice(1)) daemons[x] = await daemonFleet.start(x, 60_000, daemonEnv)
   const add = await rhizome(
-    ['artifact', 'add', file, '--name', 'bench', '--daemon', daemons.src.url],
+    [
+      'artifact',
+      'add',
+      file,
+      '--name',
+      'bench',
+      '--daemon',
+      daemons.src.url,
+      ...(process.env.ARTIFACT_BENCH_CHUNK_KIB === undefined
+        ? []
+        : ['--chunk-size', String(Number(process.env.ARTIFACT_BENCH_CHUNK_KIB) * 1024)])
+    ],
     env
   )
   if (add.code !== 0) throw new Error(add.stderr)
@@ -451,7 +465,8 @@ try {
           ]
         : [['as deployed', deployed]]
     let single = 0
-    for (const [how, daemonEnv] of envs) {
+    const only = process.env.ARTIFACT_BENCH_ONLY_DEPLOYED === '1'
+    for (const [how, daemonEnv] of only ? envs.slice(-1) : envs) {
       // ARTIFACT_BENCH_CPU_PROF=DIR: both daemons of the one transfer write a CPU profile there.
       const prof = process.env.ARTIFACT_BENCH_CPU_PROF
       const one = await fleetOf(

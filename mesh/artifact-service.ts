@@ -164,7 +164,9 @@ export class ArtifactService implements Startable, MeshArtifacts {
       ARTIFACT_PROTOCOL,
       {
         signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
-        // The request goes out with the protocol's name: no round trip before it.
+        // Asks to send the request with the protocol's name, no round trip before it. libp2p
+        // 3.3 over Yamux ignores this and negotiates in full: one round trip per stream, so per
+        // chunk (docs/benchmarks.md, "## artifacts"). Kept for a libp2p that honours it.
         negotiateFully: false
       }
     )
