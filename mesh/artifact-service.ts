@@ -6,7 +6,9 @@
  * - Served to enrolled devices only: a viewer or admin browser session, or anyone else, gets its
  *   stream reset before a byte is read.
  * - Bounded: one request per stream, at most `MAX_ARTIFACT_STREAMS` at once per peer connection
- *   (libp2p resets the streams over it), request frames of 64 bytes, replies of one chunk; every
+ *   (libp2p resets the streams over it; our own requests to a peer wait for one of its
+ *   MAX_ARTIFACT_STREAMS, however many fetches ask it), request frames of 64 bytes, replies of
+ *   one chunk; every
  *   exchange within `exchangeTimeoutMs`. Bytes per second are the holder's to bound (the daemon's
  *   `artifactServeRate`), since it reads the chunks.
  * - A peer that sends a malformed request or reply is rejected (banned) through admission; one
@@ -70,6 +72,8 @@ export class ArtifactService implements Startable, MeshArtifacts {
   private serving = 0
   /** Per artifact held complete: which peer each chunk went to (super-seeding), oldest first. */
   private readonly sentTo = new Map<string, Map<number, string>>()
+  /** Per peer: our requests' streams open with it, and the requests waiting for one. */
+  private readonly asking = new Map<string, { open: number; waiting: Array<() => void> }>()
   /** Per peer: announce messages taken in the current second. */
   private readonly announces = new Map<string, { second: number; n: number }>()
 
@@ -158,18 +162,25 @@ export class ArtifactService implements Startable, MeshArtifacts {
     read: (stream: Stream, max: number, timeoutMs: number) => Promise<unknown> = readOneFrame
   ): Promise<unknown> {
     const timeoutMs = this.init.limits.exchangeTimeoutMs
-    const stream = await streamOnConnection(
-      this.components.connectionManager,
-      peer,
-      ARTIFACT_PROTOCOL,
-      {
-        signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
-        // Asks to send the request with the protocol's name, no round trip before it. libp2p
-        // 3.3 over Yamux ignores this and negotiates in full: one round trip per stream, so per
-        // chunk (docs/benchmarks.md, "## artifacts"). Kept for a libp2p that honours it.
-        negotiateFully: false
-      }
-    )
+    const release = await this.slot(peer.toString(), signal)
+    let stream: Stream
+    try {
+      stream = await streamOnConnection(
+        this.components.connectionManager,
+        peer,
+        ARTIFACT_PROTOCOL,
+        {
+          signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
+          // Asks to send the request with the protocol's name, no round trip before it. libp2p
+          // 3.3 over Yamux ignores this and negotiates in full: one round trip per stream, so per
+          // chunk (docs/benchmarks.md, "## artifacts"). Kept for a libp2p that honours it.
+          negotiateFully: false
+        }
+      )
+    } catch (err) {
+      release()
+      throw err
+    }
     const onAbort = (): void => {
       stream.abort(new ExchangeTimeoutError('artifact request abandoned'))
     }
@@ -177,13 +188,59 @@ export class ArtifactService implements Startable, MeshArtifacts {
     try {
       await sendFrame(stream, encodeArtifactRequest(req), timeoutMs)
       const reply = await read(stream, MAX_ARTIFACT_REPLY_BYTES, timeoutMs)
-      void stream.close().catch(() => {})
+      // The slot is free once the stream is gone on both sides: until then both count it.
+      // A peer that never closes its side has its stream reset after timeoutMs.
+      void stream
+        .close({ signal: AbortSignal.timeout(timeoutMs) })
+        .catch((err: unknown) => stream.abort(err as Error))
+        .finally(release)
       return reply
     } catch (err) {
       stream.abort(err as Error)
+      release()
       throw err
     } finally {
       signal.removeEventListener('abort', onAbort)
+    }
+  }
+
+  /**
+   * Wait for one of the MAX_ARTIFACT_STREAMS streams we may have open with `peer` (or `signal`);
+   * returns its release. The peer resets the streams over that many, and libp2p refuses to open
+   * them: a request over it (several fetches asking the same peer at once, a "which chunks" poll
+   * beside four chunk requests each) failed, and the fetch left that peer alone for seconds.
+   * Waiters are the callers' own requests, bounded by the fetch engine's concurrency.
+   */
+  private async slot(peer: string, signal: AbortSignal): Promise<() => void> {
+    let q = this.asking.get(peer)
+    if (q === undefined) {
+      q = { open: 0, waiting: [] }
+      this.asking.set(peer, q)
+    }
+    const queue = q
+    if (queue.open >= MAX_ARTIFACT_STREAMS) {
+      signal.throwIfAborted()
+      await new Promise<void>((resolve, reject) => {
+        const turn = (): void => {
+          signal.removeEventListener('abort', onAbort)
+          resolve()
+        }
+        const onAbort = (): void => {
+          queue.waiting.splice(queue.waiting.indexOf(turn), 1)
+          reject(signal.reason as Error)
+        }
+        signal.addEventListener('abort', onAbort, { once: true })
+        queue.waiting.push(turn)
+      })
+    } else queue.open++
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      // The slot goes straight to the next waiter, if any (it stays counted).
+      const next = queue.waiting.shift()
+      if (next !== undefined) next()
+      else if (--queue.open === 0 && this.asking.get(peer) === queue) this.asking.delete(peer)
     }
   }
 

@@ -184,3 +184,46 @@ test('artifacts: a reply read in pieces is its body in pieces, and a reply in to
   assert.equal(joined?.length, 1)
   assert.deepEqual(join(joined), body)
 })
+
+test('artifacts: more requests at once to one peer than it takes streams wait their turn, none fails', async () => {
+  const fleet = await makeFleet({ nodes: 2, replicas: 0, label: 'mesh-artifacts-many' })
+  const chunk = randomBytes(100_000)
+  // Every chunk reply waits until all the requests asked so far are in: 12 chunk requests and
+  // 3 "which chunks" polls (two fetches of two artifacts and their polls, say) at once.
+  let release: () => void = () => {}
+  const gate = new Promise<void>(resolve => {
+    release = resolve
+  })
+  const holder: ArtifactHolder = {
+    have: () => ({ all: true }),
+    manifest: () => undefined,
+    chunk: async () => {
+      await gate
+      return chunk
+    }
+  }
+  const d = await startNode(fleet, fleet.nodes[0]!, { artifacts: holder })
+  const e = await startNode(fleet, fleet.nodes[1]!, { bootstrap: d.mesh.addresses() })
+  try {
+    const signal = AbortSignal.timeout(20_000)
+    const src = await waitFor('the enrolled peer as a source', () =>
+      e.mesh.artifacts.sources().find(s => s.id === d.mesh.peerId)
+    )
+    const asks = [
+      ...Array.from({ length: 12 }, async (_, i) => joinChunk(await src.chunk(DIGEST, i, signal))),
+      ...Array.from({ length: 3 }, async () => src.have(OTHER, signal))
+    ]
+    setTimeout(release, 500)
+    const results = await Promise.allSettled(asks)
+    const failed = results.flatMap(r =>
+      r.status === 'rejected' ? [(r.reason as Error).message] : []
+    )
+    assert.deepEqual(failed, [], 'no request failed')
+    for (const r of results.slice(0, 12)) {
+      assert.deepEqual(r.status === 'fulfilled' && r.value, chunk)
+    }
+  } finally {
+    await e.mesh.stop()
+    await d.mesh.stop()
+  }
+})
