@@ -35,6 +35,7 @@
  * abort rule may be tuned while it runs. What a node does with a rollout and how it reports it
  * are in rollout-gate.ts; wave assignment is in rollout-waves.ts.
  */
+import { isImmutableString } from '@automerge/automerge'
 import { sha256 } from '@noble/hashes/sha2.js'
 import { canonicalJson } from './canonical-json.ts'
 import { toHex, utf8 } from './bytes.ts'
@@ -275,6 +276,11 @@ export function rolloutDigest(
   return toHex(sha256(utf8(`rhizome/rollout/v1\0${text}`))).slice(0, 32)
 }
 
+/** An `ImmutableString` read from a document as the string it holds; anything else as it is. */
+function plainString(v: unknown): unknown {
+  return isImmutableString(v) ? v.toString() : v
+}
+
 /**
  * Parse and check one rollout. `docSelector` is the containing document's selector. Throws
  * InvalidConfigError naming the offending key and what to write instead.
@@ -380,16 +386,18 @@ export function parseRollout(
   }
   let eligible: string[] | undefined
   if (raw.eligible !== undefined) {
+    // Stored as immutable strings (crdt/config-diff.ts `storedValue`); text by older versions.
+    const keys = Array.isArray(raw.eligible) ? raw.eligible.map(plainString) : undefined
     if (
-      !Array.isArray(raw.eligible) ||
-      raw.eligible.length > MAX_ELIGIBLE ||
-      !raw.eligible.every(k => typeof k === 'string' && KEY_PATTERN.test(k))
+      keys === undefined ||
+      keys.length > MAX_ELIGIBLE ||
+      !keys.every(k => typeof k === 'string' && KEY_PATTERN.test(k))
     ) {
       throw new InvalidConfigError(
         `${where}.eligible: expected at most ${MAX_ELIGIBLE} node keys (64 hex characters); it is written by rhizome apply, remove it to have it computed`
       )
     }
-    eligible = [...new Set(raw.eligible as string[])].sort()
+    eligible = [...new Set(keys as string[])].sort()
   }
   if (raw.startedAt !== undefined && typeof raw.startedAt !== 'string') {
     throw new InvalidConfigError(`${where}.startedAt: expected an ISO time`)
@@ -527,7 +535,10 @@ export function freezeRollouts(
     const same = isMap(was) && canonicalJson(was.change ?? null) === canonicalJson(spec.change)
     if (same) {
       for (const k of ['eligible', 'startedAt', 'state'] as const) {
-        if (out[k] === undefined && was[k] !== undefined) out[k] = was[k]
+        const v = was[k]
+        if (out[k] === undefined && v !== undefined) {
+          out[k] = Array.isArray(v) ? v.map(plainString) : v
+        }
       }
     }
     if (out.eligible === undefined) {
