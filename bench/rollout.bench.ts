@@ -212,10 +212,11 @@ try {
     const F = canary.report!.failedAt!
     const known = broken.nodes.map(x => x.report!.abortedAt!)
     const sorted = [...known].sort((x, y) => x - y)
-    const lastSeen = Math.max(...broken.nodes.map(x => x.report!.seenAt))
+    const seenAts = broken.nodes.map(x => x.report!.seenAt)
+    const lastSeen = Math.max(...seenAts)
     const seen = lastSeen <= F ? `${ms(F - lastSeen)} before` : `${ms(lastSeen - F)} after`
     say(
-      `    version that ${a.title}: the canary failed ${ms(F - canary.report!.switchedAt!)} after it switched (${canary.report!.reason}); the last node took the rollout in ${seen} the failure`
+      `    version that ${a.title}: the canary failed ${ms(F - canary.report!.switchedAt!)} after it switched (${canary.report!.reason}); the last node took the rollout in ${seen} the failure (the rollout reached all ${N} in ${ms(lastSeen - Math.min(...seenAts))})`
     )
     say(
       `      the whole fleet knew ${ms(Math.max(...known) - F)} after the failure (median node ${ms(sorted[Math.floor(N / 2)]! - F)}; first ${ms(sorted[0]! - F)}, spread ${ms(sorted.at(-1)! - sorted[0]!)}); switched outside the canary: ${broken.nodes.filter(x => x.report?.switchedAt !== undefined).length - 1}`
