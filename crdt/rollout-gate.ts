@@ -295,6 +295,17 @@ function soaked(r: RolloutReport | undefined, soakMs: number): boolean {
   )
 }
 
+/**
+ * An updating node that has not turned healthy yet (its probe has not passed since it switched):
+ * starting, not soaking. Read the same by the gate's reasons, `rollout status` and the dashboard.
+ */
+export function notHealthyYet(n: {
+  phase: string
+  report?: { healthySince?: number } | null
+}): boolean {
+  return n.phase === 'updating' && n.report?.healthySince === undefined
+}
+
 function phaseOf(r: RolloutReport | undefined, soakMs: number): NodePhase {
   if (r === undefined || r.switchedAt === undefined) return 'pending'
   if (r.failedAt !== undefined) return 'failed'
@@ -386,21 +397,19 @@ export function viewRollout(
     for (const n of nodes) {
       if (n.wave !== first.index || n.phase === 'soaked') continue
       if (n.phase === 'failed' || n.phase === 'reverted') lost++
-      const since = (t: number | undefined): string =>
-        t === undefined ? '' : ` since ${new Date(t).toISOString()}`
-      const at = (t: number | undefined): string =>
-        t === undefined ? '' : ` at ${new Date(t).toISOString()}`
+      const when = (word: string, t: number | undefined): string =>
+        t === undefined ? '' : ` ${word} ${new Date(t).toISOString()}`
       const why =
         n.phase === 'failed'
           ? `failed: ${n.report?.reason ?? 'health watch'}`
           : n.phase === 'reverted'
             ? 'went back'
             : n.silent
-              ? `silent (no status record${since(evidence.get(n.key)?.at)})`
+              ? `silent (no status record${when('since', evidence.get(n.key)?.at)})`
               : n.phase === 'updating'
-                ? n.report?.healthySince === undefined
-                  ? `starting: switched${at(n.report?.switchedAt)}, not healthy yet`
-                  : `soaking${since(n.report.healthySince)}`
+                ? notHealthyYet(n)
+                  ? `starting: switched${when('at', n.report?.switchedAt)}, not healthy yet`
+                  : `soaking${when('since', n.report?.healthySince)}`
                 : !n.seen
                   ? 'has not reported the rollout yet'
                   : state === 'paused'

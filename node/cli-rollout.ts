@@ -7,6 +7,7 @@
 import type { Command } from 'commander'
 import { DEVICES_DOC, enrolledDevices } from '../crdt/devices.ts'
 import { freezeRollouts, RolloutState } from '../crdt/rollout.ts'
+import { notHealthyYet } from '../crdt/rollout-gate.ts'
 import { Replica } from '../crdt/replica.ts'
 import { DaemonClient } from './daemon-client.ts'
 import { UsageError } from './errors.ts'
@@ -96,8 +97,8 @@ export function rolloutLines(d: RolloutDetail): string[] {
   const by = (phase: string) => d.nodes.filter(n => n.phase === phase)
   const list = (xs: string[]): string => (xs.length === 0 ? '-' : xs.join(', '))
   // Switched and healthy (soaking), or switched and not healthy yet (its probe has not passed).
-  const soaking = by('updating').filter(n => n.report?.healthySince !== undefined)
-  const starting = by('updating').filter(n => n.report?.healthySince === undefined)
+  const soaking = by('updating').filter(n => !notHealthyYet(n))
+  const starting = by('updating').filter(n => notHealthyYet(n))
   out.push(
     `  switched     ${list(d.nodes.filter(n => n.report?.switchedAt !== undefined).map(label))}`,
     `  healthy      ${list(by('soaked').map(n => `${label(n)} (soaked ${time(n.report?.soakedAt)})`))}`,

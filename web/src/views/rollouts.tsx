@@ -9,7 +9,12 @@ import { useMemo, useState } from 'preact/hooks'
 import type { FleetSnapshot, FleetSource } from '../fleet-source.ts'
 import { rolloutsOf, RolloutState, type RolloutSpec } from '../../../crdt/rollout.ts'
 import { planWaves } from '../../../crdt/rollout-waves.ts'
-import { evidenceFrom, viewRollout, type RolloutView } from '../../../crdt/rollout-gate.ts'
+import {
+  evidenceFrom,
+  notHealthyYet,
+  viewRollout,
+  type RolloutView
+} from '../../../crdt/rollout-gate.ts'
 import { enrolledNodes } from '../node-status.ts'
 import { ErrorAlert, TableHead } from './parts.tsx'
 
@@ -174,14 +179,14 @@ function RolloutCard({
         <dt>Soaking</dt>
         <dd>
           {by('updating')
-            .filter(n => n.report?.healthySince !== undefined)
+            .filter(n => !notHealthyYet(n))
             .map(n => `${name(n.key)} (since ${clock(n.report?.healthySince)})`)
             .join(', ') || '—'}
         </dd>
         <dt>Starting</dt>
         <dd data-testid='rollout-starting'>
           {by('updating')
-            .filter(n => n.report?.healthySince === undefined)
+            .filter(n => notHealthyYet(n))
             .map(n => `${name(n.key)} (switched ${clock(n.report?.switchedAt)}, not healthy yet)`)
             .join(', ') || '—'}
         </dd>
