@@ -32,6 +32,12 @@ import { MalformedMessageError } from './errors.ts'
 import type { ArtifactHave } from './types.ts'
 
 export const ARTIFACT_PROTOCOL = '/rhizome/artifact/1.0.0'
+/**
+ * Asking a holder for an artifact link (artifact-link.ts): one request frame (the byte 1), one reply,
+ * `u8 status (0 offered · 1 not offered) ‖ [u16 port ‖ 16 identity ‖ 32 key]`. A daemon that does
+ * not speak it (older, or with `artifactPort: off`) is asked over ARTIFACT_PROTOCOL streams only.
+ */
+export const ARTIFACT_LINK_PROTOCOL = '/rhizome/artifact-link/1.0.0'
 
 /** Concurrent artifact requests one peer may have open with us, per connection. */
 export const MAX_ARTIFACT_STREAMS = 8
@@ -61,6 +67,47 @@ export const MAX_SUPERSEED_ARTIFACTS = 4
  * sending tiny messages) is joined first, so the calls per chunk stay bounded.
  */
 export const MAX_REPLY_PIECES = 1024
+/** An offer to open an artifact link: where, and the one-time identity and key of its handshake. */
+export interface LinkOffer {
+  port: number
+  /** 16 random bytes, as hex: names the key in the handshake, valid once. */
+  identity: string
+  /** 32 random bytes: the TLS pre-shared key. */
+  key: Uint8Array
+}
+
+export function encodeLinkOffer(o: LinkOffer | undefined): Uint8Array {
+  if (o === undefined) return REPLY_NOT_HELD
+  return new ByteWriter()
+    .u8(0)
+    .u8(o.port >> 8)
+    .u8(o.port & 0xff)
+    .raw(fromHex(o.identity))
+    .raw(o.key)
+    .finish()
+}
+
+export function decodeLinkOffer(bytes: Uint8Array): LinkOffer | undefined {
+  try {
+    const r = new ByteReader(bytes, 'artifact link offer')
+    const status = r.u8()
+    if (status === 1) {
+      r.end()
+      return undefined
+    }
+    if (status !== 0) throw new MalformedMessageError(`link offer of unknown status ${status}`)
+    const port = (r.u8() << 8) | r.u8()
+    const identity = toHex(r.raw(16))
+    const key = r.raw(32)
+    r.end()
+    if (port === 0) throw new MalformedMessageError('an artifact link offer on port 0')
+    return { port, identity, key }
+  } catch (err) {
+    if (err instanceof MalformedMessageError) throw err
+    throw new MalformedMessageError(`a peer sent a malformed link offer: ${(err as Error).message}`)
+  }
+}
+
 /** Chunks per artifact (a have bitfield is at most this many bits). */
 const MAX_CHUNKS = 65_536
 

@@ -27,8 +27,11 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { isPeerFault } from '../crdt/errors.ts'
 import { ByteWriter } from '../crdt/bytes.ts'
 import {
+  ARTIFACT_LINK_PROTOCOL,
   ARTIFACT_PROTOCOL,
   decodeArtifactRequest,
+  decodeLinkOffer,
+  encodeLinkOffer,
   decodeBodyPieces,
   decodeBodyReply,
   decodeHaveReply,
@@ -46,10 +49,19 @@ import {
   type ArtifactRequest
 } from './artifact-protocol.ts'
 import { streamOnConnection, type ProtocolComponents } from './connections.ts'
-import { ExchangeTimeoutError, SessionRefusedError } from './errors.ts'
-import { readOneFrame, readOneFramePieces, sendFrame } from './frames.ts'
+import { ExchangeTimeoutError, MalformedMessageError, SessionRefusedError } from './errors.ts'
+import { encodeFrame, readOneFrame, readOneFramePieces, sendFrame } from './frames.ts'
 import type { PeerAdmission } from './admission-service.ts'
-import type { ArtifactHolder, ArtifactSource, MeshArtifacts, MeshLimits } from './types.ts'
+import type {
+  ArtifactHolder,
+  ArtifactLink,
+  ArtifactLinks,
+  ArtifactSource,
+  Lent,
+  LinkServer,
+  MeshArtifacts,
+  MeshLimits
+} from './types.ts'
 
 const log = logger('rhizome:mesh:artifacts')
 
@@ -62,12 +74,25 @@ export interface ArtifactServiceInit {
   /** What this node holds (the daemon's store); without one, nothing is served. */
   holder?: ArtifactHolder
   limits: Pick<MeshLimits, 'exchangeTimeoutMs'>
+  /**
+   * Artifact links (daemons: artifact-link.ts): chunks and manifests fetched over one, once open,
+   * and served on `port` at `hosts` (no hosts, or `port` false: none served).
+   */
+  links?: { impl: ArtifactLinks; hosts: string[]; port: number | false }
 }
+
+/** A holder that offered no link (or whose link failed to open) is asked again after this long. */
+const LINK_RETRY_MS = 60_000
+/** The reply to one request: frame pieces, and `done` once they went out (or were dropped). */
+type Reply = { pieces: Uint8Array[]; done(): void }
+const noop = (): void => {}
 
 export class ArtifactService implements Startable, MeshArtifacts {
   private readonly components: ArtifactServiceComponents
   private readonly init: ArtifactServiceInit
   readonly served = { chunks: 0, bytes: 0, refused: 0, busy: 0 }
+  /** Chunks we received, over artifact links and over streams. */
+  readonly received = { overLinks: 0, overStreams: 0 }
   /** Chunk replies queued (serve rate) or being sent: how full the upload is. */
   private serving = 0
   /** Per artifact held complete: which peer each chunk went to (super-seeding), oldest first. */
@@ -76,6 +101,12 @@ export class ArtifactService implements Startable, MeshArtifacts {
   private readonly asking = new Map<string, { open: number; waiting: Array<() => void> }>()
   /** Per peer: announce messages taken in the current second. */
   private readonly announces = new Map<string, { second: number; n: number }>()
+  private linkServer: LinkServer | undefined
+  /** Per peer: our open link, or when to try opening one again; peers whose link is opening. */
+  private readonly links = new Map<string, ArtifactLink>()
+  private readonly noLinkUntil = new Map<string, number>()
+  private readonly opening = new Set<string>()
+  private running = false
 
   constructor(components: ArtifactServiceComponents, init: ArtifactServiceInit) {
     this.components = components
@@ -83,6 +114,7 @@ export class ArtifactService implements Startable, MeshArtifacts {
   }
 
   async start(): Promise<void> {
+    this.running = true
     await this.components.registrar.handle(
       ARTIFACT_PROTOCOL,
       (stream, connection) => {
@@ -90,10 +122,47 @@ export class ArtifactService implements Startable, MeshArtifacts {
       },
       { maxInboundStreams: MAX_ARTIFACT_STREAMS, maxOutboundStreams: MAX_ARTIFACT_STREAMS }
     )
+    const links = this.init.links
+    if (links === undefined || links.port === false || this.init.holder === undefined) return
+    if (links.hosts.length === 0) return
+    const server = await links.impl.serve({
+      hosts: links.hosts,
+      port: links.port,
+      timeoutMs: this.init.limits.exchangeTimeoutMs,
+      serves: peer => this.serves(peer),
+      answer: (peer, req, into) => this.reply(peer, req, into),
+      fault: (peer, err) => this.faulty(peer, err)
+    })
+    if (server.port === 0) return
+    this.linkServer = server
+    await this.components.registrar.handle(
+      ARTIFACT_LINK_PROTOCOL,
+      (stream, connection) => {
+        this.offerLink(stream, connection)
+      },
+      { maxInboundStreams: 2, maxOutboundStreams: 2 }
+    )
   }
 
   async stop(): Promise<void> {
+    this.running = false
     await this.components.registrar.unhandle(ARTIFACT_PROTOCOL)
+    if (this.linkServer !== undefined) {
+      await this.components.registrar.unhandle(ARTIFACT_LINK_PROTOCOL)
+      await this.linkServer.close()
+      this.linkServer = undefined
+    }
+    for (const link of this.links.values()) link.close()
+  }
+
+  /** The port artifact links are served on, if any. */
+  get linkPort(): number | undefined {
+    return this.linkServer?.port
+  }
+
+  /** Artifact links open, ours and to us. */
+  linksOpen(): { out: number; in: number } {
+    return { out: this.links.size, in: this.linkServer?.open ?? 0 }
   }
 
   /** Connected enrolled peers, each as a source of chunks. */
@@ -112,6 +181,8 @@ export class ArtifactService implements Startable, MeshArtifacts {
 
   /** A peer sent a wrong manifest or chunk: ban it like any peer that sends invalid data. */
   faulty(peerId: string, err: Error): void {
+    this.links.get(peerId)?.close(err)
+    this.linkServer?.drop(peerId)
     try {
       this.components.admission.reject(peerIdFromString(peerId), err)
     } catch (e) {
@@ -125,7 +196,15 @@ export class ArtifactService implements Startable, MeshArtifacts {
       have: async (digest, signal) =>
         decodeHaveReply(await this.ask(peer, { kind: 'have', digest }, signal)),
       manifest: async (digest, signal) => {
-        const body = decodeBodyReply(await this.ask(peer, { kind: 'manifest', digest }, signal))
+        const req: ArtifactRequest = { kind: 'manifest', digest }
+        const linked = await this.overLink(peer, req, signal)
+        // A manifest is kept: copied out of the link's buffer (Uint8Array's slice copies).
+        const payload =
+          linked !== undefined
+            ? Uint8Array.prototype.slice.call(linked.bytes)
+            : await this.ask(peer, req, signal)
+        linked?.release()
+        const body = decodeBodyReply(payload)
         return body === 'busy' ? undefined : body
       },
       announce: async (digest, indices, signal) => {
@@ -134,18 +213,105 @@ export class ArtifactService implements Startable, MeshArtifacts {
       chunk: async (digest, index, signal, opts) => {
         const req: ArtifactRequest = { kind: 'chunk', digest, index }
         if (opts?.insist === true) req.insist = true
-        const body = decodeBodyPieces(
-          await this.ask(peer, req, signal, readOneFramePieces),
-          'chunk'
-        )
+        const linked = await this.overLink(peer, req, signal)
+        let body
+        try {
+          body = decodeBodyPieces(
+            linked !== undefined
+              ? [linked.bytes]
+              : await this.ask(peer, req, signal, readOneFramePieces),
+            'chunk'
+          )
+        } catch (err) {
+          linked?.release()
+          throw err
+        }
+        if (linked !== undefined && (body === undefined || body === 'busy')) linked.release()
+        if (body !== undefined && body !== 'busy') {
+          if (linked !== undefined) this.received.overLinks++
+          else this.received.overStreams++
+        }
         if (body === undefined) {
           throw new SessionRefusedError(
             `${peer.toString()} no longer holds chunk ${index} of ${digest}`
           )
         }
-        return body
+        // Over a link the body is one piece, in the link's buffer: lent to the caller.
+        return linked !== undefined && body !== 'busy'
+          ? { bytes: body[0]!, release: () => linked.release() }
+          : body
       }
     }
+  }
+
+  /**
+   * `req` over our artifact link to `peer`, if one is open: the reply's payload. Undefined when
+   * there is none (one starts opening, unless it failed lately): the caller asks over a stream.
+   */
+  private overLink(
+    peer: PeerId,
+    req: ArtifactRequest,
+    signal: AbortSignal
+  ): Promise<Lent> | undefined {
+    const id = peer.toString()
+    const link = this.links.get(id)
+    if (link === undefined || !link.open) {
+      this.openLink(peer)
+
+      return undefined
+    }
+    const r = link.request(req, signal)
+
+    return r
+  }
+
+  /** Ask `peer` for a link offer over the mesh and open it, in the background (one at a time). */
+  private openLink(peer: PeerId): void {
+    const id = peer.toString()
+    const impl = this.init.links?.impl
+    if (impl === undefined || this.opening.has(id) || this.links.has(id)) return
+    if ((this.noLinkUntil.get(id) ?? 0) > performance.now()) return
+    const conn = this.components.connectionManager
+      .getConnections(peer)
+      .find(c => c.status === 'open')
+    const host = conn === undefined ? undefined : linkHost(conn)
+    if (host === undefined) {
+      this.noLinkUntil.set(id, performance.now() + LINK_RETRY_MS)
+      return
+    }
+    this.opening.add(id)
+    const timeoutMs = this.init.limits.exchangeTimeoutMs
+    void (async () => {
+      const signal = AbortSignal.timeout(timeoutMs)
+      const stream = await conn!.newStream(ARTIFACT_LINK_PROTOCOL, { signal })
+      let offer
+      try {
+        await sendFrame(stream, Uint8Array.of(1), timeoutMs)
+        offer = decodeLinkOffer(await readOneFrame(stream, 64, timeoutMs))
+        await stream.close({ signal })
+      } catch (err) {
+        stream.abort(err as Error)
+        throw err
+      }
+      if (offer === undefined) throw new SessionRefusedError(`${id} offers no artifact link now`)
+      const link = await impl.open(host, offer, timeoutMs, signal)
+      link.onClose = fault => {
+        if (this.links.get(id) === link) this.links.delete(id)
+        if (fault !== undefined) this.faulty(id, fault)
+      }
+      if (!this.running || !this.connected(id)) {
+        link.close()
+        return
+      }
+      this.links.set(id, link)
+      log('artifact link to %s at %s:%d', id, host, offer.port)
+    })()
+      .catch((err: unknown) => {
+        this.noLinkUntil.set(id, performance.now() + LINK_RETRY_MS)
+        if (isPeerFault(err) && !(err instanceof SessionRefusedError)) this.faulty(id, err as Error)
+        else log('no artifact link to %s: %s', id, (err as Error).message)
+      })
+      .finally(() => this.opening.delete(id))
   }
 
   private async ask(peer: PeerId, req: ArtifactRequest, signal: AbortSignal): Promise<Uint8Array>
@@ -256,33 +422,18 @@ export class ArtifactService implements Startable, MeshArtifacts {
       const req = decodeArtifactRequest(
         await readOneFrame(stream, MAX_ARTIFACT_REQUEST_BYTES, timeoutMs)
       )
-      const holder = this.init.holder
-      if (req.kind === 'have') {
-        await sendFrame(stream, encodeHaveReply(holder?.have(req.digest)), timeoutMs)
-      } else if (req.kind === 'announce') {
-        const taken = holder?.announced !== undefined && this.takeAnnounce(peer.toString())
-        if (taken) holder.announced?.(peer.toString(), req.digest, req.indices)
-        await sendFrame(stream, taken ? REPLY_OK : REPLY_NOT_HELD, timeoutMs)
-      } else if (req.kind === 'manifest') {
-        const body = holder?.manifest(req.digest)
-        if (body === undefined) await sendFrame(stream, REPLY_NOT_HELD, timeoutMs)
-        else await sendOkReply(stream, body, timeoutMs)
-      } else if (holder !== undefined && this.busy(holder, req, peer.toString())) {
-        this.served.busy++
-        await sendFrame(stream, REPLY_BUSY, timeoutMs)
-      } else {
-        this.serving++
-        try {
-          const body = await holder?.chunk(req.digest, req.index)
-          if (body === undefined) await sendFrame(stream, REPLY_NOT_HELD, timeoutMs)
-          else {
-            await sendOkReply(stream, body, timeoutMs)
-            this.served.chunks++
-            this.served.bytes += body.length
+      const reply = await this.reply(peer.toString(), req)
+      try {
+        // Both sent, whatever the first answers: the second only queues behind it.
+        if (!reply.pieces.map(p => stream.send(p)).every(Boolean)) {
+          try {
+            await stream.onDrain({ signal: AbortSignal.timeout(timeoutMs) })
+          } catch {
+            throw new ExchangeTimeoutError(`peer did not read our data within ${timeoutMs} ms`)
           }
-        } finally {
-          this.serving--
         }
+      } finally {
+        reply.done()
       }
       await stream.close({ signal: AbortSignal.timeout(timeoutMs) })
     })().catch(err => {
@@ -290,6 +441,85 @@ export class ArtifactService implements Startable, MeshArtifacts {
       else log('artifact request from %s: %s', peer, (err as Error).message)
       stream.abort(err as Error)
     })
+  }
+
+  /**
+   * The reply to one request from `peer`, over a stream or a link. A chunk counts as in the
+   * upload (super-seeding's `serving`) from its read until `done`.
+   */
+  private async reply(peer: string, req: ArtifactRequest, into?: Uint8Array): Promise<Reply> {
+    const holder = this.init.holder
+    const frame = (payload: Uint8Array): Reply => ({ pieces: [encodeFrame(payload)], done: noop })
+    if (req.kind === 'have') return frame(encodeHaveReply(holder?.have(req.digest)))
+    if (req.kind === 'announce') {
+      const taken = holder?.announced !== undefined && this.takeAnnounce(peer)
+      if (taken) holder.announced?.(peer, req.digest, req.indices)
+      return frame(taken ? REPLY_OK : REPLY_NOT_HELD)
+    }
+    if (req.kind === 'manifest') {
+      const body = holder?.manifest(req.digest)
+      return body === undefined ? frame(REPLY_NOT_HELD) : { pieces: okReply(body), done: noop }
+    }
+    if (holder !== undefined && this.busy(holder, req, peer)) {
+      this.served.busy++
+      return frame(REPLY_BUSY)
+    }
+    this.serving++
+    let body: Uint8Array | undefined
+    try {
+      body = await holder?.chunk(req.digest, req.index, into)
+    } catch (err) {
+      this.serving--
+      throw err
+    }
+    if (body === undefined) {
+      this.serving--
+      return frame(REPLY_NOT_HELD)
+    }
+    const length = body.length
+    let done = false
+    return {
+      pieces: okReply(body),
+      done: () => {
+        if (done) return
+        done = true
+        this.serving--
+        this.served.chunks++
+        this.served.bytes += length
+      }
+    }
+  }
+
+  /** Answer a request for a link offer (enrolled devices only). */
+  private offerLink(stream: Stream, connection: Connection): void {
+    const peer = connection.remotePeer
+    if (this.components.admission.admissionOf(peer) !== 'node') {
+      stream.abort(new SessionRefusedError('artifact links are offered to enrolled devices only'))
+      return
+    }
+    const timeoutMs = this.init.limits.exchangeTimeoutMs
+    void (async () => {
+      const ask = await readOneFrame(stream, 16, timeoutMs)
+      if (ask.length !== 1 || ask[0] !== 1) {
+        throw new MalformedMessageError('a malformed artifact link request')
+      }
+      await sendFrame(stream, encodeLinkOffer(this.linkServer?.offer(peer.toString())), timeoutMs)
+      await stream.close({ signal: AbortSignal.timeout(timeoutMs) })
+    })().catch(err => {
+      if (isPeerFault(err)) this.components.admission.reject(peer, err as Error)
+      else log('link offer to %s: %s', peer, (err as Error).message)
+      stream.abort(err as Error)
+    })
+  }
+
+  /** Do we still serve `peer` over a link: an enrolled device with an open mesh connection? */
+  private serves(peerId: string): boolean {
+    try {
+      const peer = peerIdFromString(peerId)
+      return this.components.admission.admissionOf(peer) === 'node' && this.connected(peerId)
+    } catch {
+      return false
+    }
   }
 
   /**
@@ -352,23 +582,26 @@ export class ArtifactService implements Startable, MeshArtifacts {
 }
 
 /**
- * A status-0 reply: the frame's length and status as one piece, then the body as it is (not
- * copied): two sends, so the muxer frames them as two data frames at most (they were three).
+ * A status-0 reply as two pieces: the frame's length and status, then the body as it is (not
+ * copied), so the muxer frames them as two data frames at most (they were three).
  */
-async function sendOkReply(stream: Stream, body: Uint8Array, timeoutMs: number): Promise<void> {
+function okReply(body: Uint8Array): Uint8Array[] {
   const head = new ByteWriter()
     .varint(body.length + 1)
     .u8(0)
     .finish()
-  // Both sent, whatever the first answers: the second only queues behind it.
-  const ok = [stream.send(head), stream.send(body)].every(Boolean)
-  if (!ok) {
-    try {
-      await stream.onDrain({ signal: AbortSignal.timeout(timeoutMs) })
-    } catch {
-      throw new ExchangeTimeoutError(`peer did not read our data within ${timeoutMs} ms`)
-    }
-  }
+  return [head, body]
+}
+
+/**
+ * The host a link to the peer of `conn` is opened to: the IP address its mesh connection reaches
+ * it on (TCP or WebSockets); none through a relay.
+ */
+function linkHost(conn: Connection): string | undefined {
+  const parts = conn.remoteAddr.getComponents()
+  if (parts.some(p => p.name === 'p2p-circuit')) return undefined
+  const ip = parts.find(p => p.name === 'ip4' || p.name === 'ip6')
+  return parts.some(p => p.name === 'tcp') ? ip?.value : undefined
 }
 
 /** The service factory, for libp2p's `services`. */

@@ -8,7 +8,17 @@ import type { MeshMetrics } from './types.ts'
 /** What a sync stream counts: frames in and out, batches accepted, held already, or refused. */
 export type SyncCount = 'in' | 'out' | 'accepted' | 'duplicate' | 'refused'
 
-type Counted = Omit<MeshMetrics, 'peers' | 'syncSessions' | 'statusRecords' | 'peersBanned'>
+type Counted = Omit<
+  MeshMetrics,
+  | 'peers'
+  | 'syncSessions'
+  | 'statusRecords'
+  | 'peersBanned'
+  | 'artifactChunksOverLinks'
+  | 'artifactChunksOverStreams'
+  | 'artifactLinksOut'
+  | 'artifactLinksIn'
+>
 
 export class MeshCounters implements Counted {
   changesAccepted = 0

@@ -49,6 +49,7 @@ import { logs, type LogsService } from './logs-service.ts'
 import { status, type StatusService } from './status-service.ts'
 import { sync, type SyncService } from './sync-service.ts'
 import type {
+  ArtifactLinks,
   LogSource,
   Mesh,
   MeshEvents,
@@ -71,6 +72,8 @@ export interface MeshPlatform {
   defaultListen?: string[]
   /** Noise's ciphers (daemons: node/crypto without re-importing the key per message, noise-crypto.ts). */
   noiseCrypto?: ICryptoInterface
+  /** Artifact links beside the mesh connections (daemons: TLS, artifact-link.ts). */
+  artifactLinks?: ArtifactLinks
 }
 
 interface RhizomeServices extends Record<string, unknown> {
@@ -80,6 +83,21 @@ interface RhizomeServices extends Record<string, unknown> {
   keeper: ConnectionKeeper
   logs: LogsService
   artifacts: ArtifactService
+}
+
+/**
+ * The hosts of the TCP listen addresses (WebSockets included), each once; an unspecified one
+ * (0.0.0.0, ::) alone covers the rest.
+ */
+function listenHosts(listen: readonly string[]): string[] {
+  const hosts = new Set<string>()
+  for (const a of listen) {
+    const parts = multiaddr(a).getComponents()
+    const ip = parts.find(p => p.name === 'ip4' || p.name === 'ip6')?.value
+    if (ip !== undefined && parts.some(p => p.name === 'tcp')) hosts.add(ip)
+  }
+  const any = [...hosts].find(h => h === '0.0.0.0' || h === '::')
+  return any !== undefined ? [any] : [...hosts]
 }
 
 function parseBootstrap(addrs: readonly string[]): BootstrapPeer[] {
@@ -201,7 +219,16 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
         logs: logs({ limits }),
         artifacts: artifactExchange({
           limits,
-          ...(opts.artifacts !== undefined ? { holder: opts.artifacts } : {})
+          ...(opts.artifacts !== undefined ? { holder: opts.artifacts } : {}),
+          ...(this.platform.artifactLinks !== undefined
+            ? {
+                links: {
+                  impl: this.platform.artifactLinks,
+                  hosts: listenHosts(opts.listen ?? this.platform.defaultListen ?? []),
+                  port: opts.artifactPort ?? 0
+                }
+              }
+            : {})
         })
       },
       start: false
@@ -274,11 +301,17 @@ export class RhizomeMesh extends TypedEventEmitter<MeshEvents> implements Mesh {
 
   metrics(): MeshMetrics {
     const node = this.node
+    const artifacts = node?.services.artifacts
+    const links = artifacts?.linksOpen()
     return {
       peers: node?.getPeers().length ?? 0,
       syncSessions: node?.services.sync.streams().length ?? 0,
       statusRecords: node?.services.status.size ?? 0,
       ...this.counters.snapshot(),
+      artifactChunksOverLinks: artifacts?.received.overLinks ?? 0,
+      artifactChunksOverStreams: artifacts?.received.overStreams ?? 0,
+      artifactLinksOut: links?.out ?? 0,
+      artifactLinksIn: links?.in ?? 0,
       peersBanned: this.control.bannedCount
     }
   }

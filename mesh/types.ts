@@ -5,6 +5,7 @@
 import type { AbortOptions, TypedEventTarget } from '@libp2p/interface'
 import type { Replica } from '../crdt/replica.ts'
 import type { KeyPair } from '../crdt/keys.ts'
+import type { ArtifactRequest, LinkOffer } from './artifact-protocol.ts'
 
 /** A status body is JSON written by the daemon; at most MAX_STATUS_BYTES encoded. */
 export type StatusBody = Record<string, unknown>
@@ -72,6 +73,12 @@ export interface PeerSummary {
 
 export interface MeshMetrics {
   peers: number
+  /** Artifact chunks received over artifact links, and over mesh streams (artifact-link.ts). */
+  artifactChunksOverLinks: number
+  artifactChunksOverStreams: number
+  /** Artifact links open: ours to holders, and holders' to us. */
+  artifactLinksOut: number
+  artifactLinksIn: number
   /** Peers with a running sync session (normally every admitted connected peer). */
   syncSessions: number
   changesAccepted: number
@@ -134,6 +141,74 @@ export interface MeshOptions {
   extraPeers?: number
   /** Daemons: the artifacts this node holds, served to enrolled peers (artifact-service.ts). */
   artifacts?: ArtifactHolder
+  /**
+   * Daemons: the TCP port artifact links are served on (artifact-link.ts), at the hosts of the
+   * `listen` addresses; 0 (default) any free port, `false` none (chunks go over the mesh
+   * connections only). Fetching over links others offer needs no port.
+   */
+  artifactPort?: number | false
+}
+
+/** One artifact link, fetcher side (artifact-link.ts). */
+export interface ArtifactLink {
+  /** False once closed (by either end, a timeout or a fault). */
+  readonly open: boolean
+  /**
+   * Send `req` (chunk or manifest); resolves with the reply's payload (status byte first, as on a
+   * stream), in a buffer the link lends (`release` it once read). Undefined when the link cannot
+   * take it (closed, or MAX_LINK_WAITING requests wait).
+   */
+  request(req: ArtifactRequest, signal: AbortSignal): Promise<Lent> | undefined
+  close(err?: Error): void
+  /** Called once when the link closes; `fault`: a peer fault no request carried to its asker. */
+  onClose: ((fault: Error | undefined) => void) | undefined
+}
+
+/** What the link server asks of the artifact service. */
+export interface LinkServerInit {
+  /** Hosts to listen on (one server each, the same port). */
+  hosts: string[]
+  /** 0: any free port. */
+  port: number
+  /** Handshake, and a reply's write, within this long. */
+  timeoutMs: number
+  /** Do we still serve `peer` (an enrolled device with an open mesh connection)? */
+  serves(peer: string): boolean
+  /**
+   * The reply to one request, as frame pieces to write; `done` once written (or dropped). A
+   * rejection has nothing to clean up. A chunk is read into `into` if it fits (the link reuses it
+   * once `done`).
+   */
+  answer(
+    peer: string,
+    req: ArtifactRequest,
+    into?: Uint8Array
+  ): Promise<{ pieces: Uint8Array[]; done(): void }>
+  /** `peer` broke the protocol on a link: ban it. */
+  fault(peer: string, err: Error): void
+}
+
+export interface LinkServer {
+  /** The port served on (0 when no host could be bound). */
+  readonly port: number
+  /** Links open to us. */
+  readonly open: number
+  /** A one-time offer for `peer` to open a link; undefined over the bounds. */
+  offer(peer: string): LinkOffer | undefined
+  /** End `peer`'s links. */
+  drop(peer: string): void
+  close(): Promise<void>
+}
+
+/** Artifact links as a platform provides them (daemons: `tlsArtifactLinks`). */
+export interface ArtifactLinks {
+  serve(init: LinkServerInit): Promise<LinkServer>
+  open(
+    host: string,
+    offer: LinkOffer,
+    timeoutMs: number,
+    signal: AbortSignal
+  ): Promise<ArtifactLink>
 }
 
 /** Which chunks of an artifact a holder has: all of them, or a bitfield (bit i of byte i>>3). */
@@ -143,8 +218,11 @@ export type ArtifactHave = { all: true } | { all?: false; bits: Uint8Array }
 export interface ArtifactHolder {
   have(digest: string): ArtifactHave | undefined
   manifest(digest: string): Uint8Array | undefined
-  /** A verified chunk, or undefined if not held; may wait (the serve rate limit). */
-  chunk(digest: string, index: number): Promise<Uint8Array | undefined>
+  /**
+   * A verified chunk, or undefined if not held; may wait (the serve rate limit). Read into `into`
+   * when given and large enough (a buffer the caller reuses), else into a new buffer.
+   */
+  chunk(digest: string, index: number, into?: Uint8Array): Promise<Uint8Array | undefined>
   /** A peer says it now holds these chunks of `digest` (unchecked: the chunk itself is checked). */
   announced?(peerId: string, digest: string, indices: number[]): void
   /** Super-seed the artifacts held complete while the upload is saturated (default true). */
@@ -156,6 +234,15 @@ export interface ArtifactHolder {
  * store hashes and writes without joining them.
  */
 export type ChunkBytes = Uint8Array | readonly Uint8Array[]
+
+/**
+ * Bytes in a buffer lent by the transport (an artifact link reuses its reply buffers): `release`
+ * once they are no longer read (a chunk: once checked and written).
+ */
+export interface Lent {
+  bytes: Uint8Array
+  release(): void
+}
 
 /**
  * A connected enrolled peer as a source of artifact chunks. Replies are unchecked: the fetcher
@@ -178,7 +265,7 @@ export interface ArtifactSource<Digest extends string = string> {
     index: number,
     signal: AbortSignal,
     opts?: { insist?: boolean }
-  ): Promise<ChunkBytes | 'busy'>
+  ): Promise<ChunkBytes | Lent | 'busy'>
   /** Tell the peer we now hold these chunks of `digest` (at most MAX_ANNOUNCE_ENTRIES). */
   announce(digest: Digest, indices: number[], signal: AbortSignal): Promise<void>
 }

@@ -21,6 +21,8 @@
  * statusIntervalMs: 10000
  * artifactFetchRate: 0               # bytes/s for all artifact downloads together (0: no limit)
  * artifactServeRate: 0               # bytes/s for all artifact chunks served to peers (0: no limit)
+ * artifactPort: 0                    # TCP port of artifact links (TLS, keyed over the mesh), at the
+ *                                    # listen addresses' hosts; 0: any free port; off: none
  * artifactDiskBudget: 21474836480    # bytes; unreferenced artifacts are collected sooner above it
  * artifactGcGraceMs: 86400000        # unreferenced artifacts are kept this long
  * tryModeMs: 120000                  # a config after which no peer is reached this long is rolled back (0: off)
@@ -35,7 +37,7 @@
  * RHIZOME_LISTEN and RHIZOME_BOOTSTRAP (comma-separated), RHIZOME_MDNS (true/false), RHIZOME_EXTRA_PEERS,
  * RHIZOME_HTTP_HOST, RHIZOME_HTTP_PORT, RHIZOME_FILES_ROOT, RHIZOME_ALLOWED_ROOTS,
  * RHIZOME_MANIFEST_DIR, RHIZOME_RECONCILE_INTERVAL_MS, RHIZOME_DRIFT_CHECK_MS, RHIZOME_STATUS_INTERVAL_MS,
- * RHIZOME_ARTIFACT_FETCH_RATE, RHIZOME_ARTIFACT_SERVE_RATE, RHIZOME_ARTIFACT_DISK_BUDGET, RHIZOME_ARTIFACT_GC_GRACE_MS, RHIZOME_TRY_MODE_MS,
+ * RHIZOME_ARTIFACT_FETCH_RATE, RHIZOME_ARTIFACT_SERVE_RATE, RHIZOME_ARTIFACT_PORT, RHIZOME_ARTIFACT_DISK_BUDGET, RHIZOME_ARTIFACT_GC_GRACE_MS, RHIZOME_TRY_MODE_MS,
  * RHIZOME_WORKLOAD_USER, RHIZOME_ALLOW_UNSAFE_MODES.
  */
 import { readFileSync } from 'node:fs'
@@ -75,6 +77,8 @@ export interface DaemonConfig {
   statusIntervalMs: number
   artifactFetchRate: number
   artifactServeRate: number
+  /** Artifact links' port (0: any free one), or false: none served. */
+  artifactPort: number | false
   artifactDiskBudget: number
   artifactGcGraceMs: number
   tryModeMs: number
@@ -100,6 +104,7 @@ export const CONFIG_FILE_KEYS = [
   'statusIntervalMs',
   'artifactFetchRate',
   'artifactServeRate',
+  'artifactPort',
   'artifactDiskBudget',
   'artifactGcGraceMs',
   'tryModeMs',
@@ -127,6 +132,7 @@ const ENV: Record<string, (typeof CONFIG_FILE_KEYS)[number] | 'http.host' | 'htt
   RHIZOME_STATUS_INTERVAL_MS: 'statusIntervalMs',
   RHIZOME_ARTIFACT_FETCH_RATE: 'artifactFetchRate',
   RHIZOME_ARTIFACT_SERVE_RATE: 'artifactServeRate',
+  RHIZOME_ARTIFACT_PORT: 'artifactPort',
   RHIZOME_ARTIFACT_DISK_BUDGET: 'artifactDiskBudget',
   RHIZOME_ARTIFACT_GC_GRACE_MS: 'artifactGcGraceMs',
   RHIZOME_TRY_MODE_MS: 'tryModeMs',
@@ -198,6 +204,18 @@ function int(v: unknown, where: string, min: number, max: number): number {
   const n = typeof v === 'string' ? Number(v) : v
   if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
     return fail(where, `expected an integer from ${min} to ${max}, got ${JSON.stringify(v)}`)
+  }
+  return n
+}
+
+/** A TCP port, 0 (any free one) to 65535. */
+function port(v: unknown, where: string): number {
+  const n = typeof v === 'string' ? Number(v) : v
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 65_535) {
+    return fail(
+      where,
+      `expected a port from 0 (any free one) to 65535, or off, got ${JSON.stringify(v)}`
+    )
   }
   return n
 }
@@ -346,6 +364,12 @@ export function parseDaemonConfig(
       raw.artifactServeRate === undefined
         ? 0
         : int(raw.artifactServeRate, envWhere('artifactServeRate'), 0, 2 ** 40),
+    artifactPort:
+      raw.artifactPort === undefined
+        ? 0
+        : raw.artifactPort === false || raw.artifactPort === 'off'
+          ? false
+          : port(raw.artifactPort, envWhere('artifactPort')),
     artifactDiskBudget:
       raw.artifactDiskBudget === undefined
         ? DEFAULT_DISK_BUDGET_BYTES

@@ -265,7 +265,8 @@ export class Daemon {
           bootstrap: config.bootstrap,
           mdns: config.mdns,
           extraPeers: config.extraPeers,
-          artifacts: artifacts.holder()
+          artifacts: artifacts.holder(),
+          artifactPort: config.artifactPort
         })
         await mesh.start()
         const ex = mesh.artifacts

@@ -117,6 +117,22 @@ export class DaemonMetrics {
       'Inbound connections refused before their handshake (per-host or reserved slots)',
       m => m.inboundRefused
     )
+    meshGauge(
+      'rhizome_artifact_chunks_over_links_total',
+      'Artifact chunks received over artifact links (TLS, beside the mesh connection)',
+      m => m.artifactChunksOverLinks
+    )
+    meshGauge(
+      'rhizome_artifact_chunks_over_streams_total',
+      'Artifact chunks received over mesh streams (no link to that holder)',
+      m => m.artifactChunksOverStreams
+    )
+    meshGauge(
+      'rhizome_artifact_links_out',
+      'Artifact links open to holders',
+      m => m.artifactLinksOut
+    )
+    meshGauge('rhizome_artifact_links_in', 'Artifact links open to us', m => m.artifactLinksIn)
     readGauge(r, 'rhizome_revision_lag', 'Documents whose held revision is not yet applied', () =>
       src.revisionLag()
     )

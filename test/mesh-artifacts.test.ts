@@ -17,7 +17,7 @@ import {
   MAX_REPLY_PIECES
 } from '../mesh/artifact-protocol.ts'
 import { encodeFrame } from '../mesh/frames.ts'
-import type { ArtifactHolder, ChunkBytes } from '../mesh/types.ts'
+import type { ArtifactHolder, ChunkBytes, Lent } from '../mesh/types.ts'
 import { ed, makeFleet } from './fixtures/fleet.ts'
 import { startNode, TEST_LIMITS } from './fixtures/mesh-node.ts'
 import { waitFor } from './fixtures/wait.ts'
@@ -27,8 +27,13 @@ const DIGEST = `sha256:${'12'.repeat(32)}`
 const OTHER = `sha256:${'34'.repeat(32)}`
 
 /** A chunk as a source returned it (one buffer, or the pieces it arrived in) as one buffer. */
-function joinChunk(c: ChunkBytes | 'busy'): Buffer {
+function joinChunk(c: ChunkBytes | Lent | 'busy'): Buffer {
   if (c === 'busy') assert.fail('the source answered busy')
+  if ('release' in c) {
+    const copy = Buffer.from(c.bytes)
+    c.release()
+    return copy
+  }
   return Buffer.concat([c].flat())
 }
 

@@ -24,7 +24,7 @@
  */
 import { logger } from '@libp2p/logger'
 import { isPeerFault } from '../../crdt/errors.ts'
-import type { ArtifactSource, ChunkBytes } from '../../mesh/types.ts'
+import type { ArtifactSource, ChunkBytes, Lent } from '../../mesh/types.ts'
 import { ChunkMismatchError } from './errors.ts'
 import { chunkLength, decodeManifest, type ArtifactDigest, type Manifest } from './manifest.ts'
 import { bitSet, type ArtifactStore, type Have } from './store.ts'
@@ -416,22 +416,32 @@ export class ArtifactFetch {
     void (async () => {
       try {
         await this.opts.rate?.take(len, this.signal)
-        let bytes: ChunkBytes | 'busy' | undefined = await source.chunk(
+        let got: ChunkBytes | Lent | 'busy' | undefined = await source.chunk(
           this.digest,
           i,
           this.timeout(CHUNK_TIMEOUT_MS),
           insist ? { insist } : undefined
         )
-        if (bytes === 'busy') {
+        if (got === 'busy') {
           this.deferred.set(i, performance.now() + SUPERSEED_FALLBACK_MS)
           return
         }
         this.deferred.delete(i)
-        const staged = this.store.stageChunk(this.digest, i, bytes)
-        // Let go of the bytes before waiting: a local stays alive in the suspended function
-        // until its fdatasync, up to 4 × concurrency chunks of memory.
-        bytes = undefined
-        const { durable } = await staged
+        // Bytes lent by the transport (an artifact link's buffer) go back once written.
+        const lent = 'release' in got ? got : undefined
+        let bytes: ChunkBytes | undefined = lent?.bytes ?? (got as ChunkBytes)
+        got = undefined
+        let staged
+        try {
+          staged = this.store.stageChunk(this.digest, i, bytes)
+          // Let go of the bytes before waiting: a local stays alive in the suspended function
+          // until its fdatasync, up to 4 × concurrency chunks of memory.
+          bytes = undefined
+          staged = await staged
+        } finally {
+          lent?.release()
+        }
+        const { durable } = staged
         this.committing.add(i)
         release()
         try {

@@ -112,7 +112,7 @@ export class Artifacts extends EventTarget {
   holder(): {
     have(digest: string): ReturnType<ArtifactStore['have']>
     manifest(digest: string): Uint8Array | undefined
-    chunk(digest: string, index: number): Promise<Uint8Array | undefined>
+    chunk(digest: string, index: number, into?: Uint8Array): Promise<Uint8Array | undefined>
     announced(peerId: string, digest: string, indices: number[]): void
     readonly superSeed: boolean
   } {
@@ -123,11 +123,11 @@ export class Artifacts extends EventTarget {
       },
       have: d => (isDigest(d) ? this.store.have(d) : undefined),
       manifest: d => (isDigest(d) ? this.store.manifest(d)?.bytes : undefined),
-      chunk: async (d, i) => {
+      chunk: async (d, i, into) => {
         const m = isDigest(d) ? this.store.manifest(d) : undefined
         if (m === undefined || !this.store.holds(m.digest, i)) return undefined
         await this.serveRate.take(chunkLength(m, i))
-        const c = await this.store.readChunk(m.digest, i)
+        const c = await this.store.readChunk(m.digest, i, into)
         if (c !== undefined) {
           this.served.bytes += c.length
           this.served.chunks++

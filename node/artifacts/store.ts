@@ -279,7 +279,12 @@ export class ArtifactStore extends EventTarget {
   }
 
   /** One verified chunk, read from disk; undefined if not held. */
-  async readChunk(d: ArtifactDigest, i: number): Promise<Uint8Array | undefined> {
+  /** Chunk `i` of `d`, read into `into` when it is large enough (a reused buffer), else a new one. */
+  async readChunk(
+    d: ArtifactDigest,
+    i: number,
+    into?: Uint8Array
+  ): Promise<Uint8Array | undefined> {
     const e = this.entries.get(digestHex(d))
     if (e === undefined || !Number.isInteger(i) || i < 0 || i >= e.manifest.chunks.length) {
       return undefined
@@ -290,7 +295,10 @@ export class ArtifactStore extends EventTarget {
       file = this.partPath(d, 'part')
     } else return undefined
     const len = chunkLength(e.manifest, i)
-    const buf = Buffer.allocUnsafe(len)
+    const buf =
+      into !== undefined && into.length >= len
+        ? Buffer.from(into.buffer, into.byteOffset, len)
+        : Buffer.allocUnsafe(len)
     const at = i * e.manifest.chunkSize
     const bytesRead =
       e.state === 'complete'

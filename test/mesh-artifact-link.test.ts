@@ -1,0 +1,279 @@
+/**
+ * Artifact links (mesh/artifact-link.ts): chunks over a TLS connection keyed over the mesh.
+ * An enrolled fetcher's chunks move to a link once it is open; a stranger is offered none; an
+ * offer is good once and only with its key; a holder bans an enrolled peer that sends on a link
+ * what links do not carry, and stops serving one whose mesh connection is gone; idle and garbage
+ * sockets on the link port lock no honest fetcher out; a holder with `artifactPort: false` is
+ * asked over streams, as an older daemon is.
+ */
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { connect as tcpConnect, type Socket } from 'node:net'
+import { connect, type TLSSocket } from 'node:tls'
+import { generateKeyPair } from '../crdt/keys.ts'
+import {
+  ARTIFACT_LINK_PROTOCOL,
+  decodeLinkOffer,
+  encodeArtifactRequest,
+  type ArtifactRequest,
+  type LinkOffer
+} from '../mesh/artifact-protocol.ts'
+import { MAX_LINK_SOCKETS } from '../mesh/artifact-link.ts'
+import { encodeFrame, readOneFrame } from '../mesh/frames.ts'
+import type { ArtifactHolder, ArtifactSource, ChunkBytes, Lent } from '../mesh/types.ts'
+import { makeFleet } from './fixtures/fleet.ts'
+import { startNode, type TestNode } from './fixtures/mesh-node.ts'
+import { collect, openStream, rawPeer } from './fixtures/mesh-raw-peer.ts'
+import { waitFor } from './fixtures/wait.ts'
+
+const DIGEST = `sha256:${'56'.repeat(32)}`
+const CHUNK = 1024 * 1024
+const chunks = Array.from({ length: 6 }, () => randomBytes(CHUNK))
+const manifest = randomBytes(2100)
+const holder: ArtifactHolder = {
+  have: d => (d === DIGEST ? { all: true } : undefined),
+  manifest: d => (d === DIGEST ? manifest : undefined),
+  chunk: async (d, i, into) => {
+    const c = d === DIGEST ? chunks[i] : undefined
+    if (c === undefined || into === undefined || into.length < c.length) return c
+    into.set(c)
+    return into.subarray(0, c.length)
+  }
+}
+
+/** A chunk as one buffer (a lent one copied and given back). */
+function bytesOf(c: ChunkBytes | Lent | 'busy'): Buffer {
+  if (c === 'busy') assert.fail('the holder answered busy')
+  if ('release' in c) {
+    const copy = Buffer.from(c.bytes)
+    c.release()
+    return copy
+  }
+  return Buffer.concat([c].flat())
+}
+
+async function allChunks(src: ArtifactSource): Promise<void> {
+  const signal = AbortSignal.timeout(20_000)
+  const got = await Promise.all(chunks.map((_, i) => src.chunk(DIGEST, i, signal)))
+  got.forEach((c, i) => assert.ok(bytesOf(c).equals(chunks[i]!), `chunk ${i} arrived whole`))
+}
+
+async function pair(holderOpts: { artifactPort?: number | false } = {}): Promise<{
+  fleet: Awaited<ReturnType<typeof makeFleet>>
+  d: TestNode
+  e: TestNode
+  tcpAddr: string
+  src: ArtifactSource
+}> {
+  const fleet = await makeFleet({ nodes: 3, replicas: 0, label: 'mesh-artifact-link' })
+  const d = await startNode(fleet, fleet.nodes[0]!, { artifacts: holder, ...holderOpts })
+  const tcpAddr = d.mesh.addresses()[0]!
+  const e = await startNode(fleet, fleet.nodes[1]!, { bootstrap: [tcpAddr] })
+  const src = await waitFor('the holder as a source', () =>
+    e.mesh.artifacts.sources().find(s => s.id === d.mesh.peerId)
+  )
+  return { fleet, d, e, tcpAddr, src }
+}
+
+/** Ask the holder at `addr` for a link offer over the mesh, as `peer`. */
+async function askOffer(
+  peer: Awaited<ReturnType<typeof rawPeer>>,
+  addr: string
+): Promise<LinkOffer | undefined> {
+  const s = await openStream(peer, addr, ARTIFACT_LINK_PROTOCOL)
+  s.send(encodeFrame(Uint8Array.of(1)))
+  return decodeLinkOffer(await readOneFrame(s, 64, 5000))
+}
+
+/** A TLS handshake with `offer` (or another key); resolves with the socket, rejects if refused. */
+function openTls(offer: LinkOffer, key: Uint8Array = offer.key): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({
+      host: '127.0.0.1',
+      port: offer.port,
+      ciphers: 'PSK-AES128-GCM-SHA256',
+      maxVersion: 'TLSv1.2',
+      pskCallback: () => ({ psk: Buffer.from(key), identity: offer.identity }),
+      checkServerIdentity: () => undefined
+    })
+    s.once('secureConnect', () => resolve(s))
+    s.once('error', reject)
+    s.once('close', () => reject(new Error('closed before the handshake')))
+  })
+}
+
+function send(s: TLSSocket, req: ArtifactRequest): void {
+  s.write(encodeFrame(encodeArtifactRequest(req)))
+}
+
+/** Wait for the socket to close; resolves with the bytes it received first. */
+function closed(s: TLSSocket | Socket, ms = 10_000): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let n = 0
+    s.on('data', (b: Buffer) => {
+      n += b.length
+    })
+    const timer = setTimeout(() => reject(new Error(`socket still open after ${ms} ms`)), ms)
+    s.once('close', () => {
+      clearTimeout(timer)
+      resolve(n)
+    })
+  })
+}
+
+test('artifact links: an enrolled fetcher gets its chunks over a link; strangers, stale offers and wrong keys get none', async () => {
+  const { fleet, d, e, tcpAddr, src } = await pair()
+  const hostile = await rawPeer(fleet.nodes[2]!)
+  const stranger = await rawPeer(generateKeyPair())
+  try {
+    // The first request goes over a stream and starts the link; the rest go over the link.
+    bytesOf(await src.chunk(DIGEST, 0, AbortSignal.timeout(10_000)))
+    await waitFor('the link to open', () => e.mesh.metrics().artifactLinksOut === 1 || undefined)
+    // A manifest is the caller's to keep: the chunks that come after it into the link's reused
+    // buffers leave it as it was.
+    const kept = (await src.manifest(DIGEST, AbortSignal.timeout(5000)))!
+    await allChunks(src)
+    assert.ok(Buffer.from(kept).equals(manifest), 'the manifest is unchanged by later replies')
+    assert.ok(
+      e.mesh.metrics().artifactChunksOverLinks >= chunks.length,
+      'chunks came over the link'
+    )
+    assert.equal(d.mesh.metrics().artifactLinksIn, 1)
+
+    // A stranger is offered nothing: its stream is reset unanswered.
+    const s = await openStream(stranger, tcpAddr, ARTIFACT_LINK_PROTOCOL).catch(() => undefined)
+    if (s !== undefined) {
+      try {
+        s.send(encodeFrame(Uint8Array.of(1)))
+      } catch {
+        // Already reset: as it should be.
+      }
+      assert.equal((await collect(s, 1500)).bytes, 0, 'a stranger received no offer')
+    }
+
+    // An offer with another key fails the handshake, and is spent: its own key fails after.
+    const offer = (await askOffer(hostile, tcpAddr))!
+    assert.ok(offer.port > 0)
+    await assert.rejects(openTls(offer, randomBytes(32)))
+    await assert.rejects(openTls(offer), 'an offer is good for one handshake')
+    // Unknown identities are refused too.
+    await assert.rejects(openTls({ ...offer, identity: randomBytes(16).toString('hex') }))
+
+    // With a fresh offer and its key the link works, for chunks and manifests only.
+    const good = await openTls((await askOffer(hostile, tcpAddr))!)
+    const got = closed(good)
+    send(good, { kind: 'have', digest: DIGEST })
+    assert.equal(await got, 0, 'a have request over a link is answered by hanging up')
+    await waitFor(
+      'the holder to ban the peer',
+      () => d.mesh.metrics().peersBanned === 1 || undefined
+    )
+
+    // The honest fetcher's link was never disturbed.
+    await allChunks(src)
+    assert.equal(e.mesh.metrics().artifactLinksOut, 1)
+    assert.equal(e.mesh.metrics().peersBanned, 0)
+  } finally {
+    await hostile.stop()
+    await stranger.stop()
+    await e.mesh.stop()
+    await d.mesh.stop()
+  }
+})
+
+test('artifact links: a peer whose mesh connection is gone is served nothing more on its link', async () => {
+  const { fleet, d, e, tcpAddr } = await pair()
+  const peer = await rawPeer(fleet.nodes[2]!)
+  try {
+    const link = await openTls((await askOffer(peer, tcpAddr))!)
+    // Served while connected.
+    const first = new Promise<number>(resolve => {
+      let n = 0
+      const onData = (b: Buffer): void => {
+        n += b.length
+        if (n >= CHUNK) {
+          link.off('data', onData)
+          resolve(n)
+        }
+      }
+      link.on('data', onData)
+    })
+    send(link, { kind: 'chunk', digest: DIGEST, index: 1 })
+    assert.ok((await first) >= CHUNK)
+    await peer.stop()
+    await waitFor(
+      'the holder to see the peer gone',
+      () => d.mesh.peers().every(p => p.peerId !== peer.peerId.toString()) || undefined
+    )
+    const ended = closed(link)
+    send(link, { kind: 'chunk', digest: DIGEST, index: 2 })
+    assert.equal(await ended, 0, 'no chunk after the mesh connection ended')
+  } finally {
+    await peer.stop()
+    await e.mesh.stop()
+    await d.mesh.stop()
+  }
+})
+
+test('artifact links: idle and garbage sockets on the link port lock no honest fetcher out', async () => {
+  const { fleet, d, e, tcpAddr, src } = await pair()
+  const peer = await rawPeer(fleet.nodes[2]!)
+  const sockets: Socket[] = []
+  try {
+    const { port } = (await askOffer(peer, tcpAddr))!
+    // More idle sockets than the server holds, and more sending garbage as fast as they can.
+    const opened = (n: number): Promise<void> =>
+      Promise.all(
+        Array.from(
+          { length: n },
+          () =>
+            new Promise<void>(resolve => {
+              const s = tcpConnect(port, '127.0.0.1', () => resolve())
+              s.on('error', () => resolve())
+              sockets.push(s)
+            })
+        )
+      ).then(() => {})
+    await opened(MAX_LINK_SOCKETS + 16)
+    const garbage = randomBytes(64 * 1024)
+    const until = performance.now() + 3000
+    const flood = (async () => {
+      let rounds = 0
+      while (performance.now() < until && rounds++ < 200) {
+        await opened(8)
+        for (const s of sockets.slice(-8)) if (!s.destroyed) s.write(garbage)
+        await new Promise(resolve => setImmediate(resolve))
+      }
+    })()
+    // The honest fetcher gets every chunk meanwhile, over its link or over streams.
+    await allChunks(src)
+    await flood
+    await allChunks(src)
+    assert.equal(e.mesh.metrics().peersBanned, 0)
+    assert.equal(d.mesh.metrics().peersBanned, 0)
+  } finally {
+    for (const s of sockets) s.destroy()
+    await peer.stop()
+    await e.mesh.stop()
+    await d.mesh.stop()
+  }
+})
+
+test('artifact links: a holder that offers none (artifactPort false, or an older daemon) is asked over streams', async () => {
+  const { fleet, d, e, tcpAddr, src } = await pair({ artifactPort: false })
+  const peer = await rawPeer(fleet.nodes[2]!)
+  try {
+    await allChunks(src)
+    await allChunks(src)
+    assert.equal(e.mesh.metrics().artifactLinksOut, 0)
+    assert.equal(e.mesh.metrics().artifactChunksOverLinks, 0)
+    assert.ok(e.mesh.metrics().artifactChunksOverStreams >= 2 * chunks.length)
+    await assert.rejects(askOffer(peer, tcpAddr), 'the link protocol is not spoken')
+    assert.equal(e.mesh.metrics().peersBanned, 0)
+  } finally {
+    await peer.stop()
+    await e.mesh.stop()
+    await d.mesh.stop()
+  }
+})
