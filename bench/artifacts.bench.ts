@@ -3,8 +3,9 @@
  *
  *  1. Baseline: the same bytes copied over one plain TCP connection into a file (another
  *     process reads the socket, writes, fsyncs at the end).
- *  2. One transfer: a daemon fetches the artifact from one other daemon (Noise, Yamux, the
- *     artifact protocol, chunk verification, per-chunk durability). Time from the config's
+ *  2. One transfer: a daemon fetches the artifact from one other daemon (an artifact link, TLS
+ *     beside the mesh connection; and with links off, over Noise and Yamux; the artifact
+ *     protocol, chunk verification, per-chunk durability). Time from the config's
  *     arrival on the fetcher to `artifact.complete`; ratio of throughputs against 1. The
  *     fetcher's RSS is sampled every 100 ms: peak minus idle (just before the config arrives).
  *  3. Ten fetchers, one source: the same artifact to 10 daemons at once, each connected to the
@@ -24,8 +25,8 @@
  * other. ARTIFACT_BENCH_SCHEDULINGS (comma-separated, e.g. rarest,partial,swarm) changes the set.
  * ARTIFACT_BENCH_CPU_PROF=DIR: the one transfer's two daemons write CPU profiles (--cpu-prof) there.
  * ARTIFACT_BENCH_CHUNK_KIB: the artifact is added in chunks of that many KiB (default 1024, as
- * `rhizome artifact add`). ARTIFACT_BENCH_ONLY_DEPLOYED=1: the one transfer as deployed only, not
- * also with Node's defaults and the Noise library's ciphers (a shorter run for A/B series).
+ * `rhizome artifact add`). ARTIFACT_BENCH_ONLY_DEPLOYED=1: the one transfer as deployed, with
+ * artifact links off and on, not also with Node's defaults (a shorter run for A/B series).
  *
  * Every figure comes with the CPU time the sending and the receiving process used (user + system,
  * from /proc), which a loaded machine disturbs far less than the wall time: the ratio to the
@@ -450,23 +451,24 @@ try {
         ? `${size / MIB} MiB, no rate limit`
         : `${size / MIB} MiB, upload limited to ${serve / MIB} MiB/s per daemon`
     process.stdout.write(`\n[${label}]\n`)
-    // Unlimited: the one transfer with Node's defaults, as deployed but with the Noise library's
-    // own ciphers (RHIZOME_NOISE_CRYPTO=library, the A/B of mesh/noise-crypto.ts), then as
-    // deployed (last: the ten fetchers' ratios are to it); the rest as deployed.
+    // Unlimited: the one transfer with Node's defaults, as deployed but with artifact links off
+    // (RHIZOME_ARTIFACT_PORT=off: every chunk over the mesh connection, Noise and Yamux, the A/B
+    // of mesh/artifact-link.ts), then as deployed (last: the ten fetchers' ratios are to it); the
+    // rest as deployed.
     const envs: Array<[string, Record<string, string>]> =
       serve === 0
         ? [
             ["Node's defaults", {}],
             [
-              "as deployed, the Noise library's ciphers",
-              { ...deployed, RHIZOME_NOISE_CRYPTO: 'library' }
+              'as deployed, artifact links off: chunks over the mesh connection',
+              { ...deployed, RHIZOME_ARTIFACT_PORT: 'off' }
             ],
             ['as deployed', deployed]
           ]
         : [['as deployed', deployed]]
     let single = 0
     const only = process.env.ARTIFACT_BENCH_ONLY_DEPLOYED === '1'
-    for (const [how, daemonEnv] of only ? envs.slice(-1) : envs) {
+    for (const [how, daemonEnv] of only ? envs.slice(-2) : envs) {
       // ARTIFACT_BENCH_CPU_PROF=DIR: both daemons of the one transfer write a CPU profile there.
       const prof = process.env.ARTIFACT_BENCH_CPU_PROF
       const one = await fleetOf(
