@@ -22,7 +22,7 @@
  *     in the order asked. The holder checks before each request that the asker is still an
  *     enrolled device with an open mesh connection: a cut, a ban or a revocation ends its links.
  *
- * Bounds (holder): at most MAX_LINKS_PER_PEER links per peer, MAX_LINK_SOCKETS sockets in all
+ * Bounds (mesh/limits.ts; holder): at most MAX_LINKS_PER_PEER links per peer, MAX_LINK_SOCKETS sockets in all
  * (handshaking or open) and MAX_LINK_SOCKETS_PER_HOST from one address, MAX_OFFERS unused offers;
  * a handshake within LINK_HANDSHAKE_MS; requests are
  * parsed only as they are served (LINK_PIPELINE at once) and the socket is paused while
@@ -61,44 +61,31 @@ import {
   PeerGoneError,
   ProtocolViolationError
 } from './errors.ts'
+import {
+  LINK_BUFFER_BYTES,
+  LINK_HANDSHAKE_MS,
+  LINK_IDLE_MS,
+  LINK_PIPELINE,
+  LINK_POOL_BUFFERS,
+  MAX_LINK_SOCKETS,
+  MAX_LINK_SOCKETS_PER_HOST,
+  MAX_LINK_WAITING,
+  MAX_LINKS_PER_PEER,
+  MAX_OFFERS,
+  OFFER_TTL_MS
+} from './limits.ts'
 import type { ArtifactLink, ArtifactLinks, Lent, LinkServer, LinkServerInit } from './types.ts'
 
 const log = logger('rhizome:mesh:artifact-link')
 
 /** TLS 1.2 pre-shared-key suites, both sides: AES-GCM first, ChaCha20 for CPUs without AES. */
 const CIPHERS = 'PSK-AES128-GCM-SHA256:PSK-CHACHA20-POLY1305'
-/** An offer not used within this long is forgotten. */
-export const OFFER_TTL_MS = 30_000
-/** Unused offers held at once (all peers); the oldest goes first. */
-export const MAX_OFFERS = 256
-/** Open links one peer may hold with us. */
-export const MAX_LINKS_PER_PEER = 2
-/** Sockets, handshaking or open, the link server holds at once (per listening address). */
-export const MAX_LINK_SOCKETS = 64
-/** Sockets from one remote address at once: idle sockets from one host cannot fill the server. */
-export const MAX_LINK_SOCKETS_PER_HOST = 8
-/** A link's TLS handshake must finish within this long. */
-export const LINK_HANDSHAKE_MS = 5_000
-/** Requests of one link being answered at once (their replies still go out in order). */
-export const LINK_PIPELINE = 4
-/** Unparsed request bytes a link buffers before its socket is paused. */
-export const LINK_BUFFER_BYTES = 16 * 1024
-/** A link with nothing asked for this long is closed (by either end). */
-export const LINK_IDLE_MS = 30_000
-/**
- * Chunk buffers the link server keeps for reuse (all links), each CHUNK_BUFFER_BYTES: a chunk is
- * read into one and it is reused once the chunk is written, instead of a new buffer per chunk
- * (each is external memory to V8, and churning it costs the daemon a full GC every ~12 MB).
- * Dropped after POOL_IDLE_MS unused.
- */
-const POOL_BUFFERS = 8
+/** Chunk buffers are this large: a 1 MiB chunk and its reply header. */
 const CHUNK_BUFFER_BYTES = 1024 * 1024 + 64
+/** Pooled buffers unused this long are dropped. */
 const POOL_IDLE_MS = 10_000
 /** A link's socket reads into one buffer of this size. */
 const READ_BUFFER_BYTES = 64 * 1024
-
-/** Requests waiting on one link (fetcher side); over it, the request goes over the mesh. */
-export const MAX_LINK_WAITING = 16
 
 const tlsOptions = { ciphers: CIPHERS, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' } as const
 
@@ -374,16 +361,16 @@ class ServedLink {
   }
 }
 
-/** Up to POOL_BUFFERS chunk buffers for reuse, dropped when unused for POOL_IDLE_MS. */
+/** Up to LINK_POOL_BUFFERS chunk buffers for reuse, dropped when unused for POOL_IDLE_MS. */
 class BufferPool {
   private readonly free: Buffer[] = []
   private lent = 0
   private timer: ReturnType<typeof setTimeout> | undefined
 
-  /** A buffer to read a chunk into, or undefined when POOL_BUFFERS are lent (read into a new one). */
+  /** A buffer to read a chunk into, or undefined when LINK_POOL_BUFFERS are lent (read into a new one). */
   take(): Buffer | undefined {
     clearTimeout(this.timer)
-    if (this.free.length === 0 && this.lent >= POOL_BUFFERS) return undefined
+    if (this.free.length === 0 && this.lent >= LINK_POOL_BUFFERS) return undefined
     this.lent++
     return this.free.pop() ?? Buffer.allocUnsafe(CHUNK_BUFFER_BYTES)
   }

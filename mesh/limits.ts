@@ -221,3 +221,33 @@ export function resolveLimits(overrides: Partial<MeshLimits> | undefined): MeshL
   }
   return out
 }
+
+/*
+ * Artifact links (artifact-link.ts): chunks over TLS beside the mesh connection.
+ */
+/** An offer not used within this long is forgotten. */
+export const OFFER_TTL_MS = 30_000
+/** Unused offers held at once (all peers); the oldest goes first. */
+export const MAX_OFFERS = 256
+/** Open links one peer may hold with us. */
+export const MAX_LINKS_PER_PEER = 2
+/** Sockets, handshaking or open, the link server holds at once (per listening address). */
+export const MAX_LINK_SOCKETS = 64
+/** Sockets from one remote address at once: idle sockets from one host cannot fill the server. */
+export const MAX_LINK_SOCKETS_PER_HOST = 8
+/** A link's TLS handshake must finish within this long. */
+export const LINK_HANDSHAKE_MS = 5_000
+/** Requests of one link being answered at once (their replies still go out in order). */
+export const LINK_PIPELINE = 4
+/** Unparsed request bytes a link buffers before its socket is paused. */
+export const LINK_BUFFER_BYTES = 16 * 1024
+/** A link with nothing asked for this long is closed (by either end). */
+export const LINK_IDLE_MS = 30_000
+/** Requests waiting on one link (fetcher side); over it, the request goes over the mesh. */
+export const MAX_LINK_WAITING = 16
+/**
+ * Chunk buffers kept for reuse on each side (the link server's, the fetcher's), 1 MiB each: a
+ * chunk is read into one, reused once the chunk is written, instead of a new buffer per chunk
+ * (each is external memory to V8, and churning it cost the daemon a full GC every ~12 MB).
+ */
+export const LINK_POOL_BUFFERS = 8

@@ -19,7 +19,7 @@ import {
   type ArtifactRequest,
   type LinkOffer
 } from '../mesh/artifact-protocol.ts'
-import { MAX_LINK_SOCKETS } from '../mesh/artifact-link.ts'
+import { MAX_LINK_SOCKETS } from '../mesh/limits.ts'
 import { encodeFrame, readOneFrame } from '../mesh/frames.ts'
 import type { ArtifactHolder, ArtifactSource, ChunkBytes, Lent } from '../mesh/types.ts'
 import { makeFleet } from './fixtures/fleet.ts'
