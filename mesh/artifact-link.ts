@@ -55,6 +55,7 @@ import {
   type LinkOffer
 } from './artifact-protocol.ts'
 import {
+  ArtifactLinkListenError,
   ExchangeTimeoutError,
   FrameTooLargeError,
   MalformedMessageError,
@@ -120,6 +121,7 @@ class TlsLinkServer implements LinkServer {
 
   constructor(init: LinkServerInit) {
     this.init = init
+    this.port = init.port
   }
 
   async listen(): Promise<void> {
@@ -142,15 +144,17 @@ class TlsLinkServer implements LinkServer {
           })
         })
       } catch (err) {
-        log.error(
-          'cannot serve artifact links on %s:%d: %s',
-          host,
-          this.port,
-          (err as Error).message
-        )
+        // A port the operator chose must be there; any free port (0) that failed on one host
+        // only costs that host its links.
+        if (this.init.port !== 0) {
+          await this.close()
+          throw new ArtifactLinkListenError(`${host}:${this.port}`, { cause: err })
+        }
+        log.error('cannot serve artifact links on %s: %s', host, (err as Error).message)
         continue
       }
       const addr = server.address()
+      // Any free port: the first host's, then the same on the others.
       if (this.port === 0 && typeof addr === 'object' && addr !== null) this.port = addr.port
       this.servers.push(server)
     }

@@ -87,3 +87,13 @@ export class UnknownNodeError extends RhizomeError {
   override name = 'UnknownNodeError'
   readonly category = ErrorCategory.Usage
 }
+
+/**
+ * The artifact link port the config names cannot be listened on (in use, no such address, needs
+ * privileges); `cause` is the system's error.
+ */
+export class ArtifactLinkListenError extends RhizomeError {
+  static override name = 'ArtifactLinkListenError'
+  override name = 'ArtifactLinkListenError'
+  readonly category = ErrorCategory.Usage
+}

@@ -96,9 +96,16 @@ export function listenReason(err: unknown): string {
 
 /**
  * libp2p reports every mesh address it could not listen on in one error whose message lists them
- * with their causes; say which addresses, why, and what to change.
+ * with their causes; say which addresses, why, and what to change. The same for the artifact
+ * link port.
  */
 export function meshListenError(err: unknown): unknown {
+  if ((err as Error | undefined)?.name === 'ArtifactLinkListenError') {
+    const e = err as Error
+    return new ListenError(
+      `cannot listen for artifact links on ${e.message}: ${listenReason(e.cause)}. Choose another port with "artifactPort" in the daemon config (or RHIZOME_ARTIFACT_PORT; 0 for any free one, off for none), or stop the program that holds it`
+    )
+  }
   if ((err as Error | undefined)?.name !== 'UnsupportedListenAddressesError') return err
   const failed = [...(err as Error).message.matchAll(/^\s+(\/\S+): (.*)$/gm)].map(
     m => `${m[1]}: ${listenReason({ message: m[2] })}`

@@ -9,7 +9,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { connect as tcpConnect, type Socket } from 'node:net'
+import { connect as tcpConnect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { connect, type TLSSocket } from 'node:tls'
 import { generateKeyPair } from '../crdt/keys.ts'
 import {
@@ -275,5 +275,34 @@ test('artifact links: a holder that offers none (artifactPort false, or an older
     await peer.stop()
     await e.mesh.stop()
     await d.mesh.stop()
+  }
+})
+
+test('artifact links: served on the port the config names; a taken port stops the start with a named error', async () => {
+  const fleet = await makeFleet({ nodes: 3, replicas: 0, label: 'mesh-artifact-link-port' })
+  const taken = createServer()
+  await new Promise<void>(resolve => taken.listen(0, '127.0.0.1', resolve))
+  const busy = (taken.address() as AddressInfo).port
+  const free = createServer()
+  await new Promise<void>(resolve => free.listen(0, '127.0.0.1', resolve))
+  const port = (free.address() as AddressInfo).port
+  await new Promise(resolve => free.close(resolve))
+  const d = await startNode(fleet, fleet.nodes[0]!, { artifacts: holder, artifactPort: port })
+  const peer = await rawPeer(fleet.nodes[2]!)
+  try {
+    assert.equal((await askOffer(peer, d.mesh.addresses()[0]!))!.port, port)
+    await assert.rejects(
+      startNode(fleet, fleet.nodes[1]!, { artifacts: holder, artifactPort: busy }),
+      (err: Error) => {
+        assert.equal(err.name, 'ArtifactLinkListenError')
+        assert.match(err.message, new RegExp(`127\\.0\\.0\\.1:${busy}`))
+        assert.equal((err.cause as { code?: string }).code, 'EADDRINUSE')
+        return true
+      }
+    )
+  } finally {
+    await peer.stop()
+    await d.mesh.stop()
+    await new Promise(resolve => taken.close(resolve))
   }
 })
