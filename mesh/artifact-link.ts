@@ -28,8 +28,10 @@
  * parsed only as they are served (LINK_PIPELINE at once) and the socket is paused while
  * LINK_BUFFER_BYTES of unparsed input wait; a malformed request, or a kind other than chunk and
  * manifest, is the peer's fault (banned); an idle link closes after LINK_IDLE_MS. (Fetcher) a
- * reply over MAX_ARTIFACT_REPLY_BYTES, or one nobody asked for, is the peer's fault; a link with
- * requests waiting and no byte for `timeoutMs` is closed.
+ * reply over MAX_ARTIFACT_REPLY_BYTES, or one nobody asked for, is the peer's fault. A holder
+ * working on a request sends an empty frame every LINK_KEEPALIVE_MS it has written nothing, so a
+ * fetcher closes a link with requests waiting and no byte for LINK_STALL_MS (one a firewall or a
+ * NAT dropped): its requests fail, the next go over the mesh connection.
  *
  * Anything that stops a link opening (a firewall, an address the mesh connection came through
  * that does not lead back, an older daemon) only means the requests go over the mesh connection,
@@ -58,7 +60,6 @@ import {
   ArtifactLinkListenError,
   ExchangeTimeoutError,
   FrameTooLargeError,
-  MalformedMessageError,
   PeerGoneError,
   ProtocolViolationError
 } from './errors.ts'
@@ -66,7 +67,9 @@ import {
   LINK_BUFFER_BYTES,
   LINK_HANDSHAKE_MS,
   LINK_IDLE_MS,
+  LINK_KEEPALIVE_MS,
   LINK_PIPELINE,
+  LINK_STALL_MS,
   LINK_POOL_BUFFERS,
   MAX_LINK_SOCKETS,
   MAX_LINK_SOCKETS_PER_HOST,
@@ -81,6 +84,8 @@ const log = logger('rhizome:mesh:artifact-link')
 
 /** TLS 1.2 pre-shared-key suites, both sides: AES-GCM first, ChaCha20 for CPUs without AES. */
 const CIPHERS = 'PSK-AES128-GCM-SHA256:PSK-CHACHA20-POLY1305'
+/** The keep-alive frame: a frame of no bytes. */
+const KEEPALIVE = Uint8Array.of(0)
 /** Chunk buffers are this large: a 1 MiB chunk and its reply header. */
 const CHUNK_BUFFER_BYTES = 1024 * 1024 + 64
 /** Pooled buffers unused this long are dropped. */
@@ -245,6 +250,8 @@ class ServedLink {
   private input: Buffer = Buffer.alloc(0)
   private readonly answering: Array<ReturnType<LinkServerInit['answer']>> = []
   private writing = false
+  /** When we last wrote to the link: a request waiting longer gets a keep-alive frame. */
+  private lastWrite = performance.now()
 
   constructor(socket: TLSSocket, peer: string, init: LinkServerInit, pool: BufferPool) {
     this.socket = socket
@@ -256,6 +263,17 @@ class ServedLink {
   start(): void {
     const { socket } = this
     socket.setTimeout(LINK_IDLE_MS, () => socket.destroy())
+    // While a request waits (the serve rate, the disk), an empty frame each LINK_KEEPALIVE_MS
+    // tells the fetcher the link is alive, so it can give up on a silent one within seconds.
+    const keepAlive = setInterval(() => {
+      const quiet = performance.now() - this.lastWrite >= LINK_KEEPALIVE_MS
+      if (this.answering.length > 0 && quiet && !socket.destroyed) {
+        this.lastWrite = performance.now()
+        socket.write(KEEPALIVE)
+      }
+    }, LINK_KEEPALIVE_MS)
+    keepAlive.unref()
+    socket.once('close', () => clearInterval(keepAlive))
     socket.setNoDelay(true)
     socket.on('error', err => log('link with %s: %s', this.peer, err.message))
     socket.on('data', (d: Buffer) => {
@@ -347,6 +365,7 @@ class ServedLink {
   private send(pieces: Uint8Array[]): Promise<void> {
     const { socket } = this
     const timeoutMs = this.init.timeoutMs
+    this.lastWrite = performance.now()
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         reject(new ExchangeTimeoutError(`peer did not read our data within ${timeoutMs} ms`))
@@ -355,6 +374,7 @@ class ServedLink {
         if (i < pieces.length - 1) socket.write(p)
         else {
           socket.write(p, err => {
+            this.lastWrite = performance.now()
             clearTimeout(timer)
             if (err === null || err === undefined) resolve()
             else reject(err)
@@ -410,8 +430,11 @@ class TlsLink implements ArtifactLink {
   private lastProgress = performance.now()
   private readonly timer: ReturnType<typeof setInterval>
   private error: Error | undefined
-  /** The link closed; `fault`: a peer fault no request carried to its asker (to be reported). */
-  onClose: ((fault: Error | undefined) => void) | undefined
+  /**
+   * The link closed; `fault`: a peer fault no request carried to its asker (to be reported);
+   * `stalled`: it went silent with requests waiting.
+   */
+  onClose: ((fault: Error | undefined, stalled: boolean) => void) | undefined
 
   constructor(socket: TLSSocket, timeoutMs: number, pool: BufferPool) {
     this.socket = socket
@@ -454,7 +477,7 @@ class TlsLink implements ArtifactLink {
     })
   }
 
-  close(err?: Error, fault?: Error): void {
+  close(err?: Error, fault?: Error, stalled = false): void {
     if (this.error !== undefined) return
     this.error = err ?? new PeerGoneError('the artifact link closed')
     clearInterval(this.timer)
@@ -462,14 +485,18 @@ class TlsLink implements ArtifactLink {
     for (const w of this.waiting.splice(0)) if (!w.abandoned) w.reject(this.error)
     if (this.reply?.pooled === true) this.pool.give(this.reply.buf)
     this.reply = undefined
-    this.onClose?.(fault)
+    this.onClose?.(fault, stalled)
   }
 
   private watch(): void {
     const idle = performance.now() - this.lastProgress
-    if (this.waiting.length > 0 && idle > this.timeoutMs) {
+    if (this.waiting.length > 0 && idle > LINK_STALL_MS) {
+      // A holder sends keep-alives while it works on a request: this link has gone silent (a
+      // firewall or NAT dropping it): its requests fail, and the next go over the mesh.
       this.close(
-        new ExchangeTimeoutError(`no reply on the artifact link within ${this.timeoutMs} ms`)
+        new ExchangeTimeoutError(`nothing on the artifact link for ${LINK_STALL_MS} ms`),
+        undefined,
+        true
       )
     } else if (this.waiting.length === 0 && idle > LINK_IDLE_MS) this.close()
   }
@@ -494,7 +521,8 @@ class TlsLink implements ArtifactLink {
           }
           at += h[0] - this.head.length
           this.head = Buffer.alloc(0)
-          if (h[1] === 0) throw new MalformedMessageError('a peer sent an empty artifact reply')
+          // An empty frame: the holder's keep-alive while it works on our request.
+          if (h[1] === 0) continue
           const pooled = h[1] <= CHUNK_BUFFER_BYTES ? this.pool.take() : undefined
           this.reply = {
             buf: pooled ?? Buffer.allocUnsafe(h[1]),

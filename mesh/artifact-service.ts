@@ -295,8 +295,10 @@ export class ArtifactService implements Startable, MeshArtifacts {
       }
       if (offer === undefined) throw new SessionRefusedError(`${id} offers no artifact link now`)
       const link = await impl.open(host, offer, timeoutMs, signal)
-      link.onClose = fault => {
+      link.onClose = (fault, stalled) => {
         if (this.links.get(id) === link) this.links.delete(id)
+        // A link that went silent would likely do so again: the mesh connection for a while.
+        if (stalled) this.noLinkUntil.set(id, performance.now() + LINK_RETRY_MS)
         if (fault !== undefined) this.faulty(id, fault)
       }
       if (!this.running || !this.connected(id)) {

@@ -243,6 +243,10 @@ export const LINK_PIPELINE = 4
 export const LINK_BUFFER_BYTES = 16 * 1024
 /** A link with nothing asked for this long is closed (by either end). */
 export const LINK_IDLE_MS = 30_000
+/** A holder working on a request writes a keep-alive after this long without writing. */
+export const LINK_KEEPALIVE_MS = 1_000
+/** A fetcher gives up on a link with requests waiting and no byte for this long. */
+export const LINK_STALL_MS = 5_000
 /** Requests waiting on one link (fetcher side); over it, the request goes over the mesh. */
 export const MAX_LINK_WAITING = 16
 /**

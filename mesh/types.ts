@@ -160,8 +160,11 @@ export interface ArtifactLink {
    */
   request(req: ArtifactRequest, signal: AbortSignal): Promise<Lent> | undefined
   close(err?: Error): void
-  /** Called once when the link closes; `fault`: a peer fault no request carried to its asker. */
-  onClose: ((fault: Error | undefined) => void) | undefined
+  /**
+   * Called once when the link closes; `fault`: a peer fault no request carried to its asker;
+   * `stalled`: it went silent with requests waiting.
+   */
+  onClose: ((fault: Error | undefined, stalled: boolean) => void) | undefined
 }
 
 /** What the link server asks of the artifact service. */

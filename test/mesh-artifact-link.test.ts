@@ -10,7 +10,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { connect as tcpConnect, createServer, type AddressInfo, type Socket } from 'node:net'
-import { connect, type TLSSocket } from 'node:tls'
+import { connect, createServer as createTlsServer, type TLSSocket } from 'node:tls'
 import { generateKeyPair } from '../crdt/keys.ts'
 import {
   ARTIFACT_LINK_PROTOCOL,
@@ -19,7 +19,8 @@ import {
   type ArtifactRequest,
   type LinkOffer
 } from '../mesh/artifact-protocol.ts'
-import { MAX_LINK_SOCKETS } from '../mesh/limits.ts'
+import { tlsArtifactLinks } from '../mesh/artifact-link.ts'
+import { LINK_STALL_MS, MAX_LINK_SOCKETS } from '../mesh/limits.ts'
 import { encodeFrame, readOneFrame } from '../mesh/frames.ts'
 import type { ArtifactHolder, ArtifactSource, ChunkBytes, Lent } from '../mesh/types.ts'
 import { makeFleet } from './fixtures/fleet.ts'
@@ -304,5 +305,81 @@ test('artifact links: served on the port the config names; a taken port stops th
     await peer.stop()
     await d.mesh.stop()
     await new Promise(resolve => taken.close(resolve))
+  }
+})
+
+/** A holder's side by hand: a PSK server with `offer`'s key that does what `serve` says. */
+async function fakeHolder(
+  serve: (socket: TLSSocket) => void
+): Promise<{ offer: LinkOffer; close(): Promise<void> }> {
+  const key = randomBytes(32)
+  const identity = randomBytes(16).toString('hex')
+  const server = createTlsServer(
+    {
+      ciphers: 'PSK-AES128-GCM-SHA256',
+      maxVersion: 'TLSv1.2',
+      pskCallback: (_s, id) => (id === identity ? key : null)
+    },
+    serve
+  )
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  return {
+    offer: { port, identity, key },
+    close: () => new Promise(resolve => server.close(() => resolve()))
+  }
+}
+
+test('artifact links: a link gone silent fails its requests within seconds; one kept alive while the holder works does not', async () => {
+  const chunkReq = { kind: 'chunk', digest: DIGEST, index: 0 } as const
+  // Silent: takes the request, never answers (a firewall or a NAT dropping the link).
+  const sockets: TLSSocket[] = []
+  const silent = await fakeHolder(s => sockets.push(s))
+  // Slow: keep-alives every second for 7 s, then the reply (a holder held by its serve rate).
+  const reply = Buffer.concat([Buffer.of(0x81, 0x80, 0x01, 0), Buffer.alloc(16384, 7)])
+  const slow = await fakeHolder(s => {
+    sockets.push(s)
+    s.once('data', () => {
+      const beat = setInterval(() => s.write(Uint8Array.of(0)), 1000)
+      setTimeout(() => {
+        clearInterval(beat)
+        s.write(reply)
+      }, 7000)
+    })
+  })
+  try {
+    const quiet = await tlsArtifactLinks.open(
+      '127.0.0.1',
+      silent.offer,
+      10_000,
+      AbortSignal.timeout(5000)
+    )
+    let stalled = false
+    quiet.onClose = (_fault, s) => {
+      stalled = s
+    }
+    const t0 = performance.now()
+    await assert.rejects(quiet.request(chunkReq, AbortSignal.timeout(60_000))!, {
+      name: 'ExchangeTimeoutError'
+    })
+    const waited = performance.now() - t0
+    assert.ok(waited < LINK_STALL_MS + 3000, `gave up after ${waited.toFixed(0)} ms`)
+    assert.ok(stalled, 'reported as stalled')
+    assert.equal(quiet.open, false)
+
+    const kept = await tlsArtifactLinks.open(
+      '127.0.0.1',
+      slow.offer,
+      10_000,
+      AbortSignal.timeout(5000)
+    )
+    const got = await kept.request(chunkReq, AbortSignal.timeout(20_000))!
+    assert.equal(got.bytes.length, 16385, 'the reply came, after 7 s of keep-alives')
+    got.release()
+    kept.close()
+  } finally {
+    for (const s of sockets) s.destroy()
+    await silent.close()
+    await slow.close()
   }
 })
