@@ -13,7 +13,11 @@
  *   `artifactServeRate`), since it reads the chunks.
  * - A peer that sends a malformed request or reply is rejected (banned) through admission; one
  *   that sends a wrong manifest or chunk is reported by the fetch engine through `faulty()`.
- * - Streams only on connections already held: fetching never dials.
+ * - Streams only on connections already held: fetching never dials a peer. The one exception is
+ *   an artifact link (artifact-link.ts): a TLS connection to the port the holder offered over
+ *   the mesh, at the address a held connection reaches it on, used while that connection stands
+ *   (the holder checks before every request). Chunks and manifests go over a peer's link once it
+ *   is open, the rest (which chunks, announcements) over streams.
  * - Announcements ("I now hold chunks …") are taken at MAX_ANNOUNCES_PER_SECOND per peer and
  *   handed to the holder (the fetch engine marks the chunks held by that peer).
  * - Super-seeding: while SUPERSEED_BUSY_SERVES chunk replies are queued or going out, a request
@@ -153,11 +157,6 @@ export class ArtifactService implements Startable, MeshArtifacts {
       this.linkServer = undefined
     }
     for (const link of this.links.values()) link.close()
-  }
-
-  /** The port artifact links are served on, if any. */
-  get linkPort(): number | undefined {
-    return this.linkServer?.port
   }
 
   /** Artifact links open, ours and to us. */
