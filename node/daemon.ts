@@ -351,7 +351,7 @@ export class Daemon {
       this.status.schedule()
     })
     this.artifacts.addEventListener('complete', ev => {
-      e('info', 'artifact.complete', (ev as CustomEvent<Record<string, unknown>>).detail)
+      e('info', 'artifact.complete', ev.detail)
       void this.reconciler.trigger('artifact complete')
     })
     const orphans = await this.processes.reapOrphans()

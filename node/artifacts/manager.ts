@@ -16,10 +16,11 @@
  * await artifacts.pin(digest, 'rollout:last-known-good')
  * ```
  */
+import { TypedEventEmitter } from '@libp2p/interface'
 import type { ArtifactStatus } from '../../crdt/fleet-status.ts'
 import { logger } from '@libp2p/logger'
 import { ArtifactFetch, type ChunkSource, type FetchProgress } from './fetch.ts'
-import { ArtifactStore, type ArtifactInfo } from './store.ts'
+import { ArtifactStore, type ArtifactInfo, type ArtifactStoreEvents } from './store.ts'
 import { RateLimiter } from './rate-limit.ts'
 import { chunkLength, isDigest, type ArtifactDigest } from './manifest.ts'
 import {
@@ -65,7 +66,7 @@ export interface ArtifactCounters {
   chunksServed: number
 }
 
-export class Artifacts extends EventTarget {
+export class Artifacts extends TypedEventEmitter<ArtifactStoreEvents> {
   readonly store: ArtifactStore
   readonly fetchRate: RateLimiter
   readonly serveRate: RateLimiter
@@ -86,7 +87,7 @@ export class Artifacts extends EventTarget {
     this.fetchRate = new RateLimiter(opts.fetchBytesPerSecond ?? 0)
     this.serveRate = new RateLimiter(opts.serveBytesPerSecond ?? 0)
     store.addEventListener('complete', e => {
-      this.dispatchEvent(new CustomEvent('complete', { detail: (e as CustomEvent).detail }))
+      this.safeDispatchEvent('complete', { detail: e.detail })
     })
   }
 

@@ -14,6 +14,7 @@
  * fetch resumes after a crash or power loss from what `.have` lists, and nothing unverified is
  * ever served or used. Chunks arriving together share one fdatasync (group commit).
  */
+import { TypedEventEmitter } from '@libp2p/interface'
 import { createHash, randomBytes } from 'node:crypto'
 import { constants } from 'node:fs'
 import {
@@ -120,7 +121,12 @@ interface Reader {
   idle?: ReturnType<typeof setTimeout>
 }
 
-export class ArtifactStore extends EventTarget {
+/** The store's events: an artifact became complete (added, fetched or imported). */
+export interface ArtifactStoreEvents {
+  complete: CustomEvent<{ digest: ArtifactDigest }>
+}
+
+export class ArtifactStore extends TypedEventEmitter<ArtifactStoreEvents> {
   readonly dir: string
   private readonly entries = new Map<string, Entry>()
   /** Per complete artifact being served (hex digest): its open file, at most MAX_OPEN_READERS. */
@@ -509,7 +515,7 @@ export class ArtifactStore extends EventTarget {
     e.bits = undefined
     e.count = e.manifest.chunks.length
     log('artifact %s complete (%d bytes)', d, e.manifest.size)
-    this.dispatchEvent(new CustomEvent('complete', { detail: { digest: d } }))
+    this.safeDispatchEvent('complete', { detail: { digest: d } })
   }
 
   /**
@@ -550,7 +556,7 @@ export class ArtifactStore extends EventTarget {
         await rm(this.partPath(m.digest, 'have'), { force: true })
         await this.syncDir(join(this.dir, 'b'))
         this.entries.set(hex, { manifest: m, state: 'complete', count: m.chunks.length })
-        this.dispatchEvent(new CustomEvent('complete', { detail: { digest: m.digest } }))
+        this.safeDispatchEvent('complete', { detail: { digest: m.digest } })
       }
     }
     if (opts.name !== undefined) {
