@@ -17,25 +17,14 @@ import {
   MAX_REPLY_PIECES
 } from '../mesh/artifact-protocol.ts'
 import { encodeFrame } from '../mesh/frames.ts'
-import type { ArtifactHolder, ChunkBytes, Lent } from '../mesh/types.ts'
+import type { ArtifactHolder } from '../mesh/types.ts'
 import { ed, makeFleet } from './fixtures/fleet.ts'
-import { startNode, TEST_LIMITS } from './fixtures/mesh-node.ts'
+import { chunkBuffer, startNode, TEST_LIMITS } from './fixtures/mesh-node.ts'
 import { waitFor } from './fixtures/wait.ts'
 import { collect, openStream, rawPeer } from './fixtures/mesh-raw-peer.ts'
 
 const DIGEST = `sha256:${'12'.repeat(32)}`
 const OTHER = `sha256:${'34'.repeat(32)}`
-
-/** A chunk as a source returned it (one buffer, or the pieces it arrived in) as one buffer. */
-function joinChunk(c: ChunkBytes | Lent | 'busy'): Buffer {
-  if (c === 'busy') assert.fail('the source answered busy')
-  if ('release' in c) {
-    const copy = Buffer.from(c.bytes)
-    c.release()
-    return copy
-  }
-  return Buffer.concat([c].flat())
-}
 
 test('artifacts: enrolled peers get chunks, strangers and viewers get nothing', async () => {
   const fleet = await makeFleet({ nodes: 2, replicas: 0, label: 'mesh-artifacts' })
@@ -64,7 +53,7 @@ test('artifacts: enrolled peers get chunks, strangers and viewers get nothing', 
     assert.equal(await src.have(OTHER, signal), undefined)
     assert.deepEqual(Buffer.from((await src.manifest(DIGEST, signal))!), manifest)
     assert.equal(await src.manifest(OTHER, signal), undefined)
-    assert.deepEqual(joinChunk(await src.chunk(DIGEST, 2, signal)), chunks[2])
+    assert.deepEqual(chunkBuffer(await src.chunk(DIGEST, 2, signal)), chunks[2])
     await assert.rejects(src.chunk(DIGEST, 1, signal), { name: 'SessionRefusedError' })
     assert.equal(d.mesh.metrics().peersBanned, 0, 'asking for what is not held bans no one')
     assert.equal(e.mesh.metrics().peersBanned, 0)
@@ -153,11 +142,11 @@ test('artifacts: a saturated seed answers busy for a chunk it sent to a connecte
     await fromA.announce(DIGEST, [0, 1], signal)
     open()
     for (const c of [...(await Promise.all(toA)), await fresh, await insisted]) {
-      assert.deepEqual(joinChunk(c), chunk)
+      assert.deepEqual(chunkBuffer(c), chunk)
     }
     assert.deepEqual(announced, [{ peer: a.mesh.peerId, indices: [0, 1] }])
     // Not saturated any more: chunk 1 (gone to a) is served to b.
-    assert.deepEqual(joinChunk(await fromB.chunk(DIGEST, 1, signal)), chunk)
+    assert.deepEqual(chunkBuffer(await fromB.chunk(DIGEST, 1, signal)), chunk)
     assert.equal(seed.mesh.metrics().peersBanned, 0)
   } finally {
     await b.mesh.stop()
@@ -215,7 +204,9 @@ test('artifacts: more requests at once to one peer than it takes streams wait th
       e.mesh.artifacts.sources().find(s => s.id === d.mesh.peerId)
     )
     const asks = [
-      ...Array.from({ length: 12 }, async (_, i) => joinChunk(await src.chunk(DIGEST, i, signal))),
+      ...Array.from({ length: 12 }, async (_, i) =>
+        chunkBuffer(await src.chunk(DIGEST, i, signal))
+      ),
       ...Array.from({ length: 3 }, async () => src.have(OTHER, signal))
     ]
     setTimeout(release, 500)
