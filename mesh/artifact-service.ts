@@ -274,7 +274,7 @@ export class ArtifactService implements Startable, MeshArtifacts {
       .getConnections(peer)
       .find(c => c.status === 'open')
     const host = conn === undefined ? undefined : linkHost(conn)
-    if (host === undefined) {
+    if (conn === undefined || host === undefined) {
       this.noLinkUntil.set(id, performance.now() + LINK_RETRY_MS)
       return
     }
@@ -282,7 +282,7 @@ export class ArtifactService implements Startable, MeshArtifacts {
     const timeoutMs = this.init.limits.exchangeTimeoutMs
     void (async () => {
       const signal = AbortSignal.timeout(timeoutMs)
-      const stream = await conn!.newStream(ARTIFACT_LINK_PROTOCOL, { signal })
+      const stream = await conn.newStream(ARTIFACT_LINK_PROTOCOL, { signal })
       let offer
       try {
         await sendFrame(stream, Uint8Array.of(1), timeoutMs)
@@ -437,11 +437,7 @@ export class ArtifactService implements Startable, MeshArtifacts {
         reply.done()
       }
       await stream.close({ signal: AbortSignal.timeout(timeoutMs) })
-    })().catch(err => {
-      if (isPeerFault(err)) this.components.admission.reject(peer, err as Error)
-      else log('artifact request from %s: %s', peer, (err as Error).message)
-      stream.abort(err as Error)
-    })
+    })().catch(err => this.failed(peer, stream, 'artifact request from', err))
   }
 
   /**
@@ -506,11 +502,14 @@ export class ArtifactService implements Startable, MeshArtifacts {
       }
       await sendFrame(stream, encodeLinkOffer(this.linkServer?.offer(peer.toString())), timeoutMs)
       await stream.close({ signal: AbortSignal.timeout(timeoutMs) })
-    })().catch(err => {
-      if (isPeerFault(err)) this.components.admission.reject(peer, err as Error)
-      else log('link offer to %s: %s', peer, (err as Error).message)
-      stream.abort(err as Error)
-    })
+    })().catch(err => this.failed(peer, stream, 'link offer to', err))
+  }
+
+  /** An exchange a peer opened failed: its fault bans it, anything else is logged; the stream ends. */
+  private failed(peer: PeerId, stream: Stream, what: string, err: unknown): void {
+    if (isPeerFault(err)) this.components.admission.reject(peer, err as Error)
+    else log('%s %s: %s', what, peer, (err as Error).message)
+    stream.abort(err as Error)
   }
 
   /** Do we still serve `peer` over a link: an enrolled device with an open mesh connection? */
